@@ -1,1 +1,41 @@
-//! placeholder
+//! Cabine kiosk client: a WHIP publisher and WHEP subscriber built on the `webrtc` crate
+//! (webrtc-rs).
+//!
+//! Used by the server's end-to-end tests and by the `cabine-kiosk` command line tool.
+//!
+//! - [`Publisher::connect`] publishes [`TrackSpec`]s to `POST /whip/{room}` and gives
+//!   [`LocalTrack`]s to write RTP to (exact payload bytes with [`LocalTrack::write_rtp`], or
+//!   encoded frames with [`LocalTrack::write_sample`]); VP8/VP9/H.264/AV1 tracks can be sent as
+//!   simulcast (one [`LocalLayer`] per RID).
+//! - [`Subscriber::connect`] subscribes through `POST /whep/{room}` and yields
+//!   [`RemoteTrack`]s, labelled with the msid stream and track ids of the server's answer.
+//!
+//! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
+//! [`ClientOptions::loopback_only`] it gathers just a 127.0.0.1 host candidate, which is what
+//! tests against a local server need. Errors are precise ([`Error`]); a refused `POST` is an
+//! [`Error::Http`] carrying the status code and body ([`HttpError`]).
+
+#![warn(missing_docs)]
+
+mod engine;
+mod error;
+mod media;
+mod options;
+mod publisher;
+mod session;
+mod subscriber;
+
+pub use error::{Error, HttpError, Result};
+pub use media::{Codec, MediaKind, TrackSpec};
+pub use options::{ClientOptions, IceServer};
+pub use publisher::{
+    whip_offer, LocalLayer, LocalTrack, Publisher, RtcpStats, SentRtp, SAMPLE_MTU,
+};
+pub use subscriber::{whep_offer, RemoteTrack, Subscriber};
+
+/// The `webrtc` crate this client is built on, re-exported so callers can name its types
+/// (e.g. `webrtc::rtp::packet::Packet`) without depending on it themselves.
+pub use webrtc;
+
+/// An RTP packet (header and payload), as returned by [`RemoteTrack::read_rtp`].
+pub type RtpPacket = webrtc::rtp::packet::Packet;

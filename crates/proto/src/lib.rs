@@ -1,1 +1,14 @@
-//! placeholder
+//! Wire types shared by the Cabine server and its clients.
+//!
+//! Everything a client depends on and that crosses a process boundary lives here, parsed into
+//! checked types once, where it enters:
+//!
+//! - [`token`]: the JWT claims (`sub`, `room`, `role`, `grants`, …) and the permission rules
+//!   derived from a role, so the server and tools agree on who may do what.
+//! - [`ids`]: validated room and participant identifiers, with a redacting wrapper for logs.
+
+pub mod ids;
+pub mod token;
+
+pub use ids::{IdError, Identity, Redacted, RoomId};
+pub use token::{Claims, Grant, Role, RoleError};

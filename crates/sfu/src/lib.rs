@@ -1,1 +1,33 @@
-//! placeholder
+//! Cabine's selective forwarding unit.
+//!
+//! The core is sans-IO: a [`room::Room`] holds the WebRTC sessions of one consultation (one
+//! str0m `Rtc` each, in RTP mode) and forwards RTP between them, rewriting headers per
+//! subscriber ([`forwarder`]) and picking simulcast layers from each subscriber's bandwidth
+//! estimate ([`simulcast`]). Time is always an argument; tests drive it by hand.
+//!
+//! The shell ([`shell`]) owns the single UDP media socket and the worker threads. One receive
+//! thread reads datagrams and routes them by ICE ufrag (STUN) or by source address (everything
+//! else, [`demux`]) to the worker that owns the room; each worker runs the one drive loop:
+//!
+//! ```text
+//! loop {
+//!     wait for a datagram or command, at most until the earliest room timeout
+//!     room.handle_datagram(now, session, from, to, bytes, send)   // or room.join / leave
+//!     room.handle_timeout(now, send)                              // when due
+//! }
+//! ```
+//!
+//! Rooms are sharded over workers by name, so a room lives on one thread and the packet path
+//! takes no lock.
+
+pub mod codec;
+pub mod demux;
+pub mod forwarder;
+pub mod room;
+pub mod sdp;
+pub mod shell;
+pub mod simulcast;
+pub mod stats;
+
+pub use room::{JoinError, JoinRequest, Joined, Room, RoomConfig, SessionId, SessionKind};
+pub use shell::{Sfu, SfuConfig, SfuError};

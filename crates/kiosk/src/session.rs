@@ -1,0 +1,271 @@
+//! The WHIP/WHEP HTTP exchange and the lifetime of one session (shared by publishers and
+//! subscribers).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, LOCATION};
+use reqwest::{Client, StatusCode, Url};
+use tokio::sync::watch;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::RTCPeerConnection;
+
+use crate::engine;
+use crate::error::{Error, HttpError, Result};
+use crate::options::ClientOptions;
+
+const SDP_MIME: &str = "application/sdp";
+
+/// Parses a WHIP/WHEP endpoint URL.
+pub(crate) fn parse_endpoint(url: &str) -> Result<Url> {
+    let parsed = Url::parse(url).map_err(|e| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(parsed),
+        other => Err(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: format!("unsupported scheme {other:?} (expected http or https)"),
+        }),
+    }
+}
+
+/// Builds the HTTP client for one session.
+pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
+    Client::builder()
+        .timeout(opts.http_timeout)
+        .danger_accept_invalid_certs(opts.accept_invalid_certs)
+        .build()
+        .map_err(|source| Error::Transport {
+            method: "build",
+            url: String::new(),
+            source,
+        })
+}
+
+fn auth_headers(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if !token.is_empty() {
+        // A token with characters not allowed in a header value cannot be sent; the server
+        // will answer 401 as for a missing token, which is what such a token deserves.
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            headers.insert(AUTHORIZATION, v);
+        }
+    }
+    headers
+}
+
+fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The session resource created by a successful offer `POST`.
+#[derive(Debug, Clone)]
+pub(crate) struct Resource {
+    /// Absolute URL of the session (the `Location` header resolved against the endpoint).
+    pub url: Url,
+    /// The `ETag` header, if any.
+    pub etag: Option<String>,
+}
+
+/// `POST`s an SDP offer; returns the session resource and the SDP answer.
+pub(crate) async fn post_offer(
+    client: &Client,
+    endpoint: &Url,
+    token: &str,
+    offer: String,
+) -> Result<(Resource, String)> {
+    let url = endpoint.to_string();
+    let transport = |source| Error::Transport {
+        method: "POST",
+        url: url.clone(),
+        source,
+    };
+    let response = client
+        .post(endpoint.clone())
+        .headers(auth_headers(token))
+        .header(CONTENT_TYPE, SDP_MIME)
+        .header(ACCEPT, SDP_MIME)
+        .body(offer)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(transport)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status != StatusCode::CREATED {
+        return Err(HttpError {
+            method: "POST",
+            url,
+            status: status.as_u16(),
+            body,
+            www_authenticate: header_str(&headers, reqwest::header::WWW_AUTHENTICATE),
+        }
+        .into());
+    }
+    let protocol = |reason: String| Error::Protocol {
+        url: url.clone(),
+        reason,
+    };
+    let content_type = header_str(&headers, CONTENT_TYPE).unwrap_or_default();
+    let mime = content_type.split(';').next().unwrap_or_default().trim();
+    if !mime.eq_ignore_ascii_case(SDP_MIME) {
+        return Err(protocol(format!(
+            "201 response has Content-Type {content_type:?}, expected {SDP_MIME}"
+        )));
+    }
+    if body.trim().is_empty() {
+        return Err(protocol("201 response has an empty SDP answer".into()));
+    }
+    let location = header_str(&headers, LOCATION)
+        .ok_or_else(|| protocol("201 response has no Location header".into()))?;
+    let resource_url = endpoint.join(&location).map_err(|e| Error::InvalidUrl {
+        url: location.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((
+        Resource {
+            url: resource_url,
+            etag: header_str(&headers, ETAG),
+        },
+        body,
+    ))
+}
+
+/// `DELETE`s a session resource; any `2xx` is success.
+pub(crate) async fn delete_resource(client: &Client, resource: &Url, token: &str) -> Result<()> {
+    let url = resource.to_string();
+    let transport = |source| Error::Transport {
+        method: "DELETE",
+        url: url.clone(),
+        source,
+    };
+    let response = client
+        .delete(resource.clone())
+        .headers(auth_headers(token))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let www_authenticate = header_str(response.headers(), reqwest::header::WWW_AUTHENTICATE);
+    let body = response.bytes().await.map_err(transport)?;
+    Err(HttpError {
+        method: "DELETE",
+        url,
+        status: status.as_u16(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        www_authenticate,
+    }
+    .into())
+}
+
+/// A negotiated WHIP or WHEP session: the peer connection and its HTTP resource.
+pub(crate) struct Session {
+    pub pc: Arc<RTCPeerConnection>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    client: Client,
+    token: String,
+    pub resource: Resource,
+    pub offer: String,
+    pub answer: String,
+    closed: AtomicBool,
+}
+
+impl Session {
+    /// Gathers the offer already configured on `pc`, `POST`s it, applies the answer and waits
+    /// for the connection. On failure after the `POST` succeeded, the server resource is
+    /// deleted (best effort) and the peer connection closed.
+    pub(crate) async fn negotiate(
+        endpoint: &str,
+        token: &str,
+        peer: engine::NewPeer,
+        opts: &ClientOptions,
+    ) -> Result<Session> {
+        let engine::NewPeer { pc, mut state } = peer;
+        let result = async {
+            let endpoint = parse_endpoint(endpoint)?;
+            let client = http_client(opts)?;
+            let offer = engine::gather_offer(&pc, opts.gather_timeout).await?;
+            let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
+            let connected = async {
+                engine::apply_answer(&pc, answer.clone()).await?;
+                engine::wait_connected(&mut state, opts.connect_timeout).await
+            }
+            .await;
+            if let Err(e) = connected {
+                if let Err(del) = delete_resource(&client, &resource.url, token).await {
+                    tracing::debug!(error = %del, "cleanup DELETE failed");
+                }
+                return Err(e);
+            }
+            Ok((client, resource, offer, answer))
+        }
+        .await;
+        match result {
+            Ok((client, resource, offer, answer)) => Ok(Session {
+                pc,
+                state,
+                client,
+                token: token.to_owned(),
+                resource,
+                offer,
+                answer,
+                closed: AtomicBool::new(false),
+            }),
+            Err(e) => {
+                if let Err(close) = pc.close().await {
+                    tracing::debug!(error = %close, "closing peer connection failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `DELETE`s the resource and closes the peer connection (both are attempted; the first
+    /// error is returned).
+    pub(crate) async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deleted = delete_resource(&self.client, &self.resource.url, &self.token).await;
+        let closed = self
+            .pc
+            .close()
+            .await
+            .map_err(Error::webrtc("closing peer connection"));
+        deleted.and(closed)
+    }
+
+    /// The current peer connection state.
+    pub(crate) fn connection_state(&self) -> RTCPeerConnectionState {
+        *self.state.borrow()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Not closed explicitly: end the session in the background if a runtime is still
+        // around (best effort; `close()` is the reliable way).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let pc = Arc::clone(&self.pc);
+            let client = self.client.clone();
+            let url = self.resource.url.clone();
+            let token = std::mem::take(&mut self.token);
+            handle.spawn(async move {
+                let _ = delete_resource(&client, &url, &token).await;
+                let _ = pc.close().await;
+            });
+        }
+    }
+}

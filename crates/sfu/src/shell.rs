@@ -1,0 +1,641 @@
+//! The thin threaded shell around the sans-IO rooms: one UDP socket, one receive thread, and
+//! worker threads that each own a shard of the rooms.
+//!
+//! - The receive thread reads datagrams into pooled buffers, routes them with the [`Demux`]
+//!   table and hands them to the owning worker over a bounded channel. It never blocks on a
+//!   worker: when a worker's queue is full the datagram is dropped and counted.
+//! - A worker waits for datagrams and commands until its rooms' earliest timeout, drives the
+//!   rooms, sends what they produce on the shared socket and returns buffers to the pool.
+//! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
+//!   channels, so async handlers never block a runtime thread.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cabine_proto::RoomId;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::demux::{Demux, Unrouted};
+use crate::room::{JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId};
+
+/// Largest datagram read from the socket (larger ones are truncated by the kernel and refused).
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// Datagrams queued per worker before the receive thread starts dropping.
+pub const WORKER_QUEUE: usize = 8192;
+
+/// Settings of the media plane.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Address the media socket binds to.
+    pub bind: SocketAddr,
+    /// Address announced to clients as the ICE candidate; `None`: the bound address (which must
+    /// then not be unspecified).
+    pub advertise: Option<SocketAddr>,
+    /// Worker threads (rooms are sharded over them); 0 means one per core.
+    pub workers: usize,
+    /// Per-room settings (the candidate field is filled in by the shell).
+    pub room: RoomConfig,
+}
+
+/// Errors of the media plane shell.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The media socket could not be bound.
+    #[error("cannot bind the media UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The advertised address is unusable.
+    #[error("the media address to advertise is {0}, which clients cannot reach; set media.advertise")]
+    Unadvertisable(SocketAddr),
+    /// A join was refused by the room.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// No such session.
+    #[error("no session {0} in this room")]
+    UnknownSession(SessionId),
+    /// The media plane is shutting down or a worker died.
+    #[error("the media plane is not running")]
+    Stopped,
+}
+
+/// Traffic counters of the shell (all relaxed atomics; read for metrics).
+#[derive(Debug, Default)]
+pub struct ShellCounters {
+    /// Datagrams read from the socket.
+    pub datagrams_in: AtomicU64,
+    /// Bytes read.
+    pub bytes_in: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_out: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Datagrams from an address no session uses (garbage, scans, late packets).
+    pub unknown_source: AtomicU64,
+    /// STUN for a ufrag no session has (floods, stale clients).
+    pub unknown_ufrag: AtomicU64,
+    /// STUN that does not parse or has no USERNAME.
+    pub malformed_stun: AtomicU64,
+    /// Datagrams dropped because a worker's queue was full.
+    pub queue_full: AtomicU64,
+    /// Send errors on the socket.
+    pub send_errors: AtomicU64,
+}
+
+/// A readable copy of [`ShellCounters`].
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct ShellStats {
+    /// Datagrams read from the socket.
+    pub datagrams_in: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams from unknown addresses.
+    pub unknown_source: u64,
+    /// STUN for unknown ufrags.
+    pub unknown_ufrag: u64,
+    /// Malformed STUN.
+    pub malformed_stun: u64,
+    /// Dropped on a full worker queue.
+    pub queue_full: u64,
+    /// Socket send errors.
+    pub send_errors: u64,
+}
+
+/// Something that happened in the media plane that the server should know (audit, bookkeeping).
+#[derive(Debug, Clone)]
+pub enum SfuEvent {
+    /// A room removed a session by itself.
+    SessionEnded {
+        /// The room.
+        room: RoomId,
+        /// The session and why.
+        removed: Removed,
+    },
+}
+
+/// Handle to the running media plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: SocketAddr,
+    workers: Vec<Sender<Msg>>,
+    control: Sender<Control>,
+    counters: Arc<ShellCounters>,
+    stop: Arc<AtomicBool>,
+    events: Receiver<SfuEvent>,
+    threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+type Key = (usize, SessionId);
+
+enum Control {
+    Register(String, Key),
+    Unregister(Key),
+}
+
+enum Msg {
+    Datagram {
+        session: SessionId,
+        source: SocketAddr,
+        buf: Vec<u8>,
+        len: usize,
+        at: Instant,
+    },
+    Join {
+        room: RoomId,
+        req: Box<JoinRequest>,
+        reply: oneshot::Sender<Result<Joined, JoinError>>,
+    },
+    Leave {
+        room: RoomId,
+        session: SessionId,
+        reply: oneshot::Sender<bool>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Vec<RoomSnapshot>>,
+    },
+    Stop,
+}
+
+impl Sfu {
+    /// Binds the media socket and starts the receive thread and the workers.
+    pub fn start(mut cfg: SfuConfig) -> Result<Sfu, SfuError> {
+        let socket = UdpSocket::bind(cfg.bind).map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        let local = socket.local_addr().map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        let advertise = match cfg.advertise {
+            Some(mut a) => {
+                if a.port() == 0 {
+                    a.set_port(local.port());
+                }
+                a
+            }
+            None => local,
+        };
+        if advertise.ip().is_unspecified() {
+            return Err(SfuError::Unadvertisable(advertise));
+        }
+        cfg.room.candidate = advertise;
+        // A short read timeout lets the receive thread notice shutdown and registrations.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|source| SfuError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+        let socket = Arc::new(socket);
+        let n = if cfg.workers == 0 {
+            thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.workers
+        };
+        let counters = Arc::new(ShellCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (control_tx, control_rx) = bounded::<Control>(65_536);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(WORKER_QUEUE * n + 64);
+        let (events_tx, events_rx) = bounded::<SfuEvent>(4096);
+        let mut workers = Vec::new();
+        let mut threads = Vec::new();
+        for w in 0..n {
+            let (tx, rx) = bounded::<Msg>(WORKER_QUEUE);
+            workers.push(tx);
+            let worker = Worker {
+                index: w,
+                rx,
+                socket: Arc::clone(&socket),
+                cfg: cfg.room.clone(),
+                rooms: HashMap::new(),
+                sessions: HashMap::new(),
+                counters: Arc::clone(&counters),
+                control: control_tx.clone(),
+                pool: pool_tx.clone(),
+                events: events_tx.clone(),
+                last_now: Instant::now(),
+            };
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("cabine-sfu-{w}"))
+                    .spawn(move || worker.run())
+                    .map_err(|source| SfuError::Bind {
+                        addr: cfg.bind,
+                        source,
+                    })?,
+            );
+        }
+        let recv = Receiver_ {
+            socket,
+            workers: workers.clone(),
+            control: control_rx,
+            pool: pool_rx,
+            counters: Arc::clone(&counters),
+            stop: Arc::clone(&stop),
+            demux: Demux::default(),
+        };
+        threads.push(
+            thread::Builder::new()
+                .name("cabine-sfu-recv".into())
+                .spawn(move || recv.run())
+                .map_err(|source| SfuError::Bind {
+                    addr: cfg.bind,
+                    source,
+                })?,
+        );
+        info!(%local, %advertise, workers = n, "media plane started");
+        Ok(Sfu {
+            inner: Arc::new(Inner {
+                local,
+                workers,
+                control: control_tx,
+                counters,
+                stop,
+                events: events_rx,
+                threads: std::sync::Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// The bound media socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Adds a session to `room` (creating the room on its worker if needed).
+    pub async fn join(&self, room: RoomId, req: JoinRequest) -> Result<Joined, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::Join {
+                room,
+                req: Box::new(req),
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        Ok(rx.await.map_err(|_| SfuError::Stopped)??)
+    }
+
+    /// Removes a session. Errors with [`SfuError::UnknownSession`] if the room does not hold it.
+    pub async fn leave(&self, room: RoomId, session: SessionId) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::Leave {
+                room,
+                session,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        if rx.await.map_err(|_| SfuError::Stopped)? {
+            Ok(())
+        } else {
+            Err(SfuError::UnknownSession(session))
+        }
+    }
+
+    /// Snapshots of every room on every worker.
+    pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, SfuError> {
+        let mut all = Vec::new();
+        for w in &self.inner.workers {
+            let (reply, rx) = oneshot::channel();
+            w.send(Msg::Snapshot { reply }).map_err(|_| SfuError::Stopped)?;
+            all.extend(rx.await.map_err(|_| SfuError::Stopped)?);
+        }
+        all.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(all)
+    }
+
+    /// The shell's traffic counters.
+    pub fn stats(&self) -> ShellStats {
+        let c = &self.inner.counters;
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShellStats {
+            datagrams_in: r(&c.datagrams_in),
+            bytes_in: r(&c.bytes_in),
+            datagrams_out: r(&c.datagrams_out),
+            bytes_out: r(&c.bytes_out),
+            unknown_source: r(&c.unknown_source),
+            unknown_ufrag: r(&c.unknown_ufrag),
+            malformed_stun: r(&c.malformed_stun),
+            queue_full: r(&c.queue_full),
+            send_errors: r(&c.send_errors),
+        }
+    }
+
+    /// Events from the media plane (sessions that ended on their own).
+    pub fn events(&self) -> Receiver<SfuEvent> {
+        self.inner.events.clone()
+    }
+
+    /// Stops the threads and waits for them.
+    pub fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        for w in &self.inner.workers {
+            let _ = w.send(Msg::Stop);
+        }
+        let _ = &self.inner.control;
+        let threads = match self.inner.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn worker_for(&self, room: &RoomId) -> &Sender<Msg> {
+        &self.inner.workers[worker_index(room, self.inner.workers.len())]
+    }
+}
+
+/// The worker that owns `room` among `n`.
+pub fn worker_index(room: &RoomId, n: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    room.hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+// The receive side. (Named with a trailing underscore to keep crossbeam's `Receiver` readable.)
+struct Receiver_ {
+    socket: Arc<UdpSocket>,
+    workers: Vec<Sender<Msg>>,
+    control: Receiver<Control>,
+    pool: Receiver<Vec<u8>>,
+    counters: Arc<ShellCounters>,
+    stop: Arc<AtomicBool>,
+    demux: Demux<Key>,
+}
+
+impl Receiver_ {
+    fn run(mut self) {
+        let mut buf = self.take_buf();
+        while !self.stop.load(Ordering::Relaxed) {
+            let res = self.socket.recv_from(&mut buf);
+            // Registrations are applied before routing: a session is registered before its
+            // answer leaves the server, so its first STUN always finds it.
+            self.apply_control();
+            let (len, source) = match res {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    continue
+                }
+                Err(e) => {
+                    // ICMP port unreachable surfaces as ConnectionRefused on Linux: harmless.
+                    debug!(error = %e, "media socket receive error");
+                    continue;
+                }
+            };
+            let at = Instant::now();
+            self.counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_in
+                .fetch_add(len as u64, Ordering::Relaxed);
+            let (worker, session) = match self.demux.route(source, &buf[..len]) {
+                Ok(k) => k,
+                Err(why) => {
+                    let c = match why {
+                        Unrouted::UnknownSource => &self.counters.unknown_source,
+                        Unrouted::UnknownUfrag => &self.counters.unknown_ufrag,
+                        Unrouted::MalformedStun | Unrouted::StunWithoutUsername => {
+                            &self.counters.malformed_stun
+                        }
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let next = self.take_buf();
+            let full = std::mem::replace(&mut buf, next);
+            let msg = Msg::Datagram {
+                session,
+                source,
+                buf: full,
+                len,
+                at,
+            };
+            match self.workers[worker].try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    fn take_buf(&self) -> Vec<u8> {
+        match self.pool.try_recv() {
+            Ok(b) => b,
+            Err(_) => vec![0; MAX_DATAGRAM],
+        }
+    }
+
+    fn apply_control(&mut self) {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Register(ufrag, key)) => self.demux.register(ufrag, key),
+                Ok(Control::Unregister(key)) => self.demux.unregister(key),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    rx: Receiver<Msg>,
+    socket: Arc<UdpSocket>,
+    cfg: RoomConfig,
+    rooms: HashMap<RoomId, Room>,
+    sessions: HashMap<SessionId, RoomId>,
+    counters: Arc<ShellCounters>,
+    control: Sender<Control>,
+    pool: Sender<Vec<u8>>,
+    events: Sender<SfuEvent>,
+    last_now: Instant,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let deadline = self.rooms.values().filter_map(Room::poll_timeout).min();
+            let msg = match deadline {
+                Some(d) => match self.rx.recv_deadline(d) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            if let Some(msg) = msg {
+                if !self.handle(msg) {
+                    return;
+                }
+                // Drain what else is queued before looking at timers.
+                while let Ok(msg) = self.rx.try_recv() {
+                    if !self.handle(msg) {
+                        return;
+                    }
+                }
+            }
+            let now = self.now();
+            let (socket, counters) = (&self.socket, &self.counters);
+            let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+            for room in self.rooms.values_mut() {
+                if room.poll_timeout().is_some_and(|t| t <= now) {
+                    room.handle_timeout(now, &mut send);
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn now(&mut self) -> Instant {
+        // str0m needs time that never goes backwards across calls.
+        let now = Instant::now().max(self.last_now);
+        self.last_now = now;
+        now
+    }
+
+    /// Handles one message; false means stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Datagram {
+                session,
+                source,
+                buf,
+                len,
+                at,
+            } => {
+                let now = self.now();
+                let destination = self.socket.local_addr().unwrap_or(self.cfg.candidate);
+                if let Some(room_id) = self.sessions.get(&session) {
+                    if let Some(room) = self.rooms.get_mut(room_id) {
+                        let (socket, counters) = (&self.socket, &self.counters);
+                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                        room.handle_datagram(now, session, source, destination, &buf[..len], &mut send);
+                        if let Some(track) = room.last_forwarded_track() {
+                            room.record_forwarding_delay(track, at.elapsed());
+                        }
+                    }
+                }
+                let _ = self.pool.try_send(buf);
+            }
+            Msg::Join { room, req, reply } => {
+                let now = self.now();
+                let session = req.session;
+                let ufrag = req.ice_ufrag.clone();
+                let r = self
+                    .rooms
+                    .entry(room.clone())
+                    .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
+                let result = r.join(now, *req);
+                if result.is_ok() {
+                    self.sessions.insert(session, room.clone());
+                    let _ = self
+                        .control
+                        .send(Control::Register(ufrag, (self.index, session)));
+                    let (socket, counters) = (&self.socket, &self.counters);
+                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                    r.handle_timeout(now, &mut send);
+                } else if r.is_empty() {
+                    self.rooms.remove(&room);
+                }
+                let _ = reply.send(result);
+            }
+            Msg::Leave {
+                room,
+                session,
+                reply,
+            } => {
+                let found = self
+                    .rooms
+                    .get_mut(&room)
+                    .is_some_and(|r| r.leave(session));
+                if found {
+                    self.forget(session);
+                    if self.rooms.get(&room).is_some_and(Room::is_empty) {
+                        self.rooms.remove(&room);
+                    }
+                }
+                let _ = reply.send(found);
+            }
+            Msg::Snapshot { reply } => {
+                let now = self.now();
+                let _ = reply.send(self.rooms.values().map(|r| r.snapshot(now)).collect());
+            }
+            Msg::Stop => return false,
+        }
+        true
+    }
+
+    fn forget(&mut self, session: SessionId) {
+        self.sessions.remove(&session);
+        let _ = self.control.send(Control::Unregister((self.index, session)));
+    }
+
+    fn reap(&mut self) {
+        let mut ended = Vec::new();
+        for (id, room) in &mut self.rooms {
+            for removed in room.take_removed() {
+                ended.push((id.clone(), removed));
+            }
+        }
+        for (room, removed) in ended {
+            self.forget(removed.session);
+            info!(session = %removed.session, reason = removed.reason, "session ended");
+            if self
+                .events
+                .try_send(SfuEvent::SessionEnded {
+                    room: room.clone(),
+                    removed,
+                })
+                .is_err()
+            {
+                warn!("media plane event queue full, an ended session was not reported");
+            }
+            if self.rooms.get(&room).is_some_and(Room::is_empty) {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+}
+
+fn send_to(socket: &UdpSocket, counters: &ShellCounters, t: &str0m::net::Transmit) {
+    match socket.send_to(&t.contents, t.destination) {
+        Ok(n) => {
+            counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(_) => {
+            counters.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
