@@ -1,0 +1,615 @@
+//! HTTP routes: WHIP and WHEP (RFC 9725), health, and the operators' room list.
+//!
+//! Every error is a plain-text body naming the problem, with the status DESIGN.md fixes:
+//! 400 bad SDP or room name, 401 bad token, 403 not allowed, 404 unknown session,
+//! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec,
+//! 503 draining or full.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cabine_proto::{Claims, Grant, Identity, Redacted, Role, RoomId};
+use cabine_sfu::room::{RoomSnapshot, TrackInfo};
+use cabine_sfu::shell::{SfuEvent, ShellStats};
+use cabine_sfu::{JoinError, JoinRequest, SessionId, SessionKind, Sfu, SfuError};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::auth::{bearer, AuthError, Tokens};
+use crate::config::Config;
+
+/// Shared state of the HTTP layer.
+pub struct AppState {
+    tokens: Tokens,
+    sfu: Sfu,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    /// Set during shutdown: new sessions are refused and readiness fails.
+    pub draining: AtomicBool,
+    public_url: String,
+    refused: Mutex<HashMap<&'static str, u64>>,
+    joins: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    room: RoomId,
+    identity: Identity,
+    kind: SessionKind,
+    etag: String,
+}
+
+impl AppState {
+    /// State for a server with `cfg`, over a started media plane.
+    pub fn new(cfg: &Config, sfu: Sfu) -> Self {
+        AppState {
+            tokens: Tokens::new(cfg.auth.secret.as_bytes()),
+            sfu,
+            sessions: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            public_url: cfg.http.public_url.trim_end_matches('/').to_owned(),
+            refused: Mutex::new(HashMap::new()),
+            joins: AtomicU64::new(0),
+        }
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions_lock().len()
+    }
+
+    /// Closes every open session; returns how many there were.
+    pub async fn close_all(&self) -> usize {
+        let all: Vec<(SessionId, SessionEntry)> = self.sessions_lock().drain().collect();
+        for (id, e) in &all {
+            let _ = self.sfu.leave(e.room.clone(), *id).await;
+            audit("leave", &e.room, &e.identity, None, "server shutdown");
+        }
+        all.len()
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionEntry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_refusal(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+}
+
+/// Reads media-plane events (sessions that ended by themselves) into the session table and the
+/// audit log, on a blocking thread.
+pub fn spawn_event_reader(state: Arc<AppState>) {
+    let events = state.sfu.events();
+    std::thread::Builder::new()
+        .name("cabine-events".into())
+        .spawn(move || {
+            for ev in events.iter() {
+                match ev {
+                    SfuEvent::SessionEnded { room, removed } => {
+                        state.sessions_lock().remove(&removed.session);
+                        audit("leave", &room, &removed.identity, None, removed.reason);
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| warn!(error = %e, "cannot start the media event reader"));
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/demo/publish", get(demo_publish))
+        .route("/demo/watch", get(demo_watch))
+        .route("/readyz", get(readyz))
+        .route("/api/rooms", get(rooms))
+        .route("/whip/{room}", post(whip).options(options))
+        .route("/whep/{room}", post(whep).options(options))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(patch_session)
+                .delete(delete_session)
+                .options(options),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(patch_session)
+                .delete(delete_session)
+                .options(options),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// An API error: status and a message that names the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, format!("{}\n", self.message)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut err = ApiError::new(status, e.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            err.message = format!("{} (401 Unauthorized)", e);
+        }
+        err
+    }
+}
+
+/// A dependency-free page that publishes the browser's camera and microphone over WHIP
+/// (token in the URL fragment: `/demo/publish#room=R&token=T`).
+async fn demo_publish() -> Response {
+    html(include_str!("../assets/publish.html"))
+}
+
+/// A dependency-free page that plays a room over WHEP (`/demo/watch#room=R&token=T`).
+async fn demo_watch() -> Response {
+    html(include_str!("../assets/watch.html"))
+}
+
+fn html(body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    // The token travels in the fragment, which browsers never send; keep it out of referrers too.
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; media-src 'self' blob: mediastream:"),
+    );
+    r
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.draining.load(Ordering::Relaxed) {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn options() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    h.insert(
+        "accept-patch",
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    r
+}
+
+#[derive(Debug, Deserialize)]
+struct WhepQuery {
+    from: Option<String>,
+}
+
+async fn whip(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create_session(&st, peer, &room, &headers, body, SessionKind::Publish, None).await
+}
+
+async fn whep(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    Query(q): Query<WhepQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let from = match q.from {
+        Some(f) => Some(Identity::parse(&f).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("bad `from` parameter: {e}"))
+        })?),
+        None => None,
+    };
+    create_session(&st, peer, &room, &headers, body, SessionKind::Subscribe, from).await
+}
+
+async fn create_session(
+    st: &Arc<AppState>,
+    peer: SocketAddr,
+    room: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    kind: SessionKind,
+    from: Option<Identity>,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+    let (grant, action, path) = match kind {
+        SessionKind::Publish => (Grant::Publish, "publish", "whip"),
+        SessionKind::Subscribe => (Grant::Subscribe, "subscribe", "whep"),
+    };
+    let claims = authorize(st, headers, &room, grant, action, peer)?;
+    if st.draining.load(Ordering::Relaxed) {
+        st.count_refusal("draining");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is shutting down; retry on another node",
+        ));
+    }
+    check_content_type(headers, "application/sdp")?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))?;
+    if offer.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
+    }
+    let session = SessionId(rand::rng().random());
+    let ice_ufrag = random_token(8);
+    let ice_pwd = random_token(24);
+    let req = JoinRequest {
+        session,
+        identity: claims.sub.clone(),
+        role: claims.role,
+        kind,
+        offer: offer.to_owned(),
+        from,
+        ice_ufrag: ice_ufrag.clone(),
+        ice_pwd,
+    };
+    let joined = match st.sfu.join(room.clone(), req).await {
+        Ok(j) => j,
+        Err(e) => {
+            let (status, reason) = match &e {
+                SfuError::Join(JoinError::BadSdp(_)) | SfuError::Join(JoinError::Refused(_)) => {
+                    (StatusCode::BAD_REQUEST, "bad_sdp")
+                }
+                SfuError::Join(JoinError::NoUsableMedia(_)) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "no_usable_codec")
+                }
+                SfuError::Join(JoinError::RoomFull(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "room_full")
+                }
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "media_plane_down"),
+            };
+            st.count_refusal(reason);
+            let message = clean_message(&e.to_string());
+            audit("refused", &room, &claims.sub, Some(peer), &message);
+            return Err(ApiError::new(status, message));
+        }
+    };
+    let etag = format!("\"{ice_ufrag}\"");
+    st.sessions_lock().insert(
+        session,
+        SessionEntry {
+            room: room.clone(),
+            identity: claims.sub.clone(),
+            kind,
+            etag: etag.clone(),
+        },
+    );
+    st.joins.fetch_add(1, Ordering::Relaxed);
+    audit(action, &room, &claims.sub, Some(peer), &describe(&joined.tracks));
+    info!(
+        room = %Redacted(&room),
+        identity = %Redacted(&claims.sub),
+        role = %claims.role,
+        session = %session,
+        tracks = joined.tracks.len(),
+        "{action} session created"
+    );
+    let location = format!("{}/{path}/{room}/{session}", st.public_url);
+    let mut r = (StatusCode::CREATED, joined.answer).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    insert(h, header::LOCATION, &location);
+    insert(h, header::ETAG, &etag);
+    Ok(r)
+}
+
+async fn patch_session(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (room, id, entry) = lookup_session(&st, &room, &session)?;
+    owner_only(&st, &headers, &room, &entry, peer)?;
+    check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
+    if let Some(m) = headers.get(header::IF_MATCH) {
+        let m = m.to_str().unwrap_or("");
+        if m != "*" && m != entry.etag {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("If-Match {m} does not match the session's ETag {}", entry.etag),
+            ));
+        }
+    }
+    let frag = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8")
+    })?;
+    let new_ufrag = frag
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned);
+    let restart = new_ufrag.is_some_and(|u| !entry.etag.contains(&u)) && frag.contains("a=ice-pwd:");
+    if restart {
+        // The server is ICE-lite with one host candidate: a client's ICE restart is answered
+        // by ending the session, so that the client re-POSTs (RFC 9725 §4.3.2 allows refusing).
+        let _ = id;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restart is not supported by this server yet: DELETE the session and POST a new offer",
+        ));
+    }
+    // Trickled candidates need no action: the server is ICE-lite and learns the client's
+    // addresses from its connectivity checks.
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_session(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (room, id, entry) = lookup_session(&st, &room, &session)?;
+    owner_only(&st, &headers, &room, &entry, peer)?;
+    st.sessions_lock().remove(&id);
+    match st.sfu.leave(room.clone(), id).await {
+        Ok(()) | Err(SfuError::UnknownSession(_)) => {}
+        Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+    audit("leave", &room, &entry.identity, Some(peer), "DELETE");
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The operators' view of the node.
+#[derive(Debug, Serialize)]
+pub struct RoomsResponse {
+    /// Rooms (all of them for a `*` token, else the token's room).
+    pub rooms: Vec<RoomSnapshot>,
+    /// Socket-level counters of the media plane.
+    pub media: ShellStats,
+    /// Requests refused, by reason.
+    pub refused: HashMap<&'static str, u64>,
+    /// Sessions created since start.
+    pub joins: u64,
+}
+
+async fn rooms(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<RoomsResponse>, ApiError> {
+    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
+        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let claims: Claims = st.tokens.verify(token).inspect_err(|e| {
+        st.count_refusal(e.reason());
+    })?;
+    if claims.role != Role::Operator {
+        st.count_refusal("forbidden_role");
+        let e = AuthError::Forbidden {
+            role: claims.role,
+            action: "read room statistics (operator only)",
+        };
+        audit_refusal(&claims.room, &claims.sub, peer, &e);
+        return Err(e.into());
+    }
+    let mut rooms = st
+        .sfu
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if claims.room != "*" {
+        rooms.retain(|r| r.room.as_str() == claims.room);
+    }
+    let refused = st.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Json(RoomsResponse {
+        rooms,
+        media: st.sfu.stats(),
+        refused,
+        joins: st.joins.load(Ordering::Relaxed),
+    }))
+}
+
+// ---- helpers ----
+
+fn authorize(
+    st: &AppState,
+    headers: &HeaderMap,
+    room: &RoomId,
+    grant: Grant,
+    action: &'static str,
+    peer: SocketAddr,
+) -> Result<Claims, ApiError> {
+    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
+        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    st.tokens
+        .authorize(token, room, grant, action)
+        .map_err(|e| {
+            st.count_refusal(e.reason());
+            if let Ok(c) = st.tokens.verify(token) {
+                audit_refusal(room.as_str(), &c.sub, peer, &e);
+            } else {
+                warn!(room = %Redacted(room), peer = %peer, reason = e.reason(), "token refused");
+            }
+            e.into()
+        })
+}
+
+fn owner_only(
+    st: &AppState,
+    headers: &HeaderMap,
+    room: &RoomId,
+    entry: &SessionEntry,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
+        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let claims = st.tokens.verify(token).inspect_err(|e| st.count_refusal(e.reason()))?;
+    if !claims.is_for_room(room) {
+        st.count_refusal("wrong_room");
+        return Err(AuthError::WrongRoom {
+            token_room: claims.room,
+            room: room.to_string(),
+        }
+        .into());
+    }
+    if claims.sub != entry.identity && claims.role != Role::Operator {
+        st.count_refusal("not_owner");
+        let e = AuthError::Forbidden {
+            role: claims.role,
+            action: "modify another participant's session",
+        };
+        audit_refusal(room.as_str(), &claims.sub, peer, &e);
+        return Err(e.into());
+    }
+    let _ = entry.kind;
+    Ok(())
+}
+
+fn lookup_session(
+    st: &AppState,
+    room: &str,
+    session: &str,
+) -> Result<(RoomId, SessionId, SessionEntry), ApiError> {
+    let room = RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {session} in room {room}"),
+        )
+    };
+    let id = u64::from_str_radix(session, 16).map_err(|_| unknown())?;
+    let id = SessionId(id);
+    let entry = st.sessions_lock().get(&id).cloned().ok_or_else(unknown)?;
+    if entry.room != room {
+        return Err(unknown());
+    }
+    Ok((room, id, entry))
+}
+
+fn check_content_type(headers: &HeaderMap, want: &str) -> Result<(), ApiError> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = got.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case(want) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be {want}, got {:?}", got),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds a multi-line parser message into one line and drops parser-internal addresses.
+fn clean_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    for part in m.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let part = match part.find(" at PointerOffset(") {
+            Some(i) => {
+                let rest = &part[i..];
+                let end = rest.find(')').map_or(rest.len(), |e| e + 1);
+                format!("{}{}", &part[..i], &rest[end..])
+            }
+            None => part.to_owned(),
+        };
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&part);
+    }
+    out
+}
+
+fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+fn describe(tracks: &[TrackInfo]) -> String {
+    let labels: Vec<String> = tracks
+        .iter()
+        .map(|t| format!("{}:{}", t.kind, t.label.track))
+        .collect();
+    format!("tracks [{}]", labels.join(", "))
+}
+
+/// Writes an audit record (target `audit`): who did what in which room, from where. Identities
+/// appear in clear here and only here; the audit sink is access-controlled.
+fn audit(event: &str, room: &RoomId, identity: &Identity, peer: Option<SocketAddr>, detail: &str) {
+    info!(
+        target: "audit",
+        event,
+        room = %room,
+        identity = %identity,
+        peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+        detail
+    );
+}
+
+fn audit_refusal(room: &str, identity: &Identity, peer: SocketAddr, e: &AuthError) {
+    info!(
+        target: "audit",
+        event = "refused",
+        room,
+        identity = %identity,
+        peer = %peer,
+        reason = e.reason(),
+        detail = %e
+    );
+}

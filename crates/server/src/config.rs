@@ -1,0 +1,210 @@
+//! Configuration: the embedded `configs/default.toml`, then an optional file, then `CABINE_*`
+//! environment variables, parsed once into checked types.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The built-in configuration, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../../configs/default.toml");
+
+/// The development secret shipped in the default configuration.
+pub const DEV_SECRET: &str = "cabine-development-secret-do-not-use-in-production";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP API.
+    pub http: HttpConfig,
+    /// Media plane.
+    pub media: MediaConfig,
+    /// Tokens.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// PEM certificate chain (empty: plain HTTP).
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+    /// Drain time on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Public base URL for Location headers (empty: relative).
+    pub public_url: String,
+}
+
+/// `[media]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// UDP bind address.
+    pub bind: SocketAddr,
+    /// Advertised candidate address ("" = bind address; a bare IP takes the bind port).
+    pub advertise: String,
+    /// Worker threads (0 = one per core).
+    pub workers: usize,
+    /// Sessions per room.
+    pub max_sessions_per_room: usize,
+    /// ICE disconnect grace.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_grace: Duration,
+    /// Initial bandwidth estimate per subscriber, kbit/s.
+    pub initial_bitrate_kbps: u64,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret.
+    pub secret: String,
+    /// Longest mintable token lifetime.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter.
+    pub filter: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+/// A configuration error, naming the file or variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// A value is malformed or a key unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// A value is well-formed but unusable.
+    #[error("invalid configuration: {0}")]
+    Unusable(String),
+}
+
+impl Config {
+    /// Loads the defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("CABINE_").split("__"));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Loads the built-in defaults only (tests, tools).
+    pub fn defaults() -> Config {
+        // The embedded file is checked by a unit test, so this cannot fail at run time.
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("embedded default config is valid")
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.auth.secret.len() < 16 {
+            return Err(ConfigError::Unusable(format!(
+                "auth.secret is {} bytes long; use at least 16 (32 random bytes recommended)",
+                self.auth.secret.len()
+            )));
+        }
+        let cert = !self.http.tls_cert.as_os_str().is_empty();
+        let key = !self.http.tls_key.as_os_str().is_empty();
+        if cert != key {
+            return Err(ConfigError::Unusable(
+                "http.tls_cert and http.tls_key must be set together".into(),
+            ));
+        }
+        self.advertise()?;
+        Ok(())
+    }
+
+    /// The media address to advertise, if configured.
+    pub fn advertise(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let a = self.media.advertise.trim();
+        if a.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(addr) = a.parse::<SocketAddr>() {
+            return Ok(Some(addr));
+        }
+        match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(Some(SocketAddr::new(ip, self.media.bind.port()))),
+            Err(_) => Err(ConfigError::Unusable(format!(
+                "media.advertise = {a:?} is neither an IP address nor IP:port"
+            ))),
+        }
+    }
+
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.http.tls_cert.as_os_str().is_empty())
+            .then(|| (self.http.tls_cert.as_path(), self.http.tls_key.as_path()))
+    }
+
+    /// Whether the server runs with the public development secret.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.auth.secret == DEV_SECRET
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.media.bind.port(), 7882);
+        assert!(c.uses_dev_secret());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("cabine-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[media]\nworkers = 3\n").unwrap();
+        let c = Config::load(Some(&good)).unwrap();
+        assert_eq!(c.media.workers, 3);
+        assert_eq!(c.http.listen.port(), 8080);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[media]\nworkerz = 3\n").unwrap();
+        let e = Config::load(Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains("workerz"), "{e}");
+
+        let e = Config::load(Some(&dir.join("nope.toml"))).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

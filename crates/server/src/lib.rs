@@ -1,0 +1,177 @@
+//! The `cabine` server: HTTP API (WHIP, WHEP, health, statistics) in front of the media plane.
+//!
+//! [`Server::start`] binds everything from a [`Config`] and returns a handle with the bound
+//! addresses; the binary and the end-to-end tests both use it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cabine_sfu::{RoomConfig, Sfu, SfuConfig};
+use str0m::bwe::Bitrate;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use crate::config::Config;
+
+/// A running server.
+pub struct Server {
+    http: SocketAddr,
+    sfu: Sfu,
+    state: Arc<api::AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The media plane did not start.
+    #[error(transparent)]
+    Media(#[from] cabine_sfu::SfuError),
+    /// The HTTP listener did not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("cannot load TLS certificate/key: {0}")]
+    Tls(std::io::Error),
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+impl Server {
+    /// Starts the media plane and the HTTP API. Must be called inside a tokio runtime.
+    pub async fn start(cfg: Config) -> Result<Server, StartError> {
+        if cfg.uses_dev_secret() {
+            warn!(
+                "running with the built-in development token secret: anyone can mint tokens. \
+                 Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
+            );
+        }
+        let sfu = Sfu::start(SfuConfig {
+            bind: cfg.media.bind,
+            advertise: cfg.advertise()?,
+            workers: cfg.media.workers,
+            room: RoomConfig {
+                initial_bitrate: Bitrate::kbps(cfg.media.initial_bitrate_kbps),
+                disconnect_grace: cfg.media.disconnect_grace,
+                max_sessions: cfg.media.max_sessions_per_room,
+                ..RoomConfig::default()
+            },
+        })?;
+        let state = Arc::new(api::AppState::new(&cfg, sfu.clone()));
+        api::spawn_event_reader(Arc::clone(&state));
+        let app = api::router(Arc::clone(&state), cfg.http.max_body_bytes);
+        let (stop, mut stop_rx) = watch::channel(false);
+        let listener = std::net::TcpListener::bind(cfg.http.listen).map_err(|source| {
+            StartError::Listen {
+                addr: cfg.http.listen,
+                source,
+            }
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen {
+                addr: cfg.http.listen,
+                source,
+            })?;
+        let http = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: cfg.http.listen,
+            source,
+        })?;
+        let task = match cfg.tls() {
+            Some((cert, key)) => {
+                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(StartError::Tls)?;
+                let handle = axum_server::Handle::new();
+                let h2 = handle.clone();
+                tokio::spawn(async move {
+                    let _ = stop_rx.changed().await;
+                    h2.graceful_shutdown(Some(Duration::from_secs(5)));
+                });
+                let server = axum_server::from_tcp_rustls(listener, tls)
+                    .handle(handle)
+                    .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+                tokio::spawn(server)
+            }
+            None => {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(|source| {
+                        StartError::Listen {
+                            addr: cfg.http.listen,
+                            source,
+                        }
+                    })?;
+                tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move {
+                        let _ = stop_rx.changed().await;
+                    })
+                    .await
+                })
+            }
+        };
+        info!(
+            http = %http,
+            tls = cfg.tls().is_some(),
+            media = %sfu.local_addr(),
+            "cabine is up"
+        );
+        Ok(Server {
+            http,
+            sfu,
+            state,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The bound media UDP address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.sfu.local_addr()
+    }
+
+    /// Graceful shutdown: refuse new sessions (readyz turns 503), let sessions end for up to
+    /// `drain`, then close the remaining ones and stop.
+    pub async fn shutdown(self, drain: Duration) {
+        self.state.draining.store(true, Ordering::Relaxed);
+        info!(drain = ?drain, "draining: new sessions are refused");
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline && self.state.session_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.state.close_all().await;
+        if left > 0 {
+            info!(sessions = left, "closed sessions still open at the end of the drain");
+        }
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let sfu = self.sfu.clone();
+        let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        info!("cabine stopped");
+    }
+}
+
+/// Whether a server is draining (shared flag type used by the API).
+pub type Draining = AtomicBool;
