@@ -45,6 +45,8 @@ struct SessionEntry {
     identity: Identity,
     kind: SessionKind,
     etag: String,
+    /// The client's current ICE ufrag (a PATCH with another one is an ICE restart).
+    client_ufrag: String,
 }
 
 impl AppState {
@@ -326,6 +328,7 @@ async fn create_session(
             identity: claims.sub.clone(),
             kind,
             etag: etag.clone(),
+            client_ufrag: sdp_attr(offer, "a=ice-ufrag:").unwrap_or_default(),
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
@@ -369,23 +372,60 @@ async fn patch_session(
     let frag = std::str::from_utf8(&body).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8")
     })?;
-    let new_ufrag = frag
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(str::to_owned);
-    let restart = new_ufrag.is_some_and(|u| !entry.etag.contains(&u)) && frag.contains("a=ice-pwd:");
-    if restart {
-        // The server is ICE-lite with one host candidate: a client's ICE restart is answered
-        // by ending the session, so that the client re-POSTs (RFC 9725 §4.3.2 allows refusing).
-        let _ = id;
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ICE restart is not supported by this server yet: DELETE the session and POST a new offer",
-        ));
+    let new_ufrag = sdp_attr(frag, "a=ice-ufrag:");
+    let new_pwd = sdp_attr(frag, "a=ice-pwd:");
+    if let (Some(ufrag), Some(pwd)) = (new_ufrag, new_pwd) {
+        if ufrag != entry.client_ufrag {
+            return ice_restart(&st, room, id, entry, ufrag, pwd, peer).await;
+        }
     }
     // Trickled candidates need no action: the server is ICE-lite and learns the client's
     // addresses from its connectivity checks.
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn ice_restart(
+    st: &AppState,
+    room: RoomId,
+    id: SessionId,
+    entry: SessionEntry,
+    ufrag: String,
+    pwd: String,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
+    if ufrag.len() < 4 || pwd.len() < 22 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ICE restart: ice-ufrag must be at least 4 and ice-pwd at least 22 characters (RFC 8839)",
+        ));
+    }
+    let local = str0m::IceCreds {
+        ufrag: random_token(8),
+        pass: random_token(24),
+    };
+    let remote = str0m::IceCreds {
+        ufrag: ufrag.clone(),
+        pass: pwd,
+    };
+    st.sfu
+        .ice_restart(room.clone(), id, remote, local.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let etag = format!("\"{}\"", local.ufrag);
+    if let Some(e) = st.sessions_lock().get_mut(&id) {
+        e.etag = etag.clone();
+        e.client_ufrag = ufrag;
+    }
+    audit("ice_restart", &room, &entry.identity, Some(peer), "");
+    let body = format!("a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", local.ufrag, local.pass);
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    insert(h, header::ETAG, &etag);
+    Ok(r)
 }
 
 async fn delete_session(
@@ -530,6 +570,13 @@ fn lookup_session(
         return Err(unknown());
     }
     Ok((room, id, entry))
+}
+
+/// The value of the first line starting with `prefix` (e.g. `a=ice-ufrag:`).
+fn sdp_attr(sdp: &str, prefix: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map(|v| v.trim().to_owned())
 }
 
 fn check_content_type(headers: &HeaderMap, want: &str) -> Result<(), ApiError> {

@@ -501,6 +501,24 @@ impl Room {
         true
     }
 
+    /// ICE restart (RFC 9725 §4.3.2): the client sent new credentials; the session continues with
+    /// `local` as the server's new credentials. Returns whether the session exists.
+    pub fn ice_restart(
+        &mut self,
+        session: SessionId,
+        remote: str0m::IceCreds,
+        local: str0m::IceCreds,
+    ) -> bool {
+        let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) else {
+            return false;
+        };
+        let mut api = s.rtc.direct_api();
+        api.set_local_ice_credentials(local);
+        api.set_remote_ice_credentials(remote);
+        s.dirty = true;
+        true
+    }
+
     /// Feeds one datagram that the shell routed to `session`.
     pub fn handle_datagram(
         &mut self,

@@ -176,6 +176,13 @@ enum Msg {
     Snapshot {
         reply: oneshot::Sender<Vec<RoomSnapshot>>,
     },
+    IceRestart {
+        room: RoomId,
+        session: SessionId,
+        remote: str0m::IceCreds,
+        local: str0m::IceCreds,
+        reply: oneshot::Sender<bool>,
+    },
     Stop,
 }
 
@@ -306,6 +313,32 @@ impl Sfu {
             .send(Msg::Leave {
                 room,
                 session,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        if rx.await.map_err(|_| SfuError::Stopped)? {
+            Ok(())
+        } else {
+            Err(SfuError::UnknownSession(session))
+        }
+    }
+
+    /// Restarts ICE for a session: `remote` are the client's new credentials, `local` the
+    /// server's new ones (registered for routing before this returns).
+    pub async fn ice_restart(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        remote: str0m::IceCreds,
+        local: str0m::IceCreds,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::IceRestart {
+                room,
+                session,
+                remote,
+                local,
                 reply,
             })
             .map_err(|_| SfuError::Stopped)?;
@@ -590,6 +623,31 @@ impl Worker {
             Msg::Snapshot { reply } => {
                 let now = self.now();
                 let _ = reply.send(self.rooms.values().map(|r| r.snapshot(now)).collect());
+            }
+            Msg::IceRestart {
+                room,
+                session,
+                remote,
+                local,
+                reply,
+            } => {
+                let ufrag = local.ufrag.clone();
+                let found = self
+                    .rooms
+                    .get_mut(&room)
+                    .is_some_and(|r| r.ice_restart(session, remote, local));
+                if found {
+                    let _ = self
+                        .control
+                        .send(Control::Register(ufrag, (self.index, session)));
+                    let now = self.now();
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        let (socket, counters) = (&self.socket, &self.counters);
+                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                        r.handle_timeout(now, &mut send);
+                    }
+                }
+                let _ = reply.send(found);
             }
             Msg::Stop => return false,
         }

@@ -1,0 +1,147 @@
+//! Shared helpers for the server's end-to-end tests: an in-process server on ephemeral ports
+//! and token minting with its secret.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use cabine_proto::{Grant, Identity, Role};
+use cabine_server::auth::Tokens;
+use cabine_server::{Config, Server};
+
+/// A running server and what tests need to talk to it.
+pub struct TestServer {
+    pub server: Server,
+    pub base: String,
+    pub tokens: Tokens,
+    pub secret: String,
+}
+
+/// Starts a server on 127.0.0.1 with ephemeral HTTP and media ports.
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+/// Same, with a configuration tweak.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut cfg = Config::defaults();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.media.workers = 2;
+    cfg.auth.secret = "test-secret-0123456789abcdef0123456789".into();
+    tweak(&mut cfg);
+    let secret = cfg.auth.secret.clone();
+    let server = Server::start(cfg).await.expect("server starts");
+    let base = format!("http://{}", server.http_addr());
+    TestServer {
+        server,
+        base,
+        tokens: Tokens::new(secret.as_bytes()),
+        secret,
+    }
+}
+
+impl TestServer {
+    /// A token for `identity` with `role` in `room`, valid 10 minutes.
+    pub fn token(&self, room: &str, role: Role, identity: &str) -> String {
+        self.token_with(room, role, identity, None)
+    }
+
+    /// Same with explicit grants.
+    pub fn token_with(
+        &self,
+        room: &str,
+        role: Role,
+        identity: &str,
+        grants: Option<Vec<Grant>>,
+    ) -> String {
+        self.tokens
+            .mint(
+                room,
+                role,
+                Identity::parse(identity).unwrap(),
+                Duration::from_secs(600),
+                grants,
+            )
+            .unwrap()
+    }
+
+    /// GET /api/rooms with an operator token.
+    pub async fn rooms(&self) -> serde_json::Value {
+        let t = self.token("*", Role::Operator, "ops");
+        reqwest::Client::new()
+            .get(format!("{}/api/rooms", self.base))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// A minimal but valid-looking recvonly/sendonly SDP offer (Opus + VP8), enough for the server
+/// to answer. The ICE/DTLS parameters are syntactically valid; no one will connect with them.
+pub fn sdp_offer(direction: &str) -> String {
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0 1",
+        "a=msid-semantic: WMS kiosk",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        "a=ice-options:trickle",
+        "a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08",
+        "a=setup:actpass",
+        "a=mid:0",
+        &format!("a={direction}"),
+        "a=msid:kiosk microphone",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=ssrc:1001 cname:kiosk",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        "a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08",
+        "a=setup:actpass",
+        "a=mid:1",
+        &format!("a={direction}"),
+        "a=msid:kiosk room-camera",
+        "a=rtcp-mux",
+        "a=rtpmap:96 VP8/90000",
+        "a=rtcp-fb:96 nack",
+        "a=rtcp-fb:96 nack pli",
+        "a=ssrc:1002 cname:kiosk",
+        "",
+    ]
+    .join("\r\n")
+}
+
+/// POSTs an SDP offer; returns status, headers and body.
+pub async fn post_sdp(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("request sent");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap_or_default())
+}
