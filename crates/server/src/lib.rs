@@ -54,6 +54,9 @@ pub enum StartError {
 impl Server {
     /// Starts the media plane and the HTTP API. Must be called inside a tokio runtime.
     pub async fn start(cfg: Config) -> Result<Server, StartError> {
+        // One TLS crypto provider for the whole process (HTTPS, and any other rustls user in
+        // it); an earlier install (a test harness, an embedding program) is kept.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         if cfg.uses_dev_secret() {
             warn!(
                 "running with the built-in development token secret: anyone can mint tokens. \
