@@ -32,30 +32,58 @@ pub(crate) struct NewPeer {
     pub state: watch::Receiver<RTCPeerConnectionState>,
 }
 
+/// Which side of the SFU a peer connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// WHIP: send-only.
+    Publish,
+    /// WHEP: receive-only.
+    Subscribe,
+}
+
 /// Creates a peer connection with the client's codecs, header extensions, interceptors (NACK,
 /// RTCP reports, TWCC) and ICE settings.
-pub(crate) async fn new_peer_connection(opts: &ClientOptions) -> Result<NewPeer> {
+pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Result<NewPeer> {
     let mut media = MediaEngine::default();
+    // Interceptors first: they add their RTCP feedback to the codecs already registered, and
+    // our codec capabilities list all their feedback already (no duplicates that way).
+    let mut registry = Registry::new();
+    registry = configure_nack(registry, &mut media);
+    registry = configure_rtcp_reports(registry);
+    registry = configure_twcc(registry, &mut media).map_err(Error::webrtc("configuring TWCC"))?;
     for codec in Codec::ALL {
         media
             .register_codec(codec.parameters(), codec.kind().rtp_codec_type())
             .map_err(Error::webrtc("registering codec"))?;
     }
-    // mid and rid are needed for BUNDLE demultiplexing without SSRCs and for simulcast.
-    let extensions: [(&str, &[RTPCodecType]); 3] = [
-        (
-            extmap::SDES_MID_URI,
-            &[RTPCodecType::Audio, RTPCodecType::Video],
-        ),
-        (extmap::SDES_RTP_STREAM_ID_URI, &[RTPCodecType::Video]),
-        (extmap::SDES_REPAIR_RTP_STREAM_ID_URI, &[RTPCodecType::Video]),
-    ];
+    // A publisher sends mid and rid so the server can demultiplex simulcast layers.
+    //
+    // A subscriber deliberately does not negotiate mid: `webrtc` 0.14 has a start-up race
+    // where packets arriving before a declared SSRC's receiver is running are "probed" as
+    // unknown simulcast streams, which consumes ~10 packets and then closes the stream the
+    // track reads from (the track is dead from then on). Without a negotiated mid extension,
+    // that probing stops before touching the stream and the receiver later picks up the
+    // buffered packets. Consequence: the server's answer must declare its SSRCs (`a=ssrc`).
+    let extensions: &[(&str, &[RTPCodecType])] = match role {
+        Role::Publish => &[
+            (
+                extmap::SDES_MID_URI,
+                &[RTPCodecType::Audio, RTPCodecType::Video],
+            ),
+            (extmap::SDES_RTP_STREAM_ID_URI, &[RTPCodecType::Video]),
+            (
+                extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+                &[RTPCodecType::Video],
+            ),
+        ],
+        Role::Subscribe => &[],
+    };
     for (uri, kinds) in extensions {
-        for kind in kinds {
+        for kind in *kinds {
             media
                 .register_header_extension(
                     RTCRtpHeaderExtensionCapability {
-                        uri: uri.to_owned(),
+                        uri: (*uri).to_owned(),
                     },
                     *kind,
                     None,
@@ -63,10 +91,6 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions) -> Result<NewPeer>
                 .map_err(Error::webrtc("registering header extension"))?;
         }
     }
-    let mut registry = Registry::new();
-    registry = configure_nack(registry, &mut media);
-    registry = configure_rtcp_reports(registry);
-    registry = configure_twcc(registry, &mut media).map_err(Error::webrtc("configuring TWCC"))?;
 
     let mut settings = SettingEngine::default();
     // Host candidates must be plain IP addresses: the server cannot resolve `.local` names.
@@ -118,7 +142,10 @@ pub(crate) async fn gather_offer(pc: &RTCPeerConnection, timeout: Duration) -> R
     pc.set_local_description(offer)
         .await
         .map_err(Error::webrtc("setting local description"))?;
-    if tokio::time::timeout(timeout, gathered.recv()).await.is_err() {
+    if tokio::time::timeout(timeout, gathered.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             ?timeout,
             "ICE gathering incomplete; sending the candidates gathered so far"
@@ -170,5 +197,54 @@ pub(crate) async fn wait_connected(
         other => Err(Error::ConnectionFailed {
             state: other.to_string(),
         }),
+    }
+}
+
+/// Removes `a=ssrc` and `a=ssrc-group` lines from media sections that announce simulcast.
+///
+/// `webrtc` lists one SSRC per simulcast layer in the offer, with no indication of which RID
+/// it belongs to. Browsers (Chrome) send RID-only simulcast offers, and SFUs identify layers by
+/// the RID header extension, so the offer sent to the server follows that shape.
+pub(crate) fn strip_simulcast_ssrcs(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let simulcast = section.iter().any(|l| l.starts_with("a=simulcast:"));
+        for line in section.drain(..) {
+            if simulcast && (line.starts_with("a=ssrc:") || line.starts_with("a=ssrc-group:")) {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str(eol);
+        }
+    };
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_simulcast_ssrcs;
+
+    #[test]
+    fn ssrc_lines_are_removed_only_from_simulcast_sections() {
+        let sdp = "v=0\r\na=group:BUNDLE 0 1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ssrc:1 cname:x\r\na=rid:q send\r\n\
+                   a=simulcast:send q\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:2 cname:x\r\n";
+        let out = strip_simulcast_ssrcs(sdp);
+        assert_eq!(
+            out,
+            "v=0\r\na=group:BUNDLE 0 1\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=simulcast:send q\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:2 cname:x\r\n"
+        );
     }
 }

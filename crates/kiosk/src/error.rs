@@ -27,7 +27,11 @@ pub struct HttpError {
 
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} returned HTTP {}", self.method, self.url, self.status)?;
+        write!(
+            f,
+            "{} {} returned HTTP {}",
+            self.method, self.url, self.status
+        )?;
         let body = self.body.trim();
         if !body.is_empty() {
             // Keep error messages bounded: bodies can be whole HTML pages.
@@ -58,6 +62,12 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// The bearer token contains characters that cannot be sent in an HTTP header.
+    #[error("the token cannot be sent in an Authorization header")]
+    InvalidToken,
+    /// The HTTP client could not be built (e.g. no TLS backend available).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// A [`TrackSpec`](crate::TrackSpec) is inconsistent (codec of the wrong kind, bad msid
     /// label, bad or duplicate RID…).
     #[error("invalid track spec: {0}")]

@@ -127,9 +127,10 @@ impl Codec {
 
     pub(crate) fn capability(self) -> RTCRtpCodecCapability {
         let rtcp_feedback = match self.kind() {
-            MediaKind::Audio => vec![],
+            MediaKind::Audio => vec![feedback("transport-cc", "")],
             MediaKind::Video => vec![
                 feedback("goog-remb", ""),
+                feedback("transport-cc", ""),
                 feedback("ccm", "fir"),
                 feedback("nack", ""),
                 feedback("nack", "pli"),

@@ -154,6 +154,16 @@ pub struct LocalLayer {
     track: Arc<TrackLocalStaticRTP>,
     state: Mutex<SendState>,
     rtcp: Arc<RtcpCounters>,
+    rtcp_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LocalLayer {
+    fn drop(&mut self) {
+        // The reader may wait forever if its sender was stopped before it first polled.
+        if let Some(task) = &self.rtcp_task {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalLayer {
@@ -179,6 +189,7 @@ impl LocalLayer {
                 payloader: codec.payloader(),
             }),
             rtcp: Arc::default(),
+            rtcp_task: None,
         }
     }
 
@@ -385,7 +396,11 @@ impl LocalTrack {
 
 /// Spawns the task that drains (and counts) RTCP for one sender encoding. Reading is also what
 /// makes the NACK responder and other interceptors see the feedback.
-fn spawn_rtcp_reader(sender: Arc<RTCRtpSender>, rid: Option<String>, counters: Arc<RtcpCounters>) {
+fn spawn_rtcp_reader(
+    sender: Arc<RTCRtpSender>,
+    rid: Option<String>,
+    counters: Arc<RtcpCounters>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let read = match &rid {
@@ -404,7 +419,7 @@ fn spawn_rtcp_reader(sender: Arc<RTCRtpSender>, rid: Option<String>, counters: A
                 }
             }
         }
-    });
+    })
 }
 
 async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack> {
@@ -461,8 +476,12 @@ async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack
                 context: "looking up the SSRC of a sender encoding",
                 source: webrtc::Error::ErrRTPSenderNoTrackForRID,
             })?;
-        let layer = LocalLayer::new(rid.clone(), ssrc, spec.codec, track);
-        spawn_rtcp_reader(Arc::clone(&sender), rid, Arc::clone(&layer.rtcp));
+        let mut layer = LocalLayer::new(rid.clone(), ssrc, spec.codec, track);
+        layer.rtcp_task = Some(spawn_rtcp_reader(
+            Arc::clone(&sender),
+            rid,
+            Arc::clone(&layer.rtcp),
+        ));
         layers.push(layer);
     }
     Ok(LocalTrack {
@@ -473,7 +492,10 @@ async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack
 }
 
 /// Validates the specs and builds a peer connection with one send-only transceiver per track.
-async fn prepare(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<(NewPeer, Vec<LocalTrack>)> {
+async fn prepare(
+    tracks: Vec<TrackSpec>,
+    opts: &ClientOptions,
+) -> Result<(NewPeer, Vec<LocalTrack>)> {
     if tracks.is_empty() {
         return Err(Error::InvalidTrack("no track to publish".into()));
     }
@@ -489,7 +511,7 @@ async fn prepare(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<(NewPee
             )));
         }
     }
-    let peer = engine::new_peer_connection(opts).await?;
+    let peer = engine::new_peer_connection(opts, engine::Role::Publish).await?;
     let mut locals = Vec::with_capacity(tracks.len());
     for spec in tracks {
         match add_track(&peer.pc, spec).await {
@@ -510,7 +532,7 @@ pub async fn whip_offer(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<
     let (peer, _tracks) = prepare(tracks, opts).await?;
     let offer = engine::gather_offer(&peer.pc, opts.gather_timeout).await;
     let _ = peer.pc.close().await;
-    offer
+    offer.map(|o| engine::strip_simulcast_ssrcs(&o))
 }
 
 /// A WHIP (RFC 9725) publishing session.

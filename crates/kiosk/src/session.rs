@@ -37,23 +37,18 @@ pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
         .timeout(opts.http_timeout)
         .danger_accept_invalid_certs(opts.accept_invalid_certs)
         .build()
-        .map_err(|source| Error::Transport {
-            method: "build",
-            url: String::new(),
-            source,
-        })
+        .map_err(Error::HttpClient)
 }
 
-fn auth_headers(token: &str) -> HeaderMap {
+fn auth_headers(token: &str) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     if !token.is_empty() {
-        // A token with characters not allowed in a header value cannot be sent; the server
-        // will answer 401 as for a missing token, which is what such a token deserves.
-        if let Ok(v) = format!("Bearer {token}").parse() {
-            headers.insert(AUTHORIZATION, v);
-        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::InvalidToken)?;
+        headers.insert(AUTHORIZATION, value);
     }
-    headers
+    Ok(headers)
 }
 
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
@@ -87,7 +82,7 @@ pub(crate) async fn post_offer(
     };
     let response = client
         .post(endpoint.clone())
-        .headers(auth_headers(token))
+        .headers(auth_headers(token)?)
         .header(CONTENT_TYPE, SDP_MIME)
         .header(ACCEPT, SDP_MIME)
         .body(offer)
@@ -147,7 +142,7 @@ pub(crate) async fn delete_resource(client: &Client, resource: &Url, token: &str
     };
     let response = client
         .delete(resource.clone())
-        .headers(auth_headers(token))
+        .headers(auth_headers(token)?)
         .send()
         .await
         .map_err(transport)?;
@@ -194,6 +189,7 @@ impl Session {
             let endpoint = parse_endpoint(endpoint)?;
             let client = http_client(opts)?;
             let offer = engine::gather_offer(&pc, opts.gather_timeout).await?;
+            let offer = engine::strip_simulcast_ssrcs(&offer);
             let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
             let connected = async {
                 engine::apply_answer(&pc, answer.clone()).await?;

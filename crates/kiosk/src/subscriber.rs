@@ -196,7 +196,7 @@ async fn prepare(opts: &ClientOptions) -> Result<(NewPeer, mpsc::UnboundedReceiv
             "a WHEP offer needs at least one transceiver".into(),
         ));
     }
-    let peer = engine::new_peer_connection(opts).await?;
+    let peer = engine::new_peer_connection(opts, engine::Role::Subscribe).await?;
     let kinds = std::iter::repeat_n(RTPCodecType::Video, opts.recv_video)
         .chain(std::iter::repeat_n(RTPCodecType::Audio, opts.recv_audio));
     for kind in kinds {
@@ -220,19 +220,20 @@ async fn prepare(opts: &ClientOptions) -> Result<(NewPeer, mpsc::UnboundedReceiv
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let weak = Arc::downgrade(&peer.pc);
-    peer.pc.on_track(Box::new(move |track, receiver, transceiver| {
-        let remote = RemoteTrack {
-            mid: transceiver.mid().map(|m| m.to_string()),
-            pc: weak.clone(),
-            packets: Arc::new(Mutex::new(spawn_track_reader(Arc::clone(&track)))),
-            track: Arc::clone(&track),
-        };
-        tracing::debug!(?remote, "track received");
-        spawn_rtcp_drain(receiver, track.rid().to_owned());
-        // An error only means the Subscriber (and its receiver) is gone.
-        let _ = tx.send(remote);
-        Box::pin(async {})
-    }));
+    peer.pc
+        .on_track(Box::new(move |track, receiver, transceiver| {
+            let remote = RemoteTrack {
+                mid: transceiver.mid().map(|m| m.to_string()),
+                pc: weak.clone(),
+                packets: Arc::new(Mutex::new(spawn_track_reader(Arc::clone(&track)))),
+                track: Arc::clone(&track),
+            };
+            tracing::debug!(?remote, "track received");
+            spawn_rtcp_drain(receiver, track.rid().to_owned());
+            // An error only means the Subscriber (and its receiver) is gone.
+            let _ = tx.send(remote);
+            Box::pin(async {})
+        }));
     Ok((peer, rx))
 }
 
