@@ -192,7 +192,10 @@ async fn demo_watch() -> Response {
 fn html(body: &'static str) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     // The token travels in the fragment, which browsers never send; keep it out of referrers too.
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(
@@ -250,11 +253,23 @@ async fn whep(
 ) -> Result<Response, ApiError> {
     let from = match q.from {
         Some(f) => Some(Identity::parse(&f).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("bad `from` parameter: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("bad `from` parameter: {e}"),
+            )
         })?),
         None => None,
     };
-    create_session(&st, peer, &room, &headers, body, SessionKind::Subscribe, from).await
+    create_session(
+        &st,
+        peer,
+        &room,
+        &headers,
+        body,
+        SessionKind::Subscribe,
+        from,
+    )
+    .await
 }
 
 async fn create_session(
@@ -332,7 +347,13 @@ async fn create_session(
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
-    audit(action, &room, &claims.sub, Some(peer), &describe(&joined.tracks));
+    audit(
+        action,
+        &room,
+        &claims.sub,
+        Some(peer),
+        &describe(&joined.tracks),
+    );
     info!(
         room = %Redacted(&room),
         identity = %Redacted(&claims.sub),
@@ -344,7 +365,10 @@ async fn create_session(
     let location = format!("{}/{path}/{room}/{session}", st.public_url);
     let mut r = (StatusCode::CREATED, joined.answer).into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
     insert(h, header::LOCATION, &location);
     insert(h, header::ETAG, &etag);
     Ok(r)
@@ -365,13 +389,15 @@ async fn patch_session(
         if m != "*" && m != entry.etag {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
-                format!("If-Match {m} does not match the session's ETag {}", entry.etag),
+                format!(
+                    "If-Match {m} does not match the session's ETag {}",
+                    entry.etag
+                ),
             ));
         }
     }
-    let frag = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8")
-    })?;
+    let frag = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8"))?;
     let new_ufrag = sdp_attr(frag, "a=ice-ufrag:");
     let new_pwd = sdp_attr(frag, "a=ice-pwd:");
     if let (Some(ufrag), Some(pwd)) = (new_ufrag, new_pwd) {
@@ -417,7 +443,10 @@ async fn ice_restart(
         e.client_ufrag = ufrag;
     }
     audit("ice_restart", &room, &entry.identity, Some(peer), "");
-    let body = format!("a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", local.ufrag, local.pass);
+    let body = format!(
+        "a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        local.ufrag, local.pass
+    );
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -439,7 +468,12 @@ async fn delete_session(
     st.sessions_lock().remove(&id);
     match st.sfu.leave(room.clone(), id).await {
         Ok(()) | Err(SfuError::UnknownSession(_)) => {}
-        Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
+        }
     }
     audit("leave", &room, &entry.identity, Some(peer), "DELETE");
     Ok(StatusCode::OK.into_response())
@@ -463,8 +497,12 @@ async fn rooms(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<RoomsResponse>, ApiError> {
-    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
-        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .inspect_err(|e| st.count_refusal(e.reason()))?;
     let claims: Claims = st.tokens.verify(token).inspect_err(|e| {
         st.count_refusal(e.reason());
     })?;
@@ -504,8 +542,12 @@ fn authorize(
     action: &'static str,
     peer: SocketAddr,
 ) -> Result<Claims, ApiError> {
-    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
-        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .inspect_err(|e| st.count_refusal(e.reason()))?;
     st.tokens
         .authorize(token, room, grant, action)
         .map_err(|e| {
@@ -526,9 +568,16 @@ fn owner_only(
     entry: &SessionEntry,
     peer: SocketAddr,
 ) -> Result<(), ApiError> {
-    let token = bearer(headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let claims = st
+        .tokens
+        .verify(token)
         .inspect_err(|e| st.count_refusal(e.reason()))?;
-    let claims = st.tokens.verify(token).inspect_err(|e| st.count_refusal(e.reason()))?;
     if !claims.is_for_room(room) {
         st.count_refusal("wrong_room");
         return Err(AuthError::WrongRoom {

@@ -184,7 +184,13 @@ mod tests {
     fn mint_and_verify_round_trip() {
         let t = Tokens::new(b"0123456789abcdef0123456789abcdef");
         let jwt = t
-            .mint("r1", Role::Doctor, id("dr-1"), Duration::from_secs(60), None)
+            .mint(
+                "r1",
+                Role::Doctor,
+                id("dr-1"),
+                Duration::from_secs(60),
+                None,
+            )
             .unwrap();
         let c = t.verify(&jwt).unwrap();
         assert_eq!(c.sub, id("dr-1"));
@@ -205,7 +211,9 @@ mod tests {
         let obs = t
             .mint("r1", Role::Observer, id("o"), Duration::from_secs(60), None)
             .unwrap();
-        let e = t.authorize(&obs, &room, Grant::Publish, "publish").unwrap_err();
+        let e = t
+            .authorize(&obs, &room, Grant::Publish, "publish")
+            .unwrap_err();
         assert_eq!(e.status(), 403);
         assert_eq!(e.to_string(), "role observer may not publish");
         let wrong = t

@@ -204,7 +204,9 @@ mod tests {
         let e = Config::load(Some(&bad)).unwrap_err().to_string();
         assert!(e.contains("workerz"), "{e}");
 
-        let e = Config::load(Some(&dir.join("nope.toml"))).unwrap_err().to_string();
+        let e = Config::load(Some(&dir.join("nope.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

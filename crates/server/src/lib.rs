@@ -78,12 +78,11 @@ impl Server {
         api::spawn_event_reader(Arc::clone(&state));
         let app = api::router(Arc::clone(&state), cfg.http.max_body_bytes);
         let (stop, mut stop_rx) = watch::channel(false);
-        let listener = std::net::TcpListener::bind(cfg.http.listen).map_err(|source| {
-            StartError::Listen {
+        let listener =
+            std::net::TcpListener::bind(cfg.http.listen).map_err(|source| StartError::Listen {
                 addr: cfg.http.listen,
                 source,
-            }
-        })?;
+            })?;
         listener
             .set_nonblocking(true)
             .map_err(|source| StartError::Listen {
@@ -111,13 +110,12 @@ impl Server {
                 tokio::spawn(server)
             }
             None => {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(|source| {
-                        StartError::Listen {
-                            addr: cfg.http.listen,
-                            source,
-                        }
-                    })?;
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
+                    StartError::Listen {
+                        addr: cfg.http.listen,
+                        source,
+                    }
+                })?;
                 tokio::spawn(async move {
                     axum::serve(
                         listener,
@@ -166,7 +164,10 @@ impl Server {
         }
         let left = self.state.close_all().await;
         if left > 0 {
-            info!(sessions = left, "closed sessions still open at the end of the drain");
+            info!(
+                sessions = left,
+                "closed sessions still open at the end of the drain"
+            );
         }
         let _ = self.stop.send(true);
         let _ = self.task.await;

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "cabine", version, about = "Cabine: a media server for teleconsultation cabins")]
+#[command(
+    name = "cabine",
+    version,
+    about = "Cabine: a media server for teleconsultation cabins"
+)]
 struct Cli {
     /// Configuration file (TOML); keys not set keep their built-in defaults.
     #[arg(long, global = true, env = "CABINE_CONFIG")]
@@ -107,11 +111,9 @@ fn token(
             for g in list {
                 match serde_json::from_value::<Grant>(serde_json::Value::String(g.clone())) {
                     Ok(g) => out.push(g),
-                    Err(_) => {
-                        return fail(format!(
-                            "unknown grant {g:?}: expected publish, subscribe, publish_data, commands"
-                        ))
-                    }
+                    Err(_) => return fail(format!(
+                        "unknown grant {g:?}: expected publish, subscribe, publish_data, commands"
+                    )),
                 }
             }
             Some(out)
@@ -130,13 +132,20 @@ fn token(
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
     if cfg.log.format == "json" {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cabine: cannot start the async runtime: {e}");

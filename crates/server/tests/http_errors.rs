@@ -14,13 +14,17 @@ async fn malformed_requests_are_refused_precisely() {
     let (status, _, body) = post_sdp(&whip, Some(&kiosk), "application/sdp", "hello".into()).await;
     assert_eq!(status, 400);
     assert!(body.starts_with("malformed SDP offer"), "{body}");
-    assert!(!body.contains("PointerOffset"), "no parser internals in messages: {body}");
+    assert!(
+        !body.contains("PointerOffset"),
+        "no parser internals in messages: {body}"
+    );
 
     let (status, _, body) = post_sdp(&whip, Some(&kiosk), "application/sdp", String::new()).await;
     assert_eq!(status, 400);
     assert!(body.contains("empty SDP offer"), "{body}");
 
-    let (status, _, body) = post_sdp(&whip, Some(&kiosk), "text/plain", sdp_offer("sendonly")).await;
+    let (status, _, body) =
+        post_sdp(&whip, Some(&kiosk), "text/plain", sdp_offer("sendonly")).await;
     assert_eq!(status, 415);
     assert!(body.contains("application/sdp"), "{body}");
 
@@ -34,7 +38,11 @@ async fn malformed_requests_are_refused_precisely() {
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("no usable media"), "{body}");
 
-    let huge = format!("{}{}", sdp_offer("sendonly"), "a=x:".to_owned() + &"y".repeat(32 * 1024));
+    let huge = format!(
+        "{}{}",
+        sdp_offer("sendonly"),
+        "a=x:".to_owned() + &"y".repeat(32 * 1024)
+    );
     let (status, _, _) = post_sdp(&whip, Some(&kiosk), "application/sdp", huge).await;
     assert_eq!(status, 413);
 
@@ -49,7 +57,13 @@ async fn malformed_requests_are_refused_precisely() {
     assert!(body.contains("bad room name"), "{body}");
 
     // PATCH with a wrong ETag: 412; unknown session: 404; trickle: 204.
-    let (status, headers, _) = post_sdp(&whip, Some(&kiosk), "application/sdp", sdp_offer("sendonly")).await;
+    let (status, headers, _) = post_sdp(
+        &whip,
+        Some(&kiosk),
+        "application/sdp",
+        sdp_offer("sendonly"),
+    )
+    .await;
     assert_eq!(status, 201);
     let url = format!("{}{}", s.base, headers["location"].to_str().unwrap());
     let client = reqwest::Client::new();
@@ -87,7 +101,10 @@ async fn malformed_requests_are_refused_precisely() {
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert_ne!(etag, headers["etag"].to_str().unwrap());
     let body = r.text().await.unwrap();
-    assert!(body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"), "{body}");
+    assert!(
+        body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"),
+        "{body}"
+    );
     let r = client
         .patch(format!("{}/whip/room-x/0000000000000001", s.base))
         .bearer_auth(&kiosk)
@@ -99,10 +116,22 @@ async fn malformed_requests_are_refused_precisely() {
     assert_eq!(r.status().as_u16(), 404);
 
     // Still healthy.
-    let r = client.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let rooms = s.rooms().await;
-    assert!(rooms["refused"]["bad_sdp"].as_u64().unwrap() >= 1, "{rooms}");
-    assert!(rooms["refused"]["no_usable_codec"].as_u64().unwrap() >= 1, "{rooms}");
-    s.server.shutdown(std::time::Duration::from_millis(100)).await;
+    assert!(
+        rooms["refused"]["bad_sdp"].as_u64().unwrap() >= 1,
+        "{rooms}"
+    );
+    assert!(
+        rooms["refused"]["no_usable_codec"].as_u64().unwrap() >= 1,
+        "{rooms}"
+    );
+    s.server
+        .shutdown(std::time::Duration::from_millis(100))
+        .await;
 }

@@ -5,29 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, RemoteTrack, Subscriber, TrackSpec};
+use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
-
-const PACKETS: usize = 150;
-const T: Duration = Duration::from_secs(15);
-
-/// The payload of packet `i` of track `t`. Video payloads carry a VP8 payload descriptor
-/// (S bit set) whose first frame is a keyframe, so the SFU starts forwarding at packet 0.
-fn payload(t: usize, i: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(200);
-    if t == 0 {
-        p.push(0x10); // VP8 descriptor: S=1, partition 0, no extensions.
-        p.push(if i == 0 { 0x00 } else { 0x01 }); // VP8 frame tag: key, then delta.
-    }
-    p.extend_from_slice(&(t as u32).to_be_bytes());
-    p.extend_from_slice(&(i as u32).to_be_bytes());
-    // Some variable-length filler so lengths differ too.
-    p.extend((0..(i % 97 + 20)).map(|k| (k as u8).wrapping_mul(31).wrapping_add(i as u8)));
-    p
-}
+use common::{payload, receive_all, PACKETS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kiosk_tracks_reach_two_subscribers_intact() {
@@ -64,7 +46,11 @@ async fn kiosk_tracks_reach_two_subscribers_intact() {
 
     // The answers carry the kiosk's labels.
     for sub in [&doctor, &assistant] {
-        for label in ["kiosk-1 room-camera", "kiosk-1 microphone", "kiosk-1 stethoscope"] {
+        for label in [
+            "kiosk-1 room-camera",
+            "kiosk-1 microphone",
+            "kiosk-1 stethoscope",
+        ] {
             assert!(
                 sub.answer_sdp().contains(&format!("a=msid:{label}")),
                 "answer lacks {label}:\n{}",
@@ -77,7 +63,11 @@ async fn kiosk_tracks_reach_two_subscribers_intact() {
     let sender = tokio::spawn(async move {
         for i in 0..PACKETS {
             for (t, track) in publisher.tracks().iter().enumerate() {
-                let inc = if track.kind() == MediaKind::Video { 900 } else { 480 };
+                let inc = if track.kind() == MediaKind::Video {
+                    900
+                } else {
+                    480
+                };
                 track
                     .write_rtp(&payload(t, i), true, inc)
                     .await
@@ -88,21 +78,31 @@ async fn kiosk_tracks_reach_two_subscribers_intact() {
         publisher
     });
 
-    let (d, a) = tokio::join!(receive_all(&doctor), receive_all(&assistant));
+    let (d, a) = tokio::join!(receive_all(&doctor, 3), receive_all(&assistant, 3));
     let publisher = sender.await.unwrap();
 
     for (who, got) in [("doctor", d), ("assistant", a)] {
         assert_eq!(got.len(), 3, "{who} received tracks {:?}", got.keys());
-        for (t, label) in ["room-camera", "microphone", "stethoscope"].iter().enumerate() {
+        for (t, label) in ["room-camera", "microphone", "stethoscope"]
+            .iter()
+            .enumerate()
+        {
             let (stream, payloads, seqs) = got
                 .get(*label)
                 .unwrap_or_else(|| panic!("{who} lacks {label}: {:?}", got.keys()));
             assert_eq!(stream, "kiosk-1", "{who}/{label} stream id");
             let expected: Vec<Vec<u8>> = (0..PACKETS).map(|i| payload(t, i)).collect();
             assert_eq!(payloads.len(), PACKETS, "{who}/{label}: packets received");
-            assert!(payloads == &expected, "{who}/{label}: payloads differ from what was sent");
+            assert!(
+                payloads == &expected,
+                "{who}/{label}: payloads differ from what was sent"
+            );
             for w in seqs.windows(2) {
-                assert_eq!(w[1], w[0].wrapping_add(1), "{who}/{label}: sequence numbers contiguous");
+                assert_eq!(
+                    w[1],
+                    w[0].wrapping_add(1),
+                    "{who}/{label}: sequence numbers contiguous"
+                );
             }
         }
     }
@@ -111,16 +111,17 @@ async fn kiosk_tracks_reach_two_subscribers_intact() {
     let rooms = s.rooms().await;
     let sessions = rooms["rooms"][0]["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 3, "{rooms}");
-    let published = sessions
-        .iter()
-        .find(|x| x["kind"] == "publish")
-        .unwrap()["published"]
+    let published = sessions.iter().find(|x| x["kind"] == "publish").unwrap()["published"]
         .as_array()
         .unwrap()
         .clone();
     assert_eq!(published.len(), 3);
     for p in &published {
-        assert_eq!(p["layers"][0]["packets"].as_u64(), Some(PACKETS as u64), "{p}");
+        assert_eq!(
+            p["layers"][0]["packets"].as_u64(),
+            Some(PACKETS as u64),
+            "{p}"
+        );
         assert!(p["forwarding_delay"]["count"].as_u64().unwrap() > 0, "{p}");
     }
     let steth = published
@@ -134,35 +135,4 @@ async fn kiosk_tracks_reach_two_subscribers_intact() {
     assistant.close().await.ok();
     publisher.close().await.ok();
     s.server.shutdown(Duration::from_millis(200)).await;
-}
-
-type Received = HashMap<String, (String, Vec<Vec<u8>>, Vec<u16>)>;
-
-async fn receive_all(sub: &Subscriber) -> Received {
-    let tracks = sub.tracks(3, T).await.expect("three tracks arrive");
-    let mut tasks = Vec::new();
-    for track in tracks {
-        tasks.push(tokio::spawn(read_track(track)));
-    }
-    let mut out = HashMap::new();
-    for t in tasks {
-        let (label, v) = t.await.unwrap();
-        out.insert(label, v);
-    }
-    out
-}
-
-async fn read_track(track: RemoteTrack) -> (String, (String, Vec<Vec<u8>>, Vec<u16>)) {
-    let mut payloads = Vec::new();
-    let mut seqs = Vec::new();
-    while payloads.len() < PACKETS {
-        match track.read_rtp_timeout(Duration::from_secs(3)).await {
-            Ok(p) => {
-                seqs.push(p.header.sequence_number);
-                payloads.push(p.payload.to_vec());
-            }
-            Err(_) => break,
-        }
-    }
-    (track.id(), (track.stream_id(), payloads, seqs))
 }

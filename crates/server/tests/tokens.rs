@@ -18,7 +18,8 @@ async fn token_checks_on_whip_whep_and_api() {
 
     // A good kiosk token publishes.
     let kiosk = s.token("room-a", Role::Kiosk, "kiosk-1");
-    let (status, headers, body) = post_sdp(&whip, Some(&kiosk), "application/sdp", offer.clone()).await;
+    let (status, headers, body) =
+        post_sdp(&whip, Some(&kiosk), "application/sdp", offer.clone()).await;
     assert_eq!(status, 201, "{body}");
     let location = headers["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with("/whip/room-a/"), "{location}");
@@ -38,21 +39,35 @@ async fn token_checks_on_whip_whep_and_api() {
 
     // Wrong role: an observer may not publish (403) but may subscribe.
     let observer = s.token("room-a", Role::Observer, "obs-1");
-    let (status, _, body) = post_sdp(&whip, Some(&observer), "application/sdp", offer.clone()).await;
+    let (status, _, body) =
+        post_sdp(&whip, Some(&observer), "application/sdp", offer.clone()).await;
     assert_eq!(status, 403);
     assert!(body.contains("observer may not publish"), "{body}");
-    let (status, _, body) =
-        post_sdp(&whep, Some(&observer), "application/sdp", sdp_offer("recvonly")).await;
+    let (status, _, body) = post_sdp(
+        &whep,
+        Some(&observer),
+        "application/sdp",
+        sdp_offer("recvonly"),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
 
     // An operator may not receive media.
     let operator = s.token("room-a", Role::Operator, "ops-1");
-    let (status, _, body) =
-        post_sdp(&whep, Some(&operator), "application/sdp", sdp_offer("recvonly")).await;
+    let (status, _, body) = post_sdp(
+        &whep,
+        Some(&operator),
+        "application/sdp",
+        sdp_offer("recvonly"),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
 
     // Expired: 401.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let expired = encode(
         &Header::default(),
         &serde_json::json!({"sub": "kiosk-1", "room": "room-a", "role": "kiosk", "exp": now - 600}),
@@ -75,7 +90,8 @@ async fn token_checks_on_whip_whep_and_api() {
     assert!(body.contains("signature"), "{body}");
 
     // Garbage token: 401 malformed.
-    let (status, _, body) = post_sdp(&whip, Some("not.a.jwt"), "application/sdp", offer.clone()).await;
+    let (status, _, body) =
+        post_sdp(&whip, Some("not.a.jwt"), "application/sdp", offer.clone()).await;
     assert_eq!(status, 401);
     assert!(body.contains("malformed token"), "{body}");
 
@@ -83,7 +99,12 @@ async fn token_checks_on_whip_whep_and_api() {
     let client = reqwest::Client::new();
     let url = format!("{}{}", s.base, location);
     let doctor = s.token("room-a", Role::Doctor, "dr-1");
-    let r = client.delete(&url).bearer_auth(&doctor).send().await.unwrap();
+    let r = client
+        .delete(&url)
+        .bearer_auth(&doctor)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let r = client
         .delete(format!("{}/whip/room-a/00000000deadbeef", s.base))
@@ -92,9 +113,19 @@ async fn token_checks_on_whip_whep_and_api() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = client.delete(&url).bearer_auth(&kiosk).send().await.unwrap();
+    let r = client
+        .delete(&url)
+        .bearer_auth(&kiosk)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client.delete(&url).bearer_auth(&kiosk).send().await.unwrap();
+    let r = client
+        .delete(&url)
+        .bearer_auth(&kiosk)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404, "a deleted session is gone");
 
     // /api/rooms: operators only; refusals are counted by reason.
@@ -107,8 +138,19 @@ async fn token_checks_on_whip_whep_and_api() {
     assert_eq!(r.status().as_u16(), 403);
     let rooms = s.rooms().await;
     let refused = &rooms["refused"];
-    for reason in ["missing_token", "wrong_room", "forbidden_role", "expired", "bad_signature"] {
-        assert!(refused[reason].as_u64().unwrap_or(0) >= 1, "{reason} not counted: {refused}");
+    for reason in [
+        "missing_token",
+        "wrong_room",
+        "forbidden_role",
+        "expired",
+        "bad_signature",
+    ] {
+        assert!(
+            refused[reason].as_u64().unwrap_or(0) >= 1,
+            "{reason} not counted: {refused}"
+        );
     }
-    s.server.shutdown(std::time::Duration::from_millis(100)).await;
+    s.server
+        .shutdown(std::time::Duration::from_millis(100))
+        .await;
 }

@@ -121,7 +121,10 @@ mod tests {
         assert!(starts_keyframe(Codec::H264, &[0x67, 0x42]));
         assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a]));
         // STAP-A holding SPS.
-        assert!(starts_keyframe(Codec::H264, &[0x78, 0x00, 0x02, 0x67, 0x42]));
+        assert!(starts_keyframe(
+            Codec::H264,
+            &[0x78, 0x00, 0x02, 0x67, 0x42]
+        ));
         // FU-A start of IDR, and continuation.
         assert!(starts_keyframe(Codec::H264, &[0x7c, 0x85, 0x00]));
         assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x05, 0x00]));

@@ -79,7 +79,11 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     pub fn route(&mut self, source: SocketAddr, data: &[u8]) -> Result<K, Unrouted> {
         let is_stun = data.len() >= 20 && data[0] < 2;
         if !is_stun {
-            return self.by_addr.get(&source).copied().ok_or(Unrouted::UnknownSource);
+            return self
+                .by_addr
+                .get(&source)
+                .copied()
+                .ok_or(Unrouted::UnknownSource);
         }
         let msg = StunMessage::parse(data).map_err(|_| Unrouted::MalformedStun)?;
         let Some((local, _remote)) = msg.split_username() else {
@@ -142,9 +146,15 @@ mod tests {
         assert_eq!(d.route(b, &binding("srv2:cli")), Ok(2));
         assert_eq!(d.route(a, &[0x80, 0x60, 0, 1]), Ok(1));
         assert_eq!(d.route(b, &[22, 0xfe, 0xfd]), Ok(2));
-        assert_eq!(d.route(a, &binding("nope:cli")), Err(Unrouted::UnknownUfrag));
+        assert_eq!(
+            d.route(a, &binding("nope:cli")),
+            Err(Unrouted::UnknownUfrag)
+        );
         d.unregister(1);
-        assert_eq!(d.route(a, &[0x80, 0x60, 0, 1]), Err(Unrouted::UnknownSource));
+        assert_eq!(
+            d.route(a, &[0x80, 0x60, 0, 1]),
+            Err(Unrouted::UnknownSource)
+        );
         assert_eq!(d.route(b, &[0x80, 0x60, 0, 1]), Ok(2));
     }
 

@@ -156,7 +156,12 @@ impl Forwarder {
             }
             // Start numbering at the publisher's own values (low 15 bits for the sequence, so
             // the receiver never needs a rollover counter signalled).
-            None => (p.seq & 0x7fff, p.ts, p.vp8.map(|v| v.0), p.vp8.and_then(|v| v.1)),
+            None => (
+                p.seq & 0x7fff,
+                p.ts,
+                p.vp8.map(|v| v.0),
+                p.vp8.and_then(|v| v.1),
+            ),
         };
         let (in_pic, in_tl0) = match p.vp8 {
             Some((pic, tl0)) => (pic, tl0.unwrap_or(0)),
@@ -222,7 +227,10 @@ mod tests {
     fn waits_for_a_keyframe_then_forwards_in_order() {
         let t0 = Instant::now();
         let mut f = Forwarder::new(90_000, 0);
-        assert_eq!(f.forward(&pkt(t0, 0, 100, 1000, false, 0)), Err(Drop::AwaitingKeyframe));
+        assert_eq!(
+            f.forward(&pkt(t0, 0, 100, 1000, false, 0)),
+            Err(Drop::AwaitingKeyframe)
+        );
         let a = f.forward(&pkt(t0, 0, 101, 1000, true, 0)).unwrap();
         assert!(a.switched);
         assert_eq!(a.seq, 101);
@@ -241,7 +249,10 @@ mod tests {
         f.set_target(2);
         assert!(f.wants_keyframe());
         // High layer delta frames are not forwarded, low layer still is.
-        assert_eq!(f.forward(&pkt(t0, 2, 9000, 77_000, false, 40)), Err(Drop::AwaitingKeyframe));
+        assert_eq!(
+            f.forward(&pkt(t0, 2, 9000, 77_000, false, 40)),
+            Err(Drop::AwaitingKeyframe)
+        );
         let low = f.forward(&pkt(t0, 0, 12, 6500, false, 66)).unwrap();
         assert_eq!(low.seq, last.seq + 1);
         // The keyframe on the high layer switches.
@@ -253,8 +264,14 @@ mod tests {
         let (pic_low, _) = low.vp8.unwrap();
         assert_eq!(sw.vp8.unwrap().0, (pic_low + 1) & PIC_MASK);
         // The old layer is now dropped, and so are stragglers from before the switch.
-        assert_eq!(f.forward(&pkt(t0, 0, 13, 9500, false, 100)), Err(Drop::OtherLayer));
-        assert_eq!(f.forward(&pkt(t0, 2, 9000, 77_000, false, 101)), Err(Drop::BeforeSwitch));
+        assert_eq!(
+            f.forward(&pkt(t0, 0, 13, 9500, false, 100)),
+            Err(Drop::OtherLayer)
+        );
+        assert_eq!(
+            f.forward(&pkt(t0, 2, 9000, 77_000, false, 101)),
+            Err(Drop::BeforeSwitch)
+        );
         let next = f.forward(&pkt(t0, 2, 9002, 83_000, false, 133)).unwrap();
         assert_eq!(next.seq, sw.seq + 1);
         assert_eq!(next.ts, sw.ts + 3000);
@@ -267,7 +284,11 @@ mod tests {
         let a = f.forward(&pkt(t0, 0, 70_000, 0, true, 0)).unwrap();
         assert!(a.seq < 65_536);
         let c = f.forward(&pkt(t0, 0, 70_002, 1920, true, 40)).unwrap();
-        assert_eq!(c.seq, a.seq + 2, "a lost packet must stay a gap so the receiver NACKs it");
+        assert_eq!(
+            c.seq,
+            a.seq + 2,
+            "a lost packet must stay a gap so the receiver NACKs it"
+        );
         let b = f.forward(&pkt(t0, 0, 70_001, 960, true, 41)).unwrap();
         assert_eq!(b.seq, a.seq + 1, "a late packet keeps its place");
     }

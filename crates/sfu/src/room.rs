@@ -69,7 +69,9 @@ impl TrackClass {
         match kind {
             MediaKind::Audio if t.contains("stethoscope") => TrackClass::Stethoscope,
             MediaKind::Audio => TrackClass::Audio,
-            MediaKind::Video if t.contains("device") || t.contains("otoscope") || t.contains("dermatoscope") => {
+            MediaKind::Video
+                if t.contains("device") || t.contains("otoscope") || t.contains("dermatoscope") =>
+            {
                 TrackClass::DeviceCamera
             }
             MediaKind::Video => TrackClass::Video,
@@ -380,7 +382,9 @@ impl Room {
         let mut usable = Vec::new();
         for mid in sdp::mids(&answer) {
             let mid = Mid::from(mid.as_str());
-            let Some(media) = rtc.media(mid) else { continue };
+            let Some(media) = rtc.media(mid) else {
+                continue;
+            };
             let dir = media.direction();
             let direction_ok = dir == wanted || dir == Direction::SendRecv;
             if media.disabled() || !direction_ok || media.remote_pts().is_empty() {
@@ -536,8 +540,15 @@ impl Room {
         let accepted = match Receive::new(Protocol::Udp, source, destination, data) {
             Ok(receive) => {
                 let s = &mut self.sessions[i];
-                s.dirty = true;
-                s.rtc.handle_input(Input::Receive(now, receive)).is_ok()
+                let input = Input::Receive(now, receive);
+                // Only traffic from the ICE-validated address (or STUN with this session's
+                // ufrag) reaches the engine; anything else is someone else's garbage.
+                if s.rtc.accepts(&input) {
+                    s.dirty = true;
+                    s.rtc.handle_input(input).is_ok()
+                } else {
+                    false
+                }
             }
             Err(_) => false,
         };
@@ -844,10 +855,7 @@ impl Room {
         };
 
         let track = &self.tracks[ti];
-        let rid = track
-            .layers
-            .get(usize::from(layer))
-            .and_then(|l| l.rid);
+        let rid = track.layers.get(usize::from(layer)).and_then(|l| l.rid);
         let mut keyframe_wanted = false;
         let mut forwarded = false;
         for (j, sub) in self.sessions.iter_mut().enumerate() {
@@ -861,7 +869,9 @@ impl Room {
                     out.pt_map[slot] = track
                         .codec
                         .as_ref()
-                        .and_then(|(_, _, _, params)| sub.rtc.codec_config().match_params(params.clone()))
+                        .and_then(|(_, _, _, params)| {
+                            sub.rtc.codec_config().match_params(params.clone())
+                        })
                         .map(|p| *p.pt())
                         .unwrap_or(255);
                 }
@@ -994,8 +1004,7 @@ impl Room {
         let Some(l) = t.layers.get_mut(usize::from(layer)) else {
             return;
         };
-        if l
-            .last_keyframe_request
+        if l.last_keyframe_request
             .is_some_and(|at| now.saturating_duration_since(at) < interval)
         {
             return;
@@ -1080,9 +1089,10 @@ impl Room {
         for (k, layer) in &changes {
             s.outs[*k].forwarder.set_target(*layer);
         }
-        s.rtc
-            .bwe()
-            .set_bitrate(Bitrate::bps(minimum.max(1)), Bitrate::bps(desired.max(minimum) + 200_000));
+        s.rtc.bwe().set_bitrate(
+            Bitrate::bps(minimum.max(1)),
+            Bitrate::bps(desired.max(minimum) + 200_000),
+        );
         let requests: Vec<(u64, u8)> = changes
             .iter()
             .filter_map(|(k, layer)| s.outs[*k].track.map(|t| (t, *layer)))
@@ -1102,14 +1112,21 @@ impl Room {
                 let track = &self.tracks[t];
                 let sub = &self.sessions[s];
                 if track.publisher_identity == sub.identity
-                    || sub.from.as_ref().is_some_and(|f| *f != track.publisher_identity)
+                    || sub
+                        .from
+                        .as_ref()
+                        .is_some_and(|f| *f != track.publisher_identity)
                     || sub.outs.iter().any(|o| o.track == Some(track.id))
                 {
                     continue;
                 }
                 let (id, kind) = (track.id, track.kind);
                 let sub = &mut self.sessions[s];
-                if let Some(out) = sub.outs.iter_mut().find(|o| o.track.is_none() && o.kind == kind) {
+                if let Some(out) = sub
+                    .outs
+                    .iter_mut()
+                    .find(|o| o.track.is_none() && o.kind == kind)
+                {
                     out.track = Some(id);
                     out.forwarder.reset_source();
                     out.forwarder.set_target(0);

@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::demux::{Demux, Unrouted};
-use crate::room::{JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId};
+use crate::room::{
+    JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+};
 
 /// Largest datagram read from the socket (larger ones are truncated by the kernel and refused).
 pub const MAX_DATAGRAM: usize = 2048;
@@ -61,7 +63,9 @@ pub enum SfuError {
         source: io::Error,
     },
     /// The advertised address is unusable.
-    #[error("the media address to advertise is {0}, which clients cannot reach; set media.advertise")]
+    #[error(
+        "the media address to advertise is {0}, which clients cannot reach; set media.advertise"
+    )]
     Unadvertisable(SocketAddr),
     /// A join was refused by the room.
     #[error(transparent)]
@@ -354,7 +358,8 @@ impl Sfu {
         let mut all = Vec::new();
         for w in &self.inner.workers {
             let (reply, rx) = oneshot::channel();
-            w.send(Msg::Snapshot { reply }).map_err(|_| SfuError::Stopped)?;
+            w.send(Msg::Snapshot { reply })
+                .map_err(|_| SfuError::Stopped)?;
             all.extend(rx.await.map_err(|_| SfuError::Stopped)?);
         }
         all.sort_by(|a, b| a.room.cmp(&b.room));
@@ -432,7 +437,12 @@ impl Receiver_ {
             self.apply_control();
             let (len, source) = match res {
                 Ok(r) => r,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     continue
                 }
                 Err(e) => {
@@ -573,7 +583,14 @@ impl Worker {
                     if let Some(room) = self.rooms.get_mut(room_id) {
                         let (socket, counters) = (&self.socket, &self.counters);
                         let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                        room.handle_datagram(now, session, source, destination, &buf[..len], &mut send);
+                        room.handle_datagram(
+                            now,
+                            session,
+                            source,
+                            destination,
+                            &buf[..len],
+                            &mut send,
+                        );
                         if let Some(track) = room.last_forwarded_track() {
                             room.record_forwarding_delay(track, at.elapsed());
                         }
@@ -608,10 +625,7 @@ impl Worker {
                 session,
                 reply,
             } => {
-                let found = self
-                    .rooms
-                    .get_mut(&room)
-                    .is_some_and(|r| r.leave(session));
+                let found = self.rooms.get_mut(&room).is_some_and(|r| r.leave(session));
                 if found {
                     self.forget(session);
                     if self.rooms.get(&room).is_some_and(Room::is_empty) {
@@ -656,7 +670,9 @@ impl Worker {
 
     fn forget(&mut self, session: SessionId) {
         self.sessions.remove(&session);
-        let _ = self.control.send(Control::Unregister((self.index, session)));
+        let _ = self
+            .control
+            .send(Control::Unregister((self.index, session)));
     }
 
     fn reap(&mut self) {

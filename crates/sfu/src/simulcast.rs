@@ -81,16 +81,27 @@ mod tests {
     fn picks_highest_fitting_layer_with_hysteresis() {
         let layers = [Some(150_000), Some(500_000), Some(1_500_000)];
         assert_eq!(choose_layer(&layers, 100_000, None), Some(0));
-        assert_eq!(choose_layer(&layers, 600_000, None), Some(0), "500k needs 650k to go up");
+        assert_eq!(
+            choose_layer(&layers, 600_000, None),
+            Some(0),
+            "500k needs 650k to go up"
+        );
         assert_eq!(choose_layer(&layers, 700_000, None), Some(1));
-        assert_eq!(choose_layer(&layers, 600_000, Some(1)), Some(1), "staying needs no headroom");
+        assert_eq!(
+            choose_layer(&layers, 600_000, Some(1)),
+            Some(1),
+            "staying needs no headroom"
+        );
         assert_eq!(choose_layer(&layers, 450_000, Some(1)), Some(0));
         assert_eq!(choose_layer(&layers, 5_000_000, Some(0)), Some(2));
     }
 
     #[test]
     fn missing_layers_are_skipped() {
-        assert_eq!(choose_layer(&[None, Some(500_000), None], 10, None), Some(1));
+        assert_eq!(
+            choose_layer(&[None, Some(500_000), None], 10, None),
+            Some(1)
+        );
         assert_eq!(choose_layer(&[None, None, None], 10_000_000, None), None);
     }
 

@@ -19,7 +19,8 @@ impl Jitter {
             if arrival < prev_at {
                 return;
             }
-            let arrival_delta = arrival.duration_since(prev_at).as_secs_f64() * f64::from(clock_rate);
+            let arrival_delta =
+                arrival.duration_since(prev_at).as_secs_f64() * f64::from(clock_rate);
             let ts_delta = f64::from(ts.wrapping_sub(prev_ts) as i32);
             let d = (arrival_delta - ts_delta).abs();
             self.jitter += (d - self.jitter) / 16.0;
@@ -98,7 +99,11 @@ impl DelayHistogram {
         for (i, n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return Self::BOUNDS_US.get(i).copied().unwrap_or(self.max_us).min(self.max_us);
+                return Self::BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(self.max_us)
+                    .min(self.max_us);
             }
         }
         self.max_us
@@ -209,12 +214,20 @@ mod tests {
         let t0 = Instant::now();
         let mut j = Jitter::default();
         for i in 0..50u32 {
-            j.update(t0 + Duration::from_millis(u64::from(i) * 20), i * 960, 48_000);
+            j.update(
+                t0 + Duration::from_millis(u64::from(i) * 20),
+                i * 960,
+                48_000,
+            );
         }
         assert!(j.millis(48_000) < 0.01);
         for i in 50..100u32 {
             let wobble = if i % 2 == 0 { 5 } else { 0 };
-            j.update(t0 + Duration::from_millis(u64::from(i) * 20 + wobble), i * 960, 48_000);
+            j.update(
+                t0 + Duration::from_millis(u64::from(i) * 20 + wobble),
+                i * 960,
+                48_000,
+            );
         }
         let ms = j.millis(48_000);
         assert!(ms > 2.0 && ms < 6.0, "{ms}");

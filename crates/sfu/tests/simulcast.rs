@@ -84,7 +84,17 @@ fn low_layer_under_a_limit_and_up_when_bandwidth_returns() {
                     p.want_key[i] = false;
                     p.last_key[i] = Some(now);
                 }
-                write_vp8(&mut peer.rtc, mid, Some(rid), now, ts, i as u8, p.counter, key, SIZES[i]);
+                write_vp8(
+                    &mut peer.rtc,
+                    mid,
+                    Some(rid),
+                    now,
+                    ts,
+                    i as u8,
+                    p.counter,
+                    key,
+                    SIZES[i],
+                );
             }
             p.next = now + frame;
         }
@@ -95,15 +105,31 @@ fn low_layer_under_a_limit_and_up_when_bandwidth_returns() {
     sim.run_until(t0 + Duration::from_secs(20), &mut tick);
     let snap = sim.room.snapshot(sim.now);
     let received = &snap.sessions[subscriber].received[0];
-    assert_eq!(received.stats.layer.as_deref(), Some("q"), "the stats show the low layer");
+    assert_eq!(
+        received.stats.layer.as_deref(),
+        Some("q"),
+        "the stats show the low layer"
+    );
     let frames_a = frames(&mut sim, subscriber);
-    assert!(frames_a.len() > 100, "subscriber got {} frames", frames_a.len());
-    let tail: Vec<&Frame> = frames_a.iter().filter(|f| f.at > t0 + Duration::from_secs(15)).collect();
-    assert!(!tail.is_empty(), "frames still arrive at the end of phase A");
+    assert!(
+        frames_a.len() > 100,
+        "subscriber got {} frames",
+        frames_a.len()
+    );
+    let tail: Vec<&Frame> = frames_a
+        .iter()
+        .filter(|f| f.at > t0 + Duration::from_secs(15))
+        .collect();
+    assert!(
+        !tail.is_empty(),
+        "frames still arrive at the end of phase A"
+    );
     assert!(
         tail.iter().all(|f| f.layer == 0),
         "a 300 kbit/s subscriber must receive the low layer, got layers {:?}",
-        tail.iter().map(|f| f.layer).collect::<std::collections::BTreeSet<_>>()
+        tail.iter()
+            .map(|f| f.layer)
+            .collect::<std::collections::BTreeSet<_>>()
     );
 
     // Phase B: the link opens.
@@ -113,9 +139,18 @@ fn low_layer_under_a_limit_and_up_when_bandwidth_returns() {
     let snap = sim.room.snapshot(sim.now);
     assert!(snap.sessions[subscriber].received[0].stats.layer_switches >= 1);
     let up = frames_b.iter().find(|f| f.layer > 0).map(|f| f.at);
-    assert!(up.is_some(), "subscriber never moved above the low layer after the link opened");
-    let end: Vec<&Frame> = frames_b.iter().filter(|f| f.at > t0 + Duration::from_secs(55)).collect();
-    assert!(end.iter().all(|f| f.layer > 0), "subscriber fell back down with a free link");
+    assert!(
+        up.is_some(),
+        "subscriber never moved above the low layer after the link opened"
+    );
+    let end: Vec<&Frame> = frames_b
+        .iter()
+        .filter(|f| f.at > t0 + Duration::from_secs(55))
+        .collect();
+    assert!(
+        end.iter().all(|f| f.layer > 0),
+        "subscriber fell back down with a free link"
+    );
 
     // Every switch lands on a keyframe, and the stream stays contiguous across it.
     let all: Vec<Frame> = frames_a.into_iter().chain(frames_b).collect();
@@ -123,12 +158,25 @@ fn low_layer_under_a_limit_and_up_when_bandwidth_returns() {
     for w in all.windows(2) {
         if w[1].layer != w[0].layer {
             switches += 1;
-            assert!(w[1].key, "switch {}→{} at {:?} is not on a keyframe", w[0].layer, w[1].layer, w[1].at - t0);
-            assert!(w[1].contiguous, "decoding gap at the switch {}→{}", w[0].layer, w[1].layer);
+            assert!(
+                w[1].key,
+                "switch {}→{} at {:?} is not on a keyframe",
+                w[0].layer,
+                w[1].layer,
+                w[1].at - t0
+            );
+            assert!(
+                w[1].contiguous,
+                "decoding gap at the switch {}→{}",
+                w[0].layer, w[1].layer
+            );
         }
     }
     assert!(switches >= 1);
-    assert!(all.first().is_some_and(|f| f.key), "the first frame received is a keyframe");
+    assert!(
+        all.first().is_some_and(|f| f.key),
+        "the first frame received is a keyframe"
+    );
     println!(
         "frames: {}, switches: {switches}, moved up after {:?}",
         all.len(),

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use cabine_kiosk::{RemoteTrack, Subscriber};
 use cabine_proto::{Grant, Identity, Role};
 use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
+use std::collections::HashMap;
 
 /// A running server and what tests need to talk to it.
 pub struct TestServer {
@@ -144,4 +146,59 @@ pub async fn post_sdp(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.text().await.unwrap_or_default())
+}
+
+/// Packets sent per track by the streaming tests.
+pub const PACKETS: usize = 150;
+
+/// The payload of packet `i` of track `t`. Video payloads carry a VP8 payload descriptor
+/// (S bit set) whose first frame is a keyframe, so the SFU starts forwarding at packet 0.
+pub fn payload(t: usize, i: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(200);
+    if t == 0 {
+        p.push(0x10); // VP8 descriptor: S=1, partition 0, no extensions.
+        p.push(if i == 0 { 0x00 } else { 0x01 }); // VP8 frame tag: key, then delta.
+    }
+    p.extend_from_slice(&(t as u32).to_be_bytes());
+    p.extend_from_slice(&(i as u32).to_be_bytes());
+    // Some variable-length filler so lengths differ too.
+    p.extend((0..(i % 97 + 20)).map(|k| (k as u8).wrapping_mul(31).wrapping_add(i as u8)));
+    p
+}
+
+/// What a subscriber received.
+pub type Received = HashMap<String, (String, Vec<Vec<u8>>, Vec<u16>)>;
+
+/// Reads every packet of `count` tracks of a subscriber, keyed by msid track label: (stream
+/// id, payloads, sequence numbers).
+pub async fn receive_all(sub: &Subscriber, count: usize) -> Received {
+    let tracks = sub
+        .tracks(count, Duration::from_secs(15))
+        .await
+        .expect("three tracks arrive");
+    let mut tasks = Vec::new();
+    for track in tracks {
+        tasks.push(tokio::spawn(read_track(track)));
+    }
+    let mut out = HashMap::new();
+    for t in tasks {
+        let (label, v) = t.await.unwrap();
+        out.insert(label, v);
+    }
+    out
+}
+
+async fn read_track(track: RemoteTrack) -> (String, (String, Vec<Vec<u8>>, Vec<u16>)) {
+    let mut payloads = Vec::new();
+    let mut seqs = Vec::new();
+    while payloads.len() < PACKETS {
+        match track.read_rtp_timeout(Duration::from_secs(3)).await {
+            Ok(p) => {
+                seqs.push(p.header.sequence_number);
+                payloads.push(p.payload.to_vec());
+            }
+            Err(_) => break,
+        }
+    }
+    (track.id(), (track.stream_id(), payloads, seqs))
 }

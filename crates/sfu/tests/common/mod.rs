@@ -140,7 +140,9 @@ impl Sim {
             },
         )?;
         let answer = SdpAnswer::from_sdp_string(&joined.answer).expect("answer parses");
-        rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .expect("answer accepted");
         self.peers.push(Peer {
             rtc,
             addr,
@@ -210,7 +212,8 @@ impl Sim {
             let peers = &mut self.peers;
             let mut send = |t: &str0m::net::Transmit| {
                 if let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) {
-                    p.down.push(now, room_addr, t.destination, t.contents.to_vec());
+                    p.down
+                        .push(now, room_addr, t.destination, t.contents.to_vec());
                 }
             };
             for (session, from, to, data) in to_room {
