@@ -186,6 +186,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.role, Role::Doctor);
         assert_eq!(c.grants, Some(vec![Grant::Commands, Grant::PublishData]));
-        assert!(serde_json::from_str::<Claims>(r#"{"sub":"a b","room":"r","role":"doctor","exp":1}"#).is_err());
+        assert!(serde_json::from_str::<Claims>(
+            r#"{"sub":"a b","room":"r","role":"doctor","exp":1}"#
+        )
+        .is_err());
     }
 }
