@@ -111,9 +111,11 @@ fn token(
             for g in list {
                 match serde_json::from_value::<Grant>(serde_json::Value::String(g.clone())) {
                     Ok(g) => out.push(g),
-                    Err(_) => return fail(format!(
+                    Err(_) => {
+                        return fail(format!(
                         "unknown grant {g:?}: expected publish, subscribe, publish_data, commands"
-                    )),
+                    ))
+                    }
                 }
             }
             Some(out)
