@@ -92,6 +92,11 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Res
         }
     }
 
+    // The `webrtc` stack uses rustls; when a process links more than one rustls crypto backend
+    // (as a workspace build with the server does), rustls cannot pick one by itself. Install
+    // one for the process unless the program already did.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
     let mut settings = SettingEngine::default();
     // Host candidates must be plain IP addresses: the server cannot resolve `.local` names.
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);

@@ -167,7 +167,7 @@ impl Config {
     /// Whether TLS is configured.
     pub fn tls(&self) -> Option<(&Path, &Path)> {
         (!self.http.tls_cert.as_os_str().is_empty())
-            .then(|| (self.http.tls_cert.as_path(), self.http.tls_key.as_path()))
+            .then_some((self.http.tls_cert.as_path(), self.http.tls_key.as_path()))
     }
 
     /// Whether the server runs with the public development secret.

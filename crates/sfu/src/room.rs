@@ -692,10 +692,7 @@ impl Room {
     }
 
     fn drive(&mut self, now: Instant, send: &mut impl FnMut(&Transmit)) {
-        loop {
-            let Some(i) = self.sessions.iter().position(|s| s.dirty) else {
-                break;
-            };
+        while let Some(i) = self.sessions.iter().position(|s| s.dirty) {
             self.sessions[i].dirty = false;
             self.poll_session(i, now, send);
         }
@@ -869,9 +866,7 @@ impl Room {
                     out.pt_map[slot] = track
                         .codec
                         .as_ref()
-                        .and_then(|(_, _, _, params)| {
-                            sub.rtc.codec_config().match_params(params.clone())
-                        })
+                        .and_then(|(_, _, _, params)| sub.rtc.codec_config().match_params(*params))
                         .map(|p| *p.pt())
                         .unwrap_or(255);
                 }

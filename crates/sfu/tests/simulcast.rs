@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cabine_proto::Role;
 use cabine_sfu::room::SessionKind;
-use common::{simulcast_video, write_vp8, Sim};
+use common::{simulcast_video, write_vp8, FakeFrame, Sim};
 use str0m::media::{Direction, KeyframeRequest, MediaKind};
 use str0m::Event;
 
@@ -84,17 +84,15 @@ fn low_layer_under_a_limit_and_up_when_bandwidth_returns() {
                     p.want_key[i] = false;
                     p.last_key[i] = Some(now);
                 }
-                write_vp8(
-                    &mut peer.rtc,
-                    mid,
-                    Some(rid),
-                    now,
-                    ts,
-                    i as u8,
-                    p.counter,
+                let frame = FakeFrame {
+                    rid: Some(rid),
+                    rtp_90k: ts,
+                    layer: i as u8,
+                    counter: p.counter,
                     key,
-                    SIZES[i],
-                );
+                    size: SIZES[i],
+                };
+                write_vp8(&mut peer.rtc, mid, now, frame);
             }
             p.next = now + frame;
         }

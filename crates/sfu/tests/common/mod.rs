@@ -242,32 +242,32 @@ pub fn simulcast_video(api: &mut str0m::change::SdpApi, rids: &[&str]) -> Mid {
     )
 }
 
-/// Writes one fake VP8 frame on `rid`. Byte 0 carries the VP8 key/delta bit (bit 0 clear: key),
-/// byte 1 the layer index and bytes 2..6 a frame counter, the rest filler.
-pub fn write_vp8(
-    rtc: &mut Rtc,
-    mid: Mid,
-    rid: Option<&str>,
-    now: Instant,
-    rtp_90k: u64,
-    layer: u8,
-    counter: u32,
-    key: bool,
-    size: usize,
-) {
-    let mut data = vec![0x42u8; size.max(6)];
-    data[0] = if key { 0x10 } else { 0x11 };
-    data[1] = layer;
-    data[2..6].copy_from_slice(&counter.to_be_bytes());
+/// One fake VP8 frame. Byte 0 carries the VP8 key/delta bit (bit 0 clear: key), byte 1 the
+/// layer index and bytes 2..6 a frame counter, the rest filler.
+pub struct FakeFrame<'a> {
+    pub rid: Option<&'a str>,
+    pub rtp_90k: u64,
+    pub layer: u8,
+    pub counter: u32,
+    pub key: bool,
+    pub size: usize,
+}
+
+/// Writes `frame` on media `mid`.
+pub fn write_vp8(rtc: &mut Rtc, mid: Mid, now: Instant, frame: FakeFrame) {
+    let mut data = vec![0x42u8; frame.size.max(6)];
+    data[0] = if frame.key { 0x10 } else { 0x11 };
+    data[1] = frame.layer;
+    data[2..6].copy_from_slice(&frame.counter.to_be_bytes());
     let mut w = rtc.writer(mid).expect("writer");
     let pt = w
         .payload_params()
         .find(|p| p.spec().codec == Codec::Vp8)
         .expect("vp8 negotiated")
         .pt();
-    if let Some(r) = rid {
+    if let Some(r) = frame.rid {
         w = w.rid(Rid::from(r));
     }
-    w.write(pt, now, MediaTime::from_90khz(rtp_90k), data)
+    w.write(pt, now, MediaTime::from_90khz(frame.rtp_90k), data)
         .expect("write frame");
 }
