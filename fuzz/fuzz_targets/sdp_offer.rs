@@ -1,0 +1,30 @@
+//! A room joined with an arbitrary "SDP offer": refused with an error or answered, never a panic.
+#![no_main]
+use std::time::Instant;
+
+use cabine_proto::{Identity, Role, RoomId};
+use cabine_sfu::room::{JoinRequest, Room, RoomConfig, SessionId, SessionKind};
+use cabine_sfu::sdp;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = sdp::mids(text);
+    let _ = sdp::offered_codecs(text);
+    let mut room = Room::new(RoomId::parse("fuzz").unwrap(), RoomConfig::default());
+    for kind in [SessionKind::Publish, SessionKind::Subscribe] {
+        let _ = room.join(
+            Instant::now(),
+            JoinRequest {
+                session: SessionId(1),
+                identity: Identity::parse("f").unwrap(),
+                role: Role::Kiosk,
+                kind,
+                offer: text.to_owned(),
+                from: None,
+                ice_ufrag: "ufrag".into(),
+                ice_pwd: "passwordpasswordpassword".into(),
+            },
+        );
+    }
+});
