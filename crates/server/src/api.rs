@@ -84,6 +84,13 @@ impl AppState {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A message from a participant's data channel: today only device commands, which the
+    /// telemetry side handles (issue: telemetry sidecar); counted and dropped until then.
+    fn on_data(&self, room: &RoomId, data: cabine_sfu::room::DataIn) {
+        let _ = (room, data);
+        self.count_refusal("data_channel_message_unhandled");
+    }
+
     fn count_refusal(&self, reason: &'static str) {
         *self
             .refused
@@ -107,6 +114,7 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                         state.sessions_lock().remove(&removed.session);
                         audit("leave", &room, &removed.identity, None, removed.reason);
                     }
+                    SfuEvent::Data { room, data } => state.on_data(&room, data),
                 }
             }
         })

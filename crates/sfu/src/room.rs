@@ -15,6 +15,7 @@ use cabine_proto::{Identity, Role, RoomId};
 use serde::Serialize;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
@@ -26,6 +27,9 @@ use crate::forwarder::{Forwarder, InPacket};
 use crate::sdp::{self, Label};
 use crate::simulcast::{self, BitrateMeter, MAX_LAYERS};
 use crate::stats::{DelayHistogram, DelaySummary, EgressStats, IngressStats, Jitter};
+
+/// The label of the data channels that carry telemetry to subscribers.
+pub const TELEMETRY_LABEL: &str = "telemetry";
 
 /// Identifies one participant session (one WHIP or WHEP resource) on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -206,6 +210,8 @@ pub struct SessionSnapshot {
     pub published: Vec<PublishedSnapshot>,
     /// Received tracks (subscribers).
     pub received: Vec<ReceivedSnapshot>,
+    /// Telemetry data channel counters (subscribers that offered a data channel).
+    pub telemetry: Option<DataStats>,
 }
 
 /// A published track's statistics.
@@ -243,6 +249,8 @@ pub struct Room {
     /// The track whose packet the last datagram carried, for forwarding-delay accounting.
     last_forwarded: Option<u64>,
     removed: Vec<Removed>,
+    data_in: Vec<DataIn>,
+    data_in_dropped: u64,
 }
 
 /// A session the room removed by itself.
@@ -276,6 +284,53 @@ struct Session {
     /// Subscriber: outgoing slots.
     outs: Vec<Out>,
     bwe: Option<u64>,
+    /// Subscriber: the server-opened `telemetry` data channels (reliable, lossy) and whether
+    /// each is open yet.
+    telemetry: Option<Telemetry>,
+}
+
+struct Telemetry {
+    reliable: ChannelId,
+    lossy: ChannelId,
+    reliable_open: bool,
+    lossy_open: bool,
+    stats: DataStats,
+}
+
+/// Telemetry data channel counters of one subscriber.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DataStats {
+    /// Messages written to the subscriber.
+    pub sent: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Messages dropped because the subscriber's channel was not open or too far behind.
+    pub dropped: u64,
+    /// Messages received from the subscriber (commands).
+    pub received: u64,
+}
+
+/// Most bytes buffered in a subscriber's telemetry channel before further messages are dropped
+/// for it (a slow subscriber never holds up the kiosk or the others).
+pub const DATA_BUFFER_LIMIT: usize = 256 * 1024;
+
+/// Most messages from subscribers' data channels held for the shell between two polls.
+pub const DATA_IN_LIMIT: usize = 1024;
+
+/// Largest message accepted from a subscriber's data channel.
+pub const DATA_IN_MAX: usize = 16 * 1024;
+
+/// A message a participant sent on a data channel (for example a device command).
+#[derive(Debug, Clone)]
+pub struct DataIn {
+    /// The session it came from.
+    pub session: SessionId,
+    /// Who sent it.
+    pub identity: Identity,
+    /// The channel label.
+    pub label: String,
+    /// The bytes.
+    pub data: Vec<u8>,
 }
 
 struct Track {
@@ -321,6 +376,8 @@ impl Room {
             dropped: DropCounters::default(),
             last_forwarded: None,
             removed: Vec::new(),
+            data_in: Vec::new(),
+            data_in_dropped: 0,
         }
     }
 
@@ -430,6 +487,7 @@ impl Room {
             ssrc_map: Vec::new(),
             outs: Vec::new(),
             bwe: None,
+            telemetry: None,
         };
 
         let mut infos = Vec::new();
@@ -462,6 +520,32 @@ impl Room {
                 self.bind_free_slots();
             }
             SessionKind::Subscribe => {
+                if req.offer.contains("m=application") {
+                    let mut api = session.rtc.sdp_api();
+                    let reliable = api.add_channel_with_config(ChannelConfig {
+                        label: TELEMETRY_LABEL.into(),
+                        ordered: true,
+                        reliability: Reliability::Reliable,
+                        ..ChannelConfig::default()
+                    });
+                    let lossy = api.add_channel_with_config(ChannelConfig {
+                        label: TELEMETRY_LABEL.into(),
+                        ordered: false,
+                        reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                        protocol: "lossy".into(),
+                        ..ChannelConfig::default()
+                    });
+                    // The offer already negotiated SCTP: no renegotiation is needed.
+                    if api.apply().is_none() {
+                        session.telemetry = Some(Telemetry {
+                            reliable,
+                            lossy,
+                            reliable_open: false,
+                            lossy_open: false,
+                            stats: DataStats::default(),
+                        });
+                    }
+                }
                 for (mid, kind, _, _) in usable {
                     session.outs.push(Out {
                         mid,
@@ -558,6 +642,52 @@ impl Room {
         self.drive(now, send);
     }
 
+    /// Sends a telemetry message to every subscriber with an open `telemetry` channel:
+    /// `reliable` picks the ordered, retransmitted channel (measurements, status) or the lossy
+    /// one (waveforms). A subscriber whose channel is closed or too far behind gets nothing and
+    /// the drop is counted. Returns how many subscribers it was written to.
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        reliable: bool,
+        send: &mut impl FnMut(&Transmit),
+    ) -> usize {
+        let mut written = 0;
+        for s in &mut self.sessions {
+            let Some(t) = &mut s.telemetry else { continue };
+            let (id, open) = if reliable {
+                (t.reliable, t.reliable_open)
+            } else {
+                (t.lossy, t.lossy_open)
+            };
+            let Some(mut ch) = open.then(|| s.rtc.channel(id)).flatten() else {
+                t.stats.dropped += 1;
+                continue;
+            };
+            if ch.buffered_amount() > DATA_BUFFER_LIMIT {
+                t.stats.dropped += 1;
+                continue;
+            }
+            match ch.write(false, data) {
+                Ok(true) => {
+                    t.stats.sent += 1;
+                    t.stats.bytes += data.len() as u64;
+                    s.dirty = true;
+                    written += 1;
+                }
+                Ok(false) | Err(_) => t.stats.dropped += 1,
+            }
+        }
+        self.drive(now, send);
+        written
+    }
+
+    /// Messages participants sent on data channels since the last call (device commands).
+    pub fn take_data_in(&mut self) -> Vec<DataIn> {
+        std::mem::take(&mut self.data_in)
+    }
+
     /// The track (if any) whose RTP packet the last [`Room::handle_datagram`] forwarded; the shell
     /// measures the time until the resulting datagrams left and records it with
     /// [`Room::record_forwarding_delay`].
@@ -639,6 +769,7 @@ impl Room {
                 kind: s.kind,
                 connected: s.connected,
                 bwe_bps: s.bwe,
+                telemetry: s.telemetry.as_ref().map(|t| t.stats),
                 published: self
                     .tracks
                     .iter()
@@ -742,6 +873,45 @@ impl Room {
                 }
             }
             Event::RtpPacket(pkt) => self.on_rtp(i, now, pkt),
+            Event::ChannelOpen(id, _) => {
+                if let Some(t) = &mut self.sessions[i].telemetry {
+                    if id == t.reliable {
+                        t.reliable_open = true;
+                    } else if id == t.lossy {
+                        t.lossy_open = true;
+                    }
+                }
+            }
+            Event::ChannelClose(id) => {
+                if let Some(t) = &mut self.sessions[i].telemetry {
+                    if id == t.reliable {
+                        t.reliable_open = false;
+                    } else if id == t.lossy {
+                        t.lossy_open = false;
+                    }
+                }
+            }
+            Event::ChannelData(d) => {
+                let s = &mut self.sessions[i];
+                let label = s
+                    .rtc
+                    .channel(d.id)
+                    .and_then(|c| c.config().map(|c| c.label.clone()))
+                    .unwrap_or_default();
+                if let Some(t) = &mut s.telemetry {
+                    t.stats.received += 1;
+                }
+                if d.data.len() > DATA_IN_MAX || self.data_in.len() >= DATA_IN_LIMIT {
+                    self.data_in_dropped += 1;
+                } else {
+                    self.data_in.push(DataIn {
+                        session: s.id,
+                        identity: s.identity.clone(),
+                        label,
+                        data: d.data,
+                    });
+                }
+            }
             Event::KeyframeRequest(req) => {
                 let s = &mut self.sessions[i];
                 let Some(out) = s.outs.iter_mut().find(|o| o.mid == req.mid) else {

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::demux::{Demux, Unrouted};
 use crate::room::{
-    JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+    DataIn, JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 
 /// Largest datagram read from the socket (larger ones are truncated by the kernel and refused).
@@ -99,6 +99,8 @@ pub struct ShellCounters {
     pub queue_full: AtomicU64,
     /// Send errors on the socket.
     pub send_errors: AtomicU64,
+    /// Telemetry messages for a room dropped because its worker's queue was full.
+    pub data_dropped: AtomicU64,
 }
 
 /// A readable copy of [`ShellCounters`].
@@ -122,6 +124,8 @@ pub struct ShellStats {
     pub queue_full: u64,
     /// Socket send errors.
     pub send_errors: u64,
+    /// Telemetry messages dropped on a full worker queue.
+    pub data_dropped: u64,
 }
 
 /// Something that happened in the media plane that the server should know (audit, bookkeeping).
@@ -133,6 +137,13 @@ pub enum SfuEvent {
         room: RoomId,
         /// The session and why.
         removed: Removed,
+    },
+    /// A participant sent a message on a data channel (a device command from the doctor).
+    Data {
+        /// The room.
+        room: RoomId,
+        /// The message and who sent it.
+        data: DataIn,
     },
 }
 
@@ -179,6 +190,11 @@ enum Msg {
     },
     Snapshot {
         reply: oneshot::Sender<Vec<RoomSnapshot>>,
+    },
+    Data {
+        room: RoomId,
+        data: bytes::Bytes,
+        reliable: bool,
     },
     IceRestart {
         room: RoomId,
@@ -353,6 +369,23 @@ impl Sfu {
         }
     }
 
+    /// Sends a telemetry message to the subscribers of `room` (see
+    /// [`Room::send_data`]). Never blocks: when the room's worker is saturated the message is
+    /// dropped and counted (`data_dropped`).
+    pub fn send_data(&self, room: &RoomId, data: bytes::Bytes, reliable: bool) {
+        let msg = Msg::Data {
+            room: room.clone(),
+            data,
+            reliable,
+        };
+        if self.worker_for(room).try_send(msg).is_err() {
+            self.inner
+                .counters
+                .data_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Snapshots of every room on every worker.
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, SfuError> {
         let mut all = Vec::new();
@@ -380,6 +413,7 @@ impl Sfu {
             malformed_stun: r(&c.malformed_stun),
             queue_full: r(&c.queue_full),
             send_errors: r(&c.send_errors),
+            data_dropped: r(&c.data_dropped),
         }
     }
 
@@ -638,6 +672,18 @@ impl Worker {
                 let now = self.now();
                 let _ = reply.send(self.rooms.values().map(|r| r.snapshot(now)).collect());
             }
+            Msg::Data {
+                room,
+                data,
+                reliable,
+            } => {
+                let now = self.now();
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    let (socket, counters) = (&self.socket, &self.counters);
+                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                    r.send_data(now, &data, reliable, &mut send);
+                }
+            }
             Msg::IceRestart {
                 room,
                 session,
@@ -680,6 +726,18 @@ impl Worker {
         for (id, room) in &mut self.rooms {
             for removed in room.take_removed() {
                 ended.push((id.clone(), removed));
+            }
+            for data in room.take_data_in() {
+                if self
+                    .events
+                    .try_send(SfuEvent::Data {
+                        room: id.clone(),
+                        data,
+                    })
+                    .is_err()
+                {
+                    warn!("media plane event queue full, a data channel message was dropped");
+                }
             }
         }
         for (room, removed) in ended {

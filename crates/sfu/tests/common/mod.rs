@@ -227,6 +227,22 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// Sends a telemetry message through the room (see `Room::send_data`).
+    pub fn send_data(&mut self, data: &[u8], reliable: bool) -> usize {
+        let now = self.now;
+        let room_addr = self.room_addr;
+        let peers = &mut self.peers;
+        let mut send = |t: &str0m::net::Transmit| {
+            if let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) {
+                p.down
+                    .push(now, room_addr, t.destination, t.contents.to_vec());
+            }
+        };
+        self.room.send_data(now, data, reliable, &mut send)
+    }
+}
+
 /// Offer builder: one sendonly simulcast VP8 video with the given rids.
 pub fn simulcast_video(api: &mut str0m::change::SdpApi, rids: &[&str]) -> Mid {
     let mut sim = Simulcast::new();
