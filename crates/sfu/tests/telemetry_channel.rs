@@ -76,7 +76,7 @@ fn telemetry_channels_carry_data_both_ways() {
     let mut next = t1;
     sim.run_until(t1 + Duration::from_secs(3), |sim| {
         if i < 50 && sim.now >= next {
-            let reliable = i % 2 == 0;
+            let reliable = i.is_multiple_of(2);
             let msg = format!("{{\"seq\":{i}}}");
             assert_eq!(
                 sim.send_data(msg.as_bytes(), reliable),
@@ -105,7 +105,7 @@ fn telemetry_channels_carry_data_both_ways() {
                 .trim_end_matches('}')
                 .parse()
                 .unwrap();
-            n % 2 == 0
+            n.is_multiple_of(2)
         })
         .collect();
     let expected: Vec<String> = (0..50)
