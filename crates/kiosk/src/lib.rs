@@ -31,7 +31,7 @@ pub use options::{ClientOptions, IceServer};
 pub use publisher::{
     whip_offer, LocalLayer, LocalTrack, Publisher, RtcpStats, SentRtp, SAMPLE_MTU,
 };
-pub use subscriber::{whep_offer, RemoteTrack, Subscriber};
+pub use subscriber::{whep_offer, DataMessage, RemoteTrack, Subscriber, COMMANDS_LABEL};
 
 /// The `webrtc` crate this client is built on, re-exported so callers can name its types
 /// (e.g. `webrtc::rtp::packet::Packet`) without depending on it themselves.

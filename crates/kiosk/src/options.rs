@@ -75,6 +75,9 @@ pub struct ClientOptions {
     pub recv_video: usize,
     /// WHEP only: number of `recvonly` audio transceivers in the subscriber's offer.
     pub recv_audio: usize,
+    /// WHEP only: offer a data channel (`commands`), so the server opens its `telemetry`
+    /// channels towards this subscriber and accepts device commands from it.
+    pub data_channel: bool,
 }
 
 impl Default for ClientOptions {
@@ -89,6 +92,7 @@ impl Default for ClientOptions {
             accept_invalid_certs: false,
             recv_video: 1,
             recv_audio: 3,
+            data_channel: false,
         }
     }
 }

@@ -20,6 +20,28 @@ use crate::media::{Codec, MediaKind};
 use crate::options::ClientOptions;
 use crate::session::Session;
 
+/// A message received on one of the server's data channels.
+#[derive(Debug, Clone)]
+pub struct DataMessage {
+    /// The channel label (`telemetry`).
+    pub label: String,
+    /// Whether the channel is reliable and ordered (measurements, status) or lossy (waveforms).
+    pub reliable: bool,
+    /// The message (JSON text for telemetry).
+    pub data: bytes::Bytes,
+}
+
+/// Label of the channel a subscriber offers for its own messages (device commands).
+pub const COMMANDS_LABEL: &str = "commands";
+
+struct DataChannels {
+    commands: Arc<webrtc::data_channel::RTCDataChannel>,
+    incoming: Mutex<mpsc::Receiver<DataMessage>>,
+}
+
+/// Messages buffered from the server's data channels before the oldest are dropped.
+const DATA_QUEUE: usize = 4096;
+
 /// A track received from the server.
 ///
 /// Announced (by [`Subscriber::next_track`]) when its first RTP packet arrives: `webrtc` waits
@@ -190,7 +212,13 @@ fn spawn_rtcp_drain(receiver: Arc<RTCRtpReceiver>, rid: String) {
 
 /// Builds a peer connection with the configured `recvonly` transceivers and a channel of
 /// incoming tracks.
-async fn prepare(opts: &ClientOptions) -> Result<(NewPeer, mpsc::UnboundedReceiver<RemoteTrack>)> {
+async fn prepare(
+    opts: &ClientOptions,
+) -> Result<(
+    NewPeer,
+    mpsc::UnboundedReceiver<RemoteTrack>,
+    Option<DataChannels>,
+)> {
     if opts.recv_video + opts.recv_audio == 0 {
         return Err(Error::InvalidTrack(
             "a WHEP offer needs at least one transceiver".into(),
@@ -218,6 +246,40 @@ async fn prepare(opts: &ClientOptions) -> Result<(NewPeer, mpsc::UnboundedReceiv
             });
         }
     }
+    let data = if opts.data_channel {
+        let commands = match peer.pc.create_data_channel(COMMANDS_LABEL, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = peer.pc.close().await;
+                return Err(Error::WebRtc {
+                    context: "creating the commands data channel",
+                    source: e,
+                });
+            }
+        };
+        let (dtx, drx) = mpsc::channel::<DataMessage>(DATA_QUEUE);
+        peer.pc.on_data_channel(Box::new(move |dc| {
+            let label = dc.label().to_owned();
+            let reliable = dc.ordered() && dc.max_retransmits().is_none();
+            let dtx = dtx.clone();
+            dc.on_message(Box::new(move |msg| {
+                // A full queue means the application stopped reading: drop, never block.
+                let _ = dtx.try_send(DataMessage {
+                    label: label.clone(),
+                    reliable,
+                    data: msg.data,
+                });
+                Box::pin(async {})
+            }));
+            Box::pin(async {})
+        }));
+        Some(DataChannels {
+            commands,
+            incoming: Mutex::new(drx),
+        })
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let weak = Arc::downgrade(&peer.pc);
     peer.pc
@@ -234,13 +296,13 @@ async fn prepare(opts: &ClientOptions) -> Result<(NewPeer, mpsc::UnboundedReceiv
             let _ = tx.send(remote);
             Box::pin(async {})
         }));
-    Ok((peer, rx))
+    Ok((peer, rx, data))
 }
 
 /// Builds the WHEP offer a [`Subscriber`] would send (ICE gathering included) without
 /// contacting any server; the peer connection is closed afterwards.
 pub async fn whep_offer(opts: &ClientOptions) -> Result<String> {
-    let (peer, _rx) = prepare(opts).await?;
+    let (peer, _rx, _data) = prepare(opts).await?;
     let offer = engine::gather_offer(&peer.pc, opts.gather_timeout).await;
     let _ = peer.pc.close().await;
     offer
@@ -265,6 +327,7 @@ pub async fn whep_offer(opts: &ClientOptions) -> Result<String> {
 pub struct Subscriber {
     session: Session,
     tracks: Mutex<mpsc::UnboundedReceiver<RemoteTrack>>,
+    data: Option<DataChannels>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -283,12 +346,53 @@ impl Subscriber {
     /// [`Publisher::connect`](crate::Publisher::connect): `POST`, `201` + `Location` + answer,
     /// wait until connected.
     pub async fn connect(whep_url: &str, token: &str, opts: ClientOptions) -> Result<Subscriber> {
-        let (peer, rx) = prepare(&opts).await?;
+        let (peer, rx, data) = prepare(&opts).await?;
         let session = Session::negotiate(whep_url, token, peer, &opts).await?;
         Ok(Subscriber {
             session,
             tracks: Mutex::new(rx),
+            data,
         })
+    }
+
+    /// Waits for the next message on the server's data channels (telemetry). Needs
+    /// [`ClientOptions::data_channel`]; [`Error::Closed`] otherwise.
+    pub async fn next_data(&self, timeout: Duration) -> Result<DataMessage> {
+        let data = self.data.as_ref().ok_or(Error::Closed)?;
+        let mut rx = data.incoming.lock().await;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Err(_) => Err(Error::Timeout {
+                what: "a data channel message",
+                after: timeout,
+            }),
+            Ok(None) => Err(Error::Closed),
+            Ok(Some(m)) => Ok(m),
+        }
+    }
+
+    /// Sends a text message (a device command, JSON) on the subscriber's `commands` channel,
+    /// waiting up to `timeout` for the channel to open.
+    pub async fn send_data(&self, text: &str, timeout: Duration) -> Result<()> {
+        use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+        let data = self.data.as_ref().ok_or(Error::Closed)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while data.commands.ready_state() != RTCDataChannelState::Open {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "the commands data channel to open",
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        data.commands
+            .send_text(text.to_owned())
+            .await
+            .map_err(|source| Error::WebRtc {
+                context: "sending on the commands data channel",
+                source,
+            })?;
+        Ok(())
     }
 
     /// Waits for the next received track (see [`RemoteTrack`] for when a track counts as
