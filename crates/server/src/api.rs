@@ -37,12 +37,14 @@ pub struct AppState {
     public_url: String,
     refused: Mutex<HashMap<&'static str, u64>>,
     joins: AtomicU64,
+    audit: crate::audit::Audit,
 }
 
 #[derive(Debug, Clone)]
 struct SessionEntry {
     room: RoomId,
     identity: Identity,
+    role: Role,
     kind: SessionKind,
     etag: String,
     /// The client's current ICE ufrag (a PATCH with another one is an ICE restart).
@@ -51,7 +53,7 @@ struct SessionEntry {
 
 impl AppState {
     /// State for a server with `cfg`, over a started media plane.
-    pub fn new(cfg: &Config, sfu: Sfu) -> Self {
+    pub fn new(cfg: &Config, sfu: Sfu, audit: crate::audit::Audit) -> Self {
         AppState {
             tokens: Tokens::new(cfg.auth.secret.as_bytes()),
             sfu,
@@ -60,6 +62,7 @@ impl AppState {
             public_url: cfg.http.public_url.trim_end_matches('/').to_owned(),
             refused: Mutex::new(HashMap::new()),
             joins: AtomicU64::new(0),
+            audit,
         }
     }
 
@@ -73,7 +76,14 @@ impl AppState {
         let all: Vec<(SessionId, SessionEntry)> = self.sessions_lock().drain().collect();
         for (id, e) in &all {
             let _ = self.sfu.leave(e.room.clone(), *id).await;
-            audit("leave", &e.room, &e.identity, None, "server shutdown");
+            self.audit(
+                "leave",
+                &e.room,
+                &e.identity,
+                Some(e.role),
+                None,
+                "server shutdown",
+            );
         }
         all.len()
     }
@@ -112,7 +122,14 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                 match ev {
                     SfuEvent::SessionEnded { room, removed } => {
                         state.sessions_lock().remove(&removed.session);
-                        audit("leave", &room, &removed.identity, None, removed.reason);
+                        state.audit(
+                            "leave",
+                            &room,
+                            &removed.identity,
+                            Some(removed.role),
+                            None,
+                            removed.reason,
+                        );
                     }
                     SfuEvent::Data { room, data } => state.on_data(&room, data),
                 }
@@ -339,7 +356,14 @@ async fn create_session(
             };
             st.count_refusal(reason);
             let message = clean_message(&e.to_string());
-            audit("refused", &room, &claims.sub, Some(peer), &message);
+            st.audit(
+                "refused",
+                &room,
+                &claims.sub,
+                Some(claims.role),
+                Some(peer),
+                &message,
+            );
             return Err(ApiError::new(status, message));
         }
     };
@@ -349,16 +373,18 @@ async fn create_session(
         SessionEntry {
             room: room.clone(),
             identity: claims.sub.clone(),
+            role: claims.role,
             kind,
             etag: etag.clone(),
             client_ufrag: sdp_attr(offer, "a=ice-ufrag:").unwrap_or_default(),
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
-    audit(
+    st.audit(
         action,
         &room,
         &claims.sub,
+        Some(claims.role),
         Some(peer),
         &describe(&joined.tracks),
     );
@@ -450,7 +476,14 @@ async fn ice_restart(
         e.etag = etag.clone();
         e.client_ufrag = ufrag;
     }
-    audit("ice_restart", &room, &entry.identity, Some(peer), "");
+    st.audit(
+        "ice_restart",
+        &room,
+        &entry.identity,
+        Some(entry.role),
+        Some(peer),
+        "",
+    );
     let body = format!(
         "a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
         local.ufrag, local.pass
@@ -483,7 +516,14 @@ async fn delete_session(
             ))
         }
     }
-    audit("leave", &room, &entry.identity, Some(peer), "DELETE");
+    st.audit(
+        "leave",
+        &room,
+        &entry.identity,
+        Some(entry.role),
+        Some(peer),
+        "DELETE",
+    );
     Ok(StatusCode::OK.into_response())
 }
 
@@ -520,7 +560,13 @@ async fn rooms(
             role: claims.role,
             action: "read room statistics (operator only)",
         };
-        audit_refusal(&claims.room, &claims.sub, peer, &e);
+        st.audit_refusal(
+            &claims.room,
+            claims.sub.as_str(),
+            Some(claims.role),
+            peer,
+            &e,
+        );
         return Err(e.into());
     }
     let mut rooms = st
@@ -560,10 +606,9 @@ fn authorize(
         .authorize(token, room, grant, action)
         .map_err(|e| {
             st.count_refusal(e.reason());
-            if let Ok(c) = st.tokens.verify(token) {
-                audit_refusal(room.as_str(), &c.sub, peer, &e);
-            } else {
-                warn!(room = %Redacted(room), peer = %peer, reason = e.reason(), "token refused");
+            match st.tokens.verify(token) {
+                Ok(c) => st.audit_refusal(room.as_str(), c.sub.as_str(), Some(c.role), peer, &e),
+                Err(_) => st.audit_refusal(room.as_str(), "-", None, peer, &e),
             }
             e.into()
         })
@@ -600,7 +645,13 @@ fn owner_only(
             role: claims.role,
             action: "modify another participant's session",
         };
-        audit_refusal(room.as_str(), &claims.sub, peer, &e);
+        st.audit_refusal(
+            room.as_str(),
+            claims.sub.as_str(),
+            Some(claims.role),
+            peer,
+            &e,
+        );
         return Err(e.into());
     }
     let _ = entry.kind;
@@ -693,27 +744,45 @@ fn describe(tracks: &[TrackInfo]) -> String {
     format!("tracks [{}]", labels.join(", "))
 }
 
-/// Writes an audit record (target `audit`): who did what in which room, from where. Identities
-/// appear in clear here and only here; the audit sink is access-controlled.
-fn audit(event: &str, room: &RoomId, identity: &Identity, peer: Option<SocketAddr>, detail: &str) {
-    info!(
-        target: "audit",
-        event,
-        room = %room,
-        identity = %identity,
-        peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-        detail
-    );
-}
+impl AppState {
+    /// Writes an audit record: who did what in which room, from where. Identities appear in
+    /// clear here and only here; the audit sink is access-controlled.
+    fn audit(
+        &self,
+        event: &str,
+        room: &RoomId,
+        identity: &Identity,
+        role: Option<Role>,
+        peer: Option<SocketAddr>,
+        detail: &str,
+    ) {
+        let role = role.map(|r| r.to_string());
+        self.audit.record(
+            event,
+            room.as_str(),
+            identity.as_str(),
+            role.as_deref(),
+            peer,
+            detail,
+        );
+    }
 
-fn audit_refusal(room: &str, identity: &Identity, peer: SocketAddr, e: &AuthError) {
-    info!(
-        target: "audit",
-        event = "refused",
-        room,
-        identity = %identity,
-        peer = %peer,
-        reason = e.reason(),
-        detail = %e
-    );
+    fn audit_refusal(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Option<Role>,
+        peer: SocketAddr,
+        e: &AuthError,
+    ) {
+        let role = role.map(|r| r.to_string());
+        self.audit.record(
+            "refused",
+            room,
+            identity,
+            role.as_deref(),
+            Some(peer),
+            &format!("{}: {e}", e.reason()),
+        );
+    }
 }

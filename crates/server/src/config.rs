@@ -27,6 +27,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Audit log.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[http]`.

@@ -4,6 +4,7 @@
 //! addresses; the binary and the end-to-end tests both use it.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 
@@ -49,6 +50,9 @@ pub enum StartError {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 impl Server {
@@ -74,7 +78,8 @@ impl Server {
                 ..RoomConfig::default()
             },
         })?;
-        let state = Arc::new(api::AppState::new(&cfg, sfu.clone()));
+        let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
+        let state = Arc::new(api::AppState::new(&cfg, sfu.clone(), audit));
         api::spawn_event_reader(Arc::clone(&state));
         let app = api::router(Arc::clone(&state), cfg.http.max_body_bytes);
         let (stop, mut stop_rx) = watch::channel(false);
