@@ -101,6 +101,14 @@ impl AppState {
         self.count_refusal("data_channel_message_unhandled");
     }
 
+    /// Refused requests by reason, since start.
+    pub fn refused_counts(&self) -> HashMap<&'static str, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn count_refusal(&self, reason: &'static str) {
         *self
             .refused
@@ -137,6 +145,49 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
         })
         .map(|_| ())
         .unwrap_or_else(|e| warn!(error = %e, "cannot start the media event reader"));
+}
+
+/// Starts the admin listener (`GET /metrics`) on `addr`; returns the bound address.
+pub async fn spawn_admin(
+    addr: SocketAddr,
+    metrics: Arc<crate::metrics::Metrics>,
+    token: String,
+    state: Arc<AppState>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| {
+            let metrics = Arc::clone(&metrics);
+            let token = token.clone();
+            let state = Arc::clone(&state);
+            async move {
+                if !token.is_empty() {
+                    let got = bearer(
+                        headers
+                            .get(header::AUTHORIZATION)
+                            .and_then(|h| h.to_str().ok()),
+                    );
+                    if got != Ok(token.as_str()) {
+                        state.count_refusal("admin_token");
+                        return ApiError::new(StatusCode::UNAUTHORIZED, "admin token required")
+                            .into_response();
+                    }
+                }
+                let mut r = metrics.render().into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(bound)
 }
 
 /// The router.

@@ -29,6 +29,18 @@ pub struct Config {
     pub log: LogConfig,
     /// Audit log.
     pub audit: crate::audit::AuditConfig,
+    /// Admin listener.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address ("" disables the admin listener).
+    pub listen: String,
+    /// Bearer token required on the admin listener ("" = none; rely on the bind address).
+    pub token: String,
 }
 
 /// `[http]`.
@@ -146,6 +158,7 @@ impl Config {
             ));
         }
         self.advertise()?;
+        self.admin_listen()?;
         Ok(())
     }
 
@@ -164,6 +177,17 @@ impl Config {
                 "media.advertise = {a:?} is neither an IP address nor IP:port"
             ))),
         }
+    }
+
+    /// The admin listen address, if enabled.
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let a = self.admin.listen.trim();
+        if a.is_empty() {
+            return Ok(None);
+        }
+        a.parse().map(Some).map_err(|_| {
+            ConfigError::Unusable(format!("admin.listen = {a:?} is not an IP:port address"))
+        })
     }
 
     /// Whether TLS is configured.

@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,9 @@ pub use crate::config::Config;
 /// A running server.
 pub struct Server {
     http: SocketAddr,
+    admin: Option<SocketAddr>,
     sfu: Sfu,
+    metrics: Arc<metrics::Metrics>,
     state: Arc<api::AppState>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -50,6 +53,9 @@ pub enum StartError {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The metrics exporter could not be built.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
     /// The audit log could not be opened.
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
@@ -81,6 +87,24 @@ impl Server {
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
         let state = Arc::new(api::AppState::new(&cfg, sfu.clone(), audit));
         api::spawn_event_reader(Arc::clone(&state));
+        let metrics = Arc::new(metrics::Metrics::new().map_err(StartError::Metrics)?);
+        {
+            let st = Arc::clone(&state);
+            metrics.spawn_refresh(sfu.clone(), move || st.refused_counts());
+        }
+        let admin = match cfg.admin_listen()? {
+            Some(addr) => Some(
+                api::spawn_admin(
+                    addr,
+                    Arc::clone(&metrics),
+                    cfg.admin.token.clone(),
+                    Arc::clone(&state),
+                )
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let app = api::router(Arc::clone(&state), cfg.http.max_body_bytes);
         let (stop, mut stop_rx) = watch::channel(false);
         let listener =
@@ -141,8 +165,10 @@ impl Server {
         );
         Ok(Server {
             http,
+            admin,
             sfu,
             state,
+            metrics,
             stop,
             task,
         })
@@ -151,6 +177,23 @@ impl Server {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// The bound admin (metrics) address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Refreshes the metrics from the media plane now (they refresh every few seconds anyway).
+    pub async fn refresh_metrics(&self) {
+        self.metrics
+            .refresh(&self.sfu, self.state.refused_counts())
+            .await;
+    }
+
+    /// The media plane (for embedding programs and tests).
+    pub fn sfu(&self) -> &Sfu {
+        &self.sfu
     }
 
     /// The bound media UDP address.

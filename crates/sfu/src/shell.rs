@@ -29,6 +29,7 @@ use crate::demux::{Demux, Unrouted};
 use crate::room::{
     DataIn, JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
+use crate::stats::DelayHistogram;
 
 /// Largest datagram read from the socket (larger ones are truncated by the kernel and refused).
 pub const MAX_DATAGRAM: usize = 2048;
@@ -189,7 +190,7 @@ enum Msg {
         reply: oneshot::Sender<bool>,
     },
     Snapshot {
-        reply: oneshot::Sender<Vec<RoomSnapshot>>,
+        reply: oneshot::Sender<(Vec<RoomSnapshot>, DelayHistogram)>,
     },
     Data {
         room: RoomId,
@@ -265,6 +266,7 @@ impl Sfu {
                 pool: pool_tx.clone(),
                 events: events_tx.clone(),
                 last_now: Instant::now(),
+                delay: DelayHistogram::default(),
             };
             threads.push(
                 thread::Builder::new()
@@ -388,15 +390,26 @@ impl Sfu {
 
     /// Snapshots of every room on every worker.
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, SfuError> {
+        Ok(self.snapshot_with_delay().await?.0)
+    }
+
+    /// Snapshots of every room, and the node's forwarding-delay histogram since start (all
+    /// workers, all rooms, including rooms that have ended).
+    pub async fn snapshot_with_delay(
+        &self,
+    ) -> Result<(Vec<RoomSnapshot>, DelayHistogram), SfuError> {
         let mut all = Vec::new();
+        let mut delay = DelayHistogram::default();
         for w in &self.inner.workers {
             let (reply, rx) = oneshot::channel();
             w.send(Msg::Snapshot { reply })
                 .map_err(|_| SfuError::Stopped)?;
-            all.extend(rx.await.map_err(|_| SfuError::Stopped)?);
+            let (rooms, d) = rx.await.map_err(|_| SfuError::Stopped)?;
+            all.extend(rooms);
+            delay.merge(&d);
         }
         all.sort_by(|a, b| a.room.cmp(&b.room));
-        Ok(all)
+        Ok((all, delay))
     }
 
     /// The shell's traffic counters.
@@ -553,6 +566,7 @@ struct Worker {
     pool: Sender<Vec<u8>>,
     events: Sender<SfuEvent>,
     last_now: Instant,
+    delay: DelayHistogram,
 }
 
 impl Worker {
@@ -626,7 +640,9 @@ impl Worker {
                             &mut send,
                         );
                         if let Some(track) = room.last_forwarded_track() {
-                            room.record_forwarding_delay(track, at.elapsed());
+                            let d = at.elapsed();
+                            room.record_forwarding_delay(track, d);
+                            self.delay.record(d);
                         }
                     }
                 }
@@ -670,7 +686,8 @@ impl Worker {
             }
             Msg::Snapshot { reply } => {
                 let now = self.now();
-                let _ = reply.send(self.rooms.values().map(|r| r.snapshot(now)).collect());
+                let rooms = self.rooms.values().map(|r| r.snapshot(now)).collect();
+                let _ = reply.send((rooms, self.delay.clone()));
             }
             Msg::Data {
                 room,

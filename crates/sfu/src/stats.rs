@@ -73,6 +73,16 @@ impl DelayHistogram {
         self.max_us = self.max_us.max(us);
     }
 
+    /// Adds `other`'s counts into this one.
+    pub fn merge(&mut self, other: &DelayHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_us += other.sum_us;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
     /// Number of recorded values.
     pub fn count(&self) -> u64 {
         self.count

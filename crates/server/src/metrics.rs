@@ -1,0 +1,493 @@
+//! Metrics: OpenTelemetry observable instruments fed from the core's statistics, exported in
+//! Prometheus text format on the admin listener (`GET /metrics`).
+//!
+//! Nothing on the packet path touches the metrics API: a task copies the media plane's
+//! statistics ([`Sfu::snapshot`], [`Sfu::stats`]) into a [`Summary`] every few seconds, and the
+//! instruments' callbacks read that summary when scraped. Attributes are low-cardinality
+//! (direction, role, track class, reason): never a room name, an identity or a health value.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cabine_sfu::room::{RoomSnapshot, SessionKind, TrackClass};
+use cabine_sfu::shell::ShellStats;
+use cabine_sfu::stats::DelayHistogram;
+use cabine_sfu::Sfu;
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, TextEncoder};
+
+/// How often the summary is refreshed from the media plane.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// Aggregated, label-safe view of the node, refreshed periodically.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    rooms: u64,
+    participants: HashMap<&'static str, u64>,
+    tracks: HashMap<&'static str, u64>,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+    nacks: u64,
+    plis: u64,
+    firs: u64,
+    layer_switches: u64,
+    keyframes: u64,
+    loss_max: f64,
+    jitter_ms_max: f64,
+    rtt_ms_mean: Option<f64>,
+    bwe_bps_min: Option<u64>,
+    bwe_bps_mean: Option<u64>,
+    telemetry_sent: u64,
+    telemetry_dropped: u64,
+    shell: ShellStats,
+    refused: HashMap<&'static str, u64>,
+    delay: DelayHistogram,
+    /// Counters of sessions that already left, so totals never go down.
+    retired: Retired,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Retired {
+    seen: HashMap<u64, (u64, u64, u64, u64)>,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+}
+
+/// The metrics subsystem: a meter provider with a Prometheus reader, and the shared summary.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    summary: Arc<Mutex<Summary>>,
+}
+
+impl Metrics {
+    /// Builds the instruments.
+    pub fn new() -> Result<Metrics, String> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| format!("prometheus exporter: {e}"))?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("cabine");
+        let summary = Arc::new(Mutex::new(Summary::default()));
+
+        let s = Arc::clone(&summary);
+        let read = move || s.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+        macro_rules! gauge {
+            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
+                let read = read.clone();
+                let _ = meter
+                    .u64_observable_gauge($name)
+                    .with_unit($unit)
+                    .with_description($desc)
+                    .with_callback(move |$obs| {
+                        let $sum = read();
+                        $body
+                    })
+                    .build();
+            }};
+        }
+        macro_rules! fgauge {
+            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
+                let read = read.clone();
+                let _ = meter
+                    .f64_observable_gauge($name)
+                    .with_unit($unit)
+                    .with_description($desc)
+                    .with_callback(move |$obs| {
+                        let $sum = read();
+                        $body
+                    })
+                    .build();
+            }};
+        }
+        macro_rules! counter {
+            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
+                let read = read.clone();
+                let _ = meter
+                    .u64_observable_counter($name)
+                    .with_unit($unit)
+                    .with_description($desc)
+                    .with_callback(move |$obs| {
+                        let $sum = read();
+                        $body
+                    })
+                    .build();
+            }};
+        }
+
+        gauge!(
+            "cabine.rooms",
+            "{room}",
+            "Rooms open on this node",
+            |s, o| {
+                o.observe(s.rooms, &[]);
+            }
+        );
+        gauge!(
+            "cabine.participants",
+            "{participant}",
+            "Participants connected, by role",
+            |s, o| {
+                for role in ["kiosk", "doctor", "assistant", "observer"] {
+                    o.observe(
+                        s.participants.get(role).copied().unwrap_or(0),
+                        &[KeyValue::new("role", role)],
+                    );
+                }
+            }
+        );
+        gauge!(
+            "cabine.tracks",
+            "{track}",
+            "Published tracks, by class",
+            |s, o| {
+                for class in ["video", "audio", "stethoscope", "device-camera"] {
+                    o.observe(
+                        s.tracks.get(class).copied().unwrap_or(0),
+                        &[KeyValue::new("class", class)],
+                    );
+                }
+            }
+        );
+        counter!(
+            "cabine.rtp.packets",
+            "{packet}",
+            "RTP packets received from publishers (in) and forwarded to subscribers (out)",
+            |s, o| {
+                o.observe(
+                    s.packets_in + s.retired.packets_in,
+                    &[KeyValue::new("direction", "in")],
+                );
+                o.observe(
+                    s.packets_out + s.retired.packets_out,
+                    &[KeyValue::new("direction", "out")],
+                );
+            }
+        );
+        counter!(
+            "cabine.rtp.payload",
+            "By",
+            "RTP payload bytes received and forwarded",
+            |s, o| {
+                o.observe(
+                    s.bytes_in + s.retired.bytes_in,
+                    &[KeyValue::new("direction", "in")],
+                );
+                o.observe(
+                    s.bytes_out + s.retired.bytes_out,
+                    &[KeyValue::new("direction", "out")],
+                );
+            }
+        );
+        gauge!(
+            "cabine.rtcp.feedback",
+            "{message}",
+            "NACK, PLI and FIR messages of the current streams",
+            |s, o| {
+                o.observe(s.nacks, &[KeyValue::new("kind", "nack")]);
+                o.observe(s.plis, &[KeyValue::new("kind", "pli")]);
+                o.observe(s.firs, &[KeyValue::new("kind", "fir")]);
+            }
+        );
+        gauge!(
+            "cabine.simulcast.layer_switches",
+            "{switch}",
+            "Simulcast layer switches of the current streams",
+            |s, o| {
+                o.observe(s.layer_switches, &[]);
+            }
+        );
+        gauge!(
+            "cabine.video.keyframes",
+            "{frame}",
+            "Keyframes received on the current streams",
+            |s, o| {
+                o.observe(s.keyframes, &[]);
+            }
+        );
+        fgauge!(
+            "cabine.stream.loss",
+            "1",
+            "Worst packet loss fraction among current streams",
+            |s, o| {
+                o.observe(s.loss_max, &[]);
+            }
+        );
+        fgauge!(
+            "cabine.stream.jitter",
+            "ms",
+            "Worst RFC 3550 jitter among incoming streams",
+            |s, o| {
+                o.observe(s.jitter_ms_max, &[]);
+            }
+        );
+        fgauge!(
+            "cabine.stream.rtt",
+            "ms",
+            "Mean round-trip time to participants",
+            |s, o| {
+                if let Some(v) = s.rtt_ms_mean {
+                    o.observe(v, &[]);
+                }
+            }
+        );
+        gauge!(
+            "cabine.bwe",
+            "bit/s",
+            "Bandwidth estimates towards subscribers",
+            |s, o| {
+                if let Some(v) = s.bwe_bps_min {
+                    o.observe(v, &[KeyValue::new("stat", "min")]);
+                }
+                if let Some(v) = s.bwe_bps_mean {
+                    o.observe(v, &[KeyValue::new("stat", "mean")]);
+                }
+            }
+        );
+        gauge!(
+            "cabine.telemetry.messages",
+            "{message}",
+            "Telemetry messages sent to subscribers, and dropped for slow or closed channels",
+            |s, o| {
+                o.observe(s.telemetry_sent, &[KeyValue::new("outcome", "sent")]);
+                o.observe(s.telemetry_dropped, &[KeyValue::new("outcome", "dropped")]);
+            }
+        );
+        counter!(
+            "cabine.udp.datagrams",
+            "{datagram}",
+            "Datagrams on the media port by outcome",
+            |s, o| {
+                let sh = s.shell;
+                for (outcome, v) in [
+                    ("received", sh.datagrams_in),
+                    ("sent", sh.datagrams_out),
+                    ("unknown_source", sh.unknown_source),
+                    ("unknown_ufrag", sh.unknown_ufrag),
+                    ("malformed_stun", sh.malformed_stun),
+                    ("queue_full", sh.queue_full),
+                    ("send_error", sh.send_errors),
+                ] {
+                    o.observe(v, &[KeyValue::new("outcome", outcome)]);
+                }
+            }
+        );
+        counter!(
+            "cabine.requests.refused",
+            "{request}",
+            "HTTP requests refused, by reason",
+            |s, o| {
+                for (reason, v) in &s.refused {
+                    o.observe(*v, &[KeyValue::new("reason", *reason)]);
+                }
+            }
+        );
+
+        registry
+            .register(Box::new(DelayCollector {
+                summary: Arc::clone(&summary),
+                desc: prometheus::core::Desc::new(
+                    "cabine_sfu_forwarding_delay_seconds".into(),
+                    "Time RTP packets spent inside the SFU, from socket read to hand-off to the socket"
+                        .into(),
+                    vec![],
+                    HashMap::new(),
+                )
+                .map_err(|e| e.to_string())?,
+            }))
+            .map_err(|e| e.to_string())?;
+
+        Ok(Metrics {
+            registry,
+            _provider: provider,
+            summary,
+        })
+    }
+
+    /// Refreshes the summary every [`REFRESH`] from the media plane, forever.
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        sfu: Sfu,
+        refused: impl Fn() -> HashMap<&'static str, u64> + Send + 'static,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                me.refresh(&sfu, refused()).await;
+                tokio::time::sleep(REFRESH).await;
+            }
+        });
+    }
+
+    /// Refreshes the summary now.
+    pub async fn refresh(&self, sfu: &Sfu, refused: HashMap<&'static str, u64>) {
+        let Ok((rooms, delay)) = sfu.snapshot_with_delay().await else {
+            return;
+        };
+        let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let retired = std::mem::take(&mut s.retired);
+        let mut next = summarize(&rooms, retired, delay);
+        next.shell = sfu.stats();
+        next.refused = refused;
+        *s = next;
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn summarize(rooms: &[RoomSnapshot], mut retired: Retired, delay: DelayHistogram) -> Summary {
+    let mut s = Summary {
+        rooms: rooms.len() as u64,
+        delay,
+        ..Summary::default()
+    };
+    let mut rtts = Vec::new();
+    let mut bwes = Vec::new();
+    let mut live = HashMap::new();
+    for room in rooms {
+        for sess in &room.sessions {
+            let role: &'static str = match sess.role {
+                cabine_proto::Role::Kiosk => "kiosk",
+                cabine_proto::Role::Doctor => "doctor",
+                cabine_proto::Role::Assistant => "assistant",
+                cabine_proto::Role::Observer => "observer",
+                cabine_proto::Role::Operator => "operator",
+            };
+            if sess.kind == SessionKind::Publish
+                || !room
+                    .sessions
+                    .iter()
+                    .any(|o| o.identity == sess.identity && o.kind == SessionKind::Publish)
+            {
+                *s.participants.entry(role).or_default() += 1;
+            }
+            let (mut pi, mut bi, mut po, mut bo) = (0, 0, 0, 0);
+            for p in &sess.published {
+                let class = match p.track.class {
+                    TrackClass::Stethoscope => "stethoscope",
+                    TrackClass::DeviceCamera => "device-camera",
+                    TrackClass::Audio => "audio",
+                    TrackClass::Video => "video",
+                };
+                *s.tracks.entry(class).or_default() += 1;
+                for l in &p.layers {
+                    pi += l.packets;
+                    bi += l.bytes;
+                    s.nacks += l.nacks;
+                    s.plis += l.plis;
+                    s.firs += l.firs;
+                    s.keyframes += l.keyframes;
+                    s.loss_max = s.loss_max.max(f64::from(l.loss));
+                    s.jitter_ms_max = s.jitter_ms_max.max(l.jitter_ms);
+                    if let Some(r) = l.rtt_ms {
+                        rtts.push(r);
+                    }
+                }
+            }
+            for r in &sess.received {
+                po += r.stats.packets;
+                bo += r.stats.bytes;
+                s.layer_switches += r.stats.layer_switches;
+                s.loss_max = s.loss_max.max(f64::from(r.stats.loss));
+                if let Some(v) = r.stats.rtt_ms {
+                    rtts.push(v);
+                }
+            }
+            if let Some(b) = sess.bwe_bps {
+                bwes.push(b);
+            }
+            if let Some(t) = sess.telemetry {
+                s.telemetry_sent += t.sent;
+                s.telemetry_dropped += t.dropped;
+            }
+            s.packets_in += pi;
+            s.bytes_in += bi;
+            s.packets_out += po;
+            s.bytes_out += bo;
+            live.insert(sess.id.0, (pi, bi, po, bo));
+        }
+    }
+    // Sessions gone since the last refresh: keep their last counts in the totals.
+    for (id, (pi, bi, po, bo)) in &retired.seen {
+        if !live.contains_key(id) {
+            retired.packets_in += pi;
+            retired.bytes_in += bi;
+            retired.packets_out += po;
+            retired.bytes_out += bo;
+        }
+    }
+    retired.seen = live;
+    s.retired = retired;
+    if !rtts.is_empty() {
+        s.rtt_ms_mean = Some(rtts.iter().sum::<f64>() / rtts.len() as f64);
+    }
+    s.bwe_bps_min = bwes.iter().min().copied();
+    if !bwes.is_empty() {
+        s.bwe_bps_mean = Some(bwes.iter().sum::<u64>() / bwes.len() as u64);
+    }
+    s
+}
+
+/// Exposes the SFU's forwarding-delay histogram (kept in the core with fixed buckets) as a
+/// Prometheus histogram.
+struct DelayCollector {
+    summary: Arc<Mutex<Summary>>,
+    desc: prometheus::core::Desc,
+}
+
+impl Collector for DelayCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let h = self
+            .summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .delay
+            .clone();
+        let mut hist = prometheus::proto::Histogram::default();
+        let mut buckets = Vec::with_capacity(DelayHistogram::BOUNDS_US.len());
+        let mut cumulative = 0;
+        for (i, bound) in DelayHistogram::BOUNDS_US.iter().enumerate() {
+            cumulative += h.buckets()[i];
+            let mut b = prometheus::proto::Bucket::default();
+            b.set_upper_bound(*bound as f64 / 1e6);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        hist.set_bucket(buckets);
+        hist.set_sample_count(h.count());
+        hist.set_sample_sum(h.sum_us() as f64 / 1e6);
+        let mut m = prometheus::proto::Metric::default();
+        m.set_histogram(hist);
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.desc.fq_name.clone());
+        mf.set_help(self.desc.help.clone());
+        mf.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+        mf.mut_metric().push(m);
+        vec![mf]
+    }
+}
