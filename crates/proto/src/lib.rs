@@ -6,8 +6,11 @@
 //! - [`token`]: the JWT claims (`sub`, `room`, `role`, `grants`, …) and the permission rules
 //!   derived from a role, so the server and tools agree on who may do what.
 //! - [`ids`]: validated room and participant identifiers, with a redacting wrapper for logs.
+//! - [`telemetry`]: the device telemetry protocol (protobuf schema, framing, checks) and the JSON
+//!   envelope the doctor's page receives.
 
 pub mod ids;
+pub mod telemetry;
 pub mod token;
 
 pub use ids::{IdError, Identity, Redacted, RoomId};

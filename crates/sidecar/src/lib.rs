@@ -1,0 +1,1 @@
+//! Cabine telemetry sidecar (work in progress).
