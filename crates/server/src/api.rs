@@ -38,6 +38,14 @@ pub struct AppState {
     refused: Mutex<HashMap<&'static str, u64>>,
     joins: AtomicU64,
     audit: crate::audit::Audit,
+    spans: Mutex<HashMap<SessionId, SessionSpans>>,
+}
+
+/// The open tracing spans of a session: the session itself and the setup stage in progress
+/// (`ice`, then `dtls`, then `first_media`), so a trace shows where a slow join spent its time.
+struct SessionSpans {
+    _session: tracing::Span,
+    stage: Option<tracing::Span>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +71,7 @@ impl AppState {
             refused: Mutex::new(HashMap::new()),
             joins: AtomicU64::new(0),
             audit,
+            spans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,6 +110,47 @@ impl AppState {
         self.count_refusal("data_channel_message_unhandled");
     }
 
+    fn spans_lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionSpans>> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_spans(&self, session: SessionId, kind: &'static str, role: Role, room: &RoomId) {
+        let span = tracing::info_span!(
+            "session",
+            kind,
+            role = %role,
+            session = %session,
+            room = %Redacted(room),
+        );
+        let ice = tracing::info_span!(parent: &span, "ice");
+        self.spans_lock().insert(
+            session,
+            SessionSpans {
+                _session: span,
+                stage: Some(ice),
+            },
+        );
+    }
+
+    fn on_progress(&self, p: cabine_sfu::room::Progress) {
+        use cabine_sfu::room::Stage;
+        let mut spans = self.spans_lock();
+        let Some(s) = spans.get_mut(&p.session) else {
+            return;
+        };
+        // Closing the previous stage's span ends it now; the next one starts now.
+        s.stage = None;
+        s.stage = match p.stage {
+            Stage::IceConnected => Some(tracing::info_span!(parent: &s._session, "dtls")),
+            Stage::DtlsConnected => Some(tracing::info_span!(parent: &s._session, "first_media")),
+            Stage::FirstMedia => None,
+        };
+    }
+
+    fn end_spans(&self, session: SessionId) {
+        self.spans_lock().remove(&session);
+    }
+
     /// Refused requests by reason, since start.
     pub fn refused_counts(&self) -> HashMap<&'static str, u64> {
         self.refused
@@ -128,8 +178,10 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
         .spawn(move || {
             for ev in events.iter() {
                 match ev {
+                    SfuEvent::Progress { progress, .. } => state.on_progress(progress),
                     SfuEvent::SessionEnded { room, removed } => {
                         state.sessions_lock().remove(&removed.session);
+                        state.end_spans(removed.session);
                         state.audit(
                             "leave",
                             &room,
@@ -213,6 +265,28 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
                 .options(options),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+                    // The route template, never the path: paths hold room names.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|m| m.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    tracing::info_span!(
+                        "http",
+                        method = %req.method(),
+                        route,
+                        status = tracing::field::Empty,
+                    )
+                })
+                .on_response(
+                    |res: &Response, _latency: std::time::Duration, span: &tracing::Span| {
+                        span.record("status", res.status().as_u16());
+                    },
+                ),
+        )
         .with_state(state)
 }
 
@@ -431,6 +505,7 @@ async fn create_session(
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
+    st.start_spans(session, action, claims.role, &room);
     st.audit(
         action,
         &room,
@@ -558,6 +633,7 @@ async fn delete_session(
     let (room, id, entry) = lookup_session(&st, &room, &session)?;
     owner_only(&st, &headers, &room, &entry, peer)?;
     st.sessions_lock().remove(&id);
+    st.end_spans(id);
     match st.sfu.leave(room.clone(), id).await {
         Ok(()) | Err(SfuError::UnknownSession(_)) => {}
         Err(e) => {

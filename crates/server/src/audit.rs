@@ -120,7 +120,15 @@ impl Audit {
             remote: remote.map(|r| r.to_string()),
             reason: reason.to_owned(),
         };
-        info!(target: "audit", event, room, identity, role, remote = ?remote, reason);
+        // The process log only ever sees a pseudonym; the clear identity goes to the audit file.
+        info!(
+            target: "audit",
+            event,
+            room = %cabine_proto::Redacted(room),
+            identity = %cabine_proto::Redacted(identity),
+            role,
+            reason
+        );
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

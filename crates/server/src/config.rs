@@ -31,6 +31,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Admin listener.
     pub admin: AdminConfig,
+    /// OpenTelemetry push.
+    pub otel: crate::otel::OtelConfig,
 }
 
 /// `[admin]`.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod otel;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,7 +88,9 @@ impl Server {
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
         let state = Arc::new(api::AppState::new(&cfg, sfu.clone(), audit));
         api::spawn_event_reader(Arc::clone(&state));
-        let metrics = Arc::new(metrics::Metrics::new().map_err(StartError::Metrics)?);
+        let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
+        let resource = push.is_some().then(|| otel::resource(&cfg.otel));
+        let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);
         {
             let st = Arc::clone(&state);
             metrics.spawn_refresh(sfu.clone(), move || st.refused_counts());
@@ -189,6 +192,13 @@ impl Server {
         self.metrics
             .refresh(&self.sfu, self.state.refused_counts())
             .await;
+    }
+
+    /// Pushes metrics to the OTLP collector now, if one is configured (tests, shutdown).
+    pub async fn flush_metrics(&self) {
+        self.refresh_metrics().await;
+        let m = Arc::clone(&self.metrics);
+        let _ = tokio::task::spawn_blocking(move || m.flush()).await;
     }
 
     /// The media plane (for embedding programs and tests).

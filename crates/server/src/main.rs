@@ -134,15 +134,31 @@ fn token(
 }
 
 fn serve(cfg: Config) -> ExitCode {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let otel = match cabine_server::otel::Otel::init(&cfg.otel) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("cabine: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    if cfg.log.format == "json" {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
+    let fmt = if cfg.log.format == "json" {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    match &otel {
+        // Spans only (info and up); events stay in the process log.
+        Some(o) => registry
+            .with(o.layer().with_filter(EnvFilter::new("info")))
+            .init(),
+        None => registry.init(),
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,6 +181,9 @@ fn serve(cfg: Config) -> ExitCode {
         };
         wait_for_signal().await;
         server.shutdown(drain).await;
+        if let Some(o) = &otel {
+            o.flush();
+        }
         ExitCode::SUCCESS
     })
 }

@@ -70,8 +70,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Builds the instruments.
-    pub fn new() -> Result<Metrics, String> {
+    /// Builds the instruments; `push` adds an OTLP periodic reader next to Prometheus.
+    pub fn new(
+        push: Option<
+            opentelemetry_sdk::metrics::PeriodicReader<opentelemetry_otlp::MetricExporter>,
+        >,
+        resource: Option<opentelemetry_sdk::Resource>,
+    ) -> Result<Metrics, String> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -79,7 +84,14 @@ impl Metrics {
             .scope_info_enabled(false)
             .build()
             .map_err(|e| format!("prometheus exporter: {e}"))?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let mut builder = SdkMeterProvider::builder().with_reader(exporter);
+        if let Some(reader) = push {
+            builder = builder.with_reader(reader);
+        }
+        if let Some(resource) = resource {
+            builder = builder.with_resource(resource);
+        }
+        let provider = builder.build();
         let meter = provider.meter("cabine");
         let summary = Arc::new(Mutex::new(Summary::default()));
 
@@ -344,6 +356,11 @@ impl Metrics {
         next.shell = sfu.stats();
         next.refused = refused;
         *s = next;
+    }
+
+    /// Pushes metrics to the OTLP collector now (if configured).
+    pub fn flush(&self) {
+        let _ = self._provider.force_flush();
     }
 
     /// The Prometheus text exposition of every metric.

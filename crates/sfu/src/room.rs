@@ -251,6 +251,7 @@ pub struct Room {
     removed: Vec<Removed>,
     data_in: Vec<DataIn>,
     data_in_dropped: u64,
+    progress: Vec<Progress>,
 }
 
 /// A session the room removed by itself.
@@ -284,6 +285,8 @@ struct Session {
     /// Subscriber: outgoing slots.
     outs: Vec<Out>,
     bwe: Option<u64>,
+    /// Stages reached (bit set of `Stage as u8`).
+    stages: u8,
     /// Subscriber: the server-opened `telemetry` data channels (reliable, lossy) and whether
     /// each is open yet.
     telemetry: Option<Telemetry>,
@@ -319,6 +322,27 @@ pub const DATA_IN_LIMIT: usize = 1024;
 
 /// Largest message accepted from a subscriber's data channel.
 pub const DATA_IN_MAX: usize = 16 * 1024;
+
+/// A step in a session's setup, for join tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// ICE connectivity established.
+    IceConnected,
+    /// DTLS handshake done (SRTP keys ready).
+    DtlsConnected,
+    /// First media packet received (publisher) or forwarded (subscriber).
+    FirstMedia,
+}
+
+/// A session reached a [`Stage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// The session.
+    pub session: SessionId,
+    /// The stage reached.
+    pub stage: Stage,
+}
 
 /// A message a participant sent on a data channel (for example a device command).
 #[derive(Debug, Clone)]
@@ -378,6 +402,7 @@ impl Room {
             removed: Vec::new(),
             data_in: Vec::new(),
             data_in_dropped: 0,
+            progress: Vec::new(),
         }
     }
 
@@ -488,6 +513,7 @@ impl Room {
             outs: Vec::new(),
             bwe: None,
             telemetry: None,
+            stages: 0,
         };
 
         let mut infos = Vec::new();
@@ -683,6 +709,11 @@ impl Room {
         written
     }
 
+    /// Setup stages sessions reached since the last call.
+    pub fn take_progress(&mut self) -> Vec<Progress> {
+        std::mem::take(&mut self.progress)
+    }
+
     /// Messages participants sent on data channels since the last call (device commands).
     pub fn take_data_in(&mut self) -> Vec<DataIn> {
         std::mem::take(&mut self.data_in)
@@ -859,7 +890,10 @@ impl Room {
 
     fn on_event(&mut self, i: usize, now: Instant, e: Event) {
         match e {
-            Event::Connected => self.sessions[i].connected = true,
+            Event::Connected => {
+                self.sessions[i].connected = true;
+                self.reached(i, Stage::DtlsConnected);
+            }
             Event::IceConnectionStateChange(state) => {
                 let s = &mut self.sessions[i];
                 match state {
@@ -868,6 +902,7 @@ impl Room {
                     }
                     IceConnectionState::Connected | IceConnectionState::Completed => {
                         s.disconnected_since = None;
+                        self.reached(i, Stage::IceConnected);
                     }
                     _ => {}
                 }
@@ -962,7 +997,23 @@ impl Room {
         }
     }
 
+    /// Records that session `i` reached `stage` (once per stage).
+    fn reached(&mut self, i: usize, stage: Stage) {
+        let bit = 1u8 << (stage as u8);
+        let s = &mut self.sessions[i];
+        if s.stages & bit == 0 {
+            s.stages |= bit;
+            if self.progress.len() < DATA_IN_LIMIT {
+                self.progress.push(Progress {
+                    session: s.id,
+                    stage,
+                });
+            }
+        }
+    }
+
     fn on_rtp(&mut self, i: usize, now: Instant, pkt: RtpPacket) {
+        self.reached(i, Stage::FirstMedia);
         let ssrc = pkt.header.ssrc;
         let Some((track_id, layer)) = self.locate(i, ssrc) else {
             self.dropped.unknown_ssrc += 1;
@@ -1077,6 +1128,17 @@ impl Room {
                         }
                         if let Some(tx) = sub.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
                             tx.write_rtp(write);
+                            if out.stats.packets == 0
+                                && sub.stages & (1 << Stage::FirstMedia as u8) == 0
+                            {
+                                sub.stages |= 1 << Stage::FirstMedia as u8;
+                                if self.progress.len() < DATA_IN_LIMIT {
+                                    self.progress.push(Progress {
+                                        session: sub.id,
+                                        stage: Stage::FirstMedia,
+                                    });
+                                }
+                            }
                             out.stats.packets += 1;
                             out.stats.bytes += pkt.payload.len() as u64;
                             sub.dirty = true;

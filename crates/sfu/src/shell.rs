@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::demux::{Demux, Unrouted};
 use crate::room::{
-    DataIn, JoinError, JoinRequest, Joined, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+    DataIn, JoinError, JoinRequest, Joined, Progress, Removed, Room, RoomConfig, RoomSnapshot,
+    SessionId,
 };
 use crate::stats::DelayHistogram;
 
@@ -138,6 +139,13 @@ pub enum SfuEvent {
         room: RoomId,
         /// The session and why.
         removed: Removed,
+    },
+    /// A session reached a setup stage (for join tracing).
+    Progress {
+        /// The room.
+        room: RoomId,
+        /// The session and the stage.
+        progress: Progress,
     },
     /// A participant sent a message on a data channel (a device command from the doctor).
     Data {
@@ -743,6 +751,12 @@ impl Worker {
         for (id, room) in &mut self.rooms {
             for removed in room.take_removed() {
                 ended.push((id.clone(), removed));
+            }
+            for progress in room.take_progress() {
+                let _ = self.events.try_send(SfuEvent::Progress {
+                    room: id.clone(),
+                    progress,
+                });
             }
             for data in room.take_data_in() {
                 if self
