@@ -1,0 +1,976 @@
+//! The kiosk side of the telemetry protocol, on quinn: what `cabine-kiosk` uses to dial in.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), cabine_sidecar::client::ClientError> {
+//! use cabine_proto::telemetry::{ChannelDecl, ChannelKind, DeviceKind, Measurement, Value};
+//! use cabine_sidecar::client::{Client, ClientConfig};
+//! use cabine_sidecar::tls::ServerVerification;
+//!
+//! let room = cabine_proto::RoomId::parse("consult-1").expect("valid room");
+//! let config = ClientConfig::new(
+//!     "127.0.0.1:4443".parse().expect("address"),
+//!     "<kiosk token>",
+//!     room,
+//!     ServerVerification::InsecureAcceptAny,
+//! );
+//! let client = Client::connect(config).await?;
+//! client.declare(ChannelDecl {
+//!     channel_id: 1,
+//!     kind: ChannelKind::Measurement as i32,
+//!     device_kind: DeviceKind::PulseOximeter as i32,
+//!     loinc: "59408-5".into(),
+//!     mdc_code: 150456,
+//!     unit: "%".into(),
+//!     ..Default::default()
+//! })?;
+//! client.send_measurement(Measurement {
+//!     channel_id: 1,
+//!     capture_time_us: client.clock().now_us(),
+//!     values: vec![Value { loinc: "59408-5".into(), mdc_code: 150456, value: 97.0, unit: "%".into() }],
+//!     status: 1,
+//!     ..Default::default()
+//! })?;
+//! while let Some(command) = client.next_command().await {
+//!     // run it, then client.send_command_result(...)
+//! #   let _ = command;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The client keeps one connection up by itself: when it drops it reconnects with backoff,
+//! declares its channels again, and resends the measurements the server has not acknowledged
+//! (the server drops the ones it already has). Waveform chunks and status frames are not kept:
+//! while disconnected they are dropped and counted.
+
+pub mod outbox;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cabine_proto::telemetry::{
+    client_frame, encode_datagram, encode_frame, server_frame, BlobChunk, ChannelDecl, ChannelKind,
+    ClientFrame, ClientHello, ClockEstimate, Command, CommandResult, ErrorCode, FrameDecoder,
+    InvalidFrame, Measurement, Pong, ServerFrame, Status, WaveformChunk, MAX_BLOB_CHUNK_LEN,
+    MAX_DATAGRAM_LEN, PROTOCOL_VERSION,
+};
+use cabine_proto::RoomId;
+use quinn::VarInt;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::tls::{self, ServerVerification};
+use outbox::Outbox;
+
+/// Frames waiting for the control stream (status, command results, declarations).
+const CONTROL_QUEUE: usize = 256;
+/// Commands waiting for [`Client::next_command`].
+const COMMAND_QUEUE: usize = 64;
+
+/// The kiosk's clock: microseconds since the Unix epoch as the kiosk believes it. Capture times
+/// are stamped with it and the server aligns them to its own clock.
+#[derive(Clone)]
+pub struct KioskClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl KioskClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        KioskClock(Arc::new(system_us))
+    }
+
+    /// The system clock shifted by `offset_us` (to simulate a kiosk whose clock is off).
+    pub fn offset(offset_us: i64) -> Self {
+        KioskClock(Arc::new(move || {
+            (system_us() as i64).saturating_add(offset_us).max(0) as u64
+        }))
+    }
+
+    /// Any clock.
+    pub fn custom(f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        KioskClock(Arc::new(f))
+    }
+
+    /// The time now, µs.
+    pub fn now_us(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for KioskClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KioskClock")
+    }
+}
+
+fn system_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How to reach and authenticate to the sidecar.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The sidecar's UDP address.
+    pub server: SocketAddr,
+    /// The TLS server name (SNI, and the name checked with [`ServerVerification::Roots`]).
+    pub server_name: String,
+    /// The kiosk's token (role kiosk).
+    pub token: String,
+    /// The room.
+    pub room: RoomId,
+    /// How to trust the server's certificate.
+    pub verification: ServerVerification,
+    /// The kiosk clock.
+    pub clock: KioskClock,
+    /// Most measurements kept unacknowledged.
+    pub max_unacked: usize,
+    /// First reconnection delay; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Longest reconnection delay.
+    pub reconnect_max: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// Connection idle timeout.
+    pub idle_timeout: Duration,
+    /// Software name sent in the hello.
+    pub software: String,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults for everything else.
+    pub fn new(
+        server: SocketAddr,
+        token: impl Into<String>,
+        room: RoomId,
+        verification: ServerVerification,
+    ) -> Self {
+        ClientConfig {
+            server,
+            server_name: "localhost".into(),
+            token: token.into(),
+            room,
+            verification,
+            clock: KioskClock::system(),
+            max_unacked: 10_000,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            software: concat!("cabine-sidecar-client/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// Resolves a server address written as `host:port` or `quic://host:port` (port 4443 when
+/// omitted): the first socket address and the host name for TLS.
+pub async fn resolve(url: &str) -> Result<(SocketAddr, String), ClientError> {
+    let rest = url.strip_prefix("quic://").unwrap_or(url);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h, p),
+            Err(_) => (rest, cabine_proto::telemetry::DEFAULT_PORT),
+        },
+        _ => (rest, cabine_proto::telemetry::DEFAULT_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ClientError::Resolve(format!("{url}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(format!("{url}: no address")))?;
+    Ok((addr, host.to_owned()))
+}
+
+/// Errors of the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address could not be resolved.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// TLS or QUIC configuration failed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The server refused the session for good (bad token, wrong room or role, version).
+    #[error("refused by the server: {code:?}: {reason}")]
+    Refused {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's reason.
+        reason: String,
+    },
+    /// Not connected (or the channel is not acknowledged yet on this connection).
+    #[error("not connected")]
+    NotConnected,
+    /// The channel was not declared, or with another kind.
+    #[error("channel {0} is not declared with this kind")]
+    UnknownChannel(u32),
+    /// The frame fails the protocol's value checks.
+    #[error("invalid frame: {0}")]
+    Invalid(#[from] InvalidFrame),
+    /// The waveform chunk does not fit in one datagram: send shorter chunks.
+    #[error("datagram of {len} bytes, at most {max} fit")]
+    TooLarge {
+        /// The encoded length.
+        len: usize,
+        /// The largest that fits.
+        max: usize,
+    },
+    /// The server stopped the stream with this code.
+    #[error("stream stopped by the server with code {0}")]
+    Stopped(u64),
+    /// The connection was lost during the operation.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// Waited too long.
+    #[error("timed out")]
+    Timeout,
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+/// Where the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Dialing (first time or after a drop).
+    Connecting,
+    /// Session established.
+    Connected {
+        /// The server's session id.
+        session_id: String,
+    },
+    /// Refused for good (see [`ClientError::Refused`]); the client stopped.
+    Failed {
+        /// The error code.
+        code: ErrorCode,
+        /// The reason.
+        reason: String,
+    },
+    /// Closed by [`Client::close`].
+    Closed,
+}
+
+/// Counters of the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Sessions established.
+    pub sessions: u64,
+    /// Measurements written for the first time.
+    pub measurements_sent: u64,
+    /// Measurements written again after a reconnection.
+    pub measurements_resent: u64,
+    /// Measurements acknowledged.
+    pub measurements_acked: u64,
+    /// Measurements dropped unacknowledged (outbox full).
+    pub measurements_dropped: u64,
+    /// Measurements waiting for their acknowledgement.
+    pub measurements_unacked: u64,
+    /// Waveform datagrams sent.
+    pub waveforms_sent: u64,
+    /// Waveform chunks dropped (not connected, channel not ready, send failed).
+    pub waveforms_dropped: u64,
+    /// Control frames (status, command results) dropped on a full queue.
+    pub control_dropped: u64,
+    /// Commands received.
+    pub commands_received: u64,
+    /// Commands dropped because nobody read them.
+    pub commands_dropped: u64,
+    /// Pings answered.
+    pub pings_answered: u64,
+    /// Streams the server stopped (with the last code).
+    pub streams_stopped: u64,
+}
+
+/// A telemetry session with the sidecar that survives connection drops.
+pub struct Client {
+    shared: Arc<Shared>,
+    commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    config: ClientConfig,
+    state: Mutex<ClientState>,
+    /// Something to send.
+    wake: Notify,
+    /// Bumped on every change worth waiting for (connection, acks).
+    changes: watch::Sender<u64>,
+    status: watch::Sender<ConnectionState>,
+    commands: mpsc::Sender<Command>,
+    closing: AtomicBool,
+    close: Notify,
+    instance_id: u64,
+}
+
+struct ClientState {
+    outbox: Outbox,
+    channels: BTreeMap<u32, ChannelDecl>,
+    control: VecDeque<ClientFrame>,
+    wave_seq: HashMap<u32, u64>,
+    conn: Option<quinn::Connection>,
+    ready: HashSet<u32>,
+    clock: Option<ClockEstimate>,
+    stats: ClientStats,
+    next_blob_id: u64,
+}
+
+impl Client {
+    /// Starts the client and waits (up to 10 s) for the first session.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let client = Client::start(config)?;
+        client.wait_connected(Duration::from_secs(10)).await?;
+        Ok(client)
+    }
+
+    /// Starts the client without waiting: it dials, and redials, in the background.
+    pub fn start(config: ClientConfig) -> Result<Client, ClientError> {
+        let quinn_config =
+            quinn_client_config(&config.verification, config.keep_alive, config.idle_timeout)?;
+        let bind: SocketAddr = if config.server.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(e.to_string()))?;
+        endpoint.set_default_client_config(quinn_config);
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ClientState {
+                outbox: Outbox::new(config.max_unacked),
+                channels: BTreeMap::new(),
+                control: VecDeque::new(),
+                wave_seq: HashMap::new(),
+                conn: None,
+                ready: HashSet::new(),
+                clock: None,
+                stats: ClientStats::default(),
+                next_blob_id: 1,
+            }),
+            config,
+            wake: Notify::new(),
+            changes: watch::Sender::new(0),
+            status: watch::Sender::new(ConnectionState::Connecting),
+            commands: commands_tx,
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+            instance_id: rand::random(),
+        });
+        let task = tokio::spawn(supervise(shared.clone(), endpoint));
+        Ok(Client {
+            shared,
+            commands: tokio::sync::Mutex::new(commands_rx),
+            task,
+        })
+    }
+
+    /// The kiosk clock this client stamps with.
+    pub fn clock(&self) -> &KioskClock {
+        &self.shared.config.clock
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Waits until a session is up, or fails if refused for good.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.shared.status.subscribe();
+        let wait = async {
+            loop {
+                match rx.borrow_and_update().clone() {
+                    ConnectionState::Connected { .. } => return Ok(()),
+                    ConnectionState::Failed { code, reason } => {
+                        return Err(ClientError::Refused { code, reason })
+                    }
+                    ConnectionState::Closed => return Err(ClientError::Closed),
+                    ConnectionState::Connecting => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Declares (or re-declares) a channel. It is declared again on every reconnection.
+    pub fn declare(&self, decl: ChannelDecl) -> Result<(), ClientError> {
+        decl.check()?;
+        let mut st = self.shared.lock();
+        st.channels.insert(decl.channel_id, decl.clone());
+        st.ready.remove(&decl.channel_id);
+        if st.conn.is_some() {
+            push_control(&mut st, body(client_frame::Body::Declare(decl)));
+        }
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the server acknowledged the declaration of `channel` on the current
+    /// connection (measurements and waveforms are only sent then).
+    pub async fn wait_ready(&self, channel: u32, timeout: Duration) -> Result<(), ClientError> {
+        self.wait_for(timeout, |st| {
+            st.conn.is_some() && st.ready.contains(&channel)
+        })
+        .await
+    }
+
+    /// Queues a measurement: it is kept until acknowledged and resent after reconnections. A
+    /// `seq` of 0 gets the channel's next sequence number, which is returned.
+    pub fn send_measurement(&self, m: Measurement) -> Result<u64, ClientError> {
+        let mut st = self.shared.lock();
+        check_kind(&st, m.channel_id, ChannelKind::Measurement)?;
+        let mut probe = m.clone();
+        if probe.seq == 0 {
+            probe.seq = 1;
+        }
+        probe.check()?;
+        let seq = st.outbox.push(m);
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Sends a waveform chunk as a datagram now, or drops it (counted) when not connected. A
+    /// `seq` of 0 gets the channel's next one.
+    pub fn send_waveform(&self, mut chunk: WaveformChunk) -> Result<u64, ClientError> {
+        let mut st = self.shared.lock();
+        check_kind(&st, chunk.channel_id, ChannelKind::Waveform)?;
+        let next = st.wave_seq.entry(chunk.channel_id).or_insert(0);
+        if chunk.seq == 0 {
+            *next += 1;
+            chunk.seq = *next;
+        } else {
+            *next = (*next).max(chunk.seq);
+        }
+        chunk.check()?;
+        let frame = body(client_frame::Body::Waveform(chunk.clone()));
+        let bytes = encode_datagram(&frame).map_err(|_| ClientError::TooLarge {
+            len: prost::Message::encoded_len(&frame),
+            max: MAX_DATAGRAM_LEN,
+        })?;
+        let conn = match (&st.conn, st.ready.contains(&chunk.channel_id)) {
+            (Some(c), true) => c.clone(),
+            _ => {
+                st.stats.waveforms_dropped += 1;
+                return Err(ClientError::NotConnected);
+            }
+        };
+        let max = conn.max_datagram_size().unwrap_or(0).min(MAX_DATAGRAM_LEN);
+        if bytes.len() > max {
+            return Err(ClientError::TooLarge {
+                len: bytes.len(),
+                max,
+            });
+        }
+        match conn.send_datagram(bytes.into()) {
+            Ok(()) => {
+                st.stats.waveforms_sent += 1;
+                Ok(chunk.seq)
+            }
+            Err(e) => {
+                st.stats.waveforms_dropped += 1;
+                Err(ClientError::ConnectionLost(e.to_string()))
+            }
+        }
+    }
+
+    /// Sends a device status on the control stream (dropped, counted, while disconnected).
+    pub fn send_status(&self, status: Status) -> Result<(), ClientError> {
+        status.check()?;
+        self.send_control(body(client_frame::Body::Status(status)))
+    }
+
+    /// Answers a command.
+    pub fn send_command_result(&self, result: CommandResult) -> Result<(), ClientError> {
+        result.check()?;
+        self.send_control(body(client_frame::Body::CommandResult(result)))
+    }
+
+    /// The next command from the server (`None` once the client is closed).
+    pub async fn next_command(&self) -> Option<Command> {
+        self.commands.lock().await.recv().await
+    }
+
+    /// Uploads a blob (a snapshot) on its own stream, in chunks, and waits until the server has
+    /// read it all. Not retried across reconnections: on `ConnectionLost`, upload it again.
+    pub async fn upload_blob(
+        &self,
+        channel_id: u32,
+        mime: &str,
+        capture_time_us: u64,
+        data: &[u8],
+    ) -> Result<u64, ClientError> {
+        let (conn, blob_id) = {
+            let mut st = self.shared.lock();
+            check_kind(&st, channel_id, ChannelKind::Blob)?;
+            let conn = match (&st.conn, st.ready.contains(&channel_id)) {
+                (Some(c), true) => c.clone(),
+                _ => return Err(ClientError::NotConnected),
+            };
+            let id = st.next_blob_id;
+            st.next_blob_id += 1;
+            (conn, id)
+        };
+        let lost = |e: &dyn std::fmt::Display| ClientError::ConnectionLost(e.to_string());
+        let mut send = conn.open_uni().await.map_err(|e| lost(&e))?;
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![&[]]
+        } else {
+            data.chunks(MAX_BLOB_CHUNK_LEN).collect()
+        };
+        let last_index = chunks.len() - 1;
+        for (i, piece) in chunks.into_iter().enumerate() {
+            let first = i == 0;
+            let chunk = BlobChunk {
+                channel_id,
+                blob_id,
+                seq: i as u32,
+                last: i == last_index,
+                mime: if first {
+                    mime.to_owned()
+                } else {
+                    String::new()
+                },
+                data: piece.to_vec(),
+                capture_time_us: if first { capture_time_us } else { 0 },
+                total_len: if first { data.len() as u64 } else { 0 },
+            };
+            chunk.check()?;
+            let bytes = encode_frame(&body(client_frame::Body::Blob(chunk)))
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            if let Err(e) = send.write_all(&bytes).await {
+                return Err(match e {
+                    quinn::WriteError::Stopped(code) => ClientError::Stopped(code.into_inner()),
+                    e => lost(&e),
+                });
+            }
+        }
+        send.finish().map_err(|e| lost(&e))?;
+        match send.stopped().await {
+            Ok(None) => Ok(blob_id),
+            Ok(Some(code)) => Err(ClientError::Stopped(code.into_inner())),
+            Err(e) => Err(lost(&e)),
+        }
+    }
+
+    /// Waits until every measurement is acknowledged.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.wait_for(timeout, |st| st.outbox.unacked() == 0).await
+    }
+
+    /// The server's latest clock estimate for this kiosk (informative).
+    pub fn clock_estimate(&self) -> Option<ClockEstimate> {
+        self.shared.lock().clock
+    }
+
+    /// Counters now.
+    pub fn stats(&self) -> ClientStats {
+        let st = self.shared.lock();
+        let mut stats = st.stats.clone();
+        let o = st.outbox.counters();
+        stats.measurements_sent = o.sent;
+        stats.measurements_resent = o.resent;
+        stats.measurements_acked = o.acked;
+        stats.measurements_dropped = o.dropped;
+        stats.measurements_unacked = st.outbox.unacked() as u64;
+        stats
+    }
+
+    /// Drops the current connection as if the network had failed (the client reconnects by
+    /// itself). For tests and for a kiosk that knows its network changed.
+    pub fn drop_connection(&self) {
+        let conn = self.shared.lock().conn.clone();
+        if let Some(c) = conn {
+            c.close(VarInt::from_u32(0), b"connection dropped by the kiosk");
+        }
+    }
+
+    /// Closes the session (code 0) and stops reconnecting.
+    pub async fn close(mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.close.notify_one();
+        let conn = self.shared.lock().conn.clone();
+        if let Some(c) = conn {
+            c.close(VarInt::from_u32(0), b"bye");
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    fn send_control(&self, frame: ClientFrame) -> Result<(), ClientError> {
+        let mut st = self.shared.lock();
+        if st.conn.is_none() {
+            st.stats.control_dropped += 1;
+            return Err(ClientError::NotConnected);
+        }
+        push_control(&mut st, frame);
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&ClientState) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut rx = self.shared.changes.subscribe();
+        let wait = async {
+            loop {
+                rx.borrow_and_update();
+                if done(&self.shared.lock()) {
+                    return Ok(());
+                }
+                if let ConnectionState::Failed { code, reason } = self.state() {
+                    return Err(ClientError::Refused { code, reason });
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.close.notify_one();
+        if let Some(c) = self.shared.lock().conn.take() {
+            c.close(VarInt::from_u32(0), b"bye");
+        }
+        self.task.abort();
+    }
+}
+
+/// A quinn client configuration speaking this protocol (TLS 1.3, ALPN `cabine-telemetry/1`),
+/// with keep-alives and datagrams. Also useful to test the server with hand-made frames.
+pub fn quinn_client_config(
+    verification: &ServerVerification,
+    keep_alive: Duration,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, ClientError> {
+    let rustls_config =
+        tls::client_config(verification).map_err(|e| ClientError::Config(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(keep_alive))
+        .datagram_receive_buffer_size(Some(64 * 1024))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(idle_timeout)
+                .map_err(|e| ClientError::Config(format!("idle timeout: {e}")))?,
+        ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ClientState> {
+        // Nothing in the state is left half-updated by a panic that matters more than
+        // stopping the kiosk's telemetry: keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+fn body(b: client_frame::Body) -> ClientFrame {
+    ClientFrame { body: Some(b) }
+}
+
+fn push_control(st: &mut ClientState, frame: ClientFrame) {
+    if st.control.len() >= CONTROL_QUEUE {
+        st.control.pop_front();
+        st.stats.control_dropped += 1;
+    }
+    st.control.push_back(frame);
+}
+
+fn check_kind(st: &ClientState, channel: u32, kind: ChannelKind) -> Result<(), ClientError> {
+    match st.channels.get(&channel) {
+        Some(d) if d.kind == kind as i32 => Ok(()),
+        _ => Err(ClientError::UnknownChannel(channel)),
+    }
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Closed by the user.
+    Closed,
+    /// Refused for good.
+    Fatal(ErrorCode, String),
+    /// Lost; reconnect. `established` tells whether the session got past the hello.
+    Lost { established: bool },
+}
+
+async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let mut delay = shared.config.reconnect_min;
+    loop {
+        if shared.closing.load(Ordering::SeqCst) {
+            break;
+        }
+        let end = session(&shared, &endpoint).await;
+        {
+            let mut st = shared.lock();
+            st.conn = None;
+            st.ready.clear();
+        }
+        shared.changed();
+        match end {
+            SessionEnd::Closed => break,
+            SessionEnd::Fatal(code, reason) => {
+                shared
+                    .status
+                    .send_replace(ConnectionState::Failed { code, reason });
+                shared.changed();
+                return;
+            }
+            SessionEnd::Lost { established } => {
+                if shared.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                shared.status.send_replace(ConnectionState::Connecting);
+                if established {
+                    delay = shared.config.reconnect_min;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.close.notified() => break,
+                }
+                delay = (delay * 2).min(shared.config.reconnect_max);
+            }
+        }
+    }
+    shared.status.send_replace(ConnectionState::Closed);
+    shared.changed();
+    endpoint.close(VarInt::from_u32(0), b"bye");
+}
+
+fn fatal_code(e: &quinn::ConnectionError) -> Option<(ErrorCode, String)> {
+    if let quinn::ConnectionError::ApplicationClosed(a) = e {
+        let code = ErrorCode::from_code(a.error_code.into_inner())?;
+        let reason = String::from_utf8_lossy(&a.reason).into_owned();
+        if matches!(
+            code,
+            ErrorCode::BadToken
+                | ErrorCode::WrongRoom
+                | ErrorCode::WrongRole
+                | ErrorCode::UnsupportedVersion
+        ) {
+            return Some((code, reason));
+        }
+    }
+    None
+}
+
+async fn session(shared: &Arc<Shared>, endpoint: &quinn::Endpoint) -> SessionEnd {
+    let config = &shared.config;
+    let lost = SessionEnd::Lost { established: false };
+    let Ok(connecting) = endpoint.connect(config.server, &config.server_name) else {
+        return lost;
+    };
+    let conn = tokio::select! {
+        c = connecting => match c { Ok(c) => c, Err(_) => return lost },
+        () = shared.close.notified() => return SessionEnd::Closed,
+    };
+    let Ok((mut send, recv)) = conn.open_bi().await else {
+        return lost;
+    };
+    let hello = body(client_frame::Body::Hello(ClientHello {
+        version: PROTOCOL_VERSION,
+        token: config.token.clone(),
+        room: config.room.to_string(),
+        kiosk_clock_us: config.clock.now_us(),
+        instance_id: shared.instance_id,
+        software: config.software.clone(),
+    }));
+    let Ok(bytes) = encode_frame(&hello) else {
+        return SessionEnd::Fatal(ErrorCode::Internal, "hello does not encode".into());
+    };
+    if send.write_all(&bytes).await.is_err() {
+        return ended(&conn, false).await;
+    }
+    let (frames_tx, mut frames_rx) = mpsc::channel::<ServerFrame>(256);
+    let reader = tokio::spawn(read_frames(recv, frames_tx));
+    let first = tokio::time::timeout(Duration::from_secs(10), frames_rx.recv()).await;
+    let session_id = match first {
+        Ok(Some(ServerFrame {
+            body: Some(server_frame::Body::Hello(h)),
+        })) => h.session_id,
+        _ => {
+            reader.abort();
+            return ended(&conn, false).await;
+        }
+    };
+    {
+        let mut st = shared.lock();
+        st.conn = Some(conn.clone());
+        st.ready.clear();
+        st.outbox.reconnected();
+        st.stats.sessions += 1;
+        st.control.clear();
+        let decls: Vec<ChannelDecl> = st.channels.values().cloned().collect();
+        for d in decls {
+            push_control(&mut st, body(client_frame::Body::Declare(d)));
+        }
+    }
+    shared
+        .status
+        .send_replace(ConnectionState::Connected { session_id });
+    shared.changed();
+    let end = run(shared, &conn, &mut send, &mut frames_rx).await;
+    reader.abort();
+    match end {
+        Some(end) => end,
+        None => ended(&conn, true).await,
+    }
+}
+
+async fn ended(conn: &quinn::Connection, established: bool) -> SessionEnd {
+    // Give the close frame a moment to arrive so a refusal is told apart from a drop.
+    let reason = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    match reason {
+        Ok(e) => match fatal_code(&e) {
+            Some((code, reason)) => SessionEnd::Fatal(code, reason),
+            None => SessionEnd::Lost { established },
+        },
+        Err(_) => {
+            conn.close(VarInt::from_u32(0), b"no answer");
+            SessionEnd::Lost { established }
+        }
+    }
+}
+
+async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<ServerFrame>) {
+    let mut decoder = FrameDecoder::new();
+    while let Ok(Some(chunk)) = recv.read_chunk(16 * 1024, true).await {
+        if decoder.push(&chunk.bytes).is_err() {
+            return;
+        }
+        loop {
+            match decoder.next_frame::<ServerFrame>() {
+                Ok(Some(f)) => {
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The established session: returns `Some` when it ends for a known reason, `None` when the
+/// connection failed (the caller reads the close reason).
+async fn run(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    control: &mut quinn::SendStream,
+    frames: &mut mpsc::Receiver<ServerFrame>,
+) -> Option<SessionEnd> {
+    let mut measurements: Option<quinn::SendStream> = None;
+    loop {
+        // Write what is queued: control frames first, then measurements of ready channels.
+        loop {
+            let frame = shared.lock().control.pop_front();
+            let Some(frame) = frame else { break };
+            let bytes = encode_frame(&frame).ok()?;
+            control.write_all(&bytes).await.ok()?;
+        }
+        loop {
+            let next = {
+                let mut st = shared.lock();
+                let ClientState { outbox, ready, .. } = &mut *st;
+                outbox.next_to_send(|c| ready.contains(&c))
+            };
+            let Some(m) = next else { break };
+            let bytes = encode_frame(&body(client_frame::Body::Measurement(m))).ok()?;
+            if measurements.is_none() {
+                measurements = Some(conn.open_uni().await.ok()?);
+            }
+            let stream = measurements.as_mut()?;
+            if let Err(e) = stream.write_all(&bytes).await {
+                if let quinn::WriteError::Stopped(_) = e {
+                    // The server refused something on this stream: use a new one.
+                    shared.lock().stats.streams_stopped += 1;
+                    measurements = None;
+                    continue;
+                }
+                return None;
+            }
+        }
+        tokio::select! {
+            f = frames.recv() => {
+                let f = f?;
+                on_frame(shared, control, f).await?;
+            }
+            () = shared.wake.notified() => {}
+            () = shared.close.notified() => {
+                conn.close(VarInt::from_u32(0), b"bye");
+                return Some(SessionEnd::Closed);
+            }
+            _ = conn.closed() => return None,
+        }
+    }
+}
+
+async fn on_frame(
+    shared: &Arc<Shared>,
+    control: &mut quinn::SendStream,
+    frame: ServerFrame,
+) -> Option<()> {
+    match frame.body {
+        Some(server_frame::Body::Ping(p)) => {
+            let pong = body(client_frame::Body::Pong(Pong {
+                id: p.id,
+                server_time_us: p.server_time_us,
+                kiosk_time_us: shared.config.clock.now_us(),
+            }));
+            let bytes = encode_frame(&pong).ok()?;
+            control.write_all(&bytes).await.ok()?;
+            shared.lock().stats.pings_answered += 1;
+        }
+        Some(server_frame::Body::Ack(a)) => {
+            {
+                let mut st = shared.lock();
+                st.outbox.ack(a.channel_id, a.up_to_seq);
+                st.ready.insert(a.channel_id);
+            }
+            shared.changed();
+        }
+        Some(server_frame::Body::Command(c)) => {
+            let mut st = shared.lock();
+            st.stats.commands_received += 1;
+            if shared.commands.try_send(c).is_err() {
+                st.stats.commands_dropped += 1;
+            }
+        }
+        Some(server_frame::Body::Clock(c)) => {
+            shared.lock().clock = Some(c);
+            shared.changed();
+        }
+        Some(server_frame::Body::Hello(_)) | None => {}
+    }
+    Some(())
+}
