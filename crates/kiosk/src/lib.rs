@@ -10,6 +10,11 @@
 //! - [`Subscriber::connect`] subscribes through `POST /whep/{room}` and yields
 //!   [`RemoteTrack`]s, labelled with the msid stream and track ids of the server's answer.
 //!
+//! - [`sources`]: synthetic cameras (VP8 via libvpx) and a microphone and stethoscope (Opus via
+//!   libopus), or IVF / Ogg Opus files, to feed those tracks.
+//! - [`devices`]: simulated medical devices (pulse oximeter, ECG, thermometer, blood pressure
+//!   cuff, scale) as a sans-IO state machine producing coded measurements and waveforms.
+//!
 //! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
 //! [`ClientOptions::loopback_only`] it gathers just a 127.0.0.1 host candidate, which is what
 //! tests against a local server need. Errors are precise ([`Error`]); a refused `POST` is an
@@ -17,12 +22,14 @@
 
 #![warn(missing_docs)]
 
+pub mod devices;
 mod engine;
 mod error;
 mod media;
 mod options;
 mod publisher;
 mod session;
+pub mod sources;
 mod subscriber;
 
 pub use error::{Error, HttpError, Result};
