@@ -15,6 +15,9 @@
 //! - [`devices`]: simulated medical devices (pulse oximeter, ECG, thermometer, blood pressure
 //!   cuff, scale) as a sans-IO state machine producing coded measurements and waveforms.
 //!
+//! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices) that
+//!   reconnects by itself; what the `cabine-kiosk dial` command runs.
+//!
 //! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
 //! [`ClientOptions::loopback_only`] it gathers just a 127.0.0.1 host candidate, which is what
 //! tests against a local server need. Errors are precise ([`Error`]); a refused `POST` is an
@@ -23,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod devices;
+pub mod dial;
 mod engine;
 mod error;
 mod media;

@@ -1,1 +1,402 @@
-fn main() {}
+//! `cabine-kiosk`: a simulated teleconsultation cabin.
+//!
+//! ```text
+//! cabine-kiosk dial --server http://HOST:8080 --token T [--room R] [--turn URL --turn-user U --turn-pass P] [--loopback]
+//! cabine-kiosk devices --seconds 10
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cabine_kiosk::devices::{
+    ChannelId, ChannelKind, DeviceOutput, DeviceState, Devices, DevicesConfig, MeasurementStatus,
+    START_MEASUREMENT,
+};
+use cabine_kiosk::dial::{self, DialConfig, Input};
+use cabine_kiosk::{ClientOptions, IceServer};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+/// A simulated teleconsultation cabin for Cabine: synthetic cameras, microphone and
+/// stethoscope over WHIP, the doctor over WHEP, simulated medical devices.
+#[derive(Debug, Parser)]
+#[command(name = "cabine-kiosk", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dial into a Cabine server like a cabin: publish the room camera, device camera,
+    /// microphone and stethoscope, receive the doctor, reconnect when the network drops,
+    /// end the sessions on Ctrl-C or SIGTERM.
+    Dial(Box<DialArgs>),
+    /// Print the simulated devices' outputs as JSON lines (simulated time, as fast as
+    /// possible unless --realtime).
+    Devices(DevicesArgs),
+}
+
+#[derive(Debug, Args)]
+struct DialArgs {
+    /// Base URL of the server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "CABINE_SERVER")]
+    server: String,
+    /// The kiosk's JWT (role kiosk).
+    #[arg(long, env = "CABINE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The room (default: the token's `room` claim).
+    #[arg(long)]
+    room: Option<String>,
+    /// The stream id of the published tracks (default: the token's `sub` claim, or "kiosk").
+    #[arg(long)]
+    stream_id: Option<String>,
+    /// A TURN server URL (turn:host:3478?transport=udp, turns:host:5349?transport=tcp…);
+    /// repeat for several.
+    #[arg(long)]
+    turn: Vec<String>,
+    /// TURN user name.
+    #[arg(long, default_value = "")]
+    turn_user: String,
+    /// TURN password.
+    #[arg(
+        long,
+        env = "CABINE_TURN_PASS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    turn_pass: String,
+    /// A STUN server URL (stun:host:3478); repeat for several.
+    #[arg(long)]
+    stun: Vec<String>,
+    /// Use relayed (TURN) candidates only.
+    #[arg(long)]
+    relay_only: bool,
+    /// Use the 127.0.0.1 loopback only (server on this machine).
+    #[arg(long)]
+    loopback: bool,
+    /// Accept any TLS certificate (self-signed development servers).
+    #[arg(long)]
+    insecure: bool,
+    /// Do not subscribe to the room.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Do not run the devices simulator.
+    #[arg(long)]
+    no_devices: bool,
+    /// Room camera: "synthetic", "off", or an IVF (VP8) file.
+    #[arg(long, default_value = "synthetic")]
+    room_camera: String,
+    /// Device camera: "synthetic", "off", or an IVF (VP8) file.
+    #[arg(long, default_value = "synthetic")]
+    device_camera: String,
+    /// Microphone: "synthetic", "off", or an Ogg Opus file.
+    #[arg(long, default_value = "synthetic")]
+    microphone: String,
+    /// Stethoscope: "synthetic", "off", or an Ogg Opus file.
+    #[arg(long, default_value = "synthetic")]
+    stethoscope: String,
+    /// Room camera frame rate.
+    #[arg(long, default_value_t = 25)]
+    fps: u32,
+    /// Room camera bitrate, kbit/s.
+    #[arg(long, default_value_t = 600)]
+    video_kbps: u32,
+    /// Device camera frame rate.
+    #[arg(long, default_value_t = 15)]
+    device_fps: u32,
+    /// Device camera bitrate, kbit/s.
+    #[arg(long, default_value_t = 400)]
+    device_kbps: u32,
+    /// Stethoscope bitrate, kbit/s (at least 64).
+    #[arg(long, default_value_t = 96)]
+    stethoscope_kbps: u32,
+    /// Mean heart rate of the simulated patient.
+    #[arg(long, default_value_t = 72.0)]
+    heart_rate: f64,
+    /// Seed of the simulated signals.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Take a blood pressure reading every this many seconds (0: never).
+    #[arg(long, default_value_t = 120)]
+    bp_every: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct DevicesArgs {
+    /// Simulated seconds to print.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Mean heart rate.
+    #[arg(long, default_value_t = 72.0)]
+    heart_rate: f64,
+    /// ECG leads (1 to 3).
+    #[arg(long, default_value_t = 3)]
+    ecg_leads: u8,
+    /// Start a blood pressure measurement at this second (negative: never).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    bp_at: f64,
+    /// Leave waveform chunks out (measurements and statuses only).
+    #[arg(long)]
+    no_waveforms: bool,
+    /// Pace the output in real time.
+    #[arg(long)]
+    realtime: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices(args) => devices(args),
+        Command::Dial(args) => {
+            init_logging();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cabine-kiosk: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run_dial(*args))
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    // The webrtc stack warns about many transient things (candidates closing at shutdown,
+    // packets before a track is bound): keep the kiosk's own messages, and its errors.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_sctp=error,\
+             webrtc_srtp=error,webrtc_data=error,webrtc_mdns=error,turn=error,interceptor=error",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn input(value: &str) -> Input {
+    match value {
+        "synthetic" => Input::Synthetic,
+        "off" | "none" => Input::Off,
+        path => Input::File(PathBuf::from(path)),
+    }
+}
+
+async fn run_dial(args: DialArgs) -> ExitCode {
+    let mut ice_servers: Vec<IceServer> = args.stun.iter().map(IceServer::stun).collect();
+    for url in &args.turn {
+        ice_servers.push(IceServer::turn(url, &args.turn_user, &args.turn_pass));
+    }
+    let mut config = DialConfig::new(args.server, args.token);
+    config.room = args.room;
+    config.stream_id = args.stream_id;
+    config.client = ClientOptions {
+        ice_servers,
+        relay_only: args.relay_only,
+        loopback_only: args.loopback,
+        accept_invalid_certs: args.insecure,
+        ..ClientOptions::default()
+    };
+    config.subscribe = !args.no_subscribe;
+    config.seed = args.seed;
+    config.heart_rate_bpm = args.heart_rate;
+    if args.no_devices {
+        config.devices = None;
+    }
+    config.bp_every = (args.bp_every > 0).then(|| Duration::from_secs(args.bp_every));
+    config.media.room_camera = input(&args.room_camera);
+    config.media.device_camera = input(&args.device_camera);
+    config.media.microphone = input(&args.microphone);
+    config.media.stethoscope = input(&args.stethoscope);
+    config.media.room_fps = args.fps;
+    config.media.room_kbps = args.video_kbps;
+    config.media.device_fps = args.device_fps;
+    config.media.device_kbps = args.device_kbps;
+    config.media.stethoscope_bps = args.stethoscope_kbps.saturating_mul(1000);
+
+    let duration = args.duration;
+    let shutdown = async move {
+        let limit = async {
+            match duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate() => {}
+            _ = limit => {}
+        }
+    };
+    match dial::run(config, shutdown).await {
+        Ok(stats) => {
+            tracing::info!(
+                publish_sessions = stats.publish_sessions,
+                subscribe_sessions = stats.subscribe_sessions,
+                received_packets = stats.received_packets,
+                "done"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cabine-kiosk stops");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}
+
+fn devices(args: DevicesArgs) -> ExitCode {
+    let mut config = DevicesConfig::new(args.seed, args.heart_rate);
+    config.ecg_leads = args.ecg_leads;
+    let start = Instant::now();
+    let mut sim = match Devices::new(config, start) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cabine-kiosk: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for c in sim.channels() {
+        let line = json!({
+            "type": "channel",
+            "channel": c.id.0,
+            "kind": match c.kind { ChannelKind::Measurement => "measurement", ChannelKind::Waveform => "waveform" },
+            "device": c.device.as_str(),
+            "label": c.label,
+            "loinc": c.code.loinc,
+            "mdc": c.code.mdc,
+            "mdc_name": c.code.mdc_name,
+            "unit": c.code.unit,
+            "sample_rate_hz": c.sample_rate_hz,
+            "leads": c.leads,
+            "commands": c.commands,
+        });
+        if !print_line(&mut out, &line) {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let end = start + Duration::from_secs_f64(args.seconds.max(0.0));
+    let bp_at = (args.bp_at >= 0.0).then(|| start + Duration::from_secs_f64(args.bp_at));
+    let mut bp_sent = false;
+    let mut now = start;
+    while now <= end {
+        if !bp_sent && bp_at.is_some_and(|t| now >= t) {
+            bp_sent = true;
+            let outcome = sim.handle_command(ChannelId::BP_CUFF, START_MEASUREMENT, now);
+            let line = json!({
+                "t_ms": ms(now - start),
+                "type": "command",
+                "channel": ChannelId::BP_CUFF.0,
+                "name": START_MEASUREMENT,
+                "outcome": format!("{outcome:?}").to_lowercase(),
+            });
+            if !print_line(&mut out, &line) {
+                return ExitCode::SUCCESS;
+            }
+        }
+        for o in sim.poll(now) {
+            if args.no_waveforms && matches!(o, DeviceOutput::Waveform(_)) {
+                continue;
+            }
+            if !print_line(&mut out, &to_json(&o, start)) {
+                return ExitCode::SUCCESS;
+            }
+        }
+        let mut next = sim.poll_timeout();
+        if let Some(t) = bp_at.filter(|_| !bp_sent) {
+            next = next.min(t);
+        }
+        if args.realtime {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        now = next;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes one JSON line; false when stdout is closed (e.g. piped into `head`).
+fn print_line(out: &mut impl std::io::Write, value: &serde_json::Value) -> bool {
+    writeln!(out, "{value}").is_ok()
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn to_json(o: &DeviceOutput, start: Instant) -> serde_json::Value {
+    match o {
+        DeviceOutput::Measurement(m) => json!({
+            "t_ms": ms(m.captured - start),
+            "type": "measurement",
+            "channel": m.channel.0,
+            "device": m.device.as_str(),
+            "seq": m.seq,
+            "status": match m.status { MeasurementStatus::Valid => "valid", MeasurementStatus::Questionable => "questionable" },
+            "values": m.values.iter().map(|v| json!({
+                "display": v.code.display,
+                "value": v.value,
+                "unit": v.code.unit,
+                "loinc": v.code.loinc,
+                "mdc": v.code.mdc,
+            })).collect::<Vec<_>>(),
+        }),
+        DeviceOutput::Waveform(w) => json!({
+            "t_ms": ms(w.first_sample - start),
+            "type": "waveform",
+            "channel": w.channel.0,
+            "device": w.device.as_str(),
+            "seq": w.seq,
+            "sample_rate_hz": w.sample_rate_hz,
+            "leads": w.leads,
+            "scale": w.scale,
+            "offset": w.offset,
+            "samples": w.samples,
+        }),
+        DeviceOutput::Status(s) => json!({
+            "t_ms": ms(s.at - start),
+            "type": "status",
+            "channel": s.channel.0,
+            "device": s.device.as_str(),
+            "state": match s.state {
+                DeviceState::Attached => "attached",
+                DeviceState::Detached => "detached",
+                DeviceState::Measuring => "measuring",
+                DeviceState::Idle => "idle",
+            },
+            "battery_percent": s.battery_percent,
+            "detail": s.detail,
+        }),
+    }
+}

@@ -1,0 +1,1025 @@
+//! A whole simulated cabin dialling into a Cabine server: what `cabine-kiosk dial` runs.
+//!
+//! [`run`] publishes the four cabin tracks over WHIP (from [`sources`](crate::sources)),
+//! subscribes to the room over WHEP (the doctor), runs the [`devices`](crate::devices)
+//! simulator, and keeps all of it up: when a peer connection fails it opens new WHIP/WHEP
+//! sessions with exponential backoff, until the `shutdown` future completes; then it
+//! `DELETE`s its sessions and returns what it did.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cabine_kiosk::dial::DialError> {
+//! use cabine_kiosk::dial::{self, DialConfig};
+//! let mut config = DialConfig::new("http://127.0.0.1:8080", "<jwt>");
+//! config.client.loopback_only = true;
+//! let stats = dial::run(config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! println!("{} publish sessions", stats.publish_sessions);
+//! # Ok(()) }
+//! ```
+//!
+//! Shape: one thread per media source (encoding is CPU work; each thread paces its frames on
+//! its own clock), one async pump per track that writes frames to whichever publisher is
+//! current and turns PLI/FIR counts into keyframe requests, one supervisor task each for the
+//! publisher and the subscriber, and one task driving the devices simulator.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+
+use crate::devices::{
+    codes, ChannelId, CommandOutcome, DeviceError, DeviceOutput, Devices, DevicesConfig,
+    START_MEASUREMENT,
+};
+use crate::sources::{
+    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, SourceError, VideoSource,
+};
+use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
+
+/// Track id of the room camera.
+pub const ROOM_CAMERA: &str = "room-camera";
+/// Track id of the device camera (otoscope, dermatoscope…).
+pub const DEVICE_CAMERA: &str = "device-camera";
+/// Track id of the microphone.
+pub const MICROPHONE: &str = "microphone";
+/// Track id of the stethoscope.
+pub const STETHOSCOPE: &str = "stethoscope";
+
+/// Where a track's media comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The synthetic source of [`sources`](crate::sources).
+    Synthetic,
+    /// A file played in a loop: IVF (VP8) for cameras, Ogg Opus for audio.
+    File(PathBuf),
+    /// Not published.
+    Off,
+}
+
+/// The cabin's media.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// The room camera (`room-camera`).
+    pub room_camera: Input,
+    /// The device camera (`device-camera`).
+    pub device_camera: Input,
+    /// The microphone (`microphone`).
+    pub microphone: Input,
+    /// The stethoscope (`stethoscope`).
+    pub stethoscope: Input,
+    /// Room camera frames per second.
+    pub room_fps: u32,
+    /// Room camera bitrate, kbit/s.
+    pub room_kbps: u32,
+    /// Device camera frames per second.
+    pub device_fps: u32,
+    /// Device camera bitrate, kbit/s.
+    pub device_kbps: u32,
+    /// Stethoscope Opus bitrate, bit/s (at least 64000).
+    pub stethoscope_bps: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            room_camera: Input::Synthetic,
+            device_camera: Input::Synthetic,
+            microphone: Input::Synthetic,
+            stethoscope: Input::Synthetic,
+            room_fps: 25,
+            room_kbps: 600,
+            device_fps: 15,
+            device_kbps: 400,
+            stethoscope_bps: 96_000,
+        }
+    }
+}
+
+/// Reconnection delays: `initial`, doubled after each failure up to `max`, with ±20 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt number `failures` (0 after the first failure).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.max);
+        base.mul_f64(rand::random_range(0.8..1.2))
+    }
+}
+
+/// A command for a simulated device, from whoever wires telemetry in (the QUIC client).
+#[derive(Debug)]
+pub struct DeviceCommand {
+    /// The device's channel.
+    pub channel: ChannelId,
+    /// The command, e.g. [`START_MEASUREMENT`].
+    pub name: String,
+    /// Where to send the device's answer, if anyone wants it.
+    pub reply: Option<oneshot::Sender<CommandOutcome>>,
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug)]
+pub struct DialConfig {
+    /// Base URL of the Cabine server, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    /// The kiosk's JWT.
+    pub token: String,
+    /// The room; by default the token's `room` claim.
+    pub room: Option<String>,
+    /// The msid stream id of the published tracks; by default the token's `sub` claim, or
+    /// `kiosk`.
+    pub stream_id: Option<String>,
+    /// WebRTC and HTTP options (TURN servers, loopback, timeouts…).
+    pub client: ClientOptions,
+    /// The published media.
+    pub media: MediaConfig,
+    /// Subscribe to the room (the doctor) over WHEP.
+    pub subscribe: bool,
+    /// Seed of the synthetic signals (voice, heart sounds, devices).
+    pub seed: u64,
+    /// Mean heart rate of the simulated patient, beats per minute.
+    pub heart_rate_bpm: f64,
+    /// Run the devices simulator (with this configuration; its seed and heart rate are
+    /// replaced by [`seed`](Self::seed) and [`heart_rate_bpm`](Self::heart_rate_bpm)).
+    pub devices: Option<DevicesConfig>,
+    /// Start a blood pressure measurement this often (there is no doctor command path
+    /// until telemetry is wired in).
+    pub bp_every: Option<Duration>,
+    /// Every device output, for a telemetry client. Outputs are dropped when it is full.
+    pub device_outputs: Option<mpsc::Sender<DeviceOutput>>,
+    /// Commands for the devices, from a telemetry client.
+    pub device_commands: Option<mpsc::Receiver<DeviceCommand>>,
+    /// How often to log a line about the devices.
+    pub device_summary_every: Duration,
+    /// How often to log a line about the media sessions.
+    pub stats_every: Duration,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// A connection `disconnected` this long is given up and replaced.
+    pub disconnected_grace: Duration,
+}
+
+impl DialConfig {
+    /// Defaults: all four synthetic tracks, subscribe, devices at 72 bpm, seed 1.
+    pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
+        DialConfig {
+            server: server.into(),
+            token: token.into(),
+            room: None,
+            stream_id: None,
+            client: ClientOptions::default(),
+            media: MediaConfig::default(),
+            subscribe: true,
+            seed: 1,
+            heart_rate_bpm: 72.0,
+            devices: Some(DevicesConfig::new(1, 72.0)),
+            bp_every: None,
+            device_outputs: None,
+            device_commands: None,
+            device_summary_every: Duration::from_secs(5),
+            stats_every: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            disconnected_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why [`run`] could not run, or stopped by itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The configuration cannot work.
+    #[error("invalid kiosk configuration: {0}")]
+    InvalidConfig(String),
+    /// A media source could not be created.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The devices simulator refused its configuration.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// The server refused the kiosk in a way retrying cannot fix (bad token, forbidden
+    /// role, unusable offer).
+    #[error("{what} refused: {source}")]
+    Refused {
+        /// `"publishing"` or `"subscribing"`.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: Error,
+    },
+}
+
+/// Per-track counters of a [`run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackStats {
+    /// Frames handed to a publisher.
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// Frames produced while no publisher was connected.
+    pub dropped: u64,
+    /// Keyframe requests (PLI/FIR) received.
+    pub keyframe_requests: u64,
+    /// RTCP feedback packets received (receiver reports and transport-wide congestion
+    /// control), in the current session: the sign the server still hears this track.
+    pub feedback: u64,
+}
+
+/// What a [`run`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DialStats {
+    /// WHIP sessions established.
+    pub publish_sessions: u64,
+    /// WHEP sessions established.
+    pub subscribe_sessions: u64,
+    /// Published tracks by track id.
+    pub tracks: BTreeMap<String, TrackStats>,
+    /// Tracks received from the room.
+    pub received_tracks: u64,
+    /// RTP packets received from the room.
+    pub received_packets: u64,
+    /// Device outputs produced.
+    pub device_outputs: u64,
+}
+
+/// Claims read from a JWT without checking its signature (the server checks it), to choose
+/// defaults for the room and the stream id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenHint {
+    /// The `sub` claim (participant identity).
+    pub sub: Option<String>,
+    /// The `room` claim.
+    pub room: Option<String>,
+}
+
+/// Reads the `sub` and `room` claims of a JWT; `None` if it is not a readable JWT.
+pub fn token_hint(token: &str) -> Option<TokenHint> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(TokenHint {
+        sub: text("sub"),
+        room: text("room"),
+    })
+}
+
+/// Runs the cabin until `shutdown` completes (or the server refuses it for good), then ends
+/// its sessions.
+pub async fn run(
+    mut config: DialConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<DialStats, DialError> {
+    let hint = token_hint(&config.token).unwrap_or_default();
+    let room = config
+        .room
+        .clone()
+        .or(hint.room.filter(|r| r != "*"))
+        .ok_or_else(|| DialError::InvalidConfig("no room given and the token names none".into()))?;
+    let stream_id = config
+        .stream_id
+        .clone()
+        .or(hint.sub)
+        .filter(|s| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .unwrap_or_else(|| "kiosk".to_owned());
+    let whip = endpoint(&config.server, "whip", &room)?;
+    let whep = endpoint(&config.server, "whep", &room)?;
+
+    let stats = Arc::new(Mutex::new(DialStats::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (pub_tx, pub_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<DialError>(2);
+
+    // Media: build every source first, so a bad file or setting fails before dialling.
+    let sources = build_sources(&config)?;
+    if sources.is_empty() {
+        return Err(DialError::InvalidConfig("every track is off".into()));
+    }
+    let mut specs = Vec::new();
+    let mut threads = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (track_id, codec, source) in sources {
+        specs.push(match codec {
+            Codec::Opus => TrackSpec::audio(stream_id.clone(), track_id),
+            video => TrackSpec::video(stream_id.clone(), track_id, video),
+        });
+        stats
+            .lock()
+            .map_err(|_| DialError::InvalidConfig("stats lock poisoned".into()))?
+            .tracks
+            .insert(track_id.to_owned(), TrackStats::default());
+        let (tx, rx) = mpsc::channel(8);
+        let force = Arc::new(AtomicBool::new(true));
+        threads.push(spawn_source(track_id, source, tx, Arc::clone(&force))?);
+        tasks.spawn(pump(
+            track_id,
+            rx,
+            pub_rx.clone(),
+            force,
+            Arc::clone(&stats),
+            stop_rx.clone(),
+        ));
+    }
+
+    let ctx = Arc::new(Ctx {
+        token: config.token.clone(),
+        client: config.client.clone(),
+        backoff: config.backoff,
+        grace: config.disconnected_grace,
+        stats: Arc::clone(&stats),
+        fatal: fatal_tx,
+    });
+    tasks.spawn(publish_loop(
+        Arc::clone(&ctx),
+        whip,
+        specs,
+        pub_tx,
+        stop_rx.clone(),
+    ));
+    if config.subscribe {
+        tasks.spawn(subscribe_loop(Arc::clone(&ctx), whep, stop_rx.clone()));
+    }
+    if let Some(mut devices) = config.devices.take() {
+        devices.seed = config.seed;
+        devices.heart_rate_bpm = config.heart_rate_bpm;
+        let sim = Devices::new(devices, Instant::now())?;
+        tasks.spawn(devices_loop(
+            sim,
+            DevicesShell {
+                summary_every: config.device_summary_every,
+                bp_every: config.bp_every,
+                outputs: config.device_outputs.take(),
+                commands: config.device_commands.take(),
+                stats: Arc::clone(&stats),
+            },
+            stop_rx.clone(),
+        ));
+    }
+    tasks.spawn(stats_loop(
+        Arc::clone(&stats),
+        config.stats_every,
+        stop_rx.clone(),
+    ));
+    drop(ctx);
+
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        Some(e) = fatal_rx.recv() => result = Err(e),
+    }
+    let _ = stop_tx.send(true);
+    // The loops close their sessions (DELETE) and the pumps drop their channels, which ends
+    // the source threads.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop within 10 s");
+        tasks.abort_all();
+    }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    result?;
+    let stats = stats.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(stats)
+}
+
+/// Shared by the supervisor loops.
+struct Ctx {
+    token: String,
+    client: ClientOptions,
+    backoff: Backoff,
+    grace: Duration,
+    stats: Arc<Mutex<DialStats>>,
+    fatal: mpsc::Sender<DialError>,
+}
+
+impl Ctx {
+    fn update(&self, f: impl FnOnce(&mut DialStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+fn endpoint(server: &str, kind: &str, room: &str) -> Result<String, DialError> {
+    let mut url = reqwest::Url::parse(server)
+        .map_err(|e| DialError::InvalidConfig(format!("server URL {server:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(DialError::InvalidConfig(format!(
+            "server URL {server:?} is not http or https"
+        )));
+    }
+    url.path_segments_mut()
+        .map_err(|_| DialError::InvalidConfig(format!("server URL {server:?} has no path")))?
+        .pop_if_empty()
+        .push(kind)
+        .push(room);
+    Ok(url.to_string())
+}
+
+type Source = (&'static str, Codec, Box<dyn MediaSource>);
+
+fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
+    let m = &config.media;
+    let mut out: Vec<Source> = Vec::new();
+    let video = |input: &Input, synthetic: &dyn Fn() -> Result<VideoSource, SourceError>| {
+        Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
+            Input::Synthetic => Some(Box::new(synthetic()?)),
+            Input::File(p) => Some(Box::new(IvfSource::open(p)?)),
+            Input::Off => None,
+        })
+    };
+    let audio = |input: &Input, synthetic: &dyn Fn() -> Result<AudioSource, SourceError>| {
+        Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
+            Input::Synthetic => Some(Box::new(synthetic()?)),
+            Input::File(p) => Some(Box::new(OggOpusSource::open(p)?)),
+            Input::Off => None,
+        })
+    };
+    if let Some(s) = video(&m.room_camera, &|| {
+        VideoSource::room_camera(m.room_fps, m.room_kbps)
+    })? {
+        out.push((ROOM_CAMERA, Codec::Vp8, s));
+    }
+    if let Some(s) = video(&m.device_camera, &|| {
+        VideoSource::device_camera(m.device_fps, m.device_kbps)
+    })? {
+        out.push((DEVICE_CAMERA, Codec::Vp8, s));
+    }
+    if let Some(s) = audio(&m.microphone, &|| AudioSource::microphone(config.seed))? {
+        out.push((MICROPHONE, Codec::Opus, s));
+    }
+    if let Some(s) = audio(&m.stethoscope, &|| {
+        AudioSource::stethoscope(config.seed, config.heart_rate_bpm, m.stethoscope_bps)
+    })? {
+        out.push((STETHOSCOPE, Codec::Opus, s));
+    }
+    Ok(out)
+}
+
+/// Runs a source on its own thread, paced by the frames' durations.
+fn spawn_source(
+    track_id: &'static str,
+    mut source: Box<dyn MediaSource>,
+    tx: mpsc::Sender<EncodedFrame>,
+    force_keyframe: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, DialError> {
+    std::thread::Builder::new()
+        .name(format!("src-{track_id}"))
+        .spawn(move || {
+            let mut due = Instant::now();
+            loop {
+                let force = force_keyframe.swap(false, Ordering::Relaxed);
+                let frame = match source.next_frame(force) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(track = track_id, error = %e, "media source failed; track stops");
+                        return;
+                    }
+                };
+                due += frame.duration;
+                if tx.blocking_send(frame).is_err() {
+                    return;
+                }
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                } else if now - due > Duration::from_secs(1) {
+                    // Far behind (suspended machine): start again from now, no burst.
+                    due = now;
+                }
+            }
+        })
+        .map_err(|e| DialError::InvalidConfig(format!("cannot start a media thread: {e}")))
+}
+
+/// Writes one track's frames to the current publisher.
+async fn pump(
+    track_id: &'static str,
+    mut frames: mpsc::Receiver<EncodedFrame>,
+    mut publisher: watch::Receiver<Option<Arc<Publisher>>>,
+    force_keyframe: Arc<AtomicBool>,
+    stats: Arc<Mutex<DialStats>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut current: Option<Arc<Publisher>> = None;
+    let mut seen_requests = 0;
+    let mut last_forced = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            f = frames.recv() => match f { Some(f) => f, None => break },
+            _ = stopped(&mut stop) => break,
+        };
+        if publisher.has_changed().unwrap_or(true) {
+            current = publisher.borrow_and_update().clone();
+            seen_requests = 0;
+            if current.is_some() {
+                force_keyframe.store(true, Ordering::Relaxed);
+            }
+        }
+        let track = current.as_ref().and_then(|p| p.track_by_id(track_id));
+        let update = |f: &mut dyn FnMut(&mut TrackStats)| {
+            if let Ok(mut s) = stats.lock() {
+                if let Some(t) = s.tracks.get_mut(track_id) {
+                    f(t);
+                }
+            }
+        };
+        let Some(track) = track else {
+            update(&mut |t| t.dropped += 1);
+            continue;
+        };
+        if frame.data.is_empty() {
+            continue;
+        }
+        match track.write_sample(&frame.data, frame.duration).await {
+            Ok(_) => update(&mut |t| {
+                t.frames += 1;
+                t.bytes += frame.data.len() as u64;
+            }),
+            Err(e) => tracing::debug!(track = track_id, error = %e, "writing a frame"),
+        }
+        let rtcp = track.rtcp_stats();
+        let feedback = rtcp.receiver_reports + rtcp.twcc_feedbacks;
+        update(&mut |t| t.feedback = feedback);
+        let requests = rtcp.keyframe_requests();
+        if requests > seen_requests {
+            let new = requests - seen_requests;
+            seen_requests = requests;
+            update(&mut |t| t.keyframe_requests += new);
+            // At most one forced keyframe per 300 ms, like browsers.
+            if last_forced.elapsed() > Duration::from_millis(300) {
+                last_forced = Instant::now();
+                force_keyframe.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Waits until `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Whether retrying cannot help.
+fn is_fatal(e: &Error) -> bool {
+    match e {
+        Error::Http(h) => matches!(h.status, 400 | 401 | 403 | 415 | 422),
+        Error::InvalidUrl { .. } | Error::InvalidToken | Error::InvalidTrack(_) => true,
+        _ => false,
+    }
+}
+
+/// How a connected session ended.
+enum Ended {
+    Stop,
+    Lost(String),
+}
+
+/// Watches a connected session until it fails for good or `stop`.
+///
+/// Lost when the peer connection is `failed` or `closed`, `disconnected` for longer than
+/// `grace`, or when `feedback` (a count of RTCP feedback received) has moved at least once and
+/// then stays still for `grace` + 1 s: the server no longer hears us, even if ICE has not
+/// noticed yet (it can take 15 s or more).
+async fn watch_connection(
+    state: impl Fn() -> RTCPeerConnectionState,
+    feedback: impl Fn() -> u64,
+    grace: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut disconnected_since: Option<Instant> = None;
+    let mut last_feedback = feedback();
+    let mut feedback_seen = false;
+    let mut feedback_at = Instant::now();
+    let silence = grace + Duration::from_secs(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(stop) => return Ended::Stop,
+        }
+        match state() {
+            s @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) => {
+                return Ended::Lost(format!("peer connection {s}"))
+            }
+            RTCPeerConnectionState::Disconnected => {
+                let since = *disconnected_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace {
+                    return Ended::Lost(format!("peer connection disconnected for {grace:?}"));
+                }
+            }
+            _ => disconnected_since = None,
+        }
+        let now = feedback();
+        if now != last_feedback {
+            last_feedback = now;
+            feedback_seen = true;
+            feedback_at = Instant::now();
+        } else if feedback_seen && feedback_at.elapsed() >= silence {
+            return Ended::Lost(format!("no RTCP feedback for {silence:?}"));
+        }
+    }
+}
+
+/// Publishes, and publishes again whenever the connection is lost.
+async fn publish_loop(
+    ctx: Arc<Ctx>,
+    whip: String,
+    specs: Vec<TrackSpec>,
+    current: watch::Sender<Option<Arc<Publisher>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let connect = Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
+        let result = tokio::select! {
+            r = connect => r,
+            _ = stopped(&mut stop) => return,
+        };
+        match result {
+            Ok(publisher) => {
+                failures = 0;
+                ctx.update(|s| s.publish_sessions += 1);
+                tracing::info!(tracks = specs.len(), "publishing");
+                let publisher = Arc::new(publisher);
+                current.send_replace(Some(Arc::clone(&publisher)));
+                let feedback = || {
+                    publisher
+                        .tracks()
+                        .iter()
+                        .flat_map(|t| t.layers())
+                        .map(|l| {
+                            let s = l.rtcp_stats();
+                            s.receiver_reports + s.twcc_feedbacks
+                        })
+                        .sum::<u64>()
+                };
+                let ended = watch_connection(
+                    || publisher.connection_state(),
+                    feedback,
+                    ctx.grace,
+                    &mut stop,
+                )
+                .await;
+                current.send_replace(None);
+                close_publisher(publisher).await;
+                match ended {
+                    Ended::Stop => return,
+                    Ended::Lost(why) => {
+                        tracing::warn!(reason = %why, "publishing connection lost; reconnecting")
+                    }
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                let _ = ctx
+                    .fatal
+                    .send(DialError::Refused {
+                        what: "publishing",
+                        source: e,
+                    })
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let delay = ctx.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_in = ?delay, "publishing failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Ends a publisher once the pumps have let go of it (they do at their next frame).
+async fn close_publisher(mut publisher: Arc<Publisher>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match Arc::try_unwrap(publisher) {
+            Ok(p) => {
+                if let Err(e) = p.close().await {
+                    tracing::debug!(error = %e, "closing the WHIP session");
+                }
+                return;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                publisher = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Dropping the last reference ends the session in the background.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Subscribes to the room, and again whenever the connection is lost.
+async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    let opts = ClientOptions {
+        recv_video: 2,
+        recv_audio: 2,
+        ..ctx.client.clone()
+    };
+    loop {
+        let connect = Subscriber::connect(&whep, &ctx.token, opts.clone());
+        let result = tokio::select! {
+            r = connect => r,
+            _ = stopped(&mut stop) => return,
+        };
+        match result {
+            Ok(subscriber) => {
+                failures = 0;
+                ctx.update(|s| s.subscribe_sessions += 1);
+                tracing::info!("subscribed to the room");
+                let subscriber = Arc::new(subscriber);
+                let accept = tokio::spawn(accept_tracks(Arc::clone(&subscriber), Arc::clone(&ctx)));
+                let ended =
+                    watch_connection(|| subscriber.connection_state(), || 0, ctx.grace, &mut stop)
+                        .await;
+                accept.abort();
+                let _ = accept.await;
+                match Arc::try_unwrap(subscriber) {
+                    Ok(s) => {
+                        if let Err(e) = s.close().await {
+                            tracing::debug!(error = %e, "closing the WHEP session");
+                        }
+                    }
+                    Err(_) => tracing::debug!("WHEP session still shared; dropped"),
+                }
+                match ended {
+                    Ended::Stop => return,
+                    Ended::Lost(why) => {
+                        tracing::warn!(reason = %why, "subscribing connection lost; reconnecting")
+                    }
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                let _ = ctx
+                    .fatal
+                    .send(DialError::Refused {
+                        what: "subscribing",
+                        source: e,
+                    })
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let delay = ctx.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_in = ?delay, "subscribing failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Counts what arrives on every track received from the room.
+async fn accept_tracks(subscriber: Arc<Subscriber>, ctx: Arc<Ctx>) {
+    let mut readers = tokio::task::JoinSet::new();
+    loop {
+        match subscriber.next_track(Duration::from_secs(3600)).await {
+            Ok(track) => {
+                ctx.update(|s| s.received_tracks += 1);
+                tracing::info!(kind = %track.kind(), codec = %track.mime_type(), "receiving a track");
+                let ctx = Arc::clone(&ctx);
+                readers.spawn(async move {
+                    while track.read_rtp().await.is_ok() {
+                        ctx.update(|s| s.received_packets += 1);
+                    }
+                });
+            }
+            Err(Error::Timeout { .. }) => continue,
+            Err(_) => break,
+        }
+    }
+    readers.abort_all();
+}
+
+/// The shell around the devices simulator.
+struct DevicesShell {
+    summary_every: Duration,
+    bp_every: Option<Duration>,
+    outputs: Option<mpsc::Sender<DeviceOutput>>,
+    commands: Option<mpsc::Receiver<DeviceCommand>>,
+    stats: Arc<Mutex<DialStats>>,
+}
+
+/// Latest values, for the summary line.
+#[derive(Default)]
+struct Latest {
+    spo2: Option<f64>,
+    pulse: Option<f64>,
+    temperature: Option<f64>,
+    weight: Option<f64>,
+    bp: Option<(f64, f64)>,
+    chunks: u64,
+}
+
+impl Latest {
+    fn update(&mut self, o: &DeviceOutput) {
+        match o {
+            DeviceOutput::Measurement(m) => {
+                self.spo2 = m.value(&codes::SPO2).or(self.spo2);
+                self.pulse = m.value(&codes::PULSE_RATE_OXIMETER).or(self.pulse);
+                self.temperature = m.value(&codes::BODY_TEMPERATURE).or(self.temperature);
+                self.weight = m.value(&codes::BODY_WEIGHT).or(self.weight);
+                if let (Some(s), Some(d)) =
+                    (m.value(&codes::SYSTOLIC_BP), m.value(&codes::DIASTOLIC_BP))
+                {
+                    self.bp = Some((s, d));
+                }
+            }
+            DeviceOutput::Waveform(_) => self.chunks += 1,
+            DeviceOutput::Status(_) => {}
+        }
+    }
+}
+
+fn show(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v}"))
+}
+
+async fn devices_loop(
+    mut devices: Devices,
+    mut shell: DevicesShell,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut latest = Latest::default();
+    let start = devices.start();
+    let mut next_summary = start + shell.summary_every;
+    let mut next_bp = shell
+        .bp_every
+        .map(|every| start + every.min(Duration::from_secs(10)));
+    let mut dropped = 0u64;
+    loop {
+        let mut wake = devices.poll_timeout().min(next_summary);
+        if let Some(bp) = next_bp {
+            wake = wake.min(bp);
+        }
+        let command = async {
+            match shell.commands.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            cmd = command => match cmd {
+                Some(cmd) => {
+                    let outcome = devices.handle_command(cmd.channel, &cmd.name, Instant::now());
+                    tracing::info!(channel = %cmd.channel, command = %cmd.name, ?outcome, "device command");
+                    if let Some(reply) = cmd.reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                None => shell.commands = None,
+            },
+            _ = stopped(&mut stop) => return,
+        }
+        let now = Instant::now();
+        if next_bp.is_some_and(|t| now >= t) {
+            let outcome = devices.handle_command(ChannelId::BP_CUFF, START_MEASUREMENT, now);
+            tracing::debug!(?outcome, "periodic blood pressure measurement");
+            next_bp = shell.bp_every.map(|every| now + every);
+        }
+        let outputs = devices.poll(now);
+        if let Ok(mut s) = shell.stats.lock() {
+            s.device_outputs += outputs.len() as u64;
+        }
+        for o in outputs {
+            latest.update(&o);
+            if let Some(tx) = &shell.outputs {
+                if tx.try_send(o).is_err() {
+                    dropped += 1;
+                }
+            }
+        }
+        if now >= next_summary {
+            next_summary = now + shell.summary_every;
+            let bp = latest
+                .bp
+                .map_or_else(|| "-".to_owned(), |(s, d)| format!("{s}/{d}"));
+            tracing::info!(
+                spo2 = %show(latest.spo2),
+                pulse = %show(latest.pulse),
+                temperature = %show(latest.temperature),
+                bp = %bp,
+                weight = %show(latest.weight),
+                waveform_chunks = latest.chunks,
+                dropped,
+                "devices"
+            );
+        }
+    }
+}
+
+async fn stats_loop(
+    stats: Arc<Mutex<DialStats>>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let Ok(s) = stats.lock().map(|s| s.clone()) else {
+            return;
+        };
+        let tracks: Vec<String> = s
+            .tracks
+            .iter()
+            .map(|(id, t)| {
+                format!(
+                    "{id}={}f/{}kB/{}pli/{}fb",
+                    t.frames,
+                    t.bytes / 1000,
+                    t.keyframe_requests,
+                    t.feedback
+                )
+            })
+            .collect();
+        tracing::info!(
+            sessions = s.publish_sessions,
+            sent = %tracks.join(" "),
+            received_tracks = s.received_tracks,
+            received_packets = s.received_packets,
+            "media"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hint_reads_claims() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"kiosk-7","room":"consult-1","role":"kiosk"}"#);
+        let hint = token_hint(&format!("e30.{payload}.sig")).expect("readable");
+        assert_eq!(hint.sub.as_deref(), Some("kiosk-7"));
+        assert_eq!(hint.room.as_deref(), Some("consult-1"));
+        assert!(token_hint("not a jwt").is_none());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            endpoint("http://h:8080", "whip", "r-1").expect("valid"),
+            "http://h:8080/whip/r-1"
+        );
+        assert_eq!(
+            endpoint("https://h/base/", "whep", "a b").expect("valid"),
+            "https://h/base/whep/a%20b"
+        );
+        assert!(endpoint("ftp://h", "whip", "r").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff::default();
+        assert!(b.delay(0) <= Duration::from_millis(1200));
+        assert!(b.delay(3) >= Duration::from_millis(6400));
+        assert!(b.delay(30) <= Duration::from_secs(36));
+    }
+}
