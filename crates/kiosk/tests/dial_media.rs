@@ -1,7 +1,7 @@
 //! `dial::run` end to end over loopback against a WHIP endpoint whose media side is `webrtc`
-//! itself: the four cabin tracks arrive with their labels, the cameras send decodable VP8
-//! with keyframes, the kiosk publishes again after the server drops its session, and it ends
-//! its session with a DELETE on shutdown.
+//! itself: the four cabin tracks arrive with their labels, the cameras send VP8 with
+//! keyframes (and one at once after a PLI), the kiosk publishes again after the server drops
+//! its session, and it ends its session with a DELETE on shutdown.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,6 +25,7 @@ use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 
 fn answerer_api() -> API {
     let mut media = MediaEngine::default();
@@ -51,6 +52,7 @@ struct Received {
     packets: u64,
     keyframes: u64,
     sessions: u64,
+    ssrc: u32,
 }
 
 #[derive(Clone)]
@@ -109,6 +111,7 @@ async fn whip(State(mock): State<Mock>, offer: String) -> axum::response::Respon
                 r.stream_id = track.stream_id();
                 r.mime = track.codec().capability.mime_type;
                 r.sessions += 1;
+                r.ssrc = track.ssrc();
             }
             while let Ok((packet, _)) = track.read_rtp().await {
                 let mut t = tracks.lock().expect("lock");
@@ -225,8 +228,21 @@ async fn the_cabin_publishes_its_four_tracks_and_comes_back_after_a_drop() {
     })
     .await;
 
+    // A PLI gets a keyframe (the periodic one is 3 s away).
+    let pc = mock.pcs.lock().expect("lock")[0].clone();
+    let before = snapshot(&mock)["room-camera"].keyframes;
+    let pli = PictureLossIndication {
+        sender_ssrc: 0,
+        media_ssrc: snapshot(&mock)["room-camera"].ssrc,
+    };
+    pc.write_rtcp(&[Box::new(pli)]).await.expect("PLI sent");
+    wait_until(Duration::from_secs(1), || {
+        snapshot(&mock)["room-camera"].keyframes > before
+    })
+    .await;
+
     // The server drops the session: the kiosk notices and publishes again.
-    let dropped = mock.pcs.lock().expect("lock")[0].clone();
+    let dropped = pc;
     dropped.close().await.expect("close");
     wait_until(Duration::from_secs(30), || {
         mock.pcs.lock().expect("lock").len() >= 2 && flowing(&mock, 2)
@@ -247,6 +263,10 @@ async fn the_cabin_publishes_its_four_tracks_and_comes_back_after_a_drop() {
         .expect("clean stop");
     assert!(stats.publish_sessions >= 2, "{stats:?}");
     assert!(stats.tracks["stethoscope"].frames > 50, "{stats:?}");
+    assert!(
+        stats.tracks["room-camera"].keyframe_requests >= 1,
+        "{stats:?}"
+    );
     let deleted = mock.deleted.lock().expect("lock").clone();
     let last = format!(
         "/whip/consult-1/session-{}",

@@ -56,7 +56,7 @@ impl I420Frame {
         &self.data[..self.luma_len()]
     }
 
-    /// The luma value at pixel (x, y).
+    /// The luma value at pixel (x, y). Panics if the pixel is outside the picture.
     pub fn luma_at(&self, x: u32, y: u32) -> u8 {
         self.data[y as usize * self.width as usize + x as usize]
     }
