@@ -250,6 +250,9 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/demo/watch", get(demo_watch))
         .route("/readyz", get(readyz))
         .route("/api/rooms", get(rooms))
+        .route("/api/ops", get(ops_once))
+        .route("/api/ops/stream", get(ops_stream))
+        .route("/ops", get(ops_page))
         .route("/whip/{room}", post(whip).options(options))
         .route("/whep/{room}", post(whep).options(options))
         .route(
@@ -326,6 +329,109 @@ impl From<AuthError> for ApiError {
         }
         err
     }
+}
+
+/// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
+async fn ops_page() -> Response {
+    html(include_str!("../assets/ops.html"))
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Checks an operator token from the `Authorization` header or, for `EventSource` which cannot
+/// set headers, the `token` query parameter (request paths and queries are never logged).
+fn operator(
+    st: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Result<Claims, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let token = match (header, query) {
+        (Some(h), _) => bearer(Some(h)),
+        (None, Some(q)) => Ok(q),
+        (None, None) => Err(AuthError::Missing),
+    }
+    .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let claims: Claims = st
+        .tokens
+        .verify(token)
+        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    if claims.role != Role::Operator {
+        st.count_refusal("forbidden_role");
+        let e = AuthError::Forbidden {
+            role: claims.role,
+            action: "see the operators' view (operator only)",
+        };
+        st.audit_refusal(
+            &claims.room,
+            claims.sub.as_str(),
+            Some(claims.role),
+            peer,
+            &e,
+        );
+        return Err(e.into());
+    }
+    Ok(claims)
+}
+
+async fn ops_view(st: &AppState, claims: &Claims) -> Result<crate::ops::OpsView, ApiError> {
+    let mut rooms = st
+        .sfu
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if claims.room != "*" {
+        rooms.retain(|r| r.room.as_str() == claims.room);
+    }
+    Ok(crate::ops::view(&rooms, st.sfu.stats()))
+}
+
+async fn ops_once(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<crate::ops::OpsView>, ApiError> {
+    let claims = operator(&st, &headers, q.token.as_deref(), peer)?;
+    Ok(Json(ops_view(&st, &claims).await?))
+}
+
+async fn ops_stream(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let claims = operator(&st, &headers, q.token.as_deref(), peer)?;
+    let stream =
+        futures_util::stream::unfold((st, claims, true), |(st, claims, first)| async move {
+            if !first {
+                tokio::time::sleep(crate::ops::PERIOD).await;
+            }
+            // A draining server ends its streams so that shutdown is not held by open dashboards.
+            if st.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            let view = ops_view(&st, &claims).await.ok()?;
+            let event = Event::default()
+                .event("view")
+                .json_data(&view)
+                .unwrap_or_else(|_| Event::default().comment("encoding error"));
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (st, claims, false),
+            ))
+        });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// A dependency-free page that publishes the browser's camera and microphone over WHIP

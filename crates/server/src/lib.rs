@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod ops;
 pub mod otel;
 
 use std::net::SocketAddr;
@@ -228,7 +229,15 @@ impl Server {
             );
         }
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        // Connections still open (a dashboard's event stream, a slow client) get a few seconds.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            info!("HTTP connections still open after 5 s: closed");
+            task.abort();
+        }
         let sfu = self.sfu.clone();
         let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
         info!("cabine stopped");

@@ -28,6 +28,7 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         .arg("serve")
         .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{}", free_port()))
+        .env("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("CABINE_AUTH__SECRET", secret)
         .env("CABINE_AUDIT__PATH", &path)
         .env("CABINE_AUDIT__FSYNC", "always")
@@ -35,9 +36,24 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Kill the server if an assertion fails, so that it does not outlive the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let base = format!("http://127.0.0.1:{http}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!(
+                "server exited before serving: {exit:?} (run `cabine serve` by hand to see why)"
+            );
+        }
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -81,9 +97,19 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // The writer thread fsyncs every record; on a busy disk that takes a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more may follow.
     tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap_or(text);
     let records: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

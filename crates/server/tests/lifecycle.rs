@@ -80,6 +80,8 @@ fn binary_serves_on_defaults_mints_tokens_and_stops_on_sigterm() {
         .arg("serve")
         .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{media}"))
+        // The default admin port (9464) may be taken on a shared machine.
+        .env("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("CABINE_HTTP__DRAIN_TIMEOUT", "1s")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -87,6 +89,16 @@ fn binary_serves_on_defaults_mints_tokens_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Kill the server if an assertion fails, so that it does not outlive the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     // tracing writes to stdout; the dev-secret warning too.
     let stdout = child.stdout.take().unwrap();
     let lines = std::thread::spawn(move || {
@@ -102,6 +114,12 @@ fn binary_serves_on_defaults_mints_tokens_and_stops_on_sigterm() {
             if r == 200 {
                 break;
             }
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+            let out = lines.join().unwrap().join("\n");
+            panic!("server exited before serving ({exit:?}):\n{out}\n{err}");
         }
         assert!(Instant::now() < deadline, "server did not come up");
         std::thread::sleep(Duration::from_millis(100));
