@@ -592,9 +592,15 @@ impl Client {
     /// Drops the current connection as if the network had failed (the client reconnects by
     /// itself). For tests and for a kiosk that knows its network changed.
     pub fn drop_connection(&self) {
-        let conn = self.shared.lock().conn.clone();
+        let conn = {
+            let mut st = self.shared.lock();
+            st.ready.clear();
+            st.conn.take()
+        };
         if let Some(c) = conn {
+            self.shared.status.send_replace(ConnectionState::Connecting);
             c.close(VarInt::from_u32(0), b"connection dropped by the kiosk");
+            self.shared.changed();
         }
     }
 
