@@ -192,6 +192,8 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                         );
                     }
                     SfuEvent::Data { room, data } => state.on_data(&room, data),
+                    // Only server-negotiated (WebSocket) subscribers get offers.
+                    SfuEvent::Offer { .. } => {}
                 }
             }
         })

@@ -29,5 +29,8 @@ pub mod shell;
 pub mod simulcast;
 pub mod stats;
 
-pub use room::{JoinError, JoinRequest, Joined, Room, RoomConfig, SessionId, SessionKind};
+pub use room::{
+    JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Room,
+    RoomConfig, SessionId, SessionKind,
+};
 pub use shell::{Sfu, SfuConfig, SfuError};

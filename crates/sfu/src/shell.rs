@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::demux::{Demux, Unrouted};
 use crate::room::{
-    DataIn, JoinError, JoinRequest, Joined, Progress, Removed, Room, RoomConfig, RoomSnapshot,
-    SessionId,
+    DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Progress,
+    Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 use crate::stats::DelayHistogram;
 
@@ -75,6 +75,9 @@ pub enum SfuError {
     /// No such session.
     #[error("no session {0} in this room")]
     UnknownSession(SessionId),
+    /// An answer or a renegotiation was refused.
+    #[error(transparent)]
+    Negotiation(#[from] NegotiationError),
     /// The media plane is shutting down or a worker died.
     #[error("the media plane is not running")]
     Stopped,
@@ -154,6 +157,15 @@ pub enum SfuEvent {
         /// The message and who sent it.
         data: DataIn,
     },
+    /// Renegotiation needed: the server made a new offer to a subscriber it negotiates with
+    /// (tracks appeared or went away); the signalling layer sends it and returns the answer
+    /// with [`Sfu::answer`].
+    Offer {
+        /// The room.
+        room: RoomId,
+        /// The offer and its session.
+        offer: Offer,
+    },
 }
 
 /// Handle to the running media plane. Cheap to clone.
@@ -204,6 +216,30 @@ enum Msg {
         room: RoomId,
         data: bytes::Bytes,
         reliable: bool,
+    },
+    JoinOffering {
+        room: RoomId,
+        req: Box<OfferRequest>,
+        reply: oneshot::Sender<Result<Offer, JoinError>>,
+    },
+    Answer {
+        room: RoomId,
+        session: SessionId,
+        offer: u64,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), NegotiationError>>,
+    },
+    Outstanding {
+        room: RoomId,
+        session: SessionId,
+        restart_ice: bool,
+        reply: oneshot::Sender<Result<Option<Offer>, NegotiationError>>,
+    },
+    Republish {
+        room: RoomId,
+        session: SessionId,
+        offer: String,
+        reply: oneshot::Sender<Result<Joined, JoinError>>,
     },
     IceRestart {
         room: RoomId,
@@ -330,6 +366,83 @@ impl Sfu {
             .send(Msg::Join {
                 room,
                 req: Box::new(req),
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        Ok(rx.await.map_err(|_| SfuError::Stopped)??)
+    }
+
+    /// Adds a subscriber the server negotiates with (WebSocket signalling): returns the
+    /// server's first offer; later offers arrive as [`SfuEvent::Offer`] (see
+    /// [`Room::join_offering`]).
+    pub async fn join_offering(&self, room: RoomId, req: OfferRequest) -> Result<Offer, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::JoinOffering {
+                room,
+                req: Box::new(req),
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        Ok(rx.await.map_err(|_| SfuError::Stopped)??)
+    }
+
+    /// Gives a subscriber's answer to the server's offer number `offer`.
+    pub async fn answer(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        offer: u64,
+        sdp: String,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::Answer {
+                room,
+                session,
+                offer,
+                sdp,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        Ok(rx.await.map_err(|_| SfuError::Stopped)??)
+    }
+
+    /// The offer a server-negotiated subscriber has not answered yet, if any; with
+    /// `restart_ice`, first asks for an ICE restart (the returned offer then carries it, unless
+    /// an older offer is still out: the restart follows its answer as an [`SfuEvent::Offer`]).
+    pub async fn outstanding_offer(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        restart_ice: bool,
+    ) -> Result<Option<Offer>, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::Outstanding {
+                room,
+                session,
+                restart_ice,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        Ok(rx.await.map_err(|_| SfuError::Stopped)??)
+    }
+
+    /// A publisher's new offer on its session (a track added or removed, or an ICE restart):
+    /// returns the answer (see [`Room::republish`]).
+    pub async fn republish(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        offer: String,
+    ) -> Result<Joined, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker_for(&room)
+            .send(Msg::Republish {
+                room,
+                session,
+                offer,
                 reply,
             })
             .map_err(|_| SfuError::Stopped)?;
@@ -678,6 +791,108 @@ impl Worker {
                 }
                 let _ = reply.send(result);
             }
+            Msg::JoinOffering { room, req, reply } => {
+                let now = self.now();
+                let session = req.session;
+                let ufrag = req.ice_ufrag.clone();
+                let r = self
+                    .rooms
+                    .entry(room.clone())
+                    .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
+                let result = r.join_offering(now, *req);
+                if result.is_ok() {
+                    self.sessions.insert(session, room.clone());
+                    let _ = self
+                        .control
+                        .send(Control::Register(ufrag, (self.index, session)));
+                    let (socket, counters) = (&self.socket, &self.counters);
+                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                    r.handle_timeout(now, &mut send);
+                } else if r.is_empty() {
+                    self.rooms.remove(&room);
+                }
+                let _ = reply.send(result);
+            }
+            Msg::Answer {
+                room,
+                session,
+                offer,
+                sdp,
+                reply,
+            } => {
+                let now = self.now();
+                let result = match self.rooms.get_mut(&room) {
+                    Some(r) => {
+                        let result = r.accept_answer(now, session, offer, &sdp);
+                        let (socket, counters) = (&self.socket, &self.counters);
+                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                        r.handle_timeout(now, &mut send);
+                        result
+                    }
+                    None => Err(NegotiationError::UnknownSession(session)),
+                };
+                let _ = reply.send(result);
+            }
+            Msg::Outstanding {
+                room,
+                session,
+                restart_ice,
+                reply,
+            } => {
+                let mut others = Vec::new();
+                let result = match self.rooms.get_mut(&room) {
+                    Some(r) => {
+                        let asked = if restart_ice {
+                            r.restart_ice_offer(session)
+                        } else {
+                            Ok(())
+                        };
+                        // A restart offer made at once is taken here, not reported twice.
+                        let mut made = r.take_offers();
+                        let mine = made.iter().position(|o| o.session == session);
+                        let pending = mine.map(|k| made.remove(k));
+                        others = made;
+                        asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
+                    }
+                    None => Err(NegotiationError::UnknownSession(session)),
+                };
+                for offer in others {
+                    self.report_offer(room.clone(), offer);
+                }
+                if let Ok(Some(o)) = &result {
+                    let _ = self.control.send(Control::Register(
+                        o.ice_ufrag.clone(),
+                        (self.index, session),
+                    ));
+                }
+                let _ = reply.send(result);
+            }
+            Msg::Republish {
+                room,
+                session,
+                offer,
+                reply,
+            } => {
+                let now = self.now();
+                let result = match self.rooms.get_mut(&room) {
+                    Some(r) => {
+                        let result = r.republish(now, session, &offer);
+                        if let Some(ufrag) = r.local_ufrag(session) {
+                            let _ = self
+                                .control
+                                .send(Control::Register(ufrag, (self.index, session)));
+                        }
+                        let (socket, counters) = (&self.socket, &self.counters);
+                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                        r.handle_timeout(now, &mut send);
+                        result
+                    }
+                    None => Err(JoinError::Refused(format!(
+                        "no publishing session {session}"
+                    ))),
+                };
+                let _ = reply.send(result);
+            }
             Msg::Leave {
                 room,
                 session,
@@ -739,6 +954,22 @@ impl Worker {
         true
     }
 
+    /// Registers the ufrag of a server offer (it changes on an ICE restart) and reports the
+    /// offer.
+    fn report_offer(&mut self, room: RoomId, offer: Offer) {
+        let _ = self.control.send(Control::Register(
+            offer.ice_ufrag.clone(),
+            (self.index, offer.session),
+        ));
+        if self
+            .events
+            .try_send(SfuEvent::Offer { room, offer })
+            .is_err()
+        {
+            warn!("media plane event queue full, a renegotiation offer was dropped");
+        }
+    }
+
     fn forget(&mut self, session: SessionId) {
         self.sessions.remove(&session);
         let _ = self
@@ -748,9 +979,13 @@ impl Worker {
 
     fn reap(&mut self) {
         let mut ended = Vec::new();
+        let mut offers = Vec::new();
         for (id, room) in &mut self.rooms {
             for removed in room.take_removed() {
                 ended.push((id.clone(), removed));
+            }
+            for offer in room.take_offers() {
+                offers.push((id.clone(), offer));
             }
             for progress in room.take_progress() {
                 let _ = self.events.try_send(SfuEvent::Progress {
@@ -770,6 +1005,9 @@ impl Worker {
                     warn!("media plane event queue full, a data channel message was dropped");
                 }
             }
+        }
+        for (room, offer) in offers {
+            self.report_offer(room, offer);
         }
         for (room, removed) in ended {
             self.forget(removed.session);

@@ -11,9 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cabine_proto::{Identity, Role, RoomId};
-use cabine_sfu::room::{JoinRequest, Room, RoomConfig, SessionId, SessionKind};
+use cabine_sfu::room::{
+    JoinRequest, Offer, OfferRequest, Room, RoomConfig, SessionId, SessionKind,
+};
 use str0m::bwe::Bitrate;
-use str0m::change::SdpAnswer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
@@ -228,6 +230,57 @@ impl Sim {
 }
 
 impl Sim {
+    /// Adds a subscriber the room negotiates with (the server offers, the peer answers at
+    /// once); returns its index and the room's first offer.
+    pub fn join_offered(&mut self, identity: &str, role: Role, telemetry: bool) -> (usize, Offer) {
+        let i = self.peers.len();
+        let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let session = SessionId(100 + i as u64);
+        let offer = self
+            .room
+            .join_offering(
+                self.now,
+                OfferRequest {
+                    session,
+                    identity: Identity::parse(identity).unwrap(),
+                    role,
+                    from: None,
+                    telemetry,
+                    ice_ufrag: format!("srv{i}"),
+                    ice_pwd: format!("serverpassword{i:08}"),
+                },
+            )
+            .expect("offer made");
+        self.peers.push(Peer {
+            rtc,
+            addr,
+            session,
+            up: Link::new(5),
+            down: Link::new(5),
+            connected: false,
+            events: Vec::new(),
+        });
+        self.answer(&offer);
+        (i, offer)
+    }
+
+    /// The peer of `offer.session` answers `offer`.
+    pub fn answer(&mut self, offer: &Offer) {
+        let now = self.now;
+        let p = self
+            .peers
+            .iter_mut()
+            .find(|p| p.session == offer.session)
+            .expect("offer for a known peer");
+        let sdp = SdpOffer::from_sdp_string(&offer.sdp).expect("offer parses");
+        let answer = p.rtc.sdp_api().accept_offer(sdp).expect("offer accepted");
+        self.room
+            .accept_answer(now, offer.session, offer.id, &answer.to_sdp_string())
+            .expect("answer accepted");
+    }
+
     /// Sends a telemetry message through the room (see `Room::send_data`).
     pub fn send_data(&mut self, data: &[u8], reliable: bool) -> usize {
         let now = self.now;
