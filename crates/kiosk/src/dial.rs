@@ -103,6 +103,10 @@ impl Default for MediaConfig {
     }
 }
 
+/// Device outputs queued for the telemetry link before new ones are dropped (a few seconds of
+/// waveforms).
+const TELEMETRY_QUEUE: usize = 1024;
+
 /// Reconnection delays: `initial`, doubled after each failure up to `max`, with ±20 % jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -168,9 +172,13 @@ pub struct DialConfig {
     /// Run the devices simulator (with this configuration; its seed and heart rate are
     /// replaced by [`seed`](Self::seed) and [`heart_rate_bpm`](Self::heart_rate_bpm)).
     pub devices: Option<DevicesConfig>,
-    /// Start a blood pressure measurement this often (there is no doctor command path
-    /// until telemetry is wired in).
+    /// Also start a blood pressure measurement this often by itself (the doctor's command
+    /// does it on demand).
     pub bp_every: Option<Duration>,
+    /// Send the devices' outputs to the server's telemetry sidecar (QUIC) and take the
+    /// doctor's commands from it. Ignored when [`device_outputs`](Self::device_outputs) or
+    /// [`device_commands`](Self::device_commands) is set (the caller handles telemetry).
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
     /// Every device output, for a telemetry client. Outputs are dropped when it is full.
     pub device_outputs: Option<mpsc::Sender<DeviceOutput>>,
     /// Commands for the devices, from a telemetry client.
@@ -200,6 +208,7 @@ impl DialConfig {
             heart_rate_bpm: 72.0,
             devices: Some(DevicesConfig::new(1, 72.0)),
             bp_every: None,
+            telemetry: Some(crate::telemetry::TelemetryConfig::default()),
             device_outputs: None,
             device_commands: None,
             device_summary_every: Duration::from_secs(5),
@@ -266,6 +275,8 @@ pub struct DialStats {
     pub received_packets: u64,
     /// Device outputs produced.
     pub device_outputs: u64,
+    /// The telemetry link to the server's sidecar.
+    pub telemetry: crate::telemetry::TelemetryStats,
 }
 
 /// Claims read from a JWT without checking its signature (the server checks it), to choose
@@ -371,13 +382,42 @@ pub async fn run(
         devices.seed = config.seed;
         devices.heart_rate_bpm = config.heart_rate_bpm;
         let sim = Devices::new(devices, Instant::now())?;
+        let mut outputs = config.device_outputs.take();
+        let mut commands = config.device_commands.take();
+        if let Some(telemetry) = config.telemetry.take() {
+            if outputs.is_none() && commands.is_none() {
+                let (out_tx, out_rx) = mpsc::channel(TELEMETRY_QUEUE);
+                let (cmd_tx, cmd_rx) = mpsc::channel(16);
+                outputs = Some(out_tx);
+                commands = Some(cmd_rx);
+                let http = crate::session::http_client(&config.client)
+                    .map_err(|e| DialError::InvalidConfig(format!("HTTP client: {e}")))?;
+                tasks.spawn(crate::telemetry::run(
+                    crate::telemetry::Link {
+                        server: config.server.clone(),
+                        token: config.token.clone(),
+                        room: room.clone(),
+                        http,
+                        config: telemetry,
+                        channels: sim.channels().to_vec(),
+                        outputs: out_rx,
+                        commands: cmd_tx,
+                        backoff: config.backoff,
+                        stats: Arc::clone(&stats),
+                    },
+                    stop_rx.clone(),
+                ));
+            } else {
+                tracing::info!("telemetry left to the caller (device outputs taken)");
+            }
+        }
         tasks.spawn(devices_loop(
             sim,
             DevicesShell {
                 summary_every: config.device_summary_every,
                 bp_every: config.bp_every,
-                outputs: config.device_outputs.take(),
-                commands: config.device_commands.take(),
+                outputs,
+                commands,
                 stats: Arc::clone(&stats),
             },
             stop_rx.clone(),

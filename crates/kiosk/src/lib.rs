@@ -15,8 +15,9 @@
 //! - [`devices`]: simulated medical devices (pulse oximeter, ECG, thermometer, blood pressure
 //!   cuff, scale) as a sans-IO state machine producing coded measurements and waveforms.
 //!
-//! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices) that
-//!   reconnects by itself; what the `cabine-kiosk dial` command runs.
+//! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices and
+//!   their telemetry) that reconnects by itself; what the `cabine-kiosk dial` command runs.
+//! - [`telemetry`]: the devices' link to the server's QUIC telemetry sidecar.
 //!
 //! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
 //! [`ClientOptions::loopback_only`] it gathers just a 127.0.0.1 host candidate, which is what
@@ -35,6 +36,7 @@ mod publisher;
 mod session;
 pub mod sources;
 mod subscriber;
+pub mod telemetry;
 
 pub use error::{Error, HttpError, Result};
 pub use media::{Codec, MediaKind, TrackSpec};

@@ -27,6 +27,9 @@ use tracing::{info, warn};
 use crate::auth::{bearer, AuthError, Tokens};
 use crate::config::Config;
 
+/// Label of the data channel subscribers write telemetry requests and device commands on.
+pub const COMMANDS_LABEL: &str = "commands";
+
 /// Shared state of the HTTP layer.
 pub struct AppState {
     tokens: Tokens,
@@ -39,6 +42,8 @@ pub struct AppState {
     joins: AtomicU64,
     audit: crate::audit::Audit,
     spans: Mutex<HashMap<SessionId, SessionSpans>>,
+    /// The telemetry sidecar, once started (absent when `telemetry.listen` is empty).
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -57,6 +62,8 @@ struct SessionEntry {
     etag: String,
     /// The client's current ICE ufrag (a PATCH with another one is an ICE restart).
     client_ufrag: String,
+    /// The claims the session was opened with (grants for device commands).
+    claims: Claims,
 }
 
 impl AppState {
@@ -72,7 +79,18 @@ impl AppState {
             joins: AtomicU64::new(0),
             audit,
             spans: Mutex::new(HashMap::new()),
+            telemetry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the started telemetry sidecar.
+    pub fn set_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
+        let _ = self.telemetry.set(t);
+    }
+
+    /// The telemetry sidecar, if enabled.
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.telemetry.get()
     }
 
     /// Open sessions.
@@ -103,11 +121,43 @@ impl AppState {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A message from a participant's data channel: today only device commands, which the
-    /// telemetry side handles (issue: telemetry sidecar); counted and dropped until then.
+    /// A message from a subscriber's `commands` data channel: a telemetry sync or a device
+    /// command (see [`crate::telemetry`]). Commands are audited, refusals counted and audited.
     fn on_data(&self, room: &RoomId, data: cabine_sfu::room::DataIn) {
-        let _ = (room, data);
-        self.count_refusal("data_channel_message_unhandled");
+        let Some(t) = self.telemetry.get() else {
+            self.count_refusal("telemetry_disabled");
+            return;
+        };
+        if data.label != COMMANDS_LABEL {
+            self.count_refusal("unknown_data_channel");
+            return;
+        }
+        let Some(entry) = self.sessions_lock().get(&data.session).cloned() else {
+            self.count_refusal("unknown_session");
+            return;
+        };
+        match t.on_request(room, data.session, &entry.claims, &data.data) {
+            Ok(None) => {}
+            Ok(Some(command_id)) => self.audit(
+                "command",
+                room,
+                &entry.identity,
+                Some(entry.role),
+                None,
+                &format!("command {command_id} sent to the kiosk"),
+            ),
+            Err(reason) => {
+                self.count_refusal("telemetry_request_refused");
+                self.audit(
+                    "refused",
+                    room,
+                    &entry.identity,
+                    Some(entry.role),
+                    None,
+                    &format!("telemetry request: {reason}"),
+                );
+            }
+        }
     }
 
     fn spans_lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionSpans>> {
@@ -252,6 +302,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/demo/watch", get(demo_watch))
         .route("/readyz", get(readyz))
         .route("/api/rooms", get(rooms))
+        .route("/api/telemetry", get(telemetry_discovery))
         .route("/api/ops", get(ops_once))
         .route("/api/ops/stream", get(ops_stream))
         .route("/ops", get(ops_page))
@@ -331,6 +382,30 @@ impl From<AuthError> for ApiError {
         }
         err
     }
+}
+
+/// Where kiosks dial device telemetry (QUIC address, ALPN, certificate to pin), for any valid
+/// token.
+async fn telemetry_discovery(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<crate::telemetry::Discovery>, ApiError> {
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    )
+    .inspect_err(|e| st.count_refusal(e.reason()))?;
+    st.tokens
+        .verify(token)
+        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    let t = st.telemetry.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "telemetry is disabled on this server (telemetry.listen is empty)",
+        )
+    })?;
+    Ok(Json(t.discovery().clone()))
 }
 
 /// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
@@ -610,6 +685,7 @@ async fn create_session(
             kind,
             etag: etag.clone(),
             client_ufrag: sdp_attr(offer, "a=ice-ufrag:").unwrap_or_default(),
+            claims: claims.clone(),
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);

@@ -33,6 +33,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// OpenTelemetry push.
     pub otel: crate::otel::OtelConfig,
+    /// Device telemetry (QUIC sidecar).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[admin]`.
@@ -161,6 +163,16 @@ impl Config {
         }
         self.advertise()?;
         self.admin_listen()?;
+        self.telemetry
+            .listen_addr()
+            .map_err(ConfigError::Unusable)?;
+        let cert = !self.telemetry.tls_cert.as_os_str().is_empty();
+        let key = !self.telemetry.tls_key.as_os_str().is_empty();
+        if cert != key {
+            return Err(ConfigError::Unusable(
+                "telemetry.tls_cert and telemetry.tls_key must be set together".into(),
+            ));
+        }
         Ok(())
     }
 

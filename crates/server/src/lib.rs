@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod ops;
 pub mod otel;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ pub struct Server {
     sfu: Sfu,
     metrics: Arc<metrics::Metrics>,
     state: Arc<api::AppState>,
+    telemetry: Option<Arc<telemetry::Telemetry>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -58,6 +60,9 @@ pub enum StartError {
     /// The metrics exporter could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
+    /// The telemetry sidecar did not start.
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
     /// The audit log could not be opened.
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
@@ -89,6 +94,24 @@ impl Server {
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
         let state = Arc::new(api::AppState::new(&cfg, sfu.clone(), audit));
         api::spawn_event_reader(Arc::clone(&state));
+        let telemetry = match cfg
+            .telemetry
+            .listen_addr()
+            .map_err(config::ConfigError::Unusable)?
+        {
+            Some(addr) => {
+                let t = telemetry::Telemetry::start(
+                    &cfg.telemetry,
+                    addr,
+                    auth::Tokens::new(cfg.auth.secret.as_bytes()),
+                    sfu.clone(),
+                )
+                .await?;
+                state.set_telemetry(Arc::clone(&t));
+                Some(t)
+            }
+            None => None,
+        };
         let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
         let resource = push.is_some().then(|| otel::resource(&cfg.otel));
         let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);
@@ -165,6 +188,7 @@ impl Server {
             http = %http,
             tls = cfg.tls().is_some(),
             media = %sfu.local_addr(),
+            telemetry = %telemetry.as_ref().map_or_else(|| "off".to_owned(), |t| t.local_addr().to_string()),
             "cabine is up"
         );
         Ok(Server {
@@ -173,9 +197,20 @@ impl Server {
             sfu,
             state,
             metrics,
+            telemetry,
             stop,
             task,
         })
+    }
+
+    /// The bound telemetry (QUIC) address, if enabled.
+    pub fn telemetry_addr(&self) -> Option<SocketAddr> {
+        self.telemetry.as_ref().map(|t| t.local_addr())
+    }
+
+    /// The telemetry side, if enabled (statistics, tests).
+    pub fn telemetry(&self) -> Option<&Arc<telemetry::Telemetry>> {
+        self.telemetry.as_ref()
     }
 
     /// The bound HTTP address.
@@ -220,6 +255,9 @@ impl Server {
         let deadline = Instant::now() + drain;
         while Instant::now() < deadline && self.state.session_count() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(t) = &self.telemetry {
+            t.shutdown().await;
         }
         let left = self.state.close_all().await;
         if left > 0 {

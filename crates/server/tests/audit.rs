@@ -29,6 +29,7 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{}", free_port()))
         .env("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CABINE_TELEMETRY__LISTEN", "127.0.0.1:0")
         .env("CABINE_AUTH__SECRET", secret)
         .env("CABINE_AUDIT__PATH", &path)
         .env("CABINE_AUDIT__FSYNC", "always")

@@ -136,6 +136,7 @@ async fn chromium_publishes_over_whip_and_plays_over_whep() {
     cfg.media.bind = "127.0.0.1:0".parse().unwrap();
     cfg.auth.secret = SECRET.into();
     cfg.admin.listen = String::new();
+    cfg.telemetry.listen = "127.0.0.1:0".into();
     let server = Server::start(cfg).await.expect("server starts");
     let base = format!("http://{}", server.http_addr());
     let tokens = Tokens::new(SECRET.as_bytes());

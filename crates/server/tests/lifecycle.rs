@@ -82,6 +82,7 @@ fn binary_serves_on_defaults_mints_tokens_and_stops_on_sigterm() {
         .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{media}"))
         // The default admin port (9464) may be taken on a shared machine.
         .env("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CABINE_TELEMETRY__LISTEN", "127.0.0.1:0")
         .env("CABINE_HTTP__DRAIN_TIMEOUT", "1s")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")

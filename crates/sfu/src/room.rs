@@ -450,6 +450,39 @@ pub enum NegotiationError {
     BadSdp(String),
 }
 
+/// Writes `data` on a subscriber's reliable or lossy telemetry channel, counting a drop when it
+/// is closed or too far behind.
+fn write_data(s: &mut Session, data: &[u8], reliable: bool) -> bool {
+    let Some(t) = &mut s.telemetry else {
+        return false;
+    };
+    let (id, open) = if reliable {
+        (t.reliable, t.reliable_open)
+    } else {
+        (t.lossy, t.lossy_open)
+    };
+    let Some(mut ch) = open.then(|| s.rtc.channel(id)).flatten() else {
+        t.stats.dropped += 1;
+        return false;
+    };
+    if ch.buffered_amount() > DATA_BUFFER_LIMIT {
+        t.stats.dropped += 1;
+        return false;
+    }
+    match ch.write(false, data) {
+        Ok(true) => {
+            t.stats.sent += 1;
+            t.stats.bytes += data.len() as u64;
+            s.dirty = true;
+            true
+        }
+        Ok(false) | Err(_) => {
+            t.stats.dropped += 1;
+            false
+        }
+    }
+}
+
 struct Track {
     id: u64,
     publisher: SessionId,
@@ -989,30 +1022,29 @@ impl Room {
     ) -> usize {
         let mut written = 0;
         for s in &mut self.sessions {
-            let Some(t) = &mut s.telemetry else { continue };
-            let (id, open) = if reliable {
-                (t.reliable, t.reliable_open)
-            } else {
-                (t.lossy, t.lossy_open)
-            };
-            let Some(mut ch) = open.then(|| s.rtc.channel(id)).flatten() else {
-                t.stats.dropped += 1;
-                continue;
-            };
-            if ch.buffered_amount() > DATA_BUFFER_LIMIT {
-                t.stats.dropped += 1;
-                continue;
-            }
-            match ch.write(false, data) {
-                Ok(true) => {
-                    t.stats.sent += 1;
-                    t.stats.bytes += data.len() as u64;
-                    s.dirty = true;
-                    written += 1;
-                }
-                Ok(false) | Err(_) => t.stats.dropped += 1,
+            if write_data(s, data, reliable) {
+                written += 1;
             }
         }
+        self.drive(now, send);
+        written
+    }
+
+    /// Sends a telemetry message to one subscriber only (an answer to its request, e.g. the
+    /// room's current channels when its page opens). Returns whether it was written.
+    pub fn send_data_to(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        data: &[u8],
+        reliable: bool,
+        send: &mut impl FnMut(&Transmit),
+    ) -> bool {
+        let written = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == session)
+            .is_some_and(|s| write_data(s, data, reliable));
         self.drive(now, send);
         written
     }

@@ -217,6 +217,12 @@ enum Msg {
         data: bytes::Bytes,
         reliable: bool,
     },
+    DataTo {
+        room: RoomId,
+        session: SessionId,
+        data: bytes::Bytes,
+        reliable: bool,
+    },
     JoinOffering {
         room: RoomId,
         req: Box<OfferRequest>,
@@ -498,6 +504,29 @@ impl Sfu {
     pub fn send_data(&self, room: &RoomId, data: bytes::Bytes, reliable: bool) {
         let msg = Msg::Data {
             room: room.clone(),
+            data,
+            reliable,
+        };
+        if self.worker_for(room).try_send(msg).is_err() {
+            self.inner
+                .counters
+                .data_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a telemetry message to one subscriber of `room` (see [`Room::send_data_to`]).
+    /// Never blocks; dropped and counted like [`send_data`](Self::send_data).
+    pub fn send_data_to(
+        &self,
+        room: &RoomId,
+        session: SessionId,
+        data: bytes::Bytes,
+        reliable: bool,
+    ) {
+        let msg = Msg::DataTo {
+            room: room.clone(),
+            session,
             data,
             reliable,
         };
@@ -922,6 +951,19 @@ impl Worker {
                     let (socket, counters) = (&self.socket, &self.counters);
                     let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
                     r.send_data(now, &data, reliable, &mut send);
+                }
+            }
+            Msg::DataTo {
+                room,
+                session,
+                data,
+                reliable,
+            } => {
+                let now = self.now();
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    let (socket, counters) = (&self.socket, &self.counters);
+                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+                    r.send_data_to(now, session, &data, reliable, &mut send);
                 }
             }
             Msg::IceRestart {

@@ -381,6 +381,11 @@ impl Client {
         self.shared.status.borrow().clone()
     }
 
+    /// Follows the connection state (connected, reconnecting, refused…).
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.status.subscribe()
+    }
+
     /// Waits until a session is up, or fails if refused for good.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
         let mut rx = self.shared.status.subscribe();

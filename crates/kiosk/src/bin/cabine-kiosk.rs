@@ -85,6 +85,17 @@ struct DialArgs {
     /// Do not run the devices simulator.
     #[arg(long)]
     no_devices: bool,
+    /// Keep the devices local: do not open the QUIC telemetry session.
+    #[arg(long)]
+    no_telemetry: bool,
+    /// Telemetry sidecar address, `quic://host:port` (default: ask the server,
+    /// `GET /api/telemetry`).
+    #[arg(long, env = "CABINE_TELEMETRY")]
+    telemetry: Option<String>,
+    /// PEM bundle of the CAs that sign the sidecar's certificate (default: pin the certificate
+    /// the server gives in `GET /api/telemetry`).
+    #[arg(long)]
+    telemetry_ca: Option<std::path::PathBuf>,
     /// Room camera: "synthetic", "off", or an IVF (VP8) file.
     #[arg(long, default_value = "synthetic")]
     room_camera: String,
@@ -219,6 +230,25 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     if args.no_devices {
         config.devices = None;
     }
+    config.telemetry = if args.no_telemetry {
+        None
+    } else {
+        let verification = match &args.telemetry_ca {
+            Some(path) => match telemetry_roots(path) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    eprintln!("cabine-kiosk: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        Some(cabine_kiosk::telemetry::TelemetryConfig {
+            url: args.telemetry.clone(),
+            verification,
+            ..Default::default()
+        })
+    };
     config.bp_every = (args.bp_every > 0).then(|| Duration::from_secs(args.bp_every));
     config.media.room_camera = input(&args.room_camera);
     config.media.device_camera = input(&args.device_camera);
@@ -399,4 +429,30 @@ fn to_json(o: &DeviceOutput, start: Instant) -> serde_json::Value {
             "detail": s.detail,
         }),
     }
+}
+
+/// The CA roots of `--telemetry-ca`.
+fn telemetry_roots(
+    path: &std::path::Path,
+) -> Result<cabine_sidecar::tls::ServerVerification, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("--telemetry-ca {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("--telemetry-ca {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--telemetry-ca {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "--telemetry-ca {}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(cabine_sidecar::tls::ServerVerification::Roots(
+        std::sync::Arc::new(roots),
+    ))
 }

@@ -33,6 +33,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     // Off unless a test asks for it: the default port (9464) is one per machine, and tests run
     // side by side.
     cfg.admin.listen = String::new();
+    cfg.telemetry.listen = "127.0.0.1:0".into();
     cfg.auth.secret = "test-secret-0123456789abcdef0123456789".into();
     tweak(&mut cfg);
     let secret = cfg.auth.secret.clone();

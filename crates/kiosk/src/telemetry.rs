@@ -1,0 +1,385 @@
+//! The kiosk's device telemetry link: the simulated devices' outputs go to the server's QUIC
+//! sidecar ([`cabine_sidecar::client`]), and the doctor's commands come back to the devices.
+//!
+//! The sidecar client keeps the connection up by itself and resends unacknowledged measurements
+//! after a reconnection (the server drops the ones it already has), so a network drop loses
+//! only waveform chunks (counted), never a measurement, and never duplicates one.
+//!
+//! Where to dial is asked from the server (`GET /api/telemetry` with the kiosk's token): the
+//! QUIC address and the server's certificate, which the kiosk pins. That answer comes over the
+//! HTTP API, so in production the API is served over TLS; a kiosk may instead be given the
+//! address and a CA bundle.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cabine_proto::telemetry as wire;
+use cabine_proto::RoomId;
+use cabine_sidecar::client::{
+    resolve, Client, ClientConfig, ClientError, ConnectionState, KioskClock,
+};
+use cabine_sidecar::tls::ServerVerification;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::devices::{
+    ChannelId, ChannelInfo, ChannelKind, CommandOutcome, DeviceKind, DeviceOutput, DeviceState,
+    MeasurementStatus,
+};
+use crate::dial::{Backoff, DeviceCommand};
+
+/// Where and how to reach the telemetry sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// `quic://host:port`; `None` asks the server (`GET /api/telemetry`).
+    pub url: Option<String>,
+    /// How to check the server's certificate; `None` pins the certificate the server gives in
+    /// its `GET /api/telemetry` answer.
+    pub verification: Option<ServerVerification>,
+    /// The kiosk clock capture times are stamped with (default: the system clock).
+    pub clock: Option<KioskClock>,
+    /// Notified when the kiosk knows its network changed (a new Wi-Fi, a modem reset): the
+    /// connection is dropped at once and redialled rather than left to time out.
+    pub network_changed: Option<Arc<Notify>>,
+}
+
+/// Counters of the link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryStats {
+    /// The sidecar connection is up now.
+    pub connected: bool,
+    /// Sessions established (1 + reconnections).
+    pub sessions: u64,
+    /// Measurements handed to the client (queued until acknowledged).
+    pub measurements: u64,
+    /// Waveform chunks sent.
+    pub waveforms: u64,
+    /// Outputs that could not be sent (not connected for waveforms and status, queue full).
+    pub dropped: u64,
+    /// Commands received from the server.
+    pub commands: u64,
+    /// Measurements the client had to resend after a reconnection.
+    pub resent: u64,
+}
+
+/// Everything the link task needs.
+pub(crate) struct Link {
+    pub server: String,
+    pub token: String,
+    pub room: String,
+    pub http: reqwest::Client,
+    pub config: TelemetryConfig,
+    pub channels: Vec<ChannelInfo>,
+    pub outputs: mpsc::Receiver<DeviceOutput>,
+    pub commands: mpsc::Sender<DeviceCommand>,
+    pub backoff: Backoff,
+    pub stats: Arc<Mutex<crate::dial::DialStats>>,
+}
+
+/// Why discovery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The server said no (telemetry disabled, bad token): retrying will not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The server could not be reached or answered badly: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Asks the server where telemetry is: the QUIC URL and the certificate to pin.
+pub async fn discover(
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+) -> Result<(String, ServerVerification), DiscoveryError> {
+    use DiscoveryError::{Refused, Unavailable};
+    let url = format!("{}/api/telemetry", server.trim_end_matches('/'));
+    let r = http
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    if status.is_client_error() {
+        return Err(Refused(format!("GET {url}: {status}: {}", body.trim())));
+    }
+    if !status.is_success() {
+        return Err(Unavailable(format!("GET {url}: {status}: {}", body.trim())));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| Unavailable(format!("GET {url}: bad answer: {e}")))?;
+    let quic = v["url"]
+        .as_str()
+        .ok_or_else(|| Unavailable(format!("GET {url}: no url in the answer")))?
+        .to_owned();
+    let der = v["certificate"]
+        .as_str()
+        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+        .ok_or_else(|| Unavailable(format!("GET {url}: no certificate in the answer")))?;
+    Ok((quic, ServerVerification::Pinned(CertificateDer::from(der))))
+}
+
+/// The declaration of a simulated device channel.
+pub fn declaration(info: &ChannelInfo) -> wire::ChannelDecl {
+    wire::ChannelDecl {
+        channel_id: info.id.0,
+        kind: match info.kind {
+            ChannelKind::Measurement => wire::ChannelKind::Measurement,
+            ChannelKind::Waveform => wire::ChannelKind::Waveform,
+        } as i32,
+        device_kind: match info.device {
+            DeviceKind::PulseOximeter => wire::DeviceKind::PulseOximeter,
+            DeviceKind::Ecg => wire::DeviceKind::Ecg,
+            DeviceKind::Thermometer => wire::DeviceKind::Thermometer,
+            DeviceKind::BpCuff => wire::DeviceKind::BpCuff,
+            DeviceKind::Scale => wire::DeviceKind::Scale,
+        } as i32,
+        loinc: info.code.loinc.to_owned(),
+        mdc_code: info.code.mdc,
+        unit: info.code.unit.to_owned(),
+        sample_rate_hz: info.sample_rate_hz.unwrap_or(0.0),
+        leads: info.leads.iter().map(|l| (*l).to_owned()).collect(),
+        label: info.label.to_owned(),
+        commands: info.commands.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+/// Microseconds since the Unix epoch on the kiosk clock for an instant of the devices.
+fn kiosk_us(client: &Client, t: Instant) -> u64 {
+    let now_us = client.clock().now_us();
+    let now = Instant::now();
+    if t <= now {
+        now_us.saturating_sub(now.duration_since(t).as_micros() as u64)
+    } else {
+        now_us + t.duration_since(now).as_micros() as u64
+    }
+}
+
+/// Sends one device output; `Ok(true)` for a measurement queued.
+fn send(client: &Client, o: DeviceOutput) -> Result<bool, ClientError> {
+    match o {
+        DeviceOutput::Measurement(m) => {
+            let w = wire::Measurement {
+                channel_id: m.channel.0,
+                seq: m.seq,
+                capture_time_us: kiosk_us(client, m.captured),
+                values: m
+                    .values
+                    .iter()
+                    .map(|v| wire::Value {
+                        loinc: v.code.loinc.to_owned(),
+                        mdc_code: v.code.mdc,
+                        value: v.value,
+                        unit: v.code.unit.to_owned(),
+                    })
+                    .collect(),
+                status: match m.status {
+                    MeasurementStatus::Valid => wire::MeasurementStatus::Valid,
+                    MeasurementStatus::Questionable => wire::MeasurementStatus::Questionable,
+                } as i32,
+            };
+            client.send_measurement(w).map(|_| true)
+        }
+        DeviceOutput::Waveform(w) => {
+            let chunk = wire::WaveformChunk {
+                channel_id: w.channel.0,
+                seq: w.seq,
+                first_sample_time_us: kiosk_us(client, w.first_sample),
+                sample_rate_hz: w.sample_rate_hz,
+                leads: w.leads.len() as u32,
+                scale: w.scale,
+                offset: w.offset,
+                samples: w.samples.iter().map(|&s| i32::from(s)).collect(),
+            };
+            client.send_waveform(chunk).map(|_| false)
+        }
+        DeviceOutput::Status(s) => {
+            let status = wire::Status {
+                channel_id: s.channel.0,
+                kiosk_time_us: kiosk_us(client, s.at),
+                state: match s.state {
+                    DeviceState::Attached => wire::DeviceState::Attached,
+                    DeviceState::Detached => wire::DeviceState::Detached,
+                    DeviceState::Measuring => wire::DeviceState::Measuring,
+                    DeviceState::Idle => wire::DeviceState::Idle,
+                } as i32,
+                battery_percent: s.battery_percent.map(u32::from),
+                detail: s.detail,
+            };
+            client.send_status(status).map(|_| false)
+        }
+    }
+}
+
+fn outcome(o: Option<CommandOutcome>) -> (wire::CommandOutcome, &'static str) {
+    match o {
+        Some(CommandOutcome::Accepted) => (wire::CommandOutcome::Accepted, "started"),
+        Some(CommandOutcome::Completed) => (wire::CommandOutcome::Completed, "done"),
+        Some(CommandOutcome::Rejected) => (wire::CommandOutcome::Rejected, "device busy"),
+        Some(CommandOutcome::UnknownCommand) => (
+            wire::CommandOutcome::UnknownCommand,
+            "the device does not know this command",
+        ),
+        None => (
+            wire::CommandOutcome::Failed,
+            "the devices simulator is gone",
+        ),
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the link until `stop`: discovery (retried with backoff while the server is away), then
+/// the sidecar session, which reconnects by itself.
+pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
+    let mut failures = 0;
+    let (url, verification) = loop {
+        let found = match (&link.config.url, &link.config.verification) {
+            (Some(u), Some(v)) => Ok((u.clone(), v.clone())),
+            (u, v) => discover(&link.http, &link.server, &link.token)
+                .await
+                .map(|(du, dv)| (u.clone().unwrap_or(du), v.clone().unwrap_or(dv))),
+        };
+        match found {
+            Ok(f) => break f,
+            Err(DiscoveryError::Refused(e)) => {
+                tracing::error!(error = %e, "telemetry: the server refuses it; devices stay local");
+                return;
+            }
+            Err(e) => {
+                let delay = link.backoff.delay(failures);
+                failures += 1;
+                tracing::warn!(error = %e, retry_in = ?delay, "telemetry: cannot find the sidecar");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }
+    };
+    let room = match RoomId::parse(&link.room) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "telemetry: bad room name");
+            return;
+        }
+    };
+    let client = loop {
+        let attempt = async {
+            let (addr, host) = resolve(&url).await?;
+            let mut cfg =
+                ClientConfig::new(addr, link.token.clone(), room.clone(), verification.clone());
+            cfg.server_name = host;
+            if let Some(clock) = &link.config.clock {
+                cfg.clock = clock.clone();
+            }
+            cfg.software = concat!("cabine-kiosk/", env!("CARGO_PKG_VERSION")).into();
+            Client::start(cfg)
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) => {
+                let delay = link.backoff.delay(failures);
+                failures += 1;
+                tracing::warn!(error = %e, retry_in = ?delay, "telemetry: cannot start the sidecar client");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }
+    };
+    for info in &link.channels {
+        if let Err(e) = client.declare(declaration(info)) {
+            tracing::error!(channel = %info.id, error = %e, "telemetry: channel declaration refused locally");
+        }
+    }
+    tracing::info!(%url, channels = link.channels.len(), "telemetry: dialling the sidecar");
+    let mut status = client.state_changes();
+    loop {
+        tokio::select! {
+            o = link.outputs.recv() => {
+                let Some(o) = o else { break };
+                let r = send(&client, o);
+                let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
+                let s = &mut st.telemetry;
+                match r {
+                    Ok(true) => s.measurements += 1,
+                    Ok(false) => s.waveforms += 1,
+                    Err(_) => s.dropped += 1,
+                }
+            }
+            cmd = client.next_command() => {
+                let Some(cmd) = cmd else { break };
+                link.stats.lock().unwrap_or_else(|p| p.into_inner()).telemetry.commands += 1;
+                let (reply, answer) = oneshot::channel();
+                let device = DeviceCommand {
+                    channel: ChannelId(cmd.channel_id),
+                    name: cmd.name.clone(),
+                    reply: Some(reply),
+                };
+                let got = if link.commands.send(device).await.is_ok() {
+                    answer.await.ok()
+                } else {
+                    None
+                };
+                let (o, detail) = outcome(got);
+                tracing::info!(channel = cmd.channel_id, command = %cmd.name, outcome = ?o, "telemetry: device command");
+                let _ = client.send_command_result(wire::CommandResult {
+                    command_id: cmd.command_id,
+                    channel_id: cmd.channel_id,
+                    outcome: o as i32,
+                    detail: detail.to_owned(),
+                    kiosk_time_us: client.clock().now_us(),
+                });
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let state = status.borrow_and_update().clone();
+                let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
+                let s = &mut st.telemetry;
+                let cs = client.stats();
+                s.sessions = cs.sessions;
+                s.resent = cs.measurements_resent;
+                s.connected = matches!(state, ConnectionState::Connected { .. });
+                match &state {
+                    ConnectionState::Connected { .. } => tracing::info!(sessions = cs.sessions, "telemetry: connected"),
+                    ConnectionState::Connecting => tracing::warn!("telemetry: connection lost, reconnecting"),
+                    ConnectionState::Failed { code, reason } => {
+                        tracing::error!(?code, %reason, "telemetry: refused by the server");
+                        break;
+                    }
+                    ConnectionState::Closed => break,
+                    _ => {}
+                }
+            }
+            _ = network_changed(link.config.network_changed.as_deref()) => {
+                tracing::info!("telemetry: network changed, redialling");
+                client.drop_connection();
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    // Give queued measurements a moment to be acknowledged, then close.
+    let _ = client.flush(Duration::from_secs(2)).await;
+    client.close().await;
+}
+
+async fn network_changed(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
