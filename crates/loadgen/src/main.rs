@@ -1,0 +1,180 @@
+//! `cabine-loadgen`: runs the benchmark scenarios (`run`) or the bare UDP relay baseline
+//! (`relay`, started by `run` as a child process).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cabine_loadgen::runner::{self, Options, Scenario};
+use cabine_loadgen::scenario::RampLimits;
+use cabine_loadgen::target::{self, Kind};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cabine-loadgen",
+    about = "Cabine benchmarks: simulated kiosks and doctors over real WebRTC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetArg {
+    Cabine,
+    Relay,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs scenarios against targets and writes report.json, report.txt and SVG plots.
+    Run {
+        /// Scenarios, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "one-to-one,three-party,lossy,ramp"
+        )]
+        scenarios: Vec<Scenario>,
+        /// Targets, comma-separated, measured one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "cabine,relay")]
+        targets: Vec<TargetArg>,
+        /// Concurrent consultations (1:1, lossy) or rooms (3-party).
+        #[arg(short = 'n', long, default_value_t = 10)]
+        consultations: usize,
+        /// Ramp: consultations added per stage.
+        #[arg(long, default_value_t = 10)]
+        ramp_step: usize,
+        /// Ramp: most consultations tried.
+        #[arg(long, default_value_t = 200)]
+        ramp_max: usize,
+        /// Ramp: p99 one-way latency limit, milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        ramp_p99_ms: f64,
+        /// Ramp: loss limit, percent.
+        #[arg(long, default_value_t = 0.1)]
+        ramp_loss_pct: f64,
+        /// Lossy scenario: loss emulated per direction, percent.
+        #[arg(long, default_value_t = 2.0)]
+        loss_pct: f64,
+        /// Generator worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Server media worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        server_workers: usize,
+        /// The server's initial bandwidth estimate towards a new subscriber, kbit/s (its
+        /// `media.initial_bitrate_kbps`; 0 keeps the server's default of 1000, under which a new
+        /// subscriber's 2 × 1.5 Mbit/s of video waits in the pacer for seconds).
+        #[arg(long, default_value_t = 5000)]
+        server_initial_kbps: u32,
+        /// Warm-up before each measurement window, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        warmup: f64,
+        /// Measurement window, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The cabine binary (default: $CABINE_BIN or next to this binary).
+        #[arg(long)]
+        cabine_bin: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// The bare UDP relay baseline (recvmmsg → sendmmsg, no crypto).
+    Relay {
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Relay { bind } => {
+            let socket = match cabine_loadgen::relay::bind(bind) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("relay: cannot bind {bind}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match socket.local_addr() {
+                Ok(a) => println!("relay listening on {a}"),
+                Err(e) => {
+                    eprintln!("relay: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            if let Err(e) = cabine_loadgen::relay::run(&socket) {
+                eprintln!("relay: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Run {
+            scenarios,
+            targets,
+            consultations,
+            ramp_step,
+            ramp_max,
+            ramp_p99_ms,
+            ramp_loss_pct,
+            loss_pct,
+            threads,
+            server_workers,
+            server_initial_kbps,
+            warmup,
+            duration,
+            cabine_bin,
+            out,
+        } => {
+            let Some(cabine_bin) = cabine_bin.or_else(target::find_cabine) else {
+                eprintln!("cannot find the cabine binary: build it (cargo build --release -p cabine-server) or pass --cabine-bin");
+                return ExitCode::FAILURE;
+            };
+            let loadgen_bin = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = Options {
+                scenarios,
+                targets: targets
+                    .into_iter()
+                    .map(|t| match t {
+                        TargetArg::Cabine => Kind::Cabine,
+                        TargetArg::Relay => Kind::Relay,
+                    })
+                    .collect(),
+                consultations,
+                ramp: RampLimits {
+                    p99_us: ramp_p99_ms * 1000.0,
+                    loss: ramp_loss_pct / 100.0,
+                    step: ramp_step.max(1),
+                    max: ramp_max,
+                },
+                loss: loss_pct / 100.0,
+                threads,
+                server_workers,
+                server_initial_kbps: (server_initial_kbps > 0).then_some(server_initial_kbps),
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                duration: std::time::Duration::from_secs_f64(duration),
+                cabine_bin,
+                loadgen_bin,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = runner::run(&opts);
+            print!("{}", report.table());
+            if let Err(e) = report.write(&out) {
+                eprintln!("cannot write the report to {}: {e:#}", out.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("[loadgen] report in {}", out.display());
+            ExitCode::SUCCESS
+        }
+    }
+}

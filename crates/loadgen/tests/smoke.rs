@@ -1,0 +1,103 @@
+//! Smoke test of the benchmark harness (a few seconds, run by `cargo test`): one 1:1
+//! consultation against the real `cabine` binary over WebRTC and against the bare relay, a short
+//! window each. It checks that the harness measures — streams received, latencies positive,
+//! every class present, the report well-formed JSON with a plot — and never asserts speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use cabine_loadgen::runner::{self, Options, Scenario};
+use cabine_loadgen::scenario::RampLimits;
+use cabine_loadgen::target::{self, Kind};
+
+fn cabine_bin() -> PathBuf {
+    if let Some(p) = target::find_cabine() {
+        return p;
+    }
+    // `cargo test -p cabine-loadgen` alone has not built the server's binary: build it.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "cabine-server", "--bin", "cabine"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p cabine-server failed");
+    target::find_cabine().expect("cabine binary after build")
+}
+
+#[test]
+fn harness_measures_cabine_and_relay() {
+    let out = std::env::temp_dir().join(format!("cabine-loadgen-smoke-{}", std::process::id()));
+    let opts = Options {
+        scenarios: vec![Scenario::OneToOne],
+        targets: vec![Kind::Cabine, Kind::Relay],
+        consultations: 1,
+        ramp: RampLimits {
+            p99_us: 10_000.0,
+            loss: 0.001,
+            step: 1,
+            max: 1,
+        },
+        loss: 0.0,
+        threads: 1,
+        server_workers: 1,
+        server_initial_kbps: Some(5_000),
+        warmup: Duration::from_millis(800),
+        duration: Duration::from_millis(1_500),
+        cabine_bin: cabine_bin(),
+        loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
+        command: "smoke".into(),
+    };
+    let report = runner::run(&opts);
+    report.write(&out).expect("report written");
+    let table = report.table();
+    assert_eq!(report.runs.len(), 2, "{table}");
+    for run in &report.runs {
+        assert!(
+            run.error.is_none(),
+            "{:?}: {:?}\n{table}",
+            run.target,
+            run.error
+        );
+        let m = run.measurement.as_ref().expect("a measurement");
+        assert_eq!(m.peers_failed, 0, "{table}");
+        assert!(
+            m.forwarded_packets > 0,
+            "{:?} forwarded nothing\n{table}",
+            run.target
+        );
+        assert!(m.overall.latency_us_p50 > 0.0, "{table}");
+        assert!(
+            m.overall.latency_us_p999 >= m.overall.latency_us_p50,
+            "{table}"
+        );
+        assert!(m.server_cores > 0.0 || m.seconds < 2.0, "{table}");
+        // Kiosk → doctor: both cameras and both audio classes arrive.
+        assert_eq!(m.by_class.len(), 4, "{:?}\n{table}", run.target);
+        assert!(m.generator_cores > 0.0);
+    }
+    let cabine = report
+        .runs
+        .iter()
+        .find(|r| r.target == Kind::Cabine)
+        .unwrap();
+    let m = cabine.measurement.as_ref().unwrap();
+    assert!(
+        m.sfu_delay_us_p50.is_some(),
+        "forwarding-delay histogram scraped\n{table}"
+    );
+    assert_eq!(report.ratios.len(), 1);
+
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(2));
+    assert!(
+        v["runs"][0]["measurement"]["overall"]["latency_us_p99"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let svg = std::fs::read_to_string(out.join("one-to-one.svg")).expect("plot");
+    assert!(svg.contains("<svg") && svg.contains("polyline"));
+    let _ = std::fs::remove_dir_all(&out);
+}
