@@ -201,6 +201,20 @@ impl Report {
                     m.generator_cores * 100.0,
                 );
             }
+            if let Some(m) = r.headline() {
+                let threads: Vec<String> = m
+                    .server_threads
+                    .iter()
+                    .map(|(n, c)| format!("{n} {:.0}%", c * 100.0))
+                    .collect();
+                let _ = writeln!(
+                    t,
+                    "{:<14} {:<7} busiest threads: {}",
+                    "",
+                    "",
+                    threads.join(", ")
+                );
+            }
             if let Some(ramp) = &r.ramp {
                 let _ = writeln!(
                     t,

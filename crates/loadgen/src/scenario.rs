@@ -82,6 +82,8 @@ pub struct Measurement {
     pub server_cpu_pct_per_consultation: f64,
     /// Egress packets per second per core of target CPU.
     pub egress_pps_per_core: f64,
+    /// The target's busiest threads over the window: (name#tid, cores), busiest first.
+    pub server_threads: Vec<(String, f64)>,
     /// Target RSS at the end of the window, bytes.
     pub server_rss_bytes: u64,
     /// (RSS now − RSS with no consultation) / consultations, bytes.
@@ -273,6 +275,7 @@ impl Bench {
         self.engine.reset();
         let h0 = self.target.forwarding_delay();
         let s0 = self.target.sample();
+        let th0 = self.target.threads();
         let g0 = clock::self_cpu();
         let sent0: u64 = self.engine.snapshot().iter().map(|p| p.sent).sum();
         let t0 = Instant::now();
@@ -280,6 +283,7 @@ impl Bench {
         let snap = self.engine.snapshot();
         let secs = t0.elapsed().as_secs_f64();
         let s1 = self.target.sample();
+        let th1 = self.target.threads();
         let g1 = clock::self_cpu();
         let h1 = self.target.forwarding_delay();
         let delay = match (h0, h1) {
@@ -287,7 +291,19 @@ impl Bench {
             (None, Some(b)) => Some(b),
             _ => None,
         };
-        self.summarise(&snap, secs, s0, s1, (g1 - g0).as_secs_f64(), sent0, delay)
+        let mut m = self.summarise(&snap, secs, s0, s1, (g1 - g0).as_secs_f64(), sent0, delay);
+        let mut threads: Vec<(String, f64)> = th1
+            .into_iter()
+            .map(|(name, cpu)| {
+                let before = th0.iter().find(|(n, _)| *n == name).map_or(0.0, |t| t.1);
+                (name, (cpu - before) / secs)
+            })
+            .filter(|(_, c)| *c > 0.0)
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        threads.truncate(6);
+        m.server_threads = threads;
+        m
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -358,6 +374,7 @@ impl Bench {
             server_cpu_us_per_packet: per(cpu * 1e6, forwarded as f64),
             server_cpu_pct_per_consultation: per(per(cpu, secs) * 100.0, self.consultations as f64),
             egress_pps_per_core: per(forwarded as f64, cpu),
+            server_threads: Vec::new(),
             server_rss_bytes: s1.rss_bytes,
             server_rss_bytes_per_consultation: per(
                 s1.rss_bytes.saturating_sub(self.idle.rss_bytes) as f64,

@@ -143,6 +143,11 @@ impl Target {
         self.child.id()
     }
 
+    /// CPU time of each of the child's threads.
+    pub fn threads(&self) -> Vec<(String, f64)> {
+        thread_cpu(self.pid())
+    }
+
     /// CPU time and RSS now.
     pub fn sample(&self) -> ProcSample {
         proc_sample(self.pid()).unwrap_or_default()
@@ -265,6 +270,34 @@ impl Histogram {
     pub fn mean(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum / self.count as f64)
     }
+}
+
+/// CPU time (seconds) of each thread of `pid`, by thread name.
+pub fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some((_, after))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..]
+            .rsplit_once(')')
+            .map_or("", |x| x.0)
+            .to_owned();
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let tid = e.file_name().to_string_lossy().into_owned();
+        out.push((format!("{name}#{tid}"), t as f64 / tck));
+    }
+    out
 }
 
 /// Reads `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/statm` (resident pages).
