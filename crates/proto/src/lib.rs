@@ -6,10 +6,12 @@
 //! - [`token`]: the JWT claims (`sub`, `room`, `role`, `grants`, …) and the permission rules
 //!   derived from a role, so the server and tools agree on who may do what.
 //! - [`ids`]: validated room and participant identifiers, with a redacting wrapper for logs.
+//! - [`signal`]: the WebSocket signalling messages (JSON, versioned) of `GET /ws/{room}`.
 //! - [`telemetry`]: the device telemetry protocol (protobuf schema, framing, checks) and the JSON
 //!   envelope the doctor's page receives.
 
 pub mod ids;
+pub mod signal;
 pub mod telemetry;
 pub mod token;
 

@@ -29,6 +29,8 @@ use crate::config::Config;
 
 /// Label of the data channel subscribers write telemetry requests and device commands on.
 pub const COMMANDS_LABEL: &str = "commands";
+#[path = "ws.rs"]
+pub mod ws;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
@@ -44,6 +46,7 @@ pub struct AppState {
     spans: Mutex<HashMap<SessionId, SessionSpans>>,
     /// The telemetry sidecar, once started (absent when `telemetry.listen` is empty).
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
+    ws: ws::Hub,
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -80,6 +83,7 @@ impl AppState {
             audit,
             spans: Mutex::new(HashMap::new()),
             telemetry: std::sync::OnceLock::new(),
+            ws: ws::Hub::default(),
         }
     }
 
@@ -230,6 +234,7 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                 match ev {
                     SfuEvent::Progress { progress, .. } => state.on_progress(progress),
                     SfuEvent::SessionEnded { room, removed } => {
+                        state.ws.on_session_ended(&removed);
                         state.sessions_lock().remove(&removed.session);
                         state.end_spans(removed.session);
                         state.audit(
@@ -242,8 +247,7 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                         );
                     }
                     SfuEvent::Data { room, data } => state.on_data(&room, data),
-                    // Only server-negotiated (WebSocket) subscribers get offers.
-                    SfuEvent::Offer { .. } => {}
+                    SfuEvent::Offer { offer, .. } => state.ws.on_offer(offer),
                 }
             }
         })
@@ -308,6 +312,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/ops", get(ops_page))
         .route("/whip/{room}", post(whip).options(options))
         .route("/whep/{room}", post(whep).options(options))
+        .route("/ws/{room}", get(ws::handler))
         .route(
             "/whip/{room}/{session}",
             axum::routing::patch(patch_session)

@@ -1,0 +1,834 @@
+//! WebSocket signalling, `GET /ws/{room}?token=…`: the browser app's way in (schema in
+//! `docs/signalling.md`, types in [`cabine_proto::signal`]).
+//!
+//! A participant has up to two peer connections, each with one offerer so offers never cross:
+//! **publish** (the client offers, as WHIP; a new track or an ICE restart is a new offer on the
+//! same connection) and **subscribe** (the server offers: first with every track the participant
+//! may receive and the `telemetry` data channels, then again whenever a track is published or
+//! goes away, see [`cabine_sfu::room::Room::join_offering`]).
+//!
+//! A signalling session outlives its WebSocket: when the socket drops, the media sessions go on
+//! and what the server would have sent is kept, for [`RESUME_GRACE`]; a new socket that sends
+//! `resume` with the session's token takes it over, gets the backlog and the outstanding offer.
+//! After the grace period the media sessions end as if the participant had left.
+//!
+//! Tokens and roles follow the WHIP/WHEP rules (a `publish` needs the `publish` grant, a
+//! subscription the `subscribe` grant), and joins, leaves and refusals go to the audit log.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cabine_proto::signal::{self, ClientMsg, Participant, Pc, ServerMsg, TelemetryChannel, Track};
+use cabine_proto::{Claims, Grant, Identity, Redacted, Role, RoomId};
+use cabine_sfu::room::{Offer, OfferRequest, OfferedTrack, Removed, TrackInfo, TELEMETRY_LABEL};
+use cabine_sfu::{JoinRequest, SessionId, SessionKind, SfuError};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::{clean_message, describe, random_token, sdp_attr, ApiError, AppState, SessionEntry};
+
+/// How long media sessions survive a dropped signalling connection before they are ended.
+pub const RESUME_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a new connection may take to send `join` or `resume`.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most messages kept for a participant while its socket is away.
+const BACKLOG_LIMIT: usize = 512;
+
+/// Largest text frame accepted from a client (an SDP offer with many m-lines fits easily).
+const MAX_MESSAGE: usize = 256 * 1024;
+
+/// The signalling sessions of one server.
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    /// By resume token.
+    members: HashMap<String, Member>,
+}
+
+struct Member {
+    room: RoomId,
+    identity: Identity,
+    role: Role,
+    publish: Option<SessionId>,
+    subscribe: Option<SessionId>,
+    wants_subscribe: bool,
+    from: Option<Identity>,
+    /// The socket writer; `None` while disconnected.
+    tx: Option<mpsc::UnboundedSender<String>>,
+    /// Messages for the participant while its socket is away.
+    backlog: Vec<String>,
+    /// The id of the last offer put in the backlog.
+    queued_offer: Option<u64>,
+    /// Increases each time a socket takes the session; a grace timer ends only its epoch.
+    epoch: u64,
+}
+
+/// The query of `GET /ws/{room}`.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        // Single inserts, removes and field updates: a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports the server's renegotiation offer to the subscriber it is for.
+    pub fn on_offer(&self, offer: Offer) {
+        let mut inner = self.lock();
+        let Some(m) = inner
+            .members
+            .values_mut()
+            .find(|m| m.subscribe == Some(offer.session))
+        else {
+            return;
+        };
+        for msg in offer_messages(&offer) {
+            m.send(&msg);
+        }
+    }
+
+    /// A media session of a signalling participant ended on its own (ICE timeout).
+    pub fn on_session_ended(&self, removed: &Removed) {
+        let mut inner = self.lock();
+        for m in inner.members.values_mut() {
+            let pc = if m.publish == Some(removed.session) {
+                m.publish = None;
+                Pc::Publish
+            } else if m.subscribe == Some(removed.session) {
+                m.subscribe = None;
+                Pc::Subscribe
+            } else {
+                continue;
+            };
+            m.send(&ServerMsg::SessionEnded {
+                pc,
+                reason: removed.reason.to_owned(),
+            });
+        }
+    }
+
+    fn broadcast(&self, room: &RoomId, except: &str, msg: &ServerMsg) {
+        let mut inner = self.lock();
+        for (token, m) in inner.members.iter_mut() {
+            if &m.room == room && token != except {
+                m.send(msg);
+            }
+        }
+    }
+
+    fn participants(&self, room: &RoomId, except: &str) -> Vec<Participant> {
+        self.lock()
+            .members
+            .iter()
+            .filter(|(t, m)| &m.room == room && *t != except)
+            .map(|(_, m)| participant(&m.identity, m.role))
+            .collect()
+    }
+}
+
+impl Member {
+    fn send(&mut self, msg: &ServerMsg) {
+        let text = signal::to_text(msg);
+        if let Some(tx) = &self.tx {
+            if tx.send(text.clone()).is_ok() {
+                return;
+            }
+            self.tx = None;
+        }
+        if self.backlog.len() < BACKLOG_LIMIT {
+            self.backlog.push(text);
+            if let ServerMsg::Offer { offer_id, .. } = msg {
+                self.queued_offer = Some(*offer_id);
+            }
+        }
+    }
+}
+
+/// `GET /ws/{room}?token=…`: checks the token before upgrading (401/403 like WHIP/WHEP).
+pub async fn handler(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+    let token = q.token.unwrap_or_default();
+    if token.is_empty() {
+        let e = crate::auth::AuthError::Missing;
+        st.count_refusal(e.reason());
+        st.audit_refusal(room.as_str(), "-", None, peer, &e);
+        return Err(e.into());
+    }
+    // Either grant opens a session; each request checks its own.
+    let claims = st
+        .tokens
+        .authorize(&token, &room, Grant::Subscribe, "signal")
+        .or_else(|_| st.tokens.authorize(&token, &room, Grant::Publish, "signal"))
+        .map_err(|e| {
+            st.count_refusal(e.reason());
+            match st.tokens.verify(&token) {
+                Ok(c) => st.audit_refusal(room.as_str(), c.sub.as_str(), Some(c.role), peer, &e),
+                Err(_) => st.audit_refusal(room.as_str(), "-", None, peer, &e),
+            }
+            ApiError::from(e)
+        })?;
+    if st.draining.load(Ordering::Relaxed) {
+        st.count_refusal("draining");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is shutting down; retry on another node",
+        ));
+    }
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| run(st, room, claims, peer, socket))
+        .into_response())
+}
+
+async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(text) = rx.recv().await {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let conn = Conn {
+        st: Arc::clone(&st),
+        room,
+        claims,
+        peer,
+        tx: tx.clone(),
+    };
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_text(&mut stream)).await;
+    let started = match first {
+        Ok(Some(text)) => match signal::parse_client(&text) {
+            Ok(ClientMsg::Join { subscribe, from }) => conn.join(subscribe, from).await,
+            Ok(ClientMsg::Resume { resume }) => conn.resume(&resume).await,
+            Ok(_) => Err((
+                "bad_message",
+                "the first message must be join or resume".into(),
+            )),
+            Err(e) => Err(("bad_message", e.to_string())),
+        },
+        Ok(None) => Err(("closed", String::new())),
+        Err(_) => Err(("timeout", "no join or resume within 10 s".into())),
+    };
+    let (token, epoch) = match started {
+        Ok(x) => x,
+        Err((code, message)) => {
+            if code != "closed" {
+                conn.reply(&ServerMsg::Error {
+                    code: code.into(),
+                    message,
+                    fatal: true,
+                });
+            }
+            drop(conn);
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut left = false;
+    while let Some(text) = next_text(&mut stream).await {
+        match signal::parse_client(&text) {
+            Ok(ClientMsg::Leave) => {
+                left = true;
+                break;
+            }
+            Ok(msg) => conn.handle(&token, msg).await,
+            Err(e) => conn.reply(&ServerMsg::Error {
+                code: "bad_message".into(),
+                message: e.to_string(),
+                fatal: false,
+            }),
+        }
+    }
+    if left {
+        conn.end(&token, "left").await;
+    } else {
+        conn.detach(&token, epoch);
+    }
+    drop(conn);
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// The next text frame; `None` when the socket closed or failed.
+async fn next_text(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Option<String> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// One WebSocket connection.
+struct Conn {
+    st: Arc<AppState>,
+    room: RoomId,
+    claims: Claims,
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+type Started = Result<(String, u64), (&'static str, String)>;
+
+impl Conn {
+    fn reply(&self, msg: &ServerMsg) {
+        let _ = self.tx.send(signal::to_text(msg));
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.st.ws
+    }
+
+    fn send(&self, token: &str, msg: &ServerMsg) {
+        if let Some(m) = self.hub().lock().members.get_mut(token) {
+            m.send(msg);
+        }
+    }
+
+    async fn join(&self, subscribe: bool, from: Option<String>) -> Started {
+        let from = match from {
+            Some(f) => {
+                Some(Identity::parse(&f).map_err(|e| ("bad_message", format!("bad `from`: {e}")))?)
+            }
+            None => None,
+        };
+        let token = random_token(24);
+        self.hub().lock().members.insert(
+            token.clone(),
+            Member {
+                room: self.room.clone(),
+                identity: self.claims.sub.clone(),
+                role: self.claims.role,
+                publish: None,
+                subscribe: None,
+                wants_subscribe: false,
+                from,
+                tx: Some(self.tx.clone()),
+                backlog: Vec::new(),
+                queued_offer: None,
+                epoch: 0,
+            },
+        );
+        let me = participant(&self.claims.sub, self.claims.role);
+        self.reply(&ServerMsg::Welcome {
+            resume: token.clone(),
+            resumed: false,
+            grace_ms: RESUME_GRACE.as_millis() as u64,
+            identity: self.claims.sub.to_string(),
+            role: self.claims.role.to_string(),
+            participants: self.hub().participants(&self.room, &token),
+        });
+        self.hub()
+            .broadcast(&self.room, &token, &ServerMsg::ParticipantJoined(me));
+        info!(
+            room = %Redacted(&self.room),
+            identity = %Redacted(&self.claims.sub),
+            role = %self.claims.role,
+            "signalling session opened"
+        );
+        if subscribe {
+            self.subscribe(&token).await;
+        }
+        Ok((token, 0))
+    }
+
+    async fn resume(&self, token: &str) -> Started {
+        let (epoch, backlog, subscribe, wants, queued) = {
+            let mut inner = self.hub().lock();
+            let Some(m) = inner.members.get_mut(token) else {
+                return Err((
+                    "unknown_session",
+                    "no signalling session with this resume token (it ended; join again)".into(),
+                ));
+            };
+            if m.room != self.room || m.identity != self.claims.sub {
+                return Err((
+                    "forbidden",
+                    "the resume token belongs to another participant or room".into(),
+                ));
+            }
+            m.epoch += 1;
+            if let Some(old) = m.tx.replace(self.tx.clone()) {
+                // The old socket is still open (a fast network change): it is superseded.
+                let _ = old.send(signal::to_text(&ServerMsg::Error {
+                    code: "superseded".into(),
+                    message: "another connection resumed this session".into(),
+                    fatal: true,
+                }));
+            }
+            (
+                m.epoch,
+                std::mem::take(&mut m.backlog),
+                m.subscribe,
+                m.wants_subscribe,
+                m.queued_offer.take(),
+            )
+        };
+        self.reply(&ServerMsg::Welcome {
+            resume: token.to_owned(),
+            resumed: true,
+            grace_ms: RESUME_GRACE.as_millis() as u64,
+            identity: self.claims.sub.to_string(),
+            role: self.claims.role.to_string(),
+            participants: self.hub().participants(&self.room, token),
+        });
+        for text in backlog {
+            let _ = self.tx.send(text);
+        }
+        self.hub().broadcast(
+            &self.room,
+            token,
+            &ServerMsg::ParticipantResumed(participant(&self.claims.sub, self.claims.role)),
+        );
+        match subscribe {
+            // The offer in flight when the socket dropped may never have arrived (unless the
+            // backlog just brought it).
+            Some(session) => {
+                if let Ok(Some(offer)) = self
+                    .st
+                    .sfu
+                    .outstanding_offer(self.room.clone(), session, false)
+                    .await
+                {
+                    if queued != Some(offer.id) {
+                        self.reply(&offer_message(&offer));
+                    }
+                }
+            }
+            // The subscription ended meanwhile (ICE gave up): start a new one.
+            None if wants => self.subscribe(token).await,
+            None => {}
+        }
+        info!(room = %Redacted(&self.room), identity = %Redacted(&self.claims.sub), "signalling session resumed");
+        Ok((token.to_owned(), epoch))
+    }
+
+    async fn subscribe(&self, token: &str) {
+        if !self.claims.allows(Grant::Subscribe) {
+            self.refuse_grant("subscribe");
+            return;
+        }
+        let from = {
+            let mut inner = self.hub().lock();
+            let Some(m) = inner.members.get_mut(token) else {
+                return;
+            };
+            m.wants_subscribe = true;
+            m.from.clone()
+        };
+        let session = SessionId(rand::rng().random());
+        let ice_ufrag = random_token(8);
+        let req = OfferRequest {
+            session,
+            identity: self.claims.sub.clone(),
+            role: self.claims.role,
+            from,
+            telemetry: true,
+            ice_ufrag: ice_ufrag.clone(),
+            ice_pwd: random_token(24),
+        };
+        let offer = match self.st.sfu.join_offering(self.room.clone(), req).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.media_refused(&e);
+                return;
+            }
+        };
+        self.register(session, SessionKind::Subscribe, &ice_ufrag, "");
+        let tracks: Vec<TrackInfo> = offer.added.iter().map(|t| t.track.clone()).collect();
+        self.audit_join("subscribe", session, &tracks);
+        if let Some(m) = self.hub().lock().members.get_mut(token) {
+            m.subscribe = Some(session);
+            m.send(&ServerMsg::Telemetry {
+                label: TELEMETRY_LABEL.into(),
+                channels: vec![
+                    TelemetryChannel {
+                        kind: "reliable".into(),
+                        protocol: String::new(),
+                    },
+                    TelemetryChannel {
+                        kind: "lossy".into(),
+                        protocol: "lossy".into(),
+                    },
+                ],
+            });
+            for msg in offer_messages(&offer) {
+                m.send(&msg);
+            }
+        }
+    }
+
+    async fn handle(&self, token: &str, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Publish { sdp } => self.publish(token, sdp).await,
+            ClientMsg::Answer { offer_id, sdp } => {
+                let session = self
+                    .hub()
+                    .lock()
+                    .members
+                    .get(token)
+                    .and_then(|m| m.subscribe);
+                let Some(session) = session else {
+                    return self.reply(&error(
+                        "no_session",
+                        "no subscribe connection to answer for",
+                    ));
+                };
+                if let Err(e) = self
+                    .st
+                    .sfu
+                    .answer(self.room.clone(), session, offer_id, sdp)
+                    .await
+                {
+                    self.reply(&error("bad_answer", &clean_message(&e.to_string())));
+                }
+            }
+            // The server is ICE-lite: it learns the client's addresses from its connectivity
+            // checks, so trickled candidates need no action.
+            ClientMsg::Candidate { .. } => {}
+            ClientMsg::RestartIce => {
+                let session = self
+                    .hub()
+                    .lock()
+                    .members
+                    .get(token)
+                    .and_then(|m| m.subscribe);
+                let Some(session) = session else {
+                    return self.reply(&error("no_session", "no subscribe connection to restart"));
+                };
+                match self
+                    .st
+                    .sfu
+                    .outstanding_offer(self.room.clone(), session, true)
+                    .await
+                {
+                    Ok(Some(offer)) => {
+                        self.send(token, &offer_message(&offer));
+                        self.st.audit(
+                            "ice_restart",
+                            &self.room,
+                            &self.claims.sub,
+                            Some(self.claims.role),
+                            Some(self.peer),
+                            "subscribe (signalling)",
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.reply(&error("no_session", &e.to_string())),
+                }
+            }
+            ClientMsg::Ping => self.reply(&ServerMsg::Pong),
+            ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
+                self.reply(&error("bad_message", "already joined"))
+            }
+            ClientMsg::Leave => {}
+            _ => self.reply(&error("bad_message", "unsupported message")),
+        }
+    }
+
+    async fn publish(&self, token: &str, sdp: String) {
+        if !self.claims.allows(Grant::Publish) {
+            self.refuse_grant("publish");
+            return;
+        }
+        if sdp.trim().is_empty() {
+            return self.reply(&error("bad_sdp", "empty SDP offer"));
+        }
+        let existing = self.hub().lock().members.get(token).and_then(|m| m.publish);
+        let result = match existing {
+            Some(session) => {
+                let r = self
+                    .st
+                    .sfu
+                    .republish(self.room.clone(), session, sdp.clone())
+                    .await;
+                if r.is_ok() {
+                    if let (Some(ufrag), Some(e)) = (
+                        sdp_attr(&sdp, "a=ice-ufrag:"),
+                        self.st.sessions_lock().get_mut(&session),
+                    ) {
+                        if e.client_ufrag != ufrag {
+                            e.client_ufrag = ufrag;
+                            self.st.audit(
+                                "ice_restart",
+                                &self.room,
+                                &self.claims.sub,
+                                Some(self.claims.role),
+                                Some(self.peer),
+                                "publish (signalling)",
+                            );
+                        }
+                    }
+                }
+                r
+            }
+            None => {
+                if self.st.draining.load(Ordering::Relaxed) {
+                    self.st.count_refusal("draining");
+                    return self.reply(&error("draining", "this node is shutting down"));
+                }
+                let session = SessionId(rand::rng().random());
+                let ice_ufrag = random_token(8);
+                let req = JoinRequest {
+                    session,
+                    identity: self.claims.sub.clone(),
+                    role: self.claims.role,
+                    kind: SessionKind::Publish,
+                    offer: sdp.clone(),
+                    from: None,
+                    ice_ufrag: ice_ufrag.clone(),
+                    ice_pwd: random_token(24),
+                };
+                let r = self.st.sfu.join(self.room.clone(), req).await;
+                if let Ok(j) = &r {
+                    let client = sdp_attr(&sdp, "a=ice-ufrag:").unwrap_or_default();
+                    self.register(session, SessionKind::Publish, &ice_ufrag, &client);
+                    self.audit_join("publish", session, &j.tracks);
+                    if let Some(m) = self.hub().lock().members.get_mut(token) {
+                        m.publish = Some(session);
+                    }
+                }
+                r
+            }
+        };
+        match result {
+            Ok(joined) => {
+                let tracks = joined
+                    .tracks
+                    .iter()
+                    .map(|t| track(String::new(), &self.claims.sub, t))
+                    .collect();
+                self.send(
+                    token,
+                    &ServerMsg::Answer {
+                        sdp: joined.answer,
+                        tracks,
+                    },
+                );
+            }
+            Err(e) => self.media_refused(&e),
+        }
+    }
+
+    fn register(&self, session: SessionId, kind: SessionKind, ufrag: &str, client_ufrag: &str) {
+        self.st.sessions_lock().insert(
+            session,
+            SessionEntry {
+                room: self.room.clone(),
+                identity: self.claims.sub.clone(),
+                role: self.claims.role,
+                kind,
+                etag: format!("\"{ufrag}\""),
+                client_ufrag: client_ufrag.to_owned(),
+                claims: self.claims.clone(),
+            },
+        );
+        self.st.joins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn audit_join(&self, action: &'static str, session: SessionId, tracks: &[TrackInfo]) {
+        self.st
+            .start_spans(session, action, self.claims.role, &self.room);
+        self.st.audit(
+            action,
+            &self.room,
+            &self.claims.sub,
+            Some(self.claims.role),
+            Some(self.peer),
+            &format!("{} (signalling)", describe(tracks)),
+        );
+    }
+
+    fn refuse_grant(&self, action: &'static str) {
+        let e = crate::auth::AuthError::Forbidden {
+            role: self.claims.role,
+            action,
+        };
+        self.st.count_refusal(e.reason());
+        self.st.audit_refusal(
+            self.room.as_str(),
+            self.claims.sub.as_str(),
+            Some(self.claims.role),
+            self.peer,
+            &e,
+        );
+        self.reply(&error("forbidden", &e.to_string()));
+    }
+
+    fn media_refused(&self, e: &SfuError) {
+        let message = clean_message(&e.to_string());
+        let code = match e {
+            SfuError::Join(cabine_sfu::JoinError::RoomFull(_)) => "room_full",
+            SfuError::Join(cabine_sfu::JoinError::NoUsableMedia(_)) => "no_usable_codec",
+            SfuError::Join(_) => "bad_sdp",
+            _ => "media_plane_down",
+        };
+        self.st.count_refusal(code);
+        self.st.audit(
+            "refused",
+            &self.room,
+            &self.claims.sub,
+            Some(self.claims.role),
+            Some(self.peer),
+            &message,
+        );
+        self.reply(&error(code, &message));
+    }
+
+    /// The socket dropped without `leave`: keep the session for [`RESUME_GRACE`].
+    fn detach(&self, token: &str, epoch: u64) {
+        {
+            let mut inner = self.hub().lock();
+            let Some(m) = inner.members.get_mut(token) else {
+                return;
+            };
+            if m.epoch != epoch {
+                return; // Already taken over by a newer socket.
+            }
+            m.tx = None;
+        }
+        self.hub().broadcast(
+            &self.room,
+            token,
+            &ServerMsg::ParticipantDisconnected(participant(&self.claims.sub, self.claims.role)),
+        );
+        let conn = Conn {
+            st: Arc::clone(&self.st),
+            room: self.room.clone(),
+            claims: self.claims.clone(),
+            peer: self.peer,
+            tx: self.tx.clone(),
+        };
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESUME_GRACE).await;
+            let still_away = conn
+                .hub()
+                .lock()
+                .members
+                .get(&token)
+                .is_some_and(|m| m.epoch == epoch && m.tx.is_none());
+            if still_away {
+                conn.end(&token, "signalling lost for longer than the grace period")
+                    .await;
+            }
+        });
+    }
+
+    /// Ends the signalling session and its media sessions.
+    async fn end(&self, token: &str, reason: &str) {
+        let Some(m) = self.hub().lock().members.remove(token) else {
+            return;
+        };
+        for session in [m.publish, m.subscribe].into_iter().flatten() {
+            let _ = self.st.sfu.leave(m.room.clone(), session).await;
+            let known = self.st.sessions_lock().remove(&session).is_some();
+            self.st.end_spans(session);
+            if known {
+                self.st.audit(
+                    "leave",
+                    &m.room,
+                    &m.identity,
+                    Some(m.role),
+                    Some(self.peer),
+                    reason,
+                );
+            }
+        }
+        self.hub().broadcast(
+            &m.room,
+            token,
+            &ServerMsg::ParticipantLeft(participant(&m.identity, m.role)),
+        );
+        info!(room = %Redacted(&m.room), identity = %Redacted(&m.identity), reason, "signalling session ended");
+    }
+}
+
+fn participant(identity: &Identity, role: Role) -> Participant {
+    Participant {
+        identity: identity.to_string(),
+        role: role.to_string(),
+    }
+}
+
+fn error(code: &str, message: &str) -> ServerMsg {
+    ServerMsg::Error {
+        code: code.into(),
+        message: message.into(),
+        fatal: false,
+    }
+}
+
+fn track(mid: String, from: &Identity, t: &TrackInfo) -> Track {
+    let class = serde_json::to_value(t.class)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Track {
+        mid,
+        from: from.to_string(),
+        kind: t.kind.to_owned(),
+        label: t.label.track.clone(),
+        stream: t.label.stream.clone(),
+        class,
+    }
+}
+
+fn offered(t: &OfferedTrack) -> Track {
+    track(t.mid.clone(), &t.from, &t.track)
+}
+
+fn offer_message(offer: &Offer) -> ServerMsg {
+    ServerMsg::Offer {
+        offer_id: offer.id,
+        sdp: offer.sdp.clone(),
+    }
+}
+
+/// What a subscriber is sent for an offer: the tracks it removes and adds, then the offer.
+fn offer_messages(offer: &Offer) -> Vec<ServerMsg> {
+    let mut out: Vec<ServerMsg> = offer
+        .removed
+        .iter()
+        .map(|t| ServerMsg::TrackRemoved(offered(t)))
+        .collect();
+    out.extend(
+        offer
+            .added
+            .iter()
+            .map(|t| ServerMsg::TrackAdded(offered(t))),
+    );
+    out.push(offer_message(offer));
+    out
+}
