@@ -115,6 +115,9 @@ impl Server {
         let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
         let resource = push.is_some().then(|| otel::resource(&cfg.otel));
         let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);
+        if let Some(t) = &telemetry {
+            metrics.attach_telemetry(Arc::clone(t));
+        }
         {
             let st = Arc::clone(&state);
             metrics.spawn_refresh(sfu.clone(), move || st.refused_counts());

@@ -51,6 +51,73 @@ pub struct Summary {
     delay: DelayHistogram,
     /// Counters of sessions that already left, so totals never go down.
     retired: Retired,
+    /// Device telemetry, when the sidecar runs.
+    telemetry: TelemetrySummary,
+}
+
+/// (kind, gaps, late, duplicates) per (room, kiosk, channel).
+type ChannelCounters = HashMap<(String, String, u32), (String, u64, u64, u64)>;
+
+/// Label-safe telemetry figures: by channel kind, never by kiosk or room.
+#[derive(Debug, Clone, Default)]
+struct TelemetrySummary {
+    enabled: bool,
+    kiosks: u64,
+    /// Frames delivered to subscribers, by frame type.
+    frames: Vec<(&'static str, u64)>,
+    /// (gaps, late, duplicates) by channel kind, never decreasing.
+    losses: HashMap<String, (u64, u64, u64)>,
+    /// Worst p50 and p99 capture-to-delivery latency over channels, by kind, seconds.
+    latency: HashMap<String, (f64, f64)>,
+    refusals: Vec<(String, u64)>,
+    commands_sent: u64,
+    commands_refused: u64,
+    /// Per-channel counters last seen, so that forgotten kiosks do not make totals go down.
+    seen: ChannelCounters,
+    retired: HashMap<String, (u64, u64, u64)>,
+}
+
+impl TelemetrySummary {
+    fn update(&mut self, t: &crate::telemetry::Telemetry) {
+        let stats = t.sidecar_stats();
+        self.enabled = true;
+        self.kiosks = stats.kiosks_connected as u64;
+        self.frames = t.frames_by_kind();
+        self.refusals = stats.refusals.into_iter().collect();
+        self.commands_sent = stats.commands_sent;
+        self.commands_refused = stats.commands_refused;
+        let mut now = ChannelCounters::new();
+        self.latency.clear();
+        for c in &stats.channels {
+            now.insert(
+                (c.room.clone(), c.kiosk.clone(), c.channel_id),
+                (c.kind.clone(), c.gaps, c.late, c.duplicates),
+            );
+            let l = self.latency.entry(c.kind.clone()).or_default();
+            if let Some(p50) = c.latency_p50_us {
+                l.0 = l.0.max(p50 as f64 / 1e6);
+            }
+            if let Some(p99) = c.latency_p99_us {
+                l.1 = l.1.max(p99 as f64 / 1e6);
+            }
+        }
+        for (key, (kind, g, l, d)) in &self.seen {
+            if !now.contains_key(key) {
+                let r = self.retired.entry(kind.clone()).or_default();
+                r.0 += g;
+                r.1 += l;
+                r.2 += d;
+            }
+        }
+        self.losses = self.retired.clone();
+        for (kind, g, l, d) in now.values() {
+            let e = self.losses.entry(kind.clone()).or_default();
+            e.0 += g;
+            e.1 += l;
+            e.2 += d;
+        }
+        self.seen = now;
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,9 +134,15 @@ pub struct Metrics {
     registry: prometheus::Registry,
     _provider: SdkMeterProvider,
     summary: Arc<Mutex<Summary>>,
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Metrics {
+    /// Adds the telemetry sidecar's figures to the metrics.
+    pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
+        let _ = self.telemetry.set(t);
+    }
+
     /// Builds the instruments; `push` adds an OTLP periodic reader next to Prometheus.
     pub fn new(
         push: Option<
@@ -279,6 +352,76 @@ impl Metrics {
                 o.observe(s.telemetry_dropped, &[KeyValue::new("outcome", "dropped")]);
             }
         );
+        gauge!(
+            "cabine.telemetry.kiosks",
+            "{kiosk}",
+            "Kiosks connected to the telemetry sidecar",
+            |s, o| {
+                if s.telemetry.enabled {
+                    o.observe(s.telemetry.kiosks, &[]);
+                }
+            }
+        );
+        counter!(
+            "cabine.telemetry.frames",
+            "{frame}",
+            "Telemetry frames delivered to subscribers, by frame type",
+            |s, o| {
+                for (kind, v) in &s.telemetry.frames {
+                    o.observe(*v, &[KeyValue::new("kind", *kind)]);
+                }
+            }
+        );
+        counter!(
+            "cabine.telemetry.lost",
+            "{frame}",
+            "Telemetry frames missing (gap), late (dropped) or duplicate (dropped), by channel kind",
+            |s, o| {
+                for (kind, (g, l, d)) in &s.telemetry.losses {
+                    o.observe(*g, &[KeyValue::new("kind", kind.clone()), KeyValue::new("reason", "gap")]);
+                    o.observe(*l, &[KeyValue::new("kind", kind.clone()), KeyValue::new("reason", "late")]);
+                    o.observe(*d, &[KeyValue::new("kind", kind.clone()), KeyValue::new("reason", "duplicate")]);
+                }
+            }
+        );
+        fgauge!(
+            "cabine.telemetry.latency",
+            "s",
+            "Capture-to-delivery latency of telemetry (worst channel), by channel kind and quantile",
+            |s, o| {
+                for (kind, (p50, p99)) in &s.telemetry.latency {
+                    o.observe(*p50, &[KeyValue::new("kind", kind.clone()), KeyValue::new("quantile", "0.5")]);
+                    o.observe(*p99, &[KeyValue::new("kind", kind.clone()), KeyValue::new("quantile", "0.99")]);
+                }
+            }
+        );
+        counter!(
+            "cabine.telemetry.refusals",
+            "{connection}",
+            "Telemetry streams or connections closed for bad input, by QUIC error code",
+            |s, o| {
+                for (code, v) in &s.telemetry.refusals {
+                    o.observe(*v, &[KeyValue::new("code", code.clone())]);
+                }
+            }
+        );
+        counter!(
+            "cabine.telemetry.commands",
+            "{command}",
+            "Device commands from subscribers, sent to kiosks or refused",
+            |s, o| {
+                if s.telemetry.enabled {
+                    o.observe(
+                        s.telemetry.commands_sent,
+                        &[KeyValue::new("outcome", "sent")],
+                    );
+                    o.observe(
+                        s.telemetry.commands_refused,
+                        &[KeyValue::new("outcome", "refused")],
+                    );
+                }
+            }
+        );
         counter!(
             "cabine.udp.datagrams",
             "{datagram}",
@@ -327,6 +470,7 @@ impl Metrics {
             registry,
             _provider: provider,
             summary,
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 
@@ -352,7 +496,12 @@ impl Metrics {
         };
         let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
         let retired = std::mem::take(&mut s.retired);
+        let mut telemetry = std::mem::take(&mut s.telemetry);
+        if let Some(t) = self.telemetry.get() {
+            telemetry.update(t);
+        }
         let mut next = summarize(&rooms, retired, delay);
+        next.telemetry = telemetry;
         next.shell = sfu.stats();
         next.refused = refused;
         *s = next;

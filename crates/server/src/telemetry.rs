@@ -132,6 +132,31 @@ pub struct BridgeStats {
     pub commands: u64,
 }
 
+/// Frame types of [`Delivered`], as counted.
+const FRAME_KINDS: [&str; 8] = [
+    "channel",
+    "measurement",
+    "waveform",
+    "status",
+    "command_result",
+    "blob",
+    "left",
+    "other",
+];
+
+fn kind_index(d: &Delivered) -> usize {
+    match &d.frame {
+        Some(delivered::Frame::Channel(_)) => 0,
+        Some(delivered::Frame::Measurement(_)) => 1,
+        Some(delivered::Frame::Waveform(_)) => 2,
+        Some(delivered::Frame::Status(_)) => 3,
+        Some(delivered::Frame::CommandResult(_)) => 4,
+        Some(delivered::Frame::Blob(_)) => 5,
+        Some(delivered::Frame::Left(_)) => 6,
+        None => 7,
+    }
+}
+
 /// Most channels whose latest reading is kept per room.
 const LATEST_PER_ROOM: usize = 64;
 /// Largest request accepted from a subscriber.
@@ -144,6 +169,7 @@ type Latest = HashMap<RoomId, HashMap<(String, u32, &'static str), String>>;
 struct Cache {
     latest: Mutex<Latest>,
     frames: AtomicU64,
+    by_kind: [AtomicU64; FRAME_KINDS.len()],
     requests: AtomicU64,
     refused: AtomicU64,
     commands: AtomicU64,
@@ -204,6 +230,7 @@ impl Telemetry {
                 let json = to_json(&d);
                 remember(&cache, room, &d, &json);
                 cache.frames.fetch_add(1, Ordering::Relaxed);
+                cache.by_kind[kind_index(&d)].fetch_add(1, Ordering::Relaxed);
                 sfu.send_data(room, Bytes::from(json), reliable);
             }
         };
@@ -258,6 +285,15 @@ impl Telemetry {
     /// The sidecar's own statistics (per channel kind: frames, gaps, latency…).
     pub fn sidecar_stats(&self) -> cabine_sidecar::SidecarStats {
         self.sidecar.stats()
+    }
+
+    /// Frames delivered to subscribers, by frame type (`measurement`, `waveform`…).
+    pub fn frames_by_kind(&self) -> Vec<(&'static str, u64)> {
+        FRAME_KINDS
+            .iter()
+            .zip(&self.cache.by_kind)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Counters of the bridge.

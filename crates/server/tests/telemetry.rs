@@ -31,8 +31,9 @@ struct Received {
     measurements: Vec<(String, u64, u64)>,
     /// Waveform chunk seqs per channel, in arrival order.
     waveforms: BTreeMap<u64, Vec<u64>>,
-    /// aligned time minus the true capture time, µs, for frames after the first seconds.
-    alignment_errors: Vec<i64>,
+    /// aligned time minus the true capture time, and the error bound the server gave, µs, for
+    /// frames after the first second.
+    alignment_errors: Vec<(i64, u64)>,
     /// Answers and other messages that are not frames.
     answers: Vec<Value>,
     /// Command results.
@@ -55,7 +56,9 @@ impl Received {
         ) {
             if settled && capture > 0 {
                 let true_capture = capture as i64 - KIOSK_CLOCK_OFFSET_US;
-                self.alignment_errors.push(aligned as i64 - true_capture);
+                let bound = msg["clock_error_us"].as_u64().unwrap_or(0);
+                self.alignment_errors
+                    .push((aligned as i64 - true_capture, bound));
             }
         }
         if let Some(m) = frame.get("measurement") {
@@ -109,7 +112,7 @@ async fn wait_for_tracks(s: &common::TestServer, room: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
-    let s = common::start().await;
+    let s = common::start_with(|c| c.admin.listen = "127.0.0.1:0".into()).await;
     let room = "consult-telemetry";
     let base = s.base.clone();
     let kiosk_token = s.token(room, Role::Kiosk, "kiosk-pharmacie-12");
@@ -282,13 +285,24 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
         );
     }
 
-    // Clock alignment: seven seconds of kiosk clock error, aligned to within a few ms.
+    // Clock alignment: seven seconds of kiosk clock error, aligned to within a few ms (on a
+    // loaded machine the best ping round trip is longer: the error stays within the bound the
+    // server announces with each frame).
     assert!(got.alignment_errors.len() > 50);
-    let worst = got.alignment_errors.iter().map(|e| e.abs()).max().unwrap();
+    let mut errors: Vec<i64> = got.alignment_errors.iter().map(|(e, _)| e.abs()).collect();
+    errors.sort_unstable();
+    let median = errors[errors.len() / 2];
+    let worst = *errors.last().unwrap();
     assert!(
-        worst < 5_000,
-        "aligned times off by up to {worst} µs from the true capture times"
+        median < 3_000 && worst < 20_000,
+        "aligned times off by {median} µs (median), {worst} µs (worst)"
     );
+    for (e, bound) in &got.alignment_errors {
+        assert!(
+            e.unsigned_abs() <= bound + 1_000,
+            "alignment error {e} µs beyond the announced bound {bound} µs"
+        );
+    }
 
     // The server saw the reconnection: a second session of the same kiosk, waveform gaps
     // counted while it was away, and nothing delivered twice.
@@ -301,6 +315,42 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
     assert!(ecg.gaps > 0, "the drop left a gap in the ECG: {ecg:?}");
     assert!(stats.connections_accepted >= 2, "{stats:?}");
     assert!(stats.commands_sent >= 1);
+
+    // Operators see it in the metrics, by channel kind only.
+    s.server.refresh_metrics().await;
+    let admin = s.server.admin_addr().expect("admin listener");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |prefix: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} {labels:?} in\n{text}"))
+    };
+    let delivered = value("cabine_telemetry_frames_total{", &["kind=\"measurement\""]);
+    assert!(delivered >= got.measurements.len() as f64, "{delivered}");
+    assert!(
+        value(
+            "cabine_telemetry_lost_total{",
+            &["kind=\"waveform\"", "reason=\"gap\""]
+        ) > 0.0
+    );
+    assert_eq!(value("cabine_telemetry_kiosks", &[]), 1.0);
+    assert!(value("cabine_telemetry_commands_total{", &["outcome=\"sent\""]) >= 1.0);
+    assert!(
+        value(
+            "cabine_telemetry_latency_seconds{",
+            &["kind=\"measurement\"", "quantile=\"0.99\""]
+        ) > 0.0
+    );
+    for secret in ["consult-telemetry", "kiosk-pharmacie-12", "dr-martin"] {
+        assert!(!text.contains(secret), "{secret} leaked into the metrics");
+    }
 
     let _ = stop_kiosk.send(());
     let dial_stats = tokio::time::timeout(Duration::from_secs(20), kiosk)
