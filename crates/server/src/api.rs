@@ -46,7 +46,14 @@ pub struct AppState {
     spans: Mutex<HashMap<SessionId, SessionSpans>>,
     /// The telemetry sidecar, once started (absent when `telemetry.listen` is empty).
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
+    ops: OpsSampler,
     ws: ws::Hub,
+}
+
+/// The operators' view as last sampled, and the history behind its sparklines.
+struct OpsSampler {
+    history: Mutex<crate::ops::History>,
+    latest: tokio::sync::watch::Sender<Option<Arc<crate::ops::OpsView>>>,
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -84,6 +91,10 @@ impl AppState {
             spans: Mutex::new(HashMap::new()),
             telemetry: std::sync::OnceLock::new(),
             ws: ws::Hub::default(),
+            ops: OpsSampler {
+                history: Mutex::new(crate::ops::History::new()),
+                latest: tokio::sync::watch::Sender::new(None),
+            },
         }
     }
 
@@ -253,6 +264,34 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
         })
         .map(|_| ())
         .unwrap_or_else(|e| warn!(error = %e, "cannot start the media event reader"));
+}
+
+/// Samples the operators' view every [`crate::ops::PERIOD`] into its history and publishes it
+/// to the open dashboards (one snapshot per period however many are open). Ends when the
+/// server state is dropped or the media plane stops.
+pub fn spawn_ops_sampler(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::ops::PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            let rooms = match st.sfu.snapshot().await {
+                Ok(r) => r,
+                Err(SfuError::Stopped) => return,
+                Err(_) => continue,
+            };
+            let proc = crate::ops::ProcSample::read();
+            let mut view = crate::ops::view(&rooms, st.sfu.stats(), proc, crate::ops::unix_ms());
+            st.ops
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(&mut view, proc, std::time::Instant::now());
+            st.ops.latest.send_replace(Some(Arc::new(view)));
+        }
+    });
 }
 
 /// Starts the admin listener (`GET /metrics`) on `addr`; returns the bound address.
@@ -462,6 +501,7 @@ fn operator(
     Ok(claims)
 }
 
+/// A fresh view (rates from the last sample), limited to the token's room.
 async fn ops_view(st: &AppState, claims: &Claims) -> Result<crate::ops::OpsView, ApiError> {
     let mut rooms = st
         .sfu
@@ -471,7 +511,18 @@ async fn ops_view(st: &AppState, claims: &Claims) -> Result<crate::ops::OpsView,
     if claims.room != "*" {
         rooms.retain(|r| r.room.as_str() == claims.room);
     }
-    Ok(crate::ops::view(&rooms, st.sfu.stats()))
+    let mut view = crate::ops::view(
+        &rooms,
+        st.sfu.stats(),
+        crate::ops::ProcSample::read(),
+        crate::ops::unix_ms(),
+    );
+    st.ops
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .annotate(&mut view);
+    Ok(view)
 }
 
 async fn ops_once(
@@ -490,30 +541,62 @@ async fn ops_stream(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::sse::{KeepAlive, Sse};
     let claims = operator(&st, &headers, q.token.as_deref(), peer)?;
-    let stream =
-        futures_util::stream::unfold((st, claims, true), |(st, claims, first)| async move {
-            if !first {
-                tokio::time::sleep(crate::ops::PERIOD).await;
+    // The first event is a fresh view with the history behind it (sparklines from the first
+    // paint); the following ones are the sampler's, one per period, shared by every dashboard.
+    let mut first = ops_view(&st, &claims).await?;
+    first.history = Some(
+        st.ops
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .view_for(&first),
+    );
+    let first = ops_event(&first);
+    let mut rx = st.ops.latest.subscribe();
+    rx.mark_unchanged();
+    let stream = futures_util::stream::unfold(
+        (st, claims, rx, Some(first)),
+        |(st, claims, mut rx, first)| async move {
+            if let Some(event) = first {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (st, claims, rx, None),
+                ));
             }
-            // A draining server ends its streams so that shutdown is not held by open dashboards.
-            if st.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
+            loop {
+                // A draining server ends its streams so that shutdown is not held by open
+                // dashboards; the timeout rechecks it should the sampler be late.
+                if st.draining.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match tokio::time::timeout(crate::ops::PERIOD * 2, rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => continue,
+                }
+                let latest = rx.borrow_and_update().clone();
+                let Some(view) = latest else { continue };
+                let event = if claims.room == "*" {
+                    ops_event(&view)
+                } else {
+                    ops_event(&view.for_room(&claims.room))
+                };
+                return Some((Ok(event), (st, claims, rx, None)));
             }
-            let view = ops_view(&st, &claims).await.ok()?;
-            let event = Event::default()
-                .event("view")
-                .json_data(&view)
-                .unwrap_or_else(|_| Event::default().comment("encoding error"));
-            Some((
-                Ok::<_, std::convert::Infallible>(event),
-                (st, claims, false),
-            ))
-        });
+        },
+    );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+fn ops_event(view: &crate::ops::OpsView) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event("view")
+        .json_data(view)
+        .unwrap_or_else(|_| axum::response::sse::Event::default().comment("encoding error"))
 }
 
 /// A dependency-free page that publishes the browser's camera and microphone over WHIP

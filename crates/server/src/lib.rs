@@ -112,6 +112,7 @@ impl Server {
             }
             None => None,
         };
+        api::spawn_ops_sampler(&state);
         let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
         let resource = push.is_some().then(|| otel::resource(&cfg.otel));
         let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);

@@ -77,12 +77,55 @@ async fn ops_view_is_pseudonymous_operator_only_and_live() {
             .expect("stream open");
         body.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let data = body
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("a data line");
-    let v: serde_json::Value = serde_json::from_str(data).unwrap();
+    let mut data = body.lines().filter_map(|l| l.strip_prefix("data: "));
+    let v: serde_json::Value = serde_json::from_str(data.next().expect("a data line")).unwrap();
     assert_eq!(v["node"]["rooms"], 1);
+    // The first view carries the node's recent history (the sampler runs from the start, so
+    // there is at least one sample by now), aligned series one per period; later ones do not.
+    let h = &v["history"];
+    assert_eq!(h["step_ms"], 1000, "{h}");
+    let sessions = h["node"]["sessions"].as_array().expect("a sessions series");
+    assert!(!sessions.is_empty() && sessions.len() <= 300, "{h}");
+    assert_eq!(
+        h["node"]["packets_out_per_s"].as_array().map(Vec::len),
+        Some(sessions.len())
+    );
+    let second: serde_json::Value =
+        serde_json::from_str(data.next().expect("a second data line")).unwrap();
+    assert!(second.get("history").is_none(), "{second}");
+    assert_eq!(second["node"]["kiosks"], 1);
+    assert_eq!(
+        second["node"]["kiosks_connected"], 0,
+        "an SDP-only kiosk never connects"
+    );
+    assert_eq!(second["node"]["participants"]["kiosk"], 1);
+    let text = body.to_lowercase();
+    assert!(!text.contains("dupont") && !text.contains("jeanne"));
+
+    // An operator token for another room sees none of this one, in the first event (a fresh
+    // view) and in the sampled ones that follow.
+    let other = s.token("room-other", Role::Operator, "ops-2");
+    let mut r = client
+        .get(format!("{}/api/ops/stream?token={other}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut body = String::new();
+    while body.matches("event: view").count() < 2 {
+        let chunk = tokio::time::timeout_at(deadline + Duration::from_secs(5), r.chunk())
+            .await
+            .expect("two views")
+            .unwrap()
+            .expect("stream open");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["node"]["rooms"], 0, "{v}");
+        assert_eq!(v["node"]["kiosks"], 0, "{v}");
+        assert_eq!(v["streams"].as_array().map(Vec::len), Some(0), "{v}");
+    }
 
     // The page itself is served (its data needs the token).
     let page = client.get(format!("{}/ops", s.base)).send().await.unwrap();
