@@ -23,6 +23,7 @@
 pub mod clock;
 pub mod engine;
 pub mod http;
+pub mod janus;
 pub mod media;
 pub mod peer;
 pub mod receiver;

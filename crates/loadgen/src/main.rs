@@ -23,6 +23,7 @@ struct Cli {
 enum TargetArg {
     Cabine,
     Relay,
+    Janus,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +78,9 @@ enum Cmd {
         /// The cabine binary (default: $CABINE_BIN or next to this binary).
         #[arg(long)]
         cabine_bin: Option<PathBuf>,
+        /// The janus binary (Debian's `janus` package).
+        #[arg(long, default_value = "/usr/bin/janus")]
+        janus_bin: PathBuf,
         /// Output directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             warmup,
             duration,
             cabine_bin,
+            janus_bin,
             out,
         } => {
             let Some(cabine_bin) = cabine_bin.or_else(target::find_cabine) else {
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
                     .map(|t| match t {
                         TargetArg::Cabine => Kind::Cabine,
                         TargetArg::Relay => Kind::Relay,
+                        TargetArg::Janus => Kind::Janus,
                     })
                     .collect(),
                 consultations,
@@ -164,6 +170,7 @@ fn main() -> ExitCode {
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 duration: std::time::Duration::from_secs_f64(duration),
                 cabine_bin,
+                janus_bin,
                 loadgen_bin,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };

@@ -3,8 +3,9 @@
 //! the [`engine`](crate::engine) feeds it datagrams and time.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -512,8 +513,18 @@ fn is_rtp_or_rtcp(d: &[u8]) -> bool {
     d.first().is_some_and(|b| (128..=191).contains(b))
 }
 
+/// The IPv4 address new peers bind to (127.0.0.1 unless a target needs another, see
+/// [`set_bind_ip`]).
+static BIND_IP: AtomicU32 = AtomicU32::new(0x7f00_0001);
+
+/// Sets the address new peers' sockets bind to.
+pub fn set_bind_ip(ip: Ipv4Addr) {
+    BIND_IP.store(u32::from(ip), Ordering::Relaxed);
+}
+
 fn bind_socket() -> Result<(UdpSocket, SocketAddr), PeerError> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let ip = Ipv4Addr::from(BIND_IP.load(Ordering::Relaxed));
+    let socket = UdpSocket::bind((ip, 0))?;
     socket.set_nonblocking(true)?;
     set_buffers(&socket, 1 << 20);
     let local = socket.local_addr()?;

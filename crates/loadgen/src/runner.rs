@@ -60,6 +60,8 @@ pub struct Options {
     pub duration: Duration,
     /// The `cabine` binary.
     pub cabine_bin: PathBuf,
+    /// The `janus` binary.
+    pub janus_bin: PathBuf,
     /// This crate's binary (for `relay`).
     pub loadgen_bin: PathBuf,
     /// The command line, for the report.
@@ -108,6 +110,7 @@ fn run_one(opts: &Options, sc: Scenario, kind: Kind) -> anyhow::Result<Run> {
             opts.server_initial_kbps,
         )?,
         Kind::Relay => Target::relay(&opts.loadgen_bin)?,
+        Kind::Janus => Target::janus(&opts.janus_bin)?,
     };
     let shape = if sc == Scenario::ThreeParty {
         Shape::ThreeParty

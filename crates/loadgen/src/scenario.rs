@@ -129,11 +129,16 @@ pub struct Bench {
     consultations: usize,
     peers: usize,
     idle: ProcSample,
+    janus: Option<crate::janus::Client>,
 }
 
 impl Bench {
     /// Starts the generator against a started target.
     pub fn new(target: Target, shape: Shape, settings: Settings) -> anyhow::Result<Bench> {
+        crate::peer::set_bind_ip(match target.kind {
+            Kind::Janus => crate::janus::peer_ip(),
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        });
         let engine = Engine::start(settings.engine)?;
         let idle = target.sample();
         Ok(Bench {
@@ -146,6 +151,7 @@ impl Bench {
             consultations: 0,
             peers: 0,
             idle,
+            janus: None,
         })
     }
 
@@ -242,8 +248,68 @@ impl Bench {
                     self.peers += 1;
                 }
             }
+            Kind::Janus => self.add_janus(c, &published)?,
         }
         self.consultations += 1;
+        Ok(())
+    }
+
+    fn add_janus(
+        &mut self,
+        c: usize,
+        published: &[(String, Vec<(u32, StreamClass)>)],
+    ) -> anyhow::Result<()> {
+        let http = self
+            .target
+            .http
+            .ok_or_else(|| anyhow::anyhow!("janus without HTTP address"))?;
+        if self.janus.is_none() {
+            self.janus = Some(crate::janus::Client::connect(http)?);
+        }
+        let Some(j) = self.janus.as_mut() else {
+            unreachable!("set above")
+        };
+        let room = 1_000 + c as u64;
+        let admin = j.attach()?;
+        j.create_room(admin, room, published.len() as u32 + 1)?;
+        let mut feeds = Vec::new();
+        for (name, streams) in published {
+            let p = Peer::webrtc_offer(format!("{name}/pub"), c, &Role::Publish(streams.clone()))?;
+            let h = j.attach()?;
+            let (feed, answer) = j.publish(h, room, name, &p.offer)?;
+            self.engine.add(p.accept(&answer)?);
+            self.peers += 1;
+            feeds.push(feed);
+        }
+        // Janus offers a feed to subscribers only once its publisher's PeerConnection is up.
+        self.wait_connected()?;
+        let Some(j) = self.janus.as_mut() else {
+            unreachable!("set above")
+        };
+        for (i, (name, _)) in published.iter().enumerate() {
+            let others: Vec<u64> = feeds
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, f)| *f)
+                .collect();
+            let mut tries = 0;
+            let (h, offer) = loop {
+                let h = j.attach()?;
+                match j.subscribe(h, room, &others) {
+                    Ok(offer) => break (h, offer),
+                    Err(e) if tries < 20 && e.to_string().contains("No such feed") => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let (p, answer) = Peer::webrtc_answer(format!("{name}/sub"), c, &offer)?;
+            j.start(h, &answer)?;
+            self.engine.add(p);
+            self.peers += 1;
+        }
         Ok(())
     }
 

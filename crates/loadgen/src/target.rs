@@ -23,6 +23,8 @@ pub enum Kind {
     Cabine,
     /// The bare UDP relay.
     Relay,
+    /// Janus VideoRoom.
+    Janus,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
         match self {
             Kind::Cabine => "cabine",
             Kind::Relay => "relay",
+            Kind::Janus => "janus",
         }
     }
 }
@@ -136,6 +139,42 @@ impl Target {
             admin: None,
             media,
         })
+    }
+
+    /// Starts a private Janus (`bin`, normally `janus` from Debian's package) on 127.0.0.1.
+    pub fn janus(bin: &Path) -> anyhow::Result<Target> {
+        let http = free_tcp()?;
+        let dir = crate::janus::temp_dir();
+        let args = crate::janus::prepare(&dir, http)?;
+        let child = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+        let mut t = Target {
+            kind: Kind::Janus,
+            child,
+            http: Some(http),
+            admin: None,
+            media: http,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http::request(http, "GET", "/janus/info", &[], "") {
+                if r.status == 200 {
+                    return Ok(t);
+                }
+            }
+            if let Ok(Some(status)) = t.child.try_wait() {
+                anyhow::bail!("janus exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("janus not ready on {http} after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The child's process id.

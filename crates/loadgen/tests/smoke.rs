@@ -45,6 +45,7 @@ fn harness_measures_cabine_and_relay() {
         warmup: Duration::from_millis(800),
         duration: Duration::from_millis(1_500),
         cabine_bin: cabine_bin(),
+        janus_bin: PathBuf::from("/usr/bin/janus"),
         loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
         command: "smoke".into(),
     };
