@@ -103,6 +103,7 @@ impl Server {
                 let t = telemetry::Telemetry::start(
                     &cfg.telemetry,
                     addr,
+                    cfg.advertise()?.map(|a| a.ip()),
                     auth::Tokens::new(cfg.auth.secret.as_bytes()),
                     sfu.clone(),
                 )

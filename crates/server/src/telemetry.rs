@@ -197,17 +197,26 @@ pub struct TelemetryError(String);
 impl Telemetry {
     /// Starts the sidecar on `addr`, delivering into `sfu`, checking kiosks' tokens with
     /// `tokens`.
+    ///
+    /// Kiosks are told to dial `telemetry.advertise`; when it is empty, the bound address, or,
+    /// when bound to every interface, `public_ip` (the media plane's advertised address) on the
+    /// bound port.
     pub async fn start(
         cfg: &TelemetryConfig,
         addr: SocketAddr,
+        public_ip: Option<std::net::IpAddr>,
         tokens: Tokens,
         sfu: Sfu,
     ) -> Result<Arc<Telemetry>, TelemetryError> {
         let self_signed = cfg.tls_cert.as_os_str().is_empty();
+        let reach_ip = match public_ip {
+            Some(ip) if addr.ip().is_unspecified() => ip,
+            _ => addr.ip(),
+        };
         let mut sc = SidecarConfig::new(addr);
         sc.tls = if self_signed {
             let host = if cfg.advertise.trim().is_empty() {
-                addr.ip().to_string()
+                reach_ip.to_string()
             } else {
                 host_of(cfg.advertise.trim())
             };
@@ -245,7 +254,7 @@ impl Telemetry {
             .map_err(|e| TelemetryError(e.to_string()))?;
         let bound = sidecar.local_addr();
         let url = if cfg.advertise.trim().is_empty() {
-            format!("quic://{bound}")
+            format!("quic://{}", SocketAddr::new(reach_ip, bound.port()))
         } else {
             let a = cfg.advertise.trim();
             if a.starts_with("quic://") {

@@ -43,6 +43,7 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         fn drop(&mut self) {
             let _ = Command::new("kill")
                 .args(["-9", &self.0.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
     }

@@ -206,6 +206,18 @@ fn check_served_config(origin: &str, cfg: &Config, admin_public_ok: bool) -> Dur
         "{origin}: media must bind every interface, not {}",
         cfg.media.bind
     );
+    let telemetry = cfg
+        .telemetry
+        .listen_addr()
+        .unwrap()
+        .unwrap_or_else(|| panic!("{origin}: the telemetry sidecar is disabled"));
+    assert_eq!(telemetry.port(), 4443, "{origin}: telemetry port");
+    assert!(
+        telemetry.ip().is_unspecified(),
+        "{origin}: kiosks cannot reach telemetry on {telemetry}"
+    );
+    // Kiosks are told to dial telemetry.advertise or, when empty, the media's advertised
+    // address: both need the public address the media side needs anyway.
     assert_ne!(
         cfg.auth.secret,
         cabine_server::config::DEV_SECRET,

@@ -96,6 +96,7 @@ fn binary_serves_on_defaults_mints_tokens_and_stops_on_sigterm() {
         fn drop(&mut self) {
             let _ = Command::new("kill")
                 .args(["-9", &self.0.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
     }
