@@ -29,6 +29,8 @@ use crate::config::Config;
 
 /// Label of the data channel subscribers write telemetry requests and device commands on.
 pub const COMMANDS_LABEL: &str = "commands";
+#[path = "pages.rs"]
+pub mod pages;
 #[path = "ws.rs"]
 pub mod ws;
 
@@ -352,6 +354,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/whip/{room}", post(whip).options(options))
         .route("/whep/{room}", post(whep).options(options))
         .route("/ws/{room}", get(ws::handler))
+        .merge(pages::routes())
         .route(
             "/whip/{room}/{session}",
             axum::routing::patch(patch_session)

@@ -723,12 +723,13 @@ impl Conn {
             token,
             &ServerMsg::ParticipantDisconnected(participant(&self.claims.sub, self.claims.role)),
         );
+        // The timer must not hold this socket's writer open (its close would wait 30 s).
         let conn = Conn {
             st: Arc::clone(&self.st),
             room: self.room.clone(),
             claims: self.claims.clone(),
             peer: self.peer,
-            tx: self.tx.clone(),
+            tx: mpsc::unbounded_channel().0,
         };
         let token = token.to_owned();
         tokio::spawn(async move {

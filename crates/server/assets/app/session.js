@@ -1,0 +1,342 @@
+// Cabine signalling client (docs/signalling.md): one WebSocket, a publish peer connection (we
+// offer) and a subscribe peer connection (the server offers, again whenever tracks change).
+// The session survives a dropped socket: it reconnects with `resume` and, if the server forgot
+// it, joins again from scratch. No dependencies.
+
+const V = 1;
+
+export function fragmentParams() {
+  const p = new URLSearchParams(location.hash.replace(/^#/, ""));
+  return { token: p.get("token") || "", params: p };
+}
+
+export function roomFromPath() {
+  const parts = location.pathname.split("/").filter(Boolean);
+  return decodeURIComponent(parts[parts.length - 1] || "");
+}
+
+// --- SDP helpers -----------------------------------------------------------------------------
+function splitSdp(sdp) {
+  const lines = sdp.split("\r\n").filter((l) => l.length);
+  const session = [];
+  const sections = [];
+  for (const l of lines) {
+    if (l.startsWith("m=")) sections.push([l]);
+    else if (sections.length) sections[sections.length - 1].push(l);
+    else session.push(l);
+  }
+  return { session, sections };
+}
+function joinSdp({ session, sections }) {
+  return [...session, ...sections.flat()].join("\r\n") + "\r\n";
+}
+function setFmtp(section, codec, extra) {
+  const rtpmap = section.find((l) => new RegExp("^a=rtpmap:\\d+ " + codec + "/", "i").test(l));
+  if (!rtpmap) return;
+  const pt = rtpmap.slice(9).split(" ")[0];
+  const prefix = "a=fmtp:" + pt + " ";
+  let i = section.findIndex((l) => l.startsWith(prefix));
+  const kv = new Map();
+  if (i >= 0) {
+    for (const p of section[i].slice(prefix.length).split(";")) {
+      const [k, v] = p.trim().split("=");
+      if (k) kv.set(k, v ?? "");
+    }
+  } else {
+    i = section.indexOf(rtpmap) + 1;
+    section.splice(i, 0, "");
+  }
+  for (const [k, v] of Object.entries(extra)) kv.set(k, String(v));
+  section[i] = prefix + [...kv].map(([k, v]) => k + "=" + v).join(";");
+}
+// Our offer as the server should see it: each m-line labelled `a=msid:<stream> <label>` (the
+// browser uses random ids) so the server and the other side know what each track is.
+function labelOffer(sdp, stream, labels) {
+  const parts = splitSdp(sdp);
+  parts.sections.forEach((s, i) => {
+    const label = labels[i];
+    if (!label) return;
+    let has = false;
+    for (let j = 0; j < s.length; j++) {
+      if (s[j].startsWith("a=msid:")) { s[j] = `a=msid:${stream} ${label}`; has = true; }
+      const m = /^a=ssrc:(\d+) msid:/.exec(s[j]);
+      if (m) s[j] = `a=ssrc:${m[1]} msid:${stream} ${label}`;
+    }
+    if (!has) s.splice(s.findIndex((l) => l.startsWith("a=mid:")) + 1, 0, `a=msid:${stream} ${label}`);
+  });
+  return joinSdp(parts);
+}
+// The server's answer configures our encoders: the stethoscope goes out as Opus music mode
+// (stereo=1 makes libwebrtc pick the "audio" application, no VoIP high-pass), 96 kbit/s, no DTX.
+function tuneAnswer(sdp, labels) {
+  const parts = splitSdp(sdp);
+  parts.sections.forEach((s, i) => {
+    if (labels[i] === "stethoscope" && s[0].startsWith("m=audio")) {
+      setFmtp(s, "opus", { stereo: 1, maxaveragebitrate: 96000, usedtx: 0, useinbandfec: 1 });
+    }
+  });
+  return joinSdp(parts);
+}
+
+// --- the session -----------------------------------------------------------------------------
+export class Session extends EventTarget {
+  constructor({ room, token, subscribe = true, iceServers = [] }) {
+    super();
+    this.room = room;
+    this.token = token;
+    this.subscribe = subscribe;
+    this.iceServers = iceServers;
+    this.resumeToken = null;
+    this.identity = null;
+    this.ws = null;
+    this.sub = null; // subscribe RTCPeerConnection
+    this.pub = null; // publish RTCPeerConnection
+    this.sends = []; // [{track, label, stream}]
+    this.answered = 0; // highest offer id answered
+    this.tracks = new Map(); // mid -> track info (track_added)
+    this.telemetry = { reliable: null, lossy: null, commands: null };
+    this.closed = false;
+    this.reconnects = 0;
+    this.state = "connecting";
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+  setState(s, why = "") {
+    this.state = s;
+    this.emit("state", { state: s, why });
+  }
+
+  start() {
+    this.connect(false);
+  }
+
+  connect(resume) {
+    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", this.token);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      if (resume && this.resumeToken) this.send({ type: "resume", resume: this.resumeToken });
+      else this.send({ type: "join", subscribe: this.subscribe });
+    };
+    ws.onmessage = (e) => this.onMessage(JSON.parse(e.data)).catch((err) => this.emit("error", { message: String(err) }));
+    ws.onclose = () => {
+      if (this.ws !== ws || this.closed) return;
+      this.setState("reconnecting", "signalling connection lost");
+      this.emit("signalling", { up: false });
+      const delay = Math.min(4000, 250 * 2 ** Math.min(this.reconnects, 4));
+      this.reconnects++;
+      setTimeout(() => { if (!this.closed) this.connect(true); }, delay);
+    };
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ v: V, ...msg }));
+  }
+
+  async onMessage(m) {
+    switch (m.type) {
+      case "welcome":
+        this.resumeToken = m.resume;
+        this.identity = m.identity;
+        this.reconnects = 0;
+        this.emit("signalling", { up: true, resumed: m.resumed });
+        this.setState("live", m.resumed ? "resumed" : "joined");
+        for (const p of m.participants) this.emit("participant", { ...p, event: "present" });
+        if (m.resumed) await this.afterResume();
+        else if (this.sends.length && !this.pub) await this.publishNow();
+        break;
+      case "offer":
+        await this.onOffer(m);
+        break;
+      case "answer":
+        if (this.pub && this.pub.signalingState === "have-local-offer") {
+          await this.pub.setRemoteDescription({ type: "answer", sdp: tuneAnswer(m.sdp, this.pubLabels) });
+        }
+        this.emit("published", { tracks: m.tracks });
+        if (this.republish) {
+          this.republish = false;
+          await this.publishNow();
+        }
+        break;
+      case "track_added":
+        this.tracks.set(m.mid, m);
+        this.emit("track_added", m);
+        break;
+      case "track_removed":
+        this.tracks.delete(m.mid);
+        this.emit("track_removed", m);
+        break;
+      case "telemetry":
+        this.emit("telemetry_announced", m);
+        break;
+      case "participant_joined":
+      case "participant_left":
+      case "participant_disconnected":
+      case "participant_resumed":
+        this.emit("participant", { ...m, event: m.type.slice("participant_".length) });
+        break;
+      case "session_ended":
+        this.emit("session_ended", m);
+        if (m.pc === "publish" && this.pub) {
+          this.pub.close();
+          this.pub = null;
+          await this.publishNow();
+        }
+        break;
+      case "error":
+        this.emit("error", m);
+        if (m.code === "unknown_session") {
+          // The server ended our session (grace period over): start again.
+          this.resetMedia();
+          this.resumeToken = null;
+        }
+        if (m.fatal) this.ws && this.ws.close();
+        break;
+      default:
+        break;
+    }
+  }
+
+  resetMedia() {
+    if (this.sub) this.sub.close();
+    if (this.pub) this.pub.close();
+    this.sub = null;
+    this.pub = null;
+    this.answered = 0;
+    for (const [mid, t] of this.tracks) this.emit("track_removed", t);
+    this.tracks.clear();
+  }
+
+  async afterResume() {
+    // A network change may have broken the media paths: restart ICE where needed.
+    const bad = (pc) => pc && ["disconnected", "failed"].includes(pc.iceConnectionState);
+    if (bad(this.sub)) this.send({ type: "restart_ice" });
+    if (bad(this.pub)) await this.publishNow(true);
+  }
+
+  ensureSub() {
+    if (this.sub) return this.sub;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    this.sub = pc;
+    pc.ontrack = (e) => {
+      const mid = e.transceiver.mid;
+      this.emit("track", { mid, track: e.track, info: this.tracks.get(mid), transceiver: e.transceiver });
+    };
+    pc.ondatachannel = (e) => {
+      const ch = e.channel;
+      if (ch.label !== "telemetry") return;
+      if (ch.protocol === "lossy") this.telemetry.lossy = ch;
+      else this.telemetry.reliable = ch;
+      ch.onmessage = (ev) => this.emit("telemetry", { data: ev.data, reliable: ch.protocol !== "lossy" });
+      const opened = () => {
+        this.ensureCommands();
+        this.emit("telemetry_open", { protocol: ch.protocol });
+      };
+      if (ch.readyState === "open") opened();
+      else ch.onopen = opened;
+    };
+    pc.oniceconnectionstatechange = () => this.emit("media", { pc: "subscribe", state: pc.iceConnectionState });
+    return pc;
+  }
+
+  // Our own channel for telemetry requests and device commands (label `commands`).
+  ensureCommands() {
+    if (this.telemetry.commands || !this.sub) return;
+    const ch = this.sub.createDataChannel("commands");
+    this.telemetry.commands = ch;
+    ch.onopen = () => this.emit("commands_open", {});
+    ch.onmessage = (ev) => this.emit("telemetry", { data: ev.data, reliable: true });
+  }
+
+  sendCommand(obj) {
+    const ch = this.telemetry.commands;
+    if (!ch || ch.readyState !== "open") return false;
+    ch.send(JSON.stringify(obj));
+    return true;
+  }
+
+  async onOffer(m) {
+    if (m.offer_id <= this.answered) return; // Repeated after a resume: already answered.
+    const pc = this.ensureSub();
+    await pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this.answered = m.offer_id;
+    this.send({ type: "answer", offer_id: m.offer_id, sdp: pc.localDescription.sdp });
+    this.emit("renegotiated", { offer_id: m.offer_id });
+  }
+
+  // Adds a local track to publish with a label; publishes (again) when connected.
+  async addTrack(track, label, stream) {
+    this.sends.push({ track, label, stream: stream || this.identity || "local" });
+    if (this.state === "live") await this.publishNow();
+  }
+
+  async publishNow(iceRestart = false) {
+    if (!this.sends.length) return;
+    let pc = this.pub;
+    if (pc && pc.signalingState !== "stable") {
+      this.republish = true; // One offer at a time: again once this one is answered.
+      return;
+    }
+    if (!pc) {
+      pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+      this.pub = pc;
+      pc.oniceconnectionstatechange = () => this.emit("media", { pc: "publish", state: pc.iceConnectionState });
+    }
+    const have = new Set(pc.getTransceivers().map((t) => t.sender.track));
+    for (const s of this.sends) {
+      if (have.has(s.track)) continue;
+      const tr = pc.addTransceiver(s.track, { direction: "sendonly", streams: [new MediaStream([s.track])] });
+      s.transceiver = tr;
+    }
+    const offer = await pc.createOffer({ iceRestart });
+    await pc.setLocalDescription(offer);
+    await new Promise((r) => setTimeout(r, 50)); // ICE-lite server: host candidates are a courtesy.
+    const byMid = new Map(this.sends.map((s) => [s.transceiver.mid, s]));
+    const mids = splitSdp(pc.localDescription.sdp).sections.map((sec) => {
+      const l = sec.find((x) => x.startsWith("a=mid:"));
+      return l ? l.slice(6) : "";
+    });
+    this.pubLabels = mids.map((mid) => (byMid.get(mid) || {}).label);
+    const stream = (this.sends[0] && this.sends[0].stream) || "local";
+    this.send({ type: "publish", sdp: labelOffer(pc.localDescription.sdp, stream, this.pubLabels) });
+  }
+
+  leave() {
+    this.closed = true;
+    this.send({ type: "leave" });
+    this.resetMedia();
+    if (this.ws) this.ws.close();
+    this.setState("left");
+  }
+}
+
+// Connection quality from getStats: round-trip time, loss and receive bitrate of a connection.
+export async function quality(pc, prev) {
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let rtt = null, lost = 0, received = 0, bytes = 0, framesDecoded = 0;
+  const now = performance.now();
+  stats.forEach((r) => {
+    if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) rtt = r.currentRoundTripTime * 1000;
+    if (r.type === "inbound-rtp") {
+      lost += r.packetsLost || 0;
+      received += r.packetsReceived || 0;
+      bytes += r.bytesReceived || 0;
+      framesDecoded += r.framesDecoded || 0;
+    }
+  });
+  const q = { at: now, rtt, lost, received, bytes, framesDecoded, loss: 0, kbps: 0 };
+  if (prev) {
+    const dt = (now - prev.at) / 1000;
+    const dl = lost - prev.lost, dr = received - prev.received;
+    q.loss = dl + dr > 0 ? Math.max(0, dl) / (dl + dr) : 0;
+    q.kbps = dt > 0 ? ((bytes - prev.bytes) * 8) / 1000 / dt : 0;
+  }
+  return q;
+}

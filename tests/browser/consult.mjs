@@ -1,0 +1,215 @@
+// The doctor's page in Debian's chromium (fake camera and microphone) against a real server and
+// a simulated cabin (cabine-kiosk as a library: room camera, microphone, stethoscope, devices
+// over QUIC). Checks, in order: the kiosk's video plays (frames decoded increasing) and the
+// stethoscope track arrives; vitals tiles show SpO2, pulse and temperature; the ECG canvas is
+// drawn; a device camera published mid-consultation appears without a reload; "Measure BP"
+// yields a new reading; the WebSocket is cut and the page resumes with media flowing again;
+// a screenshot is saved.
+//
+// Env: CABINE_URL, ROOM, DOCTOR_TOKEN. Optional: CHROMIUM, SCREENSHOT
+// (default <workspace>/target/screenshots/consult.png), STEP_TIMEOUT_MS (default 30000).
+// Prints one JSON line `{"ok":...}`; exit status 0 when ok.
+
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const t0 = Date.now();
+const log = (m) => process.stderr.write(`[consult +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const result = { ok: false, stage: "setup", timings_ms: {}, checks: {} };
+
+function redact(text) {
+  const t = process.env.DOCTOR_TOKEN;
+  return t ? text.split(t).join("<DOCTOR_TOKEN>").split(encodeURIComponent(t)).join("<DOCTOR_TOKEN>") : text;
+}
+function finish(ok, message) {
+  result.ok = ok;
+  result.message = redact(message);
+  result.timings_ms.total = Date.now() - t0;
+  process.stdout.write(redact(JSON.stringify(result)) + "\n");
+  process.stderr.write(`consult ${ok ? "ok" : `FAILED at ${result.stage}`}: ${result.message}\n`);
+}
+function env(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`environment variable ${name} is required`);
+  return v;
+}
+
+// Polls `probe` (run in the page) until `ok(value)`; throws with the last value after `ms`.
+async function until(page, what, probe, ok, ms) {
+  const deadline = Date.now() + ms;
+  let v;
+  for (;;) {
+    v = await page.evaluate(probe);
+    if (ok(v)) {
+      result.checks[what] = v;
+      result.timings_ms[what] = Date.now() - t0;
+      log(`${what}: ${JSON.stringify(v)}`);
+      return v;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not reached after ${ms} ms; last ${JSON.stringify(v)}`);
+    await sleep(250);
+  }
+}
+
+// Inbound statistics of the doctor's subscribe connection, by track label.
+const inbound = async () => {
+  const s = window.cabine.session;
+  const out = {};
+  if (!s.sub) return out;
+  const stats = await s.sub.getStats();
+  stats.forEach((r) => {
+    if (r.type !== "inbound-rtp") return;
+    const info = s.tracks.get(r.mid);
+    const label = info ? info.label : `mid-${r.mid}`;
+    // A re-published track comes back on a new m-line with the same label: add them up.
+    const o = out[label] || { kind: r.kind, packets: 0, frames: 0, width: 0 };
+    o.packets += r.packetsReceived || 0;
+    o.frames += r.framesDecoded || 0;
+    o.width = Math.max(o.width, r.frameWidth || 0);
+    out[label] = o;
+  });
+  return out;
+};
+
+async function main() {
+  const base = env("CABINE_URL").replace(/\/+$/, "");
+  const room = env("ROOM");
+  const token = env("DOCTOR_TOKEN");
+  const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
+  const step = Number(process.env.STEP_TIMEOUT_MS || 30000);
+  const screenshot = process.env.SCREENSHOT || resolve(here, "../../target/screenshots/consult.png");
+  if (!existsSync(chromium)) throw new Error(`${chromium} not found (apt-get install chromium, or run .ci/run)`);
+  const playwright = await import("playwright-core").catch((e) => {
+    throw new Error(`playwright-core is not installed: run \`npm ci --prefix tests/browser\` (${e.message})`);
+  });
+  const userDataDir = mkdtempSync(join(tmpdir(), "cabine-consult-"));
+  const consoleLines = [];
+  let context;
+  try {
+    result.stage = "launch";
+    context = await playwright.chromium.launchPersistentContext(userDataDir, {
+      executablePath: chromium,
+      headless: true,
+      args: [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+      ],
+      viewport: { width: 1280, height: 860 },
+      timeout: 30000,
+    });
+    await context.grantPermissions(["camera", "microphone"], { origin: new URL(base).origin }).catch(() => {});
+    const page = context.pages()[0] || (await context.newPage());
+    page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+
+    result.stage = "open";
+    await page.goto(`${base}/consult/${encodeURIComponent(room)}#token=${encodeURIComponent(token)}`);
+    const pageId = await page.evaluate(() => window.cabine.state.pageId);
+    result.checks.token_left_address_bar = await page.evaluate(() => !location.href.includes("token"));
+    if (!result.checks.token_left_address_bar) throw new Error("the token is still in the address bar");
+
+    result.stage = "video";
+    const v1 = await until(page, "room_camera_frames", inbound, (s) => (s["room-camera"]?.frames || 0) > 5, step);
+    await sleep(1000);
+    await until(page, "room_camera_frames_increase", inbound,
+      (s) => (s["room-camera"]?.frames || 0) > v1["room-camera"].frames + 5, step);
+    await until(page, "room_camera_playing", () => {
+      const v = document.getElementById("room-camera");
+      return { width: v.videoWidth, time: v.currentTime, paused: v.paused };
+    }, (v) => v.width > 0 && v.time > 0, step);
+
+    result.stage = "stethoscope";
+    await until(page, "stethoscope_received", async () => ({
+      flag: window.cabine.state.stethoscope,
+      listen_enabled: !document.getElementById("listen").disabled,
+      drawn: window.cabine.state.stethFrames,
+    }), (s) => s.flag && s.listen_enabled && s.drawn > 5, step);
+    await until(page, "stethoscope_packets", inbound, (s) => (s["stethoscope"]?.packets || 0) > 50, step);
+    // Listening turns the gain up; the control responds.
+    await page.click("#listen");
+    result.checks.listening = await page.evaluate(() => document.getElementById("listen").classList.contains("on"));
+
+    result.stage = "vitals";
+    await until(page, "vitals", () => window.cabine.state.vitals,
+      (v) => v.spo2 && v.pulse && v.temp, step);
+    const tiles = await page.evaluate(() => Object.fromEntries(["spo2", "pulse", "temp"].map((id) => {
+      const el = document.getElementById("tile-" + id);
+      return [id, { value: el.querySelector(".value").textContent, unit: el.querySelector(".unit").textContent, time: el.querySelector(".time").textContent }];
+    })));
+    result.checks.tiles = tiles;
+    const spo2 = Number(tiles.spo2.value), pulse = Number(tiles.pulse.value), temp = Number(tiles.temp.value);
+    if (!(spo2 >= 85 && spo2 <= 100)) throw new Error(`SpO2 tile shows ${tiles.spo2.value}`);
+    if (!(pulse >= 40 && pulse <= 160)) throw new Error(`pulse tile shows ${tiles.pulse.value}`);
+    if (!(temp >= 35 && temp <= 41)) throw new Error(`temperature tile shows ${tiles.temp.value}`);
+    if (!tiles.spo2.time || !tiles.temp.time) throw new Error("tiles lack the measurement time");
+
+    result.stage = "ecg";
+    await until(page, "ecg_drawn", () => ({ draws: window.cabine.state.ecgDraws, samples: window.cabine.state.waveSamples }),
+      (e) => e.draws > 10 && e.samples.ecg > 500, step);
+
+    result.stage = "device_camera";
+    await until(page, "device_camera", async () => {
+      const v = document.getElementById("device-camera");
+      return {
+        visible: !document.getElementById("device").classList.contains("hidden"),
+        width: v.videoWidth,
+        renegotiations: window.cabine.state.renegotiations,
+        pageId: window.cabine.state.pageId,
+      };
+    }, (d) => d.visible && d.width > 0 && d.renegotiations >= 2, step * 2);
+    if ((await page.evaluate(() => window.cabine.state.pageId)) !== pageId) throw new Error("the page reloaded");
+    await until(page, "device_camera_frames", inbound, (s) => (s["device-camera"]?.frames || 0) > 5, step);
+    await page.click("#enlarge");
+    await page.click("#snapshot");
+    result.checks.snapshot = await page.evaluate(() => window.cabine.state.snapshot);
+
+    result.stage = "measure_bp";
+    await until(page, "bp_button", () => !document.getElementById("measure-bp").disabled, (x) => x, step);
+    const bpBefore = await page.evaluate(() => window.cabine.state.bpReadings);
+    await page.click("#measure-bp");
+    await until(page, "bp_reading", () => ({ n: window.cabine.state.bpReadings, bp: window.cabine.state.vitals.bp }),
+      (b) => b.n > bpBefore && b.bp && /^\d+\/\d+$/.test(b.bp.value), step);
+
+    result.stage = "resume";
+    const before = await page.evaluate(inbound);
+    await page.evaluate(() => window.cabine.session.ws.close()); // the Wi-Fi blips
+    // The doctor is told (the banner may already have moved on when the resume is quick).
+    await until(page, "reconnecting_message", () => window.cabine.state.messages.slice(-6),
+      (m) => m.some((t) => /reconnecting/i.test(t)), 5000);
+    const cut = Date.now();
+    await until(page, "resumed", () => ({ resumes: window.cabine.state.resumes, state: window.cabine.session.state }),
+      (r) => r.resumes >= 1 && r.state === "live", 10000);
+    result.timings_ms.resume_after_cut = Date.now() - cut;
+    const videoFrames = (s) => Object.values(s).filter((x) => x.kind === "video").reduce((n, x) => n + x.frames, 0);
+    await until(page, "media_after_resume", inbound, (s) => videoFrames(s) > videoFrames(before) + 10, step);
+
+    result.stage = "screenshot";
+    await page.click("#enlarge"); // back to the room camera large
+    await sleep(1500);
+    mkdirSync(dirname(screenshot), { recursive: true });
+    await page.screenshot({ path: screenshot });
+    result.screenshot = screenshot;
+
+    result.stage = "leave";
+    await page.click("#leave");
+    await sleep(500);
+    result.stage = "done";
+    finish(true, `all checks passed; resumed ${result.timings_ms.resume_after_cut} ms after the cut`);
+    return 0;
+  } catch (e) {
+    result.console = consoleLines.slice(-40);
+    finish(false, e.message || String(e));
+    return 1;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    rmSync(userDataDir, { recursive: true, force: true });
+  }
+}
+
+process.exit(await main().catch((e) => { finish(false, String(e)); return 1; }));
