@@ -234,3 +234,99 @@ fn answers_must_name_the_outstanding_offer() {
         "{err}"
     );
 }
+
+#[test]
+fn a_publishers_re_offer_adds_and_ends_tracks_for_negotiated_subscribers() {
+    let mut sim = Sim::new();
+    let (kiosk, camera) = sim
+        .join("kiosk-1", Role::Kiosk, SessionKind::Publish, |api| {
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("kiosk".into()),
+                Some("room-camera".into()),
+                None,
+            )
+        })
+        .unwrap();
+    let (doctor, first) = sim.join_offered("dr-1", Role::Doctor, false);
+    assert_eq!(first.added.len(), 1);
+    let mut feeds = Feeds(vec![(kiosk, camera, sim.now, 0)]);
+    let t0 = sim.now;
+    sim.run_until(t0 + Duration::from_secs(2), |s| feeds.tick(s));
+
+    // The kiosk page switches its device camera on: a new m-line on the same connection.
+    let (device, offer, pending) = {
+        let mut api = sim.peers[kiosk].rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("kiosk".into()),
+            Some("device-camera".into()),
+            None,
+        );
+        let (offer, pending) = api.apply().expect("a new offer");
+        (mid, offer, pending)
+    };
+    let session = sim.peers[kiosk].session;
+    let joined = sim
+        .room
+        .republish(sim.now, session, &offer.to_sdp_string())
+        .expect("re-offer accepted");
+    let labels: Vec<&str> = joined
+        .tracks
+        .iter()
+        .map(|t| t.label.track.as_str())
+        .collect();
+    assert_eq!(labels, vec!["room-camera", "device-camera"]);
+    let answer = str0m::change::SdpAnswer::from_sdp_string(&joined.answer).unwrap();
+    sim.peers[kiosk]
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer applies");
+    let offers = sim.room.take_offers();
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].session, sim.peers[doctor].session);
+    assert_eq!(offers[0].added[0].track.label.track, "device-camera");
+    let device_mid = offers[0].added[0].mid.clone();
+    let o = offers[0].clone();
+    sim.answer(&o);
+    feeds.0.push((kiosk, device, sim.now, 0));
+    let t1 = sim.now;
+    sim.run_until(t1 + Duration::from_secs(2), |s| feeds.tick(s));
+    let got = frames_on(&sim, doctor, &device_mid);
+    assert!(got > 20, "device camera frames after the re-offer: {got}");
+
+    // And off again: the m-line goes inactive, the track ends for the doctor.
+    let (offer, pending) = {
+        let mut api = sim.peers[kiosk].rtc.sdp_api();
+        api.set_direction(device, Direction::Inactive);
+        api.apply().expect("a new offer")
+    };
+    feeds.0.pop();
+    let joined = sim
+        .room
+        .republish(sim.now, session, &offer.to_sdp_string())
+        .expect("re-offer accepted");
+    assert_eq!(joined.tracks.len(), 1);
+    let answer = str0m::change::SdpAnswer::from_sdp_string(&joined.answer).unwrap();
+    sim.peers[kiosk]
+        .rtc
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .unwrap();
+    let offers = sim.room.take_offers();
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].removed[0].mid, device_mid);
+    let o = offers[0].clone();
+    sim.answer(&o);
+    let before = frames_on(&sim, doctor, &first.added[0].mid);
+    let t2 = sim.now;
+    sim.run_until(t2 + Duration::from_secs(2), |s| feeds.tick(s));
+    let after = frames_on(&sim, doctor, &first.added[0].mid);
+    assert!(
+        after > before + 40,
+        "room camera unaffected: {before} → {after}"
+    );
+}
