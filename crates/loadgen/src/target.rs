@@ -80,6 +80,8 @@ impl Target {
             .env("CABINE_MEDIA__WORKERS", workers.to_string())
             .env("CABINE_MEDIA__MAX_SESSIONS_PER_ROOM", "16")
             .env("CABINE_ADMIN__LISTEN", admin.to_string())
+            // The telemetry sidecar is not measured here; off, so no fixed QUIC port is taken.
+            .env("CABINE_TELEMETRY__LISTEN", "")
             .env("CABINE_AUTH__SECRET", SECRET)
             .env("CABINE_LOG__FILTER", "warn")
             .stdin(Stdio::null())

@@ -15,14 +15,25 @@ fn cabine_bin() -> PathBuf {
     if let Some(p) = target::find_cabine() {
         return p;
     }
-    // `cargo test -p cabine-loadgen` alone has not built the server's binary: build it.
+    // `cargo test -p cabine-loadgen` alone has not built the server's binary (`cargo test
+    // --workspace`, as CI runs it, has). Build it into a target directory of its own: the
+    // running `cargo test` may still hold the lock on the main one.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/loadgen-smoke");
     let status = Command::new(cargo)
-        .args(["build", "-p", "cabine-server", "--bin", "cabine"])
+        .args([
+            "build",
+            "-p",
+            "cabine-server",
+            "--bin",
+            "cabine",
+            "--target-dir",
+        ])
+        .arg(&dir)
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p cabine-server failed");
-    target::find_cabine().expect("cabine binary after build")
+    dir.join("debug/cabine")
 }
 
 #[test]
