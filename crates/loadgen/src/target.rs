@@ -201,10 +201,13 @@ impl Target {
         Histogram::parse(&r.body, "cabine_sfu_forwarding_delay_seconds")
     }
 
-    /// Stops the child.
+    /// Stops the child (and removes Janus's temporary configuration).
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.kind == Kind::Janus {
+            let _ = std::fs::remove_dir_all(crate::janus::temp_dir());
+        }
     }
 }
 
