@@ -30,10 +30,15 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "consult-test-secret-0123456789abcdef0123";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// One browser scenario at a time: two chromiums, servers and cabins on two cores starve each
+/// other's ICE.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf();
     check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
     // The server's log goes with the test output (shown on failure).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
@@ -149,7 +154,7 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
         })
     };
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || run_driver(&d, &envs))
+    let out = tokio::task::spawn_blocking(move || run_driver(&d, "consult.mjs", &envs))
         .await
         .expect("driver thread");
 
@@ -174,16 +179,9 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
     );
 }
 
-/// Publishes a synthetic VP8 camera (320x240, 10 fps) labelled `label` until aborted.
+/// Publishes a synthetic VP8 camera (320x240, 10 fps) labelled `label` until aborted,
+/// publishing again when the server ends the session (as a cabin would).
 async fn camera(whip: String, token: String, label: &'static str, pattern: Pattern) {
-    let publisher = Publisher::connect(
-        &whip,
-        &token,
-        vec![TrackSpec::video("kiosk-1", label, Codec::Vp8)],
-        ClientOptions::loopback(),
-    )
-    .await
-    .expect("the camera is published");
     // Encoding runs on its own thread: it must not starve the runtime the cabin's peer
     // connections run on.
     let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(8);
@@ -203,14 +201,74 @@ async fn camera(whip: String, token: String, label: &'static str, pattern: Patte
             }
         }
     });
-    while let Some(frame) = frames_rx.recv().await {
-        if !frame.data.is_empty() {
-            let _ = publisher.tracks()[0]
-                .write_sample(&frame.data, frame.duration)
-                .await;
+    loop {
+        let Ok(publisher) = Publisher::connect(
+            &whip,
+            &token,
+            vec![TrackSpec::video("kiosk-1", label, Codec::Vp8)],
+            ClientOptions::loopback(),
+        )
+        .await
+        else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        loop {
+            let Some(frame) = frames_rx.recv().await else {
+                return;
+            };
+            if !frame.data.is_empty() {
+                let _ = publisher.tracks()[0]
+                    .write_sample(&frame.data, frame.duration)
+                    .await;
+            }
+            use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
+            if matches!(publisher.connection_state(), S::Failed | S::Closed) {
+                let _ = publisher.close().await;
+                break;
+            }
+            tokio::time::sleep(frame.duration).await;
         }
-        tokio::time::sleep(frame.duration).await;
     }
+}
+
+/// The kiosk page and the doctor's page together, over WebSocket signalling only: the kiosk
+/// page's publish connection is renegotiated by the page itself when it switches its device
+/// camera on, and the doctor's page receives it without a reload (`tests/browser/kiosk_page.mjs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn kiosk_page_and_doctor_page_over_websocket_signalling() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+    let mut cfg = Config::defaults();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.secret = SECRET.into();
+    cfg.admin.listen = String::new();
+    cfg.media.disconnect_grace = Duration::from_secs(30);
+    let server = Server::start(cfg).await.expect("server starts");
+    let base = format!("http://{}", server.http_addr());
+    let tokens = Tokens::new(SECRET.as_bytes());
+    let room = "kiosk-page";
+    let envs = [
+        ("CABINE_URL", base.clone()),
+        ("ROOM", room.to_owned()),
+        ("DOCTOR_TOKEN", mint(&tokens, room, Role::Doctor, "dr-1")),
+        ("KIOSK_TOKEN", mint(&tokens, room, Role::Kiosk, "kiosk-1")),
+    ];
+    let out = tokio::task::spawn_blocking(move || run_driver(&dir, "kiosk_page.mjs", &envs))
+        .await
+        .expect("driver thread");
+    let ops = mint(&tokens, "*", Role::Operator, "ops");
+    let after = rooms(&base, &ops).await;
+    server.shutdown(Duration::from_secs(1)).await;
+    println!("{}", out.0.trim_end());
+    assert!(
+        out.2,
+        "the kiosk page test failed.\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
+         --- GET /api/rooms at the end ---\n{after:#}",
+        out.0, out.1
+    );
 }
 
 fn mint(tokens: &Tokens, room: &str, role: Role, identity: &str) -> String {
@@ -268,10 +326,10 @@ fn check_prerequisites(dir: &Path) {
     );
 }
 
-/// Runs `node consult.mjs` with a hard timeout: (stdout, stderr, success).
-fn run_driver(dir: &PathBuf, envs: &[(&str, String)]) -> (String, String, bool) {
+/// Runs `node <script>` with a hard timeout: (stdout, stderr, success).
+fn run_driver(dir: &PathBuf, script: &str, envs: &[(&str, String)]) -> (String, String, bool) {
     let mut cmd = Command::new("node");
-    cmd.arg("consult.mjs")
+    cmd.arg(script)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
