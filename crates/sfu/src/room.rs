@@ -561,8 +561,11 @@ impl Room {
         let offer =
             SdpOffer::from_sdp_string(&req.offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
 
+        // Full ICE, not ICE-lite: the server checks the path itself (consent freshness, RFC
+        // 7675). An ICE-lite server depends on the client's binding requests, and the `webrtc`
+        // crate (kiosks) sends none while media flows, so str0m dropped the path after 15 s.
         let mut config = RtcConfig::new()
-            .set_ice_lite(true)
+            .set_ice_lite(false)
             .set_rtp_mode(true)
             .enable_h265(false)
             .set_local_ice_credentials(str0m::IceCreds {
