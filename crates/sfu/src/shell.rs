@@ -212,14 +212,10 @@ enum Msg {
     Snapshot {
         reply: oneshot::Sender<(Vec<RoomSnapshot>, DelayHistogram)>,
     },
+    /// A telemetry message for every subscriber of the room, or only for `to`.
     Data {
         room: RoomId,
-        data: bytes::Bytes,
-        reliable: bool,
-    },
-    DataTo {
-        room: RoomId,
-        session: SessionId,
+        to: Option<SessionId>,
         data: bytes::Bytes,
         reliable: bool,
     },
@@ -502,17 +498,7 @@ impl Sfu {
     /// [`Room::send_data`]). Never blocks: when the room's worker is saturated the message is
     /// dropped and counted (`data_dropped`).
     pub fn send_data(&self, room: &RoomId, data: bytes::Bytes, reliable: bool) {
-        let msg = Msg::Data {
-            room: room.clone(),
-            data,
-            reliable,
-        };
-        if self.worker_for(room).try_send(msg).is_err() {
-            self.inner
-                .counters
-                .data_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.queue_data(room, None, data, reliable);
     }
 
     /// Sends a telemetry message to one subscriber of `room` (see [`Room::send_data_to`]).
@@ -524,9 +510,13 @@ impl Sfu {
         data: bytes::Bytes,
         reliable: bool,
     ) {
-        let msg = Msg::DataTo {
+        self.queue_data(room, Some(session), data, reliable);
+    }
+
+    fn queue_data(&self, room: &RoomId, to: Option<SessionId>, data: bytes::Bytes, reliable: bool) {
+        let msg = Msg::Data {
             room: room.clone(),
-            session,
+            to,
             data,
             reliable,
         };
@@ -943,6 +933,7 @@ impl Worker {
             }
             Msg::Data {
                 room,
+                to,
                 data,
                 reliable,
             } => {
@@ -950,20 +941,14 @@ impl Worker {
                 if let Some(r) = self.rooms.get_mut(&room) {
                     let (socket, counters) = (&self.socket, &self.counters);
                     let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                    r.send_data(now, &data, reliable, &mut send);
-                }
-            }
-            Msg::DataTo {
-                room,
-                session,
-                data,
-                reliable,
-            } => {
-                let now = self.now();
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    let (socket, counters) = (&self.socket, &self.counters);
-                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                    r.send_data_to(now, session, &data, reliable, &mut send);
+                    match to {
+                        None => {
+                            r.send_data(now, &data, reliable, &mut send);
+                        }
+                        Some(session) => {
+                            r.send_data_to(now, session, &data, reliable, &mut send);
+                        }
+                    }
                 }
             }
             Msg::IceRestart {
