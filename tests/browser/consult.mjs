@@ -166,8 +166,16 @@ async function main() {
     if ((await page.evaluate(() => window.cabine.state.pageId)) !== pageId) throw new Error("the page reloaded");
     await until(page, "device_camera_frames", inbound, (s) => (s["device-camera"]?.frames || 0) > 5, step);
     await page.click("#enlarge");
+    // The kiosk answers take_snapshot with a full-resolution JPEG over the telemetry blob channel.
+    result.stage = "snapshot";
+    await until(page, "stills_channel", () => [...window.cabine.state.channels.values()]
+      .some((c) => (c.commands || []).includes("take_snapshot")), (x) => x, step);
     await page.click("#snapshot");
-    result.checks.snapshot = await page.evaluate(() => window.cabine.state.snapshot);
+    result.checks.snapshot = await until(page, "snapshot_still",
+      () => ({ still: window.cabine.state.snapshot, stills: window.cabine.state.stills,
+               caption: document.getElementById("still-caption").textContent }),
+      (s) => s.still && s.still.what === "full resolution still" && s.still.width >= 1280 && s.stills.length > 0,
+      step);
 
     result.stage = "measure_bp";
     await until(page, "bp_button", () => !document.getElementById("measure-bp").disabled, (x) => x, step);

@@ -17,6 +17,7 @@
 //!
 //! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices and
 //!   their telemetry) that reconnects by itself; what the `cabine-kiosk dial` command runs.
+//! - [`stills`]: full-resolution JPEG stills of the device camera, on the doctor's command.
 //! - [`telemetry`]: the devices' link to the server's QUIC telemetry sidecar.
 //!
 //! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
@@ -35,6 +36,7 @@ mod options;
 mod publisher;
 mod session;
 pub mod sources;
+pub mod stills;
 mod subscriber;
 pub mod telemetry;
 

@@ -22,15 +22,17 @@ use cabine_sidecar::client::{
 use cabine_sidecar::tls::ServerVerification;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinSet;
 
 use crate::devices::{
     ChannelId, ChannelInfo, ChannelKind, CommandOutcome, DeviceKind, DeviceOutput, DeviceState,
     MeasurementStatus,
 };
 use crate::dial::{Backoff, DeviceCommand};
+use crate::stills::{self, StillsConfig};
 
 /// Where and how to reach the telemetry sidecar.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     /// `quic://host:port`; `None` asks the server (`GET /api/telemetry`).
     pub url: Option<String>,
@@ -42,6 +44,22 @@ pub struct TelemetryConfig {
     /// Notified when the kiosk knows its network changed (a new Wi-Fi, a modem reset): the
     /// connection is dropped at once and redialled rather than left to time out.
     pub network_changed: Option<Arc<Notify>>,
+    /// Offer full-resolution stills of the device camera on the stills channel
+    /// ([`crate::stills`]), taken on the doctor's `take_snapshot` command; `None` offers none.
+    pub stills: Option<StillsConfig>,
+}
+
+impl Default for TelemetryConfig {
+    /// Ask the server where the sidecar is, pin its certificate, system clock, stills on.
+    fn default() -> Self {
+        TelemetryConfig {
+            url: None,
+            verification: None,
+            clock: None,
+            network_changed: None,
+            stills: Some(StillsConfig::default()),
+        }
+    }
 }
 
 /// Counters of the link.
@@ -61,7 +79,13 @@ pub struct TelemetryStats {
     pub commands: u64,
     /// Measurements the client had to resend after a reconnection.
     pub resent: u64,
+    /// Device camera stills uploaded.
+    pub stills: u64,
 }
+
+/// Stills being taken at once; more `take_snapshot` commands are answered `rejected` (each
+/// still holds a few megabytes while it is drawn and encoded).
+const MAX_STILLS_IN_FLIGHT: usize = 2;
 
 /// Everything the link task needs.
 pub(crate) struct Link {
@@ -304,6 +328,15 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
             tracing::error!(channel = %info.id, error = %e, "telemetry: channel declaration refused locally");
         }
     }
+    let stills_config = link.config.stills;
+    if let Some(sc) = &stills_config {
+        if let Err(e) = client.declare(stills::declaration(sc)) {
+            tracing::error!(channel = %stills::STILLS, error = %e, "telemetry: stills declaration refused locally");
+        }
+    }
+    let client = Arc::new(client);
+    let started = Instant::now();
+    let mut stills_tasks = JoinSet::new();
     tracing::info!(%url, channels = link.channels.len(), "telemetry: dialling the sidecar");
     let mut status = client.state_changes();
     loop {
@@ -322,6 +355,21 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
             cmd = client.next_command() => {
                 let Some(cmd) = cmd else { break };
                 link.stats.lock().unwrap_or_else(|p| p.into_inner()).telemetry.commands += 1;
+                if let (Some(sc), true) = (stills_config, cmd.channel_id == stills::STILLS.0) {
+                    if stills_tasks.len() >= MAX_STILLS_IN_FLIGHT {
+                        let _ = client.send_command_result(wire::CommandResult {
+                            command_id: cmd.command_id,
+                            channel_id: cmd.channel_id,
+                            outcome: wire::CommandOutcome::Rejected as i32,
+                            detail: "busy: a still is already being taken".into(),
+                            kiosk_time_us: client.clock().now_us(),
+                        });
+                        continue;
+                    }
+                    let t = started.elapsed().as_secs_f64();
+                    stills_tasks.spawn(take_still(Arc::clone(&client), sc, cmd, t, Arc::clone(&link.stats)));
+                    continue;
+                }
                 let (reply, answer) = oneshot::channel();
                 let device = DeviceCommand {
                     channel: ChannelId(cmd.channel_id),
@@ -369,12 +417,82 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 tracing::info!("telemetry: network changed, redialling");
                 client.drop_connection();
             }
+            Some(_) = stills_tasks.join_next() => {}
             _ = stopped(&mut stop) => break,
         }
     }
+    stills_tasks.shutdown().await;
     // Give queued measurements a moment to be acknowledged, then close.
     let _ = client.flush(Duration::from_secs(2)).await;
-    client.close().await;
+    if let Ok(client) = Arc::try_unwrap(client) {
+        client.close().await;
+    }
+}
+
+/// Answers a command on the stills channel: `accepted` at once, then the still as a JPEG blob
+/// and `completed` (with its size), or `failed` with the reason.
+async fn take_still(
+    client: Arc<Client>,
+    config: StillsConfig,
+    cmd: wire::Command,
+    t: f64,
+    stats: Arc<Mutex<crate::dial::DialStats>>,
+) {
+    let answer = |outcome: wire::CommandOutcome, detail: String| wire::CommandResult {
+        command_id: cmd.command_id,
+        channel_id: cmd.channel_id,
+        outcome: outcome as i32,
+        detail,
+        kiosk_time_us: client.clock().now_us(),
+    };
+    if cmd.name != stills::TAKE_SNAPSHOT {
+        let _ = client.send_command_result(answer(
+            wire::CommandOutcome::UnknownCommand,
+            format!("the stills channel only knows {}", stills::TAKE_SNAPSHOT),
+        ));
+        return;
+    }
+    let _ = client.send_command_result(answer(
+        wire::CommandOutcome::Accepted,
+        "taking a still".into(),
+    ));
+    let captured_us = client.clock().now_us();
+    // Drawing and encoding 2 megapixels takes tens of milliseconds (a second or two in a debug
+    // build): off the async threads.
+    let taken = tokio::task::spawn_blocking(move || stills::take(&config, t)).await;
+    let result = match taken {
+        Ok(Ok(jpeg)) => client
+            .upload_blob(stills::STILLS.0, stills::MIME, captured_us, &jpeg)
+            .await
+            .map(|_| jpeg.len())
+            .map_err(|e| format!("upload: {e}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("the still task failed: {e}")),
+    };
+    let r = match result {
+        Ok(len) => {
+            stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .telemetry
+                .stills += 1;
+            tracing::info!(
+                bytes = len,
+                width = config.width,
+                height = config.height,
+                "telemetry: still uploaded"
+            );
+            answer(
+                wire::CommandOutcome::Completed,
+                format!("{}x{} JPEG, {len} bytes", config.width, config.height),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "telemetry: still not delivered");
+            answer(wire::CommandOutcome::Failed, e)
+        }
+    };
+    let _ = client.send_command_result(r);
 }
 
 async fn network_changed(n: Option<&Notify>) {

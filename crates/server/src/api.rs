@@ -1147,6 +1147,11 @@ fn describe(tracks: &[TrackInfo]) -> String {
 }
 
 impl AppState {
+    /// The audit log (to flush it at shutdown).
+    pub fn audit_log(&self) -> &crate::audit::Audit {
+        &self.audit
+    }
+
     /// Writes an audit record: who did what in which room, from where. Identities appear in
     /// clear here and only here; the audit sink is access-controlled.
     fn audit(

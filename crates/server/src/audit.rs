@@ -67,7 +67,7 @@ pub struct Record {
 /// Handle to the audit log. Cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Option<SyncSender<Record>>,
+    tx: Option<SyncSender<Msg>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -130,17 +130,52 @@ impl Audit {
             reason
         );
         if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                tx.try_send(Msg::Record(rec))
+            {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 error!("audit record dropped: the audit writer is stuck or gone");
             }
         }
     }
 
+    /// Waits (up to `timeout`) until every record queued so far is written and synced to disk:
+    /// at shutdown, so that the last joins and leaves are not lost. False on timeout or when
+    /// the writer is gone; true at once for a process-log-only audit.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(tx) = &self.tx else {
+            return true;
+        };
+        let (done_tx, done_rx) = sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(done_tx);
+        // The queue may be full for a moment: retry until the deadline rather than block.
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        done_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
     /// Records dropped because the writer could not keep up (should stay 0).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// What the writer thread is asked to do.
+enum Msg {
+    Record(Record),
+    /// Write and sync everything queued before this, then answer.
+    Flush(SyncSender<()>),
 }
 
 struct Writer {
@@ -152,10 +187,17 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Record>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         loop {
             let rec = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(r) => Some(r),
+                Ok(Msg::Record(r)) => Some(r),
+                Ok(Msg::Flush(done)) => {
+                    let _ = self.file.sync_data();
+                    self.dirty = false;
+                    self.last_sync = Instant::now();
+                    let _ = done.send(());
+                    None
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = self.file.sync_data();
@@ -262,8 +304,8 @@ mod tests {
                 "",
             );
         }
+        assert!(audit.flush(Duration::from_secs(30)), "the writer flushes");
         drop(audit);
-        std::thread::sleep(Duration::from_millis(300));
         let main = std::fs::read_to_string(&cfg.path).unwrap();
         let one = std::fs::read_to_string(numbered(&cfg.path, 1)).unwrap();
         assert!(numbered(&cfg.path, 2).exists());

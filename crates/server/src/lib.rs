@@ -283,6 +283,14 @@ impl Server {
         }
         let sfu = self.sfu.clone();
         let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        // The last leaves and closes are on disk before the process exits.
+        let audit = self.state.audit_log().clone();
+        if !tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5)))
+            .await
+            .unwrap_or(false)
+        {
+            warn!("the audit log could not be flushed within 5 s");
+        }
         info!("cabine stopped");
     }
 }

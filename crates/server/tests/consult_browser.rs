@@ -5,7 +5,8 @@
 //!
 //! Mid-test the cabin switches a device camera on (a second WHIP session with a synthetic VP8
 //! otoscope): the page must show it without a reload. The driver also checks the vitals tiles,
-//! the ECG trace, "Measure BP", the stethoscope, and a WebSocket cut with resume; here we check
+//! the ECG trace, "Measure BP", "Snapshot" (a 1920x1080 JPEG from the kiosk over the telemetry
+//! blob channel), the stethoscope, and a WebSocket cut with resume; here we check
 //! that the kiosk received the doctor's video. The screenshot lands in
 //! `target/screenshots/consult.png` (a CI artifact).
 //!

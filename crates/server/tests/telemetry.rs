@@ -40,6 +40,8 @@ struct Received {
     command_results: Vec<Value>,
     /// Blood pressure readings (systolic, diastolic).
     bp: Vec<(f64, f64)>,
+    /// Blobs: id → (MIME type, the bytes so far, complete).
+    blobs: BTreeMap<u64, (String, Vec<u8>, bool)>,
 }
 
 impl Received {
@@ -84,6 +86,20 @@ impl Received {
                 .push(w["seq"].as_u64().unwrap());
         } else if frame.get("command_result").is_some() {
             self.command_results.push(frame["command_result"].clone());
+        } else if let Some(b) = frame.get("blob") {
+            use base64::Engine;
+            let blob = self
+                .blobs
+                .entry(b["blob_id"].as_u64().unwrap())
+                .or_default();
+            if let Some(mime) = b["mime"].as_str().filter(|m| !m.is_empty()) {
+                blob.0 = mime.to_owned();
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b["data"].as_str().unwrap_or_default())
+                .expect("base64 blob data");
+            blob.1.extend_from_slice(&data);
+            blob.2 = b["last"] == true;
         }
     }
 }
@@ -224,6 +240,16 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
             bp_requested = Some(Instant::now());
             phase = 2;
         } else if phase == 2 && !got.bp.is_empty() {
+            // The doctor asks the otoscope for a full-resolution still.
+            doctor
+                .send_data(
+                    r#"{"type":"command","request_id":43,"channel_id":7,"name":"take_snapshot"}"#,
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("snapshot command sent");
+            phase = 3;
+        } else if phase == 3 && got.blobs.values().any(|b| b.2) {
             // Keep listening a little so late duplicates would show.
             if elapsed > Duration::from_secs(9) {
                 break;
@@ -238,7 +264,8 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
         .iter()
         .find_map(|a| a.get("sync"))
         .expect("a sync answer");
-    assert_eq!(sync["channels"].as_array().unwrap().len(), 6, "{sync}");
+    // Six device channels and the otoscope's stills.
+    assert_eq!(sync["channels"].as_array().unwrap().len(), 7, "{sync}");
     assert!(!sync["latest"].as_array().unwrap().is_empty(), "{sync}");
 
     // Every live measurement exactly once, none missing between the first and the last.
@@ -277,6 +304,34 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
     );
     let (sys, dia) = got.bp[0];
     assert!((90.0..=180.0).contains(&sys) && (50.0..=110.0).contains(&dia) && sys > dia);
+
+    // The snapshot: accepted, one whole JPEG at the camera's full resolution, then completed.
+    let sent = got
+        .answers
+        .iter()
+        .filter_map(|a| a.get("command_sent"))
+        .find(|a| a["request_id"] == 43)
+        .expect("command_sent answer for the snapshot");
+    let outcomes: Vec<&Value> = got
+        .command_results
+        .iter()
+        .filter(|r| r["command_id"] == sent["command_id"])
+        .map(|r| &r["outcome"])
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["accepted", "completed"],
+        "{:?}",
+        got.command_results
+    );
+    let (mime, jpeg, _) = got.blobs.values().find(|b| b.2).expect("a whole blob");
+    assert_eq!(mime, "image/jpeg");
+    assert_eq!(
+        cabine_kiosk::stills::dimensions(jpeg),
+        Some((1920, 1080)),
+        "{} bytes",
+        jpeg.len()
+    );
 
     // Waveforms (ECG, pleth) arrive in order on the lossy channel.
     for ch in [2u64, 3] {

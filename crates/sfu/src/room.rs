@@ -7,6 +7,7 @@
 //! outgoing stream. Retransmissions (NACK/RTX), sender/receiver reports, TWCC and the pacer are
 //! str0m's; keyframe requests are forwarded to the publisher, throttled.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,6 +318,24 @@ struct Telemetry {
     reliable_open: bool,
     lossy_open: bool,
     stats: DataStats,
+    /// Reliable messages waiting for room in the SCTP send buffer (a blob's chunks come in a
+    /// burst larger than that buffer), sent in order as the subscriber acknowledges.
+    backlog: VecDeque<Vec<u8>>,
+    backlog_bytes: usize,
+}
+
+impl Telemetry {
+    fn new(reliable: ChannelId, lossy: ChannelId) -> Self {
+        Telemetry {
+            reliable,
+            lossy,
+            reliable_open: false,
+            lossy_open: false,
+            stats: DataStats::default(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+        }
+    }
 }
 
 /// Telemetry data channel counters of one subscriber.
@@ -328,6 +347,8 @@ pub struct DataStats {
     pub bytes: u64,
     /// Messages dropped because the subscriber's channel was not open or too far behind.
     pub dropped: u64,
+    /// Reliable messages that waited for room in the send buffer (none were lost).
+    pub deferred: u64,
     /// Messages received from the subscriber (commands).
     pub received: u64,
 }
@@ -335,6 +356,11 @@ pub struct DataStats {
 /// Most bytes buffered in a subscriber's telemetry channel before further messages are dropped
 /// for it (a slow subscriber never holds up the kiosk or the others).
 pub const DATA_BUFFER_LIMIT: usize = 256 * 1024;
+
+/// Most bytes of reliable telemetry (measurements, status, blobs) held per subscriber while its
+/// SCTP send buffer is full: room for a few full-resolution stills in their JSON form. Beyond
+/// it messages are dropped and counted.
+pub const DATA_BACKLOG_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Most messages from subscribers' data channels held for the shell between two polls.
 pub const DATA_IN_LIMIT: usize = 1024;
@@ -465,22 +491,51 @@ fn write_data(s: &mut Session, data: &[u8], reliable: bool) -> bool {
         t.stats.dropped += 1;
         return false;
     };
-    if ch.buffered_amount() > DATA_BUFFER_LIMIT {
-        t.stats.dropped += 1;
+    // Reliable messages keep their order behind a backlog, and wait in it (bounded) when the
+    // send buffer is full; lossy ones (waveforms) are dropped when it is: a late chunk is
+    // worthless.
+    let written = (!reliable || t.backlog.is_empty())
+        && ch.buffered_amount() <= DATA_BUFFER_LIMIT
+        && matches!(ch.write(false, data), Ok(true));
+    if written {
+        t.stats.sent += 1;
+        t.stats.bytes += data.len() as u64;
+        s.dirty = true;
+        return true;
+    }
+    if reliable && t.backlog_bytes + data.len() <= DATA_BACKLOG_LIMIT {
+        t.backlog.push_back(data.to_vec());
+        t.backlog_bytes += data.len();
+        t.stats.deferred += 1;
+        return true;
+    }
+    t.stats.dropped += 1;
+    false
+}
+
+/// Writes what the session's reliable telemetry backlog can now fit; true if it wrote any.
+fn flush_backlog(s: &mut Session) -> bool {
+    let Some(t) = &mut s.telemetry else {
+        return false;
+    };
+    if t.backlog.is_empty() || !t.reliable_open {
         return false;
     }
-    match ch.write(false, data) {
-        Ok(true) => {
-            t.stats.sent += 1;
-            t.stats.bytes += data.len() as u64;
-            s.dirty = true;
-            true
+    let Some(mut ch) = s.rtc.channel(t.reliable) else {
+        return false;
+    };
+    let mut wrote = false;
+    while let Some(front) = t.backlog.front() {
+        if ch.buffered_amount() > DATA_BUFFER_LIMIT || !matches!(ch.write(false, front), Ok(true)) {
+            break;
         }
-        Ok(false) | Err(_) => {
-            t.stats.dropped += 1;
-            false
-        }
+        t.stats.sent += 1;
+        t.stats.bytes += front.len() as u64;
+        t.backlog_bytes -= front.len();
+        t.backlog.pop_front();
+        wrote = true;
     }
+    wrote
 }
 
 struct Track {
@@ -672,13 +727,7 @@ impl Room {
                     });
                     // The offer already negotiated SCTP: no renegotiation is needed.
                     if api.apply().is_none() {
-                        session.telemetry = Some(Telemetry {
-                            reliable,
-                            lossy,
-                            reliable_open: false,
-                            lossy_open: false,
-                            stats: DataStats::default(),
-                        });
+                        session.telemetry = Some(Telemetry::new(reliable, lossy));
                     }
                 }
                 for (mid, kind, _, _) in usable {
@@ -1218,6 +1267,11 @@ impl Room {
             }
             match s.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
+                    // Acknowledgements may have made room for held telemetry: write it and
+                    // poll again for the datagrams it makes.
+                    if flush_backlog(s) {
+                        continue;
+                    }
                     s.timeout = t;
                     return;
                 }
@@ -1264,6 +1318,9 @@ impl Room {
                 if let Some(t) = &mut self.sessions[i].telemetry {
                     if id == t.reliable {
                         t.reliable_open = false;
+                        t.stats.dropped += t.backlog.len() as u64;
+                        t.backlog.clear();
+                        t.backlog_bytes = 0;
                     } else if id == t.lossy {
                         t.lossy_open = false;
                     }
@@ -1753,13 +1810,7 @@ impl Room {
                 protocol: "lossy".into(),
                 ..ChannelConfig::default()
             });
-            s.telemetry = Some(Telemetry {
-                reliable,
-                lossy,
-                reliable_open: false,
-                lossy_open: false,
-                stats: DataStats::default(),
-            });
+            s.telemetry = Some(Telemetry::new(reliable, lossy));
         }
         let mut added = Vec::new();
         let mut pending_adds = Vec::new();

@@ -243,9 +243,13 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             },
             None => None,
         };
+        // Stills come from the synthetic device camera; a file or no camera has none to give.
+        let stills = matches!(input(&args.device_camera), Input::Synthetic)
+            .then(cabine_kiosk::stills::StillsConfig::default);
         Some(cabine_kiosk::telemetry::TelemetryConfig {
             url: args.telemetry.clone(),
             verification,
+            stills,
             ..Default::default()
         })
     };

@@ -61,6 +61,29 @@ impl I420Frame {
         self.data[y as usize * self.width as usize + x as usize]
     }
 
+    /// The picture as packed 8-bit RGB (full range, BT.601), `width * height * 3` bytes, for
+    /// still images. Each chroma sample covers its 2x2 block.
+    pub fn to_rgb(&self) -> Vec<u8> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let luma = self.luma_len();
+        let (y_plane, chroma) = self.data.split_at(luma);
+        let (u_plane, v_plane) = chroma.split_at(luma / 4);
+        let mut out = Vec::with_capacity(luma * 3);
+        for row in 0..h {
+            for col in 0..w {
+                let c = (row / 2) * (w / 2) + col / 2;
+                let y = 1.164_383 * (f64::from(y_plane[row * w + col]) - 16.0);
+                let u = f64::from(u_plane[c]) - 128.0;
+                let v = f64::from(v_plane[c]) - 128.0;
+                let r = y + 1.596_027 * v;
+                let g = y - 0.391_762 * u - 0.812_968 * v;
+                let b = y + 2.017_232 * u;
+                out.extend([r, g, b].map(|x| x.round().clamp(0.0, 255.0) as u8));
+            }
+        }
+        out
+    }
+
     fn luma_len(&self) -> usize {
         self.width as usize * self.height as usize
     }

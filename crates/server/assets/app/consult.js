@@ -23,7 +23,8 @@ const state = {
   pageId: Math.random().toString(36).slice(2),
   kiosk: "absent",
   messages: [],
-  snapshot: null,
+  snapshot: null, // { what, width, height } of the still shown
+  stills: [], // details of the completed take_snapshot commands
   channels: new Map(), // `${source}/${channel_id}` -> ChannelDecl
   quality: null,
 };
@@ -211,7 +212,8 @@ let serverOffsetMs = 0; // server clock − local clock, from server_time_us
 const waves = { ecg: [], pleth: [] }; // [{t_us, v}]
 const waveRate = { ecg: 0, pleth: 0 };
 let requestId = 0;
-const pending = new Map();
+const pending = new Map(); // request_id → "bp" | "snapshot"
+const commands = new Map(); // command_id → "bp" | "snapshot"
 
 session.addEventListener("commands_open", () => session.sendCommand({ type: "sync" }));
 session.addEventListener("telemetry", (e) => {
@@ -221,9 +223,13 @@ session.addEventListener("telemetry", (e) => {
     for (const c of m.sync.channels || []) onDelivered(c);
     for (const l of m.sync.latest || []) onDelivered(l);
   } else if (m.command_sent) {
-    $("bp-state").textContent = "measuring…";
+    const what = pending.get(m.command_sent.request_id);
+    if (what) commands.set(m.command_sent.command_id, what);
+    if (what === "snapshot") $("snapshot-state").textContent = "taking a still…";
+    else $("bp-state").textContent = "measuring…";
   } else if (m.command_refused) {
-    $("bp-state").textContent = `refused: ${m.command_refused.reason}`;
+    const what = pending.get(m.command_refused.request_id);
+    $(what === "snapshot" ? "snapshot-state" : "bp-state").textContent = `refused: ${m.command_refused.reason}`;
   } else if (m.frame) {
     onDelivered(m);
   }
@@ -272,7 +278,10 @@ function onDelivered(d) {
     while (buf.length && buf[0].t < buf[buf.length - 1].t - 10e6) buf.shift();
   } else if (f.command_result) {
     const r = f.command_result;
-    if (r.outcome === "failed" || r.outcome === "rejected") $("bp-state").textContent = `failed: ${r.detail}`;
+    const what = commands.get(r.command_id);
+    const el = $(what === "snapshot" ? "snapshot-state" : "bp-state");
+    if (r.outcome === "failed" || r.outcome === "rejected" || r.outcome === "unknown_command") el.textContent = `failed: ${r.detail}`;
+    else if (what === "snapshot" && r.outcome === "completed") state.stills.push(r.detail);
   } else if (f.blob) {
     onBlob(f.blob);
   } else if (f.left) {
@@ -321,7 +330,10 @@ $("snapshot").onclick = () => {
   const entry = [...state.channels.entries()].find(([, c]) => (c.commands || []).includes("take_snapshot"));
   if (entry) {
     const [key, c] = entry;
-    session.sendCommand({ type: "command", request_id: ++requestId, channel_id: c.channel_id ?? Number(key.split("/")[1]), name: "take_snapshot", kiosk: key.split("/")[0] });
+    const id = ++requestId;
+    pending.set(id, "snapshot");
+    const ok = session.sendCommand({ type: "command", request_id: id, channel_id: c.channel_id ?? Number(key.split("/")[1]), name: "take_snapshot", kiosk: key.split("/")[0] });
+    $("snapshot-state").textContent = ok ? "asking the kiosk for a still…" : "telemetry channel not open";
     return;
   }
   const v = $("device-camera");
@@ -331,22 +343,35 @@ $("snapshot").onclick = () => {
   c.getContext("2d").drawImage(v, 0, 0);
   showStill(c.toDataURL("image/png"), `frame ${v.videoWidth}×${v.videoHeight} (the kiosk offers no still)`);
 };
+const mime = new Map(); // blob_id → MIME type (sent with the first chunk only)
 function onBlob(b) {
+  if (b.mime) mime.set(b.blob_id, b.mime);
   const parts = blobs.get(b.blob_id) || [];
   parts[b.seq] = b.data;
   blobs.set(b.blob_id, parts);
   if (b.last) {
     blobs.delete(b.blob_id);
     const bytes = parts.map((p) => Uint8Array.from(atob(p), (ch) => ch.charCodeAt(0)));
-    showStill(URL.createObjectURL(new Blob(bytes, { type: b.mime || "image/jpeg" })), "full resolution still");
+    showStill(URL.createObjectURL(new Blob(bytes, { type: mime.get(b.blob_id) || "image/jpeg" })), "full resolution still");
+    mime.delete(b.blob_id);
   }
 }
 function showStill(src, what) {
-  $("still").src = src;
-  $("still").title = what;
-  $("still").classList.remove("hidden");
-  state.snapshot = what;
+  const img = $("still");
+  img.onload = () => {
+    const size = `${img.naturalWidth}×${img.naturalHeight}`;
+    state.snapshot = { what, width: img.naturalWidth, height: img.naturalHeight };
+    $("snapshot-state").textContent = "";
+    $("still-caption").textContent = `Snapshot ${new Date().toLocaleTimeString()}: ${what}, ${size}`;
+    $("still-box").classList.remove("hidden");
+    if (src.startsWith("blob:")) URL.revokeObjectURL(src);
+  };
+  img.onerror = () => { $("snapshot-state").textContent = "the still could not be shown"; };
+  img.src = src;
 }
+// Click the still to look at it at full size; click again (or Escape) to close.
+$("still").onclick = () => $("still-box").classList.toggle("full");
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("still-box").classList.remove("full"); });
 
 // --- drawing: waveforms at their sample rate, aligned with the video ------------------------------
 function videoDelayMs() {
