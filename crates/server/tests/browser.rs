@@ -7,128 +7,22 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci --prefix tests/browser`; `.ci/run` installs
 //! all three. Missing prerequisites fail the test: it never skips silently.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use cabine_proto::{Identity, Role};
+use cabine_proto::Role;
 use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
+use common::browser::{check_prerequisites, mint, run_driver};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "browser-test-secret-0123456789abcdef01234";
 /// Hard limit for the node driver (it has its own, shorter, timeouts per stage).
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn browser_dir() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf()
-}
-
-/// Panics, with what to run, when something the test needs is missing.
-fn check_prerequisites(dir: &Path) {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!(
-            "{CHROMIUM} (Debian's chromium: `apt-get install chromium`, or run `.ci/run`)"
-        ));
-    }
-    if Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        missing.push("node (Debian: `apt-get install nodejs npm`, or run `.ci/run`)".into());
-    }
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (run `npm ci --prefix tests/browser` from the \
-             workspace root, or `.ci/run`)",
-            dir.display()
-        ));
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser test cannot run; missing:\n  - {}",
-        missing.join("\n  - ")
-    );
-}
-
-fn mint(tokens: &Tokens, room: &str, role: Role, identity: &str) -> String {
-    tokens
-        .mint(
-            room,
-            role,
-            Identity::parse(identity).unwrap(),
-            Duration::from_secs(600),
-            None,
-        )
-        .unwrap()
-}
-
-struct Output {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-    timed_out: bool,
-}
-
-/// Runs the node driver with a hard timeout, collecting its output.
-fn run_driver(dir: &Path, envs: &[(&str, String)]) -> Output {
-    let start = Instant::now();
-    let mut cmd = Command::new("node");
-    cmd.arg("whip_whep.mjs")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("cannot start `node`");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for node") {
-            break st;
-        }
-        if start.elapsed() > DRIVER_TIMEOUT {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait for node");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-        elapsed: start.elapsed(),
-        timed_out,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_publishes_over_whip_and_plays_over_whep() {
-    let dir = browser_dir();
+    let dir = common::browser::dir();
     check_prerequisites(&dir);
 
     let mut cfg = Config::defaults();
@@ -149,9 +43,10 @@ async fn chromium_publishes_over_whip_and_plays_over_whep() {
     ];
 
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || run_driver(&d, &envs))
-        .await
-        .expect("driver thread");
+    let out =
+        tokio::task::spawn_blocking(move || run_driver(&d, "whip_whep.mjs", &envs, DRIVER_TIMEOUT))
+            .await
+            .expect("driver thread");
 
     // The operators' view: for the failure message, and to check that closing the pages ended
     // both sessions (the pages DELETE their WHIP/WHEP resource on pagehide).
@@ -193,15 +88,11 @@ async fn chromium_publishes_over_whip_and_plays_over_whep() {
     );
     println!("{}", out.stdout.trim_end());
     assert!(
-        out.status.success() && !out.timed_out,
+        out.ok(),
         "the browser test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
          --- GET /api/rooms after the run ---\n{}",
         out.status,
-        if out.timed_out {
-            format!(", killed after {DRIVER_TIMEOUT:?}")
-        } else {
-            String::new()
-        },
+        out.killed(),
         out.stdout,
         out.stderr,
         rooms

@@ -13,21 +13,20 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci --prefix tests/browser` (`.ci/run` installs
 //! them); a missing prerequisite fails the test, it never skips.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
 use cabine_kiosk::sources::{MediaSource, Pattern, VideoSource, Vp8Config};
 use cabine_kiosk::{ClientOptions, Codec, Publisher, TrackSpec};
-use cabine_proto::{Identity, Role};
+use cabine_proto::Role;
 use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
+use common::browser::{check_prerequisites, mint, run_driver};
 use tokio::sync::oneshot;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "consult-test-secret-0123456789abcdef0123";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -37,7 +36,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf();
+    let dir = common::browser::dir();
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     // The server's log goes with the test output (shown on failure).
@@ -155,9 +154,10 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
         })
     };
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || run_driver(&d, "consult.mjs", &envs))
-        .await
-        .expect("driver thread");
+    let out =
+        tokio::task::spawn_blocking(move || run_driver(&d, "consult.mjs", &envs, DRIVER_TIMEOUT))
+            .await
+            .expect("driver thread");
 
     let kiosk_got_doctor = kiosk_got_doctor.await.unwrap_or(false);
     let after = rooms(&base, &ops).await;
@@ -167,12 +167,15 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
     let cabin = tokio::time::timeout(Duration::from_secs(10), cabin).await;
     server.shutdown(Duration::from_secs(1)).await;
 
-    println!("{}", out.0.trim_end());
+    println!("{}", out.stdout.trim_end());
     assert!(
-        out.2,
-        "the consultation page test failed.\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
+        out.ok(),
+        "the consultation page test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
          --- the cabin ---\n{cabin:?}\n--- GET /api/rooms at the end ---\n{after:#}",
-        out.0, out.1
+        out.status,
+        out.killed(),
+        out.stdout,
+        out.stderr
     );
     assert!(
         kiosk_got_doctor,
@@ -238,7 +241,7 @@ async fn camera(whip: String, token: String, label: &'static str, pattern: Patte
 /// camera on, and the doctor's page receives it without a reload (`tests/browser/kiosk_page.mjs`).
 #[tokio::test(flavor = "multi_thread")]
 async fn kiosk_page_and_doctor_page_over_websocket_signalling() {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf();
+    let dir = common::browser::dir();
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     let mut cfg = Config::defaults();
@@ -257,31 +260,24 @@ async fn kiosk_page_and_doctor_page_over_websocket_signalling() {
         ("DOCTOR_TOKEN", mint(&tokens, room, Role::Doctor, "dr-1")),
         ("KIOSK_TOKEN", mint(&tokens, room, Role::Kiosk, "kiosk-1")),
     ];
-    let out = tokio::task::spawn_blocking(move || run_driver(&dir, "kiosk_page.mjs", &envs))
-        .await
-        .expect("driver thread");
+    let out = tokio::task::spawn_blocking(move || {
+        run_driver(&dir, "kiosk_page.mjs", &envs, DRIVER_TIMEOUT)
+    })
+    .await
+    .expect("driver thread");
     let ops = mint(&tokens, "*", Role::Operator, "ops");
     let after = rooms(&base, &ops).await;
     server.shutdown(Duration::from_secs(1)).await;
-    println!("{}", out.0.trim_end());
+    println!("{}", out.stdout.trim_end());
     assert!(
-        out.2,
-        "the kiosk page test failed.\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
+        out.ok(),
+        "the kiosk page test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
          --- GET /api/rooms at the end ---\n{after:#}",
-        out.0, out.1
+        out.status,
+        out.killed(),
+        out.stdout,
+        out.stderr
     );
-}
-
-fn mint(tokens: &Tokens, room: &str, role: Role, identity: &str) -> String {
-    tokens
-        .mint(
-            room,
-            role,
-            Identity::parse(identity).unwrap(),
-            Duration::from_secs(600),
-            None,
-        )
-        .unwrap()
 }
 
 async fn rooms(base: &str, ops: &str) -> serde_json::Value {
@@ -294,79 +290,4 @@ async fn rooms(base: &str, ops: &str) -> serde_json::Value {
         Ok(r) => r.json().await.unwrap_or_default(),
         Err(_) => serde_json::Value::Null,
     }
-}
-
-fn check_prerequisites(dir: &Path) {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!(
-            "{CHROMIUM} (apt-get install chromium, or run .ci/run)"
-        ));
-    }
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        missing.push("node (apt-get install nodejs npm, or run .ci/run)".into());
-    }
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (npm ci --prefix tests/browser, or run .ci/run)",
-            dir.display()
-        ));
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser test cannot run; missing:\n  - {}",
-        missing.join("\n  - ")
-    );
-}
-
-/// Runs `node <script>` with a hard timeout: (stdout, stderr, success).
-fn run_driver(dir: &PathBuf, script: &str, envs: &[(&str, String)]) -> (String, String, bool) {
-    let mut cmd = Command::new("node");
-    cmd.arg(script)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("cannot start `node`");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for node") {
-            break Some(st);
-        }
-        if start.elapsed() > DRIVER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let mut stderr = err_t.join().unwrap_or_default();
-    if status.is_none() {
-        stderr.push_str(&format!("\n(killed after {DRIVER_TIMEOUT:?})"));
-    }
-    (stdout, stderr, status.is_some_and(|s| s.success()))
 }

@@ -12,9 +12,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +20,8 @@ use std::time::{Duration, Instant};
 use cabine_kiosk::webrtc::rtp;
 use cabine_kiosk::{ClientOptions, Codec, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
+use common::browser::{check_prerequisites, run_driver};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const ROOM: &str = "consult-dupont-7";
 const KIOSK: &str = "kiosk-pharmacie-lyon-3";
 const DOCTOR: &str = "dr-claire-martin";
@@ -34,7 +32,7 @@ const LOSS_EVERY: u16 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_dashboard_shows_the_live_room_pseudonymously() {
-    let dir = browser_dir();
+    let dir = common::browser::dir();
     check_prerequisites(&dir);
     // The audit log says why a session ended, should one end early.
     let audit = std::env::temp_dir().join(format!("cabine-ops-audit-{}.jsonl", std::process::id()));
@@ -145,7 +143,8 @@ async fn ops_dashboard_shows_the_live_room_pseudonymously() {
         envs.push(("OPS_HOLD_MS", hold));
     }
     let d = dir.clone();
-    let driver = tokio::task::spawn_blocking(move || run_driver(&d, "ops.mjs", &envs));
+    let driver =
+        tokio::task::spawn_blocking(move || run_driver(&d, "ops.mjs", &envs, DRIVER_TIMEOUT));
 
     // When the page has passed its live checks, the server goes away (media first); if the
     // driver fails before, it goes away all the same.
@@ -171,15 +170,11 @@ async fn ops_dashboard_shows_the_live_room_pseudonymously() {
     );
     println!("{}", out.stdout.trim_end());
     assert!(
-        out.status.success() && !out.timed_out && shut_down,
+        out.ok() && shut_down,
         "the dashboard test failed ({}{}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
          --- audit log ---\n{}",
         out.status,
-        if out.timed_out {
-            format!(", killed after {DRIVER_TIMEOUT:?}")
-        } else {
-            String::new()
-        },
+        out.killed(),
         if shut_down {
             ""
         } else {
@@ -195,95 +190,4 @@ async fn ops_dashboard_shows_the_live_room_pseudonymously() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "not a real screenshot"
     );
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf()
-}
-
-/// Panics, with what to run, when something the test needs is missing.
-fn check_prerequisites(dir: &Path) {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(format!(
-            "{CHROMIUM} (Debian's chromium: `apt-get install chromium`, or run `.ci/run`)"
-        ));
-    }
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        missing.push("node (Debian: `apt-get install nodejs npm`, or run `.ci/run`)".into());
-    }
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (run `npm ci --prefix tests/browser` from the \
-             workspace root, or `.ci/run`)",
-            dir.display()
-        ));
-    }
-    assert!(
-        missing.is_empty(),
-        "the dashboard test cannot run; missing:\n  - {}",
-        missing.join("\n  - ")
-    );
-}
-
-struct Output {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-    timed_out: bool,
-}
-
-/// Runs a node driver script with a hard timeout, collecting its output.
-fn run_driver(dir: &Path, script: &str, envs: &[(&str, String)]) -> Output {
-    let start = Instant::now();
-    let mut cmd = Command::new("node");
-    cmd.arg(script)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("cannot start `node`");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for node") {
-            break st;
-        }
-        if start.elapsed() > DRIVER_TIMEOUT {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait for node");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-        elapsed: start.elapsed(),
-        timed_out,
-    }
 }

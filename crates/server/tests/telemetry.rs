@@ -249,7 +249,13 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
                 .await
                 .expect("snapshot command sent");
             phase = 3;
-        } else if phase == 3 && got.blobs.values().any(|b| b.2) {
+        } else if phase == 3
+            && got.blobs.values().any(|b| b.2)
+            && got
+                .command_results
+                .iter()
+                .any(|r| r["channel_id"] == 7 && r["outcome"] != "accepted")
+        {
             // Keep listening a little so late duplicates would show.
             if elapsed > Duration::from_secs(9) {
                 break;
