@@ -3,9 +3,13 @@
 //! Both appear in URLs, tokens and the audit log, never in metric labels. They are parsed once at
 //! the edge ([`RoomId::parse`], [`Identity::parse`]) so the rest of the code can trust them.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// Longest room name or identity accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -119,17 +123,41 @@ impl<'de> Deserialize<'de> for Identity {
 
 /// Wraps an identifier for logs: prints a short stable hash instead of the value, so a log line can
 /// be correlated with the audit log (which holds the clear value) without leaking it.
+///
+/// The hash is keyed (SipHash-1-3) with a key derived from the deployment's secret
+/// ([`set_redaction_secret`]): room names often carry a patient's name, and an unkeyed hash of
+/// a guessable name can be found by trying names. Without a secret set, the key is random per
+/// process (stable within it).
 pub struct Redacted<'a, T: ?Sized>(pub &'a T);
+
+static REDACTION_KEY: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Keys every [`Redacted`] pseudonym of this process with `secret` (the deployment's token
+/// secret): the same name gets the same pseudonym on every node and across restarts of one
+/// deployment, and nobody without the secret can tell which name it stands for. Call it once,
+/// at startup, before anything is logged; later calls are ignored (returns false).
+pub fn set_redaction_secret(secret: &[u8]) -> bool {
+    let mut h = SipHasher13::new_with_keys(0x6361_6269_6e65_2d72, 0x6564_6163_7469_6f6e);
+    h.write(secret);
+    let k = h.finish128();
+    REDACTION_KEY.set((k.h1, k.h2)).is_ok()
+}
+
+fn redaction_key() -> (u64, u64) {
+    *REDACTION_KEY.get_or_init(|| {
+        // No deployment secret: random keys for this process (std's RandomState is seeded from
+        // the OS's randomness).
+        let s = RandomState::new();
+        (s.hash_one(1u8), s.hash_one(2u8))
+    })
+}
 
 impl<T: AsRef<str> + ?Sized> fmt::Display for Redacted<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // FNV-1a: stable across runs and processes, which is what correlation needs.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.0.as_ref().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        write!(f, "#{:08x}", (h >> 32) as u32)
+        let (k0, k1) = redaction_key();
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
+        h.write(self.0.as_ref().as_bytes());
+        write!(f, "#{:08x}", (h.finish() >> 32) as u32)
     }
 }
 
@@ -171,6 +199,34 @@ mod tests {
             RoomId::parse(&long),
             Err(IdError::TooLong { len: 129, .. })
         ));
+    }
+
+    #[test]
+    fn redaction_is_keyed() {
+        // The pseudonym is not the old unkeyed FNV-1a hash anyone could compute from a name.
+        let fnv = |v: &str| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in v.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("#{:08x}", (h >> 32) as u32)
+        };
+        assert_ne!(
+            format!("{}", Redacted("consult-dupont-7")),
+            fnv("consult-dupont-7")
+        );
+        // Different secrets give different pseudonyms for the same name.
+        let with = |secret: &[u8], v: &str| {
+            let mut h = SipHasher13::new_with_keys(0x6361_6269_6e65_2d72, 0x6564_6163_7469_6f6e);
+            h.write(secret);
+            let k = h.finish128();
+            let mut p = siphasher::sip::SipHasher13::new_with_keys(k.h1, k.h2);
+            p.write(v.as_bytes());
+            p.finish()
+        };
+        assert_ne!(with(b"secret-a", "room"), with(b"secret-b", "room"));
+        assert_eq!(with(b"secret-a", "room"), with(b"secret-a", "room"));
     }
 
     #[test]

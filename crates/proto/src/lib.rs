@@ -15,5 +15,5 @@ pub mod signal;
 pub mod telemetry;
 pub mod token;
 
-pub use ids::{IdError, Identity, Redacted, RoomId};
+pub use ids::{set_redaction_secret, IdError, Identity, Redacted, RoomId};
 pub use token::{Claims, Grant, Role, RoleError};

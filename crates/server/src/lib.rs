@@ -74,6 +74,9 @@ impl Server {
         // One TLS crypto provider for the whole process (HTTPS, and any other rustls user in
         // it); an earlier install (a test harness, an embedding program) is kept.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // Pseudonyms in logs and the ops view are keyed with the deployment's secret (the first
+        // server of a process sets it).
+        cabine_proto::set_redaction_secret(cfg.auth.secret.as_bytes());
         if cfg.uses_dev_secret() {
             warn!(
                 "running with the built-in development token secret: anyone can mint tokens. \
