@@ -42,6 +42,8 @@ pub struct AppState {
     /// Set during shutdown: new sessions are refused and readiness fails.
     pub draining: AtomicBool,
     public_url: String,
+    /// How long a dropped WebSocket signalling session waits to be resumed.
+    pub ws_resume_grace: std::time::Duration,
     refused: Mutex<HashMap<&'static str, u64>>,
     joins: AtomicU64,
     audit: crate::audit::Audit,
@@ -87,6 +89,7 @@ impl AppState {
             sessions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             public_url: cfg.http.public_url.trim_end_matches('/').to_owned(),
+            ws_resume_grace: cfg.http.ws_resume_grace,
             refused: Mutex::new(HashMap::new()),
             joins: AtomicU64::new(0),
             audit,

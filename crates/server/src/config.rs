@@ -64,6 +64,9 @@ pub struct HttpConfig {
     pub drain_timeout: Duration,
     /// Public base URL for Location headers (empty: relative).
     pub public_url: String,
+    /// How long a dropped WebSocket signalling session is kept for its page to resume it.
+    #[serde(with = "humantime_serde")]
+    pub ws_resume_grace: Duration,
 }
 
 /// `[media]`.
@@ -226,6 +229,7 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.media.bind.port(), 7882);
         assert!(c.uses_dev_secret());
+        assert_eq!(c.http.ws_resume_grace, Duration::from_secs(30));
         c.check().unwrap();
     }
 
@@ -234,9 +238,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cabine-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "[media]\nworkers = 3\n").unwrap();
+        std::fs::write(
+            &good,
+            "[media]\nworkers = 3\n[http]\nws_resume_grace = \"2m\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&good)).unwrap();
         assert_eq!(c.media.workers, 3);
+        assert_eq!(c.http.ws_resume_grace, Duration::from_secs(120));
         assert_eq!(c.http.listen.port(), 8080);
 
         let bad = dir.join("bad.toml");

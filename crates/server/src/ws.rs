@@ -8,7 +8,7 @@
 //! goes away, see [`cabine_sfu::room::Room::join_offering`]).
 //!
 //! A signalling session outlives its WebSocket: when the socket drops, the media sessions go on
-//! and what the server would have sent is kept, for [`RESUME_GRACE`]; a new socket that sends
+//! and what the server would have sent is kept, for `http.ws_resume_grace` (30 s by default); a new socket that sends
 //! `resume` with the session's token takes it over, gets the backlog and the outstanding offer.
 //! After the grace period the media sessions end as if the participant had left.
 //!
@@ -36,9 +36,6 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::{clean_message, describe, random_token, sdp_attr, ApiError, AppState, SessionEntry};
-
-/// How long media sessions survive a dropped signalling connection before they are ended.
-pub const RESUME_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a new connection may take to send `join` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -344,7 +341,7 @@ impl Conn {
         self.reply(&ServerMsg::Welcome {
             resume: token.clone(),
             resumed: false,
-            grace_ms: RESUME_GRACE.as_millis() as u64,
+            grace_ms: self.st.ws_resume_grace.as_millis() as u64,
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, &token),
@@ -398,7 +395,7 @@ impl Conn {
         self.reply(&ServerMsg::Welcome {
             resume: token.to_owned(),
             resumed: true,
-            grace_ms: RESUME_GRACE.as_millis() as u64,
+            grace_ms: self.st.ws_resume_grace.as_millis() as u64,
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, token),
@@ -706,7 +703,7 @@ impl Conn {
         self.reply(&error(code, &message));
     }
 
-    /// The socket dropped without `leave`: keep the session for [`RESUME_GRACE`].
+    /// The socket dropped without `leave`: keep the session for `http.ws_resume_grace`.
     fn detach(&self, token: &str, epoch: u64) {
         {
             let mut inner = self.hub().lock();
@@ -733,7 +730,7 @@ impl Conn {
         };
         let token = token.to_owned();
         tokio::spawn(async move {
-            tokio::time::sleep(RESUME_GRACE).await;
+            tokio::time::sleep(conn.st.ws_resume_grace).await;
             let still_away = conn
                 .hub()
                 .lock()
