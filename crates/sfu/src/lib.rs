@@ -23,6 +23,7 @@
 pub mod codec;
 pub mod demux;
 pub mod forwarder;
+pub mod pause;
 pub mod room;
 pub mod sdp;
 pub mod shell;

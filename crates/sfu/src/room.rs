@@ -25,6 +25,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use crate::codec;
 use crate::forwarder::{Forwarder, InPacket};
+use crate::pause::{Change, Pauser};
 use crate::sdp::{self, Label};
 use crate::simulcast::{self, BitrateMeter, MAX_LAYERS};
 use crate::stats::{DelayHistogram, DelaySummary, EgressStats, IngressStats, Jitter};
@@ -567,6 +568,8 @@ struct Out {
     /// Publisher payload type → subscriber payload type (0 = unknown yet, 255 = none).
     pt_map: [u8; 128],
     stats: EgressStats,
+    /// Whether the subscriber's link carries this video now.
+    pause: Pauser,
 }
 
 impl Room {
@@ -738,6 +741,7 @@ impl Room {
                         forwarder: Forwarder::new(clock_rate(kind), 0),
                         pt_map: [0; 128],
                         stats: EgressStats::default(),
+                        pause: Pauser::default(),
                     });
                 }
                 self.sessions.push(session);
@@ -889,6 +893,7 @@ impl Room {
                 forwarder,
                 pt_map: [0; 128],
                 stats: EgressStats::default(),
+                pause: Pauser::default(),
             });
         }
         // Whatever changed while the offer was out (or tracks that appeared) goes next.
@@ -1481,6 +1486,10 @@ impl Room {
                 continue;
             }
             for out in sub.outs.iter_mut().filter(|o| o.track == Some(track_id)) {
+                if out.pause.is_paused() {
+                    out.stats.skipped += 1;
+                    continue;
+                }
                 let slot = usize::from(pt & 0x7f);
                 if out.pt_map[slot] == 0 {
                     // First packet with this payload type: find the subscriber's equivalent.
@@ -1712,7 +1721,59 @@ impl Room {
                 }
             }
         }
+        // Single-layer video the link cannot carry is paused rather than left to queue in the
+        // pacer for seconds; device cameras are served first.
+        let mut resumed = Vec::new();
+        let mut video: Vec<(usize, bool, bool, Option<u64>)> = Vec::new();
+        for (k, out) in self.sessions[i].outs.iter().enumerate() {
+            if out.kind != MediaKind::Video {
+                continue;
+            }
+            let Some(t) = out.track.and_then(|id| self.track(id)) else {
+                continue;
+            };
+            let layer = changes
+                .iter()
+                .find(|(c, _)| *c == k)
+                .map_or(out.forwarder.target_layer(), |(_, l)| *l);
+            let rate = t
+                .layers
+                .get(usize::from(layer))
+                .and_then(|l| l.meter.bps(now));
+            video.push((
+                k,
+                t.class == TrackClass::DeviceCamera,
+                t.layers.len() > 1,
+                rate,
+            ));
+        }
+        video.sort_by_key(|(_, device, _, _)| !device);
+        // str0m paces at 1.1 × the estimate.
+        let mut left = (bwe + bwe / 10).saturating_sub(audio);
         let s = &mut self.sessions[i];
+        for (k, _, simulcast, rate) in video {
+            let Some(rate) = rate else { continue };
+            let out = &mut s.outs[k];
+            if simulcast {
+                left = left.saturating_sub(rate);
+                continue;
+            }
+            let (change, forwarded) = out.pause.update(now, rate, left);
+            if forwarded {
+                left = left.saturating_sub(rate);
+            }
+            match change {
+                Change::Paused => out.stats.pauses += 1,
+                Change::Resumed => {
+                    out.forwarder.reset_source();
+                    if let Some(track) = out.track {
+                        resumed.push(track);
+                    }
+                }
+                Change::None => {}
+            }
+            out.stats.paused = out.pause.is_paused();
+        }
         for (k, layer) in &changes {
             s.outs[*k].forwarder.set_target(*layer);
         }
@@ -1726,6 +1787,9 @@ impl Room {
             .collect();
         for (track, layer) in requests {
             self.request_keyframe(now, track, layer, KeyframeRequestKind::Pli);
+        }
+        for track in resumed {
+            self.request_keyframe(now, track, 0, KeyframeRequestKind::Pli);
         }
     }
 

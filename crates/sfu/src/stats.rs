@@ -180,8 +180,13 @@ pub struct EgressStats {
     pub packets: u64,
     /// RTP payload bytes forwarded.
     pub bytes: u64,
-    /// Packets not forwarded because they belonged to another layer or preceded a keyframe.
+    /// Packets not forwarded because they belonged to another layer, preceded a keyframe, or
+    /// came while the track was paused.
     pub skipped: u64,
+    /// Paused now: the subscriber's link cannot carry this video ([`crate::pause`]).
+    pub paused: bool,
+    /// Times this track was paused for this subscriber.
+    pub pauses: u64,
     /// Loss reported by the subscriber, fraction 0..1.
     pub loss: f32,
     /// NACKs received from the subscriber.
