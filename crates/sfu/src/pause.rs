@@ -1,24 +1,24 @@
 //! Pausing video a subscriber's link cannot carry.
 //!
-//! A subscriber's media goes through a pacer that sends at its bandwidth estimate. When the
-//! estimate falls below what its video needs and the video has no lower simulcast layer, the
-//! pacer does not drop anything: it queues, and the doctor sees pictures that are seconds old
-//! while the sound is live (measured: 1.3–1.4 s under 2 % loss, BENCHMARKS.md). Better to stop
-//! forwarding the least important video for a while, so the rest is on time, and to start it
-//! again at a keyframe once the estimate has room for it.
+//! Forwarded media is not paced (a pacer at a bandwidth estimate below what single-layer video
+//! needs made the doctor's pictures 1.3 s late under 2 % loss while the sound was live,
+//! BENCHMARKS.md), so the SFU answers a lasting shortfall itself: when a subscriber's estimate
+//! has not covered a video track without a lower simulcast layer for [`PAUSE_AFTER`], the
+//! track stops being forwarded to that subscriber, and starts again at a keyframe once the
+//! estimate has room for it.
 //!
 //! Audio is never paused (it is budgeted first); device cameras (otoscope, dermatoscope) go
-//! before other video. A track is paused only when it has not fitted for [`PAUSE_AFTER`]
-//! (a short dip of the estimate, as at the start of a call, is left to the pacer), and resumed
-//! only after [`MIN_PAUSE`] and with [`crate::simulcast::UP_FACTOR`] headroom, so it does not
-//! flap. Pure state: time is an input.
+//! before other video. [`PAUSE_AFTER`] is long enough that the estimate's short dips (the start
+//! of a call, a burst of loss) pause nothing: at 1 s, dips paused cameras on a clean loopback
+//! link. A track resumes only after [`MIN_PAUSE`] and with [`crate::simulcast::UP_FACTOR`]
+//! headroom, so it does not flap. Pure state: time is an input.
 
 use std::time::{Duration, Instant};
 
 use crate::simulcast::UP_FACTOR;
 
 /// How long a track may not fit its subscriber's estimate before it is paused.
-pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
+pub const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
 /// The shortest pause: a resume costs a keyframe.
 pub const MIN_PAUSE: Duration = Duration::from_secs(2);
@@ -91,11 +91,11 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pauser::default();
         assert_eq!(p.update(t0, 2 * MBPS, MBPS), (Change::None, true));
-        let t = t0 + Duration::from_millis(900);
+        let t = t0 + PAUSE_AFTER - Duration::from_millis(100);
         assert_eq!(p.update(t, 2 * MBPS, MBPS), (Change::None, true));
         // The estimate recovers before PAUSE_AFTER: the clock starts again.
         assert_eq!(p.update(t, 2 * MBPS, 3 * MBPS), (Change::None, true));
-        let t = t + Duration::from_millis(900);
+        let t = t + PAUSE_AFTER - Duration::from_millis(100);
         assert_eq!(p.update(t, 2 * MBPS, MBPS), (Change::None, true));
         assert!(!p.is_paused());
     }

@@ -1536,6 +1536,10 @@ impl Room {
                             }
                         }
                         if let Some(tx) = sub.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
+                            // Forwarded media is not paced: the publisher already paced it, and
+                            // a pacer below the estimate only makes video late (congestion is
+                            // answered by layer choice and pausing instead).
+                            tx.set_unpaced(true);
                             tx.write_rtp(write);
                             if out.stats.packets == 0
                                 && sub.stages & (1 << Stage::FirstMedia as u8) == 0
