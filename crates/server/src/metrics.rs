@@ -171,11 +171,13 @@ impl Metrics {
         let s = Arc::clone(&summary);
         let read = move || s.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
-        macro_rules! gauge {
-            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
+        // One observable instrument reading the latest summary; `$kind` is the meter's
+        // constructor (u64/f64 gauge, u64 counter).
+        macro_rules! observe {
+            ($kind:ident, $name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
                 let read = read.clone();
                 let _ = meter
-                    .u64_observable_gauge($name)
+                    .$kind($name)
                     .with_unit($unit)
                     .with_description($desc)
                     .with_callback(move |$obs| {
@@ -184,34 +186,15 @@ impl Metrics {
                     })
                     .build();
             }};
+        }
+        macro_rules! gauge {
+            ($($args:tt)*) => { observe!(u64_observable_gauge, $($args)*) };
         }
         macro_rules! fgauge {
-            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
-                let read = read.clone();
-                let _ = meter
-                    .f64_observable_gauge($name)
-                    .with_unit($unit)
-                    .with_description($desc)
-                    .with_callback(move |$obs| {
-                        let $sum = read();
-                        $body
-                    })
-                    .build();
-            }};
+            ($($args:tt)*) => { observe!(f64_observable_gauge, $($args)*) };
         }
         macro_rules! counter {
-            ($name:expr, $unit:expr, $desc:expr, |$sum:ident, $obs:ident| $body:block) => {{
-                let read = read.clone();
-                let _ = meter
-                    .u64_observable_counter($name)
-                    .with_unit($unit)
-                    .with_description($desc)
-                    .with_callback(move |$obs| {
-                        let $sum = read();
-                        $body
-                    })
-                    .build();
-            }};
+            ($($args:tt)*) => { observe!(u64_observable_counter, $($args)*) };
         }
 
         gauge!(

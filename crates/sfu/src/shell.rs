@@ -789,47 +789,13 @@ impl Worker {
                 let _ = self.pool.try_send(buf);
             }
             Msg::Join { room, req, reply } => {
-                let now = self.now();
-                let session = req.session;
-                let ufrag = req.ice_ufrag.clone();
-                let r = self
-                    .rooms
-                    .entry(room.clone())
-                    .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
-                let result = r.join(now, *req);
-                if result.is_ok() {
-                    self.sessions.insert(session, room.clone());
-                    let _ = self
-                        .control
-                        .send(Control::Register(ufrag, (self.index, session)));
-                    let (socket, counters) = (&self.socket, &self.counters);
-                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                    r.handle_timeout(now, &mut send);
-                } else if r.is_empty() {
-                    self.rooms.remove(&room);
-                }
+                let (session, ufrag) = (req.session, req.ice_ufrag.clone());
+                let result = self.join(room, session, ufrag, |r, now| r.join(now, *req));
                 let _ = reply.send(result);
             }
             Msg::JoinOffering { room, req, reply } => {
-                let now = self.now();
-                let session = req.session;
-                let ufrag = req.ice_ufrag.clone();
-                let r = self
-                    .rooms
-                    .entry(room.clone())
-                    .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
-                let result = r.join_offering(now, *req);
-                if result.is_ok() {
-                    self.sessions.insert(session, room.clone());
-                    let _ = self
-                        .control
-                        .send(Control::Register(ufrag, (self.index, session)));
-                    let (socket, counters) = (&self.socket, &self.counters);
-                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                    r.handle_timeout(now, &mut send);
-                } else if r.is_empty() {
-                    self.rooms.remove(&room);
-                }
+                let (session, ufrag) = (req.session, req.ice_ufrag.clone());
+                let result = self.join(room, session, ufrag, |r, now| r.join_offering(now, *req));
                 let _ = reply.send(result);
             }
             Msg::Answer {
@@ -979,6 +945,36 @@ impl Worker {
             Msg::Stop => return false,
         }
         true
+    }
+
+    /// Adds `session` to `room` (created if needed) with `join`; on success registers its ufrag
+    /// with the receive thread and sends what the session has to send at once; a room left
+    /// empty by a refused join is dropped.
+    fn join<T>(
+        &mut self,
+        room: RoomId,
+        session: SessionId,
+        ufrag: String,
+        join: impl FnOnce(&mut Room, Instant) -> Result<T, JoinError>,
+    ) -> Result<T, JoinError> {
+        let now = self.now();
+        let r = self
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
+        let result = join(r, now);
+        if result.is_ok() {
+            self.sessions.insert(session, room);
+            let _ = self
+                .control
+                .send(Control::Register(ufrag, (self.index, session)));
+            let (socket, counters) = (&self.socket, &self.counters);
+            let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
+            r.handle_timeout(now, &mut send);
+        } else if r.is_empty() {
+            self.rooms.remove(&room);
+        }
+        result
     }
 
     /// Registers the ufrag of a server offer (it changes on an ICE restart) and reports the

@@ -13,26 +13,32 @@ use str0m::channel::Reliability;
 use str0m::media::{Direction, MediaKind};
 use str0m::Event;
 
-#[test]
-fn telemetry_channels_carry_data_both_ways() {
+/// A kiosk publishing a microphone and a doctor subscribing with a `commands` data channel:
+/// the simulation, the doctor's peer index and its channel.
+fn kiosk_and_doctor() -> (Sim, usize, str0m::channel::ChannelId) {
     let mut sim = Sim::new();
-    let (_kiosk, _) = sim
-        .join("kiosk-1", Role::Kiosk, SessionKind::Publish, |api| {
-            api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some("kiosk".into()),
-                Some("microphone".into()),
-                None,
-            )
-        })
-        .unwrap();
+    sim.join("kiosk-1", Role::Kiosk, SessionKind::Publish, |api| {
+        api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("kiosk".into()),
+            Some("microphone".into()),
+            None,
+        )
+    })
+    .unwrap();
     let (doctor, cmd) = sim
         .join("dr-1", Role::Doctor, SessionKind::Subscribe, |api| {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
             api.add_channel("commands".into())
         })
         .unwrap();
+    (sim, doctor, cmd)
+}
+
+#[test]
+fn telemetry_channels_carry_data_both_ways() {
+    let (mut sim, doctor, cmd) = kiosk_and_doctor();
     // A subscriber without a data channel gets no telemetry and is not disturbed.
     let (_plain, _) = sim
         .join("nurse-1", Role::Assistant, SessionKind::Subscribe, |api| {
@@ -149,23 +155,7 @@ fn telemetry_channels_carry_data_both_ways() {
 /// every reliable message still reaches the subscriber, whole and in order, as it acknowledges.
 #[test]
 fn a_reliable_burst_larger_than_the_send_buffer_arrives_whole_and_in_order() {
-    let mut sim = Sim::new();
-    sim.join("kiosk-1", Role::Kiosk, SessionKind::Publish, |api| {
-        api.add_media(
-            MediaKind::Audio,
-            Direction::SendOnly,
-            Some("kiosk".into()),
-            Some("microphone".into()),
-            None,
-        )
-    })
-    .unwrap();
-    let (doctor, _) = sim
-        .join("dr-1", Role::Doctor, SessionKind::Subscribe, |api| {
-            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-            api.add_channel("commands".into())
-        })
-        .unwrap();
+    let (mut sim, doctor, _) = kiosk_and_doctor();
     let t0 = sim.now;
     sim.run_until(t0 + Duration::from_secs(3), |_| None);
 
