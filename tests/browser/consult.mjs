@@ -10,99 +10,26 @@
 // (default <workspace>/target/screenshots/consult.png), STEP_TIMEOUT_MS (default 30000).
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { mkdirSync, rmSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const t0 = Date.now();
-const log = (m) => process.stderr.write(`[consult +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const result = { ok: false, stage: "setup", timings_ms: {}, checks: {} };
-
-function redact(text) {
-  const t = process.env.DOCTOR_TOKEN;
-  return t ? text.split(t).join("<DOCTOR_TOKEN>").split(encodeURIComponent(t)).join("<DOCTOR_TOKEN>") : text;
-}
-function finish(ok, message) {
-  result.ok = ok;
-  result.message = redact(message);
-  result.timings_ms.total = Date.now() - t0;
-  process.stdout.write(redact(JSON.stringify(result)) + "\n");
-  process.stderr.write(`consult ${ok ? "ok" : `FAILED at ${result.stage}`}: ${result.message}\n`);
-}
-function env(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`environment variable ${name} is required`);
-  return v;
-}
-
-// Polls `probe` (run in the page) until `ok(value)`; throws with the last value after `ms`.
-async function until(page, what, probe, ok, ms) {
-  const deadline = Date.now() + ms;
-  let v;
-  for (;;) {
-    v = await page.evaluate(probe);
-    if (ok(v)) {
-      result.checks[what] = v;
-      result.timings_ms[what] = Date.now() - t0;
-      log(`${what}: ${JSON.stringify(v)}`);
-      return v;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not reached after ${ms} ms; last ${JSON.stringify(v)}`);
-    await sleep(250);
-  }
-}
-
-// Inbound statistics of the doctor's subscribe connection, by track label.
-const inbound = async () => {
-  const s = window.cabine.session;
-  const out = {};
-  if (!s.sub) return out;
-  const stats = await s.sub.getStats();
-  stats.forEach((r) => {
-    if (r.type !== "inbound-rtp") return;
-    const info = s.tracks.get(r.mid);
-    const label = info ? info.label : `mid-${r.mid}`;
-    // A re-published track comes back on a new m-line with the same label: add them up.
-    const o = out[label] || { kind: r.kind, packets: 0, frames: 0, width: 0 };
-    o.packets += r.packetsReceived || 0;
-    o.frames += r.framesDecoded || 0;
-    o.width = Math.max(o.width, r.frameWidth || 0);
-    out[label] = o;
-  });
-  return out;
-};
+const { result, finish, until } = driver("consult", ["DOCTOR_TOKEN"]);
 
 async function main() {
   const base = env("CABINE_URL").replace(/\/+$/, "");
   const room = env("ROOM");
   const token = env("DOCTOR_TOKEN");
-  const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
   const step = Number(process.env.STEP_TIMEOUT_MS || 30000);
   const screenshot = process.env.SCREENSHOT || resolve(here, "../../target/screenshots/consult.png");
-  if (!existsSync(chromium)) throw new Error(`${chromium} not found (apt-get install chromium, or run .ci/run)`);
-  const playwright = await import("playwright-core").catch((e) => {
-    throw new Error(`playwright-core is not installed: run \`npm ci --prefix tests/browser\` (${e.message})`);
-  });
-  const userDataDir = mkdtempSync(join(tmpdir(), "cabine-consult-"));
   const consoleLines = [];
   let context;
+  let userDataDir;
   try {
     result.stage = "launch";
-    context = await playwright.chromium.launchPersistentContext(userDataDir, {
-      executablePath: chromium,
-      headless: true,
-      args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-      ],
-      viewport: { width: 1280, height: 860 },
-      timeout: 30000,
-    });
+    ({ context, dir: userDataDir } = await launchChromium("cabine-consult-", { width: 1280, height: 860 }));
     await context.grantPermissions(["camera", "microphone"], { origin: new URL(base).origin }).catch(() => {});
     const page = context.pages()[0] || (await context.newPage());
     page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
@@ -216,7 +143,7 @@ async function main() {
     return 1;
   } finally {
     if (context) await context.close().catch(() => {});
-    rmSync(userDataDir, { recursive: true, force: true });
+    if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
   }
 }
 

@@ -7,89 +7,21 @@
 // Env: CABINE_URL, ROOM, DOCTOR_TOKEN, KIOSK_TOKEN. Optional: CHROMIUM, STEP_TIMEOUT_MS.
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
+import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
 
-const t0 = Date.now();
-const log = (m) => process.stderr.write(`[kiosk_page +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const result = { ok: false, stage: "setup", checks: {} };
-
-function redact(text) {
-  let out = text;
-  for (const n of ["DOCTOR_TOKEN", "KIOSK_TOKEN"]) {
-    const t = process.env[n];
-    if (t) out = out.split(t).join(`<${n}>`).split(encodeURIComponent(t)).join(`<${n}>`);
-  }
-  return out;
-}
-function finish(ok, message) {
-  result.ok = ok;
-  result.message = redact(message);
-  result.total_ms = Date.now() - t0;
-  process.stdout.write(redact(JSON.stringify(result)) + "\n");
-  process.stderr.write(`kiosk_page ${ok ? "ok" : `FAILED at ${result.stage}`}: ${result.message}\n`);
-}
-function env(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`environment variable ${name} is required`);
-  return v;
-}
-async function until(page, what, probe, ok, ms) {
-  const deadline = Date.now() + ms;
-  let v;
-  for (;;) {
-    v = await page.evaluate(probe);
-    if (ok(v)) {
-      result.checks[what] = v;
-      log(`${what}: ${JSON.stringify(v)}`);
-      return v;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not reached after ${ms} ms; last ${JSON.stringify(v)}`);
-    await sleep(250);
-  }
-}
-// Inbound statistics of a page's subscribe connection, by track label.
-const inbound = async () => {
-  const s = window.cabine.session;
-  const out = {};
-  if (!s.sub) return out;
-  (await s.sub.getStats()).forEach((r) => {
-    if (r.type !== "inbound-rtp") return;
-    const info = s.tracks.get(r.mid);
-    const label = info ? info.label : `mid-${r.mid}`;
-    const o = out[label] || { kind: r.kind, packets: 0, frames: 0 };
-    o.packets += r.packetsReceived || 0;
-    o.frames += r.framesDecoded || 0;
-    out[label] = o;
-  });
-  return out;
-};
+const { result, finish, until } = driver("kiosk_page", ["DOCTOR_TOKEN", "KIOSK_TOKEN"]);
 
 async function main() {
   const base = env("CABINE_URL").replace(/\/+$/, "");
   const room = encodeURIComponent(env("ROOM"));
-  const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
   const step = Number(process.env.STEP_TIMEOUT_MS || 30000);
-  if (!existsSync(chromium)) throw new Error(`${chromium} not found (apt-get install chromium, or run .ci/run)`);
-  const playwright = await import("playwright-core");
-  const dir = mkdtempSync(join(tmpdir(), "cabine-kiosk-page-"));
   const consoleLines = [];
   let context;
+  let dir;
   try {
     result.stage = "launch";
-    context = await playwright.chromium.launchPersistentContext(dir, {
-      executablePath: chromium,
-      headless: true,
-      args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-      ],
-      viewport: { width: 1100, height: 800 },
-    });
+    ({ context, dir } = await launchChromium("cabine-kiosk-page-", { width: 1100, height: 800 }));
     await context.grantPermissions(["camera", "microphone"], { origin: new URL(base).origin }).catch(() => {});
     const watch = (name, p) => {
       p.on("console", (m) => consoleLines.push(`${name} ${m.type()}: ${m.text()}`));
@@ -138,7 +70,7 @@ async function main() {
     return 1;
   } finally {
     if (context) await context.close().catch(() => {});
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 

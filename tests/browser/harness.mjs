@@ -1,0 +1,98 @@
+// What the browser drivers share: logging with the time since start, one JSON result line with
+// the tokens redacted, polling a page until a condition holds, the inbound statistics of a
+// page's subscribe connection, and launching Debian's chromium with fake media devices.
+
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function env(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`environment variable ${name} is required`);
+  return v;
+}
+
+// A driver named `name` whose output must never show the values of the environment variables
+// in `secrets` (tokens).
+export function driver(name, secrets) {
+  const t0 = Date.now();
+  const result = { ok: false, stage: "setup", timings_ms: {}, checks: {} };
+  const log = (m) => process.stderr.write(`[${name} +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
+  const redact = (text) => {
+    let out = text;
+    for (const n of secrets) {
+      const t = process.env[n];
+      if (t) out = out.split(t).join(`<${n}>`).split(encodeURIComponent(t)).join(`<${n}>`);
+    }
+    return out;
+  };
+  const finish = (ok, message) => {
+    result.ok = ok;
+    result.message = redact(message);
+    result.timings_ms.total = Date.now() - t0;
+    process.stdout.write(redact(JSON.stringify(result)) + "\n");
+    process.stderr.write(`${name} ${ok ? "ok" : `FAILED at ${result.stage}`}: ${result.message}\n`);
+  };
+  // Polls `probe` (run in the page) until `ok(value)`; throws with the last value after `ms`.
+  const until = async (page, what, probe, ok, ms) => {
+    const deadline = Date.now() + ms;
+    let v;
+    for (;;) {
+      v = await page.evaluate(probe);
+      if (ok(v)) {
+        result.checks[what] = v;
+        result.timings_ms[what] = Date.now() - t0;
+        log(`${what}: ${JSON.stringify(v)}`);
+        return v;
+      }
+      if (Date.now() > deadline) throw new Error(`${what}: not reached after ${ms} ms; last ${JSON.stringify(v)}`);
+      await sleep(250);
+    }
+  };
+  return { t0, result, log, redact, finish, until };
+}
+
+// Run in a page (`page.evaluate(inbound)`): inbound statistics of its subscribe connection, by
+// track label. A re-published track comes back on a new m-line with the same label: added up.
+export const inbound = async () => {
+  const s = window.cabine.session;
+  const out = {};
+  if (!s.sub) return out;
+  (await s.sub.getStats()).forEach((r) => {
+    if (r.type !== "inbound-rtp") return;
+    const info = s.tracks.get(r.mid);
+    const label = info ? info.label : `mid-${r.mid}`;
+    const o = out[label] || { kind: r.kind, packets: 0, frames: 0, width: 0 };
+    o.packets += r.packetsReceived || 0;
+    o.frames += r.framesDecoded || 0;
+    o.width = Math.max(o.width, r.frameWidth || 0);
+    out[label] = o;
+  });
+  return out;
+};
+
+// Debian's chromium (or $CHROMIUM), headless, with fake camera and microphone, in a new
+// profile directory under the system's temporary directory (the caller removes `dir`).
+export async function launchChromium(prefix, viewport) {
+  const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
+  if (!existsSync(chromium)) throw new Error(`${chromium} not found (apt-get install chromium, or run .ci/run)`);
+  const playwright = await import("playwright-core").catch((e) => {
+    throw new Error(`playwright-core is not installed: run \`npm ci --prefix tests/browser\` (${e.message})`);
+  });
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const context = await playwright.chromium.launchPersistentContext(dir, {
+    executablePath: chromium,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+    viewport,
+    timeout: 30000,
+  });
+  return { context, dir };
+}
