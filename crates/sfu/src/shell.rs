@@ -809,9 +809,7 @@ impl Worker {
                 let result = match self.rooms.get_mut(&room) {
                     Some(r) => {
                         let result = r.accept_answer(now, session, offer, &sdp);
-                        let (socket, counters) = (&self.socket, &self.counters);
-                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                        r.handle_timeout(now, &mut send);
+                        flush_room(r, now, &self.socket, &self.counters);
                         result
                     }
                     None => Err(NegotiationError::UnknownSession(session)),
@@ -867,9 +865,7 @@ impl Worker {
                                 .control
                                 .send(Control::Register(ufrag, (self.index, session)));
                         }
-                        let (socket, counters) = (&self.socket, &self.counters);
-                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                        r.handle_timeout(now, &mut send);
+                        flush_room(r, now, &self.socket, &self.counters);
                         result
                     }
                     None => Err(JoinError::Refused(format!(
@@ -935,9 +931,7 @@ impl Worker {
                         .send(Control::Register(ufrag, (self.index, session)));
                     let now = self.now();
                     if let Some(r) = self.rooms.get_mut(&room) {
-                        let (socket, counters) = (&self.socket, &self.counters);
-                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                        r.handle_timeout(now, &mut send);
+                        flush_room(r, now, &self.socket, &self.counters);
                     }
                 }
                 let _ = reply.send(found);
@@ -968,9 +962,7 @@ impl Worker {
             let _ = self
                 .control
                 .send(Control::Register(ufrag, (self.index, session)));
-            let (socket, counters) = (&self.socket, &self.counters);
-            let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-            r.handle_timeout(now, &mut send);
+            flush_room(r, now, &self.socket, &self.counters);
         } else if r.is_empty() {
             self.rooms.remove(&room);
         }
@@ -1050,6 +1042,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// Sends what `r` has to send at `now` (after a join, an answer, an ICE restart…).
+fn flush_room(r: &mut Room, now: Instant, socket: &UdpSocket, counters: &ShellCounters) {
+    r.handle_timeout(now, &mut |t: &str0m::net::Transmit| {
+        send_to(socket, counters, t)
+    });
 }
 
 fn send_to(socket: &UdpSocket, counters: &ShellCounters, t: &str0m::net::Transmit) {
