@@ -1,0 +1,117 @@
+//! Which subscriber slot carries which published track: binding tracks to free slots and ending tracks.
+
+use cabine_proto::Identity;
+
+use super::{OfferedTrack, Room, SessionId, SessionKind, TrackInfo};
+
+impl Room {
+    /// Ends tracks: unbinds them from subscribers' slots (stopping the m-lines of
+    /// server-negotiated subscribers in their next offer) and rebinds free WHEP slots.
+    pub(super) fn remove_tracks(&mut self, gone: &[u64]) {
+        if gone.is_empty() {
+            return;
+        }
+        let infos: Vec<(u64, Identity, TrackInfo)> = self
+            .tracks
+            .iter()
+            .filter(|t| gone.contains(&t.id))
+            .map(|t| (t.id, t.publisher_identity.clone(), t.info()))
+            .collect();
+        self.tracks.retain(|t| !gone.contains(&t.id));
+        for s in &mut self.sessions {
+            if let Some(n) = &mut s.negotiation {
+                // Tracks still waiting in an unanswered offer are stopped after it.
+                if let Some(p) = &mut n.pending {
+                    for (mid, _, track) in &p.adds {
+                        if let Some((_, from, info)) = infos.iter().find(|x| x.0 == *track) {
+                            n.to_stop.push((
+                                *mid,
+                                OfferedTrack {
+                                    mid: mid.to_string(),
+                                    from: from.clone(),
+                                    track: info.clone(),
+                                },
+                            ));
+                        }
+                    }
+                    p.adds.retain(|(_, _, t)| !gone.contains(t));
+                }
+                let mut k = 0;
+                while k < s.outs.len() {
+                    let out = &s.outs[k];
+                    if let Some((_, from, info)) =
+                        out.track.and_then(|t| infos.iter().find(|x| x.0 == t))
+                    {
+                        n.to_stop.push((
+                            out.mid,
+                            OfferedTrack {
+                                mid: out.mid.to_string(),
+                                from: from.clone(),
+                                track: info.clone(),
+                            },
+                        ));
+                        s.outs.remove(k);
+                    } else {
+                        k += 1;
+                    }
+                }
+                continue;
+            }
+            for out in &mut s.outs {
+                if out.track.is_some_and(|t| gone.contains(&t)) {
+                    out.track = None;
+                    out.forwarder.reset_source();
+                }
+            }
+        }
+        self.bind_free_slots();
+        self.renegotiate_all();
+    }
+
+    /// Binds tracks to subscribers' free slots of the same kind, in publish order.
+    pub(super) fn bind_free_slots(&mut self) {
+        for s in 0..self.sessions.len() {
+            if self.sessions[s].kind != SessionKind::Subscribe {
+                continue;
+            }
+            if self.sessions[s].negotiation.is_some() {
+                continue;
+            }
+            for t in 0..self.tracks.len() {
+                let track = &self.tracks[t];
+                let sub = &self.sessions[s];
+                if track.publisher_identity == sub.identity
+                    || sub
+                        .from
+                        .as_ref()
+                        .is_some_and(|f| *f != track.publisher_identity)
+                    || sub.outs.iter().any(|o| o.track == Some(track.id))
+                {
+                    continue;
+                }
+                let (id, kind) = (track.id, track.kind);
+                let sub = &mut self.sessions[s];
+                if let Some(out) = sub
+                    .outs
+                    .iter_mut()
+                    .find(|o| o.track.is_none() && o.kind == kind)
+                {
+                    out.track = Some(id);
+                    out.forwarder.reset_source();
+                    out.forwarder.set_target(0);
+                    out.pt_map = [0; 128];
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget_tracks_of(&mut self, session: SessionId) {
+        let gone: Vec<u64> = self
+            .tracks
+            .iter()
+            .filter(|t| t.publisher == session)
+            .map(|t| t.id)
+            .collect();
+        self.remove_tracks(&gone);
+    }
+}

@@ -1,0 +1,304 @@
+//! The drive loop: datagrams and timeouts in, str0m's outputs drained, its events applied to the room.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use serde::Serialize;
+use str0m::bwe::BweKind;
+use str0m::media::KeyframeRequestKind;
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Event, IceConnectionState, Input, Output};
+
+use super::{
+    clock_rate, flush_backlog, DataIn, Removed, Room, SessionId, DATA_IN_LIMIT, DATA_IN_MAX,
+};
+
+/// A step in a session's setup, for join tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// ICE connectivity established.
+    IceConnected,
+    /// DTLS handshake done (SRTP keys ready).
+    DtlsConnected,
+    /// First media packet received (publisher) or forwarded (subscriber).
+    FirstMedia,
+}
+
+/// A session reached a [`Stage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// The session.
+    pub session: SessionId,
+    /// The stage reached.
+    pub stage: Stage,
+}
+
+impl Room {
+    /// Feeds one datagram that the shell routed to `session`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        send: &mut impl FnMut(&Transmit),
+    ) {
+        self.last_forwarded = None;
+        let Some(i) = self.sessions.iter().position(|s| s.id == session) else {
+            return;
+        };
+        let accepted = match Receive::new(Protocol::Udp, source, destination, data) {
+            Ok(receive) => {
+                let s = &mut self.sessions[i];
+                let input = Input::Receive(now, receive);
+                // Only traffic from the ICE-validated address (or STUN with this session's
+                // ufrag) reaches the engine; anything else is someone else's garbage.
+                if s.rtc.accepts(&input) {
+                    s.dirty = true;
+                    s.rtc.handle_input(input).is_ok()
+                } else {
+                    false
+                }
+            }
+            Err(_) => false,
+        };
+        if !accepted {
+            self.dropped.rejected_datagrams += 1;
+        }
+        self.drive(now, send);
+    }
+
+    /// Setup stages sessions reached since the last call.
+    pub fn take_progress(&mut self) -> Vec<Progress> {
+        std::mem::take(&mut self.progress)
+    }
+
+    /// The next time [`Room::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.iter().map(|s| s.timeout).min()
+    }
+
+    /// Advances time: timers of every session due at `now`, and removal of dead sessions.
+    pub fn handle_timeout(&mut self, now: Instant, send: &mut impl FnMut(&Transmit)) {
+        self.last_forwarded = None;
+        for s in &mut self.sessions {
+            if s.timeout <= now {
+                s.dirty = true;
+                if s.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    s.rtc.disconnect();
+                }
+            }
+        }
+        self.drive(now, send);
+    }
+
+    /// Sessions the room removed by itself since the last call (ICE timeout, DTLS close), for the
+    /// shell's bookkeeping and the audit log.
+    pub fn take_removed(&mut self) -> Vec<Removed> {
+        std::mem::take(&mut self.removed)
+    }
+
+    pub(super) fn reap(&mut self) {
+        let grace = self.cfg.disconnect_grace;
+        let now_dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                !s.rtc.is_alive()
+                    || s.disconnected_since
+                        .is_some_and(|since| s.timeout.saturating_duration_since(since) > grace)
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in now_dead {
+            if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
+                self.removed.push(Removed {
+                    session: s.id,
+                    identity: s.identity.clone(),
+                    role: s.role,
+                    kind: s.kind,
+                    reason: if s.rtc.is_alive() {
+                        "ICE disconnected for longer than the grace period"
+                    } else {
+                        "connection closed"
+                    },
+                });
+            }
+            self.leave(id);
+        }
+    }
+
+    pub(super) fn drive(&mut self, now: Instant, send: &mut impl FnMut(&Transmit)) {
+        while let Some(i) = self.sessions.iter().position(|s| s.dirty) {
+            self.sessions[i].dirty = false;
+            self.poll_session(i, now, send);
+        }
+        if self
+            .sessions
+            .iter()
+            .any(|s| !s.rtc.is_alive() || s.disconnected_since.is_some())
+        {
+            self.reap();
+        }
+    }
+
+    pub(super) fn poll_session(
+        &mut self,
+        i: usize,
+        now: Instant,
+        send: &mut impl FnMut(&Transmit),
+    ) {
+        loop {
+            let s = &mut self.sessions[i];
+            if !s.rtc.is_alive() {
+                return;
+            }
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    // Acknowledgements may have made room for held telemetry: write it and
+                    // poll again for the datagrams it makes.
+                    if flush_backlog(s) {
+                        continue;
+                    }
+                    s.timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => send(&t),
+                Ok(Output::Event(e)) => self.on_event(i, now, e),
+                Err(_) => {
+                    s.rtc.disconnect();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_event(&mut self, i: usize, now: Instant, e: Event) {
+        match e {
+            Event::Connected => {
+                self.sessions[i].connected = true;
+                self.reached(i, Stage::DtlsConnected);
+            }
+            Event::IceConnectionStateChange(state) => {
+                let s = &mut self.sessions[i];
+                match state {
+                    IceConnectionState::Disconnected => {
+                        s.disconnected_since.get_or_insert(now);
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        s.disconnected_since = None;
+                        self.reached(i, Stage::IceConnected);
+                    }
+                    _ => {}
+                }
+            }
+            Event::RtpPacket(pkt) => self.on_rtp(i, now, pkt),
+            Event::ChannelOpen(id, _) => {
+                if let Some(t) = &mut self.sessions[i].telemetry {
+                    if id == t.reliable {
+                        t.reliable_open = true;
+                    } else if id == t.lossy {
+                        t.lossy_open = true;
+                    }
+                }
+            }
+            Event::ChannelClose(id) => {
+                if let Some(t) = &mut self.sessions[i].telemetry {
+                    if id == t.reliable {
+                        t.reliable_open = false;
+                        t.stats.dropped += t.backlog.len() as u64;
+                        t.backlog.clear();
+                        t.backlog_bytes = 0;
+                    } else if id == t.lossy {
+                        t.lossy_open = false;
+                    }
+                }
+            }
+            Event::ChannelData(d) => {
+                let s = &mut self.sessions[i];
+                let label = s
+                    .rtc
+                    .channel(d.id)
+                    .and_then(|c| c.config().map(|c| c.label.clone()))
+                    .unwrap_or_default();
+                if let Some(t) = &mut s.telemetry {
+                    t.stats.received += 1;
+                }
+                if d.data.len() > DATA_IN_MAX || self.data_in.len() >= DATA_IN_LIMIT {
+                    self.data_in_dropped += 1;
+                } else {
+                    self.data_in.push(DataIn {
+                        session: s.id,
+                        identity: s.identity.clone(),
+                        label,
+                        data: d.data,
+                    });
+                }
+            }
+            Event::KeyframeRequest(req) => {
+                let s = &mut self.sessions[i];
+                let Some(out) = s.outs.iter_mut().find(|o| o.mid == req.mid) else {
+                    return;
+                };
+                match req.kind {
+                    KeyframeRequestKind::Pli => out.stats.plis += 1,
+                    KeyframeRequestKind::Fir => out.stats.firs += 1,
+                }
+                let (Some(track), Some(layer)) = (out.track, out.forwarder.current_layer()) else {
+                    return;
+                };
+                self.request_keyframe(now, track, layer, req.kind);
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.sessions[i].bwe = Some(estimate.as_u64());
+                self.select_layers(i, now);
+            }
+            Event::MediaEgressStats(st) => {
+                let s = &mut self.sessions[i];
+                if let Some(out) = s.outs.iter_mut().find(|o| o.mid == st.mid) {
+                    out.stats.nacks = st.nacks;
+                    out.stats.loss = st.loss.unwrap_or(out.stats.loss);
+                    out.stats.rtt_ms = st.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    if let Some(remote) = st.remote {
+                        let clock = f64::from(clock_rate(out.kind));
+                        out.stats.jitter_ms = Some(f64::from(remote.jitter) * 1000.0 / clock);
+                    }
+                }
+            }
+            Event::MediaIngressStats(st) => {
+                let publisher = self.sessions[i].id;
+                if let Some(track) = self
+                    .tracks
+                    .iter_mut()
+                    .find(|t| t.publisher == publisher && t.mid == st.mid)
+                {
+                    if let Some(layer) = track.layers.iter_mut().find(|l| l.rid == st.rid) {
+                        layer.stats.nacks = st.nacks;
+                        layer.stats.plis = st.plis;
+                        layer.stats.firs = st.firs;
+                        layer.stats.loss = st.loss.unwrap_or(layer.stats.loss);
+                        layer.stats.rtt_ms = st.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records that session `i` reached `stage` (once per stage).
+    pub(super) fn reached(&mut self, i: usize, stage: Stage) {
+        let bit = 1u8 << (stage as u8);
+        let s = &mut self.sessions[i];
+        if s.stages & bit == 0 {
+            s.stages |= bit;
+            if self.progress.len() < DATA_IN_LIMIT {
+                self.progress.push(Progress {
+                    session: s.id,
+                    stage,
+                });
+            }
+        }
+    }
+}
