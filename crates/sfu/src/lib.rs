@@ -8,12 +8,20 @@
 //! The shell ([`shell`]) owns the single UDP media socket and the worker threads. One receive
 //! thread reads datagrams and routes them by ICE ufrag (STUN) or by source address (everything
 //! else, [`demux`]) to the worker that owns the room; each worker runs the one drive loop:
+//! apply one input, then drain the room's one output until it says when to come back.
 //!
 //! ```text
 //! loop {
 //!     wait for a datagram or command, at most until the earliest room timeout
-//!     room.handle_datagram(now, session, from, to, bytes, send)   // or room.join / leave
-//!     room.handle_timeout(now, send)                              // when due
+//!     room.handle_datagram(now, arrival, session, from, to, bytes) // or join / leave / answer
+//!     room.handle_timeout(now)                                     // when due
+//!     loop {
+//!         match room.poll_output() {
+//!             Output::Transmit(t) => socket.send_to(t),
+//!             Output::Offer(o) | Progress(p) | Data(d) | Ended(r) => tell the server,
+//!             Output::Timeout(at) => break,                        // next wake-up
+//!         }
+//!     }
 //! }
 //! ```
 //!
@@ -31,7 +39,7 @@ pub mod simulcast;
 pub mod stats;
 
 pub use room::{
-    JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Room,
-    RoomConfig, SessionId, SessionKind,
+    JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Output,
+    Room, RoomConfig, SessionId, SessionKind,
 };
 pub use shell::{Sfu, SfuConfig, SfuError};

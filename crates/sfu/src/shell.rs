@@ -4,8 +4,10 @@
 //! - The receive thread reads datagrams into pooled buffers, routes them with the [`Demux`]
 //!   table and hands them to the owning worker over a bounded channel. It never blocks on a
 //!   worker: when a worker's queue is full the datagram is dropped and counted.
-//! - A worker waits for datagrams and commands until its rooms' earliest timeout, drives the
-//!   rooms, sends what they produce on the shared socket and returns buffers to the pool.
+//! - A worker waits for datagrams and commands until its rooms' earliest timeout, gives each
+//!   to its room, drains the room's [`Output`]s (datagrams onto the shared socket, offers,
+//!   progress, data and ended sessions to the server's event queue) and returns buffers to
+//!   the pool.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
 
@@ -27,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::demux::{Demux, Unrouted};
 use crate::room::{
-    DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Progress,
-    Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+    DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
+    Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 use crate::stats::DelayHistogram;
 
@@ -177,7 +179,6 @@ pub struct Sfu {
 struct Inner {
     local: SocketAddr,
     workers: Vec<Sender<Msg>>,
-    control: Sender<Control>,
     counters: Arc<ShellCounters>,
     stop: Arc<AtomicBool>,
     events: Receiver<SfuEvent>,
@@ -301,18 +302,20 @@ impl Sfu {
             let (tx, rx) = bounded::<Msg>(WORKER_QUEUE);
             workers.push(tx);
             let worker = Worker {
-                index: w,
                 rx,
-                socket: Arc::clone(&socket),
                 cfg: cfg.room.clone(),
                 rooms: HashMap::new(),
-                sessions: HashMap::new(),
-                counters: Arc::clone(&counters),
-                control: control_tx.clone(),
+                out: Outlet {
+                    index: w,
+                    socket: Arc::clone(&socket),
+                    counters: Arc::clone(&counters),
+                    control: control_tx.clone(),
+                    events: events_tx.clone(),
+                    sessions: HashMap::new(),
+                },
                 pool: pool_tx.clone(),
-                events: events_tx.clone(),
                 last_now: Instant::now(),
-                delay: DelayHistogram::default(),
+                closed_delay: DelayHistogram::default(),
             };
             threads.push(
                 thread::Builder::new()
@@ -347,7 +350,6 @@ impl Sfu {
             inner: Arc::new(Inner {
                 local,
                 workers,
-                control: control_tx,
                 counters,
                 stop,
                 events: events_rx,
@@ -581,7 +583,6 @@ impl Sfu {
         for w in &self.inner.workers {
             let _ = w.send(Msg::Stop);
         }
-        let _ = &self.inner.control;
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -695,22 +696,40 @@ impl Receiver_ {
 }
 
 struct Worker {
-    index: usize,
     rx: Receiver<Msg>,
-    socket: Arc<UdpSocket>,
     cfg: RoomConfig,
     rooms: HashMap<RoomId, Room>,
-    sessions: HashMap<SessionId, RoomId>,
+    out: Outlet,
+    pool: Sender<Vec<u8>>,
+    last_now: Instant,
+    /// Forwarding delay of the rooms this worker closed (live rooms keep their own).
+    closed_delay: DelayHistogram,
+}
+
+/// Where a worker's rooms' outputs go: the socket, the receive thread's routing table and the
+/// server's event queue.
+struct Outlet {
+    index: usize,
+    socket: Arc<UdpSocket>,
     counters: Arc<ShellCounters>,
     control: Sender<Control>,
-    pool: Sender<Vec<u8>>,
     events: Sender<SfuEvent>,
-    last_now: Instant,
-    delay: DelayHistogram,
+    /// Which room holds each session of this worker.
+    sessions: HashMap<SessionId, RoomId>,
+}
+
+/// What draining a room produced that the worker acts on.
+#[derive(Default)]
+struct Drained {
+    /// The offer made to the session the caller claimed (returned, not reported).
+    claimed: Option<Offer>,
+    /// Whether the room removed a session by itself (it may now be empty).
+    ended: bool,
 }
 
 impl Worker {
     fn run(mut self) {
+        let mut emptied = Vec::new();
         loop {
             let deadline = self.rooms.values().filter_map(Room::poll_timeout).min();
             let msg = match deadline {
@@ -737,14 +756,17 @@ impl Worker {
                 }
             }
             let now = self.now();
-            let (socket, counters) = (&self.socket, &self.counters);
-            let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-            for room in self.rooms.values_mut() {
+            for (id, room) in &mut self.rooms {
                 if room.poll_timeout().is_some_and(|t| t <= now) {
-                    room.handle_timeout(now, &mut send);
+                    room.handle_timeout(now);
+                    if self.out.drain(room, None).ended && room.is_empty() {
+                        emptied.push(id.clone());
+                    }
                 }
             }
-            self.reap();
+            for id in emptied.drain(..) {
+                self.close_if_empty(&id);
+            }
         }
     }
 
@@ -766,24 +788,17 @@ impl Worker {
                 at,
             } => {
                 let now = self.now();
-                let destination = self.socket.local_addr().unwrap_or(self.cfg.candidate);
-                if let Some(room_id) = self.sessions.get(&session) {
-                    if let Some(room) = self.rooms.get_mut(room_id) {
-                        let (socket, counters) = (&self.socket, &self.counters);
-                        let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
-                        room.handle_datagram(
-                            now,
-                            session,
-                            source,
-                            destination,
-                            &buf[..len],
-                            &mut send,
-                        );
-                        if let Some(track) = room.last_forwarded_track() {
-                            let d = at.elapsed();
-                            room.record_forwarding_delay(track, d);
-                            self.delay.record(d);
-                        }
+                let destination = self.out.socket.local_addr().unwrap_or(self.cfg.candidate);
+                let room = self
+                    .out
+                    .sessions
+                    .get(&session)
+                    .and_then(|id| self.rooms.get_mut(id));
+                if let Some(room) = room {
+                    room.handle_datagram(now, at, session, source, destination, &buf[..len]);
+                    if self.out.drain(room, None).ended && room.is_empty() {
+                        let id = room.id().clone();
+                        self.close_if_empty(&id);
                     }
                 }
                 let _ = self.pool.try_send(buf);
@@ -809,7 +824,7 @@ impl Worker {
                 let result = match self.rooms.get_mut(&room) {
                     Some(r) => {
                         let result = r.accept_answer(now, session, offer, &sdp);
-                        flush_room(r, now, &self.socket, &self.counters);
+                        self.out.flush(r, now);
                         result
                     }
                     None => Err(NegotiationError::UnknownSession(session)),
@@ -822,7 +837,6 @@ impl Worker {
                 restart_ice,
                 reply,
             } => {
-                let mut others = Vec::new();
                 let result = match self.rooms.get_mut(&room) {
                     Some(r) => {
                         let asked = if restart_ice {
@@ -830,23 +844,14 @@ impl Worker {
                         } else {
                             Ok(())
                         };
-                        // A restart offer made at once is taken here, not reported twice.
-                        let mut made = r.take_offers();
-                        let mine = made.iter().position(|o| o.session == session);
-                        let pending = mine.map(|k| made.remove(k));
-                        others = made;
+                        // A restart offer made at once is returned here, not reported twice.
+                        let pending = self.out.drain(r, Some(session)).claimed;
                         asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
                     }
                     None => Err(NegotiationError::UnknownSession(session)),
                 };
-                for offer in others {
-                    self.report_offer(room.clone(), offer);
-                }
                 if let Ok(Some(o)) = &result {
-                    let _ = self.control.send(Control::Register(
-                        o.ice_ufrag.clone(),
-                        (self.index, session),
-                    ));
+                    self.out.register(o.ice_ufrag.clone(), session);
                 }
                 let _ = reply.send(result);
             }
@@ -861,11 +866,9 @@ impl Worker {
                     Some(r) => {
                         let result = r.republish(now, session, &offer);
                         if let Some(ufrag) = r.local_ufrag(session) {
-                            let _ = self
-                                .control
-                                .send(Control::Register(ufrag, (self.index, session)));
+                            self.out.register(ufrag, session);
                         }
-                        flush_room(r, now, &self.socket, &self.counters);
+                        self.out.flush(r, now);
                         result
                     }
                     None => Err(JoinError::Refused(format!(
@@ -879,19 +882,29 @@ impl Worker {
                 session,
                 reply,
             } => {
-                let found = self.rooms.get_mut(&room).is_some_and(|r| r.leave(session));
-                if found {
-                    self.forget(session);
-                    if self.rooms.get(&room).is_some_and(Room::is_empty) {
-                        self.rooms.remove(&room);
+                let found = match self.rooms.get_mut(&room) {
+                    Some(r) => {
+                        let found = r.leave(session);
+                        // Subscribers of its tracks get new offers.
+                        self.out.drain(r, None);
+                        found
                     }
+                    None => false,
+                };
+                if found {
+                    self.out.forget(session);
+                    self.close_if_empty(&room);
                 }
                 let _ = reply.send(found);
             }
             Msg::Snapshot { reply } => {
                 let now = self.now();
                 let rooms = self.rooms.values().map(|r| r.snapshot(now)).collect();
-                let _ = reply.send((rooms, self.delay.clone()));
+                let mut delay = self.closed_delay.clone();
+                for r in self.rooms.values() {
+                    delay.merge(r.forwarding_delay());
+                }
+                let _ = reply.send((rooms, delay));
             }
             Msg::Data {
                 room,
@@ -901,16 +914,15 @@ impl Worker {
             } => {
                 let now = self.now();
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    let (socket, counters) = (&self.socket, &self.counters);
-                    let mut send = |t: &str0m::net::Transmit| send_to(socket, counters, t);
                     match to {
                         None => {
-                            r.send_data(now, &data, reliable, &mut send);
+                            r.send_data(now, &data, reliable);
                         }
                         Some(session) => {
-                            r.send_data_to(now, session, &data, reliable, &mut send);
+                            r.send_data_to(now, session, &data, reliable);
                         }
                     }
+                    self.out.drain(r, None);
                 }
             }
             Msg::IceRestart {
@@ -926,12 +938,10 @@ impl Worker {
                     .get_mut(&room)
                     .is_some_and(|r| r.ice_restart(session, remote, local));
                 if found {
-                    let _ = self
-                        .control
-                        .send(Control::Register(ufrag, (self.index, session)));
+                    self.out.register(ufrag, session);
                     let now = self.now();
                     if let Some(r) = self.rooms.get_mut(&room) {
-                        flush_room(r, now, &self.socket, &self.counters);
+                        self.out.flush(r, now);
                     }
                 }
                 let _ = reply.send(found);
@@ -958,24 +968,92 @@ impl Worker {
             .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
         let result = join(r, now);
         if result.is_ok() {
-            self.sessions.insert(session, room);
-            let _ = self
-                .control
-                .send(Control::Register(ufrag, (self.index, session)));
-            flush_room(r, now, &self.socket, &self.counters);
+            self.out.sessions.insert(session, room);
+            self.out.register(ufrag, session);
+            self.out.flush(r, now);
         } else if r.is_empty() {
-            self.rooms.remove(&room);
+            self.close_if_empty(&room);
         }
         result
+    }
+
+    /// Drops `room` if it has no session left, keeping its forwarding-delay histogram for the
+    /// node's total.
+    fn close_if_empty(&mut self, room: &RoomId) {
+        if let Some(r) = self.rooms.remove(room) {
+            if r.is_empty() {
+                self.closed_delay.merge(r.forwarding_delay());
+            } else {
+                self.rooms.insert(room.clone(), r);
+            }
+        }
+    }
+}
+
+impl Outlet {
+    /// Sends what `r` has to send at `now` (after a join, an answer, an ICE restart…).
+    fn flush(&mut self, r: &mut Room, now: Instant) -> Drained {
+        r.handle_timeout(now);
+        self.drain(r, None)
+    }
+
+    /// Drains `room`'s outputs until its timeout: sends the datagrams and reports offers,
+    /// progress, data-channel messages and ended sessions to the server. An offer to `claim`
+    /// is returned instead of reported.
+    fn drain(&mut self, room: &mut Room, claim: Option<SessionId>) -> Drained {
+        let mut drained = Drained::default();
+        loop {
+            match room.poll_output() {
+                Output::Transmit(t) => send_to(&self.socket, &self.counters, &t),
+                Output::Offer(offer)
+                    if drained.claimed.is_none() && claim == Some(offer.session) =>
+                {
+                    drained.claimed = Some(offer);
+                }
+                Output::Offer(offer) => self.report_offer(room.id().clone(), offer),
+                Output::Progress(progress) => {
+                    let _ = self.events.try_send(SfuEvent::Progress {
+                        room: room.id().clone(),
+                        progress,
+                    });
+                }
+                Output::Data(data) => {
+                    let event = SfuEvent::Data {
+                        room: room.id().clone(),
+                        data,
+                    };
+                    if self.events.try_send(event).is_err() {
+                        warn!("media plane event queue full, a data channel message was dropped");
+                    }
+                }
+                Output::Ended(removed) => {
+                    drained.ended = true;
+                    self.forget(removed.session);
+                    info!(session = %removed.session, reason = removed.reason, "session ended");
+                    let event = SfuEvent::SessionEnded {
+                        room: room.id().clone(),
+                        removed,
+                    };
+                    if self.events.try_send(event).is_err() {
+                        warn!("media plane event queue full, an ended session was not reported");
+                    }
+                }
+                Output::Timeout(_) => return drained,
+            }
+        }
+    }
+
+    /// Tells the receive thread to route STUN with `ufrag` to `session` on this worker.
+    fn register(&self, ufrag: String, session: SessionId) {
+        let _ = self
+            .control
+            .send(Control::Register(ufrag, (self.index, session)));
     }
 
     /// Registers the ufrag of a server offer (it changes on an ICE restart) and reports the
     /// offer.
     fn report_offer(&mut self, room: RoomId, offer: Offer) {
-        let _ = self.control.send(Control::Register(
-            offer.ice_ufrag.clone(),
-            (self.index, offer.session),
-        ));
+        self.register(offer.ice_ufrag.clone(), offer.session);
         if self
             .events
             .try_send(SfuEvent::Offer { room, offer })
@@ -991,64 +1069,6 @@ impl Worker {
             .control
             .send(Control::Unregister((self.index, session)));
     }
-
-    fn reap(&mut self) {
-        let mut ended = Vec::new();
-        let mut offers = Vec::new();
-        for (id, room) in &mut self.rooms {
-            for removed in room.take_removed() {
-                ended.push((id.clone(), removed));
-            }
-            for offer in room.take_offers() {
-                offers.push((id.clone(), offer));
-            }
-            for progress in room.take_progress() {
-                let _ = self.events.try_send(SfuEvent::Progress {
-                    room: id.clone(),
-                    progress,
-                });
-            }
-            for data in room.take_data_in() {
-                if self
-                    .events
-                    .try_send(SfuEvent::Data {
-                        room: id.clone(),
-                        data,
-                    })
-                    .is_err()
-                {
-                    warn!("media plane event queue full, a data channel message was dropped");
-                }
-            }
-        }
-        for (room, offer) in offers {
-            self.report_offer(room, offer);
-        }
-        for (room, removed) in ended {
-            self.forget(removed.session);
-            info!(session = %removed.session, reason = removed.reason, "session ended");
-            if self
-                .events
-                .try_send(SfuEvent::SessionEnded {
-                    room: room.clone(),
-                    removed,
-                })
-                .is_err()
-            {
-                warn!("media plane event queue full, an ended session was not reported");
-            }
-            if self.rooms.get(&room).is_some_and(Room::is_empty) {
-                self.rooms.remove(&room);
-            }
-        }
-    }
-}
-
-/// Sends what `r` has to send at `now` (after a join, an answer, an ICE restart…).
-fn flush_room(r: &mut Room, now: Instant, socket: &UdpSocket, counters: &ShellCounters) {
-    r.handle_timeout(now, &mut |t: &str0m::net::Transmit| {
-        send_to(socket, counters, t)
-    });
 }
 
 fn send_to(socket: &UdpSocket, counters: &ShellCounters, t: &str0m::net::Transmit) {

@@ -101,7 +101,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
     assert!(sim.peers[doctor].connected, "doctor connected");
     let before = frames_on(&sim, doctor, &camera_mid);
     assert!(before > 30, "room camera frames decoded: {before}");
-    assert!(sim.room.take_offers().is_empty(), "nothing to renegotiate");
+    assert!(sim.take_offers().is_empty(), "nothing to renegotiate");
     assert_eq!(sim.send_data(b"{}", true), 1, "telemetry channel open");
 
     // The kiosk switches the otoscope on: a second publish session mid-consultation.
@@ -116,7 +116,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
             )
         })
         .unwrap();
-    let offers = sim.room.take_offers();
+    let offers = sim.take_offers();
     assert_eq!(offers.len(), 1, "one renegotiation, for the doctor");
     let second = &offers[0];
     assert_eq!(second.session, sim.peers[doctor].session);
@@ -140,7 +140,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
             )
         })
         .unwrap();
-    assert!(sim.room.take_offers().is_empty(), "one offer out at a time");
+    assert!(sim.take_offers().is_empty(), "one offer out at a time");
     // The offer outstanding is the one to resend after a signalling reconnect.
     let out = sim
         .room
@@ -149,7 +149,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
     assert_eq!(out.id, 2);
     let second = second.clone();
     sim.answer(&second);
-    let third = sim.room.take_offers();
+    let third = sim.take_offers();
     assert_eq!(third.len(), 1, "the waiting change follows the answer");
     assert_eq!(third[0].id, 3);
     assert_eq!(third[0].added[0].track.label.track, "microphone");
@@ -169,7 +169,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
 
     // The otoscope is switched off: its m-line is stopped in the next offer.
     assert!(sim.room.leave(sim.peers[otoscope_peer].session));
-    let offers = sim.room.take_offers();
+    let offers = sim.take_offers();
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].removed.len(), 1);
     assert_eq!(offers[0].removed[0].mid, device_mid);
@@ -194,7 +194,7 @@ fn tracks_published_later_reach_a_negotiated_subscriber_on_new_offers() {
     sim.room
         .restart_ice_offer(sim.peers[doctor].session)
         .unwrap();
-    let offers = sim.room.take_offers();
+    let offers = sim.take_offers();
     assert_eq!(offers.len(), 1);
     assert_ne!(offers[0].ice_ufrag, "srv1", "new server ufrag");
     let restart = offers[0].clone();
@@ -285,7 +285,7 @@ fn a_publishers_re_offer_adds_and_ends_tracks_for_negotiated_subscribers() {
         .sdp_api()
         .accept_answer(pending, answer)
         .expect("answer applies");
-    let offers = sim.room.take_offers();
+    let offers = sim.take_offers();
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].session, sim.peers[doctor].session);
     assert_eq!(offers[0].added[0].track.label.track, "device-camera");
@@ -316,7 +316,7 @@ fn a_publishers_re_offer_adds_and_ends_tracks_for_negotiated_subscribers() {
         .sdp_api()
         .accept_answer(pending, answer)
         .unwrap();
-    let offers = sim.room.take_offers();
+    let offers = sim.take_offers();
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].removed[0].mid, device_mid);
     let o = offers[0].clone();

@@ -136,7 +136,7 @@ fn telemetry_channels_carry_data_both_ways() {
         .unwrap();
     let t2 = sim.now;
     sim.run_until(t2 + Duration::from_millis(500), |_| None);
-    let inbound = sim.room.take_data_in();
+    let inbound = sim.take_data_in();
     assert_eq!(inbound.len(), 1);
     assert_eq!(inbound[0].identity.as_str(), "dr-1");
     assert_eq!(inbound[0].label, "commands");

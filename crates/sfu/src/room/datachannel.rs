@@ -6,7 +6,6 @@ use std::time::Instant;
 use cabine_proto::Identity;
 use serde::Serialize;
 use str0m::channel::ChannelId;
-use str0m::net::Transmit;
 
 use super::{Room, Session, SessionId};
 
@@ -149,20 +148,14 @@ impl Room {
     /// `reliable` picks the ordered, retransmitted channel (measurements, status) or the lossy
     /// one (waveforms). A subscriber whose channel is closed or too far behind gets nothing and
     /// the drop is counted. Returns how many subscribers it was written to.
-    pub fn send_data(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        reliable: bool,
-        send: &mut impl FnMut(&Transmit),
-    ) -> usize {
+    pub fn send_data(&mut self, now: Instant, data: &[u8], reliable: bool) -> usize {
         let mut written = 0;
         for s in &mut self.sessions {
             if write_data(s, data, reliable) {
                 written += 1;
             }
         }
-        self.drive(now, send);
+        self.drive(now);
         written
     }
 
@@ -174,19 +167,13 @@ impl Room {
         session: SessionId,
         data: &[u8],
         reliable: bool,
-        send: &mut impl FnMut(&Transmit),
     ) -> bool {
         let written = self
             .sessions
             .iter_mut()
             .find(|s| s.id == session)
             .is_some_and(|s| write_data(s, data, reliable));
-        self.drive(now, send);
+        self.drive(now);
         written
-    }
-
-    /// Messages participants sent on data channels since the last call (device commands).
-    pub fn take_data_in(&mut self) -> Vec<DataIn> {
-        std::mem::take(&mut self.data_in)
     }
 }

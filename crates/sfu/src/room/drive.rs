@@ -3,52 +3,34 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use serde::Serialize;
 use str0m::bwe::BweKind;
 use str0m::media::KeyframeRequestKind;
-use str0m::net::{Protocol, Receive, Transmit};
-use str0m::{Event, IceConnectionState, Input, Output};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output as RtcOutput};
 
 use super::{
-    clock_rate, flush_backlog, DataIn, Removed, Room, SessionId, DATA_IN_LIMIT, DATA_IN_MAX,
+    clock_rate, flush_backlog, DataIn, Output, Progress, Removed, Room, SessionId, Stage,
+    DATA_IN_LIMIT, DATA_IN_MAX,
 };
 
-/// A step in a session's setup, for join tracing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// ICE connectivity established.
-    IceConnected,
-    /// DTLS handshake done (SRTP keys ready).
-    DtlsConnected,
-    /// First media packet received (publisher) or forwarded (subscriber).
-    FirstMedia,
-}
-
-/// A session reached a [`Stage`].
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// The session.
-    pub session: SessionId,
-    /// The stage reached.
-    pub stage: Stage,
-}
-
 impl Room {
-    /// Feeds one datagram that the shell routed to `session`.
+    /// Feeds one datagram that the shell routed to `session`; `arrival` is when the shell read
+    /// it from the socket (the room records the time until it is forwarded, see
+    /// [`PublishedSnapshot::forwarding_delay`](super::PublishedSnapshot)). What it produces is
+    /// then drained with [`Room::poll_output`].
     pub fn handle_datagram(
         &mut self,
         now: Instant,
+        arrival: Instant,
         session: SessionId,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
-        send: &mut impl FnMut(&Transmit),
     ) {
-        self.last_forwarded = None;
         let Some(i) = self.sessions.iter().position(|s| s.id == session) else {
             return;
         };
+        self.arrival = Some(arrival);
         let accepted = match Receive::new(Protocol::Udp, source, destination, data) {
             Ok(receive) => {
                 let s = &mut self.sessions[i];
@@ -67,22 +49,19 @@ impl Room {
         if !accepted {
             self.dropped.rejected_datagrams += 1;
         }
-        self.drive(now, send);
+        self.drive(now);
+        self.arrival = None;
     }
 
-    /// Setup stages sessions reached since the last call.
-    pub fn take_progress(&mut self) -> Vec<Progress> {
-        std::mem::take(&mut self.progress)
-    }
-
-    /// The next time [`Room::handle_timeout`] must be called.
+    /// The next time [`Room::handle_timeout`] must be called (also given by
+    /// [`Output::Timeout`] once the outputs are drained).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sessions.iter().map(|s| s.timeout).min()
     }
 
-    /// Advances time: timers of every session due at `now`, and removal of dead sessions.
-    pub fn handle_timeout(&mut self, now: Instant, send: &mut impl FnMut(&Transmit)) {
-        self.last_forwarded = None;
+    /// Advances time: timers of every session due at `now`, and removal of dead sessions. What
+    /// it produces is then drained with [`Room::poll_output`].
+    pub fn handle_timeout(&mut self, now: Instant) {
         for s in &mut self.sessions {
             if s.timeout <= now {
                 s.dirty = true;
@@ -91,13 +70,7 @@ impl Room {
                 }
             }
         }
-        self.drive(now, send);
-    }
-
-    /// Sessions the room removed by itself since the last call (ICE timeout, DTLS close), for the
-    /// shell's bookkeeping and the audit log.
-    pub fn take_removed(&mut self) -> Vec<Removed> {
-        std::mem::take(&mut self.removed)
+        self.drive(now);
     }
 
     pub(super) fn reap(&mut self) {
@@ -114,7 +87,7 @@ impl Room {
             .collect();
         for id in now_dead {
             if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
-                self.removed.push(Removed {
+                self.outputs.push_back(Output::Ended(Removed {
                     session: s.id,
                     identity: s.identity.clone(),
                     role: s.role,
@@ -124,16 +97,17 @@ impl Room {
                     } else {
                         "connection closed"
                     },
-                });
+                }));
             }
             self.leave(id);
         }
     }
 
-    pub(super) fn drive(&mut self, now: Instant, send: &mut impl FnMut(&Transmit)) {
+    /// Polls every session with something new until none has, queueing what they produce.
+    pub(super) fn drive(&mut self, now: Instant) {
         while let Some(i) = self.sessions.iter().position(|s| s.dirty) {
             self.sessions[i].dirty = false;
-            self.poll_session(i, now, send);
+            self.poll_session(i, now);
         }
         if self
             .sessions
@@ -144,19 +118,14 @@ impl Room {
         }
     }
 
-    pub(super) fn poll_session(
-        &mut self,
-        i: usize,
-        now: Instant,
-        send: &mut impl FnMut(&Transmit),
-    ) {
+    fn poll_session(&mut self, i: usize, now: Instant) {
         loop {
             let s = &mut self.sessions[i];
             if !s.rtc.is_alive() {
                 return;
             }
             match s.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
+                Ok(RtcOutput::Timeout(t)) => {
                     // Acknowledgements may have made room for held telemetry: write it and
                     // poll again for the datagrams it makes.
                     if flush_backlog(s) {
@@ -165,8 +134,9 @@ impl Room {
                     s.timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => send(&t),
-                Ok(Output::Event(e)) => self.on_event(i, now, e),
+                // Moved into a queue whose capacity is kept: no allocation per packet.
+                Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
+                Ok(RtcOutput::Event(e)) => self.on_event(i, now, e),
                 Err(_) => {
                     s.rtc.disconnect();
                     return;
@@ -175,7 +145,7 @@ impl Room {
         }
     }
 
-    pub(super) fn on_event(&mut self, i: usize, now: Instant, e: Event) {
+    fn on_event(&mut self, i: usize, now: Instant, e: Event) {
         match e {
             Event::Connected => {
                 self.sessions[i].connected = true;
@@ -226,15 +196,15 @@ impl Room {
                 if let Some(t) = &mut s.telemetry {
                     t.stats.received += 1;
                 }
-                if d.data.len() > DATA_IN_MAX || self.data_in.len() >= DATA_IN_LIMIT {
-                    self.data_in_dropped += 1;
+                if d.data.len() > DATA_IN_MAX || self.outputs.len() >= DATA_IN_LIMIT {
+                    self.dropped.data_in += 1;
                 } else {
-                    self.data_in.push(DataIn {
+                    self.outputs.push_back(Output::Data(DataIn {
                         session: s.id,
                         identity: s.identity.clone(),
                         label,
                         data: d.data,
-                    });
+                    }));
                 }
             }
             Event::KeyframeRequest(req) => {
@@ -293,11 +263,11 @@ impl Room {
         let s = &mut self.sessions[i];
         if s.stages & bit == 0 {
             s.stages |= bit;
-            if self.progress.len() < DATA_IN_LIMIT {
-                self.progress.push(Progress {
+            if self.outputs.len() < DATA_IN_LIMIT {
+                self.outputs.push_back(Output::Progress(Progress {
                     session: s.id,
                     stage,
-                });
+                }));
             }
         }
     }

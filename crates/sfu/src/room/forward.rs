@@ -1,33 +1,19 @@
 //! The packet path: an RTP packet from a publisher rewritten into every subscriber that receives its track, and keyframe requests back to the publisher.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
 
-use super::{Layer, Progress, Room, Stage, DATA_IN_LIMIT};
+use super::{Layer, Output, Progress, Room, Stage, DATA_IN_LIMIT};
 use crate::codec;
 use crate::forwarder::InPacket;
 use crate::simulcast::{BitrateMeter, MAX_LAYERS};
 use crate::stats::{IngressStats, Jitter};
 
 impl Room {
-    /// The track (if any) whose RTP packet the last [`Room::handle_datagram`] forwarded; the shell
-    /// measures the time until the resulting datagrams left and records it with
-    /// [`Room::record_forwarding_delay`].
-    pub fn last_forwarded_track(&self) -> Option<u64> {
-        self.last_forwarded
-    }
-
-    /// Records the time a packet of `track` spent inside the SFU.
-    pub fn record_forwarding_delay(&mut self, track: u64, d: Duration) {
-        if let Some(t) = self.tracks.iter_mut().find(|t| t.id == track) {
-            t.delay.record(d);
-        }
-    }
-
     pub(super) fn on_rtp(&mut self, i: usize, now: Instant, pkt: RtpPacket) {
         self.reached(i, Stage::FirstMedia);
         let ssrc = pkt.header.ssrc;
@@ -156,11 +142,11 @@ impl Room {
                                 && sub.stages & (1 << Stage::FirstMedia as u8) == 0
                             {
                                 sub.stages |= 1 << Stage::FirstMedia as u8;
-                                if self.progress.len() < DATA_IN_LIMIT {
-                                    self.progress.push(Progress {
+                                if self.outputs.len() < DATA_IN_LIMIT {
+                                    self.outputs.push_back(Output::Progress(Progress {
                                         session: sub.id,
                                         stage: Stage::FirstMedia,
-                                    });
+                                    }));
                                 }
                             }
                             out.stats.packets += 1;
@@ -178,8 +164,11 @@ impl Room {
                 }
             }
         }
-        if forwarded {
-            self.last_forwarded = Some(track_id);
+        // The time the datagram waited before the room forwarded it (arrival given by the shell).
+        if let (true, Some(at)) = (forwarded, self.arrival) {
+            let d = now.saturating_duration_since(at);
+            self.tracks[ti].delay.record(d);
+            self.forwarding_delay.record(d);
         }
         if keyframe_wanted && kind == MediaKind::Video {
             // Ask for a keyframe on every layer someone waits for.

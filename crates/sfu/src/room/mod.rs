@@ -1,8 +1,9 @@
 //! A consultation room: its participants' WebRTC sessions and the forwarding between them.
 //!
-//! The room is sans-IO. The shell feeds it datagrams ([`Room::handle_datagram`]) and timeouts
-//! ([`Room::handle_timeout`]) with the time as an argument, and receives the datagrams to send
-//! through a callback. Each session is one str0m [`Rtc`] in RTP mode: the room reads RTP packets
+//! The room is sans-IO. The shell feeds it datagrams ([`Room::handle_datagram`]), timeouts
+//! ([`Room::handle_timeout`]) and commands (joins, answers, telemetry) with the time as an
+//! argument, then drains [`Room::poll_output`] until [`Output::Timeout`]: datagrams to send,
+//! offers, progress, data-channel messages and ended sessions come out of that one call. Each session is one str0m [`Rtc`] in RTP mode: the room reads RTP packets
 //! from publishers and writes them, rewritten by a [`Forwarder`], into every subscriber's
 //! outgoing stream. Retransmissions (NACK/RTX), sender/receiver reports, TWCC and the pacer are
 //! str0m's; keyframe requests are forwarded to the publisher, throttled.
@@ -14,6 +15,7 @@ mod drive;
 mod error;
 mod forward;
 mod negotiation;
+mod output;
 mod snapshot;
 
 use self::datachannel::{flush_backlog, Telemetry};
@@ -21,14 +23,15 @@ pub use self::datachannel::{
     DataIn, DataStats, DATA_BACKLOG_LIMIT, DATA_BUFFER_LIMIT, DATA_IN_LIMIT, DATA_IN_MAX,
     TELEMETRY_LABEL,
 };
-pub use self::drive::{Progress, Stage};
 pub use self::error::{JoinError, NegotiationError};
 use self::negotiation::Negotiation;
 pub use self::negotiation::{Offer, OfferRequest, OfferedTrack};
+pub use self::output::{Output, Progress, Stage};
 pub use self::snapshot::{
     DropCounters, PublishedSnapshot, ReceivedSnapshot, RoomSnapshot, SessionSnapshot,
 };
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,7 @@ use str0m::change::SdpOffer;
 use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
+use str0m::net::Transmit;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
@@ -176,13 +180,14 @@ pub struct Room {
     tracks: Vec<Track>,
     next_track: u64,
     dropped: DropCounters,
-    /// The track whose packet the last datagram carried, for forwarding-delay accounting.
-    last_forwarded: Option<u64>,
-    removed: Vec<Removed>,
-    data_in: Vec<DataIn>,
-    data_in_dropped: u64,
-    progress: Vec<Progress>,
-    offers: Vec<Offer>,
+    /// Arrival time of the datagram being handled, for forwarding-delay accounting.
+    arrival: Option<Instant>,
+    /// Datagrams to send, drained by [`Room::poll_output`] (the capacity stays: no allocation
+    /// per packet).
+    transmits: VecDeque<Transmit>,
+    /// Offers, progress, data and ended sessions, in order, drained after the datagrams.
+    outputs: VecDeque<Output>,
+    forwarding_delay: DelayHistogram,
 }
 
 /// A session the room removed by itself.
@@ -335,12 +340,10 @@ impl Room {
             tracks: Vec::new(),
             next_track: 1,
             dropped: DropCounters::default(),
-            last_forwarded: None,
-            removed: Vec::new(),
-            data_in: Vec::new(),
-            data_in_dropped: 0,
-            progress: Vec::new(),
-            offers: Vec::new(),
+            arrival: None,
+            transmits: VecDeque::new(),
+            outputs: VecDeque::new(),
+            forwarding_delay: DelayHistogram::default(),
         }
     }
 
@@ -357,11 +360,6 @@ impl Room {
     /// Number of sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Whether the room holds `session`.
-    pub fn has_session(&self, session: SessionId) -> bool {
-        self.sessions.iter().any(|s| s.id == session)
     }
 
     /// Adds a session from a client's SDP offer and returns the answer.

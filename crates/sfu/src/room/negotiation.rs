@@ -10,8 +10,8 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::{
-    clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Room, Session, SessionId,
-    SessionKind, Telemetry, Track, TrackClass, TrackInfo, TELEMETRY_LABEL,
+    clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output, Room, Session,
+    SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo, TELEMETRY_LABEL,
 };
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
@@ -87,7 +87,7 @@ impl Room {
     /// Adds a subscriber session that the server negotiates with (WebSocket signalling): the
     /// server makes the offer, with one send-only m-line per track the subscriber may receive
     /// (labelled with the publisher's msid) and the `telemetry` data channels if asked; later
-    /// publishes and unpublishes produce new offers ([`Room::take_offers`]). The session
+    /// publishes and unpublishes produce new offers ([`Output::Offer`] from [`Room::poll_output`]). The session
     /// connects once the client's answer is given to [`Room::accept_answer`].
     pub fn join_offering(&mut self, now: Instant, req: OfferRequest) -> Result<Offer, JoinError> {
         if self.sessions.len() >= self.cfg.max_sessions {
@@ -142,7 +142,7 @@ impl Room {
 
     /// Applies a subscriber's answer to the server's offer number `offer`. Tracks the offer
     /// added start flowing (from their next keyframe); if tracks changed while the offer was
-    /// out, the next offer is ready in [`Room::take_offers`].
+    /// out, the next offer is ready as an [`Output::Offer`].
     pub fn accept_answer(
         &mut self,
         _now: Instant,
@@ -238,11 +238,6 @@ impl Room {
             .map(|p| p.offer.clone())
     }
 
-    /// Offers the server made since the last call (renegotiations of subscribers).
-    pub fn take_offers(&mut self) -> Vec<Offer> {
-        std::mem::take(&mut self.offers)
-    }
-
     /// A publisher's new offer on its existing session (it added, removed or restarted
     /// something): m-lines new in the offer become tracks, m-lines no longer sending end
     /// theirs, and subscribers are renegotiated. Returns the answer and the publisher's tracks.
@@ -332,7 +327,7 @@ impl Room {
             return;
         }
         if let Some(offer) = self.offer_changes(i, None) {
-            self.offers.push(offer);
+            self.outputs.push_back(Output::Offer(offer));
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 use cabine_proto::{Identity, Role, RoomId};
 use serde::Serialize;
 
-use super::{DataStats, Room, SessionId, SessionKind, Track, TrackClass, TrackInfo};
+use super::{DataStats, Room, SessionId, SessionKind, Track, TrackInfo};
 use crate::stats::{DelayHistogram, DelaySummary, EgressStats, IngressStats};
 
 /// Counters of traffic the room dropped, for metrics.
@@ -17,6 +17,9 @@ pub struct DropCounters {
     pub unknown_ssrc: u64,
     /// RTP packets with a payload type no subscriber codec matches.
     pub unmapped_payload_type: u64,
+    /// Data-channel messages from participants dropped: larger than [`DATA_IN_MAX`](super::DATA_IN_MAX) bytes, or
+    /// more than [`DATA_IN_LIMIT`](super::DATA_IN_LIMIT) outputs were waiting to be drained.
+    pub data_in: u64,
 }
 
 /// A JSON-ready view of a room for the operators' API.
@@ -132,8 +135,9 @@ impl Room {
         }
     }
 
-    /// Forwarding-delay histograms of every track (for metrics export).
-    pub fn delay_histograms(&self) -> impl Iterator<Item = (TrackClass, &DelayHistogram)> {
-        self.tracks.iter().map(|t| (t.class, &t.delay))
+    /// The forwarding delay of every packet this room forwarded since it was created (all
+    /// tracks, including ended ones), for the node-wide histogram.
+    pub fn forwarding_delay(&self) -> &DelayHistogram {
+        &self.forwarding_delay
     }
 }

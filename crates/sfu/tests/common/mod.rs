@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use cabine_proto::{Identity, Role, RoomId};
 use cabine_sfu::room::{
-    JoinRequest, Offer, OfferRequest, Room, RoomConfig, SessionId, SessionKind,
+    DataIn, JoinRequest, Offer, OfferRequest, Output as RoomOutput, Removed, Room, RoomConfig,
+    SessionId, SessionKind,
 };
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -93,6 +94,12 @@ pub struct Sim {
     pub room: Room,
     pub peers: Vec<Peer>,
     room_addr: SocketAddr,
+    /// Offers the room made, drained from its output.
+    offers: Vec<Offer>,
+    /// Data-channel messages the room received, drained from its output.
+    data_in: Vec<DataIn>,
+    /// Sessions the room removed by itself.
+    pub ended: Vec<Removed>,
 }
 
 impl Sim {
@@ -109,6 +116,9 @@ impl Sim {
             room: Room::new(RoomId::parse("sim").unwrap(), cfg),
             peers: Vec::new(),
             room_addr,
+            offers: Vec::new(),
+            data_in: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -159,7 +169,6 @@ impl Sim {
 
     /// Runs until `until`, calling `tick(sim)` whenever time advances (to write media).
     pub fn run_until(&mut self, until: Instant, mut tick: impl FnMut(&mut Sim) -> Option<Instant>) {
-        let room_addr = self.room_addr;
         loop {
             let next_tick = tick(self);
             // Drain peers' outputs, noting when each wants time to advance.
@@ -211,19 +220,14 @@ impl Sim {
                 }
                 let _ = p.rtc.handle_input(Input::Timeout(now));
             }
-            let peers = &mut self.peers;
-            let mut send = |t: &str0m::net::Transmit| {
-                if let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) {
-                    p.down
-                        .push(now, room_addr, t.destination, t.contents.to_vec());
-                }
-            };
             for (session, from, to, data) in to_room {
                 self.room
-                    .handle_datagram(now, session, from, to, &data, &mut send);
+                    .handle_datagram(now, now, session, from, to, &data);
+                self.drain();
             }
             if self.room.poll_timeout().is_some_and(|t| t <= now) {
-                self.room.handle_timeout(now, &mut send);
+                self.room.handle_timeout(now);
+                self.drain();
             }
         }
     }
@@ -283,16 +287,41 @@ impl Sim {
 
     /// Sends a telemetry message through the room (see `Room::send_data`).
     pub fn send_data(&mut self, data: &[u8], reliable: bool) -> usize {
-        let now = self.now;
-        let room_addr = self.room_addr;
-        let peers = &mut self.peers;
-        let mut send = |t: &str0m::net::Transmit| {
-            if let Some(p) = peers.iter_mut().find(|p| p.addr == t.destination) {
-                p.down
-                    .push(now, room_addr, t.destination, t.contents.to_vec());
+        let written = self.room.send_data(self.now, data, reliable);
+        self.drain();
+        written
+    }
+
+    /// Drains the room's output until its timeout: datagrams onto the peers' down links,
+    /// offers, data and ended sessions kept for the test.
+    pub fn drain(&mut self) {
+        loop {
+            match self.room.poll_output() {
+                RoomOutput::Transmit(t) => {
+                    if let Some(p) = self.peers.iter_mut().find(|p| p.addr == t.destination) {
+                        p.down
+                            .push(self.now, self.room_addr, t.destination, t.contents.to_vec());
+                    }
+                }
+                RoomOutput::Offer(o) => self.offers.push(o),
+                RoomOutput::Data(d) => self.data_in.push(d),
+                RoomOutput::Ended(r) => self.ended.push(r),
+                RoomOutput::Timeout(_) => return,
+                _ => {}
             }
-        };
-        self.room.send_data(now, data, reliable, &mut send)
+        }
+    }
+
+    /// Offers the room made since the last call.
+    pub fn take_offers(&mut self) -> Vec<Offer> {
+        self.drain();
+        std::mem::take(&mut self.offers)
+    }
+
+    /// Data-channel messages the room received since the last call.
+    pub fn take_data_in(&mut self) -> Vec<DataIn> {
+        self.drain();
+        std::mem::take(&mut self.data_in)
     }
 }
 
