@@ -745,15 +745,14 @@ async fn create_session(
         Ok(j) => j,
         Err(e) => {
             let (status, reason) = match &e {
-                SfuError::Join(JoinError::BadSdp(_)) | SfuError::Join(JoinError::Refused(_)) => {
-                    (StatusCode::BAD_REQUEST, "bad_sdp")
-                }
                 SfuError::Join(JoinError::NoUsableMedia(_)) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "no_usable_codec")
                 }
                 SfuError::Join(JoinError::RoomFull(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "room_full")
                 }
+                SfuError::Join(e) if e.is_client_fault() => (StatusCode::BAD_REQUEST, "bad_sdp"),
+                SfuError::Join(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 _ => (StatusCode::SERVICE_UNAVAILABLE, "media_plane_down"),
             };
             st.count_refusal(reason);

@@ -688,7 +688,8 @@ impl Conn {
         let code = match e {
             SfuError::Join(cabine_sfu::JoinError::RoomFull(_)) => "room_full",
             SfuError::Join(cabine_sfu::JoinError::NoUsableMedia(_)) => "no_usable_codec",
-            SfuError::Join(_) => "bad_sdp",
+            SfuError::Join(e) if e.is_client_fault() => "bad_sdp",
+            SfuError::Join(_) => "internal",
             _ => "media_plane_down",
         };
         self.st.count_refusal(code);

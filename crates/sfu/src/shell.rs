@@ -85,6 +85,19 @@ pub enum SfuError {
     Stopped,
 }
 
+impl SfuError {
+    /// Whether the client's request was wrong (answer 4xx), as opposed to the server's state,
+    /// configuration or capacity (see [`JoinError::is_client_fault`] and
+    /// [`NegotiationError::is_client_fault`]).
+    pub fn is_client_fault(&self) -> bool {
+        match self {
+            SfuError::Join(e) => e.is_client_fault(),
+            SfuError::Negotiation(e) => e.is_client_fault(),
+            _ => false,
+        }
+    }
+}
+
 /// Traffic counters of the shell (all relaxed atomics; read for metrics).
 #[derive(Debug, Default)]
 pub struct ShellCounters {
@@ -871,9 +884,7 @@ impl Worker {
                         self.out.flush(r, now);
                         result
                     }
-                    None => Err(JoinError::Refused(format!(
-                        "no publishing session {session}"
-                    ))),
+                    None => Err(JoinError::UnknownSession(session)),
                 };
                 let _ = reply.send(result);
             }

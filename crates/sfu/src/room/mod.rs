@@ -386,8 +386,11 @@ impl Room {
             config = config.enable_bwe(Some(self.cfg.initial_bitrate));
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(self.cfg.candidate, "udp")
-            .map_err(|e| JoinError::Refused(format!("bad media candidate: {e}")))?;
+        let candidate =
+            Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
+                addr: self.cfg.candidate,
+                reason: e.to_string(),
+            })?;
         rtc.add_local_candidate(candidate);
         let answer = rtc
             .sdp_api()

@@ -104,8 +104,11 @@ impl Room {
             .set_stats_interval(Some(Duration::from_secs(1)))
             .enable_bwe(Some(self.cfg.initial_bitrate))
             .build(now);
-        let candidate = Candidate::host(self.cfg.candidate, "udp")
-            .map_err(|e| JoinError::Refused(format!("bad media candidate: {e}")))?;
+        let candidate =
+            Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
+                addr: self.cfg.candidate,
+                reason: e.to_string(),
+            })?;
         rtc.add_local_candidate(candidate);
         self.sessions.push(Session {
             id: req.session,
@@ -135,7 +138,7 @@ impl Room {
             Some(offer) => Ok(offer),
             None => {
                 self.sessions.pop();
-                Err(JoinError::Refused("nothing to offer".into()))
+                Err(JoinError::Internal("the media engine made no first offer"))
             }
         }
     }
@@ -185,9 +188,10 @@ impl Room {
                     .map(|t| (Mid::from(t.mid.as_str()), t.clone())),
             );
             self.renegotiate(i);
-            return Err(NegotiationError::BadSdp(format!(
-                "the answer does not match offer {offer} ({e}); a new offer follows"
-            )));
+            return Err(NegotiationError::AnswerMismatch {
+                offer,
+                reason: e.to_string(),
+            });
         }
         s.dirty = true;
         for (mid, kind, track) in pending.adds {
@@ -251,7 +255,7 @@ impl Room {
             .sessions
             .iter()
             .position(|s| s.id == session && s.kind == SessionKind::Publish)
-            .ok_or_else(|| JoinError::Refused(format!("no publishing session {session}")))?;
+            .ok_or(JoinError::UnknownSession(session))?;
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
         let s = &mut self.sessions[i];
