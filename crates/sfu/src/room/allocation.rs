@@ -1,4 +1,5 @@
-//! Layer allocation: the simulcast layer each subscriber receives and which single-layer videos its link can carry (pausing).
+//! Layer allocation: the simulcast layer each subscriber receives and which single-layer videos its
+//! link can carry (pausing).
 
 use std::time::Instant;
 

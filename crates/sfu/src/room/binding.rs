@@ -1,4 +1,5 @@
-//! Which subscriber slot carries which published track: binding tracks to free slots and ending tracks.
+//! Which subscriber slot carries which published track: binding tracks to free slots and ending
+//! tracks.
 
 use cabine_proto::Identity;
 

@@ -1,4 +1,5 @@
-//! The `telemetry` data channels: messages to subscribers (reliable with a bounded backlog, or lossy) and messages from them.
+//! The `telemetry` data channels: messages to subscribers (reliable with a bounded backlog, or
+//! lossy) and messages from them.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -7,36 +8,12 @@ use cabine_proto::Identity;
 use serde::Serialize;
 use str0m::channel::ChannelId;
 
-use super::{Room, Session, SessionId};
+use str0m::channel::ChannelData;
+
+use super::{Output, Room, Session, SessionId};
 
 /// The label of the data channels that carry telemetry to subscribers.
 pub const TELEMETRY_LABEL: &str = "telemetry";
-
-pub(super) struct Telemetry {
-    pub(super) reliable: ChannelId,
-    pub(super) lossy: ChannelId,
-    pub(super) reliable_open: bool,
-    pub(super) lossy_open: bool,
-    pub(super) stats: DataStats,
-    /// Reliable messages waiting for room in the SCTP send buffer (a blob's chunks come in a
-    /// burst larger than that buffer), sent in order as the subscriber acknowledges.
-    pub(super) backlog: VecDeque<Vec<u8>>,
-    pub(super) backlog_bytes: usize,
-}
-
-impl Telemetry {
-    pub(super) fn new(reliable: ChannelId, lossy: ChannelId) -> Self {
-        Telemetry {
-            reliable,
-            lossy,
-            reliable_open: false,
-            lossy_open: false,
-            stats: DataStats::default(),
-            backlog: VecDeque::new(),
-            backlog_bytes: 0,
-        }
-    }
-}
 
 /// Telemetry data channel counters of one subscriber.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -62,7 +39,8 @@ pub const DATA_BUFFER_LIMIT: usize = 256 * 1024;
 /// it messages are dropped and counted.
 pub const DATA_BACKLOG_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Most messages from subscribers' data channels held for the shell between two polls.
+/// Most outputs waiting to be drained before further data-channel messages from participants
+/// (and setup progress reports) are dropped and counted.
 pub const DATA_IN_LIMIT: usize = 1024;
 
 /// Largest message accepted from a subscriber's data channel.
@@ -79,6 +57,116 @@ pub struct DataIn {
     pub label: String,
     /// The bytes.
     pub data: Vec<u8>,
+}
+
+impl Room {
+    /// Sends a telemetry message to every subscriber with an open `telemetry` channel:
+    /// `reliable` picks the ordered, retransmitted channel (measurements, status) or the lossy
+    /// one (waveforms). A subscriber whose channel is closed or too far behind gets nothing and
+    /// the drop is counted. Returns how many subscribers it was written to.
+    pub fn send_data(&mut self, now: Instant, data: &[u8], reliable: bool) -> usize {
+        let mut written = 0;
+        for s in &mut self.sessions {
+            if write_data(s, data, reliable) {
+                written += 1;
+            }
+        }
+        self.drive(now);
+        written
+    }
+
+    /// Sends a telemetry message to one subscriber only (an answer to its request, e.g. the
+    /// room's current channels when its page opens). Returns whether it was written.
+    pub fn send_data_to(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        data: &[u8],
+        reliable: bool,
+    ) -> bool {
+        let written = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == session)
+            .is_some_and(|s| write_data(s, data, reliable));
+        self.drive(now);
+        written
+    }
+
+    /// A data channel of session `i` opened.
+    pub(super) fn on_channel_open(&mut self, i: usize, id: ChannelId) {
+        if let Some(t) = &mut self.sessions[i].telemetry {
+            if id == t.reliable {
+                t.reliable_open = true;
+            } else if id == t.lossy {
+                t.lossy_open = true;
+            }
+        }
+    }
+
+    /// A data channel of session `i` closed: its reliable backlog is dropped and counted.
+    pub(super) fn on_channel_close(&mut self, i: usize, id: ChannelId) {
+        if let Some(t) = &mut self.sessions[i].telemetry {
+            if id == t.reliable {
+                t.reliable_open = false;
+                t.stats.dropped += t.backlog.len() as u64;
+                t.backlog.clear();
+                t.backlog_bytes = 0;
+            } else if id == t.lossy {
+                t.lossy_open = false;
+            }
+        }
+    }
+
+    /// A message from session `i`: queued as an [`Output::Data`], or dropped and counted when
+    /// it is too large or too many outputs wait.
+    pub(super) fn on_channel_data(&mut self, i: usize, d: ChannelData) {
+        let s = &mut self.sessions[i];
+        let label = s
+            .rtc
+            .channel(d.id)
+            .and_then(|c| c.config().map(|c| c.label.clone()))
+            .unwrap_or_default();
+        if let Some(t) = &mut s.telemetry {
+            t.stats.received += 1;
+        }
+        if d.data.len() > DATA_IN_MAX || self.outputs.len() >= DATA_IN_LIMIT {
+            self.dropped.data_in += 1;
+        } else {
+            self.outputs.push_back(Output::Data(DataIn {
+                session: s.id,
+                identity: s.identity.clone(),
+                label,
+                data: d.data,
+            }));
+        }
+    }
+}
+
+pub(super) struct Telemetry {
+    pub(super) reliable: ChannelId,
+    pub(super) lossy: ChannelId,
+    pub(super) reliable_open: bool,
+    pub(super) lossy_open: bool,
+    pub(super) stats: DataStats,
+    /// Reliable messages waiting for room in the SCTP send buffer (a blob's chunks come in a
+    /// burst larger than that buffer), sent in order as the subscriber acknowledges.
+    pub(super) backlog: VecDeque<Vec<u8>>,
+    pub(super) backlog_bytes: usize,
+}
+
+impl Telemetry {
+    pub(super) fn new(reliable: ChannelId, lossy: ChannelId) -> Self {
+        Telemetry {
+            reliable,
+            lossy,
+            reliable_open: false,
+            lossy_open: false,
+            stats: DataStats::default(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+        }
+    }
 }
 
 /// Writes `data` on a subscriber's reliable or lossy telemetry channel, counting a drop when it
@@ -141,39 +229,4 @@ pub(super) fn flush_backlog(s: &mut Session) -> bool {
         wrote = true;
     }
     wrote
-}
-
-impl Room {
-    /// Sends a telemetry message to every subscriber with an open `telemetry` channel:
-    /// `reliable` picks the ordered, retransmitted channel (measurements, status) or the lossy
-    /// one (waveforms). A subscriber whose channel is closed or too far behind gets nothing and
-    /// the drop is counted. Returns how many subscribers it was written to.
-    pub fn send_data(&mut self, now: Instant, data: &[u8], reliable: bool) -> usize {
-        let mut written = 0;
-        for s in &mut self.sessions {
-            if write_data(s, data, reliable) {
-                written += 1;
-            }
-        }
-        self.drive(now);
-        written
-    }
-
-    /// Sends a telemetry message to one subscriber only (an answer to its request, e.g. the
-    /// room's current channels when its page opens). Returns whether it was written.
-    pub fn send_data_to(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        data: &[u8],
-        reliable: bool,
-    ) -> bool {
-        let written = self
-            .sessions
-            .iter_mut()
-            .find(|s| s.id == session)
-            .is_some_and(|s| write_data(s, data, reliable));
-        self.drive(now);
-        written
-    }
 }

@@ -1,4 +1,5 @@
-//! The drive loop: datagrams and timeouts in, str0m's outputs drained, its events applied to the room.
+//! The drive loop: datagrams and timeouts in, str0m's outputs drained, its events applied to the
+//! room.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,8 +10,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output as RtcOutput};
 
 use super::{
-    clock_rate, flush_backlog, DataIn, Output, Progress, Removed, Room, SessionId, Stage,
-    DATA_IN_LIMIT, DATA_IN_MAX,
+    clock_rate, flush_backlog, Output, Progress, Removed, Room, SessionId, Stage, DATA_IN_LIMIT,
 };
 
 impl Room {
@@ -165,48 +165,9 @@ impl Room {
                 }
             }
             Event::RtpPacket(pkt) => self.on_rtp(i, now, pkt),
-            Event::ChannelOpen(id, _) => {
-                if let Some(t) = &mut self.sessions[i].telemetry {
-                    if id == t.reliable {
-                        t.reliable_open = true;
-                    } else if id == t.lossy {
-                        t.lossy_open = true;
-                    }
-                }
-            }
-            Event::ChannelClose(id) => {
-                if let Some(t) = &mut self.sessions[i].telemetry {
-                    if id == t.reliable {
-                        t.reliable_open = false;
-                        t.stats.dropped += t.backlog.len() as u64;
-                        t.backlog.clear();
-                        t.backlog_bytes = 0;
-                    } else if id == t.lossy {
-                        t.lossy_open = false;
-                    }
-                }
-            }
-            Event::ChannelData(d) => {
-                let s = &mut self.sessions[i];
-                let label = s
-                    .rtc
-                    .channel(d.id)
-                    .and_then(|c| c.config().map(|c| c.label.clone()))
-                    .unwrap_or_default();
-                if let Some(t) = &mut s.telemetry {
-                    t.stats.received += 1;
-                }
-                if d.data.len() > DATA_IN_MAX || self.outputs.len() >= DATA_IN_LIMIT {
-                    self.dropped.data_in += 1;
-                } else {
-                    self.outputs.push_back(Output::Data(DataIn {
-                        session: s.id,
-                        identity: s.identity.clone(),
-                        label,
-                        data: d.data,
-                    }));
-                }
-            }
+            Event::ChannelOpen(id, _) => self.on_channel_open(i, id),
+            Event::ChannelClose(id) => self.on_channel_close(i, id),
+            Event::ChannelData(d) => self.on_channel_data(i, d),
             Event::KeyframeRequest(req) => {
                 let s = &mut self.sessions[i];
                 let Some(out) = s.outs.iter_mut().find(|o| o.mid == req.mid) else {

@@ -1,4 +1,5 @@
-//! The packet path: an RTP packet from a publisher rewritten into every subscriber that receives its track, and keyframe requests back to the publisher.
+//! The packet path: an RTP packet from a publisher rewritten into every subscriber that receives
+//! its track, and keyframe requests back to the publisher.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,10 +3,18 @@
 //! The room is sans-IO. The shell feeds it datagrams ([`Room::handle_datagram`]), timeouts
 //! ([`Room::handle_timeout`]) and commands (joins, answers, telemetry) with the time as an
 //! argument, then drains [`Room::poll_output`] until [`Output::Timeout`]: datagrams to send,
-//! offers, progress, data-channel messages and ended sessions come out of that one call. Each session is one str0m [`Rtc`] in RTP mode: the room reads RTP packets
-//! from publishers and writes them, rewritten by a [`Forwarder`], into every subscriber's
-//! outgoing stream. Retransmissions (NACK/RTX), sender/receiver reports, TWCC and the pacer are
-//! str0m's; keyframe requests are forwarded to the publisher, throttled.
+//! offers, progress, data-channel messages and ended sessions all come out of that one call.
+//!
+//! Each session is one str0m [`Rtc`] in RTP mode: the room reads RTP packets from publishers
+//! and writes them, rewritten by a [`Forwarder`], into every subscriber's outgoing stream.
+//! Retransmissions (NACK/RTX), sender/receiver reports, TWCC and the pacer are str0m's;
+//! keyframe requests are forwarded to the publisher, throttled.
+//!
+//! This file holds the room, its sessions and tracks, joining and leaving; each other concern
+//! has a file: `drive` (inputs, str0m's events), `output`, `negotiation` (server offers and
+//! republishing), `binding` (tracks to subscriber slots), `forward` (the packet path),
+//! `allocation` (simulcast layers and pausing), `datachannel` (telemetry), `snapshot`
+//! (statistics) and `error`.
 
 mod allocation;
 mod binding;
@@ -203,131 +211,6 @@ pub struct Removed {
     pub kind: SessionKind,
     /// Why it was removed.
     pub reason: &'static str,
-}
-
-struct Session {
-    id: SessionId,
-    identity: Identity,
-    role: Role,
-    kind: SessionKind,
-    rtc: Rtc,
-    from: Option<Identity>,
-    dirty: bool,
-    timeout: Instant,
-    connected: bool,
-    disconnected_since: Option<Instant>,
-    /// Publisher: SSRC → (track id, layer index) cache.
-    ssrc_map: Vec<(Ssrc, u64, u8)>,
-    /// Subscriber: outgoing slots.
-    outs: Vec<Out>,
-    bwe: Option<u64>,
-    /// Stages reached (bit set of `Stage as u8`).
-    stages: u8,
-    /// Subscriber: the server-opened `telemetry` data channels (reliable, lossy) and whether
-    /// each is open yet.
-    telemetry: Option<Telemetry>,
-    /// Subscribers whose offers the server makes (WebSocket signalling): each track published
-    /// later gets an m-line of its own through a new offer, each track gone is stopped.
-    negotiation: Option<Negotiation>,
-}
-
-struct Track {
-    id: u64,
-    publisher: SessionId,
-    publisher_identity: Identity,
-    mid: Mid,
-    kind: MediaKind,
-    class: TrackClass,
-    label: Label,
-    codec: Option<(u8, Codec, u32, PayloadParams)>,
-    layers: Vec<Layer>,
-    delay: DelayHistogram,
-}
-
-struct Layer {
-    rid: Option<Rid>,
-    meter: BitrateMeter,
-    jitter: Jitter,
-    stats: IngressStats,
-    last_keyframe_request: Option<Instant>,
-}
-
-struct Out {
-    mid: Mid,
-    kind: MediaKind,
-    track: Option<u64>,
-    forwarder: Forwarder,
-    /// Publisher payload type → subscriber payload type (0 = unknown yet, 255 = none).
-    pt_map: [u8; 128],
-    stats: EgressStats,
-    /// Whether the subscriber's link carries this video now.
-    pause: Pauser,
-}
-
-impl Track {
-    fn info(&self) -> TrackInfo {
-        TrackInfo {
-            kind: kind_str(self.kind),
-            class: self.class,
-            label: self.label.clone(),
-        }
-    }
-
-    fn clock(&self) -> u32 {
-        self.codec
-            .as_ref()
-            .map(|(_, _, c, _)| *c)
-            .unwrap_or_else(|| clock_rate(self.kind))
-    }
-}
-
-fn kind_str(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Audio => "audio",
-        MediaKind::Video => "video",
-    }
-}
-
-fn clock_rate(kind: MediaKind) -> u32 {
-    match kind {
-        MediaKind::Audio => 48_000,
-        MediaKind::Video => 90_000,
-    }
-}
-
-/// The m-lines of a negotiated session that carry media in direction `wanted` (or both) with
-/// a codec: (mid, kind, msid label, simulcast rids).
-fn usable_media(
-    rtc: &Rtc,
-    sdp_text: &str,
-    wanted: Direction,
-) -> Vec<(Mid, MediaKind, Label, Vec<Rid>)> {
-    let mut usable = Vec::new();
-    for mid in sdp::mids(sdp_text) {
-        let mid = Mid::from(mid.as_str());
-        let Some(media) = rtc.media(mid) else {
-            continue;
-        };
-        let dir = media.direction();
-        let direction_ok = dir == wanted || dir == Direction::SendRecv;
-        if media.disabled() || !direction_ok || media.remote_pts().is_empty() {
-            continue;
-        }
-        let rids = match media.rids_rx() {
-            Rids::Specific(r) => r.iter().copied().take(MAX_LAYERS).collect(),
-            _ => Vec::new(),
-        };
-        usable.push((
-            mid,
-            media.kind(),
-            Label {
-                stream: media.stream_id().to_owned(),
-                track: media.track_id().to_owned(),
-            },
-            rids,
-        ));
-    }
-    usable
 }
 
 impl Room {
@@ -559,4 +442,129 @@ impl Room {
     fn track(&self, id: u64) -> Option<&Track> {
         self.tracks.iter().find(|t| t.id == id)
     }
+}
+
+struct Session {
+    id: SessionId,
+    identity: Identity,
+    role: Role,
+    kind: SessionKind,
+    rtc: Rtc,
+    from: Option<Identity>,
+    dirty: bool,
+    timeout: Instant,
+    connected: bool,
+    disconnected_since: Option<Instant>,
+    /// Publisher: SSRC → (track id, layer index) cache.
+    ssrc_map: Vec<(Ssrc, u64, u8)>,
+    /// Subscriber: outgoing slots.
+    outs: Vec<Out>,
+    bwe: Option<u64>,
+    /// Stages reached (bit set of `Stage as u8`).
+    stages: u8,
+    /// Subscriber: the server-opened `telemetry` data channels (reliable, lossy) and whether
+    /// each is open yet.
+    telemetry: Option<Telemetry>,
+    /// Subscribers whose offers the server makes (WebSocket signalling): each track published
+    /// later gets an m-line of its own through a new offer, each track gone is stopped.
+    negotiation: Option<Negotiation>,
+}
+
+struct Track {
+    id: u64,
+    publisher: SessionId,
+    publisher_identity: Identity,
+    mid: Mid,
+    kind: MediaKind,
+    class: TrackClass,
+    label: Label,
+    codec: Option<(u8, Codec, u32, PayloadParams)>,
+    layers: Vec<Layer>,
+    delay: DelayHistogram,
+}
+
+struct Layer {
+    rid: Option<Rid>,
+    meter: BitrateMeter,
+    jitter: Jitter,
+    stats: IngressStats,
+    last_keyframe_request: Option<Instant>,
+}
+
+struct Out {
+    mid: Mid,
+    kind: MediaKind,
+    track: Option<u64>,
+    forwarder: Forwarder,
+    /// Publisher payload type → subscriber payload type (0 = unknown yet, 255 = none).
+    pt_map: [u8; 128],
+    stats: EgressStats,
+    /// Whether the subscriber's link carries this video now.
+    pause: Pauser,
+}
+
+impl Track {
+    fn info(&self) -> TrackInfo {
+        TrackInfo {
+            kind: kind_str(self.kind),
+            class: self.class,
+            label: self.label.clone(),
+        }
+    }
+
+    fn clock(&self) -> u32 {
+        self.codec
+            .as_ref()
+            .map(|(_, _, c, _)| *c)
+            .unwrap_or_else(|| clock_rate(self.kind))
+    }
+}
+
+fn kind_str(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}
+
+fn clock_rate(kind: MediaKind) -> u32 {
+    match kind {
+        MediaKind::Audio => 48_000,
+        MediaKind::Video => 90_000,
+    }
+}
+
+/// The m-lines of a negotiated session that carry media in direction `wanted` (or both) with
+/// a codec: (mid, kind, msid label, simulcast rids).
+fn usable_media(
+    rtc: &Rtc,
+    sdp_text: &str,
+    wanted: Direction,
+) -> Vec<(Mid, MediaKind, Label, Vec<Rid>)> {
+    let mut usable = Vec::new();
+    for mid in sdp::mids(sdp_text) {
+        let mid = Mid::from(mid.as_str());
+        let Some(media) = rtc.media(mid) else {
+            continue;
+        };
+        let dir = media.direction();
+        let direction_ok = dir == wanted || dir == Direction::SendRecv;
+        if media.disabled() || !direction_ok || media.remote_pts().is_empty() {
+            continue;
+        }
+        let rids = match media.rids_rx() {
+            Rids::Specific(r) => r.iter().copied().take(MAX_LAYERS).collect(),
+            _ => Vec::new(),
+        };
+        usable.push((
+            mid,
+            media.kind(),
+            Label {
+                stream: media.stream_id().to_owned(),
+                track: media.track_id().to_owned(),
+            },
+            rids,
+        ));
+    }
+    usable
 }

@@ -1,4 +1,5 @@
-//! Server-made offers to subscribers (WebSocket signalling), their answers, and publishers' renegotiations.
+//! Server-made offers to subscribers (WebSocket signalling), their answers, and publishers'
+//! renegotiations.
 
 use std::time::{Duration, Instant};
 
@@ -17,21 +18,6 @@ use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
 use crate::sdp::Label;
 use crate::stats::{DelayHistogram, EgressStats};
-
-pub(super) struct Negotiation {
-    pub(super) next_id: u64,
-    pub(super) pending: Option<Pending>,
-    /// m-lines of tracks that went away, to stop in the next offer.
-    pub(super) to_stop: Vec<(Mid, OfferedTrack)>,
-    /// An ICE restart was asked for: the next offer carries new credentials.
-    pub(super) restart_ice: bool,
-}
-
-pub(super) struct Pending {
-    pub(super) offer: Offer,
-    pub(super) token: SdpPendingOffer,
-    pub(super) adds: Vec<(Mid, MediaKind, u64)>,
-}
 
 /// What a subscriber starting a server-negotiated session (WebSocket signalling) asks for.
 #[derive(Debug)]
@@ -87,8 +73,9 @@ impl Room {
     /// Adds a subscriber session that the server negotiates with (WebSocket signalling): the
     /// server makes the offer, with one send-only m-line per track the subscriber may receive
     /// (labelled with the publisher's msid) and the `telemetry` data channels if asked; later
-    /// publishes and unpublishes produce new offers ([`Output::Offer`] from [`Room::poll_output`]). The session
-    /// connects once the client's answer is given to [`Room::accept_answer`].
+    /// publishes and unpublishes produce new offers ([`Output::Offer`] from
+    /// [`Room::poll_output`]). The session connects once the client's answer is given to
+    /// [`Room::accept_answer`].
     pub fn join_offering(&mut self, now: Instant, req: OfferRequest) -> Result<Offer, JoinError> {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(JoinError::RoomFull(self.cfg.max_sessions));
@@ -439,4 +426,19 @@ impl Room {
         });
         Some(offer)
     }
+}
+
+pub(super) struct Negotiation {
+    pub(super) next_id: u64,
+    pub(super) pending: Option<Pending>,
+    /// m-lines of tracks that went away, to stop in the next offer.
+    pub(super) to_stop: Vec<(Mid, OfferedTrack)>,
+    /// An ICE restart was asked for: the next offer carries new credentials.
+    pub(super) restart_ice: bool,
+}
+
+pub(super) struct Pending {
+    pub(super) offer: Offer,
+    pub(super) token: SdpPendingOffer,
+    pub(super) adds: Vec<(Mid, MediaKind, u64)>,
 }

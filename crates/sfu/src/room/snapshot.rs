@@ -17,8 +17,9 @@ pub struct DropCounters {
     pub unknown_ssrc: u64,
     /// RTP packets with a payload type no subscriber codec matches.
     pub unmapped_payload_type: u64,
-    /// Data-channel messages from participants dropped: larger than [`DATA_IN_MAX`](super::DATA_IN_MAX) bytes, or
-    /// more than [`DATA_IN_LIMIT`](super::DATA_IN_LIMIT) outputs were waiting to be drained.
+    /// Data-channel messages from participants dropped: larger than
+    /// [`DATA_IN_MAX`](super::DATA_IN_MAX) bytes, or more than
+    /// [`DATA_IN_LIMIT`](super::DATA_IN_LIMIT) outputs were waiting to be drained.
     pub data_in: u64,
 }
 
