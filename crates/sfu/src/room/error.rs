@@ -34,9 +34,10 @@ pub enum JoinError {
     /// in the room.
     #[error("no publishing session {0} in this room")]
     UnknownSession(SessionId),
-    /// Server fault: the media engine produced no offer for a new server-negotiated session.
-    #[error("internal error: {0}")]
-    Internal(&'static str),
+    /// Client fault: a server-negotiated subscriber asked for nothing the server can offer yet
+    /// (no track to receive and no telemetry channel).
+    #[error("nothing to offer: no track to receive and no telemetry channel asked for")]
+    NothingToOffer,
 }
 
 impl JoinError {
@@ -45,7 +46,10 @@ impl JoinError {
     pub fn is_client_fault(&self) -> bool {
         matches!(
             self,
-            JoinError::BadSdp(_) | JoinError::NoUsableMedia(_) | JoinError::Refused(_)
+            JoinError::BadSdp(_)
+                | JoinError::NoUsableMedia(_)
+                | JoinError::Refused(_)
+                | JoinError::NothingToOffer
         )
     }
 }

@@ -125,7 +125,7 @@ impl Room {
             Some(offer) => Ok(offer),
             None => {
                 self.sessions.pop();
-                Err(JoinError::Internal("the media engine made no first offer"))
+                Err(JoinError::NothingToOffer)
             }
         }
     }

@@ -100,6 +100,8 @@ pub struct Sim {
     data_in: Vec<DataIn>,
     /// Sessions the room removed by itself.
     pub ended: Vec<Removed>,
+    /// How long before it is handled each datagram arrived (the shell's queueing, simulated).
+    pub arrival_lag: Duration,
 }
 
 impl Sim {
@@ -119,6 +121,7 @@ impl Sim {
             offers: Vec::new(),
             data_in: Vec::new(),
             ended: Vec::new(),
+            arrival_lag: Duration::ZERO,
         }
     }
 
@@ -221,8 +224,9 @@ impl Sim {
                 let _ = p.rtc.handle_input(Input::Timeout(now));
             }
             for (session, from, to, data) in to_room {
+                let arrival = now.checked_sub(self.arrival_lag).unwrap_or(now);
                 self.room
-                    .handle_datagram(now, now, session, from, to, &data);
+                    .handle_datagram(now, arrival, session, from, to, &data);
                 self.drain();
             }
             if self.room.poll_timeout().is_some_and(|t| t <= now) {
