@@ -35,7 +35,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{clean_message, describe, random_token, sdp_attr, ApiError, AppState, SessionEntry};
+use crate::http::{clean_message, describe, random_token, sdp_attr, ApiError};
+use crate::state::{AppState, SessionEntry};
 
 /// How long a new connection may take to send `join` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -18,22 +18,22 @@ const ASSETS: &[(&str, &str, &str)] = &[
     (
         "session.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/app/session.js"),
+        include_str!("../../assets/app/session.js"),
     ),
     (
         "consult.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/app/consult.js"),
+        include_str!("../../assets/app/consult.js"),
     ),
     (
         "kiosk.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/app/kiosk.js"),
+        include_str!("../../assets/app/kiosk.js"),
     ),
     (
         "app.css",
         "text/css; charset=utf-8",
-        include_str!("../assets/app/app.css"),
+        include_str!("../../assets/app/app.css"),
     ),
 ];
 
@@ -51,11 +51,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 async fn consult() -> Response {
-    page(include_str!("../assets/app/consult.html"))
+    page(include_str!("../../assets/app/consult.html"))
 }
 
 async fn kiosk() -> Response {
-    page(include_str!("../assets/app/kiosk.html"))
+    page(include_str!("../../assets/app/kiosk.html"))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
@@ -82,5 +82,37 @@ fn respond(kind: &'static str, body: &'static str) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
+pub(crate) async fn ops_page() -> Response {
+    html(include_str!("../../assets/ops.html"))
+}
+
+/// A dependency-free page that publishes the browser's camera and microphone over WHIP
+/// (token in the URL fragment: `/demo/publish#room=R&token=T`).
+pub(crate) async fn demo_publish() -> Response {
+    html(include_str!("../../assets/publish.html"))
+}
+
+/// A dependency-free page that plays a room over WHEP (`/demo/watch#room=R&token=T`).
+pub(crate) async fn demo_watch() -> Response {
+    html(include_str!("../../assets/watch.html"))
+}
+
+fn html(body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The token travels in the fragment, which browsers never send; keep it out of referrers too.
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; media-src 'self' blob: mediastream:"),
+    );
     r
 }
