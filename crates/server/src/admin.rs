@@ -8,9 +8,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::auth::bearer;
 use crate::http::ApiError;
 use crate::state::AppState;
+use cabine_proto::jwt::bearer;
 
 /// Starts the admin listener (`GET /metrics`) on `addr`; returns the bound address.
 pub async fn spawn_admin(

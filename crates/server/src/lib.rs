@@ -5,7 +5,6 @@
 
 pub mod admin;
 pub mod audit;
-pub mod auth;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -113,7 +112,7 @@ impl Server {
                     &cfg.telemetry,
                     addr,
                     cfg.advertise()?.map(|a| a.ip()),
-                    auth::Tokens::new(cfg.auth.secret.as_bytes()),
+                    cabine_proto::jwt::Tokens::new(cfg.auth.secret.as_bytes()),
                     sfu.clone(),
                 )
                 .await?;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use cabine_proto::{Claims, Identity, Redacted, Role, RoomId};
 use cabine_sfu::{SessionId, SessionKind, Sfu};
 
-use crate::auth::{AuthError, Tokens};
 use crate::config::Config;
 use crate::sampler::OpsSampler;
 use crate::ws;
+use cabine_proto::jwt::{AuthError, Tokens};
 
 /// Label of the data channel subscribers write telemetry requests and device commands on.
 pub const COMMANDS_LABEL: &str = "commands";

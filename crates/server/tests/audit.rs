@@ -59,7 +59,7 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let tokens = cabine_server::auth::Tokens::new(secret.as_bytes());
+    let tokens = cabine_proto::jwt::Tokens::new(secret.as_bytes());
     let mint = |role, id: &str| {
         tokens
             .mint(

@@ -11,8 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
-use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
 use common::browser::{check_prerequisites, mint, run_driver};
 

@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
-use cabine_server::auth::Tokens;
 use common::{post_sdp, sdp_offer};
 
 fn free_port() -> u16 {

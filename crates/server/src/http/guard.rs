@@ -7,8 +7,8 @@ use axum::http::{header, HeaderMap};
 use cabine_proto::{Claims, Grant, Role, RoomId};
 
 use super::ApiError;
-use crate::auth::{bearer, AuthError};
 use crate::state::{AppState, SessionEntry};
+use cabine_proto::jwt::{bearer, AuthError};
 
 /// Checks an operator token from the `Authorization` header or, for `EventSource` which cannot
 /// set headers, the `token` query parameter (request paths and queries are never logged).

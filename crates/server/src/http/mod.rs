@@ -21,9 +21,9 @@ use axum::{Json, Router};
 use cabine_sfu::room::TrackInfo;
 use rand::Rng;
 
-use crate::auth::{bearer, AuthError};
 use crate::state::AppState;
 use crate::ws;
+use cabine_proto::jwt::{bearer, AuthError};
 
 /// The router.
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cabine_proto::jwt::Tokens;
 use cabine_proto::{Identity, Role};
-use cabine_server::auth::Tokens;
 
 /// Debian's chromium, the only browser the tests use.
 pub const CHROMIUM: &str = "/usr/bin/chromium";

@@ -8,8 +8,8 @@ pub mod browser;
 use std::time::Duration;
 
 use cabine_kiosk::{RemoteTrack, Subscriber};
+use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
-use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
 use std::collections::HashMap;
 

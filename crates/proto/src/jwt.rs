@@ -1,8 +1,11 @@
-//! Token minting and verification (JWT, HS256), and the HTTP errors a bad token earns.
+//! Token minting and verification (JWT, HS256): the one place Cabine signs and checks tokens
+//! (the server, the `cabine token` command and the load generator use it), and the errors a bad
+//! token earns, each with its HTTP status. Behind the `jwt` feature so that clients that only
+//! read claims do not pull in the JWT library.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cabine_proto::{Claims, Grant, Identity, Role, RoomId};
+use crate::{Claims, Grant, Identity, Role, RoomId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
@@ -71,6 +74,11 @@ impl AuthError {
     }
 }
 
+/// A token could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign the token: {0}")]
+pub struct MintError(String);
+
 /// Signs and verifies tokens with one HS256 secret.
 #[derive(Clone)]
 pub struct Tokens {
@@ -101,7 +109,7 @@ impl Tokens {
         identity: Identity,
         ttl: Duration,
         grants: Option<Vec<Grant>>,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
+    ) -> Result<String, MintError> {
         let now = now_secs();
         let claims = Claims {
             sub: identity,
@@ -113,6 +121,7 @@ impl Tokens {
             grants,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .map_err(|e| MintError(e.to_string()))
     }
 
     /// Verifies a token's signature and validity window and parses its claims.
