@@ -127,8 +127,35 @@ async fn ops_view_is_pseudonymous_operator_only_and_live() {
         assert_eq!(v["streams"].as_array().map(Vec::len), Some(0), "{v}");
     }
 
-    // The page itself is served (its data needs the token).
-    let page = client.get(format!("{}/ops", s.base)).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 200);
+    // The page itself is served (its data needs the token), like every page, with the one
+    // strict policy: no inline script or style, no framing.
+    for path in [
+        "/ops",
+        "/demo/publish",
+        "/demo/watch",
+        "/app/ops.js",
+        "/app/watch.css",
+    ] {
+        let page = client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 200, "{path}");
+        let csp = page
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        let body = page.text().await.unwrap();
+        assert!(
+            !body.contains("<script>") && !body.contains("<style>"),
+            "{path}"
+        );
+    }
     s.server.shutdown(Duration::from_millis(100)).await;
 }

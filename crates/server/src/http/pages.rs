@@ -1,5 +1,8 @@
-//! The browser app: the doctor's consultation page `/consult/{room}`, the kiosk page
-//! `/kiosk/{room}`, and their modules and style under `/app/`.
+//! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
+//! `/kiosk/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
+//! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
+//! and asset is served with the same strict content security policy (no inline script or
+//! style, no framing).
 //!
 //! Dependency-free ES modules and CSS compiled into the binary (`include_str!`): nothing is
 //! fetched from elsewhere, so the pages work offline, and the content security policy says so.
@@ -35,6 +38,36 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../assets/app/app.css"),
     ),
+    (
+        "ops.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/ops.js"),
+    ),
+    (
+        "ops.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/ops.css"),
+    ),
+    (
+        "publish.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/publish.js"),
+    ),
+    (
+        "publish.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/publish.css"),
+    ),
+    (
+        "watch.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/watch.js"),
+    ),
+    (
+        "watch.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/watch.css"),
+    ),
 ];
 
 /// Only this origin: scripts, styles, sockets; media and stills from streams and blobs.
@@ -47,6 +80,9 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/consult/{room}", get(consult))
         .route("/kiosk/{room}", get(kiosk))
+        .route("/ops", get(ops_page))
+        .route("/demo/publish", get(demo_publish))
+        .route("/demo/watch", get(demo_watch))
         .route("/app/{file}", get(asset))
 }
 
@@ -56,6 +92,22 @@ async fn consult() -> Response {
 
 async fn kiosk() -> Response {
     page(include_str!("../../assets/app/kiosk.html"))
+}
+
+/// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
+async fn ops_page() -> Response {
+    page(include_str!("../../assets/app/ops.html"))
+}
+
+/// A dependency-free page that publishes the browser's camera and microphone over WHIP
+/// (token in the URL fragment: `/demo/publish#room=R&token=T`).
+async fn demo_publish() -> Response {
+    page(include_str!("../../assets/app/publish.html"))
+}
+
+/// A dependency-free page that plays a room over WHEP (`/demo/watch#room=R&token=T`).
+async fn demo_watch() -> Response {
+    page(include_str!("../../assets/app/watch.html"))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
@@ -82,37 +134,5 @@ fn respond(kind: &'static str, body: &'static str) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
-}
-
-/// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
-pub(crate) async fn ops_page() -> Response {
-    html(include_str!("../../assets/ops.html"))
-}
-
-/// A dependency-free page that publishes the browser's camera and microphone over WHIP
-/// (token in the URL fragment: `/demo/publish#room=R&token=T`).
-pub(crate) async fn demo_publish() -> Response {
-    html(include_str!("../../assets/publish.html"))
-}
-
-/// A dependency-free page that plays a room over WHEP (`/demo/watch#room=R&token=T`).
-pub(crate) async fn demo_watch() -> Response {
-    html(include_str!("../../assets/watch.html"))
-}
-
-fn html(body: &'static str) -> Response {
-    let mut r = body.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // The token travels in the fragment, which browsers never send; keep it out of referrers too.
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; media-src 'self' blob: mediastream:"),
-    );
     r
 }

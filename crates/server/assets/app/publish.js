@@ -1,42 +1,3 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>Cabine · publish</title>
-<style>
-  :root { color-scheme: light dark; --fg: #1d2327; --muted: #5f6b73; --bg: #f6f7f8; --card: #fff; --ok: #1f7a4d; --bad: #a32727; }
-  @media (prefers-color-scheme: dark) { :root { --fg: #e6e8ea; --muted: #9aa5ad; --bg: #16191c; --card: #1f2327; --ok: #5cc690; --bad: #f08080; } }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg); }
-  main { max-width: 760px; margin: 0 auto; padding: 24px 16px; }
-  h1 { font-size: 18px; font-weight: 600; margin: 0 0 4px; }
-  p.sub { margin: 0 0 16px; color: var(--muted); }
-  figure { margin: 0; background: var(--card); border-radius: 10px; overflow: hidden; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
-  video { display: block; width: 100%; aspect-ratio: 4 / 3; background: #000; object-fit: contain; }
-  figcaption { padding: 8px 12px; color: var(--muted); font-size: 13px; }
-  #status { margin: 16px 0 0; padding: 10px 12px; border-radius: 8px; background: var(--card); font-variant-numeric: tabular-nums; }
-  #status[data-state="live"] { color: var(--ok); }
-  #status[data-state="error"] { color: var(--bad); white-space: pre-wrap; }
-  ul#tracks { margin: 12px 0 0; padding-left: 20px; color: var(--muted); }
-  button { margin-top: 12px; font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid var(--muted); background: var(--card); color: var(--fg); cursor: pointer; }
-</style>
-</head>
-<body>
-<main>
-  <h1>Cabine — publish</h1>
-  <p class="sub" id="room">&nbsp;</p>
-  <figure>
-    <video id="preview" autoplay muted playsinline></video>
-    <figcaption>Local preview (not sent back to you)</figcaption>
-  </figure>
-  <div id="status" data-state="idle" role="status" aria-live="polite">idle</div>
-  <ul id="tracks"></ul>
-  <button id="stop" hidden>Stop</button>
-</main>
-<script>
-"use strict";
 // Publishes the camera, the microphone and (with `stethoscope=1`) a second, unprocessed audio
 // track over WHIP. Everything comes from the URL fragment, which browsers never send to a
 // server: /demo/publish#room=R&token=T[&stethoscope=1][&stethoscope_device=<deviceId>]
@@ -277,6 +238,3 @@
 
   publish().catch((e) => fail((e && e.message) || String(e)));
 })();
-</script>
-</body>
-</html>

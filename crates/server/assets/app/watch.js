@@ -1,44 +1,3 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>Cabine · watch</title>
-<style>
-  :root { color-scheme: light dark; --fg: #1d2327; --muted: #5f6b73; --bg: #f6f7f8; --card: #fff; --ok: #1f7a4d; --bad: #a32727; --accent: #2d6cdf; }
-  @media (prefers-color-scheme: dark) { :root { --fg: #e6e8ea; --muted: #9aa5ad; --bg: #16191c; --card: #1f2327; --ok: #5cc690; --bad: #f08080; --accent: #7aa7f5; } }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg); }
-  main { max-width: 960px; margin: 0 auto; padding: 24px 16px; }
-  h1 { font-size: 18px; font-weight: 600; margin: 0 0 4px; }
-  p.sub { margin: 0 0 16px; color: var(--muted); }
-  #status { margin: 0 0 16px; padding: 10px 12px; border-radius: 8px; background: var(--card); }
-  #status[data-state="live"] { color: var(--ok); }
-  #status[data-state="error"] { color: var(--bad); white-space: pre-wrap; }
-  #media { display: grid; gap: 12px; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
-  figure { margin: 0; background: var(--card); border-radius: 10px; overflow: hidden; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
-  figure.video { grid-column: 1 / -1; }
-  video { display: block; width: 100%; max-height: 70vh; aspect-ratio: 16 / 9; background: #000; object-fit: contain; }
-  figure.audio { padding: 12px 12px 0; }
-  .meter { height: 6px; border-radius: 3px; background: rgba(127,127,127,.2); overflow: hidden; }
-  .meter > div { height: 100%; width: 0; background: var(--accent); transition: width 80ms linear; }
-  figcaption { padding: 8px 12px; font-size: 13px; color: var(--muted); }
-  figure.audio figcaption { padding: 8px 0 12px; }
-  figcaption b { color: var(--fg); font-weight: 600; }
-  button { font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid var(--muted); background: var(--card); color: var(--fg); cursor: pointer; }
-</style>
-</head>
-<body>
-<main>
-  <h1>Cabine — watch</h1>
-  <p class="sub" id="room">&nbsp;</p>
-  <div id="status" data-state="idle" role="status" aria-live="polite">idle</div>
-  <p id="unmute" hidden><button>Play sound</button></p>
-  <div id="media"></div>
-</main>
-<script>
-"use strict";
 // Plays a room over WHEP. From the URL fragment (never sent to a server):
 // /demo/watch#room=R&token=T[&video=1&audio=2][&from=<identity>]
 (function () {
@@ -250,6 +209,3 @@
 
   watch().catch((e) => fail((e && e.message) || String(e)));
 })();
-</script>
-</body>
-</html>
