@@ -3,14 +3,14 @@
 //! RTP/RTCP routed into its session. Room A loses nothing, room B's publisher stays connected,
 //! the server stays up, and every kind of garbage is counted.
 
-mod common;
+use crate::common;
 
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::common::{payload, post_sdp, receive_all, PACKETS};
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
-use common::{payload, post_sdp, receive_all, PACKETS};
 use rand::{Rng, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -61,7 +61,32 @@ async fn garbage_into_one_room_leaves_the_other_untouched() {
     // The attack runs on its own thread while room A streams.
     let base = s.base.clone();
     let kiosk_b = s.token("room-b", Role::Kiosk, "kiosk-b");
-    let attack = std::thread::spawn(move || garbage(media, &b_ufrag));
+    // The attacker claims room B's session, then waits for word that the server routes its
+    // socket there (room B starts rejecting its datagrams) before sending the routed garbage.
+    let (routed_tx, routed_rx) = std::sync::mpsc::channel();
+    let attack = std::thread::spawn(move || garbage(media, &b_ufrag, &routed_rx));
+    let routed = {
+        let base = s.base.clone();
+        let op = s.token("*", Role::Operator, "ops");
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let v = common::rooms_at(&base, &op).await;
+                let rejected = v["rooms"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["room"] == "room-b")
+                    .and_then(|b| b["dropped"]["rejected_datagrams"].as_u64())
+                    .unwrap_or(0);
+                if rejected > 0 {
+                    let _ = routed_tx.send(());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let sdp_attack = tokio::spawn(async move {
         let mut refused = 0;
         for junk in [
@@ -104,6 +129,7 @@ async fn garbage_into_one_room_leaves_the_other_untouched() {
     let got = receive_all(&a_sub, 2).await;
     let a_pub = sender.await.unwrap();
     let sent = attack.join().expect("attack thread");
+    routed.await.unwrap();
     assert_eq!(sdp_attack.await.unwrap(), 60);
 
     for (t, label) in ["room-camera", "stethoscope"].iter().enumerate() {
@@ -125,7 +151,23 @@ async fn garbage_into_one_room_leaves_the_other_untouched() {
         "connected",
         "room B's own client survives garbage aimed at its session"
     );
-    let rooms = s.rooms().await;
+    // Every datagram sent is read and counted (the counters catch up with what was sent).
+    let rooms = s
+        .rooms_until("garbage counted", Duration::from_secs(10), |v| {
+            let m = &v["media"];
+            let rejected = v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["room"] == "room-b")
+                .and_then(|b| b["dropped"]["rejected_datagrams"].as_u64())
+                .unwrap_or(0);
+            m["unknown_source"].as_u64().unwrap_or(0) >= sent.random
+                && m["unknown_ufrag"].as_u64().unwrap_or(0) >= sent.stun_unknown
+                && m["malformed_stun"].as_u64().unwrap_or(0) >= sent.stun_malformed
+                && rejected >= sent.routed_garbage / 2
+        })
+        .await;
     let m = &rooms["media"];
     assert!(m["unknown_source"].as_u64().unwrap() >= sent.random, "{m}");
     assert!(
@@ -169,7 +211,11 @@ struct Sent {
 /// malformed STUN; then a STUN request naming room B's session (bad integrity), which makes the
 /// demultiplexer route this socket's further packets to that session, followed by malformed
 /// RTP, RTCP and DTLS records that the session must reject.
-fn garbage(media: std::net::SocketAddr, b_ufrag: &str) -> Sent {
+fn garbage(
+    media: std::net::SocketAddr,
+    b_ufrag: &str,
+    routed: &std::sync::mpsc::Receiver<()>,
+) -> Sent {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut sent = Sent {
@@ -204,10 +250,29 @@ fn garbage(media: std::net::SocketAddr, b_ufrag: &str) -> Sent {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    // Now claim room B's session.
-    sock.send_to(&stun_binding(&format!("{b_ufrag}:evil")), media)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // Now claim room B's session, with a malformed RTP packet behind each claim, until the
+    // test sees room B reject them (the socket is routed there).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        sock.send_to(&stun_binding(&format!("{b_ufrag}:evil")), media)
+            .unwrap();
+        let mut probe = [0xab_u8; 20];
+        probe[0] = 0x80; // RTP v2
+        probe[1] = 111;
+        sock.send_to(&probe, media).unwrap();
+        match routed.recv_timeout(Duration::from_millis(20)) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "room B never rejected the claimed socket's packets"
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("room B never rejected the claimed socket's packets")
+            }
+        }
+    }
     for i in 0..600u32 {
         let mut d: Vec<u8> = (0..rng.random_range(12..300))
             .map(|_| rng.random())
@@ -233,7 +298,6 @@ fn garbage(media: std::net::SocketAddr, b_ufrag: &str) -> Sent {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
     sent
 }
 

@@ -10,17 +10,17 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci --prefix tests/browser`; `.ci/run` installs
 //! all three. Missing prerequisites fail the test: it never skips silently.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
 use cabine_kiosk::webrtc::rtp;
 use cabine_kiosk::{ClientOptions, Codec, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
-use common::browser::{check_prerequisites, run_driver};
 
 const ROOM: &str = "consult-dupont-7";
 const KIOSK: &str = "kiosk-pharmacie-lyon-3";
@@ -34,6 +34,7 @@ const LOSS_EVERY: u16 = 8;
 async fn ops_dashboard_shows_the_live_room_pseudonymously() {
     let dir = common::browser::dir();
     check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
     // The audit log says why a session ended, should one end early.
     let audit = std::env::temp_dir().join(format!("cabine-ops-audit-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&audit);

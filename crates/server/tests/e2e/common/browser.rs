@@ -14,6 +14,10 @@ use cabine_proto::{Identity, Role};
 /// Debian's chromium, the only browser the tests use.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// One browser scenario at a time (every browser test of the binary takes it): two chromiums,
+/// servers and cabins on two cores starve each other's ICE.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `tests/browser`: the driver scripts and their `node_modules`.
 pub fn dir() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser")).to_path_buf()

@@ -1,9 +1,7 @@
 //! Malformed requests get a precise status and message, and never take the server down.
 
-mod common;
-
+use crate::common::{post_sdp, sdp_offer, start_with};
 use cabine_proto::Role;
-use common::{post_sdp, sdp_offer, start_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_precisely() {

@@ -8,7 +8,7 @@
 //! published meanwhile, and a new socket resumes the session: the backlog brings the microphone's
 //! offer and media keeps flowing on the same peer connection. Refusals follow the WHIP rules.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -178,11 +178,8 @@ async fn signalling_renegotiates_and_resumes() {
     // The doctor's WebSocket is cut (Wi-Fi blip). Media keeps flowing meanwhile.
     drop(ws);
     let before = count(&counts, "room-camera");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        count(&counts, "room-camera") > before + 10,
-        "media flows while signalling is down"
-    );
+    // Media flows while signalling is down.
+    wait_for_packets(&counts, "room-camera", before + 11).await;
     // A microphone is published while the doctor is away: its offer waits in the backlog.
     let mic = Arc::new(
         Publisher::connect(
@@ -195,7 +192,11 @@ async fn signalling_renegotiates_and_resumes() {
         .expect("microphone published"),
     );
     spawn_sender(Arc::clone(&mic));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The room has the microphone (and so has offered it to the doctor's backlog).
+    s.rooms_until("microphone published", Duration::from_secs(10), |v| {
+        v["rooms"].to_string().contains("\"microphone\"")
+    })
+    .await;
 
     // A new socket resumes the session.
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)

@@ -7,14 +7,14 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci --prefix tests/browser`; `.ci/run` installs
 //! all three. Missing prerequisites fail the test: it never skips silently.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
 use cabine_server::{Config, Server};
-use common::browser::{check_prerequisites, mint, run_driver};
 
 const SECRET: &str = "browser-test-secret-0123456789abcdef01234";
 /// Hard limit for the node driver (it has its own, shorter, timeouts per stage).
@@ -24,6 +24,7 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(120);
 async fn chromium_publishes_over_whip_and_plays_over_whep() {
     let dir = common::browser::dir();
     check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
 
     let mut cfg = Config::defaults();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();

@@ -76,16 +76,55 @@ impl TestServer {
 
     /// GET /api/rooms with an operator token.
     pub async fn rooms(&self) -> serde_json::Value {
-        let t = self.token("*", Role::Operator, "ops");
-        reqwest::Client::new()
-            .get(format!("{}/api/rooms", self.base))
-            .bearer_auth(t)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        rooms_at(&self.base, &self.token("*", Role::Operator, "ops")).await
+    }
+
+    /// Polls `GET /api/rooms` until `done` holds, for up to `timeout`; returns the view that
+    /// satisfied it, or panics with the last one and `what`.
+    pub async fn rooms_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let token = self.token("*", Role::Operator, "ops");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let v = rooms_at(&self.base, &token).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not reached in {timeout:?}; last view {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// GET `{base}/api/rooms` with `token`.
+pub async fn rooms_at(base: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/rooms"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `done()` holds, checking every 20 ms, for up to `timeout`; panics naming `what`.
+pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -5,18 +5,18 @@
 //! names only series that a real server exposes, with rate() on counters only and label names
 //! those series carry.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::payload;
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 use cabine_server::config::DEFAULT_TOML;
 use cabine_server::Config;
-use common::payload;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 

@@ -1,11 +1,11 @@
 //! The operators' view: pseudonymous, operator-only, and streamed live as server-sent events.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{post_sdp, sdp_offer};
 use cabine_proto::Role;
-use common::{post_sdp, sdp_offer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_view_is_pseudonymous_operator_only_and_live() {

@@ -2,13 +2,13 @@
 //! counted equal what was sent), the participants gauge returns to 0 after leave, and no label
 //! carries a room name or an identity.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{payload, receive_all, PACKETS};
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
-use common::{payload, receive_all, PACKETS};
 
 const ROOM: &str = "room-secret-name";
 const KIOSK: &str = "kiosk-jeanne-dupont";
@@ -96,9 +96,26 @@ async fn metrics_follow_a_session_without_leaking_names() {
     // Leave: participants back to 0, totals kept.
     subscriber.close().await.unwrap();
     publisher.close().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.server.refresh_metrics().await;
-    let text = scrape(admin).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        s.server.refresh_metrics().await;
+        let text = scrape(admin).await;
+        let gone = ["kiosk", "doctor"].iter().all(|r| {
+            text.lines().any(|l| {
+                l.starts_with("cabine_participants")
+                    && l.contains(&format!("role=\"{r}\""))
+                    && l.ends_with(" 0")
+            })
+        });
+        if gone {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "participants never went back to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let value = |name: &str, labels: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))

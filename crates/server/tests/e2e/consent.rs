@@ -3,7 +3,7 @@
 //! path has been idle; a server that relied on them alone (ICE-lite) dropped every kiosk about
 //! 25 s into a consultation. The server runs full ICE and checks the path itself.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! the telemetry, sends a blood-pressure command and gets the reading back; the kiosk's clock is
 //! seven seconds off and its QUIC connection is killed mid-session.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,13 +1,11 @@
 //! The audit log holds exactly the joins, refusals and leaves that happened, in order, and a
 //! `kill -9` of the server never leaves a torn last line.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{post_sdp, sdp_offer};
 use cabine_proto::Role;
-use common::{post_sdp, sdp_offer};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -101,21 +99,47 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
     assert_eq!(r.status().as_u16(), 200);
     // The writer thread fsyncs every record; on a busy disk that takes a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = String::new();
-    while Instant::now() < deadline {
-        text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 3 {
-            break;
-        }
+    while std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the three records never reached the audit log"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Nothing more may follow.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = std::fs::read_to_string(&path).unwrap_or(text);
-    let records: Vec<serde_json::Value> = text
+    // Nothing more may follow: a marker (a refused anonymous request) is the next record.
+    let (status, _, _) = post_sdp(
+        &format!("{base}/whip/room-audit"),
+        Some("marker.bad.token"),
+        "application/sdp",
+        "v=0".into(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 4 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the marker never reached the audit log: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut records: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    assert_eq!(records.len(), 4, "{text}");
+    let marker = records.pop().unwrap();
+    assert_eq!(marker["event"], "refused", "{text}");
+    assert_eq!(marker["identity"], "-", "{text}");
     let summary: Vec<(String, String, String)> = records
         .iter()
         .map(|r| {
@@ -160,7 +184,20 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill it while the refusals are being written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 20
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refusals never reached the audit log"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status()

@@ -1,12 +1,10 @@
 //! Every endpoint checks the token: each kind of bad token gets its own status and a message
 //! that names the problem.
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::{post_sdp, sdp_offer, start};
 use cabine_proto::Role;
-use common::{post_sdp, sdp_offer, start};
 use jsonwebtoken::{encode, EncodingKey, Header};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

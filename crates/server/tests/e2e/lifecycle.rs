@@ -1,15 +1,15 @@
 //! The server's life: the `cabine` binary on its embedded config, `cabine token`, environment
 //! overrides, SIGTERM with a drain, and HTTPS when a certificate is configured.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{post_sdp, sdp_offer};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
-use common::{post_sdp, sdp_offer};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -160,9 +160,19 @@ async fn draining_refuses_new_sessions_and_fails_readiness() {
 
     // The open session keeps the server draining for the whole drain time.
     let shutdown = tokio::spawn(s.server.shutdown(Duration::from_secs(2)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
-    assert_eq!(r.status().as_u16(), 503);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        if r.status().as_u16() == 503 {
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(
+            Instant::now() < deadline,
+            "readyz never turned 503 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, _, body) = post_sdp(
         &format!("{base}/whip/room-d"),
         Some(&kiosk),

@@ -13,10 +13,11 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci --prefix tests/browser` (`.ci/run` installs
 //! them); a missing prerequisite fails the test, it never skips.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
 use cabine_kiosk::sources::{MediaSource, Pattern, VideoSource, Vp8Config};
@@ -24,26 +25,16 @@ use cabine_kiosk::{ClientOptions, Codec, Publisher, TrackSpec};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
 use cabine_server::{Config, Server};
-use common::browser::{check_prerequisites, mint, run_driver};
 use tokio::sync::oneshot;
 
 const SECRET: &str = "consult-test-secret-0123456789abcdef0123";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// One browser scenario at a time: two chromiums, servers and cabins on two cores starve each
-/// other's ICE.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
     let dir = common::browser::dir();
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
-    // The server's log goes with the test output (shown on failure).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_test_writer()
-        .try_init();
 
     let mut cfg = Config::defaults();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();

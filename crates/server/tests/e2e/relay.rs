@@ -3,13 +3,13 @@
 //! WHIP; two subscribers (doctor, assistant) receive all three over WHEP, with their labels, and
 //! the payload bytes they receive equal what was sent, in order, with no loss.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{payload, receive_all, PACKETS};
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
-use common::{payload, receive_all, PACKETS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kiosk_tracks_reach_two_subscribers_intact() {
