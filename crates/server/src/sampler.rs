@@ -65,3 +65,53 @@ pub fn spawn(state: &Arc<AppState>, metrics: Arc<Metrics>) -> JoinHandle<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cabine_sfu::{RoomConfig, Sfu, SfuConfig};
+
+    use super::*;
+    use crate::audit::{Audit, AuditConfig};
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn samples_into_both_views_and_stops_with_the_media_plane() {
+        let mut cfg = Config::defaults();
+        cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+        let sfu = Sfu::start(SfuConfig {
+            bind: cfg.media.bind,
+            advertise: None,
+            workers: 1,
+            room: RoomConfig::default(),
+        })
+        .unwrap();
+        let audit = Audit::open(&AuditConfig {
+            path: Default::default(),
+            ..cfg.audit.clone()
+        })
+        .unwrap();
+        let state = Arc::new(AppState::new(&cfg, sfu.clone(), audit));
+        let metrics = Arc::new(Metrics::new(None, None).unwrap());
+        let task = spawn(&state, Arc::clone(&metrics));
+
+        // One sample reaches the dashboards' view and the metrics.
+        let mut latest = state.ops.latest.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), latest.wait_for(Option::is_some))
+            .await
+            .expect("a view within 10 s")
+            .unwrap();
+        assert!(metrics.render().contains("cabine_rooms 0"));
+
+        // The media plane stops: so does the sampler, though the server state lives on.
+        tokio::task::spawn_blocking(move || sfu.shutdown())
+            .await
+            .unwrap();
+        tokio::time::timeout(crate::ops::PERIOD * 5, task)
+            .await
+            .expect("the sampler ends with the media plane")
+            .unwrap();
+        drop(state);
+    }
+}
