@@ -2,6 +2,23 @@
 //!
 //! [`Server::start`] binds everything from a [`Config`] and returns a handle with the bound
 //! addresses; the binary and the end-to-end tests both use it.
+//!
+//! Modules by concern:
+//! - [`state`]: what every handler shares (session table, refusal counters, session spans,
+//!   audit hook);
+//! - [`http`]: the router and the routes, [`http::whip`] (WHIP/WHEP sessions), [`http::ops`]
+//!   (operators' views), [`http::pages`] (browser pages, one strict CSP), and [`http::guard`]
+//!   (every token check, written once); [`ws`]: WebSocket signalling;
+//! - [`events`]: media-plane events to the session table, the audit log, the WebSocket hub
+//!   and the telemetry bridge;
+//! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
+//!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - tokens are minted and verified by [`cabine_proto::jwt`].
+//!
+//! ```text
+//! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
+//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends) → flush audit
+//! ```
 
 pub mod admin;
 pub mod audit;
