@@ -14,6 +14,7 @@ mod browser;
 mod conformance;
 mod consent;
 mod consult_browser;
+mod cors_browser;
 mod deploy;
 mod http_errors;
 mod lifecycle;
