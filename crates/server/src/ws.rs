@@ -704,7 +704,7 @@ impl Conn {
             &self.claims.sub,
             Some(self.claims.role),
             Some(self.peer),
-            &message,
+            &format!("{code}: {message}"),
         );
         self.reply(&error(code, &message));
     }

@@ -164,7 +164,8 @@ async fn create_session(
                 &claims.sub,
                 Some(claims.role),
                 Some(peer),
-                &message,
+                // The code first: the process log shows it, and only a pseudonym of the rest.
+                &format!("{reason}: {message}"),
             );
             return Err(ApiError::new(status, message));
         }
