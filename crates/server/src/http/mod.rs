@@ -2,8 +2,10 @@
 //!
 //! Every error is a plain-text body naming the problem, with the status DESIGN.md fixes:
 //! 400 bad SDP or room name, 401 bad token, 403 not allowed, 404 unknown session,
-//! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec,
-//! 503 draining or full.
+//! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec (or
+//! none in common with what the room publishes), 503 draining or full. Every 401 carries
+//! `WWW-Authenticate: Bearer`; pages of the origins in `http.cors_origins` may call every route
+//! ([`cors`]).
 
 pub mod cors;
 pub mod guard;
