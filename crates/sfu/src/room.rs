@@ -25,7 +25,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use crate::codec;
 use crate::forwarder::{Forwarder, InPacket};
-use crate::pause::{Change, Pauser};
+use crate::pause::{Change, Link, Pauser};
 use crate::sdp::{self, Label};
 use crate::simulcast::{self, BitrateMeter, MAX_LAYERS};
 use crate::stats::{DelayHistogram, DelaySummary, EgressStats, IngressStats, Jitter};
@@ -1755,6 +1755,13 @@ impl Room {
         // str0m paces at 1.1 × the estimate.
         let mut left = (bwe + bwe / 10).saturating_sub(audio);
         let s = &mut self.sessions[i];
+        // The loss the subscriber reports on what still flows: a shortfall counts only with it.
+        let loss =
+            (s.outs.iter().filter(|o| !o.pause.is_paused())).fold(0f32, |m, o| m.max(o.stats.loss));
+        let link = Link {
+            estimate: bwe,
+            loss,
+        };
         for (k, _, simulcast, rate) in video {
             let Some(rate) = rate else { continue };
             let out = &mut s.outs[k];
@@ -1762,7 +1769,7 @@ impl Room {
                 left = left.saturating_sub(rate);
                 continue;
             }
-            let (change, forwarded) = out.pause.update(now, rate, left);
+            let (change, forwarded) = out.pause.update(now, rate, left, link);
             if forwarded {
                 left = left.saturating_sub(rate);
             }
