@@ -2,6 +2,8 @@
 //! kiosk sends a room camera and a device camera (single layer, ~0.6 Mbit/s each) to a doctor
 //! behind a 0.9 Mbit/s link. Once the estimate settles, the room camera is paused for the doctor
 //! and the device camera flows; when the link opens, the room camera resumes (at a keyframe).
+//! And the converse: on a clean 10 Mbit/s link nothing is ever paused, even while the
+//! subscribers' estimates are still climbing towards what they receive.
 
 mod common;
 
