@@ -33,6 +33,10 @@ pub struct Link {
     busy_until: Option<Instant>,
     queue: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     pub dropped: u64,
+    /// Extra delay per datagram, uniform in `0..jitter` (order kept), from a seeded generator.
+    pub jitter: Duration,
+    rng: rand::rngs::StdRng,
+    last_arrival: Option<Instant>,
 }
 
 impl Link {
@@ -44,6 +48,9 @@ impl Link {
             busy_until: None,
             queue: VecDeque::new(),
             dropped: 0,
+            jitter: Duration::ZERO,
+            rng: rand::SeedableRng::seed_from_u64(delay_ms),
+            last_arrival: None,
         }
     }
 
@@ -61,7 +68,13 @@ impl Link {
             }
             None => now,
         };
-        self.queue.push_back((depart + self.delay, from, to, data));
+        let mut arrive = depart + self.delay;
+        if !self.jitter.is_zero() {
+            let j = rand::Rng::random_range(&mut self.rng, 0..self.jitter.as_micros() as u64);
+            arrive = (arrive + Duration::from_micros(j)).max(self.last_arrival.unwrap_or(arrive));
+        }
+        self.last_arrival = Some(arrive);
+        self.queue.push_back((arrive, from, to, data));
     }
 
     fn next(&self) -> Option<Instant> {
