@@ -3,13 +3,11 @@
 //! behind a 0.9 Mbit/s link. Once the estimate settles, the room camera is paused for the doctor
 //! and the device camera flows; when the link opens, the room camera resumes (at a keyframe).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_vp8, FakeFrame, Sim};
 use cabine_proto::Role;
 use cabine_sfu::room::SessionKind;
-use common::{write_vp8, FakeFrame, Sim};
 use str0m::media::{Direction, MediaKind};
 use str0m::Event;
 
