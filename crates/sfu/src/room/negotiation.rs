@@ -107,6 +107,7 @@ impl Room {
             dirty: true,
             timeout: now,
             connected: false,
+            connect_by: Some(now + self.cfg.connect_timeout),
             disconnected_since: None,
             ssrc_map: Vec::new(),
             outs: Vec::new(),

@@ -4,7 +4,9 @@
 
 mod common;
 
+mod connect_timeout;
 mod garbage;
+mod isolation;
 mod output;
 mod pause;
 mod renegotiation;

@@ -106,13 +106,19 @@ pub struct Sim {
 
 impl Sim {
     pub fn new() -> Self {
+        Sim::with_config(|_| {})
+    }
+
+    /// A simulation whose room has the default settings changed by `configure`.
+    pub fn with_config(configure: impl FnOnce(&mut RoomConfig)) -> Self {
         let now = Instant::now();
         let room_addr: SocketAddr = ROOM_ADDR.parse().unwrap();
-        let cfg = RoomConfig {
+        let mut cfg = RoomConfig {
             candidate: room_addr,
             initial_bitrate: Bitrate::kbps(1_000),
             ..RoomConfig::default()
         };
+        configure(&mut cfg);
         Sim {
             now,
             room: Room::new(RoomId::parse("sim").unwrap(), cfg),
