@@ -416,6 +416,7 @@ impl Room {
                         pt_map: [0; 128],
                         stats: EgressStats::default(),
                         pause: Pauser::default(),
+                        idle: None,
                     });
                 }
                 self.sessions.push(session);
@@ -541,6 +542,10 @@ struct Out {
     stats: EgressStats,
     /// Whether the subscriber's link carries this video now.
     pause: Pauser,
+    /// While the slot has no track: the SSRCs (main, RTX) of its send stream, removed from
+    /// str0m so that its pacer has no stream to send padding on (see
+    /// [`Room::park_idle_streams`]).
+    idle: Option<(Ssrc, Option<Ssrc>)>,
 }
 
 impl Track {

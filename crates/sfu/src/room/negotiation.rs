@@ -193,6 +193,7 @@ impl Room {
                 pt_map: [0; 128],
                 stats: EgressStats::default(),
                 pause: Pauser::default(),
+                idle: None,
             });
         }
         // Whatever changed while the offer was out (or tracks that appeared) goes next.

@@ -8,6 +8,7 @@ mod connect_timeout;
 mod garbage;
 mod isolation;
 mod output;
+mod padding;
 mod pause;
 mod renegotiation;
 mod simulcast;

@@ -102,6 +102,9 @@ pub struct Sim {
     pub ended: Vec<Removed>,
     /// How long before it is handled each datagram arrived (the shell's queueing, simulated).
     pub arrival_lag: Duration,
+    /// Peers joined from now on report every RTP packet they receive
+    /// (`Event::RawPacket`, see `RtcConfig::enable_raw_packets`).
+    pub raw_packets: bool,
 }
 
 impl Sim {
@@ -128,6 +131,7 @@ impl Sim {
             data_in: Vec::new(),
             ended: Vec::new(),
             arrival_lag: Duration::ZERO,
+            raw_packets: false,
         }
     }
 
@@ -141,7 +145,9 @@ impl Sim {
     ) -> Result<(usize, T), cabine_sfu::JoinError> {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let built = build(&mut api);
@@ -249,7 +255,9 @@ impl Sim {
     pub fn join_offered(&mut self, identity: &str, role: Role, telemetry: bool) -> (usize, Offer) {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let session = SessionId(100 + i as u64);
         let offer = self
