@@ -2,8 +2,9 @@
 //!
 //! A token is a JWT (HS256 by default) whose claims are [`Claims`]. The role decides the default
 //! permissions; explicit `grants` narrow or extend them (for example `commands` for a doctor).
-//! Signing and verification live in the server; this module only says what the claims mean, so
-//! every component applies the same rules.
+//! Signing and verification live in [`crate::jwt`] (feature `jwt`); this module says what the
+//! claims mean, so every component applies the same rules, and lets a client read the claims
+//! it was given ([`read_unverified`]) to choose defaults.
 
 use std::fmt;
 use std::str::FromStr;
@@ -129,6 +130,32 @@ pub fn default_grants(role: Role) -> &'static [Grant] {
         Role::Observer => &[Grant::Subscribe],
         Role::Operator => &[],
     }
+}
+
+/// The claims a client reads from its own token to choose defaults (room, stream id), without
+/// checking the signature: only the server's verification ([`crate::jwt`]) decides anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// The `sub` claim (participant identity), if a string.
+    pub sub: Option<String>,
+    /// The `room` claim, if a string.
+    pub room: Option<String>,
+}
+
+/// Reads the `sub` and `room` claims of a JWT without verifying it; `None` if it is not a
+/// readable JWT.
+pub fn read_unverified(token: &str) -> Option<UnverifiedClaims> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(UnverifiedClaims {
+        sub: text("sub"),
+        room: text("room"),
+    })
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
-use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

@@ -35,7 +35,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{clean_message, describe, random_token, sdp_attr, ApiError, AppState, SessionEntry};
+use crate::http::{clean_message, describe, random_token, sdp_attr, ApiError};
+use crate::state::{AppState, SessionEntry};
 
 /// How long a new connection may take to send `join` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,7 +173,7 @@ pub async fn handler(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
     let token = q.token.unwrap_or_default();
     if token.is_empty() {
-        let e = crate::auth::AuthError::Missing;
+        let e = cabine_proto::jwt::AuthError::Missing;
         st.count_refusal(e.reason());
         st.audit_refusal(room.as_str(), "-", None, peer, &e);
         return Err(e.into());
@@ -668,7 +669,7 @@ impl Conn {
     }
 
     fn refuse_grant(&self, action: &'static str) {
-        let e = crate::auth::AuthError::Forbidden {
+        let e = cabine_proto::jwt::AuthError::Forbidden {
             role: self.claims.role,
             action,
         };
