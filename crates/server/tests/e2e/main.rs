@@ -14,6 +14,7 @@ mod browser;
 mod consent;
 mod consult_browser;
 mod deploy;
+mod hardening;
 mod http_errors;
 mod lifecycle;
 mod metrics;
