@@ -10,6 +10,10 @@
 //!   the pool.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
+//! - Everything a room does runs under its panic guard ([`Room::run_isolated`]): a room that
+//!   panics is closed, its sessions reported ended, the panic counted (`room_panics`); the
+//!   worker's other rooms carry on. A thread that dies anyway is counted (`threads_died`) and
+//!   [`Sfu::is_healthy`] turns false (the server's `/readyz` then fails).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;

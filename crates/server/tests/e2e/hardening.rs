@@ -7,7 +7,7 @@
 use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cabine_kiosk::{ClientOptions, Publisher, RemoteTrack, Subscriber, TrackSpec};
@@ -35,7 +35,8 @@ async fn a_panicking_room_ends_its_sessions_and_another_room_on_its_worker_keeps
     a.first_packet().await;
     b.first_packet().await;
     let stop_b = Arc::clone(&b.stop);
-    let reader = b.read_until_stopped();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let reader = b.read_until_stopped(Arc::clone(&received));
 
     s.server
         .sfu()
@@ -60,11 +61,19 @@ async fn a_panicking_room_ends_its_sessions_and_another_room_on_its_worker_keeps
         assert_eq!(r.status().as_u16(), 404, "{url}: the session is gone");
     }
 
-    // The other room's media went on: two more seconds of it, every packet in order.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The other room's media went on: 50 more packets after the room closed, none lost.
+    let at_close = received.lock().unwrap().len();
+    common::wait_for(
+        "the healthy room's media continues",
+        Duration::from_secs(10),
+        || received.lock().unwrap().len() >= at_close + 50,
+    )
+    .await;
     stop_b.store(true, Ordering::Relaxed);
-    let counters = reader.await.unwrap();
-    assert!(counters.len() > 100, "{} packets", counters.len());
+    reader.await.unwrap();
+    let mut counters = received.lock().unwrap().clone();
+    counters.sort_unstable();
+    counters.dedup();
     let missing: Vec<u32> = (counters[0]..=*counters.last().unwrap())
         .filter(|c| counters.binary_search(c).is_err())
         .collect();
@@ -237,24 +246,25 @@ impl Consultation {
             .expect("media flows");
     }
 
-    /// Reads packets until the sender stops; returns their counters, sorted.
-    fn read_until_stopped(self) -> JoinHandle<Vec<u32>> {
+    /// Reads packets into `counters` (their numbers, in arrival order) until the sender stops.
+    fn read_until_stopped(self, counters: Arc<Mutex<Vec<u32>>>) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut counters = Vec::new();
             loop {
                 match self.track.read_rtp_timeout(Duration::from_secs(1)).await {
-                    Ok(p) if p.payload.len() >= 4 => counters.push(u32::from_be_bytes([
-                        p.payload[0],
-                        p.payload[1],
-                        p.payload[2],
-                        p.payload[3],
-                    ])),
+                    Ok(p) if p.payload.len() >= 4 => {
+                        counters.lock().unwrap().push(u32::from_be_bytes([
+                            p.payload[0],
+                            p.payload[1],
+                            p.payload[2],
+                            p.payload[3],
+                        ]))
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         assert!(
                             self.stop.load(Ordering::Relaxed),
                             "media stopped after {} packets: {e}",
-                            counters.len()
+                            counters.lock().unwrap().len()
                         );
                         break;
                     }
@@ -262,9 +272,6 @@ impl Consultation {
             }
             let _ = self.sender.await;
             let _ = self.doctor.close().await;
-            counters.sort_unstable();
-            counters.dedup();
-            counters
         })
     }
 }
