@@ -156,10 +156,26 @@ async fn readyz_fails_once_a_media_worker_has_died() {
     let status = || async { reqwest::get(&readyz).await.unwrap().status().as_u16() };
     assert_eq!(status().await, 200);
     assert!(s.server.sfu().is_healthy());
+    // A consultation on the worker that dies (its kiosk keeps sending) and one on the worker
+    // that survives.
+    let victim = RoomId::parse("on-the-dead-worker").unwrap();
+    let doomed = Consultation::start(&s, victim.as_str()).await;
+    doomed.first_packet().await;
+    let survivor = (0..)
+        .map(|n| format!("survivor-{n}"))
+        .find(|r| {
+            worker_index(&RoomId::parse(r).unwrap(), WORKERS) != worker_index(&victim, WORKERS)
+        })
+        .expect("a room on the other worker");
+    let c = Consultation::start(&s, &survivor).await;
+    c.first_packet().await;
+    let stop = Arc::clone(&c.stop);
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let reader = c.read_until_stopped(Arc::clone(&received));
 
     s.server
         .sfu()
-        .kill_worker(&RoomId::parse("any-room").unwrap())
+        .kill_worker(&victim)
         .expect("the fault is delivered");
     let deadline = Instant::now() + Duration::from_secs(5);
     while status().await != 503 {
@@ -171,6 +187,18 @@ async fn readyz_fails_once_a_media_worker_has_died() {
     }
     assert!(!s.server.sfu().is_healthy());
     assert_eq!(s.server.sfu().stats().threads_died, 1);
+
+    // The receive thread and the other worker carry on: the survivor's media still flows.
+    let at_death = received.lock().unwrap().len();
+    common::wait_for(
+        "media on the surviving worker",
+        Duration::from_secs(10),
+        || received.lock().unwrap().len() >= at_death + 50,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    doomed.stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
     s.server.shutdown(Duration::from_millis(200)).await;
 }
 
