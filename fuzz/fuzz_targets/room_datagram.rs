@@ -3,7 +3,7 @@
 //! up (nothing without the keys can end them).
 //!
 //! The room is set up once per fuzzing process (ICE and DTLS with a real str0m peer in fake
-//! time, through the deterministic harness of `crates/sfu/tests/common`): a kiosk publishing a
+//! time, through the deterministic harness of `crates/sfu/tests/e2e/common`): a kiosk publishing a
 //! camera and a doctor subscribing to it, with media flowing. Each input is then fed to one of
 //! the two sessions (its first byte picks which) and the simulation runs 2 ms of fake time so
 //! the peers keep answering consent checks. The state carries over between inputs, as a real
@@ -13,7 +13,7 @@
 //! `Room::handle_datagram(now, session, from, to, data, send)` here, and what the harness uses.
 #![no_main]
 
-#[path = "../../crates/sfu/tests/common/mod.rs"]
+#[path = "../../crates/sfu/tests/e2e/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;

@@ -98,6 +98,9 @@ pub struct MediaConfig {
     /// ICE disconnect grace.
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Duration,
+    /// How long a new session has to connect (ICE and DTLS) before it is removed.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Initial bandwidth estimate per subscriber, kbit/s.
     pub initial_bitrate_kbps: u64,
 }

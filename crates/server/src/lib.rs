@@ -113,6 +113,7 @@ impl Server {
             room: RoomConfig {
                 initial_bitrate: Bitrate::kbps(cfg.media.initial_bitrate_kbps),
                 disconnect_grace: cfg.media.disconnect_grace,
+                connect_timeout: cfg.media.connect_timeout,
                 max_sessions: cfg.media.max_sessions_per_room,
                 ..RoomConfig::default()
             },

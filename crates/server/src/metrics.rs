@@ -421,6 +421,30 @@ impl Metrics {
             }
         );
         counter!(
+            "cabine.sfu.sessions.connect_timeouts",
+            "{session}",
+            "Media sessions removed because they did not connect (ICE and DTLS) within media.connect_timeout",
+            |s, o| {
+                o.observe(s.shell.connect_timeouts, &[]);
+            }
+        );
+        counter!(
+            "cabine.sfu.room_panics",
+            "{room}",
+            "Rooms closed because they panicked (their sessions ended; other rooms carried on)",
+            |s, o| {
+                o.observe(s.shell.room_panics, &[]);
+            }
+        );
+        counter!(
+            "cabine.sfu.threads_died",
+            "{thread}",
+            "Media-plane threads that ended unexpectedly (the node then reports not ready)",
+            |s, o| {
+                o.observe(s.shell.threads_died, &[]);
+            }
+        );
+        counter!(
             "cabine.requests.refused",
             "{request}",
             "HTTP requests refused, by reason",

@@ -39,7 +39,7 @@ pub mod simulcast;
 pub mod stats;
 
 pub use room::{
-    JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Output,
-    Room, RoomConfig, SessionId, SessionKind,
+    EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,
+    Output, Room, RoomConfig, RoomPanicked, SessionId, SessionKind,
 };
 pub use shell::{Sfu, SfuConfig, SfuError};

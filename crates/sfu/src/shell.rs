@@ -10,6 +10,10 @@
 //!   the pool.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
+//! - Everything a room does runs under its panic guard ([`Room::run_isolated`]): a room that
+//!   panics is closed, its sessions reported ended, the panic counted (`room_panics`); the
+//!   worker's other rooms carry on. A thread that dies anyway is counted (`threads_died`) and
+//!   [`Sfu::is_healthy`] turns false (the server's `/readyz` then fails).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -21,16 +25,16 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cabine_proto::RoomId;
+use cabine_proto::{Redacted, RoomId};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::demux::{Demux, Unrouted};
 use crate::room::{
-    DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
-    Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+    DataIn, EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest,
+    Output, Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 use crate::stats::DelayHistogram;
 
@@ -121,6 +125,12 @@ pub struct ShellCounters {
     pub send_errors: AtomicU64,
     /// Telemetry messages for a room dropped because its worker's queue was full.
     pub data_dropped: AtomicU64,
+    /// Sessions removed because they did not connect within `media.connect_timeout`.
+    pub connect_timeouts: AtomicU64,
+    /// Rooms closed because they panicked (their sessions ended, other rooms carried on).
+    pub room_panics: AtomicU64,
+    /// Media-plane threads (workers, the receive thread) that ended unexpectedly.
+    pub threads_died: AtomicU64,
 }
 
 /// A readable copy of [`ShellCounters`].
@@ -146,6 +156,12 @@ pub struct ShellStats {
     pub send_errors: u64,
     /// Telemetry messages dropped on a full worker queue.
     pub data_dropped: u64,
+    /// Sessions removed for not connecting within the connect timeout.
+    pub connect_timeouts: u64,
+    /// Rooms closed after a panic.
+    pub room_panics: u64,
+    /// Media-plane threads that ended unexpectedly (the node is then not ready).
+    pub threads_died: u64,
 }
 
 /// Something that happened in the media plane that the server should know (audit, bookkeeping).
@@ -264,7 +280,22 @@ enum Msg {
         local: str0m::IceCreds,
         reply: oneshot::Sender<bool>,
     },
+    /// Test-only faults (`fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    Fault {
+        room: RoomId,
+        fault: Fault,
+    },
     Stop,
+}
+
+/// A fault to inject into the worker that owns a room.
+#[cfg(feature = "fault-injection")]
+enum Fault {
+    /// The room panics inside its guard.
+    RoomPanic,
+    /// The worker thread panics outside any room's guard, and dies.
+    KillWorker,
 }
 
 impl Sfu {
@@ -333,7 +364,7 @@ impl Sfu {
             threads.push(
                 thread::Builder::new()
                     .name(format!("cabine-sfu-{w}"))
-                    .spawn(move || worker.run())
+                    .spawn(watched(&counters, &stop, move || worker.run()))
                     .map_err(|source| SfuError::Bind {
                         addr: cfg.bind,
                         source,
@@ -352,7 +383,7 @@ impl Sfu {
         threads.push(
             thread::Builder::new()
                 .name("cabine-sfu-recv".into())
-                .spawn(move || recv.run())
+                .spawn(watched(&counters, &stop, move || recv.run()))
                 .map_err(|source| SfuError::Bind {
                     addr: cfg.bind,
                     source,
@@ -582,7 +613,40 @@ impl Sfu {
             queue_full: r(&c.queue_full),
             send_errors: r(&c.send_errors),
             data_dropped: r(&c.data_dropped),
+            connect_timeouts: r(&c.connect_timeouts),
+            room_panics: r(&c.room_panics),
+            threads_died: r(&c.threads_died),
         }
+    }
+
+    /// Whether every media-plane thread is running: false once a worker or the receive thread
+    /// has ended without a shutdown (its rooms are gone; the node must not be ready), and after
+    /// [`shutdown`](Self::shutdown).
+    pub fn is_healthy(&self) -> bool {
+        self.inner.counters.threads_died.load(Ordering::Relaxed) == 0
+            && !self.inner.stop.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: makes `room` panic inside its guard, as a bug in it would (the room is
+    /// closed, its sessions end, other rooms carry on).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, room: &RoomId) -> Result<(), SfuError> {
+        self.fault(room, Fault::RoomPanic)
+    }
+
+    /// Test hook: makes the worker that owns `room` panic outside any room's guard, so the
+    /// thread dies (see [`is_healthy`](Self::is_healthy)).
+    #[cfg(feature = "fault-injection")]
+    pub fn kill_worker(&self, room: &RoomId) -> Result<(), SfuError> {
+        self.fault(room, Fault::KillWorker)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault(&self, room: &RoomId, fault: Fault) -> Result<(), SfuError> {
+        let room = room.clone();
+        self.worker_for(&room)
+            .send(Msg::Fault { room, fault })
+            .map_err(|_| SfuError::Stopped)
     }
 
     /// Events from the media plane (sessions that ended on their own).
@@ -607,6 +671,40 @@ impl Sfu {
 
     fn worker_for(&self, room: &RoomId) -> &Sender<Msg> {
         &self.inner.workers[worker_index(room, self.inner.workers.len())]
+    }
+}
+
+/// Wraps a media-plane thread's body: if it ends while the plane is not stopping (a panic
+/// outside every room's guard, a closed channel), it is counted in `threads_died`, which makes
+/// [`Sfu::is_healthy`] false, and logged.
+fn watched(
+    counters: &Arc<ShellCounters>,
+    stop: &Arc<AtomicBool>,
+    body: impl FnOnce() + Send + 'static,
+) -> impl FnOnce() + Send + 'static {
+    struct Watch {
+        counters: Arc<ShellCounters>,
+        stop: Arc<AtomicBool>,
+    }
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            if !self.stop.load(Ordering::Relaxed) {
+                self.counters.threads_died.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    thread = thread::current().name().unwrap_or("?"),
+                    panicked = thread::panicking(),
+                    "a media-plane thread ended unexpectedly; the node is no longer ready"
+                );
+            }
+        }
+    }
+    let watch = Watch {
+        counters: Arc::clone(counters),
+        stop: Arc::clone(stop),
+    };
+    move || {
+        let _watch = watch;
+        body();
     }
 }
 
@@ -685,7 +783,10 @@ impl Receiver_ {
                 Err(TrySendError::Full(_)) => {
                     self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(TrySendError::Disconnected(_)) => return,
+                // A dead worker loses its rooms, not everyone else's (`threads_died`).
+                Err(TrySendError::Disconnected(_)) => {
+                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -771,8 +872,11 @@ impl Worker {
             let now = self.now();
             for (id, room) in &mut self.rooms {
                 if room.poll_timeout().is_some_and(|t| t <= now) {
-                    room.handle_timeout(now);
-                    if self.out.drain(room, None).ended && room.is_empty() {
+                    let ended = isolated(room, &mut self.out, |r, out| {
+                        r.handle_timeout(now);
+                        out.drain(r, None).ended
+                    });
+                    if ended != Some(false) && room.is_empty() {
                         emptied.push(id.clone());
                     }
                 }
@@ -790,7 +894,8 @@ impl Worker {
         now
     }
 
-    /// Handles one message; false means stop.
+    /// Handles one message; false means stop. Everything a room does runs under its panic
+    /// guard ([`isolated`]); a room that panics is closed here.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Datagram {
@@ -808,8 +913,11 @@ impl Worker {
                     .get(&session)
                     .and_then(|id| self.rooms.get_mut(id));
                 if let Some(room) = room {
-                    room.handle_datagram(now, at, session, source, destination, &buf[..len]);
-                    if self.out.drain(room, None).ended && room.is_empty() {
+                    let ended = isolated(room, &mut self.out, |r, out| {
+                        r.handle_datagram(now, at, session, source, destination, &buf[..len]);
+                        out.drain(r, None).ended
+                    });
+                    if ended != Some(false) && room.is_empty() {
                         let id = room.id().clone();
                         self.close_if_empty(&id);
                     }
@@ -834,14 +942,13 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
+                let result = self
+                    .in_room(&room, |r, out| {
                         let result = r.accept_answer(now, session, offer, &sdp);
-                        self.out.flush(r, now);
+                        out.flush(r, now);
                         result
-                    }
-                    None => Err(NegotiationError::UnknownSession(session)),
-                };
+                    })
+                    .unwrap_or(Err(NegotiationError::UnknownSession(session)));
                 let _ = reply.send(result);
             }
             Msg::Outstanding {
@@ -850,19 +957,18 @@ impl Worker {
                 restart_ice,
                 reply,
             } => {
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
+                let result = self
+                    .in_room(&room, |r, out| {
                         let asked = if restart_ice {
                             r.restart_ice_offer(session)
                         } else {
                             Ok(())
                         };
                         // A restart offer made at once is returned here, not reported twice.
-                        let pending = self.out.drain(r, Some(session)).claimed;
+                        let pending = out.drain(r, Some(session)).claimed;
                         asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
-                    }
-                    None => Err(NegotiationError::UnknownSession(session)),
-                };
+                    })
+                    .unwrap_or(Err(NegotiationError::UnknownSession(session)));
                 if let Ok(Some(o)) = &result {
                     self.out.register(o.ice_ufrag.clone(), session);
                 }
@@ -875,17 +981,16 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
+                let result = self
+                    .in_room(&room, |r, out| {
                         let result = r.republish(now, session, &offer);
                         if let Some(ufrag) = r.local_ufrag(session) {
-                            self.out.register(ufrag, session);
+                            out.register(ufrag, session);
                         }
-                        self.out.flush(r, now);
+                        out.flush(r, now);
                         result
-                    }
-                    None => Err(JoinError::UnknownSession(session)),
-                };
+                    })
+                    .unwrap_or(Err(JoinError::UnknownSession(session)));
                 let _ = reply.send(result);
             }
             Msg::Leave {
@@ -893,15 +998,14 @@ impl Worker {
                 session,
                 reply,
             } => {
-                let found = match self.rooms.get_mut(&room) {
-                    Some(r) => {
+                let found = self
+                    .in_room(&room, |r, out| {
                         let found = r.leave(session);
                         // Subscribers of its tracks get new offers.
-                        self.out.drain(r, None);
+                        out.drain(r, None);
                         found
-                    }
-                    None => false,
-                };
+                    })
+                    .unwrap_or(false);
                 if found {
                     self.out.forget(session);
                     self.close_if_empty(&room);
@@ -910,7 +1014,17 @@ impl Worker {
             }
             Msg::Snapshot { reply } => {
                 let now = self.now();
-                let rooms = self.rooms.values().map(|r| r.snapshot(now)).collect();
+                let mut rooms = Vec::with_capacity(self.rooms.len());
+                let mut failed = Vec::new();
+                for (id, r) in &mut self.rooms {
+                    match isolated(r, &mut self.out, |r, _| r.snapshot(now)) {
+                        Some(snapshot) => rooms.push(snapshot),
+                        None => failed.push(id.clone()),
+                    }
+                }
+                for id in failed {
+                    self.close_if_empty(&id);
+                }
                 let mut delay = self.closed_delay.clone();
                 for r in self.rooms.values() {
                     delay.merge(r.forwarding_delay());
@@ -924,7 +1038,7 @@ impl Worker {
                 reliable,
             } => {
                 let now = self.now();
-                if let Some(r) = self.rooms.get_mut(&room) {
+                self.in_room(&room, |r, out| {
                     match to {
                         None => {
                             r.send_data(now, &data, reliable);
@@ -933,8 +1047,8 @@ impl Worker {
                             r.send_data_to(now, session, &data, reliable);
                         }
                     }
-                    self.out.drain(r, None);
-                }
+                    out.drain(r, None);
+                });
             }
             Msg::IceRestart {
                 room,
@@ -944,27 +1058,49 @@ impl Worker {
                 reply,
             } => {
                 let ufrag = local.ufrag.clone();
+                let now = self.now();
                 let found = self
-                    .rooms
-                    .get_mut(&room)
-                    .is_some_and(|r| r.ice_restart(session, remote, local));
-                if found {
-                    self.out.register(ufrag, session);
-                    let now = self.now();
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        self.out.flush(r, now);
-                    }
-                }
+                    .in_room(&room, |r, out| {
+                        let found = r.ice_restart(session, remote, local);
+                        if found {
+                            out.register(ufrag, session);
+                            out.flush(r, now);
+                        }
+                        found
+                    })
+                    .unwrap_or(false);
                 let _ = reply.send(found);
             }
+            #[cfg(feature = "fault-injection")]
+            Msg::Fault { room, fault } => match fault {
+                Fault::RoomPanic => {
+                    self.in_room(&room, |r, _| r.inject_panic());
+                }
+                Fault::KillWorker => panic!("fault injection: worker killed"),
+            },
             Msg::Stop => return false,
         }
         true
     }
 
+    /// Runs `f` on the room `id` under its panic guard ([`isolated`]); a room that panicked is
+    /// dropped. `None`: no such room, or it panicked.
+    fn in_room<R>(
+        &mut self,
+        id: &RoomId,
+        f: impl FnOnce(&mut Room, &mut Outlet) -> R,
+    ) -> Option<R> {
+        let room = self.rooms.get_mut(id)?;
+        let result = isolated(room, &mut self.out, f);
+        if result.is_none() {
+            self.close_if_empty(id);
+        }
+        result
+    }
+
     /// Adds `session` to `room` (created if needed) with `join`; on success registers its ufrag
     /// with the receive thread and sends what the session has to send at once; a room left
-    /// empty by a refused join is dropped.
+    /// empty by a refused join (or closed by a panic) is dropped.
     fn join<T>(
         &mut self,
         room: RoomId,
@@ -977,15 +1113,19 @@ impl Worker {
             .rooms
             .entry(room.clone())
             .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
-        let result = join(r, now);
-        if result.is_ok() {
-            self.out.sessions.insert(session, room);
-            self.out.register(ufrag, session);
-            self.out.flush(r, now);
-        } else if r.is_empty() {
+        let result = isolated(r, &mut self.out, |r, out| {
+            let result = join(r, now);
+            if result.is_ok() {
+                out.sessions.insert(session, room.clone());
+                out.register(ufrag, session);
+                out.flush(r, now);
+            }
+            result
+        });
+        if r.is_empty() {
             self.close_if_empty(&room);
         }
-        result
+        result.unwrap_or(Err(JoinError::RoomFailed))
     }
 
     /// Drops `room` if it has no session left, keeping its forwarding-delay histogram for the
@@ -997,6 +1137,30 @@ impl Worker {
             } else {
                 self.rooms.insert(room.clone(), r);
             }
+        }
+    }
+}
+
+/// Runs `f` on `room` under the room's panic guard ([`Room::run_isolated`]). A room that panics
+/// is closed: each of its sessions is reported ended to the server (which tells the clients),
+/// the panic is counted (`room_panics`) and logged with the room's pseudonym; the worker and its
+/// other rooms carry on. `None` after a panic (the room is then empty).
+fn isolated<R>(
+    room: &mut Room,
+    out: &mut Outlet,
+    f: impl FnOnce(&mut Room, &mut Outlet) -> R,
+) -> Option<R> {
+    match room.run_isolated(|r| f(r, out)) {
+        Ok(r) => Some(r),
+        Err(panicked) => {
+            out.counters.room_panics.fetch_add(1, Ordering::Relaxed);
+            error!(
+                room = %Redacted(room.id()),
+                sessions = panicked.sessions,
+                "a room panicked and was closed, its sessions ended; other rooms carry on"
+            );
+            out.drain(room, None);
+            None
         }
     }
 }
@@ -1039,6 +1203,11 @@ impl Outlet {
                 }
                 Output::Ended(removed) => {
                     drained.ended = true;
+                    if removed.cause == EndCause::ConnectTimeout {
+                        self.counters
+                            .connect_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     self.forget(removed.session);
                     info!(session = %removed.session, reason = removed.reason, "session ended");
                     let event = SfuEvent::SessionEnded {

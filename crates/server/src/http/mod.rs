@@ -166,6 +166,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if st.draining.load(Ordering::Relaxed) {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !st.sfu.is_healthy() {
+        // A media worker died: its rooms are gone and new ones would be sharded onto it.
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media plane unhealthy").into_response()
     } else {
         "ready\n".into_response()
     }

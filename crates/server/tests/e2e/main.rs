@@ -16,6 +16,7 @@ mod consent;
 mod consult_browser;
 mod cors_browser;
 mod deploy;
+mod hardening;
 mod http_errors;
 mod lifecycle;
 mod metrics;

@@ -3,13 +3,11 @@
 //! its label; tracks that go away are stopped; changes made while an offer is out wait for its
 //! answer; an ICE restart comes as an offer with new credentials. Real str0m peers, fake time.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_vp8, FakeFrame, Sim};
 use cabine_proto::Role;
 use cabine_sfu::room::{SessionKind, TrackClass};
-use common::{write_vp8, FakeFrame, Sim};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::Event;
 

@@ -2,13 +2,11 @@
 //! three VP8 layers; a subscriber behind a 300 kbit/s link receives the low layer, and moves up
 //! when the link opens, switching only at keyframes and without a gap in what it decodes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{simulcast_video, write_vp8, FakeFrame, Sim};
 use cabine_proto::Role;
 use cabine_sfu::room::SessionKind;
-use common::{simulcast_video, write_vp8, FakeFrame, Sim};
 use str0m::media::{Direction, KeyframeRequest, MediaKind};
 use str0m::Event;
 

@@ -2,13 +2,11 @@
 //! one lossy), and what the subscriber sends on its own channel (a device command) comes back
 //! out of the room for the shell.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::Sim;
 use cabine_proto::Role;
 use cabine_sfu::room::{SessionKind, TELEMETRY_LABEL};
-use common::Sim;
 use str0m::channel::Reliability;
 use str0m::media::{Direction, MediaKind};
 use str0m::Event;

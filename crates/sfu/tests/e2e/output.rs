@@ -2,13 +2,11 @@
 //! out of `Room::poll_output`, and the room measures the forwarding delay itself from the
 //! arrival time the shell gives with each datagram.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_vp8, FakeFrame, Sim};
 use cabine_proto::Role;
 use cabine_sfu::room::SessionKind;
-use common::{write_vp8, FakeFrame, Sim};
 use str0m::media::{Direction, MediaKind};
 use str0m::Event;
 

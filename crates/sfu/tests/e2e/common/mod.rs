@@ -115,17 +115,26 @@ pub struct Sim {
     pub ended: Vec<Removed>,
     /// How long before it is handled each datagram arrived (the shell's queueing, simulated).
     pub arrival_lag: Duration,
+    /// Peers joined from now on report every RTP packet they receive
+    /// (`Event::RawPacket`, see `RtcConfig::enable_raw_packets`).
+    pub raw_packets: bool,
 }
 
 impl Sim {
     pub fn new() -> Self {
+        Sim::with_config(|_| {})
+    }
+
+    /// A simulation whose room has the default settings changed by `configure`.
+    pub fn with_config(configure: impl FnOnce(&mut RoomConfig)) -> Self {
         let now = Instant::now();
         let room_addr: SocketAddr = ROOM_ADDR.parse().unwrap();
-        let cfg = RoomConfig {
+        let mut cfg = RoomConfig {
             candidate: room_addr,
             initial_bitrate: Bitrate::kbps(1_000),
             ..RoomConfig::default()
         };
+        configure(&mut cfg);
         Sim {
             now,
             room: Room::new(RoomId::parse("sim").unwrap(), cfg),
@@ -135,6 +144,7 @@ impl Sim {
             data_in: Vec::new(),
             ended: Vec::new(),
             arrival_lag: Duration::ZERO,
+            raw_packets: false,
         }
     }
 
@@ -148,7 +158,9 @@ impl Sim {
     ) -> Result<(usize, T), cabine_sfu::JoinError> {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let built = build(&mut api);
@@ -256,7 +268,9 @@ impl Sim {
     pub fn join_offered(&mut self, identity: &str, role: Role, telemetry: bool) -> (usize, Offer) {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let session = SessionId(100 + i as u64);
         let offer = self

@@ -5,13 +5,11 @@
 //! And the converse: on a clean 10 Mbit/s link nothing is ever paused, even while the
 //! subscribers' estimates are still climbing towards what they receive.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{write_vp8, FakeFrame, Sim};
 use cabine_proto::Role;
 use cabine_sfu::room::SessionKind;
-use common::{write_vp8, FakeFrame, Sim};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::Event;

@@ -1,0 +1,15 @@
+//! The SFU's integration tests, one binary with a module per behaviour. Rooms run with real
+//! str0m peers and fake time through the `common` harness; `garbage` feeds seeded random input
+//! to the parts that face the network.
+
+mod common;
+
+mod connect_timeout;
+mod garbage;
+mod isolation;
+mod output;
+mod padding;
+mod pause;
+mod renegotiation;
+mod simulcast;
+mod telemetry_channel;
