@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let to = ROOM_ADDR.parse().expect("a valid address");
     f.sim
         .room
-        .handle_datagram(now, session, from, to, datagram, &mut |_| {});
+        .handle_datagram(now, now, session, from, to, datagram);
     run(f, Duration::from_millis(2));
     let sessions = f.sim.room.snapshot(f.sim.now).sessions.len();
     assert_eq!(sessions, 2, "unauthenticated datagrams removed a session");
