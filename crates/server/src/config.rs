@@ -35,6 +35,8 @@ pub struct Config {
     pub otel: crate::otel::OtelConfig,
     /// Device telemetry (QUIC sidecar).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Limits on what clients can make the server hold.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[admin]`.
@@ -166,6 +168,7 @@ impl Config {
         }
         self.advertise()?;
         self.admin_listen()?;
+        self.check_limits()?;
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;
@@ -175,6 +178,22 @@ impl Config {
             return Err(ConfigError::Unusable(
                 "telemetry.tls_cert and telemetry.tls_key must be set together".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, d) in [
+            ("header_timeout", l.header_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("anonymous_audit_interval", l.anonymous_audit_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Unusable(format!(
+                    "limits.{key} is 0; give a duration such as \"10s\""
+                )));
+            }
         }
         Ok(())
     }

@@ -36,6 +36,13 @@ pub struct AppState {
     pub(crate) telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
     pub(crate) ops: OpsSampler,
     pub(crate) ws: ws::Hub,
+    /// `[limits]`.
+    pub(crate) limits: crate::limits::LimitsConfig,
+    /// Refusals by limit (exported as `cabine_limits_refused_total`).
+    pub(crate) refusals: Arc<crate::limits::Refusals>,
+    /// Open `/api/ops/stream` event streams.
+    pub(crate) sse_clients: std::sync::atomic::AtomicUsize,
+    pub(crate) anonymous: Mutex<crate::anon_audit::AnonymousAudit>,
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -56,6 +63,8 @@ pub(crate) struct SessionEntry {
     pub(crate) client_ufrag: String,
     /// The claims the session was opened with (grants for device commands).
     pub(crate) claims: Claims,
+    /// Its recent ICE restarts (`limits.ice_restarts_per_minute`).
+    pub(crate) restarts: crate::limits::RateWindow,
 }
 
 impl AppState {
@@ -75,6 +84,13 @@ impl AppState {
             telemetry: std::sync::OnceLock::new(),
             ws: ws::Hub::default(),
             ops: OpsSampler::default(),
+            limits: cfg.limits.clone(),
+            refusals: Arc::default(),
+            sse_clients: std::sync::atomic::AtomicUsize::new(0),
+            anonymous: Mutex::new(crate::anon_audit::AnonymousAudit::new(
+                cfg.limits.anonymous_audit_interval,
+                cfg.limits.anonymous_audit_sources.get(),
+            )),
         }
     }
 
@@ -196,6 +212,111 @@ impl AppState {
         );
     }
 
+    /// Refusals by limit, since start.
+    pub fn limit_refusals(&self) -> &Arc<crate::limits::Refusals> {
+        &self.refusals
+    }
+
+    /// Counts a refusal by `limit` and builds its answer.
+    pub(crate) fn refuse(
+        &self,
+        limit: crate::limits::Limit,
+        status: axum::http::StatusCode,
+        message: String,
+        retry_after: Option<u64>,
+    ) -> crate::limits::Refused {
+        self.refusals.count(limit);
+        crate::limits::Refused {
+            limit,
+            status,
+            message,
+            retry_after,
+        }
+    }
+
+    /// Refuses a new media session of `identity` when it already holds
+    /// `limits.sessions_per_identity`.
+    pub(crate) fn check_sessions_per_identity(
+        &self,
+        identity: &Identity,
+    ) -> Result<(), crate::limits::Refused> {
+        let max = self.limits.sessions_per_identity.get();
+        let held = self
+            .sessions_lock()
+            .values()
+            .filter(|e| &e.identity == identity)
+            .count();
+        if held >= max {
+            return Err(self.refuse(
+                crate::limits::Limit::SessionsPerIdentity,
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this identity already holds {held} media sessions \
+                     (limits.sessions_per_identity = {max}); end one first"
+                ),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Admits an ICE restart of `session`, or refuses it (429) beyond
+    /// `limits.ice_restarts_per_minute`.
+    pub(crate) fn admit_ice_restart(
+        &self,
+        session: SessionId,
+    ) -> Result<(), crate::limits::Refused> {
+        let max = self.limits.ice_restarts_per_minute;
+        let admitted = match self.sessions_lock().get_mut(&session) {
+            Some(e) => e.restarts.admit(
+                std::time::Instant::now(),
+                max.get(),
+                std::time::Duration::from_secs(60),
+            ),
+            None => Ok(()),
+        };
+        admitted.map_err(|wait| {
+            self.refuse(
+                crate::limits::Limit::IceRestartRate,
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many ICE restarts of this session (limits.ice_restarts_per_minute = {max})"
+                ),
+                Some(wait.as_secs().max(1)),
+            )
+        })
+    }
+
+    /// Writes the summaries of anonymous refusals whose interval ended (`all`: every one, at
+    /// shutdown).
+    pub fn flush_anonymous_audit(&self, all: bool) {
+        let summaries = self
+            .anonymous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sweep(std::time::Instant::now(), all);
+        for s in summaries {
+            self.audit_anonymous_summary(&s);
+        }
+    }
+
+    fn audit_anonymous_summary(&self, s: &crate::anon_audit::Summary) {
+        self.audit.record(
+            "refused_anonymous",
+            "-",
+            "-",
+            None,
+            None,
+            &format!(
+                "{} more refused requests without a valid token from {} in {} ms \
+                 (limits.anonymous_audit_interval)",
+                s.count,
+                s.source,
+                s.over.as_millis()
+            ),
+        );
+    }
+
     pub(crate) fn audit_refusal(
         &self,
         room: &str,
@@ -204,6 +325,21 @@ impl AppState {
         peer: SocketAddr,
         e: &AuthError,
     ) {
+        if identity == "-" && role.is_none() {
+            // Anonymous: one line per source and interval, the rest counted.
+            let admission = self
+                .anonymous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refusal(peer.ip(), std::time::Instant::now());
+            if let Some(s) = &admission.summary {
+                self.audit_anonymous_summary(s);
+            }
+            if !admission.write {
+                self.refusals.count(crate::limits::Limit::AnonymousAudit);
+                return;
+            }
+        }
         let role = role.map(|r| r.to_string());
         self.audit.record(
             "refused",

@@ -8,6 +8,7 @@
 pub mod guard;
 pub mod ops;
 pub mod pages;
+pub mod serve;
 pub mod whip;
 
 use std::sync::atomic::Ordering;

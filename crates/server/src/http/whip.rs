@@ -99,6 +99,9 @@ async fn create_session(
             "this node is shutting down; retry on another node",
         ));
     }
+    if let Err(refused) = st.check_sessions_per_identity(&claims.sub) {
+        return Ok(refused.into_response());
+    }
     check_content_type(headers, "application/sdp")?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))?;
@@ -156,6 +159,7 @@ async fn create_session(
             etag: etag.clone(),
             client_ufrag: sdp_attr(offer, "a=ice-ufrag:").unwrap_or_default(),
             claims: claims.clone(),
+            restarts: Default::default(),
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +220,9 @@ pub(crate) async fn patch_session(
     let new_pwd = sdp_attr(frag, "a=ice-pwd:");
     if let (Some(ufrag), Some(pwd)) = (new_ufrag, new_pwd) {
         if ufrag != entry.client_ufrag {
+            if let Err(refused) = st.admit_ice_restart(id) {
+                return Ok(refused.into_response());
+            }
             return ice_restart(&st, room, id, entry, ufrag, pwd, peer).await;
         }
     }
