@@ -273,6 +273,11 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || m.flush()).await;
     }
 
+    /// Refusals by `limit` since start (also `cabine_limits_refused_total{limit}`).
+    pub fn limit_refusals(&self, limit: limits::Limit) -> u64 {
+        self.state.limit_refusals().get(limit)
+    }
+
     /// The media plane (for embedding programs and tests).
     pub fn sfu(&self) -> &Sfu {
         &self.sfu
