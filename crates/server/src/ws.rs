@@ -149,16 +149,15 @@ impl Outbox {
 
     /// Closes the socket at once with a policy close frame naming `limit`.
     fn kill(&self, limit: crate::limits::Limit, reason: &str) {
-        let first = self.ctl.kill.send_if_modified(|k| {
+        // Counted before the writer can see the flag and close the socket.
+        self.ctl.kill.send_if_modified(|k| {
             if k.is_some() {
                 return false;
             }
+            self.ctl.refusals.count(limit);
             *k = Some((POLICY, reason.to_owned()));
             true
         });
-        if first {
-            self.ctl.refusals.count(limit);
-        }
     }
 
     /// The close frame to send once the queued messages are written.
@@ -649,6 +648,9 @@ impl Conn {
             m.wants_subscribe = true;
             m.from.clone()
         };
+        if let Err(refused) = self.st.check_sessions_per_identity(&self.claims.sub) {
+            return self.reply(&error("limit", &refused.message));
+        }
         let session = SessionId(rand::rng().random());
         let ice_ufrag = random_token(8);
         let req = OfferRequest {
@@ -729,6 +731,9 @@ impl Conn {
                 let Some(session) = session else {
                     return self.reply(&error("no_session", "no subscribe connection to restart"));
                 };
+                if let Err(refused) = self.st.admit_ice_restart(session) {
+                    return self.reply(&error("limit", &refused.message));
+                }
                 match self
                     .st
                     .sfu
@@ -799,6 +804,9 @@ impl Conn {
                 if self.st.draining.load(Ordering::Relaxed) {
                     self.st.count_refusal("draining");
                     return self.reply(&error("draining", "this node is shutting down"));
+                }
+                if let Err(refused) = self.st.check_sessions_per_identity(&self.claims.sub) {
+                    return self.reply(&error("limit", &refused.message));
                 }
                 let session = SessionId(rand::rng().random());
                 let ice_ufrag = random_token(8);

@@ -3,7 +3,8 @@
 //! Every error is a plain-text body naming the problem, with the status DESIGN.md fixes:
 //! 400 bad SDP or room name, 401 bad token, 403 not allowed, 404 unknown session,
 //! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec,
-//! 503 draining or full.
+//! 503 draining or full. A refusal by a limit ([`crate::limits`]) is 429 (this client's
+//! share) or 503 (the node's) with a JSON body naming the `limits.*` key.
 
 pub mod guard;
 pub mod ops;

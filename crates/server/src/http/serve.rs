@@ -285,14 +285,20 @@ impl Connection {
         match tls {
             None => serve_io(io, peer, app, limits, conns, id, stop).await,
             Some(acceptor) => {
+                // The handshake (and its socket) is dropped after the refusal is counted.
+                let accept = acceptor.accept(io);
+                tokio::pin!(accept);
                 let handshake = tokio::select! {
-                    r = tokio::time::timeout_at(header_deadline, acceptor.accept(io)) => r,
+                    r = &mut accept => r,
+                    _ = tokio::time::sleep_until(header_deadline) => {
+                        limits.refusals.count(Limit::HeaderTimeout);
+                        return;
+                    }
                     _ = limits.slot.evict.notified() => return,
                 };
                 match handshake {
-                    Ok(Ok(tls)) => serve_io(tls, peer, app, limits, conns, id, stop).await,
-                    Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => limits.refusals.count(Limit::HeaderTimeout),
+                    Ok(tls) => serve_io(tls, peer, app, limits, conns, id, stop).await,
+                    Err(e) => debug!(error = %e, "TLS handshake failed"),
                 }
             }
         }

@@ -163,7 +163,58 @@ async fn slow_headers_are_closed_after_the_header_timeout() {
         "a connection that never finished its headers was kept"
     );
     assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 1);
+    // A keep-alive connection waiting for its next request is closed after it too.
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: cabine\r\n\r\n")
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return got.starts_with(b"HTTP/1.1 200"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "an idle keep-alive connection was kept");
     s.server.shutdown(Duration::from_millis(100)).await;
+
+    // Over TLS: a client that never finishes its handshake is closed after the timeout.
+    let dir = temp_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let s = common::start_with(|c| {
+        c.http.tls_cert = dir.join("cert.pem");
+        c.http.tls_key = dir.join("key.pem");
+        c.limits.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = s.server.http_addr();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        // The first bytes of a TLS record header, then nothing.
+        c.write_all(&[0x16, 0x03, 0x01]).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a TLS handshake that never finished was kept");
+    assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 1);
+    s.server.shutdown(Duration::from_millis(100)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +310,11 @@ async fn anonymous_refusal_flood_cannot_rotate_accepted_events_out_of_the_audit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_beyond_the_sse_cap_is_refused() {
-    let s = common::start_with(|c| c.limits.sse_clients = 2.try_into().unwrap()).await;
+    let s = common::start_with(|c| {
+        c.limits.sse_clients = 2.try_into().unwrap();
+        c.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
     let token = s.token("*", Role::Operator, "ops");
     let url = format!("{}/api/ops/stream?token={token}", s.base);
     let client = reqwest::Client::new();
@@ -286,6 +341,17 @@ async fn the_dashboard_beyond_the_sse_cap_is_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(s.server.limit_refusals(Limit::SseClients) >= 1);
+    // The refusal is in the metrics, by limit.
+    let metrics = reqwest::get(format!("http://{}/metrics", s.server.admin_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cabine_limits_refused_total{limit=\"sse_clients\"} 1"),
+        "{metrics}"
+    );
     drop(b);
     s.server.shutdown(Duration::from_millis(100)).await;
 }
@@ -337,6 +403,42 @@ async fn joins_beyond_the_member_and_session_caps_are_refused() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["limit"], "sessions_per_identity", "{body}");
     assert_eq!(s.server.limit_refusals(Limit::SessionsPerIdentity), 1);
+    // Sessions opened over signalling count with the WHIP/WHEP ones.
+    let doctor = s.token("caps-2", Role::Doctor, "dr-4");
+    for _ in 0..2 {
+        let (status, _, body) = post_sdp(
+            &format!("{}/whep/caps-2", s.base),
+            Some(&doctor),
+            "application/sdp",
+            sdp_offer("recvonly"),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut ws = join(&s, "caps-2", "dr-4").await;
+    let publish = ClientMsg::Publish {
+        sdp: sdp_offer("sendonly"),
+    };
+    ws.send(Message::Text(signal::to_text(&publish).into()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => match signal::parse_server(&t) {
+                Ok(ServerMsg::Error { code, message, .. }) => {
+                    assert_eq!(code, "limit", "{message}");
+                    assert!(message.contains("sessions_per_identity"), "{message}");
+                    break;
+                }
+                Ok(ServerMsg::Answer { .. }) => panic!("a third session was accepted"),
+                _ => {}
+            },
+            other => panic!("no refusal of the third session: {other:?}"),
+        }
+    }
+    assert_eq!(s.server.limit_refusals(Limit::SessionsPerIdentity), 2);
     s.server.shutdown(Duration::from_millis(100)).await;
 }
 
