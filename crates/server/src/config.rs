@@ -249,6 +249,8 @@ mod tests {
         assert_eq!(c.media.bind.port(), 7882);
         assert!(c.uses_dev_secret());
         assert_eq!(c.http.ws_resume_grace, Duration::from_secs(30));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.sessions_per_identity.get(), 8);
         c.check().unwrap();
     }
 
@@ -271,6 +273,14 @@ mod tests {
         std::fs::write(&bad, "[media]\nworkerz = 3\n").unwrap();
         let e = Config::load(Some(&bad)).unwrap_err().to_string();
         assert!(e.contains("workerz"), "{e}");
+
+        let zero = dir.join("zero.toml");
+        std::fs::write(&zero, "[limits]\nsse_clients = 0\n").unwrap();
+        let e = Config::load(Some(&zero)).unwrap_err().to_string();
+        assert!(e.contains("sse_clients"), "{e}");
+        std::fs::write(&zero, "[limits]\nheader_timeout = \"0s\"\n").unwrap();
+        let e = Config::load(Some(&zero)).unwrap_err().to_string();
+        assert!(e.contains("limits.header_timeout"), "{e}");
 
         let e = Config::load(Some(&dir.join("nope.toml")))
             .unwrap_err()

@@ -141,6 +141,7 @@ async fn idle_connections_do_not_lock_out_healthz() {
 async fn slow_headers_are_closed_after_the_header_timeout() {
     let s = common::start_with(|c| {
         c.limits.header_timeout = Duration::from_millis(300);
+        c.limits.idle_timeout = Duration::from_millis(500);
     })
     .await;
     let addr = s.server.http_addr();
@@ -182,6 +183,28 @@ async fn slow_headers_are_closed_after_the_header_timeout() {
     .await
     .unwrap();
     assert!(closed, "an idle keep-alive connection was kept");
+    // Whole headers, then a body that never comes: closed after the idle timeout.
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(
+            b"POST /whip/stalled HTTP/1.1\r\nHost: cabine\r\nContent-Type: application/sdp\r\n\
+              Content-Length: 1000\r\n\r\nv=0",
+        )
+        .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a connection with a stalled body was kept");
+    assert!(s.server.limit_refusals(Limit::IdleTimeout) >= 1);
     s.server.shutdown(Duration::from_millis(100)).await;
 
     // Over TLS: a client that never finishes its handshake is closed after the timeout.
