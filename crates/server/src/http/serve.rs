@@ -169,7 +169,8 @@ impl Serve {
         }
         drop(listener);
         // Every connection got the stop signal; the server's shutdown bounds this wait.
-        while conns.active.load(Ordering::Acquire) > 0 {
+        // Upgraded WebSockets are not waited for: they end with their signalling sessions.
+        while conns.serving.load(Ordering::Acquire) > 0 {
             let _ = tokio::time::timeout(Duration::from_millis(100), conns.closed.notified()).await;
         }
         Ok(())
@@ -180,7 +181,10 @@ impl Serve {
 /// candidates, oldest first).
 #[derive(Default)]
 struct Conns {
+    /// Connections held (sockets open, upgraded ones included).
     active: AtomicUsize,
+    /// Connections still served by HTTP (not yet ended or upgraded).
+    serving: AtomicUsize,
     unused: Mutex<BTreeMap<u64, Arc<Slot>>>,
     closed: Notify,
 }
@@ -199,6 +203,7 @@ impl Conns {
 
     fn open(&self, id: u64) -> Arc<Slot> {
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.serving.fetch_add(1, Ordering::AcqRel);
         let slot = Arc::new(Slot::default());
         self.unused().insert(id, Arc::clone(&slot));
         slot
@@ -229,8 +234,17 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.conns.used(self.id);
-        if self.conns.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.conns.closed.notify_waiters();
+        self.conns.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's HTTP task, counted until it ends (or hands its socket to a WebSocket).
+struct Serving(Arc<Conns>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.serving.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
         }
     }
 }
@@ -268,6 +282,7 @@ impl Connection {
             held,
         } = self;
         let conns = Arc::clone(&held.conns);
+        let _serving = Serving(Arc::clone(&conns));
         let id = held.id;
         let io = Tracked {
             inner: stream,
