@@ -39,6 +39,22 @@ pub enum AuthError {
         /// The requested room.
         room: String,
     },
+    /// The token lives longer than the server accepts (`exp` − `iat`, or − now without `iat`).
+    #[error(
+        "token lifetime {ttl_secs} s exceeds the {max_secs} s this server accepts (auth.max_ttl)"
+    )]
+    TooLong {
+        /// The token's lifetime, seconds.
+        ttl_secs: u64,
+        /// The accepted maximum, seconds.
+        max_secs: u64,
+    },
+    /// The token's `iss` or `aud` is not the configured one.
+    #[error("token {claim} is not the one this server accepts")]
+    WrongIssuer {
+        /// `iss` or `aud`.
+        claim: &'static str,
+    },
     /// The token's role or grants do not allow this.
     #[error("role {role} may not {action}")]
     Forbidden {
@@ -68,6 +84,8 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
+            AuthError::TooLong { .. } => "ttl_too_long",
+            AuthError::WrongIssuer { .. } => "wrong_issuer",
             AuthError::WrongRoom { .. } => "wrong_room",
             AuthError::Forbidden { .. } => "forbidden_role",
         }
@@ -79,25 +97,56 @@ impl AuthError {
 #[error("cannot sign the token: {0}")]
 pub struct MintError(String);
 
+/// What a verifier demands of a token beyond its signature and validity window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Longest accepted lifetime (`exp` − `iat`, or `exp` − now when there is no `iat`);
+    /// `None` accepts any.
+    pub max_ttl: Option<Duration>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set.
+    pub audience: Option<String>,
+}
+
 /// Signs and verifies tokens with one HS256 secret.
 #[derive(Clone)]
 pub struct Tokens {
     enc: EncodingKey,
     dec: DecodingKey,
     validation: Validation,
+    max_ttl: Option<Duration>,
 }
 
 impl Tokens {
-    /// A token service for `secret`.
+    /// A token service for `secret` that accepts any lifetime, issuer and audience (clients
+    /// and tools that mint; a server verifies with [`Tokens::with_policy`]).
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_policy(secret, &Policy::default())
+    }
+
+    /// A token service for `secret` whose verification also enforces `policy`.
+    pub fn with_policy(secret: &[u8], policy: &Policy) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        required.extend(policy.issuer.as_ref().map(|_| "iss"));
+        required.extend(policy.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &policy.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &policy.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
         Tokens {
             enc: EncodingKey::from_secret(secret),
             dec: DecodingKey::from_secret(secret),
             validation,
+            max_ttl: policy.max_ttl,
         }
     }
 
@@ -124,19 +173,41 @@ impl Tokens {
             .map_err(|e| MintError(e.to_string()))
     }
 
-    /// Verifies a token's signature and validity window and parses its claims.
+    /// Verifies a token's signature, validity window and the policy (lifetime, issuer,
+    /// audience) and parses its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        decode::<Claims>(token, &self.dec, &self.validation)
+        let t = decode::<Timed>(token, &self.dec, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer { claim: "iss" },
+                ErrorKind::InvalidAudience => AuthError::WrongIssuer { claim: "aud" },
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                    AuthError::WrongIssuer { claim: "iss" }
+                }
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                    AuthError::WrongIssuer { claim: "aud" }
+                }
                 ErrorKind::InvalidAlgorithm => {
                     AuthError::Malformed("algorithm is not HS256".into())
                 }
                 _ => AuthError::Malformed(e.to_string()),
-            })
+            })?;
+        if let Some(max) = self.max_ttl {
+            // From the issue time when given (a token minted long-lived is refused at once), else
+            // from now (the lifetime left); the verifier's leeway applies to both ends.
+            let from = t.iat.unwrap_or_else(now_secs).min(now_secs());
+            let ttl_secs = t.claims.exp.saturating_sub(from);
+            if ttl_secs > max.as_secs() + self.validation.leeway {
+                return Err(AuthError::TooLong {
+                    ttl_secs,
+                    max_secs: max.as_secs(),
+                });
+            }
+        }
+        Ok(t.claims)
     }
 
     /// Verifies `token` and checks it allows `grant` in `room`.
@@ -162,6 +233,15 @@ impl Tokens {
         }
         Ok(claims)
     }
+}
+
+/// The claims plus the registered ones only the verifier reads.
+#[derive(serde::Deserialize)]
+struct Timed {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// Extracts the bearer token from an `Authorization` header value.
@@ -236,5 +316,79 @@ mod tests {
         assert_eq!(bearer(None), Err(AuthError::Missing));
         assert_eq!(bearer(Some("Basic abc")), Err(AuthError::NotBearer));
         assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+    }
+
+    #[test]
+    fn policy_limits_lifetime_issuer_and_audience() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let minter = Tokens::new(secret);
+        let strict = Tokens::with_policy(
+            secret,
+            &Policy {
+                max_ttl: Some(Duration::from_secs(3600)),
+                ..Policy::default()
+            },
+        );
+        let short = minter
+            .mint("r1", Role::Kiosk, id("k"), Duration::from_secs(600), None)
+            .unwrap();
+        assert!(strict.verify(&short).is_ok());
+        let long = minter
+            .mint("r1", Role::Kiosk, id("k"), Duration::from_secs(7200), None)
+            .unwrap();
+        let e = strict.verify(&long).unwrap_err();
+        assert!(
+            matches!(e, AuthError::TooLong { max_secs: 3600, .. }),
+            "{e}"
+        );
+        assert_eq!(e.status(), 401);
+        assert!(e.to_string().contains("auth.max_ttl"), "{e}");
+        // An old `iat` counts: the lifetime is exp − iat, not what is left.
+        let now = now_secs();
+        let key = EncodingKey::from_secret(secret);
+        let old = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "k", "room": "r1", "role": "kiosk",
+                "iat": now - 7000, "exp": now + 600}),
+            &key,
+        )
+        .unwrap();
+        assert!(matches!(
+            strict.verify(&old),
+            Err(AuthError::TooLong { .. })
+        ));
+
+        let scoped = Tokens::with_policy(
+            secret,
+            &Policy {
+                issuer: Some("cabine-idp".into()),
+                audience: Some("cabine".into()),
+                ..Policy::default()
+            },
+        );
+        assert!(matches!(
+            scoped.verify(&short),
+            Err(AuthError::WrongIssuer { .. })
+        ));
+        let with = |iss: &str, aud: &str| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &serde_json::json!({"sub": "k", "room": "r1", "role": "kiosk",
+                    "iss": iss, "aud": aud, "exp": now + 600}),
+                &key,
+            )
+            .unwrap()
+        };
+        assert!(scoped.verify(&with("cabine-idp", "cabine")).is_ok());
+        assert_eq!(
+            scoped.verify(&with("cabine-idp", "other")),
+            Err(AuthError::WrongIssuer { claim: "aud" })
+        );
+        assert_eq!(
+            scoped.verify(&with("someone", "cabine")),
+            Err(AuthError::WrongIssuer { claim: "iss" })
+        );
+        // Without a configured audience, a token that names one is still accepted.
+        assert!(minter.verify(&with("x", "y")).is_ok());
     }
 }

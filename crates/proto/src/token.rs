@@ -72,6 +72,9 @@ pub enum Grant {
     PublishData,
     /// Send commands to devices (start a BP measurement, take a snapshot).
     Commands,
+    /// Act on another participant's session (ICE restart, end it): never a role default, only
+    /// granted explicitly (to an operator or a doctor who moderates the room).
+    Moderate,
 }
 
 /// The claims of a Cabine token.
@@ -98,11 +101,11 @@ pub struct Claims {
 
 impl Claims {
     /// Whether the token allows `grant`. Explicit `grants` replace the role's defaults, but can
-    /// never lift a role's hard limits: an operator never receives or sends media, an observer
-    /// never publishes.
+    /// never lift a role's hard limits: an operator never receives or sends media (it may only
+    /// be granted `moderate`), an observer never publishes nor moderates.
     pub fn allows(&self, grant: Grant) -> bool {
         let hard_limit = match self.role {
-            Role::Operator => true,
+            Role::Operator => grant != Grant::Moderate,
             Role::Observer => grant != Grant::Subscribe,
             _ => false,
         };
@@ -192,6 +195,17 @@ mod tests {
         assert!(!obs.allows(Grant::Publish));
         let narrowed = claims(Role::Doctor, Some(vec![Grant::Subscribe]));
         assert!(!narrowed.allows(Grant::Publish));
+    }
+
+    #[test]
+    fn moderation_is_granted_explicitly_only() {
+        for role in [Role::Kiosk, Role::Doctor, Role::Assistant, Role::Operator] {
+            assert!(!claims(role, None).allows(Grant::Moderate), "{role}");
+        }
+        assert!(claims(Role::Operator, Some(vec![Grant::Moderate])).allows(Grant::Moderate));
+        assert!(claims(Role::Doctor, Some(vec![Grant::Moderate])).allows(Grant::Moderate));
+        let obs = claims(Role::Observer, Some(vec![Grant::Moderate]));
+        assert!(!obs.allows(Grant::Moderate));
     }
 
     #[test]

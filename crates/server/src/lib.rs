@@ -101,10 +101,11 @@ impl Server {
         // Pseudonyms in logs and the ops view are keyed with the deployment's secret (the first
         // server of a process sets it).
         cabine_proto::set_redaction_secret(cfg.auth.secret.as_bytes());
+        cfg.check_exposure()?;
         if cfg.uses_dev_secret() {
             warn!(
-                "running with the built-in development token secret: anyone can mint tokens. \
-                 Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
+                "running on loopback with the built-in development token secret: anyone can mint \
+                 tokens. Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
             );
         }
         let open_files = match http::serve::raise_open_files_limit() {
@@ -144,7 +145,7 @@ impl Server {
                     &cfg.telemetry,
                     addr,
                     cfg.advertise()?.map(|a| a.ip()),
-                    cabine_proto::jwt::Tokens::new(cfg.auth.secret.as_bytes()),
+                    cfg.auth.tokens(),
                     sfu.clone(),
                 )
                 .await?;

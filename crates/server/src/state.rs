@@ -36,6 +36,10 @@ pub struct AppState {
     pub(crate) telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
     pub(crate) ops: OpsSampler,
     pub(crate) ws: ws::Hub,
+    /// `Link: <url>; rel="ice-server"` values for WHIP/WHEP (`[ice] servers`).
+    pub(crate) ice_links: Vec<axum::http::HeaderValue>,
+    /// Origins allowed to call the APIs from a browser (`http.cors_origins`).
+    pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
     /// `[limits]`.
     pub(crate) limits: crate::limits::LimitsConfig,
     /// Refusals by limit (exported as `cabine_limits_refused_total`).
@@ -63,6 +67,8 @@ pub(crate) struct SessionEntry {
     pub(crate) client_ufrag: String,
     /// The claims the session was opened with (grants for device commands).
     pub(crate) claims: Claims,
+    /// WHIP: the video codecs its answer allowed (upper case), for WHEP codec checks.
+    pub(crate) video_codecs: Vec<String>,
     /// Its recent ICE restarts (`limits.ice_restarts_per_minute`).
     pub(crate) restarts: crate::limits::RateWindow,
 }
@@ -71,7 +77,7 @@ impl AppState {
     /// State for a server with `cfg`, over a started media plane.
     pub fn new(cfg: &Config, sfu: Sfu, audit: crate::audit::Audit) -> Self {
         AppState {
-            tokens: Tokens::new(cfg.auth.secret.as_bytes()),
+            tokens: cfg.auth.tokens(),
             sfu,
             sessions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -84,6 +90,22 @@ impl AppState {
             telemetry: std::sync::OnceLock::new(),
             ws: ws::Hub::default(),
             ops: OpsSampler::default(),
+            // Checked by `Config::check` (stun:/turn: URLs, plain origins); a value that is not
+            // a valid header is left out rather than sent malformed.
+            ice_links: cfg
+                .ice
+                .servers
+                .iter()
+                .filter_map(|u| {
+                    axum::http::HeaderValue::from_str(&format!("<{u}>; rel=\"ice-server\"")).ok()
+                })
+                .collect(),
+            cors_origins: cfg
+                .http
+                .cors_origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
+                .collect(),
             limits: cfg.limits.clone(),
             refusals: Arc::default(),
             sse_clients: std::sync::atomic::AtomicUsize::new(0),
@@ -308,8 +330,8 @@ impl AppState {
             None,
             None,
             &format!(
-                "{} more refused requests without a valid token from {} in {} ms \
-                 (limits.anonymous_audit_interval)",
+                "anonymous_refusals: {} more refused requests without a valid token from {} \
+                 in {} ms (limits.anonymous_audit_interval)",
                 s.count,
                 s.source,
                 s.over.as_millis()

@@ -571,10 +571,12 @@ impl Conn {
                     "no signalling session with this resume token (it ended; join again)".into(),
                 ));
             };
-            if m.room != self.room || m.identity != self.claims.sub {
+            // The same participant in the same role: a token with the same `sub` but another
+            // role (an observer's) must not take over a doctor's session.
+            if m.room != self.room || m.identity != self.claims.sub || m.role != self.claims.role {
                 return Err((
                     "forbidden",
-                    "the resume token belongs to another participant or room".into(),
+                    "the resume token belongs to another participant, role or room".into(),
                 ));
             }
             m.epoch += 1;
@@ -862,6 +864,8 @@ impl Conn {
                 etag: format!("\"{ufrag}\""),
                 client_ufrag: client_ufrag.to_owned(),
                 claims: self.claims.clone(),
+                // Known from the media once it flows (the WHEP codec check reads it there).
+                video_codecs: Vec::new(),
                 restarts: Default::default(),
             },
         );
@@ -913,7 +917,7 @@ impl Conn {
             &self.claims.sub,
             Some(self.claims.role),
             Some(self.peer),
-            &message,
+            &format!("{code}: {message}"),
         );
         self.reply(&error(code, &message));
     }

@@ -80,36 +80,34 @@ pub(crate) fn authorize(
         })
 }
 
-pub(crate) fn owner_only(
+/// Who acts on a WHIP/WHEP session (PATCH, DELETE): its owner (the same `sub` *and* role it
+/// was opened with), or a token granted `moderate` for the room. Returns the actor's claims,
+/// under whose identity the action is audited.
+pub(crate) fn session_actor(
     st: &AppState,
     headers: &HeaderMap,
     room: &RoomId,
     entry: &SessionEntry,
     peer: SocketAddr,
-) -> Result<(), ApiError> {
+) -> Result<Claims, ApiError> {
     let token = bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
     )
-    .inspect_err(|e| st.count_refusal(e.reason()))?;
-    let claims = st
-        .tokens
-        .verify(token)
-        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    .inspect_err(|e| {
+        st.count_refusal(e.reason());
+        st.audit_refusal(room.as_str(), "-", None, peer, e);
+    })?;
+    let claims = st.tokens.verify(token).inspect_err(|e| {
+        st.count_refusal(e.reason());
+        st.audit_refusal(room.as_str(), "-", None, peer, e);
+    })?;
     if !claims.is_for_room(room) {
         st.count_refusal("wrong_room");
-        return Err(AuthError::WrongRoom {
-            token_room: claims.room,
+        let e = AuthError::WrongRoom {
+            token_room: claims.room.clone(),
             room: room.to_string(),
-        }
-        .into());
-    }
-    if claims.sub != entry.identity && claims.role != Role::Operator {
-        st.count_refusal("not_owner");
-        let e = AuthError::Forbidden {
-            role: claims.role,
-            action: "modify another participant's session",
         };
         st.audit_refusal(
             room.as_str(),
@@ -120,6 +118,21 @@ pub(crate) fn owner_only(
         );
         return Err(e.into());
     }
-    let _ = entry.kind;
-    Ok(())
+    let owner = claims.sub == entry.identity && claims.role == entry.role;
+    if !owner && !claims.allows(Grant::Moderate) {
+        st.count_refusal("not_owner");
+        let e = AuthError::Forbidden {
+            role: claims.role,
+            action: "act on another participant's session (needs the `moderate` grant)",
+        };
+        st.audit_refusal(
+            room.as_str(),
+            claims.sub.as_str(),
+            Some(claims.role),
+            peer,
+            &e,
+        );
+        return Err(e.into());
+    }
+    Ok(claims)
 }

@@ -2,13 +2,18 @@
 //!
 //! Every error is a plain-text body naming the problem, with the status DESIGN.md fixes:
 //! 400 bad SDP or room name, 401 bad token, 403 not allowed, 404 unknown session,
-//! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec,
-//! 503 draining or full. A refusal by a limit ([`crate::limits`]) is 429 (this client's
-//! share) or 503 (the node's) with a JSON body naming the `limits.*` key.
+//! 412 ETag mismatch, 413 body too large, 415 wrong content type, 422 no usable codec (or
+//! none in common with what the room publishes), 503 draining or full. Every 401 carries
+//! `WWW-Authenticate: Bearer`; pages of the origins in `http.cors_origins` may call every route
+//! ([`cors`]).
+//! A refusal by a limit ([`crate::limits`]) is 429 (this client's share) or 503 (the
+//! node's) with a JSON body naming the `limits.*` key.
 
+pub mod cors;
 pub mod guard;
 pub mod ops;
 pub mod pages;
+pub mod sdpfrag;
 pub mod serve;
 pub mod whip;
 
@@ -36,23 +41,33 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/api/telemetry", get(telemetry_discovery))
         .route("/api/ops", get(ops::ops_once))
         .route("/api/ops/stream", get(ops::ops_stream))
-        .route("/whip/{room}", post(whip::whip).options(whip::options))
-        .route("/whep/{room}", post(whip::whep).options(whip::options))
+        .route(
+            "/whip/{room}",
+            post(whip::whip).options(whip::endpoint_options),
+        )
+        .route(
+            "/whep/{room}",
+            post(whip::whep).options(whip::endpoint_options),
+        )
         .route("/ws/{room}", get(ws::handler))
         .merge(pages::routes())
         .route(
             "/whip/{room}/{session}",
             axum::routing::patch(whip::patch_session)
                 .delete(whip::delete_session)
-                .options(whip::options),
+                .options(whip::session_options),
         )
         .route(
             "/whep/{room}/{session}",
             axum::routing::patch(whip::patch_session)
                 .delete(whip::delete_session)
-                .options(whip::options),
+                .options(whip::session_options),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            cors::layer,
+        ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
@@ -101,6 +116,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: every 401 names the scheme the client must use.
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cabine\""),
+            );
+        }
         r
     }
 }

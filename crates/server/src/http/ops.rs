@@ -36,7 +36,7 @@ pub(crate) async fn rooms(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Result<Json<RoomsResponse>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = operator(
         &st,
         &headers,
@@ -53,12 +53,36 @@ pub(crate) async fn rooms(
         rooms.retain(|r| r.room.as_str() == claims.room);
     }
     let refused = st.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(Json(RoomsResponse {
+    let view = RoomsResponse {
         rooms,
         media: st.sfu.stats(),
         refused,
         joins: st.joins.load(Ordering::Relaxed),
-    }))
+    };
+    let mut v = serde_json::to_value(&view).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot serialise the rooms view: {e}"),
+        )
+    })?;
+    session_ids_as_strings(&mut v);
+    Ok(Json(v))
+}
+
+/// Session ids are 64-bit: as JSON numbers a browser rounds them (above 2^53), so they are
+/// given as the 16-hex-digit strings of the session URLs (`Location`).
+fn session_ids_as_strings(v: &mut serde_json::Value) {
+    let sessions = v["rooms"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["sessions"].as_array_mut())
+        .flatten();
+    for s in sessions {
+        if let Some(id) = s["id"].as_u64() {
+            s["id"] = serde_json::Value::String(format!("{id:016x}"));
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,22 +9,38 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cabine_proto::{Grant, Identity, Redacted, RoomId};
-use cabine_sfu::{JoinError, JoinRequest, SessionId, SessionKind, SfuError};
+use cabine_proto::{Claims, Grant, Identity, Redacted, RoomId};
+use cabine_sfu::{sdp, JoinError, JoinRequest, SessionId, SessionKind, SfuError};
 use rand::Rng;
 use serde::Deserialize;
 use tracing::info;
 
-use super::guard::{authorize, owner_only};
+use super::guard::{authorize, session_actor};
+use super::sdpfrag::SdpFrag;
 use super::{
     check_content_type, clean_message, describe, insert, random_token, sdp_attr, ApiError,
 };
 use crate::state::{AppState, SessionEntry};
 
-pub(crate) async fn options() -> Response {
+/// `OPTIONS /whip/{room}` and `/whep/{room}`: what a POST takes, and the ICE servers to use
+/// (RFC 9725 §4.6).
+pub(crate) async fn endpoint_options(State(st): State<Arc<AppState>>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    add_ice_links(&st, h);
+    r
+}
+
+/// `OPTIONS` on a session URL: what a PATCH takes.
+pub(crate) async fn session_options() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ALLOW,
+        HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+    );
     h.insert(
         "accept-patch",
         HeaderValue::from_static("application/trickle-ice-sdpfrag"),
@@ -108,6 +124,14 @@ async fn create_session(
     if offer.trim().is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
     }
+    let offer = match kind {
+        SessionKind::Publish => offer.to_owned(),
+        // WHEP receives only: a `sendrecv` offer gets a `sendonly` answer.
+        SessionKind::Subscribe => {
+            check_codecs(st, &room, offer, from.as_ref(), &claims, peer).await?;
+            sdp::receive_only(offer)
+        }
+    };
     let session = SessionId(rand::rng().random());
     let ice_ufrag = random_token(8);
     let ice_pwd = random_token(24);
@@ -116,7 +140,7 @@ async fn create_session(
         identity: claims.sub.clone(),
         role: claims.role,
         kind,
-        offer: offer.to_owned(),
+        offer: offer.clone(),
         from,
         ice_ufrag: ice_ufrag.clone(),
         ice_pwd,
@@ -143,7 +167,8 @@ async fn create_session(
                 &claims.sub,
                 Some(claims.role),
                 Some(peer),
-                &message,
+                // The code first: the process log shows it, and only a pseudonym of the rest.
+                &format!("{reason}: {message}"),
             );
             return Err(ApiError::new(status, message));
         }
@@ -157,8 +182,12 @@ async fn create_session(
             role: claims.role,
             kind,
             etag: etag.clone(),
-            client_ufrag: sdp_attr(offer, "a=ice-ufrag:").unwrap_or_default(),
+            client_ufrag: sdp_attr(&offer, "a=ice-ufrag:").unwrap_or_default(),
             claims: claims.clone(),
+            video_codecs: match kind {
+                SessionKind::Publish => sdp::codecs(&joined.answer, "video"),
+                SessionKind::Subscribe => Vec::new(),
+            },
             restarts: Default::default(),
         },
     );
@@ -189,7 +218,85 @@ async fn create_session(
     );
     insert(h, header::LOCATION, &location);
     insert(h, header::ETAG, &etag);
+    add_ice_links(st, h);
     Ok(r)
+}
+
+fn add_ice_links(st: &AppState, h: &mut HeaderMap) {
+    for link in &st.ice_links {
+        h.append(header::LINK, link.clone());
+    }
+}
+
+/// Refuses (`422`) a WHEP offer that wants video but lists none of the video codecs published
+/// in the room (by `from`, when given): it would connect and never get a frame. A publisher's
+/// codec is the one its media arrives in, or before media flows, those its answer allowed.
+async fn check_codecs(
+    st: &AppState,
+    room: &RoomId,
+    offer: &str,
+    from: Option<&Identity>,
+    claims: &Claims,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let offered = sdp::codecs(offer, "video");
+    if offered.is_empty() {
+        return Ok(());
+    }
+    let mut publishers: Vec<(SessionId, Vec<String>)> = st
+        .sessions_lock()
+        .iter()
+        .filter(|(_, e)| {
+            e.room == *room
+                && e.kind == SessionKind::Publish
+                && from.is_none_or(|f| *f == e.identity)
+        })
+        .map(|(id, e)| (*id, e.video_codecs.clone()))
+        .collect();
+    if publishers.is_empty() {
+        return Ok(());
+    }
+    // Media plane down: the join below reports it.
+    if let Ok(rooms) = st.sfu.snapshot().await {
+        for s in rooms
+            .iter()
+            .filter(|r| r.room == *room)
+            .flat_map(|r| &r.sessions)
+        {
+            let in_use: Vec<String> = s
+                .published
+                .iter()
+                .filter(|p| p.track.kind == "video")
+                .filter_map(|p| p.codec.as_ref().map(|c| c.to_ascii_uppercase()))
+                .collect();
+            if let Some(p) = publishers.iter_mut().find(|(id, _)| *id == s.id) {
+                if !in_use.is_empty() {
+                    p.1 = in_use;
+                }
+            }
+        }
+    }
+    let mut published: Vec<String> = publishers.into_iter().flat_map(|(_, c)| c).collect();
+    published.sort_unstable();
+    published.dedup();
+    if published.is_empty() || offered.iter().any(|c| published.contains(c)) {
+        return Ok(());
+    }
+    st.count_refusal("codec_mismatch");
+    let message = format!(
+        "no common video codec: the offer lists {}; the room publishes {}",
+        offered.join(", "),
+        published.join(", ")
+    );
+    st.audit(
+        "refused",
+        room,
+        &claims.sub,
+        Some(claims.role),
+        Some(peer),
+        &format!("codec_mismatch: {message}"),
+    );
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
 }
 
 pub(crate) async fn patch_session(
@@ -200,7 +307,7 @@ pub(crate) async fn patch_session(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    owner_only(&st, &headers, &room, &entry, peer)?;
+    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
     check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
     if let Some(m) = headers.get(header::IF_MATCH) {
         let m = m.to_str().unwrap_or("");
@@ -214,20 +321,21 @@ pub(crate) async fn patch_session(
             ));
         }
     }
-    let frag = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8"))?;
-    let new_ufrag = sdp_attr(frag, "a=ice-ufrag:");
-    let new_pwd = sdp_attr(frag, "a=ice-pwd:");
-    if let (Some(ufrag), Some(pwd)) = (new_ufrag, new_pwd) {
+    let frag = SdpFrag::parse(&body).map_err(|e| {
+        st.count_refusal("bad_sdpfrag");
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    if let (Some(ufrag), Some(pass)) = (frag.ufrag, frag.pwd) {
         if ufrag != entry.client_ufrag {
             if let Err(refused) = st.admit_ice_restart(id) {
                 return Ok(refused.into_response());
             }
-            return ice_restart(&st, room, id, entry, ufrag, pwd, peer).await;
+            let remote = str0m::IceCreds { ufrag, pass };
+            return ice_restart(&st, room, id, entry, &actor, remote, peer).await;
         }
     }
-    // Trickled candidates need no action: the server is ICE-lite and learns the client's
-    // addresses from its connectivity checks.
+    // Trickled candidates need no action: the server learns the client's addresses from the
+    // connectivity checks it receives (peer-reflexive candidates).
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -236,24 +344,15 @@ async fn ice_restart(
     room: RoomId,
     id: SessionId,
     entry: SessionEntry,
-    ufrag: String,
-    pwd: String,
+    actor: &Claims,
+    remote: str0m::IceCreds,
     peer: SocketAddr,
 ) -> Result<Response, ApiError> {
-    if ufrag.len() < 4 || pwd.len() < 22 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ICE restart: ice-ufrag must be at least 4 and ice-pwd at least 22 characters (RFC 8839)",
-        ));
-    }
     let local = str0m::IceCreds {
         ufrag: random_token(8),
         pass: random_token(24),
     };
-    let remote = str0m::IceCreds {
-        ufrag: ufrag.clone(),
-        pass: pwd,
-    };
+    let ufrag = remote.ufrag.clone();
     st.sfu
         .ice_restart(room.clone(), id, remote, local.clone())
         .await
@@ -266,13 +365,15 @@ async fn ice_restart(
     st.audit(
         "ice_restart",
         &room,
-        &entry.identity,
-        Some(entry.role),
+        &actor.sub,
+        Some(actor.role),
         Some(peer),
-        "",
+        &on_behalf(actor, &entry),
     );
+    // The same ICE mode as the first answer: WHIP/WHEP sessions run full ICE (the media
+    // plane checks the path itself), so no `a=ice-lite` here either.
     let body = format!(
-        "a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
         local.ufrag, local.pass
     );
     let mut r = (StatusCode::OK, body).into_response();
@@ -292,7 +393,7 @@ pub(crate) async fn delete_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    owner_only(&st, &headers, &room, &entry, peer)?;
+    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
     st.sessions_lock().remove(&id);
     st.end_spans(id);
     match st.sfu.leave(room.clone(), id).await {
@@ -304,15 +405,28 @@ pub(crate) async fn delete_session(
             ))
         }
     }
+    let detail = format!("DELETE{}", on_behalf(&actor, &entry));
     st.audit(
         "leave",
         &room,
-        &entry.identity,
-        Some(entry.role),
+        &actor.sub,
+        Some(actor.role),
         Some(peer),
-        "DELETE",
+        detail.trim_start(),
     );
     Ok(StatusCode::OK.into_response())
+}
+
+/// For the audit: whose session a moderator acted on ("" when the actor is its owner).
+fn on_behalf(actor: &Claims, entry: &SessionEntry) -> String {
+    if actor.sub == entry.identity && actor.role == entry.role {
+        String::new()
+    } else {
+        format!(
+            " on the session of {} ({}) as moderator",
+            entry.identity, entry.role
+        )
+    }
 }
 
 fn lookup_session(

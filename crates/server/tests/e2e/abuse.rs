@@ -325,7 +325,8 @@ async fn anonymous_refusal_flood_cannot_rotate_accepted_events_out_of_the_audit(
         .expect("a summary line with the count");
     let reason = summary["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with(&format!("{} more", FLOOD - 1)) && reason.contains("127.0.0.0/24"),
+        reason.starts_with(&format!("anonymous_refusals: {} more", FLOOD - 1))
+            && reason.contains("127.0.0.0/24"),
         "{reason}"
     );
     let _ = std::fs::remove_dir_all(&dir);
