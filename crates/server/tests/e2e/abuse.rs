@@ -337,6 +337,8 @@ async fn the_dashboard_beyond_the_sse_cap_is_refused() {
     let s = common::start_with(|c| {
         c.limits.sse_clients = 2.try_into().unwrap();
         c.admin.listen = "127.0.0.1:0".into();
+        // Shorter than the stream's life: an open stream is not a request still being read.
+        c.limits.header_timeout = Duration::from_millis(300);
     })
     .await;
     let token = s.token("*", Role::Operator, "ops");
@@ -350,6 +352,21 @@ async fn the_dashboard_beyond_the_sse_cap_is_refused() {
     assert!(c.headers().contains_key("retry-after"));
     let body: serde_json::Value = c.json().await.unwrap();
     assert_eq!(body["limit"], "sse_clients", "{body}");
+    // The open streams keep flowing: three views are at least two sampler periods (2 s).
+    let mut b = b;
+    let mut views = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while views < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, b.chunk())
+            .await
+            .expect("views keep coming")
+            .expect("the stream stays open")
+            .expect("the stream stays open");
+        views += String::from_utf8_lossy(&chunk)
+            .matches("event: view")
+            .count();
+    }
     // A dashboard that closes gives its place back.
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(10);
