@@ -47,6 +47,26 @@ pub struct AppState {
     /// Open `/api/ops/stream` event streams.
     pub(crate) sse_clients: std::sync::atomic::AtomicUsize,
     pub(crate) anonymous: Mutex<crate::anon_audit::AnonymousAudit>,
+    /// Media sessions being opened, by identity (see [`AppState::reserve_session`]).
+    pub(crate) opening: Mutex<HashMap<Identity, usize>>,
+}
+
+/// A media session being opened (counted against `limits.sessions_per_identity`).
+pub(crate) struct SessionReservation<'a> {
+    st: &'a AppState,
+    identity: Identity,
+}
+
+impl Drop for SessionReservation<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.st.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = opening.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                opening.remove(&self.identity);
+            }
+        }
+    }
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -109,6 +129,7 @@ impl AppState {
             limits: cfg.limits.clone(),
             refusals: Arc::default(),
             sse_clients: std::sync::atomic::AtomicUsize::new(0),
+            opening: Mutex::new(HashMap::new()),
             anonymous: Mutex::new(crate::anon_audit::AnonymousAudit::new(
                 cfg.limits.anonymous_audit_interval,
                 cfg.limits.anonymous_audit_sources.get(),
@@ -256,19 +277,24 @@ impl AppState {
         }
     }
 
-    /// Refuses a new media session of `identity` when it already holds
-    /// `limits.sessions_per_identity`.
-    pub(crate) fn check_sessions_per_identity(
+    /// Reserves a new media session of `identity`, or refuses it when the identity already
+    /// holds (or is opening) `limits.sessions_per_identity`. Keep the reservation until the
+    /// session is in the session table (or failed): concurrent joins cannot slip past the cap.
+    pub(crate) fn reserve_session(
         &self,
         identity: &Identity,
-    ) -> Result<(), crate::limits::Refused> {
+    ) -> Result<SessionReservation<'_>, crate::limits::Refused> {
         let max = self.limits.sessions_per_identity.get();
+        // Lock order: reservations, then sessions (nowhere else takes both).
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         let held = self
             .sessions_lock()
             .values()
             .filter(|e| &e.identity == identity)
-            .count();
+            .count()
+            + opening.get(identity).copied().unwrap_or(0);
         if held >= max {
+            drop(opening);
             return Err(self.refuse(
                 crate::limits::Limit::SessionsPerIdentity,
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -279,7 +305,11 @@ impl AppState {
                 None,
             ));
         }
-        Ok(())
+        *opening.entry(identity.clone()).or_default() += 1;
+        Ok(SessionReservation {
+            st: self,
+            identity: identity.clone(),
+        })
     }
 
     /// Admits an ICE restart of `session`, or refuses it (429) beyond

@@ -650,9 +650,10 @@ impl Conn {
             m.wants_subscribe = true;
             m.from.clone()
         };
-        if let Err(refused) = self.st.check_sessions_per_identity(&self.claims.sub) {
-            return self.reply(&error("limit", &refused.message));
-        }
+        let _reservation = match self.st.reserve_session(&self.claims.sub) {
+            Ok(r) => r,
+            Err(refused) => return self.reply(&error("limit", &refused.message)),
+        };
         let session = SessionId(rand::rng().random());
         let ice_ufrag = random_token(8);
         let req = OfferRequest {
@@ -807,9 +808,10 @@ impl Conn {
                     self.st.count_refusal("draining");
                     return self.reply(&error("draining", "this node is shutting down"));
                 }
-                if let Err(refused) = self.st.check_sessions_per_identity(&self.claims.sub) {
-                    return self.reply(&error("limit", &refused.message));
-                }
+                let _reservation = match self.st.reserve_session(&self.claims.sub) {
+                    Ok(r) => r,
+                    Err(refused) => return self.reply(&error("limit", &refused.message)),
+                };
                 let session = SessionId(rand::rng().random());
                 let ice_ufrag = random_token(8);
                 let req = JoinRequest {

@@ -115,9 +115,11 @@ async fn create_session(
             "this node is shutting down; retry on another node",
         ));
     }
-    if let Err(refused) = st.check_sessions_per_identity(&claims.sub) {
-        return Ok(refused.into_response());
-    }
+    // Held until the session is in the table (or refused).
+    let _reservation = match st.reserve_session(&claims.sub) {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     check_content_type(headers, "application/sdp")?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))?;

@@ -480,6 +480,28 @@ async fn joins_beyond_the_member_and_session_caps_are_refused() {
         }
     }
     assert_eq!(s.server.limit_refusals(Limit::SessionsPerIdentity), 2);
+    // Twenty joins of one identity at once: still two sessions.
+    let kiosk = s.token("caps-3", Role::Kiosk, "kiosk-2");
+    let joins: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("{}/whip/caps-3", s.base);
+            let kiosk = kiosk.clone();
+            tokio::spawn(async move {
+                post_sdp(&url, Some(&kiosk), "application/sdp", sdp_offer("sendonly"))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for j in joins {
+        match j.await.unwrap() {
+            201 => created += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(created, 2, "concurrent joins slipped past the cap");
     s.server.shutdown(Duration::from_millis(100)).await;
 }
 
