@@ -13,11 +13,15 @@
 //!   and the telemetry bridge;
 //! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
 //!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - [`limits`]: the `[limits]` keys, their refusal counters and answers; [`http::serve`]:
+//!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
+//!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
 //! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
-//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends) → flush audit
+//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends)
+//!           → anonymous refusal counts → flush audit
 //! ```
 
 pub mod admin;
