@@ -278,11 +278,24 @@ fn numbered(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Opens the file for appending, owner-only: the file 0600 in a 0700 directory, created so
+/// and set so at every open (start and rotation), since it holds identities in clear.
 fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds.

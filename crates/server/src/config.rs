@@ -35,6 +35,8 @@ pub struct Config {
     pub otel: crate::otel::OtelConfig,
     /// Device telemetry (QUIC sidecar).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Limits on what clients can make the server hold.
+    pub limits: crate::limits::LimitsConfig,
     /// ICE servers advertised to WHIP/WHEP clients.
     pub ice: IceConfig,
 }
@@ -223,6 +225,7 @@ impl Config {
         }
         self.advertise()?;
         self.admin_listen()?;
+        self.check_limits()?;
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;
@@ -232,6 +235,22 @@ impl Config {
             return Err(ConfigError::Unusable(
                 "telemetry.tls_cert and telemetry.tls_key must be set together".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, d) in [
+            ("header_timeout", l.header_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("anonymous_audit_interval", l.anonymous_audit_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Unusable(format!(
+                    "limits.{key} is 0; give a duration such as \"10s\""
+                )));
+            }
         }
         Ok(())
     }
@@ -309,6 +328,8 @@ mod tests {
         assert_eq!(c.media.bind.port(), 7882);
         assert!(c.uses_dev_secret());
         assert_eq!(c.http.ws_resume_grace, Duration::from_secs(30));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.sessions_per_identity.get(), 8);
         c.check().unwrap();
     }
 
@@ -331,6 +352,14 @@ mod tests {
         std::fs::write(&bad, "[media]\nworkerz = 3\n").unwrap();
         let e = Config::load(Some(&bad)).unwrap_err().to_string();
         assert!(e.contains("workerz"), "{e}");
+
+        let zero = dir.join("zero.toml");
+        std::fs::write(&zero, "[limits]\nsse_clients = 0\n").unwrap();
+        let e = Config::load(Some(&zero)).unwrap_err().to_string();
+        assert!(e.contains("sse_clients"), "{e}");
+        std::fs::write(&zero, "[limits]\nheader_timeout = \"0s\"\n").unwrap();
+        let e = Config::load(Some(&zero)).unwrap_err().to_string();
+        assert!(e.contains("limits.header_timeout"), "{e}");
 
         let e = Config::load(Some(&dir.join("nope.toml")))
             .unwrap_err()

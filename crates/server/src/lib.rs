@@ -13,18 +13,24 @@
 //!   and the telemetry bridge;
 //! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
 //!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - [`limits`]: the `[limits]` keys, their refusal counters and answers; [`http::serve`]:
+//!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
+//!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
 //! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
-//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends) → flush audit
+//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends)
+//!           → anonymous refusal counts → flush audit
 //! ```
 
 pub mod admin;
+pub mod anon_audit;
 pub mod audit;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod otel;
@@ -106,6 +112,19 @@ impl Server {
                  tokens. Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
             );
         }
+        let open_files = match http::serve::raise_open_files_limit() {
+            Ok(n) => {
+                info!(
+                    open_files = n,
+                    "open-file limit (RLIMIT_NOFILE soft, raised to hard)"
+                );
+                n
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+                1024
+            }
+        };
         let sfu = Sfu::start(SfuConfig {
             bind: cfg.media.bind,
             advertise: cfg.advertise()?,
@@ -146,7 +165,9 @@ impl Server {
         if let Some(t) = &telemetry {
             metrics.attach_telemetry(Arc::clone(t));
         }
+        metrics.attach_limits(Arc::clone(state.limit_refusals()));
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
+        spawn_anonymous_audit_sweeper(&state);
         let admin = match cfg.admin_listen()? {
             Some(addr) => Some(
                 admin::spawn_admin(
@@ -161,7 +182,7 @@ impl Server {
             None => None,
         };
         let app = http::router(Arc::clone(&state), cfg.http.max_body_bytes);
-        let (stop, mut stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let listener =
             std::net::TcpListener::bind(cfg.http.listen).map_err(|source| StartError::Listen {
                 addr: cfg.http.listen,
@@ -177,41 +198,33 @@ impl Server {
             addr: cfg.http.listen,
             source,
         })?;
-        let task = match cfg.tls() {
+        let tls = match cfg.tls() {
             Some((cert, key)) => {
                 let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                     .await
                     .map_err(StartError::Tls)?;
-                let handle = axum_server::Handle::new();
-                let h2 = handle.clone();
-                tokio::spawn(async move {
-                    let _ = stop_rx.changed().await;
-                    h2.graceful_shutdown(Some(Duration::from_secs(5)));
-                });
-                let server = axum_server::from_tcp_rustls(listener, tls)
-                    .handle(handle)
-                    .serve(app.into_make_service_with_connect_info::<SocketAddr>());
-                tokio::spawn(server)
+                Some(tokio_rustls::TlsAcceptor::from(tls.get_inner()))
             }
-            None => {
-                let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
-                    StartError::Listen {
-                        addr: cfg.http.listen,
-                        source,
-                    }
-                })?;
-                tokio::spawn(async move {
-                    axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_rx.changed().await;
-                    })
-                    .await
-                })
-            }
+            None => None,
         };
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Listen {
+                addr: cfg.http.listen,
+                source,
+            })?;
+        let task = tokio::spawn(
+            http::serve::Serve {
+                listener,
+                tls,
+                app,
+                cap: http::serve::connection_cap(&cfg.limits, open_files),
+                header_timeout: cfg.limits.header_timeout,
+                idle_timeout: cfg.limits.idle_timeout,
+                refusals: Arc::clone(state.limit_refusals()),
+                stop: stop_rx,
+            }
+            .run(),
+        );
         info!(
             http = %http,
             tls = cfg.tls().is_some(),
@@ -266,6 +279,11 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || m.flush()).await;
     }
 
+    /// Refusals by `limit` since start (also `cabine_limits_refused_total{limit}`).
+    pub fn limit_refusals(&self, limit: limits::Limit) -> u64 {
+        self.state.limit_refusals().get(limit)
+    }
+
     /// The media plane (for embedding programs and tests).
     pub fn sfu(&self) -> &Sfu {
         &self.sfu
@@ -316,7 +334,9 @@ impl Server {
             warn!("the media sampler did not stop with the media plane");
             sampler.abort();
         }
-        // The last leaves and closes are on disk before the process exits.
+        // The counts of anonymous refusals not yet summarised, then the last leaves and
+        // closes, are on disk before the process exits.
+        self.state.flush_anonymous_audit(true);
         let audit = self.state.audit_log().clone();
         if !tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5)))
             .await
@@ -326,6 +346,20 @@ impl Server {
         }
         info!("cabine stopped");
     }
+}
+
+/// Writes the summaries of anonymous refusals as their intervals end; stops with the state.
+fn spawn_anonymous_audit_sweeper(state: &Arc<state::AppState>) {
+    let weak = Arc::downgrade(state);
+    let period = (state.limits.anonymous_audit_interval / 4).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            st.flush_anonymous_audit(false);
+        }
+    });
 }
 
 /// Whether a server is draining (shared flag type used by the API).

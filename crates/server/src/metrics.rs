@@ -131,9 +131,15 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     summary: Arc<Mutex<Summary>>,
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
+    limits: Arc<std::sync::OnceLock<Arc<crate::limits::Refusals>>>,
 }
 
 impl Metrics {
+    /// Exports the refusals of the server's limits (`cabine_limits_refused_total{limit}`).
+    pub fn attach_limits(&self, r: Arc<crate::limits::Refusals>) {
+        let _ = self.limits.set(r);
+    }
+
     /// Adds the telemetry sidecar's figures to the metrics.
     pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
         let _ = self.telemetry.set(t);
@@ -455,6 +461,22 @@ impl Metrics {
             }
         );
 
+        // Read live (atomics), not from the sampled summary: a refusal shows at once.
+        let limits: Arc<std::sync::OnceLock<Arc<crate::limits::Refusals>>> = Arc::default();
+        let l = Arc::clone(&limits);
+        let _ = meter
+            .u64_observable_counter("cabine.limits.refused")
+            .with_unit("{refusal}")
+            .with_description("Requests, connections and messages refused by a limit, by limit")
+            .with_callback(move |o| {
+                if let Some(r) = l.get() {
+                    for (limit, v) in r.all() {
+                        o.observe(v, &[KeyValue::new("limit", limit.as_str())]);
+                    }
+                }
+            })
+            .build();
+
         registry
             .register(Box::new(DelayCollector {
                 summary: Arc::clone(&summary),
@@ -474,6 +496,7 @@ impl Metrics {
             _provider: provider,
             summary,
             telemetry: std::sync::OnceLock::new(),
+            limits,
         })
     }
 

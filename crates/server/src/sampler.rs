@@ -23,6 +23,9 @@ pub struct OpsSampler {
     pub(crate) history: Mutex<History>,
     /// The last sampled view, shared by every open dashboard.
     pub(crate) latest: tokio::sync::watch::Sender<Option<Arc<OpsView>>>,
+    /// The last sampled view as JSON, serialised once per period for every dashboard that
+    /// sees all rooms (set before `latest` changes; empty while no dashboard is open).
+    pub(crate) latest_json: Mutex<Arc<str>>,
 }
 
 impl Default for OpsSampler {
@@ -30,6 +33,7 @@ impl Default for OpsSampler {
         OpsSampler {
             history: Mutex::new(History::new()),
             latest: tokio::sync::watch::Sender::new(None),
+            latest_json: Mutex::new(Arc::from("")),
         }
     }
 }
@@ -61,6 +65,10 @@ pub fn spawn(state: &Arc<AppState>, metrics: Arc<Metrics>) -> JoinHandle<()> {
             let proc = ProcSample::read();
             let mut view = crate::ops::view(&rooms, shell, proc, crate::ops::unix_ms());
             st.ops.history().observe(&mut view, proc, Instant::now());
+            if st.ops.latest.receiver_count() > 0 {
+                let json = serde_json::to_string(&view).unwrap_or_default();
+                *st.ops.latest_json.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(json);
+            }
             st.ops.latest.send_replace(Some(Arc::new(view)));
         }
     })

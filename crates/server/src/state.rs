@@ -40,6 +40,33 @@ pub struct AppState {
     pub(crate) ice_links: Vec<axum::http::HeaderValue>,
     /// Origins allowed to call the APIs from a browser (`http.cors_origins`).
     pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
+    /// `[limits]`.
+    pub(crate) limits: crate::limits::LimitsConfig,
+    /// Refusals by limit (exported as `cabine_limits_refused_total`).
+    pub(crate) refusals: Arc<crate::limits::Refusals>,
+    /// Open `/api/ops/stream` event streams.
+    pub(crate) sse_clients: std::sync::atomic::AtomicUsize,
+    pub(crate) anonymous: Mutex<crate::anon_audit::AnonymousAudit>,
+    /// Media sessions being opened, by identity (see [`AppState::reserve_session`]).
+    pub(crate) opening: Mutex<HashMap<Identity, usize>>,
+}
+
+/// A media session being opened (counted against `limits.sessions_per_identity`).
+pub(crate) struct SessionReservation<'a> {
+    st: &'a AppState,
+    identity: Identity,
+}
+
+impl Drop for SessionReservation<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.st.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = opening.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                opening.remove(&self.identity);
+            }
+        }
+    }
 }
 
 /// The open tracing spans of a session: the session itself and the setup stage in progress
@@ -62,6 +89,8 @@ pub(crate) struct SessionEntry {
     pub(crate) claims: Claims,
     /// WHIP: the video codecs its answer allowed (upper case), for WHEP codec checks.
     pub(crate) video_codecs: Vec<String>,
+    /// Its recent ICE restarts (`limits.ice_restarts_per_minute`).
+    pub(crate) restarts: crate::limits::RateWindow,
 }
 
 impl AppState {
@@ -97,6 +126,14 @@ impl AppState {
                 .iter()
                 .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
                 .collect(),
+            limits: cfg.limits.clone(),
+            refusals: Arc::default(),
+            sse_clients: std::sync::atomic::AtomicUsize::new(0),
+            opening: Mutex::new(HashMap::new()),
+            anonymous: Mutex::new(crate::anon_audit::AnonymousAudit::new(
+                cfg.limits.anonymous_audit_interval,
+                cfg.limits.anonymous_audit_sources.get(),
+            )),
         }
     }
 
@@ -218,6 +255,120 @@ impl AppState {
         );
     }
 
+    /// Refusals by limit, since start.
+    pub fn limit_refusals(&self) -> &Arc<crate::limits::Refusals> {
+        &self.refusals
+    }
+
+    /// Counts a refusal by `limit` and builds its answer.
+    pub(crate) fn refuse(
+        &self,
+        limit: crate::limits::Limit,
+        status: axum::http::StatusCode,
+        message: String,
+        retry_after: Option<u64>,
+    ) -> crate::limits::Refused {
+        self.refusals.count(limit);
+        crate::limits::Refused {
+            limit,
+            status,
+            message,
+            retry_after,
+        }
+    }
+
+    /// Reserves a new media session of `identity`, or refuses it when the identity already
+    /// holds (or is opening) `limits.sessions_per_identity`. Keep the reservation until the
+    /// session is in the session table (or failed): concurrent joins cannot slip past the cap.
+    pub(crate) fn reserve_session(
+        &self,
+        identity: &Identity,
+    ) -> Result<SessionReservation<'_>, crate::limits::Refused> {
+        let max = self.limits.sessions_per_identity.get();
+        // Lock order: reservations, then sessions (nowhere else takes both).
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self
+            .sessions_lock()
+            .values()
+            .filter(|e| &e.identity == identity)
+            .count()
+            + opening.get(identity).copied().unwrap_or(0);
+        if held >= max {
+            drop(opening);
+            return Err(self.refuse(
+                crate::limits::Limit::SessionsPerIdentity,
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this identity already holds {held} media sessions \
+                     (limits.sessions_per_identity = {max}); end one first"
+                ),
+                None,
+            ));
+        }
+        *opening.entry(identity.clone()).or_default() += 1;
+        Ok(SessionReservation {
+            st: self,
+            identity: identity.clone(),
+        })
+    }
+
+    /// Admits an ICE restart of `session`, or refuses it (429) beyond
+    /// `limits.ice_restarts_per_minute`.
+    pub(crate) fn admit_ice_restart(
+        &self,
+        session: SessionId,
+    ) -> Result<(), crate::limits::Refused> {
+        let max = self.limits.ice_restarts_per_minute;
+        let admitted = match self.sessions_lock().get_mut(&session) {
+            Some(e) => e.restarts.admit(
+                std::time::Instant::now(),
+                max.get(),
+                std::time::Duration::from_secs(60),
+            ),
+            None => Ok(()),
+        };
+        admitted.map_err(|wait| {
+            self.refuse(
+                crate::limits::Limit::IceRestartRate,
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many ICE restarts of this session (limits.ice_restarts_per_minute = {max})"
+                ),
+                Some(wait.as_secs().max(1)),
+            )
+        })
+    }
+
+    /// Writes the summaries of anonymous refusals whose interval ended (`all`: every one, at
+    /// shutdown).
+    pub fn flush_anonymous_audit(&self, all: bool) {
+        let summaries = self
+            .anonymous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sweep(std::time::Instant::now(), all);
+        for s in summaries {
+            self.audit_anonymous_summary(&s);
+        }
+    }
+
+    fn audit_anonymous_summary(&self, s: &crate::anon_audit::Summary) {
+        self.audit.record(
+            "refused_anonymous",
+            "-",
+            "-",
+            None,
+            None,
+            &format!(
+                "anonymous_refusals: {} more refused requests without a valid token from {} \
+                 in {} ms (limits.anonymous_audit_interval)",
+                s.count,
+                s.source,
+                s.over.as_millis()
+            ),
+        );
+    }
+
     pub(crate) fn audit_refusal(
         &self,
         room: &str,
@@ -226,6 +377,21 @@ impl AppState {
         peer: SocketAddr,
         e: &AuthError,
     ) {
+        if identity == "-" && role.is_none() {
+            // Anonymous: one line per source and interval, the rest counted.
+            let admission = self
+                .anonymous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refusal(peer.ip(), std::time::Instant::now());
+            if let Some(s) = &admission.summary {
+                self.audit_anonymous_summary(s);
+            }
+            if !admission.write {
+                self.refusals.count(crate::limits::Limit::AnonymousAudit);
+                return;
+            }
+        }
         let role = role.map(|r| r.to_string());
         self.audit.record(
             "refused",

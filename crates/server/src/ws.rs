@@ -68,13 +68,106 @@ struct Member {
     wants_subscribe: bool,
     from: Option<Identity>,
     /// The socket writer; `None` while disconnected.
-    tx: Option<mpsc::UnboundedSender<String>>,
+    tx: Option<Outbox>,
     /// Messages for the participant while its socket is away.
     backlog: Vec<String>,
     /// The id of the last offer put in the backlog.
     queued_offer: Option<u64>,
     /// Increases each time a socket takes the session; a grace timer ends only its epoch.
     epoch: u64,
+}
+
+/// The way to one socket's writer: a bounded queue (`limits.ws_queue`) and how to close it.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<String>,
+    ctl: Arc<SocketCtl>,
+}
+
+struct SocketCtl {
+    /// Set to close the socket at once (slow reader, message rate), with this close frame.
+    kill: tokio::sync::watch::Sender<Option<(u16, String)>>,
+    /// The close frame sent after the queue drained, on a normal end.
+    close: Mutex<Option<(u16, String)>>,
+    refusals: Arc<crate::limits::Refusals>,
+}
+
+/// Close code for a limit (RFC 6455 1008, policy violation).
+const POLICY: u16 = 1008;
+
+/// A message that could not be queued: the socket is gone or being closed.
+struct Gone;
+
+impl Outbox {
+    fn new(
+        capacity: usize,
+        refusals: Arc<crate::limits::Refusals>,
+    ) -> (Outbox, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let ctl = Arc::new(SocketCtl {
+            kill: tokio::sync::watch::Sender::new(None),
+            close: Mutex::new(None),
+            refusals,
+        });
+        (Outbox { tx, ctl }, rx)
+    }
+
+    /// An outbox whose socket is gone (timers that must not hold a writer open).
+    fn gone() -> Outbox {
+        Outbox::new(1, Arc::default()).0
+    }
+
+    /// Queues a message; a client that let the queue fill is closed (it does not read).
+    fn send(&self, text: String) -> Result<(), Gone> {
+        match self.tx.try_send(text) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kill(
+                    crate::limits::Limit::WsQueue,
+                    "outbound queue full: the client does not read its messages (limits.ws_queue)",
+                );
+                Err(Gone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        }
+    }
+
+    /// Queues a message, waiting (boundedly) for room: a backlog handed to a resumed socket.
+    async fn send_wait(&self, text: String) -> Result<(), Gone> {
+        match tokio::time::timeout(Duration::from_secs(5), self.tx.send(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                self.kill(
+                    crate::limits::Limit::WsQueue,
+                    "outbound queue full: the client does not read its messages (limits.ws_queue)",
+                );
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Closes the socket at once with a policy close frame naming `limit`.
+    fn kill(&self, limit: crate::limits::Limit, reason: &str) {
+        // Counted before the writer can see the flag and close the socket.
+        self.ctl.kill.send_if_modified(|k| {
+            if k.is_some() {
+                return false;
+            }
+            self.ctl.refusals.count(limit);
+            *k = Some((POLICY, reason.to_owned()));
+            true
+        });
+    }
+
+    /// The close frame to send once the queued messages are written.
+    fn close_with(&self, code: u16, reason: &str) {
+        *self.ctl.close.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_owned()));
+    }
+
+    fn killed(&self) -> tokio::sync::watch::Receiver<Option<(u16, String)>> {
+        self.ctl.kill.subscribe()
+    }
 }
 
 /// The query of `GET /ws/{room}`.
@@ -205,16 +298,15 @@ pub async fn handler(
 }
 
 async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let writer = tokio::spawn(async move {
-        while let Some(text) = rx.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = Outbox::new(st.limits.ws_queue.get(), Arc::clone(&st.refusals));
+    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&tx.ctl)));
+    let mut killed = tx.killed();
+    let mut bucket = crate::limits::TokenBucket::new(
+        st.limits.ws_messages_per_second,
+        st.limits.ws_message_burst,
+        std::time::Instant::now(),
+    );
     let conn = Conn {
         st: Arc::clone(&st),
         room,
@@ -222,7 +314,11 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
         peer,
         tx: tx.clone(),
     };
-    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_text(&mut stream)).await;
+    let first = tokio::time::timeout(
+        FIRST_MESSAGE_TIMEOUT,
+        next_text(&mut stream, &mut bucket, &tx),
+    )
+    .await;
     let started = match first {
         Ok(Some(text)) => match signal::parse_client(&text) {
             Ok(ClientMsg::Join { subscribe, from }) => conn.join(subscribe, from).await,
@@ -253,7 +349,12 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
         }
     };
     let mut left = false;
-    while let Some(text) = next_text(&mut stream).await {
+    loop {
+        let text = tokio::select! {
+            t = next_text(&mut stream, &mut bucket, &tx) => t,
+            _ = killed.wait_for(Option::is_some) => None,
+        };
+        let Some(text) = text else { break };
         match signal::parse_client(&text) {
             Ok(ClientMsg::Leave) => {
                 left = true;
@@ -277,14 +378,75 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
     let _ = writer.await;
 }
 
-/// The next text frame; `None` when the socket closed or failed.
-async fn next_text(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Option<String> {
+/// The next text frame; `None` when the socket closed or failed, or the client sent frames
+/// faster than `limits.ws_messages_per_second` allows (it is then closed).
+async fn next_text(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    bucket: &mut crate::limits::TokenBucket,
+    tx: &Outbox,
+) -> Option<String> {
     loop {
-        match stream.next().await? {
+        let frame = stream.next().await?;
+        if !matches!(frame, Ok(Message::Close(_)) | Err(_))
+            && !bucket.take(std::time::Instant::now())
+        {
+            tx.kill(
+                crate::limits::Limit::WsMessageRate,
+                "too many messages (limits.ws_messages_per_second)",
+            );
+            return None;
+        }
+        match frame {
             Ok(Message::Text(t)) => return Some(t.to_string()),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
+    }
+}
+
+/// Writes the queued messages, then the close frame; a kill (a limit) closes at once.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<String>,
+    ctl: Arc<SocketCtl>,
+) {
+    use axum::extract::ws::CloseFrame;
+    let mut killed = ctl.kill.subscribe();
+    let frame = |(code, reason): (u16, String)| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    };
+    loop {
+        let text = tokio::select! {
+            biased;
+            _ = killed.wait_for(Option::is_some) => break,
+            t = rx.recv() => t,
+        };
+        let Some(text) = text else {
+            let close = ctl.close.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match close {
+                Some(c) => {
+                    let _ = sink.send(frame(c)).await;
+                }
+                None => {
+                    let _ = sink.close().await;
+                }
+            }
+            return;
+        };
+        tokio::select! {
+            biased;
+            _ = killed.wait_for(Option::is_some) => break,
+            r = sink.send(Message::Text(text.into())) => if r.is_err() { return },
+        }
+    }
+    // Killed: the client may not read, so the close frame gets a moment, then the socket goes.
+    rx.close();
+    let close = ctl.kill.borrow().clone();
+    if let Some(c) = close {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame(c))).await;
     }
 }
 
@@ -294,7 +456,7 @@ struct Conn {
     room: RoomId,
     claims: Claims,
     peer: SocketAddr,
-    tx: mpsc::UnboundedSender<String>,
+    tx: Outbox,
 }
 
 type Started = Result<(String, u64), (&'static str, String)>;
@@ -322,22 +484,34 @@ impl Conn {
             None => None,
         };
         let token = random_token(24);
-        self.hub().lock().members.insert(
-            token.clone(),
-            Member {
-                room: self.room.clone(),
-                identity: self.claims.sub.clone(),
-                role: self.claims.role,
-                publish: None,
-                subscribe: None,
-                wants_subscribe: false,
-                from,
-                tx: Some(self.tx.clone()),
-                backlog: Vec::new(),
-                queued_offer: None,
-                epoch: 0,
-            },
-        );
+        let refused = {
+            let mut inner = self.hub().lock();
+            let fits = self.member_limits(&inner);
+            if fits.is_ok() {
+                inner.members.insert(
+                    token.clone(),
+                    Member {
+                        room: self.room.clone(),
+                        identity: self.claims.sub.clone(),
+                        role: self.claims.role,
+                        publish: None,
+                        subscribe: None,
+                        wants_subscribe: false,
+                        from,
+                        tx: Some(self.tx.clone()),
+                        backlog: Vec::new(),
+                        queued_offer: None,
+                        epoch: 0,
+                    },
+                );
+            }
+            fits.err()
+        };
+        if let Some((limit, message)) = refused {
+            self.st.refusals.count(limit);
+            self.tx.close_with(POLICY, limit.as_str());
+            return Err(("limit", message));
+        }
         let me = participant(&self.claims.sub, self.claims.role);
         self.reply(&ServerMsg::Welcome {
             resume: token.clone(),
@@ -359,6 +533,33 @@ impl Conn {
             self.subscribe(&token).await;
         }
         Ok((token, 0))
+    }
+
+    /// Whether one more member fits `limits.ws_members_per_room` and
+    /// `limits.ws_members_per_identity` (members away within their grace period count).
+    fn member_limits(&self, inner: &HubInner) -> Result<(), (crate::limits::Limit, String)> {
+        let limits = &self.st.limits;
+        let (mut in_room, mut mine) = (0, 0);
+        for m in inner.members.values() {
+            in_room += usize::from(m.room == self.room);
+            mine += usize::from(m.identity == self.claims.sub);
+        }
+        if in_room >= limits.ws_members_per_room.get() {
+            return Err((
+                crate::limits::Limit::WsMembersPerRoom,
+                format!("the room has {in_room} signalling members (limits.ws_members_per_room)"),
+            ));
+        }
+        if mine >= limits.ws_members_per_identity.get() {
+            return Err((
+                crate::limits::Limit::WsMembersPerIdentity,
+                format!(
+                    "this identity already has {mine} signalling sessions \
+                     (limits.ws_members_per_identity); leave one first"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn resume(&self, token: &str) -> Started {
@@ -404,7 +605,9 @@ impl Conn {
             participants: self.hub().participants(&self.room, token),
         });
         for text in backlog {
-            let _ = self.tx.send(text);
+            if self.tx.send_wait(text).await.is_err() {
+                break;
+            }
         }
         self.hub().broadcast(
             &self.room,
@@ -446,6 +649,10 @@ impl Conn {
             };
             m.wants_subscribe = true;
             m.from.clone()
+        };
+        let _reservation = match self.st.reserve_session(&self.claims.sub) {
+            Ok(r) => r,
+            Err(refused) => return self.reply(&error("limit", &refused.message)),
         };
         let session = SessionId(rand::rng().random());
         let ice_ufrag = random_token(8);
@@ -527,6 +734,9 @@ impl Conn {
                 let Some(session) = session else {
                     return self.reply(&error("no_session", "no subscribe connection to restart"));
                 };
+                if let Err(refused) = self.st.admit_ice_restart(session) {
+                    return self.reply(&error("limit", &refused.message));
+                }
                 match self
                     .st
                     .sfu
@@ -598,6 +808,10 @@ impl Conn {
                     self.st.count_refusal("draining");
                     return self.reply(&error("draining", "this node is shutting down"));
                 }
+                let _reservation = match self.st.reserve_session(&self.claims.sub) {
+                    Ok(r) => r,
+                    Err(refused) => return self.reply(&error("limit", &refused.message)),
+                };
                 let session = SessionId(rand::rng().random());
                 let ice_ufrag = random_token(8);
                 let req = JoinRequest {
@@ -654,6 +868,7 @@ impl Conn {
                 claims: self.claims.clone(),
                 // Known from the media once it flows (the WHEP codec check reads it there).
                 video_codecs: Vec::new(),
+                restarts: Default::default(),
             },
         );
         self.st.joins.fetch_add(1, Ordering::Relaxed);
@@ -732,7 +947,7 @@ impl Conn {
             room: self.room.clone(),
             claims: self.claims.clone(),
             peer: self.peer,
-            tx: mpsc::unbounded_channel().0,
+            tx: Outbox::gone(),
         };
         let token = token.to_owned();
         tokio::spawn(async move {

@@ -63,7 +63,11 @@ pub(crate) fn authorize(
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
     )
-    .inspect_err(|e| st.count_refusal(e.reason()))?;
+    .inspect_err(|e| {
+        // Audited like on /ws (aggregated per source: see `crate::anon_audit`).
+        st.count_refusal(e.reason());
+        st.audit_refusal(room.as_str(), "-", None, peer, e);
+    })?;
     st.tokens
         .authorize(token, room, grant, action)
         .map_err(|e| {

@@ -6,12 +6,15 @@
 //! none in common with what the room publishes), 503 draining or full. Every 401 carries
 //! `WWW-Authenticate: Bearer`; pages of the origins in `http.cors_origins` may call every route
 //! ([`cors`]).
+//! A refusal by a limit ([`crate::limits`]) is 429 (this client's share) or 503 (the
+//! node's) with a JSON body naming the `limits.*` key.
 
 pub mod cors;
 pub mod guard;
 pub mod ops;
 pub mod pages;
 pub mod sdpfrag;
+pub mod serve;
 pub mod whip;
 
 use std::sync::atomic::Ordering;

@@ -144,6 +144,11 @@ pub(crate) async fn ops_stream(
         peer,
         "see the operators' view (operator only)",
     )?;
+    let slot = SseSlot::take(&st).map_err(|r| r.into_response());
+    let slot = match slot {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
     // The first event is a fresh view with the history behind it (sparklines from the first
     // paint); the following ones are the sampler's, one per period, shared by every dashboard.
     let mut first = ops_view(&st, &claims).await?;
@@ -158,12 +163,12 @@ pub(crate) async fn ops_stream(
     let mut rx = st.ops.latest.subscribe();
     rx.mark_unchanged();
     let stream = futures_util::stream::unfold(
-        (st, claims, rx, Some(first)),
-        |(st, claims, mut rx, first)| async move {
+        (st, claims, rx, Some(first), slot),
+        |(st, claims, mut rx, first, slot)| async move {
             if let Some(event) = first {
                 return Some((
                     Ok::<_, std::convert::Infallible>(event),
-                    (st, claims, rx, None),
+                    (st, claims, rx, None, slot),
                 ));
             }
             loop {
@@ -180,17 +185,51 @@ pub(crate) async fn ops_stream(
                 let latest = rx.borrow_and_update().clone();
                 let Some(view) = latest else { continue };
                 let event = if claims.room == "*" {
-                    ops_event(&view)
+                    let json =
+                        Arc::clone(&st.ops.latest_json.lock().unwrap_or_else(|p| p.into_inner()));
+                    if json.is_empty() {
+                        ops_event(&view)
+                    } else {
+                        axum::response::sse::Event::default()
+                            .event("view")
+                            .data(&*json)
+                    }
                 } else {
                     ops_event(&view.for_room(&claims.room))
                 };
-                return Some((Ok(event), (st, claims, rx, None)));
+                return Some((Ok(event), (st, claims, rx, None, slot)));
             }
         },
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One of the `limits.sse_clients` event streams, given back when the stream ends.
+struct SseSlot(Arc<AppState>);
+
+impl SseSlot {
+    fn take(st: &Arc<AppState>) -> Result<SseSlot, crate::limits::Refused> {
+        let max = st.limits.sse_clients.get();
+        let open = st.sse_clients.fetch_add(1, Ordering::AcqRel);
+        if open >= max {
+            st.sse_clients.fetch_sub(1, Ordering::AcqRel);
+            return Err(st.refuse(
+                crate::limits::Limit::SseClients,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{open} operator event streams are open (limits.sse_clients = {max})"),
+                Some(5),
+            ));
+        }
+        Ok(SseSlot(Arc::clone(st)))
+    }
+}
+
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        self.0.sse_clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn ops_event(view: &crate::ops::OpsView) -> axum::response::sse::Event {

@@ -115,6 +115,11 @@ async fn create_session(
             "this node is shutting down; retry on another node",
         ));
     }
+    // Held until the session is in the table (or refused).
+    let _reservation = match st.reserve_session(&claims.sub) {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     check_content_type(headers, "application/sdp")?;
     let offer = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))?;
@@ -185,6 +190,7 @@ async fn create_session(
                 SessionKind::Publish => sdp::codecs(&joined.answer, "video"),
                 SessionKind::Subscribe => Vec::new(),
             },
+            restarts: Default::default(),
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +329,9 @@ pub(crate) async fn patch_session(
     })?;
     if let (Some(ufrag), Some(pass)) = (frag.ufrag, frag.pwd) {
         if ufrag != entry.client_ufrag {
+            if let Err(refused) = st.admit_ice_restart(id) {
+                return Ok(refused.into_response());
+            }
             let remote = str0m::IceCreds { ufrag, pass };
             return ice_restart(&st, room, id, entry, &actor, remote, peer).await;
         }

@@ -169,14 +169,16 @@ async fn audit_log_records_join_refusal_leave_and_survives_kill_9() {
         .unwrap()
         .contains("forbidden_role"));
 
-    // Hammer it with refusals and kill -9 in the middle.
+    // Hammer it with refusals and kill -9 in the middle. Identified refusals (an observer may
+    // not publish): anonymous ones are aggregated per source (see the abuse tests).
     let hammer = tokio::spawn({
         let base = base.clone();
+        let observer = observer.clone();
         async move {
             for _ in 0..400 {
                 let _ = post_sdp(
                     &format!("{base}/whip/room-audit"),
-                    Some("bad.token.here"),
+                    Some(&observer),
                     "application/sdp",
                     "v=0".into(),
                 )

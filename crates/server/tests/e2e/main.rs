@@ -8,6 +8,7 @@
 
 mod common;
 
+mod abuse;
 mod audit;
 mod bad_input;
 mod browser;
