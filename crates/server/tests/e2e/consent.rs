@@ -70,7 +70,14 @@ async fn a_kiosk_session_with_flowing_media_lasts_past_the_consent_window() {
             ),
         }
     }
-    assert!(packets > 1500, "{packets} packets in 38 s");
+    // The check is that media never stopped for 3 s (the loop above): str0m's lite agent used
+    // to drop the path ~25 s in. How many packets a loaded machine's debug encoder produced is
+    // not the point, so no count is asserted beyond "it kept coming past the window".
+    assert!(
+        last.duration_since(start) >= Duration::from_secs(35),
+        "the last of {packets} packets came {:.1} s in",
+        last.duration_since(start).as_secs_f64()
+    );
     let rooms = s.server.sfu().snapshot().await.unwrap();
     let sessions = &rooms
         .iter()
