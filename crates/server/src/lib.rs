@@ -114,6 +114,7 @@ impl Server {
                 initial_bitrate: Bitrate::kbps(cfg.media.initial_bitrate_kbps),
                 disconnect_grace: cfg.media.disconnect_grace,
                 max_sessions: cfg.media.max_sessions_per_room,
+                rtx_history: cfg.media.rtx_history,
                 ..RoomConfig::default()
             },
         })?;
