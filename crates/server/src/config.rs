@@ -105,6 +105,9 @@ pub struct MediaConfig {
     pub connect_timeout: Duration,
     /// Initial bandwidth estimate per subscriber, kbit/s.
     pub initial_bitrate_kbps: u64,
+    /// How long each subscriber's sent video is kept for retransmission (NACK → RTX).
+    #[serde(with = "humantime_serde")]
+    pub rtx_history: Duration,
 }
 
 /// `[auth]`.

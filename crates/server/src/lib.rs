@@ -134,6 +134,7 @@ impl Server {
                 disconnect_grace: cfg.media.disconnect_grace,
                 connect_timeout: cfg.media.connect_timeout,
                 max_sessions: cfg.media.max_sessions_per_room,
+                rtx_history: cfg.media.rtx_history,
                 ..RoomConfig::default()
             },
         })?;

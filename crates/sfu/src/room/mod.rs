@@ -130,7 +130,15 @@ pub struct RoomConfig {
     pub keyframe_interval: Duration,
     /// Most sessions (publish + subscribe) in one room.
     pub max_sessions: usize,
+    /// How long a subscriber's sent video stays available for retransmission (NACK → RTX);
+    /// at most [`RTX_HISTORY_MAX_PACKETS`] packets per stream are kept.
+    pub rtx_history: Duration,
 }
+
+/// Most packets kept for retransmission per outgoing video stream, whatever
+/// [`RoomConfig::rtx_history`] says: about 1 s of a 10 Mbit/s stream, and a bound on the memory
+/// one stream can hold (about 1.2 MB of payload).
+pub const RTX_HISTORY_MAX_PACKETS: usize = 1_000;
 
 impl Default for RoomConfig {
     fn default() -> Self {
@@ -141,6 +149,11 @@ impl Default for RoomConfig {
             connect_timeout: Duration::from_secs(20),
             keyframe_interval: Duration::from_millis(500),
             max_sessions: 16,
+            // Two NACK rounds on a path with 300 ms of queueing (the narrow link of
+            // tests/pause.rs: a retransmission that is lost again is asked for ~0.65 s later);
+            // 1 s allowed only one and left that test's device camera paused. str0m keeps 3 s,
+            // i.e. ~560 KB of payload for each 1.5 Mbit/s camera.
+            rtx_history: Duration::from_millis(1500),
         }
     }
 }
@@ -408,6 +421,7 @@ impl Room {
                     }
                 }
                 for (mid, kind, _, _) in usable {
+                    bound_rtx_history(&mut session.rtc, mid, kind, self.cfg.rtx_history);
                     session.outs.push(Out {
                         mid,
                         kind,
@@ -564,6 +578,22 @@ impl Track {
             .unwrap_or_else(|| clock_rate(self.kind))
     }
 }
+
+/// Keeps the sent video of a subscriber's m-line for `history` (at most
+/// [`RTX_HISTORY_MAX_PACKETS`]) for retransmission, instead of str0m's 3 s. Audio is sent
+/// non-nackable and keeps nothing. Called once, when the m-line's stream is created (it empties
+/// the history).
+fn bound_rtx_history(rtc: &mut Rtc, mid: Mid, kind: MediaKind, history: Duration) {
+    if kind != MediaKind::Video {
+        return;
+    }
+    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+        tx.set_rtx_cache(RTX_HISTORY_MAX_PACKETS, history, RTX_RATIO_CAP);
+    }
+}
+
+/// str0m's default cap on the share of retransmissions in a stream's bytes, kept as is.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 
 fn kind_str(kind: MediaKind) -> &'static str {
     match kind {

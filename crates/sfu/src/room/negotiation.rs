@@ -11,8 +11,9 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::{
-    clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output, Room, Session,
-    SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo, TELEMETRY_LABEL,
+    bound_rtx_history, clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output,
+    Room, Session, SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo,
+    TELEMETRY_LABEL,
 };
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
@@ -183,6 +184,7 @@ impl Room {
         }
         s.dirty = true;
         for (mid, kind, track) in pending.adds {
+            bound_rtx_history(&mut s.rtc, mid, kind, self.cfg.rtx_history);
             let mut forwarder = Forwarder::new(clock_rate(kind), 0);
             forwarder.set_target(0);
             s.outs.push(Out {
