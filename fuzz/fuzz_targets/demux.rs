@@ -7,8 +7,8 @@ fuzz_target!(|data: &[u8]| {
     let mut d: Demux<u8> = Demux::default();
     d.register("srv1".into(), 1);
     let src = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
-    if let Ok(k) = d.route(src, data) {
-        assert_eq!(k, 1);
+    if let Ok(r) = d.route(src, data) {
+        assert_eq!(r.key, 1);
     }
     let _ = d.route(src, data);
 });

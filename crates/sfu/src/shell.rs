@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::demux::{Demux, Unrouted};
+use crate::demux::{Challenge, Demux, Unrouted};
 use crate::room::{
     DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
     Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
@@ -121,6 +121,14 @@ pub struct ShellCounters {
     pub send_errors: AtomicU64,
     /// Telemetry messages for a room dropped because its worker's queue was full.
     pub data_dropped: AtomicU64,
+    /// Binding requests routed by ufrag from an address their session has not proven yet.
+    pub stun_challenges: AtomicU64,
+    /// Gauge: sessions in the routing table.
+    pub routed_sessions: AtomicU64,
+    /// Gauge: ICE ufrags in the routing table.
+    pub routed_ufrags: AtomicU64,
+    /// Gauge: source addresses in the routing table.
+    pub routed_addresses: AtomicU64,
 }
 
 /// A readable copy of [`ShellCounters`].
@@ -146,6 +154,14 @@ pub struct ShellStats {
     pub send_errors: u64,
     /// Telemetry messages dropped on a full worker queue.
     pub data_dropped: u64,
+    /// Binding requests from addresses not proven yet (routed for checking, not learned).
+    pub stun_challenges: u64,
+    /// Sessions in the routing table now.
+    pub routed_sessions: u64,
+    /// ICE ufrags in the routing table now (one per session: old ones go on ICE restart).
+    pub routed_ufrags: u64,
+    /// Source addresses in the routing table now (learned only once authenticated).
+    pub routed_addresses: u64,
 }
 
 /// Something that happened in the media plane that the server should know (audit, bookkeeping).
@@ -203,6 +219,8 @@ type Key = (usize, SessionId);
 enum Control {
     Register(String, Key),
     Unregister(Key),
+    /// The session answered a binding request from this address: str0m authenticated it.
+    Learn(SocketAddr, Key),
 }
 
 enum Msg {
@@ -212,6 +230,7 @@ enum Msg {
         buf: Vec<u8>,
         len: usize,
         at: Instant,
+        challenge: Option<Challenge>,
     },
     Join {
         room: RoomId,
@@ -325,6 +344,7 @@ impl Sfu {
                     control: control_tx.clone(),
                     events: events_tx.clone(),
                     sessions: HashMap::new(),
+                    challenge: None,
                 },
                 pool: pool_tx.clone(),
                 last_now: Instant::now(),
@@ -582,6 +602,10 @@ impl Sfu {
             queue_full: r(&c.queue_full),
             send_errors: r(&c.send_errors),
             data_dropped: r(&c.data_dropped),
+            stun_challenges: r(&c.stun_challenges),
+            routed_sessions: r(&c.routed_sessions),
+            routed_ufrags: r(&c.routed_ufrags),
+            routed_addresses: r(&c.routed_addresses),
         }
     }
 
@@ -657,8 +681,15 @@ impl Receiver_ {
             self.counters
                 .bytes_in
                 .fetch_add(len as u64, Ordering::Relaxed);
-            let (worker, session) = match self.demux.route(source, &buf[..len]) {
-                Ok(k) => k,
+            let (worker, session, challenge) = match self.demux.route(source, &buf[..len]) {
+                Ok(r) => {
+                    if r.challenge.is_some() {
+                        self.counters
+                            .stun_challenges
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    (r.key.0, r.key.1, r.challenge)
+                }
                 Err(why) => {
                     let c = match why {
                         Unrouted::UnknownSource => &self.counters.unknown_source,
@@ -679,6 +710,7 @@ impl Receiver_ {
                 buf: full,
                 len,
                 at,
+                challenge,
             };
             match self.workers[worker].try_send(msg) {
                 Ok(()) => {}
@@ -698,12 +730,25 @@ impl Receiver_ {
     }
 
     fn apply_control(&mut self) {
+        let mut changed = false;
         loop {
-            match self.control.try_recv() {
+            let control = self.control.try_recv();
+            changed |= control.is_ok();
+            match control {
                 Ok(Control::Register(ufrag, key)) => self.demux.register(ufrag, key),
                 Ok(Control::Unregister(key)) => self.demux.unregister(key),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+                Ok(Control::Learn(addr, key)) => {
+                    self.demux.learn(addr, key);
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
+        }
+        if changed {
+            let c = &self.counters;
+            let set = |g: &AtomicU64, v: usize| g.store(v as u64, Ordering::Relaxed);
+            set(&c.routed_sessions, self.demux.len());
+            set(&c.routed_ufrags, self.demux.ufrags());
+            set(&c.routed_addresses, self.demux.addresses());
         }
     }
 }
@@ -729,6 +774,9 @@ struct Outlet {
     events: Sender<SfuEvent>,
     /// Which room holds each session of this worker.
     sessions: HashMap<SessionId, RoomId>,
+    /// The binding request from an unproven address being handled, and its session: answered
+    /// with a success, the address is learned (before the answer leaves).
+    challenge: Option<(Challenge, SessionId)>,
 }
 
 /// What draining a room produced that the worker acts on.
@@ -799,6 +847,7 @@ impl Worker {
                 buf,
                 len,
                 at,
+                challenge,
             } => {
                 let now = self.now();
                 let destination = self.out.socket.local_addr().unwrap_or(self.cfg.candidate);
@@ -809,7 +858,10 @@ impl Worker {
                     .and_then(|id| self.rooms.get_mut(id));
                 if let Some(room) = room {
                     room.handle_datagram(now, at, session, source, destination, &buf[..len]);
-                    if self.out.drain(room, None).ended && room.is_empty() {
+                    self.out.challenge = challenge.map(|c| (c, session));
+                    let ended = self.out.drain(room, None).ended;
+                    self.out.challenge = None;
+                    if ended && room.is_empty() {
                         let id = room.id().clone();
                         self.close_if_empty(&id);
                     }
@@ -1015,7 +1067,16 @@ impl Outlet {
         let mut drained = Drained::default();
         loop {
             match room.poll_output() {
-                Output::Transmit(t) => send_to(&self.socket, &self.counters, &t),
+                Output::Transmit(t) => {
+                    if let Some((c, session)) = self.challenge {
+                        if c.is_answered_by(t.destination, &t.contents) {
+                            let _ = self
+                                .control
+                                .send(Control::Learn(c.source, (self.index, session)));
+                        }
+                    }
+                    send_to(&self.socket, &self.counters, &t)
+                }
                 Output::Offer(offer)
                     if drained.claimed.is_none() && claim == Some(offer.session) =>
                 {

@@ -5,6 +5,7 @@
 mod common;
 
 mod garbage;
+mod loopback;
 mod output;
 mod pause;
 mod renegotiation;
