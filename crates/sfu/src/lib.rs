@@ -29,6 +29,7 @@
 //! takes no lock.
 
 pub mod codec;
+pub mod deadlines;
 pub mod demux;
 pub mod forwarder;
 pub mod pause;
@@ -37,6 +38,7 @@ pub mod sdp;
 pub mod shell;
 pub mod simulcast;
 pub mod stats;
+pub mod udp;
 
 pub use room::{
     JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Output,

@@ -1,13 +1,18 @@
-//! The thin threaded shell around the sans-IO rooms: one UDP socket, one receive thread, and
-//! worker threads that each own a shard of the rooms.
+//! The thin threaded shell around the sans-IO rooms: one UDP socket, and worker threads that
+//! each own a shard of the rooms.
 //!
-//! - The receive thread reads datagrams into pooled buffers, routes them with the [`Demux`]
-//!   table and hands them to the owning worker over a bounded channel. It never blocks on a
-//!   worker: when a worker's queue is full the datagram is dropped and counted.
-//! - A worker waits for datagrams and commands until its rooms' earliest timeout, gives each
-//!   to its room, drains the room's [`Output`]s (datagrams onto the shared socket, offers,
-//!   progress, data and ended sessions to the server's event queue) and returns buffers to
-//!   the pool.
+//! - The I/O thread reads datagrams in batches (`recvmmsg`, see [`udp`](crate::udp)) and
+//!   routes them with the [`Demux`] table. It runs worker 0 itself: that worker's datagrams are
+//!   handled where they were read, with no hand-off. Every other worker's datagrams from one
+//!   read go to it in one message (one wake-up per read, not per datagram); when its queue is
+//!   full they are dropped and counted.
+//! - A worker gives each datagram, timeout (from an earliest-deadline queue, not a scan of its
+//!   rooms) and command to its room, drains the room's [`Output`]s (datagrams into a send batch
+//!   flushed with `sendmmsg` once per turn, offers, progress, data and ended sessions to the
+//!   server's event queue).
+//! - The routing table belongs to the I/O thread; workers change it through a control queue
+//!   (registrations, and addresses learned once str0m answered their binding request) and wake
+//!   it. Changes are queued before the datagram that depends on them is sent.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
 
@@ -19,26 +24,27 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cabine_proto::RoomId;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::deadlines::Deadlines;
 use crate::demux::{Challenge, Demux, Unrouted};
 use crate::room::{
     DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
     Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 use crate::stats::DelayHistogram;
+pub use crate::udp::MAX_DATAGRAM;
+use crate::udp::{self, RecvBatch, SendBatch, WakeSignal, Waker, BATCH};
 
-/// Largest datagram read from the socket (larger ones are truncated by the kernel and refused).
-pub const MAX_DATAGRAM: usize = 2048;
-
-/// Datagrams queued per worker before the receive thread starts dropping.
-pub const WORKER_QUEUE: usize = 8192;
+/// Messages (batches of up to 32 datagrams, or commands) queued per worker before the I/O
+/// thread starts dropping datagrams for it.
+pub const WORKER_QUEUE: usize = 1024;
 
 /// Settings of the media plane.
 #[derive(Debug, Clone)]
@@ -208,6 +214,8 @@ pub struct Sfu {
 struct Inner {
     local: SocketAddr,
     workers: Vec<Sender<Msg>>,
+    /// Wakes the I/O thread (which also runs worker 0) for its commands.
+    waker: Waker,
     counters: Arc<ShellCounters>,
     stop: Arc<AtomicBool>,
     events: Receiver<SfuEvent>,
@@ -216,6 +224,7 @@ struct Inner {
 
 type Key = (usize, SessionId);
 
+/// Changes to the routing table, from the workers to the I/O thread that owns it.
 enum Control {
     Register(String, Key),
     Unregister(Key),
@@ -224,14 +233,8 @@ enum Control {
 }
 
 enum Msg {
-    Datagram {
-        session: SessionId,
-        source: SocketAddr,
-        buf: Vec<u8>,
-        len: usize,
-        at: Instant,
-        challenge: Option<Challenge>,
-    },
+    /// Datagrams the I/O thread read for this worker's sessions.
+    Batch(Batch),
     Join {
         room: RoomId,
         req: Box<JoinRequest>,
@@ -286,17 +289,42 @@ enum Msg {
     Stop,
 }
 
+/// Datagrams handed to a worker in one message: their bytes back to back, and where each ends.
+struct Batch {
+    data: Vec<u8>,
+    items: Vec<Item>,
+    /// When they were read from the socket.
+    at: Instant,
+}
+
+struct Item {
+    session: SessionId,
+    source: SocketAddr,
+    /// End of this datagram in `data` (it starts where the previous one ends).
+    end: usize,
+    challenge: Option<Challenge>,
+}
+
+impl Batch {
+    fn new(at: Instant) -> Self {
+        Batch {
+            data: Vec::with_capacity(BATCH * 1500),
+            items: Vec::with_capacity(BATCH),
+            at,
+        }
+    }
+}
+
 impl Sfu {
-    /// Binds the media socket and starts the receive thread and the workers.
+    /// Binds the media socket and starts the I/O thread (which also runs worker 0) and the
+    /// other workers.
     pub fn start(mut cfg: SfuConfig) -> Result<Sfu, SfuError> {
-        let socket = UdpSocket::bind(cfg.bind).map_err(|source| SfuError::Bind {
+        let bind_err = |source| SfuError::Bind {
             addr: cfg.bind,
             source,
-        })?;
-        let local = socket.local_addr().map_err(|source| SfuError::Bind {
-            addr: cfg.bind,
-            source,
-        })?;
+        };
+        let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
+        let local = socket.local_addr().map_err(bind_err)?;
         let advertise = match cfg.advertise {
             Some(mut a) => {
                 if a.port() == 0 {
@@ -310,13 +338,6 @@ impl Sfu {
             return Err(SfuError::Unadvertisable(advertise));
         }
         cfg.room.candidate = advertise;
-        // A short read timeout lets the receive thread notice shutdown and registrations.
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .map_err(|source| SfuError::Bind {
-                addr: cfg.bind,
-                source,
-            })?;
         let socket = Arc::new(socket);
         let n = if cfg.workers == 0 {
             thread::available_parallelism().map_or(1, |n| n.get())
@@ -325,64 +346,76 @@ impl Sfu {
         };
         let counters = Arc::new(ShellCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let (waker, signal) = udp::waker().map_err(bind_err)?;
         let (control_tx, control_rx) = bounded::<Control>(65_536);
-        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(WORKER_QUEUE * n + 64);
+        let (pool_tx, pool_rx) = bounded::<Batch>(WORKER_QUEUE * n);
         let (events_tx, events_rx) = bounded::<SfuEvent>(4096);
         let mut workers = Vec::new();
-        let mut threads = Vec::new();
-        for w in 0..n {
+        let mut receivers = Vec::new();
+        for _ in 0..n {
             let (tx, rx) = bounded::<Msg>(WORKER_QUEUE);
             workers.push(tx);
-            let worker = Worker {
-                rx,
-                cfg: cfg.room.clone(),
-                rooms: HashMap::new(),
-                out: Outlet {
-                    index: w,
-                    socket: Arc::clone(&socket),
-                    counters: Arc::clone(&counters),
-                    control: control_tx.clone(),
-                    events: events_tx.clone(),
-                    sessions: HashMap::new(),
-                    challenge: None,
-                },
-                pool: pool_tx.clone(),
-                last_now: Instant::now(),
-                closed_delay: DelayHistogram::default(),
-            };
+            receivers.push(rx);
+        }
+        let new_worker = |index: usize| Worker {
+            cfg: cfg.room.clone(),
+            local,
+            rooms: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            deadlines: Deadlines::default(),
+            out: Outlet {
+                index,
+                socket: Arc::clone(&socket),
+                send: SendBatch::default(),
+                counters: Arc::clone(&counters),
+                control: control_tx.clone(),
+                waker: (index != 0).then(|| waker.clone()),
+                events: events_tx.clone(),
+                sessions: HashMap::new(),
+                challenge: None,
+            },
+            last_now: Instant::now(),
+            closed_delay: DelayHistogram::default(),
+        };
+        let mut threads = Vec::new();
+        let mut receivers = receivers.into_iter();
+        let rx0 = receivers.next().ok_or(SfuError::Stopped)?;
+        let io = Io {
+            worker: new_worker(0),
+            rx: rx0,
+            socket: Arc::clone(&socket),
+            signal,
+            demux: Demux::default(),
+            control: control_rx,
+            workers: workers.clone(),
+            pending: (0..n).map(|_| None).collect(),
+            pool: pool_rx,
+            recv: RecvBatch::default(),
+            counters: Arc::clone(&counters),
+        };
+        for (i, rx) in receivers.enumerate() {
+            let worker = new_worker(i + 1);
+            let pool = pool_tx.clone();
             threads.push(
                 thread::Builder::new()
-                    .name(format!("cabine-sfu-{w}"))
-                    .spawn(move || worker.run())
-                    .map_err(|source| SfuError::Bind {
-                        addr: cfg.bind,
-                        source,
-                    })?,
+                    .name(format!("cabine-sfu-{}", i + 1))
+                    .spawn(move || worker.run(rx, pool))
+                    .map_err(bind_err)?,
             );
         }
-        let recv = Receiver_ {
-            socket,
-            workers: workers.clone(),
-            control: control_rx,
-            pool: pool_rx,
-            counters: Arc::clone(&counters),
-            stop: Arc::clone(&stop),
-            demux: Demux::default(),
-        };
         threads.push(
             thread::Builder::new()
-                .name("cabine-sfu-recv".into())
-                .spawn(move || recv.run())
-                .map_err(|source| SfuError::Bind {
-                    addr: cfg.bind,
-                    source,
-                })?,
+                .name("cabine-sfu-0".into())
+                .spawn(move || io.run())
+                .map_err(bind_err)?,
         );
         info!(%local, %advertise, workers = n, "media plane started");
         Ok(Sfu {
             inner: Arc::new(Inner {
                 local,
                 workers,
+                waker,
                 counters,
                 stop,
                 events: events_rx,
@@ -399,13 +432,14 @@ impl Sfu {
     /// Adds a session to `room` (creating the room on its worker if needed).
     pub async fn join(&self, room: RoomId, req: JoinRequest) -> Result<Joined, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::Join {
+        self.send(
+            self.worker_for(&room),
+            Msg::Join {
                 room,
                 req: Box::new(req),
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         Ok(rx.await.map_err(|_| SfuError::Stopped)??)
     }
 
@@ -414,13 +448,14 @@ impl Sfu {
     /// [`Room::join_offering`]).
     pub async fn join_offering(&self, room: RoomId, req: OfferRequest) -> Result<Offer, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::JoinOffering {
+        self.send(
+            self.worker_for(&room),
+            Msg::JoinOffering {
                 room,
                 req: Box::new(req),
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         Ok(rx.await.map_err(|_| SfuError::Stopped)??)
     }
 
@@ -433,15 +468,16 @@ impl Sfu {
         sdp: String,
     ) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::Answer {
+        self.send(
+            self.worker_for(&room),
+            Msg::Answer {
                 room,
                 session,
                 offer,
                 sdp,
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         Ok(rx.await.map_err(|_| SfuError::Stopped)??)
     }
 
@@ -455,14 +491,15 @@ impl Sfu {
         restart_ice: bool,
     ) -> Result<Option<Offer>, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::Outstanding {
+        self.send(
+            self.worker_for(&room),
+            Msg::Outstanding {
                 room,
                 session,
                 restart_ice,
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         Ok(rx.await.map_err(|_| SfuError::Stopped)??)
     }
 
@@ -475,27 +512,29 @@ impl Sfu {
         offer: String,
     ) -> Result<Joined, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::Republish {
+        self.send(
+            self.worker_for(&room),
+            Msg::Republish {
                 room,
                 session,
                 offer,
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         Ok(rx.await.map_err(|_| SfuError::Stopped)??)
     }
 
     /// Removes a session. Errors with [`SfuError::UnknownSession`] if the room does not hold it.
     pub async fn leave(&self, room: RoomId, session: SessionId) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::Leave {
+        self.send(
+            self.worker_for(&room),
+            Msg::Leave {
                 room,
                 session,
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         if rx.await.map_err(|_| SfuError::Stopped)? {
             Ok(())
         } else {
@@ -513,15 +552,16 @@ impl Sfu {
         local: str0m::IceCreds,
     ) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.worker_for(&room)
-            .send(Msg::IceRestart {
+        self.send(
+            self.worker_for(&room),
+            Msg::IceRestart {
                 room,
                 session,
                 remote,
                 local,
                 reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+            },
+        )?;
         if rx.await.map_err(|_| SfuError::Stopped)? {
             Ok(())
         } else {
@@ -555,11 +595,14 @@ impl Sfu {
             data,
             reliable,
         };
-        if self.worker_for(room).try_send(msg).is_err() {
+        let w = self.worker_for(room);
+        if self.inner.workers[w].try_send(msg).is_err() {
             self.inner
                 .counters
                 .data_dropped
                 .fetch_add(1, Ordering::Relaxed);
+        } else if w == 0 {
+            self.inner.waker.wake();
         }
     }
 
@@ -575,10 +618,9 @@ impl Sfu {
     ) -> Result<(Vec<RoomSnapshot>, DelayHistogram), SfuError> {
         let mut all = Vec::new();
         let mut delay = DelayHistogram::default();
-        for w in &self.inner.workers {
+        for w in 0..self.inner.workers.len() {
             let (reply, rx) = oneshot::channel();
-            w.send(Msg::Snapshot { reply })
-                .map_err(|_| SfuError::Stopped)?;
+            self.send(w, Msg::Snapshot { reply })?;
             let (rooms, d) = rx.await.map_err(|_| SfuError::Stopped)?;
             all.extend(rooms);
             delay.merge(&d);
@@ -620,6 +662,7 @@ impl Sfu {
         for w in &self.inner.workers {
             let _ = w.send(Msg::Stop);
         }
+        self.inner.waker.wake();
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -629,8 +672,19 @@ impl Sfu {
         }
     }
 
-    fn worker_for(&self, room: &RoomId) -> &Sender<Msg> {
-        &self.inner.workers[worker_index(room, self.inner.workers.len())]
+    fn worker_for(&self, room: &RoomId) -> usize {
+        worker_index(room, self.inner.workers.len())
+    }
+
+    /// Queues `msg` for worker `w` (waking the I/O thread, which runs worker 0).
+    fn send(&self, w: usize, msg: Msg) -> Result<(), SfuError> {
+        self.inner.workers[w]
+            .send(msg)
+            .map_err(|_| SfuError::Stopped)?;
+        if w == 0 {
+            self.inner.waker.wake();
+        }
+        Ok(())
     }
 }
 
@@ -641,55 +695,84 @@ pub fn worker_index(room: &RoomId, n: usize) -> usize {
     (h.finish() % n.max(1) as u64) as usize
 }
 
-// The receive side. (Named with a trailing underscore to keep crossbeam's `Receiver` readable.)
-struct Receiver_ {
+/// The I/O thread: reads datagrams in batches, routes them, handles worker 0's share itself
+/// and hands each other worker its share in one message per read; runs worker 0's commands
+/// and timers; sleeps in `poll` on the socket and its wake-up signal.
+struct Io {
+    worker: Worker,
+    rx: Receiver<Msg>,
     socket: Arc<UdpSocket>,
-    workers: Vec<Sender<Msg>>,
-    control: Receiver<Control>,
-    pool: Receiver<Vec<u8>>,
-    counters: Arc<ShellCounters>,
-    stop: Arc<AtomicBool>,
+    signal: WakeSignal,
     demux: Demux<Key>,
+    control: Receiver<Control>,
+    workers: Vec<Sender<Msg>>,
+    /// The batch being filled for each worker (index 0 unused).
+    pending: Vec<Option<Batch>>,
+    pool: Receiver<Batch>,
+    recv: RecvBatch,
+    counters: Arc<ShellCounters>,
 }
 
-impl Receiver_ {
+/// Datagrams read in one turn before timers and commands get their turn.
+const READS_PER_TURN: usize = 8 * BATCH;
+
+impl Io {
     fn run(mut self) {
-        let mut buf = self.take_buf();
-        while !self.stop.load(Ordering::Relaxed) {
-            let res = self.socket.recv_from(&mut buf);
-            // Registrations are applied before routing: a session is registered before its
-            // answer leaves the server, so its first STUN always finds it.
+        loop {
             self.apply_control();
-            let (len, source) = match res {
-                Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
+            while let Ok(msg) = self.rx.try_recv() {
+                if !self.worker.handle(msg) {
+                    return;
                 }
-                Err(e) => {
-                    // ICMP port unreachable surfaces as ConnectionRefused on Linux: harmless.
-                    debug!(error = %e, "media socket receive error");
-                    continue;
-                }
-            };
-            let at = Instant::now();
-            self.counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .bytes_in
-                .fetch_add(len as u64, Ordering::Relaxed);
-            let (worker, session, challenge) = match self.demux.route(source, &buf[..len]) {
-                Ok(r) => {
-                    if r.challenge.is_some() {
-                        self.counters
-                            .stun_challenges
-                            .fetch_add(1, Ordering::Relaxed);
+            }
+            let mut read = 0;
+            loop {
+                // Registrations and learned addresses first: a session is registered before
+                // its answer leaves, an address learned before the answer that proves it.
+                self.apply_control();
+                let n = match udp::recv(&self.socket, &mut self.recv) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // ICMP port unreachable surfaces as ConnectionRefused on Linux.
+                        debug!(error = %e, "media socket receive error");
+                        0
                     }
-                    (r.key.0, r.key.1, r.challenge)
+                };
+                if n == 0 {
+                    break;
                 }
+                self.dispatch(Instant::now());
+                read += n;
+                if n < BATCH || read >= READS_PER_TURN {
+                    break;
+                }
+            }
+            self.worker.run_due();
+            self.worker.out.flush();
+            if read >= READS_PER_TURN {
+                continue;
+            }
+            let timeout = self
+                .worker
+                .deadlines
+                .earliest()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if udp::wait(&self.socket, &self.signal, timeout).woken {
+                self.signal.clear();
+            }
+        }
+    }
+
+    /// Routes what the last read returned: worker 0's datagrams are handled here, the others'
+    /// are handed off, one message per worker.
+    fn dispatch(&mut self, at: Instant) {
+        let mut bytes = 0;
+        let mut challenges = 0;
+        for i in 0..self.recv.len() {
+            let (source, data) = self.recv.get(i);
+            bytes += data.len() as u64;
+            let routed = match self.demux.route(source, data) {
+                Ok(r) => r,
                 Err(why) => {
                     let c = match why {
                         Unrouted::UnknownSource => &self.counters.unknown_source,
@@ -702,45 +785,63 @@ impl Receiver_ {
                     continue;
                 }
             };
-            let next = self.take_buf();
-            let full = std::mem::replace(&mut buf, next);
-            let msg = Msg::Datagram {
+            challenges += u64::from(routed.challenge.is_some());
+            let (w, session) = routed.key;
+            if w == 0 {
+                self.worker
+                    .datagram(session, source, data, at, routed.challenge);
+                continue;
+            }
+            let Some(slot) = self.pending.get_mut(w) else {
+                continue;
+            };
+            let batch = slot.get_or_insert_with(|| match self.pool.try_recv() {
+                Ok(mut b) => {
+                    b.at = at;
+                    b
+                }
+                Err(_) => Batch::new(at),
+            });
+            batch.data.extend_from_slice(data);
+            batch.items.push(Item {
                 session,
                 source,
-                buf: full,
-                len,
-                at,
-                challenge,
+                end: batch.data.len(),
+                challenge: routed.challenge,
+            });
+        }
+        let c = &self.counters;
+        c.datagrams_in
+            .fetch_add(self.recv.len() as u64, Ordering::Relaxed);
+        c.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        if challenges > 0 {
+            c.stun_challenges.fetch_add(challenges, Ordering::Relaxed);
+        }
+        for (w, slot) in self.pending.iter_mut().enumerate() {
+            let Some(batch) = slot.take() else {
+                continue;
             };
-            match self.workers[worker].try_send(msg) {
+            let count = batch.items.len() as u64;
+            match self.workers[w].try_send(Msg::Batch(batch)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                    c.queue_full.fetch_add(count, Ordering::Relaxed);
                 }
-                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Disconnected(_)) => {}
             }
-        }
-    }
-
-    fn take_buf(&self) -> Vec<u8> {
-        match self.pool.try_recv() {
-            Ok(b) => b,
-            Err(_) => vec![0; MAX_DATAGRAM],
         }
     }
 
     fn apply_control(&mut self) {
         let mut changed = false;
-        loop {
-            let control = self.control.try_recv();
-            changed |= control.is_ok();
+        while let Ok(control) = self.control.try_recv() {
+            changed = true;
             match control {
-                Ok(Control::Register(ufrag, key)) => self.demux.register(ufrag, key),
-                Ok(Control::Unregister(key)) => self.demux.unregister(key),
-                Ok(Control::Learn(addr, key)) => {
+                Control::Register(ufrag, key) => self.demux.register(ufrag, key),
+                Control::Unregister(key) => self.demux.unregister(key),
+                Control::Learn(addr, key) => {
                     self.demux.learn(addr, key);
                 }
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
         if changed {
@@ -753,27 +854,36 @@ impl Receiver_ {
     }
 }
 
+/// A shard of the rooms, driven by one thread.
 struct Worker {
-    rx: Receiver<Msg>,
     cfg: RoomConfig,
-    rooms: HashMap<RoomId, Room>,
+    /// The media socket's address: the destination of every datagram received.
+    local: SocketAddr,
+    /// Rooms by slot (a closed room's slot is reused).
+    rooms: Vec<Option<Room>>,
+    free: Vec<usize>,
+    by_id: HashMap<RoomId, usize>,
+    /// When each room's timer is due.
+    deadlines: Deadlines,
     out: Outlet,
-    pool: Sender<Vec<u8>>,
     last_now: Instant,
     /// Forwarding delay of the rooms this worker closed (live rooms keep their own).
     closed_delay: DelayHistogram,
 }
 
-/// Where a worker's rooms' outputs go: the socket, the receive thread's routing table and the
-/// server's event queue.
+/// Where a worker's rooms' outputs go: the socket (batched), the I/O thread's routing table
+/// and the server's event queue.
 struct Outlet {
     index: usize,
     socket: Arc<UdpSocket>,
+    send: SendBatch,
     counters: Arc<ShellCounters>,
     control: Sender<Control>,
+    /// Wakes the I/O thread after a routing change (`None` on the I/O thread itself).
+    waker: Option<Waker>,
     events: Sender<SfuEvent>,
-    /// Which room holds each session of this worker.
-    sessions: HashMap<SessionId, RoomId>,
+    /// Which room slot holds each session of this worker.
+    sessions: HashMap<SessionId, usize>,
     /// The binding request from an unproven address being handled, and its session: answered
     /// with a success, the address is learned (before the answer leaves).
     challenge: Option<(Challenge, SessionId)>,
@@ -789,46 +899,53 @@ struct Drained {
 }
 
 impl Worker {
-    fn run(mut self) {
-        let mut emptied = Vec::new();
+    /// A worker fed by the I/O thread: batches of datagrams and commands on `rx`.
+    fn run(mut self, rx: Receiver<Msg>, pool: Sender<Batch>) {
         loop {
-            let deadline = self.rooms.values().filter_map(Room::poll_timeout).min();
-            let msg = match deadline {
-                Some(d) => match self.rx.recv_deadline(d) {
+            let msg = match self.deadlines.earliest() {
+                Some(d) => match rx.recv_deadline(d) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
                 },
-                None => match self.rx.recv_timeout(Duration::from_secs(1)) {
+                None => match rx.recv() {
                     Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 },
             };
             if let Some(msg) = msg {
-                if !self.handle(msg) {
+                if !self.handle_fed(msg, &pool) {
                     return;
                 }
-                // Drain what else is queued before looking at timers.
-                while let Ok(msg) = self.rx.try_recv() {
-                    if !self.handle(msg) {
+                // Take what else is queued (bounded, so timers are not starved).
+                for _ in 0..64 {
+                    let Ok(msg) = rx.try_recv() else {
+                        break;
+                    };
+                    if !self.handle_fed(msg, &pool) {
                         return;
                     }
                 }
             }
-            let now = self.now();
-            for (id, room) in &mut self.rooms {
-                if room.poll_timeout().is_some_and(|t| t <= now) {
-                    room.handle_timeout(now);
-                    if self.out.drain(room, None).ended && room.is_empty() {
-                        emptied.push(id.clone());
-                    }
-                }
-            }
-            for id in emptied.drain(..) {
-                self.close_if_empty(&id);
-            }
+            self.run_due();
+            self.out.flush();
         }
+    }
+
+    fn handle_fed(&mut self, msg: Msg, pool: &Sender<Batch>) -> bool {
+        let Msg::Batch(mut batch) = msg else {
+            return self.handle(msg);
+        };
+        let mut start = 0;
+        for item in &batch.items {
+            let data = &batch.data[start..item.end];
+            start = item.end;
+            self.datagram(item.session, item.source, data, batch.at, item.challenge);
+        }
+        batch.data.clear();
+        batch.items.clear();
+        let _ = pool.try_send(batch);
+        true
     }
 
     fn now(&mut self) -> Instant {
@@ -838,35 +955,70 @@ impl Worker {
         now
     }
 
-    /// Handles one message; false means stop.
+    /// Gives one datagram to its session's room and queues what that produces.
+    fn datagram(
+        &mut self,
+        session: SessionId,
+        source: SocketAddr,
+        data: &[u8],
+        at: Instant,
+        challenge: Option<Challenge>,
+    ) {
+        let Some(&slot) = self.out.sessions.get(&session) else {
+            return;
+        };
+        let now = self.now();
+        let Some(room) = self.rooms.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        room.handle_datagram(now, at, session, source, self.local, data);
+        self.out.challenge = challenge.map(|c| (c, session));
+        let ended = self.out.drain(room, None).ended;
+        self.out.challenge = None;
+        self.deadlines.schedule(slot, room.poll_timeout());
+        if ended && room.is_empty() {
+            self.close(slot);
+        }
+    }
+
+    /// Advances the rooms whose timers are due.
+    fn run_due(&mut self) {
+        let now = self.now();
+        while let Some(slot) = self.deadlines.pop_due(now) {
+            let Some(room) = self.rooms.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let mut ended = false;
+            if room.poll_timeout().is_some_and(|t| t <= now) {
+                room.handle_timeout(now);
+                ended = self.out.drain(room, None).ended;
+            }
+            self.deadlines.schedule(slot, room.poll_timeout());
+            if ended && room.is_empty() {
+                self.close(slot);
+            }
+        }
+    }
+
+    fn slot(&self, room: &RoomId) -> Option<usize> {
+        self.by_id.get(room).copied()
+    }
+
+    fn room(&mut self, slot: usize) -> Option<&mut Room> {
+        self.rooms.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    /// Handles one command; false means stop.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Datagram {
-                session,
-                source,
-                buf,
-                len,
-                at,
-                challenge,
-            } => {
-                let now = self.now();
-                let destination = self.out.socket.local_addr().unwrap_or(self.cfg.candidate);
-                let room = self
-                    .out
-                    .sessions
-                    .get(&session)
-                    .and_then(|id| self.rooms.get_mut(id));
-                if let Some(room) = room {
-                    room.handle_datagram(now, at, session, source, destination, &buf[..len]);
-                    self.out.challenge = challenge.map(|c| (c, session));
-                    let ended = self.out.drain(room, None).ended;
-                    self.out.challenge = None;
-                    if ended && room.is_empty() {
-                        let id = room.id().clone();
-                        self.close_if_empty(&id);
-                    }
+            Msg::Batch(batch) => {
+                // Only fed workers receive batches (see `handle_fed`); nothing to recycle here.
+                let mut start = 0;
+                for item in &batch.items {
+                    let data = &batch.data[start..item.end];
+                    start = item.end;
+                    self.datagram(item.session, item.source, data, batch.at, item.challenge);
                 }
-                let _ = self.pool.try_send(buf);
             }
             Msg::Join { room, req, reply } => {
                 let (session, ufrag) = (req.session, req.ice_ufrag.clone());
@@ -886,11 +1038,9 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
-                        let result = r.accept_answer(now, session, offer, &sdp);
-                        self.out.flush(r, now);
-                        result
+                let result = match self.slot(&room) {
+                    Some(slot) => {
+                        self.with_room(slot, now, |r| r.accept_answer(now, session, offer, &sdp))
                     }
                     None => Err(NegotiationError::UnknownSession(session)),
                 };
@@ -902,16 +1052,29 @@ impl Worker {
                 restart_ice,
                 reply,
             } => {
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
-                        let asked = if restart_ice {
-                            r.restart_ice_offer(session)
-                        } else {
-                            Ok(())
-                        };
-                        // A restart offer made at once is returned here, not reported twice.
-                        let pending = self.out.drain(r, Some(session)).claimed;
-                        asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
+                let result = match self.slot(&room) {
+                    Some(slot) => {
+                        let Worker {
+                            rooms,
+                            out,
+                            deadlines,
+                            ..
+                        } = self;
+                        match rooms.get_mut(slot).and_then(Option::as_mut) {
+                            Some(r) => {
+                                let asked = if restart_ice {
+                                    r.restart_ice_offer(session)
+                                } else {
+                                    Ok(())
+                                };
+                                // A restart offer made at once is returned here, not reported
+                                // twice.
+                                let pending = out.drain(r, Some(session)).claimed;
+                                deadlines.schedule(slot, r.poll_timeout());
+                                asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
+                            }
+                            None => Err(NegotiationError::UnknownSession(session)),
+                        }
                     }
                     None => Err(NegotiationError::UnknownSession(session)),
                 };
@@ -927,13 +1090,13 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.rooms.get_mut(&room) {
-                    Some(r) => {
-                        let result = r.republish(now, session, &offer);
-                        if let Some(ufrag) = r.local_ufrag(session) {
+                let result = match self.slot(&room) {
+                    Some(slot) => {
+                        let result =
+                            self.with_room(slot, now, |r| r.republish(now, session, &offer));
+                        if let Some(ufrag) = self.room(slot).and_then(|r| r.local_ufrag(session)) {
                             self.out.register(ufrag, session);
                         }
-                        self.out.flush(r, now);
                         result
                     }
                     None => Err(JoinError::UnknownSession(session)),
@@ -945,26 +1108,27 @@ impl Worker {
                 session,
                 reply,
             } => {
-                let found = match self.rooms.get_mut(&room) {
-                    Some(r) => {
-                        let found = r.leave(session);
+                let mut found = false;
+                if let Some(slot) = self.slot(&room) {
+                    let Worker { rooms, out, .. } = self;
+                    if let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) {
+                        found = r.leave(session);
                         // Subscribers of its tracks get new offers.
-                        self.out.drain(r, None);
-                        found
+                        out.drain(r, None);
                     }
-                    None => false,
-                };
-                if found {
-                    self.out.forget(session);
-                    self.close_if_empty(&room);
+                    if found {
+                        self.out.forget(session);
+                        self.close(slot);
+                    }
                 }
                 let _ = reply.send(found);
             }
             Msg::Snapshot { reply } => {
                 let now = self.now();
-                let rooms = self.rooms.values().map(|r| r.snapshot(now)).collect();
+                let live = self.rooms.iter().flatten();
+                let rooms = live.clone().map(|r| r.snapshot(now)).collect();
                 let mut delay = self.closed_delay.clone();
-                for r in self.rooms.values() {
+                for r in live {
                     delay.merge(r.forwarding_delay());
                 }
                 let _ = reply.send((rooms, delay));
@@ -976,16 +1140,25 @@ impl Worker {
                 reliable,
             } => {
                 let now = self.now();
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    match to {
-                        None => {
-                            r.send_data(now, &data, reliable);
+                if let Some(slot) = self.slot(&room) {
+                    let Worker {
+                        rooms,
+                        out,
+                        deadlines,
+                        ..
+                    } = self;
+                    if let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) {
+                        match to {
+                            None => {
+                                r.send_data(now, &data, reliable);
+                            }
+                            Some(session) => {
+                                r.send_data_to(now, session, &data, reliable);
+                            }
                         }
-                        Some(session) => {
-                            r.send_data_to(now, session, &data, reliable);
-                        }
+                        out.drain(r, None);
+                        deadlines.schedule(slot, r.poll_timeout());
                     }
-                    self.out.drain(r, None);
                 }
             }
             Msg::IceRestart {
@@ -996,27 +1169,48 @@ impl Worker {
                 reply,
             } => {
                 let ufrag = local.ufrag.clone();
-                let found = self
-                    .rooms
-                    .get_mut(&room)
+                let slot = self.slot(&room);
+                let found = slot
+                    .and_then(|s| self.room(s))
                     .is_some_and(|r| r.ice_restart(session, remote, local));
-                if found {
+                if let (true, Some(slot)) = (found, slot) {
                     self.out.register(ufrag, session);
                     let now = self.now();
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        self.out.flush(r, now);
-                    }
+                    self.with_room(slot, now, |_| ());
                 }
                 let _ = reply.send(found);
             }
-            Msg::Stop => return false,
+            Msg::Stop => {
+                self.out.flush();
+                return false;
+            }
         }
         true
     }
 
+    /// Runs `f` on the room in `slot`, then sends what the room has to send at `now` (after a
+    /// join, an answer, an ICE restart...) and queues its timer.
+    fn with_room<T>(&mut self, slot: usize, now: Instant, f: impl FnOnce(&mut Room) -> T) -> T {
+        let Worker {
+            rooms,
+            out,
+            deadlines,
+            ..
+        } = self;
+        let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) else {
+            // Callers look the slot up first; an empty slot cannot be reached.
+            unreachable!("room slot {slot} is empty");
+        };
+        let result = f(r);
+        r.handle_timeout(now);
+        out.drain(r, None);
+        deadlines.schedule(slot, r.poll_timeout());
+        result
+    }
+
     /// Adds `session` to `room` (created if needed) with `join`; on success registers its ufrag
-    /// with the receive thread and sends what the session has to send at once; a room left
-    /// empty by a refused join is dropped.
+    /// with the I/O thread and sends what the session has to send at once; a room left empty by
+    /// a refused join is dropped.
     fn join<T>(
         &mut self,
         room: RoomId,
@@ -1025,42 +1219,54 @@ impl Worker {
         join: impl FnOnce(&mut Room, Instant) -> Result<T, JoinError>,
     ) -> Result<T, JoinError> {
         let now = self.now();
-        let r = self
-            .rooms
-            .entry(room.clone())
-            .or_insert_with(|| Room::new(room.clone(), self.cfg.clone()));
-        let result = join(r, now);
+        let slot = match self.slot(&room) {
+            Some(slot) => slot,
+            None => {
+                let r = Room::new(room.clone(), self.cfg.clone());
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.rooms[slot] = Some(r);
+                        slot
+                    }
+                    None => {
+                        self.rooms.push(Some(r));
+                        self.rooms.len() - 1
+                    }
+                };
+                self.by_id.insert(room, slot);
+                slot
+            }
+        };
+        let result = self.with_room(slot, now, |r| join(r, now));
         if result.is_ok() {
-            self.out.sessions.insert(session, room);
+            self.out.sessions.insert(session, slot);
             self.out.register(ufrag, session);
-            self.out.flush(r, now);
-        } else if r.is_empty() {
-            self.close_if_empty(&room);
+        } else {
+            self.close(slot);
         }
         result
     }
 
-    /// Drops `room` if it has no session left, keeping its forwarding-delay histogram for the
-    /// node's total.
-    fn close_if_empty(&mut self, room: &RoomId) {
-        if let Some(r) = self.rooms.remove(room) {
-            if r.is_empty() {
-                self.closed_delay.merge(r.forwarding_delay());
-            } else {
-                self.rooms.insert(room.clone(), r);
-            }
+    /// Drops the room in `slot` if it has no session left, keeping its forwarding-delay
+    /// histogram for the node's total.
+    fn close(&mut self, slot: usize) {
+        let Some(entry) = self.rooms.get_mut(slot) else {
+            return;
+        };
+        if !entry.as_ref().is_some_and(Room::is_empty) {
+            return;
+        }
+        if let Some(r) = entry.take() {
+            self.closed_delay.merge(r.forwarding_delay());
+            self.by_id.remove(r.id());
+            self.deadlines.remove(slot);
+            self.free.push(slot);
         }
     }
 }
 
 impl Outlet {
-    /// Sends what `r` has to send at `now` (after a join, an answer, an ICE restart…).
-    fn flush(&mut self, r: &mut Room, now: Instant) -> Drained {
-        r.handle_timeout(now);
-        self.drain(r, None)
-    }
-
-    /// Drains `room`'s outputs until its timeout: sends the datagrams and reports offers,
+    /// Drains `room`'s outputs until its timeout: queues the datagrams and reports offers,
     /// progress, data-channel messages and ended sessions to the server. An offer to `claim`
     /// is returned instead of reported.
     fn drain(&mut self, room: &mut Room, claim: Option<SessionId>) -> Drained {
@@ -1070,12 +1276,15 @@ impl Outlet {
                 Output::Transmit(t) => {
                     if let Some((c, session)) = self.challenge {
                         if c.is_answered_by(t.destination, &t.contents) {
-                            let _ = self
-                                .control
-                                .send(Control::Learn(c.source, (self.index, session)));
+                            // Learned before the answer leaves: the client's next packet
+                            // from that address finds it.
+                            self.control(Control::Learn(c.source, (self.index, session)));
                         }
                     }
-                    send_to(&self.socket, &self.counters, &t)
+                    self.send.push(t);
+                    if self.send.is_full() {
+                        self.flush();
+                    }
                 }
                 Output::Offer(offer)
                     if drained.claimed.is_none() && claim == Some(offer.session) =>
@@ -1115,11 +1324,24 @@ impl Outlet {
         }
     }
 
-    /// Tells the receive thread to route STUN with `ufrag` to `session` on this worker.
+    /// Sends the queued datagrams in one batch.
+    fn flush(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let sent = self.send.flush(&self.socket);
+        let c = &self.counters;
+        c.datagrams_out.fetch_add(sent.datagrams, Ordering::Relaxed);
+        c.bytes_out.fetch_add(sent.bytes, Ordering::Relaxed);
+        if sent.errors > 0 {
+            c.send_errors.fetch_add(sent.errors, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the I/O thread to route STUN with `ufrag` to `session` on this worker (its
+    /// previous ufrag is forgotten).
     fn register(&self, ufrag: String, session: SessionId) {
-        let _ = self
-            .control
-            .send(Control::Register(ufrag, (self.index, session)));
+        self.control(Control::Register(ufrag, (self.index, session)));
     }
 
     /// Registers the ufrag of a server offer (it changes on an ICE restart) and reports the
@@ -1137,20 +1359,13 @@ impl Outlet {
 
     fn forget(&mut self, session: SessionId) {
         self.sessions.remove(&session);
-        let _ = self
-            .control
-            .send(Control::Unregister((self.index, session)));
+        self.control(Control::Unregister((self.index, session)));
     }
-}
 
-fn send_to(socket: &UdpSocket, counters: &ShellCounters, t: &str0m::net::Transmit) {
-    match socket.send_to(&t.contents, t.destination) {
-        Ok(n) => {
-            counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
-            counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Err(_) => {
-            counters.send_errors.fetch_add(1, Ordering::Relaxed);
+    fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+        if let Some(w) = &self.waker {
+            w.wake();
         }
     }
 }

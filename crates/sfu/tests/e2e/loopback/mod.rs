@@ -59,6 +59,11 @@ pub struct UdpPeer {
     /// Datagrams received from the server.
     pub datagrams_in: u64,
     pub events: Vec<Event>,
+    /// Plaintext DTLS handshake messages sent, as (type, message sequence, fragment offset);
+    /// a repeat is a retransmission.
+    pub handshakes_out: Vec<(u8, u16, u32)>,
+    /// The same for the handshake messages received from the server.
+    pub handshakes_in: Vec<(u8, u16, u32)>,
 }
 
 impl UdpPeer {
@@ -111,6 +116,8 @@ impl UdpPeer {
             media_in: 0,
             datagrams_in: 0,
             events: Vec::new(),
+            handshakes_out: Vec::new(),
+            handshakes_in: Vec::new(),
         };
         (peer, built)
     }
@@ -127,6 +134,7 @@ impl UdpPeer {
             let now = Instant::now();
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
+                    dtls_handshakes(&t.contents, &mut self.handshakes_out);
                     let _ = self.socket.send_to(&t.contents, t.destination);
                 }
                 Ok(Output::Event(e)) => {
@@ -140,6 +148,7 @@ impl UdpPeer {
                 Ok(Output::Timeout(_)) => match self.socket.recv_from(&mut buf) {
                     Ok((n, from)) => {
                         self.datagrams_in += 1;
+                        dtls_handshakes(&buf[..n], &mut self.handshakes_in);
                         if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, &buf[..n]) {
                             let _ = self.rtc.handle_input(Input::Receive(now, r));
                         }
@@ -254,4 +263,37 @@ pub fn success_id(data: &[u8]) -> Option<[u8; 12]> {
         id.copy_from_slice(&data[8..20]);
         id
     })
+}
+
+/// Appends the plaintext (epoch 0) DTLS handshake messages in `datagram` as (type, message
+/// sequence, fragment offset) (RFC 6347 §4.1, §4.2.2).
+pub fn dtls_handshakes(datagram: &[u8], out: &mut Vec<(u8, u16, u32)>) {
+    let mut rest = datagram;
+    while rest.len() >= 13 {
+        let content_type = rest[0];
+        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        let Some(body) = rest.get(13..13 + len) else {
+            return;
+        };
+        if !(20..=63).contains(&content_type) {
+            return;
+        }
+        if content_type == 22 && epoch == 0 && body.len() >= 12 {
+            let seq = u16::from_be_bytes([body[4], body[5]]);
+            let offset = u32::from_be_bytes([0, body[6], body[7], body[8]]);
+            out.push((body[0], seq, offset));
+        }
+        rest = &rest[13 + len..];
+    }
+}
+
+/// Handshake messages that were sent more than once.
+pub fn repeats(messages: &[(u8, u16, u32)]) -> Vec<(u8, u16, u32)> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter(|m| !seen.insert(**m))
+        .copied()
+        .collect()
 }
