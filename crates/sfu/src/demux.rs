@@ -11,11 +11,18 @@
 //! request's MESSAGE-INTEGRITY with the session's password. A forged or replayed-with-a-wrong-key
 //! request therefore changes nothing: no address learned, none evicted.
 //!
+//! The server's own connectivity checks (it runs full ICE) can reach a client before the client's
+//! first request does; their responses come from an address not learned yet and carry no
+//! USERNAME. The shell tells the table which transactions its sessions started
+//! ([`Demux::expect`]), so such a response is routed to its session (str0m checks its
+//! integrity) instead of being dropped: dropping it left the session's candidate pair unproven,
+//! and str0m then refused the client's first DTLS flight until a retransmission.
+//!
 //! Each session has one ufrag: registering a new one (ICE restart) replaces the old, and
 //! [`Demux::unregister`] forgets both the ufrag and the addresses, so the table's size follows
 //! the live sessions, not their history.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::SocketAddr;
 
@@ -24,6 +31,10 @@ use str0m::ice::StunMessage;
 /// Source addresses remembered per session at most (a client may switch interface; only
 /// authenticated addresses count, and the oldest is forgotten first).
 pub const MAX_ADDRS_PER_SESSION: usize = 4;
+
+/// Transactions started by the server remembered at most, awaiting their response (the oldest
+/// is forgotten first).
+pub const MAX_EXPECTED: usize = 4096;
 
 /// Why a datagram was not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,9 @@ pub struct Demux<K> {
     by_ufrag: HashMap<String, K>,
     by_addr: HashMap<SocketAddr, K>,
     sessions: HashMap<K, Entry>,
+    /// Binding requests the sessions sent: transaction id → (session, where it went).
+    expected: HashMap<[u8; 12], (K, SocketAddr)>,
+    expected_order: VecDeque<[u8; 12]>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +91,8 @@ impl<K: Copy + Eq + Hash> Default for Demux<K> {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             sessions: HashMap::new(),
+            expected: HashMap::new(),
+            expected_order: VecDeque::new(),
         }
     }
 }
@@ -143,6 +159,18 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         true
     }
 
+    /// Remembers that session `key` sent the binding request `transaction` to `destination`:
+    /// its response is routed to the session even from an address not learned yet.
+    pub fn expect(&mut self, transaction: [u8; 12], destination: SocketAddr, key: K) {
+        if self.expected_order.len() >= MAX_EXPECTED {
+            if let Some(old) = self.expected_order.pop_front() {
+                self.expected.remove(&old);
+            }
+        }
+        self.expected_order.push_back(transaction);
+        self.expected.insert(transaction, (key, destination));
+    }
+
     /// Number of registered sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()
@@ -165,7 +193,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 
     /// Finds the session a datagram from `source` belongs to. Learns nothing: see
     /// [`Routed::challenge`] and [`Demux::learn`].
-    pub fn route(&self, source: SocketAddr, data: &[u8]) -> Result<Routed<K>, Unrouted> {
+    pub fn route(&mut self, source: SocketAddr, data: &[u8]) -> Result<Routed<K>, Unrouted> {
         let known = self.by_addr.get(&source).copied();
         let is_stun = data.len() >= 20 && data[0] < 2;
         if !is_stun {
@@ -200,6 +228,21 @@ impl<K: Copy + Eq + Hash> Demux<K> {
                 challenge: None,
             }),
             (None, None) if msg.split_username().is_some() => Err(Unrouted::UnknownUfrag),
+            // The answer to one of the server's own checks, from where that check went.
+            (None, None)
+                if msg.is_successful_binding_response() || msg.is_failed_binding_response() =>
+            {
+                match self.expected.get(&transaction_id(data)) {
+                    Some(&(key, to)) if to == source => {
+                        self.expected.remove(&transaction_id(data));
+                        Ok(Routed {
+                            key,
+                            challenge: None,
+                        })
+                    }
+                    _ => Err(Unrouted::StunWithoutUsername),
+                }
+            }
             _ => Err(Unrouted::StunWithoutUsername),
         }
     }
@@ -210,6 +253,18 @@ fn transaction_id(data: &[u8]) -> [u8; 12] {
     let mut t = [0; 12];
     t.copy_from_slice(&data[8..20]);
     t
+}
+
+/// For a STUN binding request the server is sending: its transaction id and the server's own
+/// ufrag (the second half of its USERNAME, `remote:local`), to pass to [`Demux::expect`].
+pub fn outgoing_check(contents: &[u8]) -> Option<([u8; 12], &str)> {
+    if contents.len() < 20 || contents[0] != 0x00 || contents[1] != 0x01 {
+        return None;
+    }
+    let msg = StunMessage::parse(contents).ok()?;
+    let username = msg.username()?;
+    let (_, local) = username.split_once(':')?;
+    Some((transaction_id(contents), local))
 }
 
 impl Challenge {
@@ -329,6 +384,62 @@ mod tests {
         }
         assert_eq!(d.addresses(), 1);
         assert_eq!(key(d.route(good, &[0x80, 0x60, 0, 1])), Ok(1));
+    }
+
+    #[test]
+    fn the_answer_to_a_server_check_reaches_its_session_before_the_address_is_learned() {
+        let mut d: Demux<u32> = Demux::default();
+        d.register("srv1".into(), 1);
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        // The server's check to the client (USERNAME client:server) and the client's answer,
+        // encoded by str0m's STUN code (integrity is str0m's business, not the table's).
+        let transaction = str0m::ice::TransId::new();
+        let no_mac = |_: &[u8], _: &[&[u8]]| [0u8; 20];
+        let mut check = vec![0u8; 256];
+        let n = StunMessage::binding_request("cli:srv1", transaction, false, 1, 1, false)
+            .to_bytes(Some(b"pw"), &mut check, no_mac)
+            .unwrap();
+        check.truncate(n);
+        let mut answer = vec![0u8; 256];
+        let n = StunMessage::binding_reply(transaction, client)
+            .to_bytes(Some(b"pw"), &mut answer, no_mac)
+            .unwrap();
+        answer.truncate(n);
+        let (id, local) = outgoing_check(&check).unwrap();
+        assert_eq!(local, "srv1");
+        assert_eq!(
+            key(d.route(client, &answer)),
+            Err(Unrouted::StunWithoutUsername)
+        );
+        d.expect(id, client, 1);
+        // From another address: not routed.
+        let other: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        assert_eq!(
+            key(d.route(other, &answer)),
+            Err(Unrouted::StunWithoutUsername)
+        );
+        assert_eq!(
+            d.route(client, &answer),
+            Ok(Routed {
+                key: 1,
+                challenge: None
+            })
+        );
+        // Once only, and nothing learned.
+        assert_eq!(
+            key(d.route(client, &answer)),
+            Err(Unrouted::StunWithoutUsername)
+        );
+        assert_eq!(d.addresses(), 0);
+        // Media is not a check.
+        assert_eq!(outgoing_check(&[0x80; 40]), None);
+        // Bounded.
+        for n in 0..(MAX_EXPECTED as u32 + 10) {
+            let mut t = [0u8; 12];
+            t[..4].copy_from_slice(&n.to_be_bytes());
+            d.expect(t, client, 1);
+        }
+        assert_eq!(d.expected.len(), MAX_EXPECTED);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::deadlines::Deadlines;
-use crate::demux::{Challenge, Demux, Unrouted};
+use crate::demux::{outgoing_check, Challenge, Demux, Unrouted};
 use crate::room::{
     DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
     Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
@@ -230,6 +230,9 @@ enum Control {
     Unregister(Key),
     /// The session answered a binding request from this address: str0m authenticated it.
     Learn(SocketAddr, Key),
+    /// The session sent a connectivity check (transaction id) to this address: route its
+    /// answer even before the address is learned.
+    Expect([u8; 12], SocketAddr, Key),
 }
 
 enum Msg {
@@ -373,6 +376,8 @@ impl Sfu {
                 waker: (index != 0).then(|| waker.clone()),
                 events: events_tx.clone(),
                 sessions: HashMap::new(),
+                ufrags: HashMap::new(),
+                ufrag_of: HashMap::new(),
                 challenge: None,
             },
             last_now: Instant::now(),
@@ -842,6 +847,7 @@ impl Io {
                 Control::Learn(addr, key) => {
                     self.demux.learn(addr, key);
                 }
+                Control::Expect(transaction, to, key) => self.demux.expect(transaction, to, key),
             }
         }
         if changed {
@@ -884,6 +890,9 @@ struct Outlet {
     events: Sender<SfuEvent>,
     /// Which room slot holds each session of this worker.
     sessions: HashMap<SessionId, usize>,
+    /// Each session's current server ufrag, and back: the server's own checks name it.
+    ufrags: HashMap<String, SessionId>,
+    ufrag_of: HashMap<SessionId, String>,
     /// The binding request from an unproven address being handled, and its session: answered
     /// with a success, the address is learned (before the answer leaves).
     challenge: Option<(Challenge, SessionId)>,
@@ -1092,12 +1101,14 @@ impl Worker {
                 let now = self.now();
                 let result = match self.slot(&room) {
                     Some(slot) => {
-                        let result =
-                            self.with_room(slot, now, |r| r.republish(now, session, &offer));
+                        let result = self.room(slot).map(|r| r.republish(now, session, &offer));
+                        // The ufrag (new on an ICE restart) is registered before the checks
+                        // that name it leave.
                         if let Some(ufrag) = self.room(slot).and_then(|r| r.local_ufrag(session)) {
                             self.out.register(ufrag, session);
                         }
-                        result
+                        self.with_room(slot, now, |_| ());
+                        result.unwrap_or(Err(JoinError::UnknownSession(session)))
                     }
                     None => Err(JoinError::UnknownSession(session)),
                 };
@@ -1237,10 +1248,17 @@ impl Worker {
                 slot
             }
         };
-        let result = self.with_room(slot, now, |r| join(r, now));
+        let Some(r) = self.room(slot) else {
+            // The slot was just looked up or filled.
+            unreachable!("room slot {slot} is empty");
+        };
+        let result = join(r, now);
         if result.is_ok() {
+            // Registered before anything is sent: the session's first connectivity checks
+            // name this ufrag, and their answers must find the session.
             self.out.sessions.insert(session, slot);
             self.out.register(ufrag, session);
+            self.with_room(slot, now, |_| ());
         } else {
             self.close(slot);
         }
@@ -1279,6 +1297,12 @@ impl Outlet {
                             // Learned before the answer leaves: the client's next packet
                             // from that address finds it.
                             self.control(Control::Learn(c.source, (self.index, session)));
+                        }
+                    }
+                    if let Some((transaction, local)) = outgoing_check(&t.contents) {
+                        if let Some(&session) = self.ufrags.get(local) {
+                            let key = (self.index, session);
+                            self.control(Control::Expect(transaction, t.destination, key));
                         }
                     }
                     self.send.push(t);
@@ -1340,7 +1364,13 @@ impl Outlet {
 
     /// Tells the I/O thread to route STUN with `ufrag` to `session` on this worker (its
     /// previous ufrag is forgotten).
-    fn register(&self, ufrag: String, session: SessionId) {
+    fn register(&mut self, ufrag: String, session: SessionId) {
+        if self.ufrag_of.get(&session) != Some(&ufrag) {
+            if let Some(old) = self.ufrag_of.insert(session, ufrag.clone()) {
+                self.ufrags.remove(&old);
+            }
+            self.ufrags.insert(ufrag.clone(), session);
+        }
         self.control(Control::Register(ufrag, (self.index, session)));
     }
 
@@ -1359,6 +1389,9 @@ impl Outlet {
 
     fn forget(&mut self, session: SessionId) {
         self.sessions.remove(&session);
+        if let Some(old) = self.ufrag_of.remove(&session) {
+            self.ufrags.remove(&old);
+        }
         self.control(Control::Unregister((self.index, session)));
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod demux_auth;
+mod first_flight;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
