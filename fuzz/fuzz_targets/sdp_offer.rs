@@ -1,4 +1,6 @@
-//! A room joined with an arbitrary "SDP offer": refused with an error or answered, never a panic.
+//! A room joined with an arbitrary "SDP offer": refused with an error or answered, never a panic;
+//! the SDP helpers the room applies to offers and answers (`sdp::mids`, `set_msid`,
+//! `offered_codecs`) likewise.
 #![no_main]
 use std::time::Instant;
 
@@ -8,8 +10,16 @@ use cabine_sfu::sdp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = sdp::mids(text);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let label = sdp::Label {
+        stream: "kiosk".into(),
+        track: "room-camera".into(),
+    };
+    for mid in sdp::mids(text) {
+        let _ = sdp::set_msid(text, &mid, &label);
+    }
     let _ = sdp::offered_codecs(text);
     let mut room = Room::new(RoomId::parse("fuzz").unwrap(), RoomConfig::default());
     for kind in [SessionKind::Publish, SessionKind::Subscribe] {

@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
@@ -281,26 +280,11 @@ pub struct DialStats {
 
 /// Claims read from a JWT without checking its signature (the server checks it), to choose
 /// defaults for the room and the stream id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenHint {
-    /// The `sub` claim (participant identity).
-    pub sub: Option<String>,
-    /// The `room` claim.
-    pub room: Option<String>,
-}
+pub type TokenHint = cabine_proto::token::UnverifiedClaims;
 
 /// Reads the `sub` and `room` claims of a JWT; `None` if it is not a readable JWT.
 pub fn token_hint(token: &str) -> Option<TokenHint> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    Some(TokenHint {
-        sub: text("sub"),
-        room: text("room"),
-    })
+    cabine_proto::token::read_unverified(token)
 }
 
 /// Runs the cabin until `shutdown` completes (or the server refuses it for good), then ends
@@ -1030,6 +1014,8 @@ async fn stats_loop(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[test]

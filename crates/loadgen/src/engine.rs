@@ -37,6 +37,8 @@ pub struct PeerSnapshot {
     pub keyframe_requests: u64,
     /// Received streams.
     pub rx: HashMap<u32, StreamStats>,
+    /// Time from the start of its setup to its first media packet (receivers that got one).
+    pub first_media: Option<Duration>,
 }
 
 /// Engine settings.
@@ -169,6 +171,7 @@ fn run(cmds: Receiver<Cmd>, loss: f64, seed: u64) {
                             tx_errors: p.tx_errors,
                             keyframe_requests: p.keyframe_requests,
                             rx: p.rx.clone(),
+                            first_media: p.time_to_first_media(),
                         })
                         .collect();
                     let _ = tx.send(snap);

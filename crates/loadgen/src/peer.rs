@@ -75,6 +75,11 @@ pub struct Peer {
     pub connected: bool,
     /// When it connected.
     pub connected_at: Option<Instant>,
+    /// When its setup began (its offer was made, or it asked Janus for one), see
+    /// [`Peer::started_at`].
+    started: Instant,
+    /// When the first media packet reached it.
+    first_media_at: Option<Instant>,
     /// The error that ended it.
     pub failed: Option<String>,
     rtc_timeout: Instant,
@@ -236,12 +241,26 @@ impl Peer {
             rx: HashMap::new(),
             connected: false,
             connected_at: None,
+            started: Instant::now(),
+            first_media_at: None,
             failed: None,
             rtc_timeout: Instant::now(),
             tx_errors: 0,
             keyframe_requests: 0,
             scratch: Vec::new(),
         }
+    }
+
+    /// Moves the start of its setup back to `at` (a Janus subscriber's setup starts with the
+    /// subscribe request, before the offer its peer answers exists).
+    pub fn started_at(&mut self, at: Instant) {
+        self.started = at;
+    }
+
+    /// Time from the start of its setup to the first media packet it received, if any.
+    pub fn time_to_first_media(&self) -> Option<Duration> {
+        self.first_media_at
+            .map(|t| t.saturating_duration_since(self.started))
     }
 
     /// The socket's file descriptor (for epoll).
@@ -300,6 +319,7 @@ impl Peer {
                 }
                 Transport::Plain { .. } => {
                     if let Some(t) = Trailer::read(data) {
+                        self.first_media_at.get_or_insert(now);
                         self.rx.entry(t.stream).or_default().record(
                             t.seq,
                             t.sent_ns,
@@ -451,6 +471,7 @@ impl Peer {
                     }
                     Event::RtpPacket(pkt) => {
                         if let Some(t) = Trailer::read(&pkt.payload) {
+                            self.first_media_at.get_or_insert(now);
                             self.rx.entry(t.stream).or_default().record(
                                 t.seq,
                                 t.sent_ns,

@@ -202,6 +202,16 @@ impl Report {
                 );
             }
             if let Some(m) = r.headline() {
+                let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+                let _ = writeln!(
+                    t,
+                    "{:<14} {:<7} first media after setup: p50 {} ms, p99 {} ms ({} receivers)",
+                    "",
+                    "",
+                    opt(m.first_media_ms_p50),
+                    opt(m.first_media_ms_p99),
+                    m.first_media_peers,
+                );
                 let threads: Vec<String> = m
                     .server_threads
                     .iter()

@@ -98,6 +98,15 @@ pub struct Measurement {
     pub sfu_delay_us_p999: Option<f64>,
     /// Mean.
     pub sfu_delay_us_mean: Option<f64>,
+    /// Time from the start of a receiving peer's setup to its first media packet, p50,
+    /// milliseconds: Cabine from the WHEP offer, Janus from the subscribe request (Janus
+    /// subscribers are set up once their publishers are connected, Cabine's right after the
+    /// WHIP answers, so Cabine's figure also holds its publishers' connection).
+    pub first_media_ms_p50: Option<f64>,
+    /// p99.
+    pub first_media_ms_p99: Option<f64>,
+    /// Receiving peers that got media (the sample of the two above).
+    pub first_media_peers: usize,
     /// Keyframe requests the publishers received.
     pub keyframe_requests: u64,
     /// Datagrams the generator's sockets refused.
@@ -293,6 +302,7 @@ impl Bench {
                 .filter(|(k, _)| *k != i)
                 .map(|(_, f)| *f)
                 .collect();
+            let asked = Instant::now();
             let mut tries = 0;
             let (h, offer) = loop {
                 let h = j.attach()?;
@@ -305,7 +315,8 @@ impl Bench {
                     Err(e) => return Err(e),
                 }
             };
-            let (p, answer) = Peer::webrtc_answer(format!("{name}/sub"), c, &offer)?;
+            let (mut p, answer) = Peer::webrtc_answer(format!("{name}/sub"), c, &offer)?;
+            p.started_at(asked);
             j.start(h, &answer)?;
             self.engine.add(p);
             self.peers += 1;
@@ -414,6 +425,16 @@ impl Bench {
             })
             .collect()
         };
+        let mut first: Vec<f64> = snap
+            .iter()
+            .filter_map(|p| p.first_media)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        first.sort_by(f64::total_cmp);
+        let first_q = |q: f64| {
+            let i = ((first.len() as f64 - 1.0) * q).round() as usize;
+            first.get(i).copied()
+        };
         let forwarded = overall.packets;
         let cpu = (s1.cpu_s - s0.cpu_s).max(0.0);
         let sent1: u64 = snap.iter().map(|p| p.sent).sum();
@@ -451,6 +472,9 @@ impl Bench {
             sfu_delay_us_p99: q(&delay, 0.99),
             sfu_delay_us_p999: q(&delay, 0.999),
             sfu_delay_us_mean: delay.as_ref().and_then(Histogram::mean).map(|s| s * 1e6),
+            first_media_ms_p50: first_q(0.5),
+            first_media_ms_p99: first_q(0.99),
+            first_media_peers: first.len(),
             keyframe_requests: snap.iter().map(|p| p.keyframe_requests).sum(),
             generator_tx_errors: snap.iter().map(|p| p.tx_errors).sum(),
         }

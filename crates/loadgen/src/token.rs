@@ -1,10 +1,10 @@
 //! Tokens for the simulated participants, minted with the server's secret (HS256), exactly as
-//! `cabine token` would.
+//! `cabine token` would (both use [`cabine_proto::jwt`]).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use cabine_proto::{Claims, Identity, Role};
-use jsonwebtoken::{encode, EncodingKey, Header};
+use cabine_proto::jwt::Tokens;
+use cabine_proto::{Identity, Role};
 
 /// Mints a token for `identity` with `role` in `room`, valid for `ttl`.
 pub fn mint(
@@ -14,19 +14,5 @@ pub fn mint(
     identity: &str,
     ttl: Duration,
 ) -> anyhow::Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: Identity::parse(identity)?,
-        name: None,
-        room: room.to_owned(),
-        role,
-        exp: now + ttl.as_secs(),
-        nbf: Some(now.saturating_sub(1)),
-        grants: None,
-    };
-    Ok(encode(
-        &Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )?)
+    Ok(Tokens::new(secret.as_bytes()).mint(room, role, Identity::parse(identity)?, ttl, None)?)
 }

@@ -11,6 +11,8 @@
 //!   envelope the doctor's page receives.
 
 pub mod ids;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod signal;
 pub mod telemetry;
 pub mod token;

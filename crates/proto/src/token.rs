@@ -2,8 +2,9 @@
 //!
 //! A token is a JWT (HS256 by default) whose claims are [`Claims`]. The role decides the default
 //! permissions; explicit `grants` narrow or extend them (for example `commands` for a doctor).
-//! Signing and verification live in the server; this module only says what the claims mean, so
-//! every component applies the same rules.
+//! Signing and verification live in [`crate::jwt`] (feature `jwt`); this module says what the
+//! claims mean, so every component applies the same rules, and lets a client read the claims
+//! it was given ([`read_unverified`]) to choose defaults.
 
 use std::fmt;
 use std::str::FromStr;
@@ -71,6 +72,9 @@ pub enum Grant {
     PublishData,
     /// Send commands to devices (start a BP measurement, take a snapshot).
     Commands,
+    /// Act on another participant's session (ICE restart, end it): never a role default, only
+    /// granted explicitly (to an operator or a doctor who moderates the room).
+    Moderate,
 }
 
 /// The claims of a Cabine token.
@@ -97,11 +101,11 @@ pub struct Claims {
 
 impl Claims {
     /// Whether the token allows `grant`. Explicit `grants` replace the role's defaults, but can
-    /// never lift a role's hard limits: an operator never receives or sends media, an observer
-    /// never publishes.
+    /// never lift a role's hard limits: an operator never receives or sends media (it may only
+    /// be granted `moderate`), an observer never publishes nor moderates.
     pub fn allows(&self, grant: Grant) -> bool {
         let hard_limit = match self.role {
-            Role::Operator => true,
+            Role::Operator => grant != Grant::Moderate,
             Role::Observer => grant != Grant::Subscribe,
             _ => false,
         };
@@ -129,6 +133,32 @@ pub fn default_grants(role: Role) -> &'static [Grant] {
         Role::Observer => &[Grant::Subscribe],
         Role::Operator => &[],
     }
+}
+
+/// The claims a client reads from its own token to choose defaults (room, stream id), without
+/// checking the signature: only the server's verification ([`crate::jwt`]) decides anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// The `sub` claim (participant identity), if a string.
+    pub sub: Option<String>,
+    /// The `room` claim, if a string.
+    pub room: Option<String>,
+}
+
+/// Reads the `sub` and `room` claims of a JWT without verifying it; `None` if it is not a
+/// readable JWT.
+pub fn read_unverified(token: &str) -> Option<UnverifiedClaims> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(UnverifiedClaims {
+        sub: text("sub"),
+        room: text("room"),
+    })
 }
 
 #[cfg(test)]
@@ -165,6 +195,17 @@ mod tests {
         assert!(!obs.allows(Grant::Publish));
         let narrowed = claims(Role::Doctor, Some(vec![Grant::Subscribe]));
         assert!(!narrowed.allows(Grant::Publish));
+    }
+
+    #[test]
+    fn moderation_is_granted_explicitly_only() {
+        for role in [Role::Kiosk, Role::Doctor, Role::Assistant, Role::Operator] {
+            assert!(!claims(role, None).allows(Grant::Moderate), "{role}");
+        }
+        assert!(claims(Role::Operator, Some(vec![Grant::Moderate])).allows(Grant::Moderate));
+        assert!(claims(Role::Doctor, Some(vec![Grant::Moderate])).allows(Grant::Moderate));
+        let obs = claims(Role::Observer, Some(vec![Grant::Moderate]));
+        assert!(!obs.allows(Grant::Moderate));
     }
 
     #[test]

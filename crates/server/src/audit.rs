@@ -120,14 +120,18 @@ impl Audit {
             remote: remote.map(|r| r.to_string()),
             reason: reason.to_owned(),
         };
-        // The process log only ever sees a pseudonym; the clear identity goes to the audit file.
+        // The process log only ever sees pseudonyms; the clear record goes to the audit file.
+        // A reason carries what the client chose (room names, track labels, codecs), so only its
+        // leading code word is logged as is.
+        let (code, detail) = split_reason(reason);
         info!(
             target: "audit",
             event,
             room = %cabine_proto::Redacted(room),
             identity = %cabine_proto::Redacted(identity),
             role,
-            reason
+            reason = code,
+            detail = %detail,
         );
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
@@ -168,6 +172,21 @@ impl Audit {
     /// Records dropped because the writer could not keep up (should stay 0).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Splits an audit reason into its leading code word (`wrong_room`, `DELETE`, `tracks`), safe
+/// to log, and a pseudonym of the rest ("" when there is none).
+fn split_reason(reason: &str) -> (&str, String) {
+    let end = reason
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(reason.len());
+    let (code, rest) = reason.split_at(end);
+    let rest = rest.trim_start_matches(':').trim();
+    if rest.is_empty() {
+        (code, String::new())
+    } else {
+        (code, cabine_proto::Redacted(rest).to_string())
     }
 }
 
@@ -281,6 +300,20 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn process_log_keeps_only_the_reason_code() {
+        let (code, detail) = split_reason("wrong_room: token is for room \"roomB\", not \"roomA\"");
+        assert_eq!(code, "wrong_room");
+        assert!(
+            detail.starts_with('#') && !detail.contains("room"),
+            "{detail}"
+        );
+        let (code, detail) = split_reason("tracks [video:room-camera]");
+        assert_eq!(code, "tracks");
+        assert!(!detail.contains("camera"), "{detail}");
+        assert_eq!(split_reason("DELETE"), ("DELETE", String::new()));
     }
 
     #[test]

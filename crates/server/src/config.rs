@@ -35,6 +35,17 @@ pub struct Config {
     pub otel: crate::otel::OtelConfig,
     /// Device telemetry (QUIC sidecar).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// ICE servers advertised to WHIP/WHEP clients.
+    pub ice: IceConfig,
+}
+
+/// `[ice]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceConfig {
+    /// STUN/TURN URLs (RFC 7064/7065) sent as `Link: <url>; rel="ice-server"` on WHIP/WHEP
+    /// POST and OPTIONS (RFC 9725 §4.6).
+    pub servers: Vec<String>,
 }
 
 /// `[admin]`.
@@ -67,6 +78,9 @@ pub struct HttpConfig {
     /// How long a dropped WebSocket signalling session is kept for its page to resume it.
     #[serde(with = "humantime_serde")]
     pub ws_resume_grace: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may call WHIP/WHEP and the APIs (CORS);
+    /// empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// `[media]`.
@@ -84,6 +98,9 @@ pub struct MediaConfig {
     /// ICE disconnect grace.
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Duration,
+    /// How long a new session has to connect (ICE and DTLS) before it is removed.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Initial bandwidth estimate per subscriber, kbit/s.
     pub initial_bitrate_kbps: u64,
 }
@@ -94,9 +111,30 @@ pub struct MediaConfig {
 pub struct AuthConfig {
     /// HS256 secret.
     pub secret: String,
-    /// Longest mintable token lifetime.
+    /// Longest token lifetime: minted, and accepted at verification.
     #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// Required `iss` claim ("" = not checked).
+    pub issuer: String,
+    /// Required `aud` claim ("" = not checked).
+    pub audience: String,
+}
+
+impl AuthConfig {
+    /// What the server's verifier demands of a token.
+    pub fn policy(&self) -> cabine_proto::jwt::Policy {
+        let set = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        cabine_proto::jwt::Policy {
+            max_ttl: Some(self.max_ttl),
+            issuer: set(&self.issuer),
+            audience: set(&self.audience),
+        }
+    }
+
+    /// The server's token service.
+    pub fn tokens(&self) -> cabine_proto::jwt::Tokens {
+        cabine_proto::jwt::Tokens::with_policy(self.secret.as_bytes(), &self.policy())
+    }
 }
 
 /// `[log]`.
@@ -164,6 +202,25 @@ impl Config {
                 "http.tls_cert and http.tls_key must be set together".into(),
             ));
         }
+        self.check_exposure()?;
+        for o in &self.http.cors_origins {
+            if o == "*"
+                || o.ends_with('/')
+                || !(o.starts_with("http://") || o.starts_with("https://"))
+            {
+                return Err(ConfigError::Unusable(format!(
+                    "http.cors_origins: {o:?} is not an origin (scheme://host[:port], no path, no \
+                     wildcard)"
+                )));
+            }
+        }
+        for u in &self.ice.servers {
+            if !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:")) {
+                return Err(ConfigError::Unusable(format!(
+                    "ice.servers: {u:?} is not a stun:, turn: or turns: URL"
+                )));
+            }
+        }
         self.advertise()?;
         self.admin_listen()?;
         self.telemetry
@@ -175,6 +232,28 @@ impl Config {
             return Err(ConfigError::Unusable(
                 "telemetry.tls_cert and telemetry.tls_key must be set together".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses the public development secret on a non-loopback HTTP or media address: anyone
+    /// could mint tokens for that server.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if !self.uses_dev_secret() {
+            return Ok(());
+        }
+        for (key, addr) in [
+            ("http.listen", self.http.listen),
+            ("media.bind", self.media.bind),
+        ] {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Unusable(format!(
+                    "{key} = {addr} is not a loopback address, and auth.secret is the public \
+                     development secret: anyone could mint tokens. Set auth.secret (or the \
+                     CABINE_AUTH__SECRET environment variable) to 32 random bytes, or listen on \
+                     127.0.0.1"
+                )));
+            }
         }
         Ok(())
     }

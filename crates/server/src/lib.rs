@@ -2,15 +2,36 @@
 //!
 //! [`Server::start`] binds everything from a [`Config`] and returns a handle with the bound
 //! addresses; the binary and the end-to-end tests both use it.
+//!
+//! Modules by concern:
+//! - [`state`]: what every handler shares (session table, refusal counters, session spans,
+//!   audit hook);
+//! - [`http`]: the router and the routes, [`http::whip`] (WHIP/WHEP sessions), [`http::ops`]
+//!   (operators' views), [`http::pages`] (browser pages, one strict CSP), and [`http::guard`]
+//!   (every token check, written once); [`ws`]: WebSocket signalling;
+//! - [`events`]: media-plane events to the session table, the audit log, the WebSocket hub
+//!   and the telemetry bridge;
+//! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
+//!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - tokens are minted and verified by [`cabine_proto::jwt`].
+//!
+//! ```text
+//! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
+//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends) → flush audit
+//! ```
 
-pub mod api;
+pub mod admin;
 pub mod audit;
-pub mod auth;
 pub mod config;
+pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod otel;
+pub mod sampler;
+pub mod state;
 pub mod telemetry;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +51,9 @@ pub struct Server {
     admin: Option<SocketAddr>,
     sfu: Sfu,
     metrics: Arc<metrics::Metrics>,
-    state: Arc<api::AppState>,
+    state: Arc<state::AppState>,
     telemetry: Option<Arc<telemetry::Telemetry>>,
+    sampler: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -77,10 +99,11 @@ impl Server {
         // Pseudonyms in logs and the ops view are keyed with the deployment's secret (the first
         // server of a process sets it).
         cabine_proto::set_redaction_secret(cfg.auth.secret.as_bytes());
+        cfg.check_exposure()?;
         if cfg.uses_dev_secret() {
             warn!(
-                "running with the built-in development token secret: anyone can mint tokens. \
-                 Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
+                "running on loopback with the built-in development token secret: anyone can mint \
+                 tokens. Set CABINE_AUTH__SECRET (or auth.secret) before exposing this server"
             );
         }
         let sfu = Sfu::start(SfuConfig {
@@ -90,13 +113,14 @@ impl Server {
             room: RoomConfig {
                 initial_bitrate: Bitrate::kbps(cfg.media.initial_bitrate_kbps),
                 disconnect_grace: cfg.media.disconnect_grace,
+                connect_timeout: cfg.media.connect_timeout,
                 max_sessions: cfg.media.max_sessions_per_room,
                 ..RoomConfig::default()
             },
         })?;
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
-        let state = Arc::new(api::AppState::new(&cfg, sfu.clone(), audit));
-        api::spawn_event_reader(Arc::clone(&state));
+        let state = Arc::new(state::AppState::new(&cfg, sfu.clone(), audit));
+        events::spawn_event_reader(Arc::clone(&state));
         let telemetry = match cfg
             .telemetry
             .listen_addr()
@@ -107,7 +131,7 @@ impl Server {
                     &cfg.telemetry,
                     addr,
                     cfg.advertise()?.map(|a| a.ip()),
-                    auth::Tokens::new(cfg.auth.secret.as_bytes()),
+                    cfg.auth.tokens(),
                     sfu.clone(),
                 )
                 .await?;
@@ -116,20 +140,16 @@ impl Server {
             }
             None => None,
         };
-        api::spawn_ops_sampler(&state);
         let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
         let resource = push.is_some().then(|| otel::resource(&cfg.otel));
         let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);
         if let Some(t) = &telemetry {
             metrics.attach_telemetry(Arc::clone(t));
         }
-        {
-            let st = Arc::clone(&state);
-            metrics.spawn_refresh(sfu.clone(), move || st.refused_counts());
-        }
+        let sampler = sampler::spawn(&state, Arc::clone(&metrics));
         let admin = match cfg.admin_listen()? {
             Some(addr) => Some(
-                api::spawn_admin(
+                admin::spawn_admin(
                     addr,
                     Arc::clone(&metrics),
                     cfg.admin.token.clone(),
@@ -140,7 +160,7 @@ impl Server {
             ),
             None => None,
         };
-        let app = api::router(Arc::clone(&state), cfg.http.max_body_bytes);
+        let app = http::router(Arc::clone(&state), cfg.http.max_body_bytes);
         let (stop, mut stop_rx) = watch::channel(false);
         let listener =
             std::net::TcpListener::bind(cfg.http.listen).map_err(|source| StartError::Listen {
@@ -206,6 +226,7 @@ impl Server {
             state,
             metrics,
             telemetry,
+            sampler,
             stop,
             task,
         })
@@ -286,6 +307,15 @@ impl Server {
         }
         let sfu = self.sfu.clone();
         let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        // The sampler ends with the media plane (its next snapshot finds it stopped).
+        let mut sampler = self.sampler;
+        if tokio::time::timeout(ops::PERIOD * 3, &mut sampler)
+            .await
+            .is_err()
+        {
+            warn!("the media sampler did not stop with the media plane");
+            sampler.abort();
+        }
         // The last leaves and closes are on disk before the process exits.
         let audit = self.state.audit_log().clone();
         if !tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(5)))

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
-use cabine_server::auth::Tokens;
 use cabine_server::{Config, Server};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
         /// Explicit grants replacing the role's defaults (publish, subscribe, publish_data,
-        /// commands), comma separated.
+        /// commands, moderate), comma separated.
         #[arg(long, value_delimiter = ',')]
         grants: Option<Vec<String>>,
     },
@@ -113,7 +113,7 @@ fn token(
                     Ok(g) => out.push(g),
                     Err(_) => {
                         return fail(format!(
-                        "unknown grant {g:?}: expected publish, subscribe, publish_data, commands"
+                        "unknown grant {g:?}: expected publish, subscribe, publish_data, commands, moderate"
                     ))
                     }
                 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use cabine_sfu::room::{RoomSnapshot, SessionKind, TrackClass};
 use cabine_sfu::shell::ShellStats;
@@ -20,9 +19,6 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, TextEncoder};
-
-/// How often the summary is refreshed from the media plane.
-pub const REFRESH: Duration = Duration::from_secs(2);
 
 /// Aggregated, label-safe view of the node, refreshed periodically.
 #[derive(Debug, Clone, Default)]
@@ -425,6 +421,30 @@ impl Metrics {
             }
         );
         counter!(
+            "cabine.sfu.sessions.connect_timeouts",
+            "{session}",
+            "Media sessions removed because they did not connect (ICE and DTLS) within media.connect_timeout",
+            |s, o| {
+                o.observe(s.shell.connect_timeouts, &[]);
+            }
+        );
+        counter!(
+            "cabine.sfu.room_panics",
+            "{room}",
+            "Rooms closed because they panicked (their sessions ended; other rooms carried on)",
+            |s, o| {
+                o.observe(s.shell.room_panics, &[]);
+            }
+        );
+        counter!(
+            "cabine.sfu.threads_died",
+            "{thread}",
+            "Media-plane threads that ended unexpectedly (the node then reports not ready)",
+            |s, o| {
+                o.observe(s.shell.threads_died, &[]);
+            }
+        );
+        counter!(
             "cabine.requests.refused",
             "{request}",
             "HTTP requests refused, by reason",
@@ -457,35 +477,32 @@ impl Metrics {
         })
     }
 
-    /// Refreshes the summary every [`REFRESH`] from the media plane, forever.
-    pub fn spawn_refresh(
-        self: &Arc<Self>,
-        sfu: Sfu,
-        refused: impl Fn() -> HashMap<&'static str, u64> + Send + 'static,
-    ) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                me.refresh(&sfu, refused()).await;
-                tokio::time::sleep(REFRESH).await;
-            }
-        });
-    }
-
-    /// Refreshes the summary now.
+    /// Refreshes the summary now from a fresh snapshot of the media plane (the sampler, see
+    /// [`crate::sampler`], does it every period; this is for tests and shutdown).
     pub async fn refresh(&self, sfu: &Sfu, refused: HashMap<&'static str, u64>) {
         let Ok((rooms, delay)) = sfu.snapshot_with_delay().await else {
             return;
         };
+        self.update(&rooms, delay, sfu.stats(), refused);
+    }
+
+    /// Replaces the summary with one built from a sample of the media plane.
+    pub fn update(
+        &self,
+        rooms: &[RoomSnapshot],
+        delay: DelayHistogram,
+        shell: ShellStats,
+        refused: HashMap<&'static str, u64>,
+    ) {
         let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
         let retired = std::mem::take(&mut s.retired);
         let mut telemetry = std::mem::take(&mut s.telemetry);
         if let Some(t) = self.telemetry.get() {
             telemetry.update(t);
         }
-        let mut next = summarize(&rooms, retired, delay);
+        let mut next = summarize(rooms, retired, delay);
         next.telemetry = telemetry;
-        next.shell = sfu.stats();
+        next.shell = shell;
         next.refused = refused;
         *s = next;
     }

@@ -31,7 +31,7 @@ use cabine_sfu::{SessionId, Sfu};
 use cabine_sidecar::{CommandRequest, Sidecar, SidecarConfig, TlsSource, TokenError};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthError, Tokens};
+use cabine_proto::jwt::{AuthError, Tokens};
 
 /// `[telemetry]`.
 #[derive(Debug, Clone, Deserialize)]

@@ -35,7 +35,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{clean_message, describe, random_token, sdp_attr, ApiError, AppState, SessionEntry};
+use crate::http::{clean_message, describe, random_token, sdp_attr, ApiError};
+use crate::state::{AppState, SessionEntry};
 
 /// How long a new connection may take to send `join` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,7 +173,7 @@ pub async fn handler(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
     let token = q.token.unwrap_or_default();
     if token.is_empty() {
-        let e = crate::auth::AuthError::Missing;
+        let e = cabine_proto::jwt::AuthError::Missing;
         st.count_refusal(e.reason());
         st.audit_refusal(room.as_str(), "-", None, peer, &e);
         return Err(e.into());
@@ -369,10 +370,12 @@ impl Conn {
                     "no signalling session with this resume token (it ended; join again)".into(),
                 ));
             };
-            if m.room != self.room || m.identity != self.claims.sub {
+            // The same participant in the same role: a token with the same `sub` but another
+            // role (an observer's) must not take over a doctor's session.
+            if m.room != self.room || m.identity != self.claims.sub || m.role != self.claims.role {
                 return Err((
                     "forbidden",
-                    "the resume token belongs to another participant or room".into(),
+                    "the resume token belongs to another participant, role or room".into(),
                 ));
             }
             m.epoch += 1;
@@ -649,6 +652,8 @@ impl Conn {
                 etag: format!("\"{ufrag}\""),
                 client_ufrag: client_ufrag.to_owned(),
                 claims: self.claims.clone(),
+                // Known from the media once it flows (the WHEP codec check reads it there).
+                video_codecs: Vec::new(),
             },
         );
         self.st.joins.fetch_add(1, Ordering::Relaxed);
@@ -668,7 +673,7 @@ impl Conn {
     }
 
     fn refuse_grant(&self, action: &'static str) {
-        let e = crate::auth::AuthError::Forbidden {
+        let e = cabine_proto::jwt::AuthError::Forbidden {
             role: self.claims.role,
             action,
         };
@@ -699,7 +704,7 @@ impl Conn {
             &self.claims.sub,
             Some(self.claims.role),
             Some(self.peer),
-            &message,
+            &format!("{code}: {message}"),
         );
         self.reply(&error(code, &message));
     }

@@ -41,7 +41,7 @@ pub mod stats;
 pub mod udp;
 
 pub use room::{
-    JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack, Output,
-    Room, RoomConfig, SessionId, SessionKind,
+    EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,
+    Output, Room, RoomConfig, RoomPanicked, SessionId, SessionKind,
 };
 pub use shell::{Sfu, SfuConfig, SfuError};

@@ -81,6 +81,53 @@ pub fn offered_codecs(sdp: &str) -> String {
     }
 }
 
+/// The offer of a receive-only client (WHEP): `a=sendrecv` media become `a=recvonly`, so the
+/// answer is `sendonly` (the server never receives media on a WHEP session).
+pub fn receive_only(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body == "a=sendrecv" {
+            out.push_str("a=recvonly");
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The codec names (`a=rtpmap` encoding names, upper case, deduplicated, in order) of the
+/// `m=<kind>` sections of an SDP that are not disabled (port 0), e.g. `["VP8", "H264"]` for
+/// `kind = "video"`. Retransmission and FEC formats (rtx, red, ulpfec, flexfec) are left out.
+pub fn codecs(sdp: &str, kind: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_kind = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut f = m.split_whitespace();
+            in_kind = f.next() == Some(kind) && f.next() != Some("0");
+            continue;
+        }
+        if !in_kind {
+            continue;
+        }
+        let Some(name) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|enc| enc.split('/').next())
+        else {
+            continue;
+        };
+        let name = name.to_ascii_uppercase();
+        let helper = matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03");
+        if !helper && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +167,20 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ssrc:22 cname:x\r\n";
         let offer = "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
         assert_eq!(offered_codecs(offer), "PCMA, PCMU");
         assert_eq!(offered_codecs(""), "none");
+    }
+
+    #[test]
+    fn receive_only_and_codecs_by_kind() {
+        let offer =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102 103 96\r\na=sendrecv\r\na=rtpmap:102 H264/90000\r\n\
+a=rtpmap:103 rtx/90000\r\na=rtpmap:96 vp8/90000\r\nm=video 0 UDP/TLS/RTP/SAVPF 98\r\n\
+a=rtpmap:98 AV1/90000\r\n";
+        let r = receive_only(offer);
+        assert!(!r.contains("a=sendrecv"));
+        assert_eq!(r.matches("a=recvonly\r\n").count(), 2);
+        assert_eq!(codecs(offer, "video"), vec!["H264", "VP8"]);
+        assert_eq!(codecs(offer, "audio"), vec!["OPUS"]);
+        assert!(codecs(offer, "application").is_empty());
     }
 }

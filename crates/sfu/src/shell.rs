@@ -15,28 +15,33 @@
 //!   it. Changes are queued before the datagram that depends on them is sent.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
+//! - Everything a room does runs under its panic guard ([`Room::run_isolated`]): a room that
+//!   panics is closed, its sessions reported ended, the panic counted (`room_panics`); the
+//!   worker's other rooms carry on. A thread that dies anyway is counted (`threads_died`) and
+//!   [`Sfu::is_healthy`] turns false (the server's `/readyz` then fails).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use cabine_proto::RoomId;
+use cabine_proto::{Redacted, RoomId};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::deadlines::Deadlines;
 use crate::demux::{outgoing_check, Challenge, Demux, Unrouted};
 use crate::room::{
-    DataIn, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, Output,
-    Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
+    DataIn, EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest,
+    Output, Progress, Removed, Room, RoomConfig, RoomSnapshot, SessionId,
 };
 use crate::stats::DelayHistogram;
 pub use crate::udp::MAX_DATAGRAM;
@@ -129,6 +134,12 @@ pub struct ShellCounters {
     pub data_dropped: AtomicU64,
     /// Binding requests routed by ufrag from an address their session has not proven yet.
     pub stun_challenges: AtomicU64,
+    /// Sessions removed because they did not connect within `media.connect_timeout`.
+    pub connect_timeouts: AtomicU64,
+    /// Rooms closed because they panicked (their sessions ended, other rooms carried on).
+    pub room_panics: AtomicU64,
+    /// Media-plane threads (workers, the I/O thread) that ended unexpectedly.
+    pub threads_died: AtomicU64,
     /// Gauge: sessions in the routing table.
     pub routed_sessions: AtomicU64,
     /// Gauge: ICE ufrags in the routing table.
@@ -162,6 +173,12 @@ pub struct ShellStats {
     pub data_dropped: u64,
     /// Binding requests from addresses not proven yet (routed for checking, not learned).
     pub stun_challenges: u64,
+    /// Sessions removed for not connecting within the connect timeout.
+    pub connect_timeouts: u64,
+    /// Rooms closed after a panic.
+    pub room_panics: u64,
+    /// Media-plane threads that ended unexpectedly (the node is then not ready).
+    pub threads_died: u64,
     /// Sessions in the routing table now.
     pub routed_sessions: u64,
     /// ICE ufrags in the routing table now (one per session: old ones go on ICE restart).
@@ -289,7 +306,22 @@ enum Msg {
         local: str0m::IceCreds,
         reply: oneshot::Sender<bool>,
     },
+    /// Test-only faults (`fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    Fault {
+        room: RoomId,
+        fault: Fault,
+    },
     Stop,
+}
+
+/// A fault to inject into the worker that owns a room.
+#[cfg(feature = "fault-injection")]
+enum Fault {
+    /// The room panics inside its guard.
+    RoomPanic,
+    /// The worker thread panics outside any room's guard, and dies.
+    KillWorker,
 }
 
 /// Datagrams handed to a worker in one message: their bytes back to back, and where each ends.
@@ -387,7 +419,7 @@ impl Sfu {
         let mut receivers = receivers.into_iter();
         let rx0 = receivers.next().ok_or(SfuError::Stopped)?;
         let io = Io {
-            worker: new_worker(0),
+            worker: Some(new_worker(0)),
             rx: rx0,
             socket: Arc::clone(&socket),
             signal,
@@ -405,14 +437,14 @@ impl Sfu {
             threads.push(
                 thread::Builder::new()
                     .name(format!("cabine-sfu-{}", i + 1))
-                    .spawn(move || worker.run(rx, pool))
+                    .spawn(watched(&counters, &stop, move || worker.run(rx, pool)))
                     .map_err(bind_err)?,
             );
         }
         threads.push(
             thread::Builder::new()
                 .name("cabine-sfu-0".into())
-                .spawn(move || io.run())
+                .spawn(watched(&counters, &stop, move || io.run()))
                 .map_err(bind_err)?,
         );
         info!(%local, %advertise, workers = n, "media plane started");
@@ -650,10 +682,41 @@ impl Sfu {
             send_errors: r(&c.send_errors),
             data_dropped: r(&c.data_dropped),
             stun_challenges: r(&c.stun_challenges),
+            connect_timeouts: r(&c.connect_timeouts),
+            room_panics: r(&c.room_panics),
+            threads_died: r(&c.threads_died),
             routed_sessions: r(&c.routed_sessions),
             routed_ufrags: r(&c.routed_ufrags),
             routed_addresses: r(&c.routed_addresses),
         }
+    }
+
+    /// Whether every media-plane thread is running: false once a worker or the I/O thread has
+    /// ended without a shutdown (its rooms are gone; the node must not be ready), and after
+    /// [`shutdown`](Self::shutdown).
+    pub fn is_healthy(&self) -> bool {
+        self.inner.counters.threads_died.load(Ordering::Relaxed) == 0
+            && !self.inner.stop.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: makes `room` panic inside its guard, as a bug in it would (the room is
+    /// closed, its sessions end, other rooms carry on).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, room: &RoomId) -> Result<(), SfuError> {
+        self.fault(room, Fault::RoomPanic)
+    }
+
+    /// Test hook: makes the worker that owns `room` panic outside any room's guard, so the
+    /// thread dies (see [`is_healthy`](Self::is_healthy)).
+    #[cfg(feature = "fault-injection")]
+    pub fn kill_worker(&self, room: &RoomId) -> Result<(), SfuError> {
+        self.fault(room, Fault::KillWorker)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault(&self, room: &RoomId, fault: Fault) -> Result<(), SfuError> {
+        let room = room.clone();
+        self.send(self.worker_for(&room), Msg::Fault { room, fault })
     }
 
     /// Events from the media plane (sessions that ended on their own).
@@ -693,6 +756,40 @@ impl Sfu {
     }
 }
 
+/// Wraps a media-plane thread's body: if it ends while the plane is not stopping (a panic
+/// outside every room's guard, a closed channel), it is counted in `threads_died`, which makes
+/// [`Sfu::is_healthy`] false, and logged.
+fn watched(
+    counters: &Arc<ShellCounters>,
+    stop: &Arc<AtomicBool>,
+    body: impl FnOnce() + Send + 'static,
+) -> impl FnOnce() + Send + 'static {
+    struct Watch {
+        counters: Arc<ShellCounters>,
+        stop: Arc<AtomicBool>,
+    }
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            if !self.stop.load(Ordering::Relaxed) {
+                self.counters.threads_died.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    thread = thread::current().name().unwrap_or("?"),
+                    panicked = thread::panicking(),
+                    "a media-plane thread ended unexpectedly; the node is no longer ready"
+                );
+            }
+        }
+    }
+    let watch = Watch {
+        counters: Arc::clone(counters),
+        stop: Arc::clone(stop),
+    };
+    move || {
+        let _watch = watch;
+        body();
+    }
+}
+
 /// The worker that owns `room` among `n`.
 pub fn worker_index(room: &RoomId, n: usize) -> usize {
     let mut h = DefaultHasher::new();
@@ -704,7 +801,8 @@ pub fn worker_index(room: &RoomId, n: usize) -> usize {
 /// and hands each other worker its share in one message per read; runs worker 0's commands
 /// and timers; sleeps in `poll` on the socket and its wake-up signal.
 struct Io {
-    worker: Worker,
+    /// Worker 0, run on this thread (`None` once it died).
+    worker: Option<Worker>,
     rx: Receiver<Msg>,
     socket: Arc<UdpSocket>,
     signal: WakeSignal,
@@ -726,9 +824,14 @@ impl Io {
         loop {
             self.apply_control();
             while let Ok(msg) = self.rx.try_recv() {
-                if !self.worker.handle(msg) {
+                if matches!(msg, Msg::Stop) {
+                    self.guarded(|w| w.out.flush());
                     return;
                 }
+                // Commands for a dead worker 0 are dropped: their callers see `Stopped`.
+                self.guarded(|w| {
+                    w.handle(msg);
+                });
             }
             let mut read = 0;
             loop {
@@ -752,15 +855,17 @@ impl Io {
                     break;
                 }
             }
-            self.worker.run_due();
-            self.worker.out.flush();
+            self.guarded(|w| {
+                w.run_due();
+                w.out.flush();
+            });
             if read >= READS_PER_TURN {
                 continue;
             }
             let timeout = self
                 .worker
-                .deadlines
-                .earliest()
+                .as_mut()
+                .and_then(|w| w.deadlines.earliest())
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if udp::wait(&self.socket, &self.signal, timeout).woken {
                 self.signal.clear();
@@ -793,8 +898,16 @@ impl Io {
             challenges += u64::from(routed.challenge.is_some());
             let (w, session) = routed.key;
             if w == 0 {
-                self.worker
-                    .datagram(session, source, data, at, routed.challenge);
+                let Some(worker) = self.worker.as_mut() else {
+                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let done = catch_unwind(AssertUnwindSafe(|| {
+                    worker.datagram(session, source, data, at, routed.challenge)
+                }));
+                if done.is_err() {
+                    self.worker_died();
+                }
                 continue;
             }
             let Some(slot) = self.pending.get_mut(w) else {
@@ -829,12 +942,31 @@ impl Io {
             let count = batch.items.len() as u64;
             match self.workers[w].try_send(Msg::Batch(batch)) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
+                // A dead worker loses its rooms, not everyone else's (`threads_died`).
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     c.queue_full.fetch_add(count, Ordering::Relaxed);
                 }
-                Err(TrySendError::Disconnected(_)) => {}
             }
         }
+    }
+
+    /// Runs `f` on worker 0 unless it has died. A panic that escapes every room's guard kills
+    /// worker 0 only, as it would kill a worker thread: its rooms are gone, the death is counted
+    /// (`threads_died`, the node is no longer ready), and this thread keeps reading for the
+    /// other workers.
+    fn guarded(&mut self, f: impl FnOnce(&mut Worker)) {
+        let Some(worker) = self.worker.as_mut() else {
+            return;
+        };
+        if catch_unwind(AssertUnwindSafe(|| f(worker))).is_err() {
+            self.worker_died();
+        }
+    }
+
+    fn worker_died(&mut self) {
+        self.worker = None;
+        self.counters.threads_died.fetch_add(1, Ordering::Relaxed);
+        error!("media worker 0 panicked and lost its rooms; the node is no longer ready");
     }
 
     fn apply_control(&mut self) {
@@ -980,12 +1112,15 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        room.handle_datagram(now, at, session, source, self.local, data);
+        let local = self.local;
         self.out.challenge = challenge.map(|c| (c, session));
-        let ended = self.out.drain(room, None).ended;
+        let ended = isolated(room, &mut self.out, |r, out| {
+            r.handle_datagram(now, at, session, source, local, data);
+            out.drain(r, None).ended
+        });
         self.out.challenge = None;
         self.deadlines.schedule(slot, room.poll_timeout());
-        if ended && room.is_empty() {
+        if ended != Some(false) && room.is_empty() {
             self.close(slot);
         }
     }
@@ -997,13 +1132,15 @@ impl Worker {
             let Some(room) = self.rooms.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            let mut ended = false;
+            let mut ended = Some(false);
             if room.poll_timeout().is_some_and(|t| t <= now) {
-                room.handle_timeout(now);
-                ended = self.out.drain(room, None).ended;
+                ended = isolated(room, &mut self.out, |r, out| {
+                    r.handle_timeout(now);
+                    out.drain(r, None).ended
+                });
             }
             self.deadlines.schedule(slot, room.poll_timeout());
-            if ended && room.is_empty() {
+            if ended != Some(false) && room.is_empty() {
                 self.close(slot);
             }
         }
@@ -1013,11 +1150,8 @@ impl Worker {
         self.by_id.get(room).copied()
     }
 
-    fn room(&mut self, slot: usize) -> Option<&mut Room> {
-        self.rooms.get_mut(slot).and_then(Option::as_mut)
-    }
-
-    /// Handles one command; false means stop.
+    /// Handles one command; false means stop. Everything a room does runs under its panic
+    /// guard ([`isolated`]); a room that panics is closed here.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Batch(batch) => {
@@ -1047,12 +1181,14 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.slot(&room) {
-                    Some(slot) => {
-                        self.with_room(slot, now, |r| r.accept_answer(now, session, offer, &sdp))
-                    }
-                    None => Err(NegotiationError::UnknownSession(session)),
-                };
+                let result = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, Some(now), |r, _| {
+                            r.accept_answer(now, session, offer, &sdp)
+                        })
+                    })
+                    .unwrap_or(Err(NegotiationError::UnknownSession(session)));
                 let _ = reply.send(result);
             }
             Msg::Outstanding {
@@ -1061,32 +1197,22 @@ impl Worker {
                 restart_ice,
                 reply,
             } => {
-                let result = match self.slot(&room) {
-                    Some(slot) => {
-                        let Worker {
-                            rooms,
-                            out,
-                            deadlines,
-                            ..
-                        } = self;
-                        match rooms.get_mut(slot).and_then(Option::as_mut) {
-                            Some(r) => {
-                                let asked = if restart_ice {
-                                    r.restart_ice_offer(session)
-                                } else {
-                                    Ok(())
-                                };
-                                // A restart offer made at once is returned here, not reported
-                                // twice.
-                                let pending = out.drain(r, Some(session)).claimed;
-                                deadlines.schedule(slot, r.poll_timeout());
-                                asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
-                            }
-                            None => Err(NegotiationError::UnknownSession(session)),
-                        }
-                    }
-                    None => Err(NegotiationError::UnknownSession(session)),
-                };
+                let result = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, None, |r, out| {
+                            let asked = if restart_ice {
+                                r.restart_ice_offer(session)
+                            } else {
+                                Ok(())
+                            };
+                            // A restart offer made at once is returned here, not reported
+                            // twice.
+                            let pending = out.drain(r, Some(session)).claimed;
+                            asked.map(|()| pending.or_else(|| r.outstanding_offer(session)))
+                        })
+                    })
+                    .unwrap_or(Err(NegotiationError::UnknownSession(session)));
                 if let Ok(Some(o)) = &result {
                     self.out.register(o.ice_ufrag.clone(), session);
                 }
@@ -1099,19 +1225,20 @@ impl Worker {
                 reply,
             } => {
                 let now = self.now();
-                let result = match self.slot(&room) {
-                    Some(slot) => {
-                        let result = self.room(slot).map(|r| r.republish(now, session, &offer));
-                        // The ufrag (new on an ICE restart) is registered before the checks
-                        // that name it leave.
-                        if let Some(ufrag) = self.room(slot).and_then(|r| r.local_ufrag(session)) {
-                            self.out.register(ufrag, session);
-                        }
-                        self.with_room(slot, now, |_| ());
-                        result.unwrap_or(Err(JoinError::UnknownSession(session)))
-                    }
-                    None => Err(JoinError::UnknownSession(session)),
-                };
+                let result = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, Some(now), |r, out| {
+                            let result = r.republish(now, session, &offer);
+                            // The ufrag (new on an ICE restart) is registered before the
+                            // checks that name it leave.
+                            if let Some(ufrag) = r.local_ufrag(session) {
+                                out.register(ufrag, session);
+                            }
+                            result
+                        })
+                    })
+                    .unwrap_or(Err(JoinError::UnknownSession(session)));
                 let _ = reply.send(result);
             }
             Msg::Leave {
@@ -1121,12 +1248,10 @@ impl Worker {
             } => {
                 let mut found = false;
                 if let Some(slot) = self.slot(&room) {
-                    let Worker { rooms, out, .. } = self;
-                    if let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) {
-                        found = r.leave(session);
-                        // Subscribers of its tracks get new offers.
-                        out.drain(r, None);
-                    }
+                    // Subscribers of its tracks get new offers (drained by `in_room`).
+                    found = self
+                        .in_room(slot, None, |r, _| r.leave(session))
+                        .unwrap_or(false);
                     if found {
                         self.out.forget(session);
                         self.close(slot);
@@ -1136,10 +1261,22 @@ impl Worker {
             }
             Msg::Snapshot { reply } => {
                 let now = self.now();
-                let live = self.rooms.iter().flatten();
-                let rooms = live.clone().map(|r| r.snapshot(now)).collect();
+                let mut rooms = Vec::with_capacity(self.by_id.len());
+                let mut failed = Vec::new();
+                for (slot, entry) in self.rooms.iter_mut().enumerate() {
+                    let Some(r) = entry else {
+                        continue;
+                    };
+                    match isolated(r, &mut self.out, |r, _| r.snapshot(now)) {
+                        Some(snapshot) => rooms.push(snapshot),
+                        None => failed.push(slot),
+                    }
+                }
+                for slot in failed {
+                    self.close(slot);
+                }
                 let mut delay = self.closed_delay.clone();
-                for r in live {
+                for r in self.rooms.iter().flatten() {
                     delay.merge(r.forwarding_delay());
                 }
                 let _ = reply.send((rooms, delay));
@@ -1152,24 +1289,14 @@ impl Worker {
             } => {
                 let now = self.now();
                 if let Some(slot) = self.slot(&room) {
-                    let Worker {
-                        rooms,
-                        out,
-                        deadlines,
-                        ..
-                    } = self;
-                    if let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) {
-                        match to {
-                            None => {
-                                r.send_data(now, &data, reliable);
-                            }
-                            Some(session) => {
-                                r.send_data_to(now, session, &data, reliable);
-                            }
+                    self.in_room(slot, None, |r, _| match to {
+                        None => {
+                            r.send_data(now, &data, reliable);
                         }
-                        out.drain(r, None);
-                        deadlines.schedule(slot, r.poll_timeout());
-                    }
+                        Some(session) => {
+                            r.send_data_to(now, session, &data, reliable);
+                        }
+                    });
                 }
             }
             Msg::IceRestart {
@@ -1180,17 +1307,30 @@ impl Worker {
                 reply,
             } => {
                 let ufrag = local.ufrag.clone();
-                let slot = self.slot(&room);
-                let found = slot
-                    .and_then(|s| self.room(s))
-                    .is_some_and(|r| r.ice_restart(session, remote, local));
-                if let (true, Some(slot)) = (found, slot) {
-                    self.out.register(ufrag, session);
-                    let now = self.now();
-                    self.with_room(slot, now, |_| ());
-                }
+                let now = self.now();
+                let found = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, Some(now), |r, out| {
+                            let found = r.ice_restart(session, remote, local);
+                            if found {
+                                out.register(ufrag, session);
+                            }
+                            found
+                        })
+                    })
+                    .unwrap_or(false);
                 let _ = reply.send(found);
             }
+            #[cfg(feature = "fault-injection")]
+            Msg::Fault { room, fault } => match fault {
+                Fault::RoomPanic => {
+                    if let Some(slot) = self.slot(&room) {
+                        self.in_room(slot, None, |r, _| r.inject_panic());
+                    }
+                }
+                Fault::KillWorker => panic!("fault injection: worker killed"),
+            },
             Msg::Stop => {
                 self.out.flush();
                 return false;
@@ -1199,29 +1339,40 @@ impl Worker {
         true
     }
 
-    /// Runs `f` on the room in `slot`, then sends what the room has to send at `now` (after a
-    /// join, an answer, an ICE restart...) and queues its timer.
-    fn with_room<T>(&mut self, slot: usize, now: Instant, f: impl FnOnce(&mut Room) -> T) -> T {
+    /// Runs `f` on the room in `slot` under its panic guard ([`isolated`]), then (with
+    /// `flush_at`) advances the room to that time, drains its outputs and queues its timer. A
+    /// room that panicked is closed. `None`: no room there, or it panicked.
+    fn in_room<T>(
+        &mut self,
+        slot: usize,
+        flush_at: Option<Instant>,
+        f: impl FnOnce(&mut Room, &mut Outlet) -> T,
+    ) -> Option<T> {
         let Worker {
             rooms,
             out,
             deadlines,
             ..
         } = self;
-        let Some(r) = rooms.get_mut(slot).and_then(Option::as_mut) else {
-            // Callers look the slot up first; an empty slot cannot be reached.
-            unreachable!("room slot {slot} is empty");
-        };
-        let result = f(r);
-        r.handle_timeout(now);
-        out.drain(r, None);
+        let r = rooms.get_mut(slot).and_then(Option::as_mut)?;
+        let result = isolated(r, out, |r, out| {
+            let result = f(r, out);
+            if let Some(now) = flush_at {
+                r.handle_timeout(now);
+            }
+            out.drain(r, None);
+            result
+        });
         deadlines.schedule(slot, r.poll_timeout());
+        if result.is_none() {
+            self.close(slot);
+        }
         result
     }
 
     /// Adds `session` to `room` (created if needed) with `join`; on success registers its ufrag
     /// with the I/O thread and sends what the session has to send at once; a room left empty by
-    /// a refused join is dropped.
+    /// a refused join (or closed by a panic) is dropped.
     fn join<T>(
         &mut self,
         room: RoomId,
@@ -1248,21 +1399,19 @@ impl Worker {
                 slot
             }
         };
-        let Some(r) = self.room(slot) else {
-            // The slot was just looked up or filled.
-            unreachable!("room slot {slot} is empty");
-        };
-        let result = join(r, now);
-        if result.is_ok() {
-            // Registered before anything is sent: the session's first connectivity checks
-            // name this ufrag, and their answers must find the session.
-            self.out.sessions.insert(session, slot);
-            self.out.register(ufrag, session);
-            self.with_room(slot, now, |_| ());
-        } else {
-            self.close(slot);
-        }
-        result
+        let result = self.in_room(slot, Some(now), |r, out| {
+            let result = join(r, now);
+            if result.is_ok() {
+                // Registered before anything is sent (the drain after this closure): the
+                // session's first connectivity checks name this ufrag, and their answers must
+                // find the session.
+                out.sessions.insert(session, slot);
+                out.register(ufrag, session);
+            }
+            result
+        });
+        self.close(slot);
+        result.unwrap_or(Err(JoinError::RoomFailed))
     }
 
     /// Drops the room in `slot` if it has no session left, keeping its forwarding-delay
@@ -1279,6 +1428,30 @@ impl Worker {
             self.by_id.remove(r.id());
             self.deadlines.remove(slot);
             self.free.push(slot);
+        }
+    }
+}
+
+/// Runs `f` on `room` under the room's panic guard ([`Room::run_isolated`]). A room that panics
+/// is closed: each of its sessions is reported ended to the server (which tells the clients),
+/// the panic is counted (`room_panics`) and logged with the room's pseudonym; the worker and its
+/// other rooms carry on. `None` after a panic (the room is then empty).
+fn isolated<R>(
+    room: &mut Room,
+    out: &mut Outlet,
+    f: impl FnOnce(&mut Room, &mut Outlet) -> R,
+) -> Option<R> {
+    match room.run_isolated(|r| f(r, out)) {
+        Ok(r) => Some(r),
+        Err(panicked) => {
+            out.counters.room_panics.fetch_add(1, Ordering::Relaxed);
+            error!(
+                room = %Redacted(room.id()),
+                sessions = panicked.sessions,
+                "a room panicked and was closed, its sessions ended; other rooms carry on"
+            );
+            out.drain(room, None);
+            None
         }
     }
 }
@@ -1333,6 +1506,11 @@ impl Outlet {
                 }
                 Output::Ended(removed) => {
                     drained.ended = true;
+                    if removed.cause == EndCause::ConnectTimeout {
+                        self.counters
+                            .connect_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     self.forget(removed.session);
                     info!(session = %removed.session, reason = removed.reason, "session ended");
                     let event = SfuEvent::SessionEnded {

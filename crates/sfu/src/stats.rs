@@ -98,23 +98,29 @@ impl DelayHistogram {
         &self.buckets
     }
 
-    /// Upper bound (µs) of the bucket holding quantile `q` (0..=1); the largest value seen for
-    /// the last bucket. 0 when empty.
+    /// Quantile `q` (0..=1) in µs, interpolated linearly inside the bucket that holds it (a
+    /// bucket's values are taken as spread evenly between its bounds; the last bucket ends at
+    /// the largest value seen), never above the largest value. 0 when empty.
     pub fn quantile_us(&self, q: f64) -> u64 {
         if self.count == 0 {
             return 0;
         }
-        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Self::BOUNDS_US
+        let rank = ((self.count as f64) * q.clamp(0.0, 1.0)).max(1.0);
+        let mut seen = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let lower = if i == 0 { 0 } else { Self::BOUNDS_US[i - 1] };
+                let upper = Self::BOUNDS_US
                     .get(i)
                     .copied()
                     .unwrap_or(self.max_us)
-                    .min(self.max_us);
+                    .min(self.max_us)
+                    .max(lower);
+                let within = (rank - seen as f64) / n as f64;
+                let v = lower as f64 + within * (upper - lower) as f64;
+                return (v.round() as u64).min(self.max_us);
             }
+            seen += n;
         }
         self.max_us
     }
@@ -131,16 +137,16 @@ impl DelayHistogram {
     }
 }
 
-/// A readable summary of a [`DelayHistogram`]; quantiles are bucket upper bounds.
+/// A readable summary of a [`DelayHistogram`]; quantiles are interpolated inside buckets.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct DelaySummary {
     /// Values recorded.
     pub count: u64,
     /// Mean, µs.
     pub mean_us: u64,
-    /// Median (bucket bound), µs.
+    /// Median, µs (interpolated in the histogram).
     pub p50_us: u64,
-    /// 99th percentile (bucket bound), µs.
+    /// 99th percentile, µs (interpolated in the histogram).
     pub p99_us: u64,
     /// Largest value, µs.
     pub max_us: u64,
@@ -219,9 +225,19 @@ mod tests {
         h.record(Duration::from_millis(3));
         let s = h.summary();
         assert_eq!(s.count, 100);
-        assert_eq!(s.p50_us, 25);
+        // Interpolated inside the buckets, not their edges: 50 of the 98 values in (10, 25].
+        assert_eq!(s.p50_us, 18);
         assert_eq!(s.p99_us, 1_000);
         assert_eq!(s.max_us, 3_000);
+        // Two rows of different delays get different quantiles even within one bucket.
+        let mut a = DelayHistogram::default();
+        let mut b = DelayHistogram::default();
+        for i in 0..100u64 {
+            a.record(Duration::from_micros(120 + i % 10));
+            b.record(Duration::from_micros(200 + i % 40));
+        }
+        assert!(a.quantile_us(0.5) < b.quantile_us(0.5));
+        assert!(b.quantile_us(0.99) <= 239);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 
 use super::{Room, TrackClass};
-use crate::pause::Change;
+use crate::pause::{Change, Link};
 use crate::simulcast::{self};
 
 impl Room {
@@ -107,6 +107,13 @@ impl Room {
         // str0m paces at 1.1 × the estimate.
         let mut left = (bwe + bwe / 10).saturating_sub(audio);
         let s = &mut self.sessions[i];
+        // The loss the subscriber reports on what still flows: a shortfall counts only with it.
+        let loss =
+            (s.outs.iter().filter(|o| !o.pause.is_paused())).fold(0f32, |m, o| m.max(o.stats.loss));
+        let link = Link {
+            estimate: bwe,
+            loss,
+        };
         for (k, _, simulcast, rate) in video {
             let Some(rate) = rate else { continue };
             let out = &mut s.outs[k];
@@ -114,7 +121,7 @@ impl Room {
                 left = left.saturating_sub(rate);
                 continue;
             }
-            let (change, forwarded) = out.pause.update(now, rate, left);
+            let (change, forwarded) = out.pause.update(now, rate, left, link);
             if forwarded {
                 left = left.saturating_sub(rate);
             }

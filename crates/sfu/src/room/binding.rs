@@ -104,6 +104,44 @@ impl Room {
                 }
             }
         }
+        self.park_idle_streams();
+    }
+
+    /// Takes the send streams of subscriber slots that have no track out of str0m, and gives
+    /// back those of slots that have one again (same SSRCs as the SDP announced).
+    ///
+    /// With bandwidth estimation on, str0m pads up to at least 50 kbit/s on any stream with
+    /// RTX whenever its queues are empty: a subscriber whose video slot has nothing to forward
+    /// (an audio-only publisher) would receive ~70 padding-only packets per second on it.
+    /// Without a stream there is no padding source; the estimate then rests on the media
+    /// actually forwarded.
+    pub(super) fn park_idle_streams(&mut self) {
+        for s in &mut self.sessions {
+            if s.kind != SessionKind::Subscribe {
+                continue;
+            }
+            for out in &mut s.outs {
+                match (out.track, out.idle) {
+                    (None, None) => {
+                        let mut api = s.rtc.direct_api();
+                        let Some(tx) = api.stream_tx_by_mid(out.mid, None) else {
+                            continue;
+                        };
+                        let ssrcs = (tx.ssrc(), tx.rtx());
+                        api.remove_stream_tx(ssrcs.0);
+                        out.idle = Some(ssrcs);
+                    }
+                    (Some(_), Some((ssrc, rtx))) => {
+                        s.rtc
+                            .direct_api()
+                            .declare_stream_tx(ssrc, rtx, out.mid, None);
+                        out.idle = None;
+                        s.dirty = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     pub(super) fn forget_tracks_of(&mut self, session: SessionId) {

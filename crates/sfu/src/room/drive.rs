@@ -10,7 +10,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output as RtcOutput};
 
 use super::{
-    clock_rate, flush_backlog, Output, Progress, Removed, Room, SessionId, Stage, DATA_IN_LIMIT,
+    clock_rate, flush_backlog, EndCause, Output, Progress, Removed, Room, SessionId, Stage,
+    DATA_IN_LIMIT,
 };
 
 impl Room {
@@ -56,7 +57,10 @@ impl Room {
     /// The next time [`Room::handle_timeout`] must be called (also given by
     /// [`Output::Timeout`] once the outputs are drained).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.iter().map(|s| s.timeout).min()
+        self.sessions
+            .iter()
+            .map(|s| s.connect_by.map_or(s.timeout, |by| by.min(s.timeout)))
+            .min()
     }
 
     /// Advances time: timers of every session due at `now`, and removal of dead sessions. What
@@ -73,30 +77,38 @@ impl Room {
         self.drive(now);
     }
 
-    pub(super) fn reap(&mut self) {
+    /// Removes the sessions that are over at `now`: closed, disconnected past the grace period,
+    /// or never connected within the connect timeout; each is reported as [`Output::Ended`].
+    pub(super) fn reap(&mut self, now: Instant) {
         let grace = self.cfg.disconnect_grace;
-        let now_dead: Vec<SessionId> = self
+        let now_dead: Vec<(SessionId, EndCause)> = self
             .sessions
             .iter()
-            .filter(|s| {
-                !s.rtc.is_alive()
-                    || s.disconnected_since
-                        .is_some_and(|since| s.timeout.saturating_duration_since(since) > grace)
+            .filter_map(|s| {
+                let cause = if !s.rtc.is_alive() {
+                    EndCause::Closed
+                } else if s.connect_by.is_some_and(|by| by <= now) {
+                    EndCause::ConnectTimeout
+                } else if s
+                    .disconnected_since
+                    .is_some_and(|since| s.timeout.saturating_duration_since(since) > grace)
+                {
+                    EndCause::Disconnected
+                } else {
+                    return None;
+                };
+                Some((s.id, cause))
             })
-            .map(|s| s.id)
             .collect();
-        for id in now_dead {
+        for (id, cause) in now_dead {
             if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
                 self.outputs.push_back(Output::Ended(Removed {
                     session: s.id,
                     identity: s.identity.clone(),
                     role: s.role,
                     kind: s.kind,
-                    reason: if s.rtc.is_alive() {
-                        "ICE disconnected for longer than the grace period"
-                    } else {
-                        "connection closed"
-                    },
+                    reason: cause.reason(),
+                    cause,
                 }));
             }
             self.leave(id);
@@ -109,12 +121,12 @@ impl Room {
             self.sessions[i].dirty = false;
             self.poll_session(i, now);
         }
-        if self
-            .sessions
-            .iter()
-            .any(|s| !s.rtc.is_alive() || s.disconnected_since.is_some())
-        {
-            self.reap();
+        if self.sessions.iter().any(|s| {
+            !s.rtc.is_alive()
+                || s.disconnected_since.is_some()
+                || s.connect_by.is_some_and(|by| by <= now)
+        }) {
+            self.reap(now);
         }
     }
 
@@ -149,6 +161,7 @@ impl Room {
         match e {
             Event::Connected => {
                 self.sessions[i].connected = true;
+                self.sessions[i].connect_by = None;
                 self.reached(i, Stage::DtlsConnected);
             }
             Event::IceConnectionStateChange(state) => {

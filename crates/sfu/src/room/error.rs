@@ -38,6 +38,10 @@ pub enum JoinError {
     /// (no track to receive and no telemetry channel).
     #[error("nothing to offer: no track to receive and no telemetry channel asked for")]
     NothingToOffer,
+    /// Server fault: the room panicked while handling the join and was closed with all its
+    /// sessions (see [`Room::run_isolated`](super::Room::run_isolated)).
+    #[error("the room failed on the server and was closed")]
+    RoomFailed,
 }
 
 impl JoinError {

@@ -22,6 +22,7 @@ mod datachannel;
 mod drive;
 mod error;
 mod forward;
+mod isolation;
 mod negotiation;
 mod output;
 mod snapshot;
@@ -32,6 +33,7 @@ pub use self::datachannel::{
     TELEMETRY_LABEL,
 };
 pub use self::error::{JoinError, NegotiationError};
+pub use self::isolation::RoomPanicked;
 use self::negotiation::Negotiation;
 pub use self::negotiation::{Offer, OfferRequest, OfferedTrack};
 pub use self::output::{Output, Progress, Stage};
@@ -121,6 +123,9 @@ pub struct RoomConfig {
     pub initial_bitrate: Bitrate,
     /// How long a session may stay ICE-disconnected before it is removed.
     pub disconnect_grace: Duration,
+    /// How long a new session has to connect (ICE and DTLS done) before it is removed and
+    /// frees its slot (`media.connect_timeout`).
+    pub connect_timeout: Duration,
     /// Minimum time between two keyframe requests sent to one publisher stream.
     pub keyframe_interval: Duration,
     /// Most sessions (publish + subscribe) in one room.
@@ -133,6 +138,7 @@ impl Default for RoomConfig {
             candidate: SocketAddr::from(([127, 0, 0, 1], 7882)),
             initial_bitrate: Bitrate::kbps(1_000),
             disconnect_grace: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(20),
             keyframe_interval: Duration::from_millis(500),
             max_sessions: 16,
         }
@@ -209,8 +215,38 @@ pub struct Removed {
     pub role: Role,
     /// Publish or subscribe.
     pub kind: SessionKind,
-    /// Why it was removed.
+    /// Why it was removed, in words (`cause.reason()`).
     pub reason: &'static str,
+    /// Why it was removed.
+    pub cause: EndCause,
+}
+
+/// Why the room removed a session by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EndCause {
+    /// It did not connect (ICE and DTLS) within [`RoomConfig::connect_timeout`].
+    ConnectTimeout,
+    /// ICE stayed disconnected for longer than [`RoomConfig::disconnect_grace`].
+    Disconnected,
+    /// The peer closed the connection, or the connection failed.
+    Closed,
+    /// The room failed (a panic caught by [`Room::run_isolated`]) and was closed with all its
+    /// sessions.
+    RoomFailed,
+}
+
+impl EndCause {
+    /// The cause in words, for logs, the audit trail and clients.
+    pub fn reason(self) -> &'static str {
+        match self {
+            EndCause::ConnectTimeout => "did not connect within the connect timeout",
+            EndCause::Disconnected => "ICE disconnected for longer than the grace period",
+            EndCause::Closed => "connection closed",
+            EndCause::RoomFailed => "the room failed on the server and was closed",
+        }
+    }
 }
 
 impl Room {
@@ -309,6 +345,7 @@ impl Room {
             dirty: true,
             timeout: now,
             connected: false,
+            connect_by: Some(now + self.cfg.connect_timeout),
             disconnected_since: None,
             ssrc_map: Vec::new(),
             outs: Vec::new(),
@@ -379,6 +416,7 @@ impl Room {
                         pt_map: [0; 128],
                         stats: EgressStats::default(),
                         pause: Pauser::default(),
+                        idle: None,
                     });
                 }
                 self.sessions.push(session);
@@ -454,6 +492,9 @@ struct Session {
     dirty: bool,
     timeout: Instant,
     connected: bool,
+    /// Until it first connects: when the session is removed if it has not (see
+    /// [`RoomConfig::connect_timeout`]).
+    connect_by: Option<Instant>,
     disconnected_since: Option<Instant>,
     /// Publisher: SSRC → (track id, layer index) cache.
     ssrc_map: Vec<(Ssrc, u64, u8)>,
@@ -501,6 +542,10 @@ struct Out {
     stats: EgressStats,
     /// Whether the subscriber's link carries this video now.
     pause: Pauser,
+    /// While the slot has no track: the SSRCs (main, RTX) of its send stream, removed from
+    /// str0m so that its pacer has no stream to send padding on (see
+    /// [`Room::park_idle_streams`]).
+    idle: Option<(Ssrc, Option<Ssrc>)>,
 }
 
 impl Track {

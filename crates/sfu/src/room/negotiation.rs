@@ -107,6 +107,7 @@ impl Room {
             dirty: true,
             timeout: now,
             connected: false,
+            connect_by: Some(now + self.cfg.connect_timeout),
             disconnected_since: None,
             ssrc_map: Vec::new(),
             outs: Vec::new(),
@@ -192,6 +193,7 @@ impl Room {
                 pt_map: [0; 128],
                 stats: EgressStats::default(),
                 pause: Pauser::default(),
+                idle: None,
             });
         }
         // Whatever changed while the offer was out (or tracks that appeared) goes next.

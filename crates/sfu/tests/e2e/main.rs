@@ -4,9 +4,12 @@
 
 mod common;
 
+mod connect_timeout;
 mod garbage;
+mod isolation;
 mod loopback;
 mod output;
+mod padding;
 mod pause;
 mod renegotiation;
 mod simulcast;

@@ -33,6 +33,10 @@ pub struct Link {
     busy_until: Option<Instant>,
     queue: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     pub dropped: u64,
+    /// Extra delay per datagram, uniform in `0..jitter` (order kept), from a seeded generator.
+    pub jitter: Duration,
+    rng: rand::rngs::StdRng,
+    last_arrival: Option<Instant>,
 }
 
 impl Link {
@@ -44,6 +48,9 @@ impl Link {
             busy_until: None,
             queue: VecDeque::new(),
             dropped: 0,
+            jitter: Duration::ZERO,
+            rng: rand::SeedableRng::seed_from_u64(delay_ms),
+            last_arrival: None,
         }
     }
 
@@ -61,7 +68,13 @@ impl Link {
             }
             None => now,
         };
-        self.queue.push_back((depart + self.delay, from, to, data));
+        let mut arrive = depart + self.delay;
+        if !self.jitter.is_zero() {
+            let j = rand::Rng::random_range(&mut self.rng, 0..self.jitter.as_micros() as u64);
+            arrive = (arrive + Duration::from_micros(j)).max(self.last_arrival.unwrap_or(arrive));
+        }
+        self.last_arrival = Some(arrive);
+        self.queue.push_back((arrive, from, to, data));
     }
 
     fn next(&self) -> Option<Instant> {
@@ -102,17 +115,26 @@ pub struct Sim {
     pub ended: Vec<Removed>,
     /// How long before it is handled each datagram arrived (the shell's queueing, simulated).
     pub arrival_lag: Duration,
+    /// Peers joined from now on report every RTP packet they receive
+    /// (`Event::RawPacket`, see `RtcConfig::enable_raw_packets`).
+    pub raw_packets: bool,
 }
 
 impl Sim {
     pub fn new() -> Self {
+        Sim::with_config(|_| {})
+    }
+
+    /// A simulation whose room has the default settings changed by `configure`.
+    pub fn with_config(configure: impl FnOnce(&mut RoomConfig)) -> Self {
         let now = Instant::now();
         let room_addr: SocketAddr = ROOM_ADDR.parse().unwrap();
-        let cfg = RoomConfig {
+        let mut cfg = RoomConfig {
             candidate: room_addr,
             initial_bitrate: Bitrate::kbps(1_000),
             ..RoomConfig::default()
         };
+        configure(&mut cfg);
         Sim {
             now,
             room: Room::new(RoomId::parse("sim").unwrap(), cfg),
@@ -122,6 +144,7 @@ impl Sim {
             data_in: Vec::new(),
             ended: Vec::new(),
             arrival_lag: Duration::ZERO,
+            raw_packets: false,
         }
     }
 
@@ -135,7 +158,9 @@ impl Sim {
     ) -> Result<(usize, T), cabine_sfu::JoinError> {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let built = build(&mut api);
@@ -243,7 +268,9 @@ impl Sim {
     pub fn join_offered(&mut self, identity: &str, role: Role, telemetry: bool) -> (usize, Offer) {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
+        let mut rtc = Rtc::builder()
+            .enable_raw_packets(self.raw_packets)
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let session = SessionId(100 + i as u64);
         let offer = self

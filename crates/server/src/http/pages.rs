@@ -1,0 +1,138 @@
+//! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
+//! `/kiosk/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
+//! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
+//! and asset is served with the same strict content security policy (no inline script or
+//! style, no framing).
+//!
+//! Dependency-free ES modules and CSS compiled into the binary (`include_str!`): nothing is
+//! fetched from elsewhere, so the pages work offline, and the content security policy says so.
+//! The token travels in the URL fragment (`#token=…`), which browsers never send; the pages
+//! give it to the WebSocket (`/ws/{room}?token=…`, see `docs/signalling.md`) and the server
+//! logs routes, never URLs.
+
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+/// The files under `/app/`: name, content type, content.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "session.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/session.js"),
+    ),
+    (
+        "consult.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/consult.js"),
+    ),
+    (
+        "kiosk.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/kiosk.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/app.css"),
+    ),
+    (
+        "ops.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/ops.js"),
+    ),
+    (
+        "ops.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/ops.css"),
+    ),
+    (
+        "publish.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/publish.js"),
+    ),
+    (
+        "publish.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/publish.css"),
+    ),
+    (
+        "watch.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/watch.js"),
+    ),
+    (
+        "watch.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/app/watch.css"),
+    ),
+];
+
+/// Only this origin: scripts, styles, sockets; media and stills from streams and blobs.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self' ws: wss:; img-src 'self' blob: data:; \
+                   media-src 'self' blob: mediastream:; frame-ancestors 'none'";
+
+/// The routes of the browser app.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/consult/{room}", get(consult))
+        .route("/kiosk/{room}", get(kiosk))
+        .route("/ops", get(ops_page))
+        .route("/demo/publish", get(demo_publish))
+        .route("/demo/watch", get(demo_watch))
+        .route("/app/{file}", get(asset))
+}
+
+async fn consult() -> Response {
+    page(include_str!("../../assets/app/consult.html"))
+}
+
+async fn kiosk() -> Response {
+    page(include_str!("../../assets/app/kiosk.html"))
+}
+
+/// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
+async fn ops_page() -> Response {
+    page(include_str!("../../assets/app/ops.html"))
+}
+
+/// A dependency-free page that publishes the browser's camera and microphone over WHIP
+/// (token in the URL fragment: `/demo/publish#room=R&token=T`).
+async fn demo_publish() -> Response {
+    page(include_str!("../../assets/app/publish.html"))
+}
+
+/// A dependency-free page that plays a room over WHEP (`/demo/watch#room=R&token=T`).
+async fn demo_watch() -> Response {
+    page(include_str!("../../assets/app/watch.html"))
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, kind, body)) => respond(kind, body),
+        None => (StatusCode::NOT_FOUND, format!("no asset {file:?}")).into_response(),
+    }
+}
+
+fn page(body: &'static str) -> Response {
+    respond("text/html; charset=utf-8", body)
+}
+
+fn respond(kind: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}

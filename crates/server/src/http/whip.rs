@@ -1,0 +1,445 @@
+//! WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`): create a session with an SDP offer,
+//! PATCH it (trickle, ICE restart), DELETE it (RFC 9725).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cabine_proto::{Claims, Grant, Identity, Redacted, RoomId};
+use cabine_sfu::{sdp, JoinError, JoinRequest, SessionId, SessionKind, SfuError};
+use rand::Rng;
+use serde::Deserialize;
+use tracing::info;
+
+use super::guard::{authorize, session_actor};
+use super::sdpfrag::SdpFrag;
+use super::{
+    check_content_type, clean_message, describe, insert, random_token, sdp_attr, ApiError,
+};
+use crate::state::{AppState, SessionEntry};
+
+/// `OPTIONS /whip/{room}` and `/whep/{room}`: what a POST takes, and the ICE servers to use
+/// (RFC 9725 §4.6).
+pub(crate) async fn endpoint_options(State(st): State<Arc<AppState>>) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    add_ice_links(&st, h);
+    r
+}
+
+/// `OPTIONS` on a session URL: what a PATCH takes.
+pub(crate) async fn session_options() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ALLOW,
+        HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+    );
+    h.insert(
+        "accept-patch",
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    r
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WhepQuery {
+    from: Option<String>,
+}
+
+pub(crate) async fn whip(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create_session(&st, peer, &room, &headers, body, SessionKind::Publish, None).await
+}
+
+pub(crate) async fn whep(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    Query(q): Query<WhepQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let from = match q.from {
+        Some(f) => Some(Identity::parse(&f).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("bad `from` parameter: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    create_session(
+        &st,
+        peer,
+        &room,
+        &headers,
+        body,
+        SessionKind::Subscribe,
+        from,
+    )
+    .await
+}
+
+async fn create_session(
+    st: &Arc<AppState>,
+    peer: SocketAddr,
+    room: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    kind: SessionKind,
+    from: Option<Identity>,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+    let (grant, action, path) = match kind {
+        SessionKind::Publish => (Grant::Publish, "publish", "whip"),
+        SessionKind::Subscribe => (Grant::Subscribe, "subscribe", "whep"),
+    };
+    let claims = authorize(st, headers, &room, grant, action, peer)?;
+    if st.draining.load(Ordering::Relaxed) {
+        st.count_refusal("draining");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is shutting down; retry on another node",
+        ));
+    }
+    check_content_type(headers, "application/sdp")?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))?;
+    if offer.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty SDP offer"));
+    }
+    let offer = match kind {
+        SessionKind::Publish => offer.to_owned(),
+        // WHEP receives only: a `sendrecv` offer gets a `sendonly` answer.
+        SessionKind::Subscribe => {
+            check_codecs(st, &room, offer, from.as_ref(), &claims, peer).await?;
+            sdp::receive_only(offer)
+        }
+    };
+    let session = SessionId(rand::rng().random());
+    let ice_ufrag = random_token(8);
+    let ice_pwd = random_token(24);
+    let req = JoinRequest {
+        session,
+        identity: claims.sub.clone(),
+        role: claims.role,
+        kind,
+        offer: offer.clone(),
+        from,
+        ice_ufrag: ice_ufrag.clone(),
+        ice_pwd,
+    };
+    let joined = match st.sfu.join(room.clone(), req).await {
+        Ok(j) => j,
+        Err(e) => {
+            let (status, reason) = match &e {
+                SfuError::Join(JoinError::NoUsableMedia(_)) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "no_usable_codec")
+                }
+                SfuError::Join(JoinError::RoomFull(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "room_full")
+                }
+                SfuError::Join(e) if e.is_client_fault() => (StatusCode::BAD_REQUEST, "bad_sdp"),
+                SfuError::Join(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "media_plane_down"),
+            };
+            st.count_refusal(reason);
+            let message = clean_message(&e.to_string());
+            st.audit(
+                "refused",
+                &room,
+                &claims.sub,
+                Some(claims.role),
+                Some(peer),
+                // The code first: the process log shows it, and only a pseudonym of the rest.
+                &format!("{reason}: {message}"),
+            );
+            return Err(ApiError::new(status, message));
+        }
+    };
+    let etag = format!("\"{ice_ufrag}\"");
+    st.sessions_lock().insert(
+        session,
+        SessionEntry {
+            room: room.clone(),
+            identity: claims.sub.clone(),
+            role: claims.role,
+            kind,
+            etag: etag.clone(),
+            client_ufrag: sdp_attr(&offer, "a=ice-ufrag:").unwrap_or_default(),
+            claims: claims.clone(),
+            video_codecs: match kind {
+                SessionKind::Publish => sdp::codecs(&joined.answer, "video"),
+                SessionKind::Subscribe => Vec::new(),
+            },
+        },
+    );
+    st.joins.fetch_add(1, Ordering::Relaxed);
+    st.start_spans(session, action, claims.role, &room);
+    st.audit(
+        action,
+        &room,
+        &claims.sub,
+        Some(claims.role),
+        Some(peer),
+        &describe(&joined.tracks),
+    );
+    info!(
+        room = %Redacted(&room),
+        identity = %Redacted(&claims.sub),
+        role = %claims.role,
+        session = %session,
+        tracks = joined.tracks.len(),
+        "{action} session created"
+    );
+    let location = format!("{}/{path}/{room}/{session}", st.public_url);
+    let mut r = (StatusCode::CREATED, joined.answer).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    insert(h, header::LOCATION, &location);
+    insert(h, header::ETAG, &etag);
+    add_ice_links(st, h);
+    Ok(r)
+}
+
+fn add_ice_links(st: &AppState, h: &mut HeaderMap) {
+    for link in &st.ice_links {
+        h.append(header::LINK, link.clone());
+    }
+}
+
+/// Refuses (`422`) a WHEP offer that wants video but lists none of the video codecs published
+/// in the room (by `from`, when given): it would connect and never get a frame. A publisher's
+/// codec is the one its media arrives in, or before media flows, those its answer allowed.
+async fn check_codecs(
+    st: &AppState,
+    room: &RoomId,
+    offer: &str,
+    from: Option<&Identity>,
+    claims: &Claims,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let offered = sdp::codecs(offer, "video");
+    if offered.is_empty() {
+        return Ok(());
+    }
+    let mut publishers: Vec<(SessionId, Vec<String>)> = st
+        .sessions_lock()
+        .iter()
+        .filter(|(_, e)| {
+            e.room == *room
+                && e.kind == SessionKind::Publish
+                && from.is_none_or(|f| *f == e.identity)
+        })
+        .map(|(id, e)| (*id, e.video_codecs.clone()))
+        .collect();
+    if publishers.is_empty() {
+        return Ok(());
+    }
+    // Media plane down: the join below reports it.
+    if let Ok(rooms) = st.sfu.snapshot().await {
+        for s in rooms
+            .iter()
+            .filter(|r| r.room == *room)
+            .flat_map(|r| &r.sessions)
+        {
+            let in_use: Vec<String> = s
+                .published
+                .iter()
+                .filter(|p| p.track.kind == "video")
+                .filter_map(|p| p.codec.as_ref().map(|c| c.to_ascii_uppercase()))
+                .collect();
+            if let Some(p) = publishers.iter_mut().find(|(id, _)| *id == s.id) {
+                if !in_use.is_empty() {
+                    p.1 = in_use;
+                }
+            }
+        }
+    }
+    let mut published: Vec<String> = publishers.into_iter().flat_map(|(_, c)| c).collect();
+    published.sort_unstable();
+    published.dedup();
+    if published.is_empty() || offered.iter().any(|c| published.contains(c)) {
+        return Ok(());
+    }
+    st.count_refusal("codec_mismatch");
+    let message = format!(
+        "no common video codec: the offer lists {}; the room publishes {}",
+        offered.join(", "),
+        published.join(", ")
+    );
+    st.audit(
+        "refused",
+        room,
+        &claims.sub,
+        Some(claims.role),
+        Some(peer),
+        &format!("codec_mismatch: {message}"),
+    );
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+}
+
+pub(crate) async fn patch_session(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (room, id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
+    check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
+    if let Some(m) = headers.get(header::IF_MATCH) {
+        let m = m.to_str().unwrap_or("");
+        if m != "*" && m != entry.etag {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "If-Match {m} does not match the session's ETag {}",
+                    entry.etag
+                ),
+            ));
+        }
+    }
+    let frag = SdpFrag::parse(&body).map_err(|e| {
+        st.count_refusal("bad_sdpfrag");
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    if let (Some(ufrag), Some(pass)) = (frag.ufrag, frag.pwd) {
+        if ufrag != entry.client_ufrag {
+            let remote = str0m::IceCreds { ufrag, pass };
+            return ice_restart(&st, room, id, entry, &actor, remote, peer).await;
+        }
+    }
+    // Trickled candidates need no action: the server learns the client's addresses from the
+    // connectivity checks it receives (peer-reflexive candidates).
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn ice_restart(
+    st: &AppState,
+    room: RoomId,
+    id: SessionId,
+    entry: SessionEntry,
+    actor: &Claims,
+    remote: str0m::IceCreds,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
+    let local = str0m::IceCreds {
+        ufrag: random_token(8),
+        pass: random_token(24),
+    };
+    let ufrag = remote.ufrag.clone();
+    st.sfu
+        .ice_restart(room.clone(), id, remote, local.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let etag = format!("\"{}\"", local.ufrag);
+    if let Some(e) = st.sessions_lock().get_mut(&id) {
+        e.etag = etag.clone();
+        e.client_ufrag = ufrag;
+    }
+    st.audit(
+        "ice_restart",
+        &room,
+        &actor.sub,
+        Some(actor.role),
+        Some(peer),
+        &on_behalf(actor, &entry),
+    );
+    // The same ICE mode as the first answer: WHIP/WHEP sessions run full ICE (the media
+    // plane checks the path itself), so no `a=ice-lite` here either.
+    let body = format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        local.ufrag, local.pass
+    );
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    insert(h, header::ETAG, &etag);
+    Ok(r)
+}
+
+pub(crate) async fn delete_session(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (room, id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
+    st.sessions_lock().remove(&id);
+    st.end_spans(id);
+    match st.sfu.leave(room.clone(), id).await {
+        Ok(()) | Err(SfuError::UnknownSession(_)) => {}
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
+        }
+    }
+    let detail = format!("DELETE{}", on_behalf(&actor, &entry));
+    st.audit(
+        "leave",
+        &room,
+        &actor.sub,
+        Some(actor.role),
+        Some(peer),
+        detail.trim_start(),
+    );
+    Ok(StatusCode::OK.into_response())
+}
+
+/// For the audit: whose session a moderator acted on ("" when the actor is its owner).
+fn on_behalf(actor: &Claims, entry: &SessionEntry) -> String {
+    if actor.sub == entry.identity && actor.role == entry.role {
+        String::new()
+    } else {
+        format!(
+            " on the session of {} ({}) as moderator",
+            entry.identity, entry.role
+        )
+    }
+}
+
+fn lookup_session(
+    st: &AppState,
+    room: &str,
+    session: &str,
+) -> Result<(RoomId, SessionId, SessionEntry), ApiError> {
+    let room = RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {session} in room {room}"),
+        )
+    };
+    let id = u64::from_str_radix(session, 16).map_err(|_| unknown())?;
+    let id = SessionId(id);
+    let entry = st.sessions_lock().get(&id).cloned().ok_or_else(unknown)?;
+    if entry.room != room {
+        return Err(unknown());
+    }
+    Ok((room, id, entry))
+}

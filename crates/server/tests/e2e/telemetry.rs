@@ -1,0 +1,547 @@
+//! Device telemetry end to end on 127.0.0.1, real QUIC and real WebRTC: `cabine-kiosk` (the
+//! library behind `cabine-kiosk dial`) dials into a running server with its four tracks and
+//! simulated devices; a doctor subscribing over WHEP with a data channel receives the media and
+//! the telemetry, sends a blood-pressure command and gets the reading back; the kiosk's clock is
+//! seven seconds off and its QUIC connection is killed mid-session.
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cabine_kiosk::devices::DevicesConfig;
+use cabine_kiosk::dial::{self, DialConfig};
+use cabine_kiosk::telemetry::TelemetryConfig;
+use cabine_kiosk::{ClientOptions, Subscriber};
+use cabine_proto::{Grant, Role};
+use cabine_sidecar::client::KioskClock;
+use serde_json::Value;
+use tokio::sync::{oneshot, Notify};
+
+/// The kiosk's clock is this far ahead of the server's.
+const KIOSK_CLOCK_OFFSET_US: i64 = 7_000_000;
+/// The blood pressure cuff's channel (see `cabine_kiosk::devices::ChannelId::BP_CUFF`).
+const BP_CUFF: u64 = 5;
+
+/// Everything the doctor received on the data channels.
+#[derive(Default)]
+struct Received {
+    /// (kiosk, channel, seq) of every live measurement, in arrival order.
+    measurements: Vec<(String, u64, u64)>,
+    /// Waveform chunk seqs per channel, in arrival order.
+    waveforms: BTreeMap<u64, Vec<u64>>,
+    /// aligned time minus the true capture time, and the error bound the server gave, µs, for
+    /// frames after the first second.
+    alignment_errors: Vec<(i64, u64)>,
+    /// Answers and other messages that are not frames.
+    answers: Vec<Value>,
+    /// Command results.
+    command_results: Vec<Value>,
+    /// Blood pressure readings (systolic, diastolic).
+    bp: Vec<(f64, f64)>,
+    /// Blobs: id → (MIME type, the bytes so far, complete).
+    blobs: BTreeMap<u64, (String, Vec<u8>, bool)>,
+}
+
+impl Received {
+    fn take(&mut self, msg: &Value, settled: bool) {
+        let Some(frame) = msg.get("frame") else {
+            self.answers.push(msg.clone());
+            return;
+        };
+        let source = msg["source"].as_str().unwrap_or_default().to_owned();
+        let channel = msg["channel_id"].as_u64().unwrap();
+        if let (Some(capture), Some(aligned)) = (
+            msg["capture_time_us"].as_u64(),
+            msg["aligned_time_us"].as_u64(),
+        ) {
+            if settled && capture > 0 {
+                let true_capture = capture as i64 - KIOSK_CLOCK_OFFSET_US;
+                let bound = msg["clock_error_us"].as_u64().unwrap_or(0);
+                self.alignment_errors
+                    .push((aligned as i64 - true_capture, bound));
+            }
+        }
+        if let Some(m) = frame.get("measurement") {
+            self.measurements
+                .push((source, channel, m["seq"].as_u64().unwrap()));
+            if channel == BP_CUFF {
+                let v = |code: &str| {
+                    m["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["loinc"] == code)
+                        .and_then(|v| v["value"].as_f64())
+                };
+                if let (Some(s), Some(d)) = (v("8480-6"), v("8462-4")) {
+                    self.bp.push((s, d));
+                }
+            }
+        } else if let Some(w) = frame.get("waveform") {
+            self.waveforms
+                .entry(channel)
+                .or_default()
+                .push(w["seq"].as_u64().unwrap());
+        } else if frame.get("command_result").is_some() {
+            self.command_results.push(frame["command_result"].clone());
+        } else if let Some(b) = frame.get("blob") {
+            use base64::Engine;
+            let blob = self
+                .blobs
+                .entry(b["blob_id"].as_u64().unwrap())
+                .or_default();
+            if let Some(mime) = b["mime"].as_str().filter(|m| !m.is_empty()) {
+                blob.0 = mime.to_owned();
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b["data"].as_str().unwrap_or_default())
+                .expect("base64 blob data");
+            blob.1.extend_from_slice(&data);
+            blob.2 = b["last"] == true;
+        }
+    }
+}
+
+async fn wait_for_tracks(s: &common::TestServer, room: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rooms = s.server.sfu().snapshot().await.unwrap();
+        let tracks = rooms
+            .iter()
+            .filter(|r| r.room.as_str() == room)
+            .flat_map(|r| &r.sessions)
+            .filter(|s| s.connected)
+            .map(|s| s.published.len())
+            .sum::<usize>();
+        if tracks >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kiosk published {tracks} of {n} tracks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
+    let s = common::start_with(|c| c.admin.listen = "127.0.0.1:0".into()).await;
+    let room = "consult-telemetry";
+    let base = s.base.clone();
+    let kiosk_token = s.token(room, Role::Kiosk, "kiosk-pharmacie-12");
+    let doctor_token = s.token(room, Role::Doctor, "dr-martin");
+
+    // The kiosk, as `cabine-kiosk dial` runs it: four synthetic tracks, the simulated devices
+    // (faster than the defaults so the test is short), telemetry discovered from the server.
+    let network_changed = Arc::new(Notify::new());
+    let mut cfg = DialConfig::new(base.clone(), kiosk_token);
+    cfg.client = ClientOptions::loopback();
+    cfg.subscribe = false;
+    // Light media: the test is about telemetry next to it, on a 2-core CI machine.
+    cfg.media.room_fps = 10;
+    cfg.media.room_kbps = 300;
+    cfg.media.device_fps = 10;
+    cfg.media.device_kbps = 200;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(250);
+    devices.thermometer_interval = Duration::from_millis(700);
+    devices.scale_interval = Duration::from_secs(2);
+    devices.bp_duration = Duration::from_secs(1);
+    cfg.devices = Some(devices);
+    cfg.heart_rate_bpm = 80.0;
+    cfg.telemetry = Some(TelemetryConfig {
+        clock: Some(KioskClock::offset(KIOSK_CLOCK_OFFSET_US)),
+        network_changed: Some(Arc::clone(&network_changed)),
+        ..TelemetryConfig::default()
+    });
+    let (stop_kiosk, stopped) = oneshot::channel::<()>();
+    let kiosk = tokio::spawn(dial::run(cfg, async move {
+        let _ = stopped.await;
+    }));
+
+    wait_for_tracks(&s, room, 4).await;
+    let telemetry = s.server.telemetry().expect("telemetry enabled");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while telemetry.sidecar_stats().kiosks_connected == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the kiosk's telemetry never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The doctor subscribes with a data channel.
+    let opts = ClientOptions {
+        data_channel: true,
+        recv_video: 2,
+        recv_audio: 2,
+        ..ClientOptions::loopback()
+    };
+    let doctor = Subscriber::connect(&format!("{base}/whep/{room}"), &doctor_token, opts)
+        .await
+        .expect("doctor subscribes");
+    let tracks = doctor
+        .tracks(4, Duration::from_secs(30))
+        .await
+        .expect("the kiosk's four tracks");
+    let labels: BTreeSet<String> = tracks.iter().map(|t| t.id()).collect();
+    assert_eq!(
+        labels,
+        ["device-camera", "microphone", "room-camera", "stethoscope"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    );
+    for t in &tracks {
+        t.read_rtp_timeout(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("media on {}: {e}", t.id()));
+    }
+
+    // A page opening mid-consultation asks for the current channels and readings.
+    doctor
+        .send_data(r#"{"type":"sync"}"#, Duration::from_secs(10))
+        .await
+        .expect("sync request");
+    let mut got = Received::default();
+    let start = Instant::now();
+    let mut phase = 0;
+    let mut bp_requested = None;
+    let deadline = start + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out in phase {phase}: {} measurements, results {:?}, answers {:?}",
+            got.measurements.len(),
+            got.command_results,
+            got.answers
+        );
+        if let Ok(m) = doctor.next_data(Duration::from_millis(100)).await {
+            assert_eq!(m.label, "telemetry");
+            let v: Value = serde_json::from_slice(&m.data).expect("JSON telemetry");
+            got.take(&v, start.elapsed() > Duration::from_secs(1));
+        }
+        let elapsed = start.elapsed();
+        if phase == 0 && elapsed > Duration::from_secs(3) {
+            // The kiosk's network changes: its QUIC connection is killed and redialled.
+            network_changed.notify_one();
+            phase = 1;
+        } else if phase == 1 && elapsed > Duration::from_secs(6) {
+            doctor
+                .send_data(
+                    r#"{"type":"command","request_id":42,"channel_id":5,"name":"start_measurement"}"#,
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("command sent");
+            bp_requested = Some(Instant::now());
+            phase = 2;
+        } else if phase == 2 && !got.bp.is_empty() {
+            // The doctor asks the otoscope for a full-resolution still.
+            doctor
+                .send_data(
+                    r#"{"type":"command","request_id":43,"channel_id":7,"name":"take_snapshot"}"#,
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("snapshot command sent");
+            phase = 3;
+        } else if phase == 3
+            && got.blobs.values().any(|b| b.2)
+            && got
+                .command_results
+                .iter()
+                .any(|r| r["channel_id"] == 7 && r["outcome"] != "accepted")
+        {
+            // Keep listening a little so late duplicates would show.
+            if elapsed > Duration::from_secs(9) {
+                break;
+            }
+        }
+    }
+    assert!(bp_requested.is_some());
+
+    // The sync answer: the six declared channels, and readings already taken.
+    let sync = got
+        .answers
+        .iter()
+        .find_map(|a| a.get("sync"))
+        .expect("a sync answer");
+    // Six device channels and the otoscope's stills.
+    assert_eq!(sync["channels"].as_array().unwrap().len(), 7, "{sync}");
+    assert!(!sync["latest"].as_array().unwrap().is_empty(), "{sync}");
+
+    // Every live measurement exactly once, none missing between the first and the last.
+    let mut seen = BTreeSet::new();
+    for m in &got.measurements {
+        assert!(seen.insert(m.clone()), "duplicate measurement {m:?}");
+    }
+    let mut per_channel: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (_, ch, seq) in &got.measurements {
+        per_channel.entry(*ch).or_default().push(*seq);
+    }
+    for (ch, seqs) in &per_channel {
+        let (lo, hi) = (seqs.iter().min().unwrap(), seqs.iter().max().unwrap());
+        assert_eq!(
+            seqs.len() as u64,
+            hi - lo + 1,
+            "channel {ch}: missing measurements in {seqs:?}"
+        );
+    }
+    // The oximeter (4 per second) went on through the reconnection.
+    assert!(per_channel[&1].len() >= 20, "{per_channel:?}");
+
+    // The doctor's command came back: sent, accepted by the cuff, then a reading.
+    let sent = got
+        .answers
+        .iter()
+        .find_map(|a| a.get("command_sent"))
+        .expect("command_sent answer");
+    assert_eq!(sent["request_id"], 42);
+    assert!(
+        got.command_results
+            .iter()
+            .any(|r| r["command_id"] == sent["command_id"] && r["outcome"] == "accepted"),
+        "{:?}",
+        got.command_results
+    );
+    let (sys, dia) = got.bp[0];
+    assert!((90.0..=180.0).contains(&sys) && (50.0..=110.0).contains(&dia) && sys > dia);
+
+    // The snapshot: accepted, one whole JPEG at the camera's full resolution, then completed.
+    let sent = got
+        .answers
+        .iter()
+        .filter_map(|a| a.get("command_sent"))
+        .find(|a| a["request_id"] == 43)
+        .expect("command_sent answer for the snapshot");
+    let outcomes: Vec<&Value> = got
+        .command_results
+        .iter()
+        .filter(|r| r["command_id"] == sent["command_id"])
+        .map(|r| &r["outcome"])
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["accepted", "completed"],
+        "{:?}",
+        got.command_results
+    );
+    let (mime, jpeg, _) = got.blobs.values().find(|b| b.2).expect("a whole blob");
+    assert_eq!(mime, "image/jpeg");
+    assert_eq!(
+        cabine_kiosk::stills::dimensions(jpeg),
+        Some((1920, 1080)),
+        "{} bytes",
+        jpeg.len()
+    );
+
+    // Waveforms (ECG, pleth) arrive in order on the lossy channel.
+    for ch in [2u64, 3] {
+        let seqs = &got.waveforms[&ch];
+        assert!(seqs.len() > 50, "channel {ch}: {} chunks", seqs.len());
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "channel {ch} out of order"
+        );
+    }
+
+    // Clock alignment: seven seconds of kiosk clock error are corrected, and every aligned
+    // time is within the bound the server announces with the frame (how tight that bound is
+    // depends on the best ping round trip, i.e. on the machine's load: a benchmark matter, so
+    // the test only checks it is far below the error corrected).
+    assert!(got.alignment_errors.len() > 50);
+    for (e, bound) in &got.alignment_errors {
+        assert!(
+            *bound < 500_000,
+            "announced bound {bound} µs: the 7 s clock error was not corrected (error {e} µs)"
+        );
+        assert!(
+            e.unsigned_abs() <= bound + 1_000,
+            "alignment error {e} µs beyond the announced bound {bound} µs"
+        );
+    }
+
+    // The server saw the reconnection: a second session of the same kiosk, waveform gaps
+    // counted while it was away, and nothing delivered twice.
+    let stats = telemetry.sidecar_stats();
+    let ecg = stats
+        .channels
+        .iter()
+        .find(|c| c.channel_id == 3)
+        .expect("ECG stats");
+    assert!(ecg.gaps > 0, "the drop left a gap in the ECG: {ecg:?}");
+    assert!(stats.connections_accepted >= 2, "{stats:?}");
+    assert!(stats.commands_sent >= 1);
+
+    // Operators see it in the metrics, by channel kind only.
+    s.server.refresh_metrics().await;
+    let admin = s.server.admin_addr().expect("admin listener");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |prefix: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} {labels:?} in\n{text}"))
+    };
+    let delivered = value("cabine_telemetry_frames_total{", &["kind=\"measurement\""]);
+    assert!(delivered >= got.measurements.len() as f64, "{delivered}");
+    assert!(
+        value(
+            "cabine_telemetry_lost_total{",
+            &["kind=\"waveform\"", "reason=\"gap\""]
+        ) > 0.0
+    );
+    assert_eq!(value("cabine_telemetry_kiosks", &[]), 1.0);
+    assert!(value("cabine_telemetry_commands_total{", &["outcome=\"sent\""]) >= 1.0);
+    assert!(
+        value(
+            "cabine_telemetry_latency_seconds{",
+            &["kind=\"measurement\"", "quantile=\"0.99\""]
+        ) > 0.0
+    );
+    for secret in ["consult-telemetry", "kiosk-pharmacie-12", "dr-martin"] {
+        assert!(!text.contains(secret), "{secret} leaked into the metrics");
+    }
+
+    let _ = stop_kiosk.send(());
+    let dial_stats = tokio::time::timeout(Duration::from_secs(20), kiosk)
+        .await
+        .expect("the kiosk stops")
+        .unwrap()
+        .expect("the kiosk ran");
+    assert!(
+        dial_stats.telemetry.sessions >= 2,
+        "{:?}",
+        dial_stats.telemetry
+    );
+    assert!(dial_stats.telemetry.commands >= 1);
+    let _ = doctor.close().await;
+    s.server.shutdown(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_telemetry_requests_are_refused_precisely() {
+    let s = common::start().await;
+    let room = "consult-refusals";
+    let base = s.base.clone();
+
+    // Discovery needs a valid token.
+    let r = reqwest::get(format!("{base}/api/telemetry")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/telemetry"))
+        .bearer_auth(s.token(room, Role::Kiosk, "kiosk-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert!(d["url"].as_str().unwrap().starts_with("quic://127.0.0.1:"));
+    assert_eq!(d["alpn"], "cabine-telemetry/1");
+
+    // A publisher so that subscribers have a room to join.
+    let kiosk = s.token(room, Role::Kiosk, "kiosk-1");
+    let (status, _, _) = common::post_sdp(
+        &format!("{base}/whip/{room}"),
+        Some(&kiosk),
+        "application/sdp",
+        common::sdp_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // An assistant (no `commands` grant) and a doctor, both with data channels.
+    let opts = || ClientOptions {
+        data_channel: true,
+        ..ClientOptions::loopback()
+    };
+    let assistant = Subscriber::connect(
+        &format!("{base}/whep/{room}"),
+        &s.token(room, Role::Assistant, "as-1"),
+        opts(),
+    )
+    .await
+    .unwrap();
+    let doctor = Subscriber::connect(
+        &format!("{base}/whep/{room}"),
+        &s.token_with(
+            room,
+            Role::Doctor,
+            "dr-1",
+            Some(vec![Grant::Subscribe, Grant::Commands]),
+        ),
+        opts(),
+    )
+    .await
+    .unwrap();
+
+    async fn answer(sub: &Subscriber, request: &str) -> Value {
+        sub.send_data(request, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let m = sub.next_data(Duration::from_secs(10)).await.unwrap();
+        serde_json::from_slice(&m.data).unwrap()
+    }
+    let a = answer(
+        &assistant,
+        r#"{"type":"command","request_id":1,"channel_id":5,"name":"start_measurement"}"#,
+    )
+    .await;
+    assert!(
+        a["command_refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not granted `commands`"),
+        "{a}"
+    );
+    let a = answer(
+        &doctor,
+        r#"{"type":"command","request_id":2,"channel_id":5,"name":"start_measurement"}"#,
+    )
+    .await;
+    assert!(
+        a["command_refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no connected kiosk"),
+        "{a}"
+    );
+    let a = answer(&doctor, "not json").await;
+    assert!(
+        a["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request"),
+        "{a}"
+    );
+    let a = answer(&doctor, r#"{"type":"reboot"}"#).await;
+    assert!(
+        a["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant"),
+        "{a}"
+    );
+    // The assistant got nothing of the doctor's answers.
+    assert!(assistant
+        .next_data(Duration::from_millis(300))
+        .await
+        .is_err());
+
+    // Refusals are counted.
+    let refused = s.server.telemetry().unwrap().bridge_stats().refused;
+    assert_eq!(refused, 4);
+    let _ = assistant.close().await;
+    let _ = doctor.close().await;
+    s.server.shutdown(Duration::from_millis(200)).await;
+}
