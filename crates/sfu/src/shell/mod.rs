@@ -53,8 +53,11 @@ pub use crate::udp::MAX_DATAGRAM;
 use crate::udp::{self, RecvBatch, SendBatch, Waker, BATCH};
 
 /// Messages (batches of up to 32 datagrams, or commands) queued per worker before the I/O
-/// thread starts dropping datagrams for it.
-pub const WORKER_QUEUE: usize = 1024;
+/// thread starts dropping datagrams for it (at most 8,192 datagrams).
+pub const WORKER_QUEUE: usize = 256;
+
+/// Emptied batches kept for reuse per worker (more are freed: a burst does not pin memory).
+const POOLED_BATCHES: usize = 32;
 
 /// Settings of the media plane.
 #[derive(Debug, Clone)]
@@ -388,7 +391,7 @@ impl Sfu {
         let stop = Arc::new(AtomicBool::new(false));
         let (waker, signal) = udp::waker().map_err(bind_err)?;
         let (control_tx, control_rx) = bounded::<Control>(65_536);
-        let (pool_tx, pool_rx) = bounded::<Batch>(WORKER_QUEUE * n);
+        let (pool_tx, pool_rx) = bounded::<Batch>(POOLED_BATCHES * n);
         let (events_tx, events_rx) = bounded::<SfuEvent>(4096);
         let mut workers = Vec::new();
         let mut receivers = Vec::new();
