@@ -1,13 +1,13 @@
 //! The thin threaded shell around the sans-IO rooms: one UDP socket, and worker threads that
 //! each own a shard of the rooms.
 //!
-//! - The I/O thread reads datagrams in batches (`recvmmsg`, see [`udp`](crate::udp)) and
+//! - The I/O thread reads datagrams in batches (`recvmmsg`, see [`udp`]) and
 //!   routes them with the [`Demux`] table. It runs worker 0 itself: that worker's datagrams are
 //!   handled where they were read, with no hand-off. Every other worker's datagrams from one
 //!   read go to it in one message (one wake-up per read, not per datagram); when its queue is
 //!   full they are dropped and counted.
 //! - A worker gives each datagram, timeout (from an earliest-deadline queue, not a scan of its
-//!   rooms) and command to its room, drains the room's [`Output`]s (datagrams into a send batch
+//!   rooms) and command to its room, drains the room's [`Output`](crate::room::Output)s (datagrams into a send batch
 //!   flushed with `sendmmsg` once per turn, offers, progress, data and ended sessions to the
 //!   server's event queue).
 //! - The routing table belongs to the I/O thread; workers change it through a control queue
@@ -15,7 +15,7 @@
 //!   it. Changes are queued before the datagram that depends on them is sent.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
-//! - Everything a room does runs under its panic guard ([`Room::run_isolated`]): a room that
+//! - Everything a room does runs under its panic guard ([`Room::run_isolated`](crate::room::Room::run_isolated)): a room that
 //!   panics is closed, its sessions reported ended, the panic counted (`room_panics`); the
 //!   worker's other rooms carry on. A thread that dies anyway is counted (`threads_died`) and
 //!   [`Sfu::is_healthy`] turns false (the server's `/readyz` then fails).
@@ -490,7 +490,7 @@ impl Sfu {
 
     /// Adds a subscriber the server negotiates with (WebSocket signalling): returns the
     /// server's first offer; later offers arrive as [`SfuEvent::Offer`] (see
-    /// [`Room::join_offering`]).
+    /// [`Room::join_offering`](crate::room::Room::join_offering)).
     pub async fn join_offering(&self, room: RoomId, req: OfferRequest) -> Result<Offer, SfuError> {
         let (reply, rx) = oneshot::channel();
         self.send(
@@ -549,7 +549,7 @@ impl Sfu {
     }
 
     /// A publisher's new offer on its session (a track added or removed, or an ICE restart):
-    /// returns the answer (see [`Room::republish`]).
+    /// returns the answer (see [`Room::republish`](crate::room::Room::republish)).
     pub async fn republish(
         &self,
         room: RoomId,
@@ -615,13 +615,13 @@ impl Sfu {
     }
 
     /// Sends a telemetry message to the subscribers of `room` (see
-    /// [`Room::send_data`]). Never blocks: when the room's worker is saturated the message is
+    /// [`Room::send_data`](crate::room::Room::send_data)). Never blocks: when the room's worker is saturated the message is
     /// dropped and counted (`data_dropped`).
     pub fn send_data(&self, room: &RoomId, data: bytes::Bytes, reliable: bool) {
         self.queue_data(room, None, data, reliable);
     }
 
-    /// Sends a telemetry message to one subscriber of `room` (see [`Room::send_data_to`]).
+    /// Sends a telemetry message to one subscriber of `room` (see [`Room::send_data_to`](crate::room::Room::send_data_to)).
     /// Never blocks; dropped and counted like [`send_data`](Self::send_data).
     pub fn send_data_to(
         &self,
