@@ -13,4 +13,5 @@ mod padding;
 mod pause;
 mod renegotiation;
 mod simulcast;
+mod stun_auth;
 mod telemetry_channel;
