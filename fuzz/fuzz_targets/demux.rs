@@ -36,11 +36,16 @@ fuzz_target!(|data: &[u8]| {
             _ => {}
         }
         let source = SocketAddr::from(([127, 0, 0, 1], 4000 + u16::from(op % 8)));
-        if let Ok(k) = d.route(source, datagram) {
+        if let Ok(r) = d.route(source, datagram) {
+            let k = r.key;
             assert!(
                 registered[usize::from(k)],
                 "routed to unregistered session {k}"
             );
+            // As if the session had answered the challenge (str0m verified it): learned.
+            if let Some(c) = r.challenge {
+                d.learn(c.source, k);
+            }
         }
     }
     for k in 1..=2u8 {
@@ -48,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             .filter(|i| {
                 let source = SocketAddr::from(([127, 0, 0, 1], 4000 + i));
                 // A one-byte datagram that is not STUN routes by address only.
-                d.route(source, &[0xff]) == Ok(k)
+                d.route(source, &[0xff]).map(|r| r.key) == Ok(k)
             })
             .count();
         assert!(

@@ -5,19 +5,23 @@
 //! subscriber ([`forwarder`]) and picking simulcast layers from each subscriber's bandwidth
 //! estimate ([`simulcast`]). Time is always an argument; tests drive it by hand.
 //!
-//! The shell ([`shell`]) owns the single UDP media socket and the worker threads. One receive
-//! thread reads datagrams and routes them by ICE ufrag (STUN) or by source address (everything
-//! else, [`demux`]) to the worker that owns the room; each worker runs the one drive loop:
-//! apply one input, then drain the room's one output until it says when to come back.
+//! The shell ([`shell`]) owns the single UDP media socket and the worker threads. The I/O
+//! thread reads datagrams in batches ([`udp`]: `recvmmsg`/`sendmmsg`) and routes them by ICE
+//! ufrag (STUN) or by source address (everything else, [`demux`]; an address is learned only
+//! once str0m authenticated it). It runs worker 0 itself, so that worker's datagrams are
+//! handled where they were read; every other worker gets its share of a read in one message.
+//! Each worker runs the one drive loop: apply one input, then drain the room's one output until
+//! it says when to come back; its rooms' timers sit in an earliest-deadline queue
+//! ([`deadlines`]).
 //!
 //! ```text
 //! loop {
-//!     wait for a datagram or command, at most until the earliest room timeout
+//!     wait for datagrams or a command, at most until the earliest room timeout
 //!     room.handle_datagram(now, arrival, session, from, to, bytes) // or join / leave / answer
 //!     room.handle_timeout(now)                                     // when due
 //!     loop {
 //!         match room.poll_output() {
-//!             Output::Transmit(t) => socket.send_to(t),
+//!             Output::Transmit(t) => send_batch.push(t),               // sendmmsg per turn
 //!             Output::Offer(o) | Progress(p) | Data(d) | Ended(r) => tell the server,
 //!             Output::Timeout(at) => break,                        // next wake-up
 //!         }
@@ -29,6 +33,7 @@
 //! takes no lock.
 
 pub mod codec;
+pub mod deadlines;
 pub mod demux;
 pub mod forwarder;
 pub mod pause;
@@ -37,6 +42,7 @@ pub mod sdp;
 pub mod shell;
 pub mod simulcast;
 pub mod stats;
+pub mod udp;
 
 pub use room::{
     EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,

@@ -41,14 +41,19 @@ impl Room {
         };
         let track = &mut self.tracks[ti];
         let kind = track.kind;
-        let keyframe = kind == MediaKind::Audio || codec::starts_keyframe(codec, &pkt.payload);
-        let vp8 = if codec == Codec::Vp8 {
-            Vp8Descriptor::parse(&pkt.payload)
-                .ok()
-                .and_then(|d| d.picture_id().map(|p| (p, d.tl0_pic_idx())))
+        // The VP8 descriptor is parsed once per packet and shared by every subscriber's patch.
+        let descriptor = if codec == Codec::Vp8 {
+            Vp8Descriptor::parse(&pkt.payload).ok()
         } else {
             None
         };
+        let keyframe = kind == MediaKind::Audio
+            || match (&descriptor, codec) {
+                (Some(d), _) => d.starts_keyframe(&pkt.payload),
+                (None, Codec::Vp8) => false,
+                (None, _) => codec::starts_keyframe(codec, &pkt.payload),
+            };
+        let vp8 = descriptor.and_then(|d| d.picture_id().map(|p| (p, d.tl0_pic_idx())));
         let arrival = pkt.timestamp;
         {
             let l = &mut track.layers[usize::from(layer)];
@@ -68,12 +73,7 @@ impl Room {
             vp8,
             arrival,
         };
-        let ext = ExtensionValues {
-            audio_level: pkt.header.ext_vals.audio_level,
-            voice_activity: pkt.header.ext_vals.voice_activity,
-            video_orientation: pkt.header.ext_vals.video_orientation,
-            ..ExtensionValues::default()
-        };
+        let ext = &pkt.header.ext_vals;
 
         let track = &self.tracks[ti];
         let rid = track.layers.get(usize::from(layer)).and_then(|l| l.rid);
@@ -120,11 +120,9 @@ impl Room {
                             Arc::clone(&pkt.payload),
                         )
                         .marker(pkt.header.marker)
-                        .ext_vals(ext.clone())
+                        .ext_vals(forwarded_extensions(ext))
                         .nackable(kind == MediaKind::Video);
-                        if let (Some((pic, tl0)), Ok(d)) =
-                            (o.vp8, Vp8Descriptor::parse(&pkt.payload))
-                        {
+                        if let (Some((pic, tl0)), Some(d)) = (o.vp8, descriptor) {
                             let mut b = d.patch().picture_id(pic);
                             if let Some(t) = tl0 {
                                 b = b.tl0_pic_idx(t);
@@ -136,8 +134,11 @@ impl Room {
                         if let Some(tx) = sub.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
                             // Forwarded media is not paced: the publisher already paced it, and
                             // a pacer below the estimate only makes video late (congestion is
-                            // answered by layer choice and pausing instead).
-                            tx.set_unpaced(true);
+                            // answered by layer choice and pausing instead). Set once, when the
+                            // slot's stream is first written.
+                            if out.stats.packets == 0 {
+                                tx.set_unpaced(true);
+                            }
                             tx.write_rtp(write);
                             if out.stats.packets == 0
                                 && sub.stages & (1 << Stage::FirstMedia as u8) == 0
@@ -268,5 +269,16 @@ impl Room {
                 p.dirty = true;
             }
         }
+    }
+}
+
+/// The header extensions a forwarded packet keeps from the publisher's (audio level, voice
+/// activity, video orientation): plain values copied, nothing cloned or allocated.
+fn forwarded_extensions(from: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: from.audio_level,
+        voice_activity: from.voice_activity,
+        video_orientation: from.video_orientation,
+        ..ExtensionValues::default()
     }
 }

@@ -29,8 +29,8 @@ fn random_datagrams_and_payloads_never_panic() {
             data[0] = 0; // make it look like STUN
             data[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
         }
-        if let Ok(k) = d.route(src, &data) {
-            assert_eq!(k, 1);
+        if let Ok(r) = d.route(src, &data) {
+            assert_eq!(r.key, 1);
         }
         for c in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
             let _ = starts_keyframe(c, &data);
