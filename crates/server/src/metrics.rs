@@ -421,8 +421,24 @@ impl Metrics {
                     ("malformed_stun", sh.malformed_stun),
                     ("queue_full", sh.queue_full),
                     ("send_error", sh.send_errors),
+                    ("stun_challenge", sh.stun_challenges),
                 ] {
                     o.observe(v, &[KeyValue::new("outcome", outcome)]);
+                }
+            }
+        );
+        gauge!(
+            "cabine.sfu.routing_table",
+            "{entry}",
+            "Entries in the media port's routing table, by kind (one ufrag per session; addresses only once authenticated)",
+            |s, o| {
+                let sh = s.shell;
+                for (kind, v) in [
+                    ("session", sh.routed_sessions),
+                    ("ufrag", sh.routed_ufrags),
+                    ("address", sh.routed_addresses),
+                ] {
+                    o.observe(v, &[KeyValue::new("kind", kind)]);
                 }
             }
         );

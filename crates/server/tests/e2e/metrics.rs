@@ -82,6 +82,10 @@ async fn metrics_follow_a_session_without_leaking_names() {
         (2 * PACKETS) as f64
     );
     assert!(value("cabine_udp_datagrams_total", "outcome=\"received\"") >= (2 * PACKETS) as f64);
+    // Two sessions, one ufrag each, and the addresses they proved.
+    assert_eq!(value("cabine_sfu_routing_table", "kind=\"session\""), 2.0);
+    assert_eq!(value("cabine_sfu_routing_table", "kind=\"ufrag\""), 2.0);
+    assert!(value("cabine_sfu_routing_table", "kind=\"address\"") >= 2.0);
     assert!(value("cabine_sfu_forwarding_delay_seconds_count", "") >= (2 * PACKETS) as f64);
     assert!(text.contains("cabine_sfu_forwarding_delay_seconds_bucket{le=\"0.001\"}"));
 
