@@ -95,6 +95,9 @@ pub struct MediaConfig {
     pub advertise: String,
     /// Worker threads (0 = one per core).
     pub workers: usize,
+    /// Kernel receive and send buffer asked for on the media socket, bytes (0: the kernel's
+    /// default).
+    pub socket_buffer: usize,
     /// Sessions per room.
     pub max_sessions_per_room: usize,
     /// ICE disconnect grace.

@@ -129,6 +129,7 @@ impl Server {
             bind: cfg.media.bind,
             advertise: cfg.advertise()?,
             workers: cfg.media.workers,
+            socket_buffer: cfg.media.socket_buffer,
             room: RoomConfig {
                 initial_bitrate: Bitrate::kbps(cfg.media.initial_bitrate_kbps),
                 disconnect_grace: cfg.media.disconnect_grace,

@@ -92,6 +92,7 @@ mod tests {
             bind: cfg.media.bind,
             advertise: None,
             workers: 1,
+            socket_buffer: 0,
             room: RoomConfig::default(),
         })
         .unwrap();

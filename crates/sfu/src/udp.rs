@@ -359,6 +359,76 @@ fn send_many(socket: &UdpSocket, queue: &[Transmit]) -> io::Result<usize> {
     Ok(1)
 }
 
+/// Asks the kernel for `bytes` of receive and send buffer on `socket` and returns what it
+/// granted (receive, send). A burst (a flood of garbage, or many clients' keyframes at once)
+/// waits there while the I/O thread is busy with rooms; the default (~208 KiB on Linux) holds
+/// only a few hundred datagrams. The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max` unless the process may force it (`CAP_NET_ADMIN`, as root), which is tried next.
+#[cfg(target_os = "linux")]
+pub fn set_buffer_sizes(socket: &UdpSocket, bytes: usize) -> io::Result<(usize, usize)> {
+    let fd = socket.as_raw_fd();
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |opt: libc::c_int| -> io::Result<()> {
+        // SAFETY: `fd` is an open socket and `want` lives across the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let get = |opt: libc::c_int| -> io::Result<usize> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for writes of the sizes given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            // Linux reports twice the size asked for (the other half is its bookkeeping).
+            Ok(usize::try_from(v).unwrap_or(0) / 2)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    for (opt, force) in [
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
+    ] {
+        set(opt)?;
+        let read = if opt == libc::SO_RCVBUF {
+            libc::SO_RCVBUF
+        } else {
+            libc::SO_SNDBUF
+        };
+        if get(read)? < bytes {
+            // Not permitted without CAP_NET_ADMIN: what `set` granted stays.
+            let _ = set(force);
+        }
+    }
+    Ok((get(libc::SO_RCVBUF)?, get(libc::SO_SNDBUF)?))
+}
+
+/// Elsewhere the kernel's defaults stay (the sizes are reported as 0, unknown).
+#[cfg(not(target_os = "linux"))]
+pub fn set_buffer_sizes(_socket: &UdpSocket, _bytes: usize) -> io::Result<(usize, usize)> {
+    Ok((0, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

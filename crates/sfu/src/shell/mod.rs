@@ -34,7 +34,7 @@ use cabine_proto::RoomId;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::deadlines::Deadlines;
 use crate::demux::{Challenge, Demux};
@@ -69,6 +69,9 @@ pub struct SfuConfig {
     pub advertise: Option<SocketAddr>,
     /// Worker threads (rooms are sharded over them); 0 means one per core.
     pub workers: usize,
+    /// Kernel receive and send buffer asked for on the media socket, bytes (see
+    /// [`crate::udp::set_buffer_sizes`]); 0 keeps the kernel's default.
+    pub socket_buffer: usize,
     /// Per-room settings (the candidate field is filled in by the shell).
     pub room: RoomConfig,
 }
@@ -368,6 +371,19 @@ impl Sfu {
         };
         let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;
+        if cfg.socket_buffer > 0 {
+            match crate::udp::set_buffer_sizes(&socket, cfg.socket_buffer) {
+                Ok((rcv, snd)) if rcv < cfg.socket_buffer || snd < cfg.socket_buffer => warn!(
+                    asked = cfg.socket_buffer,
+                    receive = rcv,
+                    send = snd,
+                    "the kernel granted the media socket smaller buffers than media.socket_buffer: \
+                     raise net.core.rmem_max and net.core.wmem_max, or bursts may be dropped"
+                ),
+                Ok((rcv, snd)) => debug!(receive = rcv, send = snd, "media socket buffers"),
+                Err(e) => warn!(error = %e, "cannot size the media socket's buffers"),
+            }
+        }
         let advertise = match cfg.advertise {
             Some(mut a) => {
                 if a.port() == 0 {

@@ -30,6 +30,7 @@ pub fn start_sfu(workers: usize) -> Sfu {
         bind: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
         workers,
+        socket_buffer: 0,
         room: RoomConfig::default(),
     })
     .expect("media plane starts")
