@@ -545,12 +545,46 @@ async fn ice_restarts_beyond_the_rate_are_refused_with_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
-    let dir = temp_dir("modes");
-    // A directory and a file left readable by everyone are tightened at start.
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // An existing directory open to others (it could be /var/log or the working directory) is
+    // neither chmod-ed nor used: the server refuses to start, naming the key.
+    let shared = temp_dir("modes-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = cabine_server::config::Config::defaults();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = String::new();
+    cfg.telemetry.listen = String::new();
+    cfg.audit.path = shared.join("audit.jsonl");
+    let e = match cabine_server::Server::start(cfg).await {
+        Ok(s) => {
+            s.shutdown(Duration::from_millis(10)).await;
+            panic!("started with the audit log in a 0755 directory");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("audit.path"), "{e}");
+    assert_eq!(mode(&shared), 0o755, "the shared directory was changed");
+    assert!(!shared.join("audit.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&shared);
+
+    // A directory the server creates is 0700; a file left readable by everyone in an
+    // owner-only directory is tightened at start.
+    let parent = temp_dir("modes");
+    let dir = parent.join("audit");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700)).unwrap();
     let path = dir.join("audit.jsonl");
-    std::fs::write(&path, "").unwrap();
+    let s = common::start_with(|c| {
+        c.audit.path = path.clone();
+        c.audit.max_bytes = 1024;
+        c.audit.keep = 2;
+    })
+    .await;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    s.server.shutdown(Duration::from_millis(100)).await;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let s = common::start_with(|c| {
         c.audit.path = path.clone();
@@ -558,8 +592,6 @@ async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
         c.audit.keep = 2;
     })
     .await;
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&path), 0o600);
     // Identified refusals (an observer may not publish) until the file rotates.
     let observer = s.token("modes", Role::Observer, "watcher");
@@ -580,7 +612,7 @@ async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
     assert_eq!(mode(&rotated), 0o600);
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&dir), 0o700);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&parent);
 }
 
 /// A WebSocket of `identity` (doctor) joined to `room`, without a subscription; the welcome
