@@ -9,7 +9,7 @@
 //! - media sessions per identity, ICE restarts per session: [`crate::http::whip`] and
 //!   [`crate::ws`];
 //! - dashboards on `/api/ops/stream`: [`crate::http::ops`];
-//! - audit lines per anonymous source: [`crate::anon_audit`].
+//! - audit lines per anonymous source and over the node: [`crate::anon_audit`].
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +48,14 @@ pub struct LimitsConfig {
     /// Open `/api/ops/stream` event streams.
     pub sse_clients: NonZeroUsize,
     /// Refusals of anonymous requests (no or invalid token) get one audit line per source
-    /// (IPv4 /24, IPv6 /64) per interval, then one summary line with the count.
+    /// (IPv4 /24, IPv6 /48) per interval, then one summary line with the count.
     #[serde(with = "humantime_serde")]
     pub anonymous_audit_interval: Duration,
     /// Sources tracked for that; beyond, the others share one line.
     pub anonymous_audit_sources: NonZeroUsize,
+    /// Anonymous refusal lines written per interval over the whole node; beyond, one line
+    /// counts the rest.
+    pub anonymous_audit_lines: NonZeroUsize,
 }
 
 /// A limit that refused something (the `limit` label of the metric).
@@ -81,11 +84,13 @@ pub enum Limit {
     SseClients,
     /// `limits.anonymous_audit_interval`: an anonymous refusal counted, not written.
     AnonymousAudit,
+    /// `limits.anonymous_audit_lines`: the node-wide budget of anonymous lines was spent.
+    AnonymousAuditLines,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -97,6 +102,7 @@ impl Limit {
         Limit::IceRestartRate,
         Limit::SseClients,
         Limit::AnonymousAudit,
+        Limit::AnonymousAuditLines,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -113,6 +119,7 @@ impl Limit {
             Limit::IceRestartRate => "ice_restarts_per_minute",
             Limit::SseClients => "sse_clients",
             Limit::AnonymousAudit => "anonymous_audit_interval",
+            Limit::AnonymousAuditLines => "anonymous_audit_lines",
         }
     }
 }

@@ -133,6 +133,8 @@ impl AppState {
             anonymous: Mutex::new(crate::anon_audit::AnonymousAudit::new(
                 cfg.limits.anonymous_audit_interval,
                 cfg.limits.anonymous_audit_sources.get(),
+                cfg.limits.anonymous_audit_lines.get(),
+                std::time::Instant::now(),
             )),
         }
     }
@@ -361,7 +363,7 @@ impl AppState {
             None,
             &format!(
                 "anonymous_refusals: {} more refused requests without a valid token from {} \
-                 in {} ms (limits.anonymous_audit_interval)",
+                 in {} ms (limits.anonymous_audit_interval, limits.anonymous_audit_lines)",
                 s.count,
                 s.source,
                 s.over.as_millis()
@@ -384,11 +386,15 @@ impl AppState {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .refusal(peer.ip(), std::time::Instant::now());
-            if let Some(s) = &admission.summary {
+            for s in &admission.summaries {
                 self.audit_anonymous_summary(s);
             }
             if !admission.write {
-                self.refusals.count(crate::limits::Limit::AnonymousAudit);
+                self.refusals.count(if admission.capped {
+                    crate::limits::Limit::AnonymousAuditLines
+                } else {
+                    crate::limits::Limit::AnonymousAudit
+                });
                 return;
             }
         }

@@ -333,6 +333,105 @@ async fn anonymous_refusal_flood_cannot_rotate_accepted_events_out_of_the_audit(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_flood_from_many_sources_writes_a_bounded_number_of_lines() {
+    const SOURCES: u32 = 250;
+    const PER_SOURCE: u32 = 2;
+    const LINES: usize = 20;
+    let dir = temp_dir("sources");
+    let path = dir.join("audit.jsonl");
+    let s = common::start_with(|c| {
+        c.audit.path = path.clone();
+        c.limits.anonymous_audit_interval = Duration::from_secs(3600);
+        c.limits.anonymous_audit_lines = LINES.try_into().unwrap();
+    })
+    .await;
+    let whip = format!("{}/whip/many", s.base);
+    let (status, _, body) = post_sdp(
+        &whip,
+        Some(&s.token("many", Role::Kiosk, "kiosk-before")),
+        "application/sdp",
+        sdp_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    // Each client from its own /24 (all of 127/8 is loopback on Linux): 250 sources.
+    let mut tasks = Vec::new();
+    for chunk in 0..5u32 {
+        tasks.push(tokio::spawn(async move {
+            for n in (1 + chunk..=SOURCES).step_by(5) {
+                for _ in 0..PER_SOURCE {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(format!("127.0.{n}.1:0").parse().unwrap())
+                        .unwrap();
+                    let mut tcp = sock.connect(addr).await.unwrap();
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    tcp.write_all(
+                        b"POST /whip/many HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
+                          Connection: close\r\n\r\n",
+                    )
+                    .await
+                    .unwrap();
+                    let mut answer = Vec::new();
+                    tcp.read_to_end(&mut answer).await.unwrap();
+                    let answer = String::from_utf8_lossy(&answer);
+                    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (status, _, body) = post_sdp(
+        &whip,
+        Some(&s.token("many", Role::Kiosk, "kiosk-after")),
+        "application/sdp",
+        sdp_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let capped = s.server.limit_refusals(Limit::AnonymousAuditLines);
+    s.server.shutdown(Duration::from_millis(100)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for who in ["kiosk-before", "kiosk-after"] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["event"] == "publish" && r["identity"] == who),
+            "the accepted join of {who} is gone from the audit: {text}"
+        );
+    }
+    let anonymous: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["identity"] == "-").collect();
+    // The budget, plus the one line counting the rest.
+    assert!(
+        anonymous.len() <= LINES + 1,
+        "{} anonymous lines from {SOURCES} sources: {text}",
+        anonymous.len()
+    );
+    let total = (SOURCES * PER_SOURCE) as usize;
+    let overflow = anonymous
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .find(|r| r.contains("limits.anonymous_audit_lines") && r.contains("all sources"))
+        .unwrap_or_else(|| panic!("no line counting the rest: {text}"));
+    assert!(
+        overflow.starts_with(&format!(
+            "anonymous_refusals: {} more",
+            total - (anonymous.len() - 1)
+        )),
+        "{overflow}"
+    );
+    assert!(capped >= (SOURCES as u64) - LINES as u64, "{capped}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_beyond_the_sse_cap_is_refused() {
     let s = common::start_with(|c| {
         c.limits.sse_clients = 2.try_into().unwrap();
