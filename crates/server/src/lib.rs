@@ -166,6 +166,7 @@ impl Server {
             metrics.attach_telemetry(Arc::clone(t));
         }
         metrics.attach_limits(Arc::clone(state.limit_refusals()));
+        metrics.attach_audit(state.audit_log().clone());
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
         spawn_anonymous_audit_sweeper(&state);
         let admin = match cfg.admin_listen()? {

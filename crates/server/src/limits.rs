@@ -9,6 +9,7 @@
 //! - media sessions per identity, ICE restarts per session: [`crate::http::whip`] and
 //!   [`crate::ws`];
 //! - dashboards on `/api/ops/stream`: [`crate::http::ops`];
+//! - data-channel requests per session: [`crate::events`];
 //! - audit lines per anonymous source and over the node: [`crate::anon_audit`].
 
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -56,6 +57,9 @@ pub struct LimitsConfig {
     /// Anonymous refusal lines written per interval over the whole node; beyond, one line
     /// counts the rest.
     pub anonymous_audit_lines: NonZeroUsize,
+    /// Requests a subscriber may send on its `commands` data channel per second (on average,
+    /// and in a burst of as many); beyond, they are dropped unanswered and unaudited.
+    pub data_requests_per_second: NonZeroU32,
 }
 
 /// A limit that refused something (the `limit` label of the metric).
@@ -86,11 +90,13 @@ pub enum Limit {
     AnonymousAudit,
     /// `limits.anonymous_audit_lines`: the node-wide budget of anonymous lines was spent.
     AnonymousAuditLines,
+    /// `limits.data_requests_per_second`: a data-channel request dropped.
+    DataRequestRate,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -103,6 +109,7 @@ impl Limit {
         Limit::SseClients,
         Limit::AnonymousAudit,
         Limit::AnonymousAuditLines,
+        Limit::DataRequestRate,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -120,6 +127,7 @@ impl Limit {
             Limit::SseClients => "sse_clients",
             Limit::AnonymousAudit => "anonymous_audit_interval",
             Limit::AnonymousAuditLines => "anonymous_audit_lines",
+            Limit::DataRequestRate => "data_requests_per_second",
         }
     }
 }

@@ -91,6 +91,8 @@ pub(crate) struct SessionEntry {
     pub(crate) video_codecs: Vec<String>,
     /// Its recent ICE restarts (`limits.ice_restarts_per_minute`).
     pub(crate) restarts: crate::limits::RateWindow,
+    /// Its data-channel requests (`limits.data_requests_per_second`), from the first one.
+    pub(crate) data_requests: Option<crate::limits::TokenBucket>,
 }
 
 impl AppState {

@@ -869,6 +869,7 @@ impl Conn {
                 // Known from the media once it flows (the WHEP codec check reads it there).
                 video_codecs: Vec::new(),
                 restarts: Default::default(),
+                data_requests: None,
             },
         );
         self.st.joins.fetch_add(1, Ordering::Relaxed);

@@ -191,6 +191,7 @@ async fn create_session(
                 SessionKind::Subscribe => Vec::new(),
             },
             restarts: Default::default(),
+            data_requests: None,
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);

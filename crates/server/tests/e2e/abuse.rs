@@ -492,6 +492,11 @@ async fn the_dashboard_beyond_the_sse_cap_is_refused() {
         metrics.contains("cabine_limits_refused_total{limit=\"sse_clients\"} 1"),
         "{metrics}"
     );
+    // The audit queue's drops are exported (none here).
+    assert!(
+        metrics.contains("cabine_audit_dropped_total 0"),
+        "{metrics}"
+    );
     drop(b);
     s.server.shutdown(Duration::from_millis(100)).await;
 }
