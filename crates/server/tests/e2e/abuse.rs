@@ -142,28 +142,32 @@ async fn slow_headers_are_closed_after_the_header_timeout() {
     let s = common::start_with(|c| {
         c.limits.header_timeout = Duration::from_millis(300);
         c.limits.idle_timeout = Duration::from_millis(500);
+        c.admin.listen = "127.0.0.1:0".into();
     })
     .await;
     let addr = s.server.http_addr();
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /healthz HT").unwrap();
-        // Bounded wait: a server without the timeout keeps the connection past it.
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 256];
-        match c.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        closed,
-        "a connection that never finished its headers was kept"
-    );
-    assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 1);
+    // The public listener and the admin (metrics) listener alike.
+    for (which, addr) in [("http", addr), ("admin", s.server.admin_addr().unwrap())] {
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /metrics HT").unwrap();
+            // Bounded wait: a server without the timeout keeps the connection past it.
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 256];
+            match c.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            closed,
+            "{which}: a connection that never finished its headers was kept"
+        );
+    }
+    assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 2);
     // A keep-alive connection waiting for its next request is closed after it too.
     let closed = tokio::task::spawn_blocking(move || {
         let mut c = std::net::TcpStream::connect(addr).unwrap();

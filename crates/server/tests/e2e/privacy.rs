@@ -206,6 +206,27 @@ async fn the_development_secret_refuses_a_non_loopback_address() {
     let s = Server::start(cfg)
         .await
         .expect("a tokened admin listener may bind 0.0.0.0");
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics",
+        s.admin_addr().unwrap().port()
+    );
+    let client = reqwest::Client::new();
+    for (token, status) in [
+        (None, 401),
+        (Some("an-admin-token-012345678X"), 401),
+        (Some("an-admin-token"), 401),
+        (Some("an-admin-token-0123456789"), 200),
+    ] {
+        let mut r = client.get(&metrics);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(
+            r.send().await.unwrap().status().as_u16(),
+            status,
+            "{token:?}"
+        );
+    }
     s.shutdown(Duration::from_millis(10)).await;
 
     // The binary: exits at once with the message, naming the key.
