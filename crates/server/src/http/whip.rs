@@ -233,7 +233,8 @@ fn add_ice_links(st: &AppState, h: &mut HeaderMap) {
 
 /// Refuses (`422`) a WHEP offer that wants video but lists none of the video codecs published
 /// in the room (by `from`, when given): it would connect and never get a frame. A publisher's
-/// codec is the one its media arrives in, or before media flows, those its answer allowed.
+/// codec is the one its media arrives in (as the sampler last saw it), or before media flows,
+/// those its answer allowed.
 async fn check_codecs(
     st: &AppState,
     room: &RoomId,
@@ -246,40 +247,18 @@ async fn check_codecs(
     if offered.is_empty() {
         return Ok(());
     }
-    let mut publishers: Vec<(SessionId, Vec<String>)> = st
+    // From the session table alone (kept current by the sampler): the cost does not grow
+    // with the number of workers or rooms on the node.
+    let mut published: Vec<String> = st
         .sessions_lock()
-        .iter()
-        .filter(|(_, e)| {
+        .values()
+        .filter(|e| {
             e.room == *room
                 && e.kind == SessionKind::Publish
                 && from.is_none_or(|f| *f == e.identity)
         })
-        .map(|(id, e)| (*id, e.video_codecs.clone()))
+        .flat_map(|e| e.video_codecs.iter().cloned())
         .collect();
-    if publishers.is_empty() {
-        return Ok(());
-    }
-    // Media plane down: the join below reports it.
-    if let Ok(rooms) = st.sfu.snapshot().await {
-        for s in rooms
-            .iter()
-            .filter(|r| r.room == *room)
-            .flat_map(|r| &r.sessions)
-        {
-            let in_use: Vec<String> = s
-                .published
-                .iter()
-                .filter(|p| p.track.kind == "video")
-                .filter_map(|p| p.codec.as_ref().map(|c| c.to_ascii_uppercase()))
-                .collect();
-            if let Some(p) = publishers.iter_mut().find(|(id, _)| *id == s.id) {
-                if !in_use.is_empty() {
-                    p.1 = in_use;
-                }
-            }
-        }
-    }
-    let mut published: Vec<String> = publishers.into_iter().flat_map(|(_, c)| c).collect();
     published.sort_unstable();
     published.dedup();
     if published.is_empty() || offered.iter().any(|c| published.contains(c)) {
