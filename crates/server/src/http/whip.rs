@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::Deserialize;
 use tracing::info;
 
-use super::guard::{authorize, session_actor};
+use super::guard::{authorize, session_actor, session_claims};
 use super::sdpfrag::SdpFrag;
 use super::{
     check_content_type, clean_message, describe, insert, random_token, sdp_attr, ApiError,
@@ -288,8 +288,10 @@ pub(crate) async fn patch_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
+    let room = parse_room(&room)?;
+    let claims = session_claims(&st, &headers, &room, peer)?;
+    let (id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, claims, &room, &entry, peer)?;
     check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
     if let Some(m) = headers.get(header::IF_MATCH) {
         let m = m.to_str().unwrap_or("");
@@ -374,10 +376,12 @@ pub(crate) async fn delete_session(
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
-    st.sessions_lock().remove(&id);
-    st.end_spans(id);
+    let room = parse_room(&room)?;
+    let claims = session_claims(&st, &headers, &room, peer)?;
+    let (id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, claims, &room, &entry, peer)?;
+    // The entry goes once the media plane has let the session go (or never knew it): a failed
+    // leave keeps it, so the session stays visible, counted and deletable.
     match st.sfu.leave(room.clone(), id).await {
         Ok(()) | Err(SfuError::UnknownSession(_)) => {}
         Err(e) => {
@@ -387,6 +391,8 @@ pub(crate) async fn delete_session(
             ))
         }
     }
+    st.sessions_lock().remove(&id);
+    st.end_spans(id);
     let detail = format!("DELETE{}", on_behalf(&actor, &entry));
     st.audit(
         "leave",
@@ -411,13 +417,16 @@ fn on_behalf(actor: &Claims, entry: &SessionEntry) -> String {
     }
 }
 
+fn parse_room(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))
+}
+
 fn lookup_session(
     st: &AppState,
-    room: &str,
+    room: &RoomId,
     session: &str,
-) -> Result<(RoomId, SessionId, SessionEntry), ApiError> {
-    let room = RoomId::parse(room)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+) -> Result<(SessionId, SessionEntry), ApiError> {
     let unknown = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -427,8 +436,8 @@ fn lookup_session(
     let id = u64::from_str_radix(session, 16).map_err(|_| unknown())?;
     let id = SessionId(id);
     let entry = st.sessions_lock().get(&id).cloned().ok_or_else(unknown)?;
-    if entry.room != room {
+    if entry.room != *room {
         return Err(unknown());
     }
-    Ok((room, id, entry))
+    Ok((id, entry))
 }
