@@ -38,6 +38,13 @@ pub struct LimitsConfig {
     pub ws_messages_per_second: NonZeroU32,
     /// Messages a WebSocket client may send at once above the average.
     pub ws_message_burst: NonZeroU32,
+    /// Time a new WebSocket has to send its `join` or `resume`.
+    #[serde(with = "humantime_serde")]
+    pub ws_first_message_timeout: Duration,
+    /// Largest message a WebSocket client may send, in bytes.
+    pub ws_max_message_bytes: NonZeroUsize,
+    /// Messages kept for a WebSocket participant while its socket is away (for its resume).
+    pub ws_backlog: NonZeroUsize,
     /// WebSocket signalling members in one room.
     pub ws_members_per_room: NonZeroUsize,
     /// WebSocket signalling members of one identity (`sub`), over all rooms.
@@ -92,11 +99,17 @@ pub enum Limit {
     AnonymousAuditLines,
     /// `limits.data_requests_per_second`: a data-channel request dropped.
     DataRequestRate,
+    /// `limits.ws_first_message_timeout`: a socket that never joined, closed.
+    WsFirstMessage,
+    /// `limits.ws_max_message_bytes`: a socket that sent a larger message, closed.
+    WsMessageSize,
+    /// `limits.ws_backlog`: a message for an away participant dropped.
+    WsBacklog,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 16] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -110,6 +123,9 @@ impl Limit {
         Limit::AnonymousAudit,
         Limit::AnonymousAuditLines,
         Limit::DataRequestRate,
+        Limit::WsFirstMessage,
+        Limit::WsMessageSize,
+        Limit::WsBacklog,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -128,6 +144,9 @@ impl Limit {
             Limit::AnonymousAudit => "anonymous_audit_interval",
             Limit::AnonymousAuditLines => "anonymous_audit_lines",
             Limit::DataRequestRate => "data_requests_per_second",
+            Limit::WsFirstMessage => "ws_first_message_timeout",
+            Limit::WsMessageSize => "ws_max_message_bytes",
+            Limit::WsBacklog => "ws_backlog",
         }
     }
 }

@@ -436,6 +436,36 @@ async fn an_anonymous_flood_from_many_sources_writes_a_bounded_number_of_lines()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_never_join_or_send_oversized_messages_are_closed_and_counted() {
+    let s = common::start_with(|c| {
+        c.limits.ws_first_message_timeout = Duration::from_millis(300);
+        c.limits.ws_max_message_bytes = 4096.try_into().unwrap();
+    })
+    .await;
+    // Silent after the upgrade: closed after limits.ws_first_message_timeout.
+    let mut silent = open_ws(&s, "ws-limits", "silent").await;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a socket that never joined was kept"
+    );
+    assert_eq!(s.server.limit_refusals(Limit::WsFirstMessage), 1);
+    // A message above limits.ws_max_message_bytes: closed, counted.
+    let mut big = join(&s, "ws-limits", "big").await;
+    let _ = big.send(Message::Text("x".repeat(8192).into())).await;
+    assert!(
+        closed_within(&mut big, Duration::from_secs(10)).await,
+        "a socket that sent an oversized message was kept"
+    );
+    wait_for(
+        "the oversized message counted",
+        Duration::from_secs(10),
+        || s.server.limit_refusals(Limit::WsMessageSize) == 1,
+    )
+    .await;
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_beyond_the_sse_cap_is_refused() {
     let s = common::start_with(|c| {
         c.limits.sse_clients = 2.try_into().unwrap();
