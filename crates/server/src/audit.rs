@@ -81,6 +81,7 @@ impl Audit {
         if cfg.path.as_os_str().is_empty() {
             return Ok(Audit { tx: None, dropped });
         }
+        prepare_dir(&cfg.path)?;
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
         let (tx, rx) = sync_channel(QUEUE);
@@ -278,17 +279,53 @@ fn numbered(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Opens the file for appending, owner-only: the file 0600 in a 0700 directory, created so
-/// and set so at every open (start and rotation), since it holds identities in clear.
-fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// Prepares the directory that holds the log, once at start. A directory the server creates
+/// is made 0700. An existing one is left as its owner set it (it may be `/var/log` or the
+/// working directory, shared with others), but the server refuses to start when it is
+/// writable by its group or reachable by others: the rotated files hold identities in clear,
+/// and whoever may write the directory may swap them.
+fn prepare_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        // A bare file name: the working directory, checked below as ".".
+        return check_dir(Path::new("."), path);
+    };
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // Created by us: owner-only, whatever the umask did.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        return Ok(());
     }
+    check_dir(dir, path)
+}
+
+/// Refuses a directory open to others (see [`prepare_dir`]).
+fn check_dir(dir: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "audit.path = {}: its directory {} has mode {mode:04o}, open to other users; \
+                 the audit files hold identities in clear. Put audit.path in a directory of its \
+                 own (the server creates a missing one 0700) or chmod {} 0700",
+                path.display(),
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the file for appending, owner-only: created 0600 and set so at every open (start and
+/// rotation), since it holds identities in clear.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -261,22 +261,37 @@ impl Config {
         Ok(())
     }
 
-    /// Refuses the public development secret on a non-loopback HTTP or media address: anyone
-    /// could mint tokens for that server.
+    /// Refuses the public development secret on a non-loopback HTTP, media or telemetry
+    /// address (the QUIC sidecar verifies tokens with the same secret), or an admin address
+    /// without `admin.token`: anyone could mint tokens for that server.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
         if !self.uses_dev_secret() {
             return Ok(());
         }
-        for (key, addr) in [
+        let mut exposed = vec![
             ("http.listen", self.http.listen),
             ("media.bind", self.media.bind),
-        ] {
+        ];
+        if let Ok(Some(addr)) = self.telemetry.listen_addr() {
+            exposed.push(("telemetry.listen", addr));
+        }
+        if self.admin.token.is_empty() {
+            if let Ok(Some(addr)) = self.admin_listen() {
+                exposed.push(("admin.listen", addr));
+            }
+        }
+        for (key, addr) in exposed {
             if !addr.ip().is_loopback() {
                 return Err(ConfigError::Unusable(format!(
                     "{key} = {addr} is not a loopback address, and auth.secret is the public \
                      development secret: anyone could mint tokens. Set auth.secret (or the \
                      CABINE_AUTH__SECRET environment variable) to 32 random bytes, or listen on \
-                     127.0.0.1"
+                     127.0.0.1{}",
+                    if key == "admin.listen" {
+                        " (or set admin.token to require a bearer token there)"
+                    } else {
+                        ""
+                    }
                 )));
             }
         }

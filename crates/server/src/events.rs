@@ -54,17 +54,34 @@ impl AppState {
             self.count_refusal("unknown_data_channel");
             return;
         }
-        let Some(entry) = self.sessions_lock().get(&data.session).cloned() else {
-            self.count_refusal("unknown_session");
-            return;
+        let rate = self.limits.data_requests_per_second;
+        let (claims, identity, role) = {
+            let mut sessions = self.sessions_lock();
+            let Some(entry) = sessions.get_mut(&data.session) else {
+                drop(sessions);
+                self.count_refusal("unknown_session");
+                return;
+            };
+            let now = std::time::Instant::now();
+            let bucket = entry
+                .data_requests
+                .get_or_insert_with(|| crate::limits::TokenBucket::new(rate, rate, now));
+            if !bucket.take(now) {
+                drop(sessions);
+                // Beyond the rate: neither answered nor audited, so a flood costs the server
+                // one counter.
+                self.refusals.count(crate::limits::Limit::DataRequestRate);
+                return;
+            }
+            (entry.claims.clone(), entry.identity.clone(), entry.role)
         };
-        match t.on_request(room, data.session, &entry.claims, &data.data) {
+        match t.on_request(room, data.session, &claims, &data.data) {
             Ok(None) => {}
             Ok(Some(command_id)) => self.audit(
                 "command",
                 room,
-                &entry.identity,
-                Some(entry.role),
+                &identity,
+                Some(role),
                 None,
                 &format!("command {command_id} sent to the kiosk"),
             ),
@@ -73,8 +90,8 @@ impl AppState {
                 self.audit(
                     "refused",
                     room,
-                    &entry.identity,
-                    Some(entry.role),
+                    &identity,
+                    Some(role),
                     None,
                     &format!("telemetry request: {reason}"),
                 );

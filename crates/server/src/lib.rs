@@ -168,14 +168,21 @@ impl Server {
             metrics.attach_telemetry(Arc::clone(t));
         }
         metrics.attach_limits(Arc::clone(state.limit_refusals()));
+        metrics.attach_audit(state.audit_log().clone());
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
         spawn_anonymous_audit_sweeper(&state);
+        let (stop, stop_rx) = watch::channel(false);
         let admin = match cfg.admin_listen()? {
             Some(addr) => Some(
                 admin::spawn_admin(
-                    addr,
-                    Arc::clone(&metrics),
-                    cfg.admin.token.clone(),
+                    admin::Admin {
+                        addr,
+                        metrics: Arc::clone(&metrics),
+                        token: cfg.admin.token.clone(),
+                        header_timeout: cfg.limits.header_timeout,
+                        idle_timeout: cfg.limits.idle_timeout,
+                        stop: stop_rx.clone(),
+                    },
                     Arc::clone(&state),
                 )
                 .await
@@ -184,7 +191,6 @@ impl Server {
             None => None,
         };
         let app = http::router(Arc::clone(&state), cfg.http.max_body_bytes);
-        let (stop, stop_rx) = watch::channel(false);
         let listener =
             std::net::TcpListener::bind(cfg.http.listen).map_err(|source| StartError::Listen {
                 addr: cfg.http.listen,

@@ -9,7 +9,8 @@
 //! - media sessions per identity, ICE restarts per session: [`crate::http::whip`] and
 //!   [`crate::ws`];
 //! - dashboards on `/api/ops/stream`: [`crate::http::ops`];
-//! - audit lines per anonymous source: [`crate::anon_audit`].
+//! - data-channel requests per session: [`crate::events`];
+//! - audit lines per anonymous source and over the node: [`crate::anon_audit`].
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,13 @@ pub struct LimitsConfig {
     pub ws_messages_per_second: NonZeroU32,
     /// Messages a WebSocket client may send at once above the average.
     pub ws_message_burst: NonZeroU32,
+    /// Time a new WebSocket has to send its `join` or `resume`.
+    #[serde(with = "humantime_serde")]
+    pub ws_first_message_timeout: Duration,
+    /// Largest message a WebSocket client may send, in bytes.
+    pub ws_max_message_bytes: NonZeroUsize,
+    /// Messages kept for a WebSocket participant while its socket is away (for its resume).
+    pub ws_backlog: NonZeroUsize,
     /// WebSocket signalling members in one room.
     pub ws_members_per_room: NonZeroUsize,
     /// WebSocket signalling members of one identity (`sub`), over all rooms.
@@ -48,11 +56,17 @@ pub struct LimitsConfig {
     /// Open `/api/ops/stream` event streams.
     pub sse_clients: NonZeroUsize,
     /// Refusals of anonymous requests (no or invalid token) get one audit line per source
-    /// (IPv4 /24, IPv6 /64) per interval, then one summary line with the count.
+    /// (IPv4 /24, IPv6 /48) per interval, then one summary line with the count.
     #[serde(with = "humantime_serde")]
     pub anonymous_audit_interval: Duration,
     /// Sources tracked for that; beyond, the others share one line.
     pub anonymous_audit_sources: NonZeroUsize,
+    /// Anonymous refusal lines written per interval over the whole node; beyond, one line
+    /// counts the rest.
+    pub anonymous_audit_lines: NonZeroUsize,
+    /// Requests a subscriber may send on its `commands` data channel per second (on average,
+    /// and in a burst of as many); beyond, they are dropped unanswered and unaudited.
+    pub data_requests_per_second: NonZeroU32,
 }
 
 /// A limit that refused something (the `limit` label of the metric).
@@ -81,11 +95,21 @@ pub enum Limit {
     SseClients,
     /// `limits.anonymous_audit_interval`: an anonymous refusal counted, not written.
     AnonymousAudit,
+    /// `limits.anonymous_audit_lines`: the node-wide budget of anonymous lines was spent.
+    AnonymousAuditLines,
+    /// `limits.data_requests_per_second`: a data-channel request dropped.
+    DataRequestRate,
+    /// `limits.ws_first_message_timeout`: a socket that never joined, closed.
+    WsFirstMessage,
+    /// `limits.ws_max_message_bytes`: a socket that sent a larger message, closed.
+    WsMessageSize,
+    /// `limits.ws_backlog`: a message for an away participant dropped.
+    WsBacklog,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 16] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -97,6 +121,11 @@ impl Limit {
         Limit::IceRestartRate,
         Limit::SseClients,
         Limit::AnonymousAudit,
+        Limit::AnonymousAuditLines,
+        Limit::DataRequestRate,
+        Limit::WsFirstMessage,
+        Limit::WsMessageSize,
+        Limit::WsBacklog,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -113,6 +142,11 @@ impl Limit {
             Limit::IceRestartRate => "ice_restarts_per_minute",
             Limit::SseClients => "sse_clients",
             Limit::AnonymousAudit => "anonymous_audit_interval",
+            Limit::AnonymousAuditLines => "anonymous_audit_lines",
+            Limit::DataRequestRate => "data_requests_per_second",
+            Limit::WsFirstMessage => "ws_first_message_timeout",
+            Limit::WsMessageSize => "ws_max_message_bytes",
+            Limit::WsBacklog => "ws_backlog",
         }
     }
 }

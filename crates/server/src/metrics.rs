@@ -132,12 +132,19 @@ pub struct Metrics {
     summary: Arc<Mutex<Summary>>,
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
     limits: Arc<std::sync::OnceLock<Arc<crate::limits::Refusals>>>,
+    audit: Arc<std::sync::OnceLock<crate::audit::Audit>>,
 }
 
 impl Metrics {
     /// Exports the refusals of the server's limits (`cabine_limits_refused_total{limit}`).
     pub fn attach_limits(&self, r: Arc<crate::limits::Refusals>) {
         let _ = self.limits.set(r);
+    }
+
+    /// Exports the audit records dropped because the writer could not keep up
+    /// (`cabine_audit_dropped_total`).
+    pub fn attach_audit(&self, a: crate::audit::Audit) {
+        let _ = self.audit.set(a);
     }
 
     /// Adds the telemetry sidecar's figures to the metrics.
@@ -492,6 +499,20 @@ impl Metrics {
                 }
             })
             .build();
+        let audit: Arc<std::sync::OnceLock<crate::audit::Audit>> = Arc::default();
+        let a = Arc::clone(&audit);
+        let _ = meter
+            .u64_observable_counter("cabine.audit.dropped")
+            .with_unit("{record}")
+            .with_description(
+                "Audit records dropped because the audit writer's queue was full (should stay 0)",
+            )
+            .with_callback(move |o| {
+                if let Some(a) = a.get() {
+                    o.observe(a.dropped(), &[]);
+                }
+            })
+            .build();
 
         registry
             .register(Box::new(DelayCollector {
@@ -513,6 +534,7 @@ impl Metrics {
             summary,
             telemetry: std::sync::OnceLock::new(),
             limits,
+            audit,
         })
     }
 

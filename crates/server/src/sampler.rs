@@ -1,6 +1,7 @@
 //! The one sampler of the media plane: every [`crate::ops::PERIOD`] it snapshots every worker
 //! once and feeds both the operators' view (history and the view published to dashboards) and
-//! the metrics summary. It ends when the server state is dropped or the media plane stops.
+//! the metrics summary, and notes the codecs publishers use in the session table (for WHEP
+//! codec checks). It ends when the server state is dropped or the media plane stops.
 //!
 //! ```text
 //! every PERIOD: sfu.snapshot_with_delay() → ops view + history → publish to dashboards
@@ -60,6 +61,7 @@ pub fn spawn(state: &Arc<AppState>, metrics: Arc<Metrics>) -> JoinHandle<()> {
                 Err(SfuError::Stopped) => return,
                 Err(_) => continue,
             };
+            st.note_codecs(&rooms);
             let shell = st.sfu.stats();
             metrics.update(&rooms, delay, shell, st.refused_counts());
             let proc = ProcSample::read();

@@ -87,10 +87,14 @@ pub(crate) struct SessionEntry {
     pub(crate) client_ufrag: String,
     /// The claims the session was opened with (grants for device commands).
     pub(crate) claims: Claims,
-    /// WHIP: the video codecs its answer allowed (upper case), for WHEP codec checks.
+    /// A publisher's video codecs (upper case), for WHEP codec checks: those its WHIP answer
+    /// allowed, then the ones its media actually uses once the sampler has seen them flow
+    /// ([`AppState::note_codecs`]), so a WHEP offer never needs to snapshot the media plane.
     pub(crate) video_codecs: Vec<String>,
     /// Its recent ICE restarts (`limits.ice_restarts_per_minute`).
     pub(crate) restarts: crate::limits::RateWindow,
+    /// Its data-channel requests (`limits.data_requests_per_second`), from the first one.
+    pub(crate) data_requests: Option<crate::limits::TokenBucket>,
 }
 
 impl AppState {
@@ -133,6 +137,8 @@ impl AppState {
             anonymous: Mutex::new(crate::anon_audit::AnonymousAudit::new(
                 cfg.limits.anonymous_audit_interval,
                 cfg.limits.anonymous_audit_sources.get(),
+                cfg.limits.anonymous_audit_lines.get(),
+                std::time::Instant::now(),
             )),
         }
     }
@@ -339,6 +345,33 @@ impl AppState {
         })
     }
 
+    /// Records the video codecs each publisher's media uses, from the sampler's snapshot (once
+    /// per period, not per WHEP offer).
+    pub(crate) fn note_codecs(&self, rooms: &[cabine_sfu::room::RoomSnapshot]) {
+        let mut sessions = self.sessions_lock();
+        for s in rooms.iter().flat_map(|r| &r.sessions) {
+            let Some(e) = sessions.get_mut(&s.id) else {
+                continue;
+            };
+            if e.kind != SessionKind::Publish {
+                continue;
+            }
+            let in_use = || {
+                s.published
+                    .iter()
+                    .filter(|p| p.track.kind == "video")
+                    .filter_map(|p| p.codec.as_deref())
+            };
+            let same = in_use().count() == e.video_codecs.len()
+                && in_use()
+                    .zip(&e.video_codecs)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
+            if in_use().next().is_some() && !same {
+                e.video_codecs = in_use().map(str::to_ascii_uppercase).collect();
+            }
+        }
+    }
+
     /// Writes the summaries of anonymous refusals whose interval ended (`all`: every one, at
     /// shutdown).
     pub fn flush_anonymous_audit(&self, all: bool) {
@@ -361,7 +394,7 @@ impl AppState {
             None,
             &format!(
                 "anonymous_refusals: {} more refused requests without a valid token from {} \
-                 in {} ms (limits.anonymous_audit_interval)",
+                 in {} ms (limits.anonymous_audit_interval, limits.anonymous_audit_lines)",
                 s.count,
                 s.source,
                 s.over.as_millis()
@@ -384,11 +417,15 @@ impl AppState {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .refusal(peer.ip(), std::time::Instant::now());
-            if let Some(s) = &admission.summary {
+            for s in &admission.summaries {
                 self.audit_anonymous_summary(s);
             }
             if !admission.write {
-                self.refusals.count(crate::limits::Limit::AnonymousAudit);
+                self.refusals.count(if admission.capped {
+                    crate::limits::Limit::AnonymousAuditLines
+                } else {
+                    crate::limits::Limit::AnonymousAudit
+                });
                 return;
             }
         }

@@ -38,15 +38,6 @@ use tracing::info;
 use crate::http::{clean_message, describe, random_token, sdp_attr, ApiError};
 use crate::state::{AppState, SessionEntry};
 
-/// How long a new connection may take to send `join` or `resume`.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most messages kept for a participant while its socket is away.
-const BACKLOG_LIMIT: usize = 512;
-
-/// Largest text frame accepted from a client (an SDP offer with many m-lines fits easily).
-const MAX_MESSAGE: usize = 256 * 1024;
-
 /// The signalling sessions of one server.
 #[derive(Default)]
 pub struct Hub {
@@ -75,6 +66,10 @@ struct Member {
     queued_offer: Option<u64>,
     /// Increases each time a socket takes the session; a grace timer ends only its epoch.
     epoch: u64,
+    /// `limits.ws_backlog`.
+    backlog_limit: usize,
+    /// Where a dropped backlog message is counted.
+    refusals: Arc<crate::limits::Refusals>,
 }
 
 /// The way to one socket's writer: a bounded queue (`limits.ws_queue`) and how to close it.
@@ -245,11 +240,13 @@ impl Member {
             }
             self.tx = None;
         }
-        if self.backlog.len() < BACKLOG_LIMIT {
+        if self.backlog.len() < self.backlog_limit {
             self.backlog.push(text);
             if let ServerMsg::Offer { offer_id, .. } = msg {
                 self.queued_offer = Some(*offer_id);
             }
+        } else {
+            self.refusals.count(crate::limits::Limit::WsBacklog);
         }
     }
 }
@@ -292,7 +289,7 @@ pub async fn handler(
         ));
     }
     Ok(ws
-        .max_message_size(MAX_MESSAGE)
+        .max_message_size(st.limits.ws_max_message_bytes.get())
         .on_upgrade(move |socket| run(st, room, claims, peer, socket))
         .into_response())
 }
@@ -314,11 +311,8 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
         peer,
         tx: tx.clone(),
     };
-    let first = tokio::time::timeout(
-        FIRST_MESSAGE_TIMEOUT,
-        next_text(&mut stream, &mut bucket, &tx),
-    )
-    .await;
+    let first_timeout = st.limits.ws_first_message_timeout;
+    let first = tokio::time::timeout(first_timeout, next_text(&mut stream, &mut bucket, &tx)).await;
     let started = match first {
         Ok(Some(text)) => match signal::parse_client(&text) {
             Ok(ClientMsg::Join { subscribe, from }) => conn.join(subscribe, from).await,
@@ -330,7 +324,16 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
             Err(e) => Err(("bad_message", e.to_string())),
         },
         Ok(None) => Err(("closed", String::new())),
-        Err(_) => Err(("timeout", "no join or resume within 10 s".into())),
+        Err(_) => {
+            st.refusals.count(crate::limits::Limit::WsFirstMessage);
+            Err((
+                "timeout",
+                format!(
+                    "no join or resume within {} ms (limits.ws_first_message_timeout)",
+                    first_timeout.as_millis()
+                ),
+            ))
+        }
     };
     let (token, epoch) = match started {
         Ok(x) => x,
@@ -398,7 +401,15 @@ async fn next_text(
         }
         match frame {
             Ok(Message::Text(t)) => return Some(t.to_string()),
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Err(e) => {
+                // axum does not expose the WebSocket library's error kinds; its capacity error
+                // reads "Message too long: N > MAX".
+                if e.to_string().contains("too long") {
+                    tx.ctl.refusals.count(crate::limits::Limit::WsMessageSize);
+                }
+                return None;
+            }
+            Ok(Message::Close(_)) => return None,
             Ok(_) => continue,
         }
     }
@@ -502,6 +513,8 @@ impl Conn {
                         backlog: Vec::new(),
                         queued_offer: None,
                         epoch: 0,
+                        backlog_limit: self.st.limits.ws_backlog.get(),
+                        refusals: Arc::clone(&self.st.refusals),
                     },
                 );
             }
@@ -869,6 +882,7 @@ impl Conn {
                 // Known from the media once it flows (the WHEP codec check reads it there).
                 video_codecs: Vec::new(),
                 restarts: Default::default(),
+                data_requests: None,
             },
         );
         self.st.joins.fetch_add(1, Ordering::Relaxed);

@@ -17,8 +17,10 @@ use crate::state::AppState;
 pub const ALLOW_METHODS: &str = "GET, POST, PATCH, DELETE, OPTIONS";
 /// Request headers a page may send across origins.
 pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, If-Match";
-/// Response headers a page may read across origins (RFC 9725 clients need all of them).
-pub const EXPOSE_HEADERS: &str = "Location, Link, ETag, Accept-Patch, Accept-Post";
+/// Response headers a page may read across origins: RFC 9725 clients need the first five;
+/// `Retry-After` (429/503) says when to retry and `WWW-Authenticate` (401) what is wanted.
+pub const EXPOSE_HEADERS: &str =
+    "Location, Link, ETag, Accept-Patch, Accept-Post, Retry-After, WWW-Authenticate";
 /// How long a browser may cache a preflight, seconds.
 pub const MAX_AGE_SECS: &str = "600";
 

@@ -27,11 +27,13 @@ pub(crate) fn operator(
         (None, Some(q)) => Ok(q),
         (None, None) => Err(AuthError::Missing),
     }
-    .inspect_err(|e| st.count_refusal(e.reason()))?;
-    let claims: Claims = st
-        .tokens
-        .verify(token)
-        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    .and_then(|t| st.tokens.verify(t))
+    .inspect_err(|e| {
+        // No valid token: an anonymous refusal (aggregated per source: `crate::anon_audit`).
+        st.count_refusal(e.reason());
+        st.audit_refusal("-", "-", None, peer, e);
+    })?;
+    let claims: Claims = token;
     if claims.role != Role::Operator {
         st.count_refusal("forbidden_role");
         let e = AuthError::Forbidden {
@@ -80,14 +82,13 @@ pub(crate) fn authorize(
         })
 }
 
-/// Who acts on a WHIP/WHEP session (PATCH, DELETE): its owner (the same `sub` *and* role it
-/// was opened with), or a token granted `moderate` for the room. Returns the actor's claims,
-/// under whose identity the action is audited.
-pub(crate) fn session_actor(
+/// The valid token of a request on a WHIP/WHEP session URL (PATCH, DELETE), checked before the
+/// session is looked up: without one, the answer is 401 (audited as anonymous), never a 404
+/// that would tell whether a session exists.
+pub(crate) fn session_claims(
     st: &AppState,
     headers: &HeaderMap,
     room: &RoomId,
-    entry: &SessionEntry,
     peer: SocketAddr,
 ) -> Result<Claims, ApiError> {
     let token = bearer(
@@ -99,10 +100,22 @@ pub(crate) fn session_actor(
         st.count_refusal(e.reason());
         st.audit_refusal(room.as_str(), "-", None, peer, e);
     })?;
-    let claims = st.tokens.verify(token).inspect_err(|e| {
+    Ok(st.tokens.verify(token).inspect_err(|e| {
         st.count_refusal(e.reason());
         st.audit_refusal(room.as_str(), "-", None, peer, e);
-    })?;
+    })?)
+}
+
+/// Who acts on a WHIP/WHEP session (PATCH, DELETE), given the request's valid `claims`: its
+/// owner (the same `sub` *and* role it was opened with), or a token granted `moderate` for the
+/// room. Returns the actor's claims, under whose identity the action is audited.
+pub(crate) fn session_actor(
+    st: &AppState,
+    claims: Claims,
+    room: &RoomId,
+    entry: &SessionEntry,
+    peer: SocketAddr,
+) -> Result<Claims, ApiError> {
     if !claims.is_for_room(room) {
         st.count_refusal("wrong_room");
         let e = AuthError::WrongRoom {

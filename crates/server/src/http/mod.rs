@@ -17,10 +17,11 @@ pub mod sdpfrag;
 pub mod serve;
 pub mod whip;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -142,17 +143,20 @@ impl From<AuthError> for ApiError {
 /// token.
 async fn telemetry_discovery(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<crate::telemetry::Discovery>, ApiError> {
-    let token = bearer(
+    bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
     )
-    .inspect_err(|e| st.count_refusal(e.reason()))?;
-    st.tokens
-        .verify(token)
-        .inspect_err(|e| st.count_refusal(e.reason()))?;
+    .and_then(|t| st.tokens.verify(t))
+    .inspect_err(|e| {
+        // No valid token: an anonymous refusal (aggregated per source: `crate::anon_audit`).
+        st.count_refusal(e.reason());
+        st.audit_refusal("-", "-", None, peer, e);
+    })?;
     let t = st.telemetry.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

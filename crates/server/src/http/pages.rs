@@ -70,9 +70,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Only this origin: scripts, styles, sockets; media and stills from streams and blobs.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-                   connect-src 'self' ws: wss:; img-src 'self' blob: data:; \
+/// Only this origin: scripts, styles, sockets (CSP3: `'self'` matches the page's own
+/// `ws:`/`wss:` origin, and no other host); media and stills from streams and blobs.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' blob: data:; \
                    media-src 'self' blob: mediastream:; frame-ancestors 'none'";
 
 /// The routes of the browser app.
@@ -113,7 +114,12 @@ async fn demo_watch() -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, kind, body)) => respond(kind, body),
-        None => (StatusCode::NOT_FOUND, format!("no asset {file:?}")).into_response(),
+        None => {
+            // The same headers as every page under /app/, and the name not echoed back.
+            let mut r = respond("text/plain; charset=utf-8", "no such asset\n");
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
     }
 }
 

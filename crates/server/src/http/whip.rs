@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::Deserialize;
 use tracing::info;
 
-use super::guard::{authorize, session_actor};
+use super::guard::{authorize, session_actor, session_claims};
 use super::sdpfrag::SdpFrag;
 use super::{
     check_content_type, clean_message, describe, insert, random_token, sdp_attr, ApiError,
@@ -191,6 +191,7 @@ async fn create_session(
                 SessionKind::Subscribe => Vec::new(),
             },
             restarts: Default::default(),
+            data_requests: None,
         },
     );
     st.joins.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +233,8 @@ fn add_ice_links(st: &AppState, h: &mut HeaderMap) {
 
 /// Refuses (`422`) a WHEP offer that wants video but lists none of the video codecs published
 /// in the room (by `from`, when given): it would connect and never get a frame. A publisher's
-/// codec is the one its media arrives in, or before media flows, those its answer allowed.
+/// codec is the one its media arrives in (as the sampler last saw it), or before media flows,
+/// those its answer allowed.
 async fn check_codecs(
     st: &AppState,
     room: &RoomId,
@@ -245,40 +247,18 @@ async fn check_codecs(
     if offered.is_empty() {
         return Ok(());
     }
-    let mut publishers: Vec<(SessionId, Vec<String>)> = st
+    // From the session table alone (kept current by the sampler): the cost does not grow
+    // with the number of workers or rooms on the node.
+    let mut published: Vec<String> = st
         .sessions_lock()
-        .iter()
-        .filter(|(_, e)| {
+        .values()
+        .filter(|e| {
             e.room == *room
                 && e.kind == SessionKind::Publish
                 && from.is_none_or(|f| *f == e.identity)
         })
-        .map(|(id, e)| (*id, e.video_codecs.clone()))
+        .flat_map(|e| e.video_codecs.iter().cloned())
         .collect();
-    if publishers.is_empty() {
-        return Ok(());
-    }
-    // Media plane down: the join below reports it.
-    if let Ok(rooms) = st.sfu.snapshot().await {
-        for s in rooms
-            .iter()
-            .filter(|r| r.room == *room)
-            .flat_map(|r| &r.sessions)
-        {
-            let in_use: Vec<String> = s
-                .published
-                .iter()
-                .filter(|p| p.track.kind == "video")
-                .filter_map(|p| p.codec.as_ref().map(|c| c.to_ascii_uppercase()))
-                .collect();
-            if let Some(p) = publishers.iter_mut().find(|(id, _)| *id == s.id) {
-                if !in_use.is_empty() {
-                    p.1 = in_use;
-                }
-            }
-        }
-    }
-    let mut published: Vec<String> = publishers.into_iter().flat_map(|(_, c)| c).collect();
     published.sort_unstable();
     published.dedup();
     if published.is_empty() || offered.iter().any(|c| published.contains(c)) {
@@ -308,8 +288,10 @@ pub(crate) async fn patch_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
+    let room = parse_room(&room)?;
+    let claims = session_claims(&st, &headers, &room, peer)?;
+    let (id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, claims, &room, &entry, peer)?;
     check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
     if let Some(m) = headers.get(header::IF_MATCH) {
         let m = m.to_str().unwrap_or("");
@@ -394,10 +376,12 @@ pub(crate) async fn delete_session(
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (room, id, entry) = lookup_session(&st, &room, &session)?;
-    let actor = session_actor(&st, &headers, &room, &entry, peer)?;
-    st.sessions_lock().remove(&id);
-    st.end_spans(id);
+    let room = parse_room(&room)?;
+    let claims = session_claims(&st, &headers, &room, peer)?;
+    let (id, entry) = lookup_session(&st, &room, &session)?;
+    let actor = session_actor(&st, claims, &room, &entry, peer)?;
+    // The entry goes once the media plane has let the session go (or never knew it): a failed
+    // leave keeps it, so the session stays visible, counted and deletable.
     match st.sfu.leave(room.clone(), id).await {
         Ok(()) | Err(SfuError::UnknownSession(_)) => {}
         Err(e) => {
@@ -407,6 +391,8 @@ pub(crate) async fn delete_session(
             ))
         }
     }
+    st.sessions_lock().remove(&id);
+    st.end_spans(id);
     let detail = format!("DELETE{}", on_behalf(&actor, &entry));
     st.audit(
         "leave",
@@ -431,13 +417,16 @@ fn on_behalf(actor: &Claims, entry: &SessionEntry) -> String {
     }
 }
 
+fn parse_room(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(room)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))
+}
+
 fn lookup_session(
     st: &AppState,
-    room: &str,
+    room: &RoomId,
     session: &str,
-) -> Result<(RoomId, SessionId, SessionEntry), ApiError> {
-    let room = RoomId::parse(room)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
+) -> Result<(SessionId, SessionEntry), ApiError> {
     let unknown = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -447,8 +436,8 @@ fn lookup_session(
     let id = u64::from_str_radix(session, 16).map_err(|_| unknown())?;
     let id = SessionId(id);
     let entry = st.sessions_lock().get(&id).cloned().ok_or_else(unknown)?;
-    if entry.room != room {
+    if entry.room != *room {
         return Err(unknown());
     }
-    Ok((room, id, entry))
+    Ok((id, entry))
 }

@@ -142,28 +142,32 @@ async fn slow_headers_are_closed_after_the_header_timeout() {
     let s = common::start_with(|c| {
         c.limits.header_timeout = Duration::from_millis(300);
         c.limits.idle_timeout = Duration::from_millis(500);
+        c.admin.listen = "127.0.0.1:0".into();
     })
     .await;
     let addr = s.server.http_addr();
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /healthz HT").unwrap();
-        // Bounded wait: a server without the timeout keeps the connection past it.
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 256];
-        match c.read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        closed,
-        "a connection that never finished its headers was kept"
-    );
-    assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 1);
+    // The public listener and the admin (metrics) listener alike.
+    for (which, addr) in [("http", addr), ("admin", s.server.admin_addr().unwrap())] {
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /metrics HT").unwrap();
+            // Bounded wait: a server without the timeout keeps the connection past it.
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 256];
+            match c.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            closed,
+            "{which}: a connection that never finished its headers was kept"
+        );
+    }
+    assert!(s.server.limit_refusals(Limit::HeaderTimeout) >= 2);
     // A keep-alive connection waiting for its next request is closed after it too.
     let closed = tokio::task::spawn_blocking(move || {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -333,6 +337,135 @@ async fn anonymous_refusal_flood_cannot_rotate_accepted_events_out_of_the_audit(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_flood_from_many_sources_writes_a_bounded_number_of_lines() {
+    const SOURCES: u32 = 250;
+    const PER_SOURCE: u32 = 2;
+    const LINES: usize = 20;
+    let dir = temp_dir("sources");
+    let path = dir.join("audit.jsonl");
+    let s = common::start_with(|c| {
+        c.audit.path = path.clone();
+        c.limits.anonymous_audit_interval = Duration::from_secs(3600);
+        c.limits.anonymous_audit_lines = LINES.try_into().unwrap();
+    })
+    .await;
+    let whip = format!("{}/whip/many", s.base);
+    let (status, _, body) = post_sdp(
+        &whip,
+        Some(&s.token("many", Role::Kiosk, "kiosk-before")),
+        "application/sdp",
+        sdp_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    // Each client from its own /24 (all of 127/8 is loopback on Linux): 250 sources.
+    let mut tasks = Vec::new();
+    for chunk in 0..5u32 {
+        tasks.push(tokio::spawn(async move {
+            for n in (1 + chunk..=SOURCES).step_by(5) {
+                for _ in 0..PER_SOURCE {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(format!("127.0.{n}.1:0").parse().unwrap())
+                        .unwrap();
+                    let mut tcp = sock.connect(addr).await.unwrap();
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    tcp.write_all(
+                        b"POST /whip/many HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
+                          Connection: close\r\n\r\n",
+                    )
+                    .await
+                    .unwrap();
+                    let mut answer = Vec::new();
+                    tcp.read_to_end(&mut answer).await.unwrap();
+                    let answer = String::from_utf8_lossy(&answer);
+                    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (status, _, body) = post_sdp(
+        &whip,
+        Some(&s.token("many", Role::Kiosk, "kiosk-after")),
+        "application/sdp",
+        sdp_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let capped = s.server.limit_refusals(Limit::AnonymousAuditLines);
+    s.server.shutdown(Duration::from_millis(100)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for who in ["kiosk-before", "kiosk-after"] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["event"] == "publish" && r["identity"] == who),
+            "the accepted join of {who} is gone from the audit: {text}"
+        );
+    }
+    let anonymous: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["identity"] == "-").collect();
+    // The budget, plus the one line counting the rest.
+    assert!(
+        anonymous.len() <= LINES + 1,
+        "{} anonymous lines from {SOURCES} sources: {text}",
+        anonymous.len()
+    );
+    let total = (SOURCES * PER_SOURCE) as usize;
+    let overflow = anonymous
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .find(|r| r.contains("limits.anonymous_audit_lines") && r.contains("all sources"))
+        .unwrap_or_else(|| panic!("no line counting the rest: {text}"));
+    assert!(
+        overflow.starts_with(&format!(
+            "anonymous_refusals: {} more",
+            total - (anonymous.len() - 1)
+        )),
+        "{overflow}"
+    );
+    assert!(capped >= (SOURCES as u64) - LINES as u64, "{capped}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_never_join_or_send_oversized_messages_are_closed_and_counted() {
+    let s = common::start_with(|c| {
+        c.limits.ws_first_message_timeout = Duration::from_millis(300);
+        c.limits.ws_max_message_bytes = 4096.try_into().unwrap();
+    })
+    .await;
+    // Silent after the upgrade: closed after limits.ws_first_message_timeout.
+    let mut silent = open_ws(&s, "ws-limits", "silent").await;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a socket that never joined was kept"
+    );
+    assert_eq!(s.server.limit_refusals(Limit::WsFirstMessage), 1);
+    // A message above limits.ws_max_message_bytes: closed, counted.
+    let mut big = join(&s, "ws-limits", "big").await;
+    let _ = big.send(Message::Text("x".repeat(8192).into())).await;
+    assert!(
+        closed_within(&mut big, Duration::from_secs(10)).await,
+        "a socket that sent an oversized message was kept"
+    );
+    wait_for(
+        "the oversized message counted",
+        Duration::from_secs(10),
+        || s.server.limit_refusals(Limit::WsMessageSize) == 1,
+    )
+    .await;
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_beyond_the_sse_cap_is_refused() {
     let s = common::start_with(|c| {
         c.limits.sse_clients = 2.try_into().unwrap();
@@ -391,6 +524,11 @@ async fn the_dashboard_beyond_the_sse_cap_is_refused() {
         .unwrap();
     assert!(
         metrics.contains("cabine_limits_refused_total{limit=\"sse_clients\"} 1"),
+        "{metrics}"
+    );
+    // The audit queue's drops are exported (none here).
+    assert!(
+        metrics.contains("cabine_audit_dropped_total 0"),
         "{metrics}"
     );
     drop(b);
@@ -545,12 +683,46 @@ async fn ice_restarts_beyond_the_rate_are_refused_with_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
-    let dir = temp_dir("modes");
-    // A directory and a file left readable by everyone are tightened at start.
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // An existing directory open to others (it could be /var/log or the working directory) is
+    // neither chmod-ed nor used: the server refuses to start, naming the key.
+    let shared = temp_dir("modes-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = cabine_server::config::Config::defaults();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = String::new();
+    cfg.telemetry.listen = String::new();
+    cfg.audit.path = shared.join("audit.jsonl");
+    let e = match cabine_server::Server::start(cfg).await {
+        Ok(s) => {
+            s.shutdown(Duration::from_millis(10)).await;
+            panic!("started with the audit log in a 0755 directory");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("audit.path"), "{e}");
+    assert_eq!(mode(&shared), 0o755, "the shared directory was changed");
+    assert!(!shared.join("audit.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&shared);
+
+    // A directory the server creates is 0700; a file left readable by everyone in an
+    // owner-only directory is tightened at start.
+    let parent = temp_dir("modes");
+    let dir = parent.join("audit");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700)).unwrap();
     let path = dir.join("audit.jsonl");
-    std::fs::write(&path, "").unwrap();
+    let s = common::start_with(|c| {
+        c.audit.path = path.clone();
+        c.audit.max_bytes = 1024;
+        c.audit.keep = 2;
+    })
+    .await;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    s.server.shutdown(Duration::from_millis(100)).await;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let s = common::start_with(|c| {
         c.audit.path = path.clone();
@@ -558,8 +730,6 @@ async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
         c.audit.keep = 2;
     })
     .await;
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&path), 0o600);
     // Identified refusals (an observer may not publish) until the file rotates.
     let observer = s.token("modes", Role::Observer, "watcher");
@@ -580,7 +750,7 @@ async fn audit_files_are_owner_only_from_the_start_and_after_rotation() {
     assert_eq!(mode(&rotated), 0o600);
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&dir), 0o700);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&parent);
 }
 
 /// A WebSocket of `identity` (doctor) joined to `room`, without a subscription; the welcome

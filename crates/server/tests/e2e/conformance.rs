@@ -263,7 +263,14 @@ async fn cors_lets_allowed_origins_call_the_apis_without_credentials() {
         .to_str()
         .unwrap()
         .to_ascii_lowercase();
-    for name in ["location", "link", "etag", "accept-patch"] {
+    for name in [
+        "location",
+        "link",
+        "etag",
+        "accept-patch",
+        "retry-after",
+        "www-authenticate",
+    ] {
         assert!(exposed.contains(name), "{exposed}");
     }
     assert!(!h.contains_key("access-control-allow-credentials"));

@@ -59,7 +59,10 @@ async fn a_kiosk_session_with_flowing_media_lasts_past_the_consent_window() {
     let mut last = Instant::now();
     let mut packets = 0u64;
     while start.elapsed() < Duration::from_secs(38) {
-        match remote.read_rtp_timeout(Duration::from_secs(3)).await {
+        // A gap of a few seconds is what a loaded CI machine produces; the failure this test
+        // is about is media stopping for good (~25 s in), which the 15 s read timeout and the
+        // "still coming 35 s in" check below both catch.
+        match remote.read_rtp_timeout(Duration::from_secs(15)).await {
             Ok(_) => {
                 packets += 1;
                 last = Instant::now();
@@ -70,8 +73,8 @@ async fn a_kiosk_session_with_flowing_media_lasts_past_the_consent_window() {
             ),
         }
     }
-    // The check is that media never stopped for 3 s (the loop above): str0m's lite agent used
-    // to drop the path ~25 s in. How many packets a loaded machine's debug encoder produced is
+    // The check is that media never stopped for good (the loop above fails on a 15 s gap):
+    // str0m's lite agent used to drop the path ~25 s in. How many packets a loaded machine's debug encoder produced is
     // not the point, so no count is asserted beyond "it kept coming past the window".
     assert!(
         last.duration_since(start) >= Duration::from_secs(35),

@@ -15,6 +15,8 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
@@ -74,35 +76,41 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
         Pattern::RoomCamera,
     ));
 
-    // Mid-consultation: once the doctor receives the cabin, the otoscope is switched on.
+    // Mid-consultation: once the doctor receives the cabin and the cabin receives the doctor
+    // (the page has negotiated both ways), the otoscope is switched on. Whether that moment
+    // came is asserted at the end.
     let ops = mint(&tokens, "*", Role::Operator, "ops");
+    let settled = Arc::new(AtomicBool::new(false));
     let otoscope = {
         let (base, ops, token) = (base.clone(), ops.clone(), kiosk_token.clone());
+        let settled = Arc::clone(&settled);
         tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(90);
-            while Instant::now() < deadline {
+            loop {
                 let rooms = rooms(&base, &ops).await;
-                let doctor_receives = rooms["rooms"][0]["sessions"]
+                let sessions = rooms["rooms"][0]["sessions"]
                     .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| {
-                        s["identity"] == "dr-1"
-                            && s["kind"] == "subscribe"
-                            && s["received"].as_array().is_some_and(|r| {
-                                r.iter()
-                                    .filter(|x| x["stats"]["packets"].as_u64() > Some(100))
-                                    .count()
-                                    >= 2
-                            })
-                    });
-                if doctor_receives {
+                    .cloned()
+                    .unwrap_or_default();
+                let doctor_receives = sessions.iter().any(|s| {
+                    s["identity"] == "dr-1"
+                        && s["kind"] == "subscribe"
+                        && s["received"].as_array().is_some_and(|r| {
+                            r.iter()
+                                .filter(|x| x["stats"]["packets"].as_u64() > Some(100))
+                                .count()
+                                >= 2
+                        })
+                });
+                if doctor_receives && kiosk_receives_doctor(&sessions) {
+                    settled.store(true, Ordering::Relaxed);
                     break;
+                }
+                if Instant::now() >= deadline {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            // Let the page settle on what it has before the new track arrives.
-            tokio::time::sleep(Duration::from_secs(2)).await;
             camera(
                 format!("{base}/whip/{room}"),
                 token,
@@ -125,18 +133,11 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
         tokio::spawn(async move {
             for _ in 0..600 {
                 let rooms = rooms(&base, &ops).await;
-                let got = rooms["rooms"][0]["sessions"]
+                let sessions = rooms["rooms"][0]["sessions"]
                     .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["identity"] == "kiosk-1" && s["kind"] == "subscribe")
-                    .flat_map(|s| s["received"].as_array().cloned().unwrap_or_default())
-                    .any(|r| {
-                        r["track"]["kind"] == "video"
-                            && r["from"] == "dr-1"
-                            && r["stats"]["packets"].as_u64() > Some(50)
-                    });
-                if got {
+                    .cloned()
+                    .unwrap_or_default();
+                if kiosk_receives_doctor(&sessions) {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -172,6 +173,24 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
         kiosk_got_doctor,
         "the kiosk never received the doctor's video over WHEP"
     );
+    assert!(
+        settled.load(Ordering::Relaxed),
+        "the doctor and the cabin never received each other within 90 s: the otoscope was \
+         never switched on\n--- GET /api/rooms at the end ---\n{after:#}"
+    );
+}
+
+/// Whether the kiosk's WHEP session receives the doctor's video.
+fn kiosk_receives_doctor(sessions: &[serde_json::Value]) -> bool {
+    sessions
+        .iter()
+        .filter(|s| s["identity"] == "kiosk-1" && s["kind"] == "subscribe")
+        .flat_map(|s| s["received"].as_array().cloned().unwrap_or_default())
+        .any(|r| {
+            r["track"]["kind"] == "video"
+                && r["from"] == "dr-1"
+                && r["stats"]["packets"].as_u64() > Some(50)
+        })
 }
 
 /// Publishes a synthetic VP8 camera (320x240, 10 fps) labelled `label` until aborted,

@@ -136,15 +136,25 @@ async fn a_whip_session_that_never_connects_frees_its_slot_after_the_timeout() {
         v.to_string().contains("\"connected\":true")
     })
     .await;
-    let connected = Instant::now();
-    while connected.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // One more silent offer after it: once that one has timed out, the kiosk's own connect
+    // deadline (earlier) has passed too, and the kiosk must still be there.
+    assert_eq!(offer(3).await, 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.server.sfu().stats().connect_timeouts < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the last silent session was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         s.server.sfu().stats().connect_timeouts,
-        2,
-        "a connected session stays"
+        3,
+        "only the silent sessions timed out"
     );
+    let rooms = s.rooms().await;
+    let sessions = rooms.to_string().matches("\"connected\":true").count();
+    assert_eq!(sessions, 1, "the connected kiosk stays: {rooms}");
     let _ = kiosk.close().await;
     s.server.shutdown(Duration::from_millis(200)).await;
 }

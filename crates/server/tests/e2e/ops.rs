@@ -129,19 +129,22 @@ async fn ops_view_is_pseudonymous_operator_only_and_live() {
 
     // The page itself is served (its data needs the token), like every page, with the one
     // strict policy: no inline script or style, no framing.
-    for path in [
-        "/ops",
-        "/demo/publish",
-        "/demo/watch",
-        "/app/ops.js",
-        "/app/watch.css",
+    for (path, status) in [
+        ("/ops", 200),
+        ("/consult/room-1", 200),
+        ("/kiosk/room-1", 200),
+        ("/demo/publish", 200),
+        ("/demo/watch", 200),
+        ("/app/ops.js", 200),
+        ("/app/watch.css", 200),
+        ("/app/no-such-file.js", 404),
     ] {
         let page = client
             .get(format!("{}{path}", s.base))
             .send()
             .await
             .unwrap();
-        assert_eq!(page.status().as_u16(), 200, "{path}");
+        assert_eq!(page.status().as_u16(), status, "{path}");
         let csp = page
             .headers()
             .get("content-security-policy")
@@ -151,6 +154,12 @@ async fn ops_view_is_pseudonymous_operator_only_and_live() {
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
         assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
         assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        // Sockets to this origin only ('self' covers its ws:/wss:), not to any host.
+        assert!(csp.contains("connect-src 'self';"), "{path}: {csp}");
+        assert!(
+            !csp.contains("ws:") && !csp.contains("wss:"),
+            "{path}: {csp}"
+        );
         let body = page.text().await.unwrap();
         assert!(
             !body.contains("<script>") && !body.contains("<style>"),

@@ -36,7 +36,9 @@ async fn ops_dashboard_shows_the_live_room_pseudonymously() {
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     // The audit log says why a session ended, should one end early.
-    let audit = std::env::temp_dir().join(format!("cabine-ops-audit-{}.jsonl", std::process::id()));
+    let audit = std::env::temp_dir()
+        .join(format!("cabine-ops-audit-{}", std::process::id()))
+        .join("audit.jsonl");
     let _ = std::fs::remove_file(&audit);
     let s = common::start_with(|c| c.audit.path = audit.clone()).await;
 

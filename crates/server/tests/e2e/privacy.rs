@@ -175,6 +175,60 @@ async fn the_development_secret_refuses_a_non_loopback_address() {
         assert!(e.contains("CABINE_AUTH__SECRET"), "{e}");
     }
 
+    // The QUIC telemetry sidecar verifies tokens with the same secret, and an admin listener
+    // without a token is open to whoever reaches it.
+    for (key, admin, telemetry) in [
+        ("telemetry.listen", "", "0.0.0.0:0"),
+        ("admin.listen", "0.0.0.0:0", "127.0.0.1:0"),
+    ] {
+        let mut cfg = Config::defaults();
+        cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.admin.listen = admin.into();
+        cfg.telemetry.listen = telemetry.into();
+        let e = match Server::start(cfg).await {
+            Ok(s) => {
+                s.shutdown(Duration::from_millis(10)).await;
+                panic!("started with {key} on 0.0.0.0 and the development secret");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(key), "{e}");
+        assert!(e.contains("auth.secret"), "{e}");
+    }
+    // An admin listener with its own token may listen wider.
+    let mut cfg = Config::defaults();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.media.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = "0.0.0.0:0".into();
+    cfg.admin.token = "an-admin-token-0123456789".into();
+    cfg.telemetry.listen = String::new();
+    let s = Server::start(cfg)
+        .await
+        .expect("a tokened admin listener may bind 0.0.0.0");
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics",
+        s.admin_addr().unwrap().port()
+    );
+    let client = reqwest::Client::new();
+    for (token, status) in [
+        (None, 401),
+        (Some("an-admin-token-012345678X"), 401),
+        (Some("an-admin-token"), 401),
+        (Some("an-admin-token-0123456789"), 200),
+    ] {
+        let mut r = client.get(&metrics);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(
+            r.send().await.unwrap().status().as_u16(),
+            status,
+            "{token:?}"
+        );
+    }
+    s.shutdown(Duration::from_millis(10)).await;
+
     // The binary: exits at once with the message, naming the key.
     let out = Command::new(env!("CARGO_BIN_EXE_cabine"))
         .arg("serve")

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::{post_sdp, sdp_offer, start_with, TestServer};
 use cabine_proto::signal::{self, ClientMsg, ServerMsg};
 use cabine_proto::{Grant, Role};
+use cabine_server::limits::Limit;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::Message;
@@ -30,6 +31,46 @@ async fn acting_on_a_session_needs_ownership_or_the_moderate_grant() {
     .await;
     let kiosk = s.token(ROOM, Role::Kiosk, "kiosk-1");
     let url = publish(&s, &kiosk).await;
+
+    // Without a valid token, the operator routes, discovery and the session URLs answer 401
+    // (WWW-Authenticate) before saying whether a session exists, and each refusal is audited
+    // as anonymous: the first line is written, the others of the source counted.
+    let client = reqwest::Client::new();
+    let unknown = format!("{}/0123456789abcdef", url.rsplit_once('/').unwrap().0);
+    let anonymous = || s.server.limit_refusals(Limit::AnonymousAudit);
+    let requests = [
+        client
+            .get(format!("{}/api/rooms", s.base))
+            .bearer_auth("not.a.token"),
+        client.get(format!("{}/api/ops", s.base)),
+        client
+            .get(format!("{}/api/telemetry", s.base))
+            .bearer_auth("not.a.token"),
+        client.delete(&unknown),
+        client.delete(&unknown).bearer_auth("not.a.token"),
+        client
+            .patch(&unknown)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .body(RESTART),
+    ];
+    for (i, r) in requests.into_iter().enumerate() {
+        let before = anonymous();
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "request {i}");
+        assert!(r.headers().contains_key("www-authenticate"), "request {i}");
+        if i == 0 {
+            audit_until(&audit, |r| {
+                r.iter()
+                    .any(|r| r["event"] == "refused" && r["identity"] == "-")
+            })
+            .await;
+        } else {
+            assert_eq!(anonymous(), before + 1, "request {i} was not audited");
+        }
+    }
+    // With a valid token, an unknown session is a 404.
+    assert_eq!(delete(&unknown, &kiosk).await.0, 404);
+    assert_eq!(patch(&unknown, &kiosk, RESTART).await.0, 404);
 
     // Observing is not acting: an operator without the grant, for the room or for every room.
     for op in [

@@ -15,6 +15,7 @@ use cabine_kiosk::dial::{self, DialConfig};
 use cabine_kiosk::telemetry::TelemetryConfig;
 use cabine_kiosk::{ClientOptions, Subscriber};
 use cabine_proto::{Grant, Role};
+use cabine_server::limits::Limit;
 use cabine_sidecar::client::KioskClock;
 use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
@@ -541,6 +542,31 @@ async fn bad_telemetry_requests_are_refused_precisely() {
     // Refusals are counted.
     let refused = s.server.telemetry().unwrap().bridge_stats().refused;
     assert_eq!(refused, 4);
+
+    // A flood of requests: beyond limits.data_requests_per_second they are dropped unanswered
+    // and unaudited (counted by the limit), not each answered and audited.
+    const FLOOD: u64 = 300;
+    for _ in 0..FLOOD {
+        doctor
+            .send_data("not json", Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let handled = s.server.telemetry().unwrap().bridge_stats().requests - 4;
+        let dropped = s.server.limit_refusals(Limit::DataRequestRate);
+        if handled + dropped == FLOOD {
+            assert!(dropped > 0, "no request of the flood was dropped");
+            assert!(handled < FLOOD / 2, "{handled} of {FLOOD} requests handled");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{handled} handled + {dropped} dropped of {FLOOD}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = assistant.close().await;
     let _ = doctor.close().await;
     s.server.shutdown(Duration::from_millis(200)).await;
