@@ -259,6 +259,8 @@ async fn kiosk_page_and_doctor_page_over_websocket_signalling() {
     cfg.media.bind = "127.0.0.1:0".parse().unwrap();
     cfg.auth.secret = SECRET.into();
     cfg.admin.listen = String::new();
+    // Every port free: the other tests of this binary run alongside.
+    cfg.telemetry.listen = "127.0.0.1:0".into();
     cfg.media.disconnect_grace = Duration::from_secs(30);
     let server = Server::start(cfg).await.expect("server starts");
     let base = format!("http://{}", server.http_addr());
