@@ -22,9 +22,11 @@ for _ in $(seq 100); do curl -fsS http://127.0.0.1:18080/healthz >/dev/null 2>&1
 out=()
 for i in $(seq "$runs"); do
   room="first-frame-$i"
+  # Minted first: CABINE_URL below is the driver's, and `cabine` reads every CABINE_* variable.
+  pub_token=$("$bin" token --room "$room" --role kiosk --identity "kiosk-$i" --ttl 10m)
+  watch_token=$("$bin" token --room "$room" --role doctor --identity "dr-$i" --ttl 10m)
   line=$(CABINE_URL=http://127.0.0.1:18080 ROOM="$room" POLL_MS=20 HOLD_MS=0 \
-    PUBLISH_TOKEN=$("$bin" token --room "$room" --role kiosk --identity "kiosk-$i" --ttl 10m) \
-    WATCH_TOKEN=$("$bin" token --room "$room" --role doctor --identity "dr-$i" --ttl 10m) \
+    PUBLISH_TOKEN="$pub_token" WATCH_TOKEN="$watch_token" \
     SCREENSHOT=/tmp/first-frame.png node tests/browser/whip_whep.mjs 2>/dev/null)
   ms=$(printf '%s' "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["timings_ms"]["first_frame"] if d["ok"] else "failed")')
   echo "run $i: first frame ${ms} ms"
