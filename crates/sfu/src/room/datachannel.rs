@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cabine_proto::Identity;
 use serde::Serialize;
-use str0m::channel::ChannelId;
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 
 use str0m::channel::ChannelData;
 
@@ -156,6 +156,26 @@ pub(super) struct Telemetry {
 }
 
 impl Telemetry {
+    /// Declares a subscriber's two `telemetry` channels in the pending SDP change: reliable and
+    /// ordered (measurements, status, command results), unordered without retransmission
+    /// (waveform chunks, protocol `lossy`).
+    pub(super) fn declare(api: &mut str0m::change::SdpApi) -> (ChannelId, ChannelId) {
+        let reliable = api.add_channel_with_config(ChannelConfig {
+            label: TELEMETRY_LABEL.into(),
+            ordered: true,
+            reliability: Reliability::Reliable,
+            ..ChannelConfig::default()
+        });
+        let lossy = api.add_channel_with_config(ChannelConfig {
+            label: TELEMETRY_LABEL.into(),
+            ordered: false,
+            reliability: Reliability::MaxRetransmits { retransmits: 0 },
+            protocol: "lossy".into(),
+            ..ChannelConfig::default()
+        });
+        (reliable, lossy)
+    }
+
     pub(super) fn new(reliable: ChannelId, lossy: ChannelId) -> Self {
         Telemetry {
             reliable,

@@ -49,7 +49,6 @@ use cabine_proto::{Identity, Role, RoomId};
 use serde::Serialize;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
-use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
 use str0m::net::Transmit;
@@ -402,19 +401,7 @@ impl Room {
             SessionKind::Subscribe => {
                 if req.offer.contains("m=application") {
                     let mut api = session.rtc.sdp_api();
-                    let reliable = api.add_channel_with_config(ChannelConfig {
-                        label: TELEMETRY_LABEL.into(),
-                        ordered: true,
-                        reliability: Reliability::Reliable,
-                        ..ChannelConfig::default()
-                    });
-                    let lossy = api.add_channel_with_config(ChannelConfig {
-                        label: TELEMETRY_LABEL.into(),
-                        ordered: false,
-                        reliability: Reliability::MaxRetransmits { retransmits: 0 },
-                        protocol: "lossy".into(),
-                        ..ChannelConfig::default()
-                    });
+                    let (reliable, lossy) = Telemetry::declare(&mut api);
                     // The offer already negotiated SCTP: no renegotiation is needed.
                     if api.apply().is_none() {
                         session.telemetry = Some(Telemetry::new(reliable, lossy));

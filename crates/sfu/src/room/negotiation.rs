@@ -6,14 +6,12 @@ use std::time::{Duration, Instant};
 use cabine_proto::{Identity, Role};
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::{ChannelConfig, Reliability};
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::{
     bound_rtx_history, clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output,
     Room, Session, SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo,
-    TELEMETRY_LABEL,
 };
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
@@ -371,19 +369,7 @@ impl Room {
         let id = n.next_id;
         let mut api = s.rtc.sdp_api();
         if first == Some(true) {
-            let reliable = api.add_channel_with_config(ChannelConfig {
-                label: TELEMETRY_LABEL.into(),
-                ordered: true,
-                reliability: Reliability::Reliable,
-                ..ChannelConfig::default()
-            });
-            let lossy = api.add_channel_with_config(ChannelConfig {
-                label: TELEMETRY_LABEL.into(),
-                ordered: false,
-                reliability: Reliability::MaxRetransmits { retransmits: 0 },
-                protocol: "lossy".into(),
-                ..ChannelConfig::default()
-            });
+            let (reliable, lossy) = Telemetry::declare(&mut api);
             s.telemetry = Some(Telemetry::new(reliable, lossy));
         }
         let mut added = Vec::new();
