@@ -228,6 +228,30 @@ async fn start_mock() -> (String, Mock, mpsc::UnboundedReceiver<Arc<TrackRemote>
     (format!("http://{addr}"), mock, rx)
 }
 
+/// Waits until the mock's latest peer connection has receive tracks for `n` RIDs.
+async fn answerer_knows_rids(mock: &Mock, n: usize) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let pc = mock.pcs.lock().expect("lock").last().cloned();
+        let mut rids = 0;
+        if let Some(pc) = pc {
+            for transceiver in pc.get_transceivers().await {
+                for track in transceiver.receiver().await.tracks().await {
+                    rids += usize::from(!track.rid().is_empty());
+                }
+            }
+        }
+        if rids >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answerer knows {rids} of {n} RIDs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Receives tracks on the mock until `n` arrived; keyed by `track id` plus RID.
 async fn received_tracks(
     rx: &mut mpsc::UnboundedReceiver<Arc<TrackRemote>>,
@@ -402,7 +426,7 @@ async fn publisher_payloads_arrive_unchanged_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_layers_are_sent_with_their_rids() {
-    let (base, _mock, mut rx) = start_mock().await;
+    let (base, mock, mut rx) = start_mock().await;
     let publisher =
         Publisher::connect(
             &format!("{base}/whip/room-1"),
@@ -415,6 +439,10 @@ async fn simulcast_layers_are_sent_with_their_rids() {
         .expect("connect");
     let track = publisher.track(0).expect("track");
     assert!(track.layer("x").is_err());
+    // webrtc-rs drops a simulcast SSRC for good if its first packets arrive before the
+    // answerer has created its per-RID receive tracks (it does so only after DTLS connects), so
+    // send only once the mock is ready to tell the three layers apart.
+    answerer_knows_rids(&mock, 3).await;
     // Send like a camera does, continuously, until the answerer has identified the three
     // layers (webrtc-rs probes unknown SSRCs and may drop packets while doing so).
     let send = async {
