@@ -20,6 +20,20 @@ pub enum Pc {
     Subscribe,
 }
 
+/// A STUN or TURN server, shaped like a browser's `RTCIceServer` (pass it as is in
+/// `RTCConfiguration.iceServers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs (RFC 7064, RFC 7065).
+    pub urls: Vec<String>,
+    /// TURN username (absent for STUN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password (absent for STUN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// A message from the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -87,6 +101,10 @@ pub enum ServerMsg {
         role: String,
         /// The other participants on signalling now.
         participants: Vec<Participant>,
+        /// STUN/TURN servers to create the peer connections with (TURN credentials minted for
+        /// this session); absent when the server has none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// The server's offer on the subscribe connection; answer with `answer`.
     Offer {

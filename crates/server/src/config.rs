@@ -39,6 +39,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// ICE servers advertised to WHIP/WHEP clients.
     pub ice: IceConfig,
+    /// TURN relays (coturn) and their credentials.
+    pub turn: crate::turn::TurnConfig,
 }
 
 /// `[ice]`.
@@ -229,6 +231,9 @@ impl Config {
                 )));
             }
         }
+        self.turn
+            .load()
+            .map_err(|e| ConfigError::Unusable(e.to_string()))?;
         self.advertise()?;
         self.admin_listen()?;
         self.check_limits()?;

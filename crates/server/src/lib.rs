@@ -16,6 +16,7 @@
 //! - [`limits`]: the `[limits]` keys, their refusal counters and answers; [`http::serve`]:
 //!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
+//! - [`turn`]: `[turn]`, coturn credentials and the ICE servers handed to clients;
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
@@ -37,6 +38,7 @@ pub mod otel;
 pub mod sampler;
 pub mod state;
 pub mod telemetry;
+pub mod turn;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -36,8 +36,10 @@ pub struct AppState {
     pub(crate) telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
     pub(crate) ops: OpsSampler,
     pub(crate) ws: ws::Hub,
-    /// `Link: <url>; rel="ice-server"` values for WHIP/WHEP (`[ice] servers`).
-    pub(crate) ice_links: Vec<axum::http::HeaderValue>,
+    /// The static STUN/TURN servers of `[ice] servers`, offered to every client.
+    pub(crate) static_ice: Vec<cabine_proto::signal::IceServer>,
+    /// TURN credentials (`[turn]`), when configured.
+    pub(crate) turn: Option<crate::turn::Turn>,
     /// Origins allowed to call the APIs from a browser (`http.cors_origins`).
     pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
     /// `[limits]`.
@@ -116,14 +118,22 @@ impl AppState {
             ops: OpsSampler::default(),
             // Checked by `Config::check` (stun:/turn: URLs, plain origins); a value that is not
             // a valid header is left out rather than sent malformed.
-            ice_links: cfg
+            static_ice: cfg
                 .ice
                 .servers
                 .iter()
-                .filter_map(|u| {
-                    axum::http::HeaderValue::from_str(&format!("<{u}>; rel=\"ice-server\"")).ok()
+                .map(|u| cabine_proto::signal::IceServer {
+                    urls: vec![u.clone()],
+                    username: None,
+                    credential: None,
                 })
                 .collect(),
+            // Checked by `Config::check`; a section that became unusable since (its secret file
+            // went away) turns TURN off with an error in the log rather than stopping a start.
+            turn: cfg.turn.load().unwrap_or_else(|e| {
+                tracing::error!("TURN disabled: {e}");
+                None
+            }),
             cors_origins: cfg
                 .http
                 .cors_origins
@@ -151,6 +161,20 @@ impl AppState {
     /// The telemetry sidecar, if enabled.
     pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
         self.telemetry.get()
+    }
+
+    /// The ICE servers for a new session: `[ice] servers`, then, when `with_turn`, the `[turn]`
+    /// URLs with a credential minted now.
+    pub fn ice_servers(
+        &self,
+        now: std::time::SystemTime,
+        with_turn: bool,
+    ) -> Vec<cabine_proto::signal::IceServer> {
+        let mut servers = self.static_ice.clone();
+        if let (true, Some(turn)) = (with_turn, &self.turn) {
+            servers.push(turn.ice_server(now));
+        }
+        servers
     }
 
     /// Open sessions.

@@ -533,6 +533,7 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, &token),
+            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
         });
         self.hub()
             .broadcast(&self.room, &token, &ServerMsg::ParticipantJoined(me));
@@ -616,6 +617,7 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, token),
+            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
         });
         for text in backlog {
             if self.tx.send_wait(text).await.is_err() {

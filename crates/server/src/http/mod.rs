@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/rooms", get(ops::rooms))
         .route("/api/telemetry", get(telemetry_discovery))
+        .route("/api/ice-servers", get(crate::turn::ice_servers_route))
         .route("/api/ops", get(ops::ops_once))
         .route("/api/ops/stream", get(ops::ops_stream))
         .route(

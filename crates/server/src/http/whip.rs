@@ -23,13 +23,36 @@ use super::{
 use crate::state::{AppState, SessionEntry};
 
 /// `OPTIONS /whip/{room}` and `/whep/{room}`: what a POST takes, and the ICE servers to use
-/// (RFC 9725 §4.6).
-pub(crate) async fn endpoint_options(State(st): State<Arc<AppState>>) -> Response {
+/// (RFC 9725 §4.6). TURN servers and their credentials only for a request with a token that may
+/// publish or subscribe in the room; without one (a CORS preflight) the static `[ice] servers`.
+pub(crate) async fn endpoint_options(
+    State(st): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let allowed = match (
+        RoomId::parse(&room),
+        cabine_proto::jwt::bearer(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok()),
+        ),
+    ) {
+        (Ok(room), Ok(token)) => st
+            .tokens
+            .authorize(token, &room, Grant::Publish, "publish")
+            .or_else(|_| {
+                st.tokens
+                    .authorize(token, &room, Grant::Subscribe, "subscribe")
+            })
+            .is_ok(),
+        _ => false,
+    };
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
-    add_ice_links(&st, h);
+    crate::turn::add_links(h, &st.ice_servers(std::time::SystemTime::now(), allowed));
     r
 }
 
@@ -221,14 +244,8 @@ async fn create_session(
     );
     insert(h, header::LOCATION, &location);
     insert(h, header::ETAG, &etag);
-    add_ice_links(st, h);
+    crate::turn::add_links(h, &st.ice_servers(std::time::SystemTime::now(), true));
     Ok(r)
-}
-
-fn add_ice_links(st: &AppState, h: &mut HeaderMap) {
-    for link in &st.ice_links {
-        h.append(header::LINK, link.clone());
-    }
 }
 
 /// Refuses (`422`) a WHEP offer that wants video but lists none of the video codecs published
