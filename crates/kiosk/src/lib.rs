@@ -20,7 +20,9 @@
 //! - [`stills`]: full-resolution JPEG stills of the device camera, on the doctor's command.
 //! - [`telemetry`]: the devices' link to the server's QUIC telemetry sidecar.
 //!
-//! Signalling is non-trickle: the client waits for ICE gathering, then sends one offer. With
+//! Signalling is non-trickle: the client asks the endpoint for its STUN/TURN servers
+//! (`OPTIONS`, `Link: rel="ice-server"`, RFC 9725 §4.6), waits for ICE gathering, then sends one
+//! offer. With
 //! [`ClientOptions::loopback_only`] it gathers just a 127.0.0.1 host candidate, which is what
 //! tests against a local server need. Errors are precise ([`Error`]); a refused `POST` is an
 //! [`Error::Http`] carrying the status code and body ([`HttpError`]).
@@ -31,6 +33,7 @@ pub mod devices;
 pub mod dial;
 mod engine;
 mod error;
+mod ice_links;
 mod media;
 mod options;
 mod publisher;
@@ -41,6 +44,7 @@ mod subscriber;
 pub mod telemetry;
 
 pub use error::{Error, HttpError, Result};
+pub use ice_links::parse_ice_links;
 pub use media::{Codec, MediaKind, TrackSpec};
 pub use options::{ClientOptions, IceServer};
 pub use publisher::{

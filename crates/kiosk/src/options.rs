@@ -57,6 +57,10 @@ pub struct ClientOptions {
     pub ice_servers: Vec<IceServer>,
     /// Only use relay (TURN) candidates (`iceTransportPolicy: "relay"`).
     pub relay_only: bool,
+    /// Before each session, ask the endpoint for its ICE servers (`OPTIONS`, `Link:
+    /// rel="ice-server"` headers, RFC 9725 §4.6) and use them after [`ice_servers`](Self::ice_servers).
+    /// On by default; an endpoint that gives none changes nothing.
+    pub endpoint_ice_servers: bool,
     /// Gather a single IPv4 loopback host candidate (127.0.0.1) and nothing else: for tests
     /// against a server on the same machine. By default `webrtc` never gathers loopback
     /// candidates.
@@ -85,6 +89,7 @@ impl Default for ClientOptions {
         ClientOptions {
             ice_servers: Vec::new(),
             relay_only: false,
+            endpoint_ice_servers: true,
             loopback_only: false,
             gather_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),

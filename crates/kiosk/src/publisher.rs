@@ -575,6 +575,8 @@ impl Publisher {
     /// candidates, `POST`s the offer (`Content-Type: application/sdp`, `Authorization: Bearer
     /// <token>`, omitted when `token` is empty), expects `201 Created` with a `Location` and an
     /// SDP answer, applies it and waits until the peer connection is connected (ICE + DTLS).
+    /// With [`ClientOptions::endpoint_ice_servers`] (the default) an `OPTIONS` request first
+    /// fetches the endpoint's STUN/TURN servers (RFC 9725 §4.6).
     ///
     /// Errors: [`Error::Http`] if the server refuses (status and body inside),
     /// [`Error::Protocol`] for a malformed `201`, [`Error::Timeout`] /
@@ -585,6 +587,7 @@ impl Publisher {
         tracks: Vec<TrackSpec>,
         opts: ClientOptions,
     ) -> Result<Publisher> {
+        let opts = crate::session::with_endpoint_ice(whip_url, token, opts).await?;
         let (peer, mut tracks) = prepare(tracks, &opts).await?;
         let pc = Arc::clone(&peer.pc);
         let session = Session::negotiate(whip_url, token, peer, &opts).await?;

@@ -58,6 +58,24 @@ fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<
         .map(str::to_owned)
 }
 
+/// `opts` with the endpoint's ICE servers appended (when
+/// [`ClientOptions::endpoint_ice_servers`] is set): the `OPTIONS` request of RFC 9725 §4.6,
+/// made before the peer connection exists because candidates are gathered before the `POST`.
+pub(crate) async fn with_endpoint_ice(
+    endpoint: &str,
+    token: &str,
+    mut opts: ClientOptions,
+) -> Result<ClientOptions> {
+    if opts.endpoint_ice_servers {
+        let url = parse_endpoint(endpoint)?;
+        let client = http_client(&opts)?;
+        let servers = crate::ice_links::fetch(&client, &url, token).await;
+        tracing::debug!(count = servers.len(), "ICE servers from the endpoint");
+        opts.ice_servers.extend(servers);
+    }
+    Ok(opts)
+}
+
 /// The session resource created by a successful offer `POST`.
 #[derive(Debug, Clone)]
 pub(crate) struct Resource {

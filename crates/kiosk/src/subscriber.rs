@@ -346,6 +346,7 @@ impl Subscriber {
     /// [`Publisher::connect`](crate::Publisher::connect): `POST`, `201` + `Location` + answer,
     /// wait until connected.
     pub async fn connect(whep_url: &str, token: &str, opts: ClientOptions) -> Result<Subscriber> {
+        let opts = crate::session::with_endpoint_ice(whep_url, token, opts).await?;
         let (peer, rx, data) = prepare(&opts).await?;
         let session = Session::negotiate(whep_url, token, peer, &opts).await?;
         Ok(Subscriber {

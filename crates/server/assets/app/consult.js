@@ -6,7 +6,7 @@ import { Session, fragmentParams, roomFromPath, quality } from "/app/session.js"
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
-const { token } = fragmentParams();
+const { token, params } = fragmentParams();
 history.replaceState(null, "", location.pathname); // The token leaves the address bar.
 $("room").textContent = room;
 
@@ -28,7 +28,9 @@ const state = {
   channels: new Map(), // `${source}/${channel_id}` -> ChannelDecl
   quality: null,
 };
-const session = new Session({ room, token, subscribe: true });
+// `#…&relay=1`: TURN relays only (what a network that lets nothing else through leaves).
+const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
+const session = new Session({ room, token, subscribe: true, iceTransportPolicy });
 window.cabine = { session, state };
 
 function banner(text, level = "") {

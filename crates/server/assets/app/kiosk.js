@@ -12,7 +12,9 @@ history.replaceState(null, "", location.pathname);
 $("room").textContent = room;
 
 const state = { published: [], doctorVideo: false, messages: [], quality: null };
-const session = new Session({ room, token, subscribe: true });
+// `#…&relay=1`: TURN relays only (what a network that lets nothing else through leaves).
+const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
+const session = new Session({ room, token, subscribe: true, iceTransportPolicy });
 window.cabine = { session, state, switchDevice };
 
 function banner(text, level = "") {

@@ -1,9 +1,11 @@
 // Publishes the camera, the microphone and (with `stethoscope=1`) a second, unprocessed audio
 // track over WHIP. Everything comes from the URL fragment, which browsers never send to a
-// server: /demo/publish#room=R&token=T[&stethoscope=1][&stethoscope_device=<deviceId>]
+// server: /demo/publish#room=R&token=T[&stethoscope=1][&stethoscope_device=<deviceId>][&relay=1]
 (function () {
   const STREAM_ID = "publisher";
   const params = new URLSearchParams(location.hash.slice(1));
+  // relay=1: TURN relays only.
+  const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
   const room = params.get("room") || "";
   const token = params.get("token") || "";
   const wantStethoscope = ["1", "true", "yes"].includes((params.get("stethoscope") || "").toLowerCase());
@@ -137,6 +139,26 @@
     return body || resp.status + " " + resp.statusText;
   }
 
+  // The endpoint's STUN/TURN servers (RFC 9725 §4.6): OPTIONS with the token, whose `Link`
+  // headers read `<url>; rel="ice-server"; username="…"; credential="…"`.
+  async function endpointIceServers(url) {
+    try {
+      const r = await fetch(url, { method: "OPTIONS", headers: { "Authorization": "Bearer " + token }, cache: "no-store" });
+      const param = /;\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,\s]*))/g;
+      const links = (r.headers.get("Link") || "").match(/<[^>]*>(?:\s*;\s*[\w-]+\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))*/g) || [];
+      return links.flatMap((link) => {
+        const p = {};
+        for (const m of link.matchAll(param)) p[m[1].toLowerCase()] = m[2] !== undefined ? m[2].replace(/\\(.)/g, "$1") : m[3];
+        if (!(p.rel || "").split(/\s+/).includes("ice-server")) return [];
+        const server = { urls: link.slice(1, link.indexOf(">")) };
+        if (p.username !== undefined) { server.username = p.username; server.credential = p.credential || ""; }
+        return [server];
+      });
+    } catch (_) {
+      return [];
+    }
+  }
+
   // --- publishing ----------------------------------------------------------------------------
   async function publish() {
     if (!room || !token) {
@@ -171,7 +193,8 @@
     for (const s of sends) stream.addTrack(s.track);
     document.getElementById("preview").srcObject = new MediaStream(video ? [video] : []);
 
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    const iceServers = await endpointIceServers("/whip/" + encodeURIComponent(room));
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     cabine.pc = pc;
     cabine.labels = sends.map((s) => s.label);
     for (const s of sends) {

@@ -80,12 +80,16 @@ function tuneAnswer(sdp, labels) {
 
 // --- the session -----------------------------------------------------------------------------
 export class Session extends EventTarget {
-  constructor({ room, token, subscribe = true, iceServers = [] }) {
+  // iceServers: used besides those of the server's `welcome` (TURN with credentials minted for
+  // this session); iceTransportPolicy "relay" uses TURN only.
+  constructor({ room, token, subscribe = true, iceServers = [], iceTransportPolicy = "all" }) {
     super();
     this.room = room;
     this.token = token;
     this.subscribe = subscribe;
+    this.baseIceServers = iceServers;
     this.iceServers = iceServers;
+    this.iceTransportPolicy = iceTransportPolicy;
     this.resumeToken = null;
     this.identity = null;
     this.ws = null;
@@ -142,6 +146,7 @@ export class Session extends EventTarget {
       case "welcome":
         this.resumeToken = m.resume;
         this.identity = m.identity;
+        this.useIceServers(m.ice_servers || []);
         this.reconnects = 0;
         this.emit("signalling", { up: true, resumed: m.resumed });
         this.setState("live", m.resumed ? "resumed" : "joined");
@@ -218,9 +223,23 @@ export class Session extends EventTarget {
     if (bad(this.pub)) await this.publishNow(true);
   }
 
+  // The servers of a `welcome`: for new peer connections, and for the ICE restarts of the
+  // current ones (credentials of an earlier welcome may have expired).
+  useIceServers(servers) {
+    this.iceServers = this.baseIceServers.concat(servers);
+    for (const pc of [this.sub, this.pub]) {
+      if (!pc) continue;
+      try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.iceServers }); } catch (_) { /* kept */ }
+    }
+  }
+
+  rtcConfig() {
+    return { iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy, bundlePolicy: "max-bundle" };
+  }
+
   ensureSub() {
     if (this.sub) return this.sub;
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection(this.rtcConfig());
     this.sub = pc;
     pc.ontrack = (e) => {
       const mid = e.transceiver.mid;
@@ -284,7 +303,7 @@ export class Session extends EventTarget {
       return;
     }
     if (!pc) {
-      pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+      pc = new RTCPeerConnection(this.rtcConfig());
       this.pub = pc;
       pc.oniceconnectionstatechange = () => this.emit("media", { pc: "publish", state: pc.iceConnectionState });
     }

@@ -1,7 +1,9 @@
 // Plays a room over WHEP. From the URL fragment (never sent to a server):
-// /demo/watch#room=R&token=T[&video=1&audio=2][&from=<identity>]
+// /demo/watch#room=R&token=T[&video=1&audio=2][&from=<identity>][&relay=1]
 (function () {
   const params = new URLSearchParams(location.hash.slice(1));
+  // relay=1: TURN relays only.
+  const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
   const room = params.get("room") || "";
   const token = params.get("token") || "";
   const from = params.get("from");
@@ -138,6 +140,26 @@
     track.addEventListener("ended", () => fig.remove());
   }
 
+  // The endpoint's STUN/TURN servers (RFC 9725 §4.6): OPTIONS with the token, whose `Link`
+  // headers read `<url>; rel="ice-server"; username="…"; credential="…"`.
+  async function endpointIceServers(url) {
+    try {
+      const r = await fetch(url, { method: "OPTIONS", headers: { "Authorization": "Bearer " + token }, cache: "no-store" });
+      const param = /;\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,\s]*))/g;
+      const links = (r.headers.get("Link") || "").match(/<[^>]*>(?:\s*;\s*[\w-]+\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))*/g) || [];
+      return links.flatMap((link) => {
+        const p = {};
+        for (const m of link.matchAll(param)) p[m[1].toLowerCase()] = m[2] !== undefined ? m[2].replace(/\\(.)/g, "$1") : m[3];
+        if (!(p.rel || "").split(/\s+/).includes("ice-server")) return [];
+        const server = { urls: link.slice(1, link.indexOf(">")) };
+        if (p.username !== undefined) { server.username = p.username; server.credential = p.credential || ""; }
+        return [server];
+      });
+    } catch (_) {
+      return [];
+    }
+  }
+
   async function watch() {
     if (!room || !token) {
       fail("missing room or token in the URL fragment (#room=R&token=T)");
@@ -148,7 +170,8 @@
       return;
     }
     setState("connecting");
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    const iceServers = await endpointIceServers("/whep/" + encodeURIComponent(room));
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     cabine.pc = pc;
     for (let i = 0; i < nVideo; i++) pc.addTransceiver("video", { direction: "recvonly" });
     for (let i = 0; i < nAudio; i++) pc.addTransceiver("audio", { direction: "recvonly" });
