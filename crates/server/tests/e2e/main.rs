@@ -29,4 +29,5 @@ mod privilege;
 mod relay;
 mod telemetry;
 mod tokens;
+mod turn;
 mod ws;
