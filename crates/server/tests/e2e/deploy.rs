@@ -172,6 +172,13 @@ fn load_config(origin: &str, env: &BTreeMap<String, String>) -> Config {
                     .parse()
                     .unwrap_or_else(|_| panic!("{origin}: {name}={value:?} is not a boolean")),
             ),
+            // A list, written as the environment loader reads it: `["a", "b"]`.
+            toml::Value::Array(_) => format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(toml::Value::is_array)
+                .unwrap_or_else(|| panic!("{origin}: {name}={value:?} is not a list")),
             _ => toml::Value::String(value.clone()),
         };
         overrides
@@ -260,7 +267,7 @@ fn interpolate(origin: &str, s: &str) -> String {
             default.to_string()
         } else if op.starts_with(":?") || op.starts_with('?') {
             match name {
-                "CABINE_AUTH__SECRET" => SAMPLE_SECRET.to_string(),
+                "CABINE_AUTH__SECRET" | "CABINE_TURN__SECRET" => SAMPLE_SECRET.to_string(),
                 _ => panic!("{origin}: unexpected required variable {name}"),
             }
         } else {
