@@ -74,8 +74,9 @@ export const inbound = async () => {
 };
 
 // Debian's chromium (or $CHROMIUM), headless, with fake camera and microphone, in a new
-// profile directory under the system's temporary directory (the caller removes `dir`).
-export async function launchChromium(prefix, viewport) {
+// profile directory under the system's temporary directory (the caller removes `dir`);
+// `extraArgs` are more command-line flags.
+export async function launchChromium(prefix, viewport, extraArgs = []) {
   const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
   if (!existsSync(chromium)) throw new Error(`${chromium} not found (apt-get install chromium, or run .ci/run)`);
   const playwright = await import("playwright-core").catch((e) => {
@@ -90,6 +91,7 @@ export async function launchChromium(prefix, viewport) {
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
       "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
       "--autoplay-policy=no-user-gesture-required",
+      ...extraArgs,
     ],
     viewport,
     timeout: 30000,

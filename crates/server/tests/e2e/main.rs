@@ -30,4 +30,5 @@ mod relay;
 mod telemetry;
 mod tokens;
 mod turn;
+mod turn_netns;
 mod ws;

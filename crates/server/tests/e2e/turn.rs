@@ -40,21 +40,33 @@ use webrtc::turn::proto::PROTO_UDP;
 use webrtc::util::Conn;
 
 const TURNSERVER: &str = "/usr/bin/turnserver";
-const TURN_SECRET: &str = "turn-test-secret-0123456789abcdef";
+pub(crate) const TURN_SECRET: &str = "turn-test-secret-0123456789abcdef";
 const ROOM: &str = "room-turn";
 
-/// A coturn process on 127.0.0.1: `port` (UDP and TCP) and `tls_port`, relaying from
+/// A coturn process listening on `ip`: `port` (UDP and TCP) and `tls_port`, relaying from
 /// 127.0.0.1; killed on drop.
-struct Coturn {
+pub(crate) struct Coturn {
     child: Child,
     dir: PathBuf,
-    port: u16,
-    tls_port: u16,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) port: u16,
+    pub(crate) tls_port: u16,
     cert_der: Vec<u8>,
 }
 
 impl Coturn {
+    /// On 127.0.0.1, free ports.
     fn start(secret: &str) -> Coturn {
+        Coturn::start_on(
+            secret,
+            Ipv4Addr::LOCALHOST,
+            free_port(true),
+            free_port(false),
+        )
+    }
+
+    /// On `ip`, the given ports.
+    pub(crate) fn start_on(secret: &str, ip: Ipv4Addr, port: u16, tls_port: u16) -> Coturn {
         assert!(
             std::path::Path::new(TURNSERVER).exists(),
             "the TURN tests need coturn: `apt-get install coturn` ({TURNSERVER}; scripts/test \
@@ -66,16 +78,15 @@ impl Coturn {
             rand::rng().random::<u32>()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), ip.to_string()]).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-        let port = free_port(true);
-        let tls_port = free_port(false);
         // Relay ports: a random window (coturn skips the ones in use).
         let min = rand::rng().random_range(40_000u16..60_000);
         let args: Vec<String> = [
             "-n",
-            "--listening-ip=127.0.0.1",
+            &format!("--listening-ip={ip}"),
             &format!("--listening-port={port}"),
             &format!("--tls-listening-port={tls_port}"),
             "--relay-ip=127.0.0.1",
@@ -112,6 +123,7 @@ impl Coturn {
         let mut c = Coturn {
             child,
             dir,
+            ip,
             port,
             tls_port,
             cert_der: cert.cert.der().to_vec(),
@@ -120,7 +132,7 @@ impl Coturn {
         loop {
             let up = [port, tls_port]
                 .iter()
-                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+                .all(|p| std::net::TcpStream::connect((ip, *p)).is_ok());
             if up {
                 break;
             }
@@ -137,16 +149,21 @@ impl Coturn {
         c
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("turn.log")).unwrap_or_default()
     }
 
     /// The `[turn] urls` for this coturn.
-    fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         vec![
-            format!("turn:127.0.0.1:{}?transport=udp", self.port),
-            format!("turns:127.0.0.1:{}?transport=tcp", self.tls_port),
+            format!("turn:{}:{}?transport=udp", self.ip, self.port),
+            format!("turns:{}:{}?transport=tcp", self.ip, self.tls_port),
         ]
+    }
+
+    /// Its UDP (and plain TCP) address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), self.port)
     }
 }
 
@@ -159,7 +176,7 @@ impl Drop for Coturn {
 }
 
 /// A port free on 127.0.0.1 for TCP (and UDP when `udp`).
-fn free_port(udp: bool) -> u16 {
+pub(crate) fn free_port(udp: bool) -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
@@ -169,18 +186,22 @@ fn free_port(udp: bool) -> u16 {
     }
 }
 
-fn with_turn(c: &mut Config, urls: Vec<String>) {
+pub(crate) fn with_turn(c: &mut Config, urls: Vec<String>) {
     c.turn.urls = urls;
     c.turn.secret = TURN_SECRET.into();
     c.turn.ttl = Duration::from_secs(600);
 }
 
 /// A TURN allocation over UDP with webrtc-rs' client: the relayed address, or the error.
-async fn allocate_udp(port: u16, username: &str, password: &str) -> Result<SocketAddr, String> {
-    let conn = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+pub(crate) async fn allocate_udp(
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> Result<SocketAddr, String> {
+    let conn = Arc::new(tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap());
     let client = webrtc::turn::client::Client::new(webrtc::turn::client::ClientConfig {
         stun_serv_addr: String::new(),
-        turn_serv_addr: format!("127.0.0.1:{port}"),
+        turn_serv_addr: server.to_string(),
         username: username.into(),
         password: password.into(),
         realm: String::new(),
@@ -203,7 +224,11 @@ async fn allocate_udp(port: u16, username: &str, password: &str) -> Result<Socke
 
 /// A TURN allocation over TLS (`turns:`): the same two-step exchange (401 with a nonce, then
 /// the request with MESSAGE-INTEGRITY) as STUN messages on a rustls stream.
-async fn allocate_tls(c: &Coturn, username: &str, password: &str) -> Result<SocketAddr, String> {
+pub(crate) async fn allocate_tls(
+    c: &Coturn,
+    username: &str,
+    password: &str,
+) -> Result<SocketAddr, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(c.cert_der.clone().into()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -213,10 +238,10 @@ async fn allocate_tls(c: &Coturn, username: &str, password: &str) -> Result<Sock
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.tls_port))
+    let tcp = tokio::net::TcpStream::connect((c.ip, c.tls_port))
         .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+        .map_err(|e| format!("TCP to coturn's TLS port: {e}"))?;
+    let name = rustls::pki_types::ServerName::IpAddress(IpAddr::V4(c.ip).into());
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -296,7 +321,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(res)
 }
 
-async fn ice_servers(base: &str, token: Option<&str>) -> reqwest::Response {
+pub(crate) async fn ice_servers(base: &str, token: Option<&str>) -> reqwest::Response {
     let mut r = reqwest::Client::new().get(format!("{base}/api/ice-servers"));
     if let Some(t) = token {
         r = r.bearer_auth(t);
@@ -305,7 +330,7 @@ async fn ice_servers(base: &str, token: Option<&str>) -> reqwest::Response {
 }
 
 /// The TURN credential of an `/api/ice-servers` answer.
-fn turn_credential(reply: &IceServersReply) -> (String, String) {
+pub(crate) fn turn_credential(reply: &IceServersReply) -> (String, String) {
     let turn = reply
         .ice_servers
         .iter()
@@ -337,7 +362,7 @@ async fn minted_credentials_allocate_on_coturn_over_udp_and_tls() {
     assert_eq!(turn.urls, urls);
     let (user, pass) = turn_credential(&reply);
 
-    let relayed = allocate_udp(coturn.port, &user, &pass)
+    let relayed = allocate_udp(coturn.addr(), &user, &pass)
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -396,7 +421,7 @@ async fn forged_tampered_and_expired_credentials_are_refused_by_coturn() {
             expired.password.as_str(),
         ),
     ] {
-        let udp = allocate_udp(coturn.port, u, p).await;
+        let udp = allocate_udp(coturn.addr(), u, p).await;
         assert!(
             udp.as_ref().is_err_and(|e| e.contains("401")),
             "{what} credential over UDP: {udp:?}\n{}",
@@ -410,7 +435,7 @@ async fn forged_tampered_and_expired_credentials_are_refused_by_coturn() {
         );
     }
     // The same coturn accepts the genuine one: the refusals are about the credentials.
-    allocate_udp(coturn.port, &user, &pass)
+    allocate_udp(coturn.addr(), &user, &pass)
         .await
         .unwrap_or_else(|e| panic!("genuine credential refused: {e}\n{}", coturn.log()));
     s.server.shutdown(Duration::from_millis(100)).await;

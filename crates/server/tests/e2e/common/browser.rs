@@ -90,8 +90,26 @@ impl Output {
 /// shorter, timeouts per stage), collecting its output. Blocking: call from
 /// `spawn_blocking` in async tests.
 pub fn run_driver(dir: &Path, script: &str, envs: &[(&str, String)], timeout: Duration) -> Output {
+    run_driver_with(&[], dir, script, envs, timeout)
+}
+
+/// Same, with `node` started by `launcher` (e.g. `ip netns exec NAME`).
+pub fn run_driver_with(
+    launcher: &[&str],
+    dir: &Path,
+    script: &str,
+    envs: &[(&str, String)],
+    timeout: Duration,
+) -> Output {
     let start = Instant::now();
-    let mut cmd = Command::new("node");
+    let mut cmd = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg("node");
+            c
+        }
+        None => Command::new("node"),
+    };
     cmd.arg(script)
         .current_dir(dir)
         .stdin(Stdio::null())

@@ -1,0 +1,279 @@
+//! TURN over TLS on 443 from a network that lets nothing else out: as root, a network namespace
+//! (a veth pair to the host) whose iptables rules drop every outgoing packet except TCP to
+//! coturn's port 443 and to Cabine's HTTP port (signalling, HTTPS in a real hospital). coturn
+//! listens on the host end of the pair; Cabine's media port is out of reach.
+//!
+//! In the namespace, a TURN allocation over UDP gets no answer, one over TLS on 443 with
+//! Cabine's minted credential succeeds; then Debian's chromium, inside the namespace, runs the
+//! kiosk page and the doctor's page with `iceTransportPolicy: "relay"` on the ICE servers of the
+//! WebSocket `welcome` (tests/browser/turn_relay.mjs): media flows both ways and each selected
+//! candidate pair is a relay candidate allocated over TLS.
+//!
+//! Without root (no namespaces, no iptables) the test prints that it was skipped and why.
+//! `cabine-kiosk --relay-only` is not run here: its webrtc-rs stack (0.14) allocates TURN over
+//! UDP only, so it cannot get out of this namespace (see `turn::kiosk_relay_only_…` for its
+//! relay over UDP).
+
+use crate::common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
+use crate::turn::{
+    allocate_tls, allocate_udp, ice_servers, turn_credential, with_turn, Coturn, TURN_SECRET,
+};
+use cabine_proto::Role;
+use cabine_server::turn::IceServersReply;
+use rand::Rng;
+
+const ROOM: &str = "room-turn-netns";
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
+
+/// A network namespace joined to the host by a veth pair (`host_ip` on the host's end,
+/// `ns_ip` inside, a /30), deleted on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: Ipv4Addr,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let mut rng = rand::rng();
+        let tag: u32 = rng.random();
+        let (b, c) = (rng.random_range(200u8..250), rng.random::<u8>() & 0xfc);
+        let ns = Netns {
+            name: format!("cabturn{tag:08x}"),
+            host_if: format!("ct{:06x}h", tag & 0xff_ffff),
+            host_ip: Ipv4Addr::new(10, b, c, 1),
+        };
+        let ns_if = format!("ct{:06x}n", tag & 0xff_ffff);
+        let ns_ip = Ipv4Addr::new(10, b, c, 2);
+        run(&["ip", "netns", "add", &ns.name]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]);
+        run(&["ip", "link", "set", &ns_if, "netns", &ns.name]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
+        run(&["ip", "link", "set", &ns.host_if, "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
+        ns.exec(&["ip", "link", "set", &ns_if, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &ns.host_ip.to_string(),
+        ]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; panics with its output if it fails.
+    fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    /// Drops every outgoing packet but loopback and TCP to the host's end on `ports`.
+    fn only_tcp_to(&self, ports: &[u16]) {
+        self.exec(&["iptables", "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"]);
+        for port in ports {
+            self.exec(&[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                &self.host_ip.to_string(),
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "ACCEPT",
+            ]);
+        }
+        self.exec(&["iptables", "-P", "OUTPUT", "DROP"]);
+    }
+
+    /// Runs `f` on a thread that joined the namespace (its sockets are the namespace's).
+    fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path).expect("the namespace's handle");
+                    // SAFETY: setns on this thread only, with a valid namespace descriptor.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and so the pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "turn_netns: SKIPPED: creating a network namespace and its iptables rules needs \
+             root (CI runs the tests as root)"
+        );
+        return;
+    }
+    for tool in ["/usr/sbin/iptables", "/usr/sbin/ip"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: apt-get install iptables iproute2 (scripts/test installs them)"
+        );
+    }
+    let dir = common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+
+    let ns = Netns::create();
+    let plain = std::net::UdpSocket::bind((ns.host_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let coturn = Coturn::start_on(TURN_SECRET, ns.host_ip, plain, 443);
+    let s = common::start_with(|c| {
+        c.http.listen = SocketAddr::new(ns.host_ip.into(), 0);
+        with_turn(c, coturn.urls());
+        // Two cores for chromium, coturn and a debug-build server: be patient with ICE.
+        c.media.disconnect_grace = Duration::from_secs(30);
+    })
+    .await;
+    ns.only_tcp_to(&[443, s.server.http_addr().port()]);
+
+    // From inside: TURN over UDP gets no answer, over TLS on 443 it allocates.
+    let token = s.token(ROOM, Role::Kiosk, "kiosk-1");
+    let reply: IceServersReply = ice_servers(&s.base, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (user, pass) = turn_credential(&reply);
+    let (udp, tls) = tokio::task::block_in_place(|| {
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let udp = allocate_udp(coturn.addr(), &user, &pass).await;
+                let tls = allocate_tls(&coturn, &user, &pass).await;
+                (udp, tls)
+            })
+        })
+    });
+    assert!(udp.is_err(), "UDP got out of the namespace: {udp:?}");
+    eprintln!(
+        "turn_netns: UDP TURN from the namespace: {}",
+        udp.unwrap_err()
+    );
+    tls.unwrap_or_else(|e| {
+        panic!(
+            "TURN over TLS 443 from the namespace: {e}\n{}",
+            coturn.log()
+        )
+    });
+
+    // Chromium inside the namespace, relay only.
+    let envs = [
+        ("CABINE_URL", s.base.clone()),
+        ("ROOM", ROOM.to_owned()),
+        ("KIOSK_TOKEN", token.clone()),
+        ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
+        ("RELAY_PROTOCOL", "tls".to_owned()),
+        (
+            "CHROMIUM_ARGS",
+            format!(
+                // The pages' origin is plain HTTP on a private address: treated as secure so
+                // the kiosk page may open its camera. coturn's certificate is the test's own.
+                "--unsafely-treat-insecure-origin-as-secure={} --ignore-certificate-errors",
+                s.base
+            ),
+        ),
+    ];
+    let name = ns.name.clone();
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_driver_with(
+            &["ip", "netns", "exec", &name],
+            &d,
+            "turn_relay.mjs",
+            &envs,
+            DRIVER_TIMEOUT,
+        )
+    })
+    .await
+    .expect("driver thread");
+    eprintln!("turn_netns: {}", out.stdout.trim());
+    assert!(
+        out.ok(),
+        "chromium through coturn over TLS failed (exit {}{}):\n{}\n{}\ncoturn:\n{}",
+        out.status,
+        out.killed(),
+        out.stdout,
+        out.stderr,
+        coturn
+            .log()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
