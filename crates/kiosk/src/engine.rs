@@ -111,8 +111,16 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Res
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
         .build();
+    // The state watch exists before the peer connection: the TURN-over-TLS bridges end with it.
+    let (tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let ice_servers = crate::turn_tls::bridge_stream_servers(
+        &opts.ice_servers,
+        opts.accept_invalid_certs,
+        &state,
+    )
+    .await?;
     let config = RTCConfiguration {
-        ice_servers: opts.ice_servers.iter().map(|s| s.to_rtc()).collect(),
+        ice_servers: ice_servers.iter().map(|s| s.to_rtc()).collect(),
         ice_transport_policy: if opts.relay_only {
             RTCIceTransportPolicy::Relay
         } else {
@@ -126,7 +134,6 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Res
             .map_err(Error::webrtc("creating peer connection"))?,
     );
 
-    let (tx, state) = watch::channel(RTCPeerConnectionState::New);
     pc.on_peer_connection_state_change(Box::new(move |s| {
         tracing::debug!(state = %s, "peer connection state");
         // An error only means every receiver is gone: nobody is waiting any more.

@@ -65,6 +65,9 @@ pub enum Error {
     /// The bearer token contains characters that cannot be sent in an HTTP header.
     #[error("the token cannot be sent in an Authorization header")]
     InvalidToken,
+    /// The local bridge to a TURN server over TLS or TCP could not start.
+    #[error("TURN over TLS/TCP: {0}")]
+    TurnBridge(String),
     /// The HTTP client could not be built (e.g. no TLS backend available).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),

@@ -42,6 +42,7 @@ pub mod sources;
 pub mod stills;
 mod subscriber;
 pub mod telemetry;
+mod turn_tls;
 
 pub use error::{Error, HttpError, Result};
 pub use ice_links::parse_ice_links;

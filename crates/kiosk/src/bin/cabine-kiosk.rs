@@ -52,10 +52,10 @@ struct DialArgs {
     /// The stream id of the published tracks (default: the token's `sub` claim, or "kiosk").
     #[arg(long)]
     stream_id: Option<String>,
-    /// A TURN server URL (turn:host:3478?transport=udp); repeat for several. Not needed with a
-    /// server that has `[turn]`: its WHIP/WHEP `Link` headers give the TURN servers with
-    /// credentials for each session. (The webrtc-rs stack relays over UDP only: `turns:` and
-    /// `?transport=tcp` URLs are skipped.)
+    /// A TURN server URL (turn:host:3478?transport=udp, turns:host:443?transport=tcp…); repeat
+    /// for several. Not needed with a server that has `[turn]`: its WHIP/WHEP `Link` headers give
+    /// the TURN servers with credentials for each session. TLS and TCP ones go through a local
+    /// bridge (the webrtc stack relays over UDP only).
     #[arg(long)]
     turn: Vec<String>,
     /// TURN user name.

@@ -602,24 +602,18 @@ async fn ice_servers_reach_clients_in_link_headers_welcome_and_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kiosk_relay_only_publishes_and_subscribes_through_coturn() {
+async fn kiosk_relay_only_publishes_and_subscribes_through_coturn_over_udp() {
     let coturn = Coturn::start(TURN_SECRET);
-    // webrtc-rs relays over UDP only; the UDP URL alone.
-    let udp_url = coturn.urls()[0].clone();
-    let s = common::start_with(|c| with_turn(c, vec![udp_url])).await;
-    let whip = format!("{}/whip/{ROOM}", s.base);
-    let whep = format!("{}/whep/{ROOM}", s.base);
+    let s = common::start_with(|c| with_turn(c, coturn.urls()[..1].to_vec())).await;
     let kiosk = s.token(ROOM, Role::Kiosk, "kiosk-1");
     let relay_only = ClientOptions {
         relay_only: true,
-        recv_video: 0,
-        recv_audio: 1,
         ..ClientOptions::default()
     };
 
     // Without the server's ICE servers a relay-only client has no candidate: it cannot connect.
     let refused = Publisher::connect(
-        &whip,
+        &format!("{}/whip/{ROOM}", s.base),
         &kiosk,
         vec![TrackSpec::audio("kiosk-1", "microphone")],
         ClientOptions {
@@ -632,21 +626,82 @@ async fn kiosk_relay_only_publishes_and_subscribes_through_coturn() {
     assert!(refused.is_err(), "relay-only connected without TURN");
 
     // With them (no --turn): both directions through coturn.
-    let publisher = Publisher::connect(
-        &whip,
-        &kiosk,
-        vec![TrackSpec::audio("kiosk-1", "microphone")],
-        relay_only.clone(),
+    let doctor = s.token(ROOM, Role::Doctor, "dr-1");
+    relay_only_media(&s.base, ROOM, &kiosk, &doctor, relay_only)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", coturn.log()));
+    let log = coturn.log();
+    assert!(
+        log.matches("ALLOCATE processed, success").count() >= 2,
+        "coturn made no allocations:\n{log}"
+    );
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kiosk_relay_only_publishes_and_subscribes_through_coturn_over_tls() {
+    let coturn = Coturn::start(TURN_SECRET);
+    // The turns: URL alone: the kiosk's bridge carries its UDP TURN over TLS.
+    let s = common::start_with(|c| with_turn(c, coturn.urls()[1..].to_vec())).await;
+    let opts = ClientOptions {
+        relay_only: true,
+        // coturn's certificate is the test's own.
+        accept_invalid_certs: true,
+        ..ClientOptions::default()
+    };
+    relay_only_media(
+        &s.base,
+        ROOM,
+        &s.token(ROOM, Role::Kiosk, "kiosk-1"),
+        &s.token(ROOM, Role::Doctor, "dr-1"),
+        opts,
     )
     .await
-    .unwrap_or_else(|e| panic!("relay-only publisher: {e}\n{}", coturn.log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", coturn.log()));
+    // Only the turns: URL was given: these allocations came over TLS.
+    let log = coturn.log();
     assert!(
-        publisher_offer_is_relay_only(&publisher),
-        "the offer has non-relay candidates"
+        log.matches("ALLOCATE processed, success").count() >= 2,
+        "coturn made no allocations:\n{log}"
     );
-    let doctor = Subscriber::connect(&whep, &s.token(ROOM, Role::Doctor, "dr-1"), relay_only)
-        .await
-        .unwrap_or_else(|e| panic!("relay-only subscriber: {e}\n{}", coturn.log()));
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A relay-only kiosk publishes a microphone over WHIP on `base` in `room`, a relay-only
+/// doctor subscribes over WHEP (both with the endpoint's ICE servers only), and 50 consecutive
+/// payloads arrive intact; the error names the step that failed.
+pub(crate) async fn relay_only_media(
+    base: &str,
+    room: &str,
+    kiosk: &str,
+    doctor: &str,
+    opts: ClientOptions,
+) -> Result<(), String> {
+    let publisher = Publisher::connect(
+        &format!("{base}/whip/{room}"),
+        kiosk,
+        vec![TrackSpec::audio("kiosk-1", "microphone")],
+        opts.clone(),
+    )
+    .await
+    .map_err(|e| format!("relay-only publisher: {e}"))?;
+    if !publisher_offer_is_relay_only(&publisher) {
+        return Err(format!(
+            "the offer has non-relay candidates:\n{}",
+            publisher.offer_sdp()
+        ));
+    }
+    let doctor = Subscriber::connect(
+        &format!("{base}/whep/{room}"),
+        doctor,
+        ClientOptions {
+            recv_video: 0,
+            recv_audio: 1,
+            ..opts
+        },
+    )
+    .await
+    .map_err(|e| format!("relay-only subscriber: {e}"))?;
     let sender = tokio::spawn(async move {
         for i in 0..400 {
             let track = &publisher.tracks()[0];
@@ -664,32 +719,26 @@ async fn kiosk_relay_only_publishes_and_subscribes_through_coturn() {
     let track = doctor
         .next_track(Duration::from_secs(10))
         .await
-        .expect("the doctor gets the microphone track");
+        .map_err(|e| format!("the doctor gets no microphone track: {e}"))?;
     let mut got = Vec::new();
     while got.len() < 50 {
         let p = track
             .read_rtp_timeout(Duration::from_secs(5))
             .await
-            .expect("media flows through coturn");
+            .map_err(|e| format!("media stopped after {} packets: {e}", got.len()))?;
         got.push(p.payload.to_vec());
     }
-    let first = (0..400)
-        .position(|i| common::payload(1, i) == got[0])
-        .expect("the payloads sent");
-    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| common::payload(1, i)).collect();
-    assert!(
-        got == expected,
-        "payloads through coturn differ from those sent"
-    );
-    let log = coturn.log();
-    assert!(
-        log.matches("ALLOCATE processed, success").count() >= 2,
-        "coturn made no allocations:\n{log}"
-    );
-    let publisher = sender.await.unwrap();
+    let publisher = sender.await.map_err(|e| e.to_string())?;
     let _ = doctor.close().await;
     let _ = publisher.close().await;
-    s.server.shutdown(Duration::from_millis(100)).await;
+    let first = (0..400)
+        .position(|i| common::payload(1, i) == got[0])
+        .ok_or("a payload that was not sent")?;
+    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| common::payload(1, i)).collect();
+    if got != expected {
+        return Err("payloads through coturn differ from those sent".into());
+    }
+    Ok(())
 }
 
 /// Whether the publisher's offer carries relay candidates only.

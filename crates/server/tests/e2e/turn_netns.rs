@@ -3,16 +3,15 @@
 //! coturn's port 443 and to Cabine's HTTP port (signalling, HTTPS in a real hospital). coturn
 //! listens on the host end of the pair; Cabine's media port is out of reach.
 //!
-//! In the namespace, a TURN allocation over UDP gets no answer, one over TLS on 443 with
-//! Cabine's minted credential succeeds; then Debian's chromium, inside the namespace, runs the
-//! kiosk page and the doctor's page with `iceTransportPolicy: "relay"` on the ICE servers of the
-//! WebSocket `welcome` (tests/browser/turn_relay.mjs): media flows both ways and each selected
-//! candidate pair is a relay candidate allocated over TLS.
+//! In the namespace, a TURN allocation over UDP cannot get out, one over TLS on 443 with
+//! Cabine's minted credential succeeds; `cabine-kiosk` (the library, `relay_only`, nothing but
+//! the endpoint's `Link` headers) publishes and subscribes through coturn over TLS; then
+//! Debian's chromium, inside the namespace, runs the kiosk page and the doctor's page with
+//! `iceTransportPolicy: "relay"` on the ICE servers of the WebSocket `welcome`
+//! (tests/browser/turn_relay.mjs): media flows both ways and each selected candidate pair is a
+//! relay candidate allocated over TLS.
 //!
 //! Without root (no namespaces, no iptables) the test prints that it was skipped and why.
-//! `cabine-kiosk --relay-only` is not run here: its webrtc-rs stack (0.14) allocates TURN over
-//! UDP only, so it cannot get out of this namespace (see `turn::kiosk_relay_only_…` for its
-//! relay over UDP).
 
 use crate::common;
 
@@ -23,8 +22,10 @@ use std::time::Duration;
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::turn::{
-    allocate_tls, allocate_udp, ice_servers, turn_credential, with_turn, Coturn, TURN_SECRET,
+    allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
+    TURN_SECRET,
 };
+use cabine_kiosk::ClientOptions;
 use cabine_proto::Role;
 use cabine_server::turn::IceServersReply;
 use rand::Rng;
@@ -229,6 +230,36 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
         )
     });
 
+    // cabine-kiosk inside, relay only, with the endpoint's ICE servers (its bridge carries the
+    // webrtc stack's UDP TURN over TLS 443).
+    let kiosk_room = "room-turn-netns-kiosk";
+    let (base, kiosk, doctor) = (
+        s.base.clone(),
+        s.token(kiosk_room, Role::Kiosk, "kiosk-1"),
+        s.token(kiosk_room, Role::Doctor, "dr-1"),
+    );
+    let opts = ClientOptions {
+        relay_only: true,
+        // coturn's certificate is the test's own.
+        accept_invalid_certs: true,
+        ..ClientOptions::default()
+    };
+    let media = tokio::task::block_in_place(|| {
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(relay_only_media(&base, kiosk_room, &kiosk, &doctor, opts))
+        })
+    });
+    media.unwrap_or_else(|e| {
+        panic!(
+            "cabine-kiosk relay-only from the namespace: {e}\n{}",
+            coturn.log()
+        )
+    });
+
     // Chromium inside the namespace, relay only.
     let envs = [
         ("CABINE_URL", s.base.clone()),
@@ -259,7 +290,6 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     })
     .await
     .expect("driver thread");
-    eprintln!("turn_netns: {}", out.stdout.trim());
     assert!(
         out.ok(),
         "chromium through coturn over TLS failed (exit {}{}):\n{}\n{}\ncoturn:\n{}",
