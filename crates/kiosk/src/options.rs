@@ -73,7 +73,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Timeout of each HTTP request.
     pub http_timeout: Duration,
-    /// Accept any TLS certificate from the WHIP/WHEP server (self-signed development setups).
+    /// Accept any TLS certificate from the WHIP/WHEP server and from `turns:` TURN servers
+    /// (self-signed development setups).
     pub accept_invalid_certs: bool,
     /// WHEP only: number of `recvonly` video transceivers in the subscriber's offer.
     pub recv_video: usize,
