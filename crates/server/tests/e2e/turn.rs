@@ -3,8 +3,9 @@
 //! credentials Cabine mints allocate over UDP (webrtc-rs' TURN client) and over TLS (a STUN
 //! exchange on a rustls stream); forged, tampered and expired ones are refused by coturn; the
 //! ICE servers reach clients as RFC 9725 `Link` headers on POST and OPTIONS, in the WebSocket
-//! `welcome` and at `GET /api/ice-servers` (token-checked); and `cabine-kiosk` with
-//! `relay_only` publishes and subscribes through coturn with nothing but the `Link` headers.
+//! `welcome` and at `GET /api/ice-servers` (token-checked); `cabine-kiosk` with `relay_only`
+//! publishes and subscribes through coturn, over UDP and over TLS, with nothing but the `Link`
+//! headers; and deploy/'s coturn shares the secret and ports with cabine.
 //!
 //! Needs `/usr/bin/turnserver` (`apt-get install coturn`; `scripts/test` installs it): a
 //! missing coturn fails the test with what to install, it never skips.
@@ -749,4 +750,68 @@ fn publisher_offer_is_relay_only(p: &Publisher) -> bool {
         .filter(|l| l.starts_with("a=candidate:"))
         .collect();
     !candidates.is_empty() && candidates.iter().all(|c| c.contains(" typ relay"))
+}
+
+/// deploy/: the compose coturn and cabine share the secret variable, and the ports of cabine's
+/// TURN URLs are those `deploy/turn/turnserver.conf` listens on (443 for TLS, 3478 plain).
+#[test]
+fn deploy_coturn_shares_the_secret_and_ports_with_cabine() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(deploy.join("docker-compose.yml")).unwrap())
+            .unwrap();
+    let services = &compose["services"];
+    let env = &services["cabine"]["environment"];
+    let secret = env["CABINE_TURN__SECRET"].as_str().unwrap();
+    assert!(secret.starts_with("${CABINE_TURN__SECRET:?"), "{secret}");
+    let command: Vec<&str> = services["coturn"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        command
+            .iter()
+            .any(|a| a.starts_with("--static-auth-secret=${CABINE_TURN__SECRET:?")),
+        "{command:?}"
+    );
+    assert!(command.contains(&"/etc/coturn/turnserver.conf"));
+
+    let conf = std::fs::read_to_string(deploy.join("turn/turnserver.conf")).unwrap();
+    let key = |k: &str| -> Vec<String> {
+        conf.lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(key("tls-listening-port"), ["443"]);
+    assert_eq!(key("listening-port"), ["3478"]);
+    assert!(conf.lines().any(|l| l.trim() == "use-auth-secret"));
+    assert!(key("static-auth-secret").is_empty(), "no secret in git");
+    assert!(
+        key("denied-peer-ip")
+            .iter()
+            .any(|r| r.starts_with("10.0.0.0")),
+        "private ranges refused"
+    );
+
+    // Cabine's URLs, as its loader reads them, point at those ports.
+    let urls = env["CABINE_TURN__URLS"].as_str().unwrap();
+    let urls: toml::Value = format!("v = {urls}").parse::<toml::Table>().unwrap()["v"].clone();
+    let ports: Vec<(bool, String)> = urls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let u = u.as_str().unwrap();
+            let tls = u.starts_with("turns:");
+            let port = u.rsplit_once(':').unwrap().1.split('?').next().unwrap();
+            (tls, port.to_owned())
+        })
+        .collect();
+    assert!(ports.contains(&(true, "443".into())), "{ports:?}");
+    for (tls, port) in &ports {
+        assert_eq!(port, if *tls { "443" } else { "3478" }, "{ports:?}");
+    }
 }
