@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
-use crate::turn::{
+use crate::common::coturn::{
     allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
     TURN_SECRET,
 };
