@@ -39,6 +39,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// ICE servers advertised to WHIP/WHEP clients.
     pub ice: IceConfig,
+    /// Many nodes sharing rooms through a store.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[ice]`.
@@ -231,6 +233,9 @@ impl Config {
         }
         self.advertise()?;
         self.admin_listen()?;
+        self.cluster
+            .check(&self.http.public_url)
+            .map_err(ConfigError::Unusable)?;
         self.check_limits()?;
         self.telemetry
             .listen_addr()

@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/rooms", get(ops::rooms))
+        .route("/api/drain", post(ops::drain))
         .route("/api/telemetry", get(telemetry_discovery))
         .route("/api/ops", get(ops::ops_once))
         .route("/api/ops/stream", get(ops::ops_stream))
@@ -141,12 +142,15 @@ impl From<AuthError> for ApiError {
 
 /// Where kiosks dial device telemetry (QUIC address, ALPN, certificate to pin), for any valid
 /// token.
+/// In a cluster, a token for one room is redirected (307) to the node that owns it: the QUIC
+/// endpoint and certificate are that node's.
 async fn telemetry_discovery(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<crate::telemetry::Discovery>, ApiError> {
-    bearer(
+) -> Result<Response, ApiError> {
+    let claims = bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
@@ -157,13 +161,18 @@ async fn telemetry_discovery(
         st.count_refusal(e.reason());
         st.audit_refusal("-", "-", None, peer, e);
     })?;
+    if let Ok(room) = cabine_proto::RoomId::parse(&claims.room) {
+        if let Some(elsewhere) = whip::route(&st, &room, &uri).await {
+            return Ok(elsewhere);
+        }
+    }
     let t = st.telemetry.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "telemetry is disabled on this server (telemetry.listen is empty)",
         )
     })?;
-    Ok(Json(t.discovery().clone()))
+    Ok(Json(t.discovery().clone()).into_response())
 }
 
 async fn healthz() -> &'static str {

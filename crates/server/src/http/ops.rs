@@ -32,14 +32,98 @@ pub struct RoomsResponse {
     pub joins: u64,
 }
 
+/// `GET /api/rooms` query: `node=ID` keeps that node's rooms; `scope=node` answers for this
+/// node alone (what nodes ask each other).
+#[derive(Debug, Deserialize)]
+pub(crate) struct RoomsQuery {
+    node: Option<String>,
+    scope: Option<String>,
+}
+
+/// How long the cluster view waits for another node's rooms.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /api/rooms`: this node's rooms, and in a cluster every node's (asked over HTTP with
+/// the caller's own token, so the store never holds room names), each room naming its `node`,
+/// with the registry under `nodes` (`answered`: whether that node's rooms are in the view).
 pub(crate) async fn rooms(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<RoomsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut v = local_rooms(&st, peer, &headers).await?;
+    let me = st.cluster.node_id().to_owned();
+    if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
+        return Ok(Json(v));
+    }
+    let wanted = |id: &str| q.node.as_deref().is_none_or(|n| n == id);
+    if !wanted(&me) {
+        v["rooms"] = serde_json::Value::Array(Vec::new());
+    }
+    let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let client = reqwest::Client::builder()
+        .timeout(PEER_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let peers: Vec<crate::cluster::NodeRecord> = st
+        .cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.id != me && wanted(&n.id))
+        .collect();
+    let asks = peers.iter().map(|n| {
+        let mut req = client.get(format!("{}/api/rooms?scope=node", n.url));
+        if let Some(a) = &auth {
+            req = req.header(axum::http::header::AUTHORIZATION, a.clone());
+        }
+        async move {
+            let r = req.send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<serde_json::Value>().await.ok()
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut nodes = Vec::new();
+    let mut all: Vec<serde_json::Value> = v["rooms"].as_array().cloned().unwrap_or_default();
+    for (n, answer) in peers.iter().zip(answers) {
+        let answered = answer.is_some();
+        if let Some(rooms) = answer.as_ref().and_then(|a| a["rooms"].as_array()) {
+            all.extend(rooms.iter().cloned());
+        }
+        nodes.push((n.clone(), answered));
+    }
+    v["rooms"] = serde_json::Value::Array(all);
+    let mut listed: Vec<serde_json::Value> = st
+        .cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.id == me && wanted(&me))
+        .map(|n| (n, true))
+        .chain(nodes)
+        .map(|(n, answered)| {
+            let mut j = serde_json::to_value(&n).unwrap_or_default();
+            j["answered"] = serde_json::Value::Bool(answered);
+            j
+        })
+        .collect();
+    listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    v["nodes"] = serde_json::Value::Array(listed);
+    Ok(Json(v))
+}
+
+/// This node's view, each room naming this node.
+async fn local_rooms(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<serde_json::Value, ApiError> {
     let claims = operator(
-        &st,
-        &headers,
+        st,
+        headers,
         None,
         peer,
         "read room statistics (operator only)",
@@ -66,7 +150,32 @@ pub(crate) async fn rooms(
         )
     })?;
     session_ids_as_strings(&mut v);
-    Ok(Json(v))
+    let node = serde_json::Value::String(st.cluster.node_id().to_owned());
+    v["node"] = node.clone();
+    for r in v["rooms"].as_array_mut().into_iter().flatten() {
+        r["node"] = node.clone();
+    }
+    Ok(v)
+}
+
+/// `POST /api/drain` (an operator token for every room): this node takes no new sessions and
+/// no new rooms (placement skips it, `/readyz` fails) while its consultations go on.
+pub(crate) async fn drain(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = operator(&st, &headers, None, peer, "drain this node (operator only)")?;
+    if claims.room != "*" {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "draining a node needs an operator token for every room (room \"*\")",
+        ));
+    }
+    st.draining.store(true, Ordering::Relaxed);
+    st.cluster.set_draining(true);
+    tracing::info!("draining on an operator's request: new sessions and rooms go elsewhere");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Session ids are 64-bit: as JSON numbers a browser rounds them (above 2^53), so they are
