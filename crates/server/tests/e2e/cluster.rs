@@ -1,0 +1,287 @@
+//! Many nodes on one Redis: three `cabine serve` processes and a real `redis-server` on
+//! loopback. A room is served by one node and any node redirects to it; new rooms spread by
+//! load, never to a draining node; a killed node leaves the registry and its rooms can be
+//! placed again; a store outage drops no media and leaves every room with one owner.
+
+use std::time::Duration;
+
+use crate::common::cluster::{publish, three_nodes, token, until, Redis};
+use crate::common::{payload, receive_all, PACKETS};
+use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_proto::Role;
+
+/// A kiosk publishing a camera and a microphone to `whip`, and a doctor receiving them from
+/// `whep`.
+async fn consultation(whip: &str, whep: &str, room: &str) -> (Publisher, Subscriber) {
+    let tracks = vec![
+        TrackSpec::video("kiosk-1", "room-camera", Codec::Vp8),
+        TrackSpec::audio("kiosk-1", "microphone"),
+    ];
+    let publisher = Publisher::connect(
+        whip,
+        &token(room, Role::Kiosk, "kiosk-1"),
+        tracks,
+        ClientOptions::loopback(),
+    )
+    .await
+    .expect("kiosk publishes over WHIP (redirected)");
+    let opts = ClientOptions {
+        recv_video: 1,
+        recv_audio: 1,
+        ..ClientOptions::loopback()
+    };
+    let doctor = Subscriber::connect(whep, &token(room, Role::Doctor, "dr-1"), opts)
+        .await
+        .expect("doctor subscribes over WHEP (redirected)");
+    (publisher, doctor)
+}
+
+/// Sends PACKETS packets per track, 10 ms apart, while `during` runs; checks the doctor got
+/// every one, in order.
+async fn stream_without_loss<F: std::future::Future<Output = ()>>(
+    publisher: Publisher,
+    doctor: &Subscriber,
+    during: F,
+) -> Publisher {
+    let sender = tokio::spawn(async move {
+        for i in 0..PACKETS {
+            for (t, track) in publisher.tracks().iter().enumerate() {
+                let inc = if track.kind() == MediaKind::Video {
+                    900
+                } else {
+                    480
+                };
+                track.write_rtp(&payload(t, i), true, inc).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher
+    });
+    let (got, ()) = tokio::join!(receive_all(doctor, 2), during);
+    let publisher = sender.await.unwrap();
+    for (t, label) in ["room-camera", "microphone"].iter().enumerate() {
+        let (_, payloads, _) = got.get(*label).expect("track received");
+        let expected: Vec<Vec<u8>> = (0..PACKETS).map(|i| payload(t, i)).collect();
+        assert_eq!(payloads.len(), PACKETS, "{label}: packets received");
+        assert!(payloads == &expected, "{label}: payloads differ");
+    }
+    publisher
+}
+
+fn room_nodes(view: &serde_json::Value, room: &str) -> Vec<String> {
+    view["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["room"] == room)
+        .map(|r| r["node"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kiosk_given_node_a_for_a_room_on_b_is_redirected_and_media_flows() {
+    let redis = Redis::start().await;
+    let [a, b, c] = three_nodes(&redis).await;
+    let room = "consult-redirect";
+    redis.place(room, &b.id).await;
+
+    // The kiosk is given A's URL, the doctor C's: both are sent to B.
+    let (publisher, doctor) = consultation(
+        &format!("{}/whip/{room}", a.base),
+        &format!("{}/whep/{room}", c.base),
+        room,
+    )
+    .await;
+    let _publisher = stream_without_loss(publisher, &doctor, async {}).await;
+    assert_eq!(redis.owner(room).await.as_deref(), Some("node-b"));
+
+    // Any node shows the cluster's rooms; the filter keeps one node's.
+    let view = c.rooms().await;
+    assert_eq!(room_nodes(&view, room), ["node-b"], "{view}");
+    let sessions = view["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == room)
+        .unwrap()["sessions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(sessions, 2);
+    let only_a = crate::common::rooms_at(
+        &format!("{}/api/rooms?node=node-a", c.base),
+        &token("*", Role::Operator, "ops"),
+    )
+    .await;
+    assert!(room_nodes(&only_a, room).is_empty(), "{only_a}");
+
+    // The telemetry discovery for the room names B's QUIC endpoint (a redirect to B).
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/api/telemetry", a.base))
+        .bearer_auth(token(room, Role::Kiosk, "kiosk-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("{}/api/telemetry", b.base)
+    );
+
+    // A WebSocket opened on A is told to go to B, then closed.
+    use futures_util::StreamExt;
+    let ws_url = format!(
+        "{}/ws/{room}?token={}",
+        a.base.replace("http://", "ws://"),
+        token(room, Role::Doctor, "dr-2")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    let msg: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(msg["type"], "redirect");
+    assert_eq!(
+        msg["url"],
+        format!("{}/ws/{room}", b.base.replace("http://", "ws://"))
+    );
+    assert!(matches!(
+        ws.next().await,
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_rooms_spread_over_the_nodes_and_a_draining_node_gets_none() {
+    let redis = Redis::start().await;
+    let [a, b, c] = three_nodes(&redis).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/drain", c.base))
+        .bearer_auth(token("*", Role::Operator, "ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    until("A sees C draining", || async {
+        a.rooms().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "node-c" && n["draining"] == true)
+    })
+    .await;
+
+    let mut on = std::collections::HashMap::<String, usize>::new();
+    for i in 0..30 {
+        let (status, base) = publish(&a.base, &format!("spread-{i}"), &format!("k-{i}")).await;
+        assert_eq!(status, 201, "room {i}");
+        *on.entry(base).or_default() += 1;
+    }
+    assert_eq!(on.get(&c.base), None, "the draining node got rooms: {on:?}");
+    for n in [&a, &b] {
+        let got = on.get(&n.base).copied().unwrap_or(0);
+        assert!(got >= 10, "{} got {got} of 30 rooms: {on:?}", n.id);
+    }
+    // Every room has one owner, the node that serves it.
+    for i in 0..30 {
+        let owner = redis.owner(&format!("spread-{i}")).await.expect("leased");
+        assert!(owner == "node-a" || owner == "node-b", "{owner}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_leaves_the_registry_and_its_rooms_are_placed_again() {
+    let redis = Redis::start().await;
+    let [a, mut b, _c] = three_nodes(&redis).await;
+    let room = "consult-orphan";
+    redis.place(room, &b.id).await;
+    let (status, served) = publish(&a.base, room, "kiosk-1").await;
+    assert_eq!((status, served.as_str()), (201, b.base.as_str()));
+
+    b.kill9();
+    until("B leaves A's registry", || async {
+        !a.rooms().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "node-b")
+    })
+    .await;
+    // B's lease has not expired yet: the room is placed again anyway, on a live node.
+    let (status, served) = publish(&a.base, room, "kiosk-2").await;
+    assert_eq!(status, 201);
+    assert_ne!(served, b.base);
+    let owner = redis.owner(room).await.expect("leased");
+    assert!(owner == "node-a" || owner == "node-c", "{owner}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
+    let mut redis = Redis::start().await;
+    let [a, b, _c] = three_nodes(&redis).await;
+    let room = "consult-outage";
+    redis.place(room, &a.id).await;
+    let (publisher, doctor) = consultation(
+        &format!("{}/whip/{room}", a.base),
+        &format!("{}/whep/{room}", a.base),
+        room,
+    )
+    .await;
+
+    redis.stop();
+    // During the outage: the consultation streams on, /healthz answers, a new room opens (on
+    // the node asked), and a room opened on two nodes is served by both for now.
+    let publisher = stream_without_loss(publisher, &doctor, async {
+        for n in [&a, &b] {
+            let r = reqwest::get(format!("{}/healthz", n.base)).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        assert_eq!(
+            publish(&b.base, "opened-in-outage", "k-new").await,
+            (201, b.base.clone())
+        );
+        assert_eq!(
+            publish(&a.base, "split", "k-a").await,
+            (201, a.base.clone())
+        );
+        assert_eq!(
+            publish(&b.base, "split", "k-b").await,
+            (201, b.base.clone())
+        );
+    })
+    .await;
+
+    redis.resume();
+    // One owner each; for the split room the fixed rule (same weight: the smaller id) keeps
+    // it on A, and B redirects new requests there.
+    let owners = [
+        (room, "node-a"),
+        ("opened-in-outage", "node-b"),
+        ("split", "node-a"),
+    ];
+    for (r, owner) in owners {
+        until(&format!("{r} owned by {owner}"), || async {
+            redis.owner(r).await.as_deref() == Some(owner)
+        })
+        .await;
+    }
+    until("B redirects the split room to A", || async {
+        publish(&b.base, "split", "k-b2").await == (201, a.base.clone())
+    })
+    .await;
+
+    // Redis restarted empty: the nodes re-assert their rooms, the same owners.
+    redis.restart_empty().await;
+    for (r, owner) in owners {
+        until(&format!("{r} re-asserted by {owner}"), || async {
+            redis.owner(r).await.as_deref() == Some(owner)
+        })
+        .await;
+    }
+    // The consultation is still on A.
+    let view = a.rooms().await;
+    assert_eq!(room_nodes(&view, room), ["node-a"], "{view}");
+    drop(publisher);
+}
