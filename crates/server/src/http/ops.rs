@@ -61,6 +61,27 @@ pub(crate) async fn rooms(
     if !wanted(&me) {
         v["rooms"] = serde_json::Value::Array(Vec::new());
     }
+    let answers = ask_peers(&st, &headers, "/api/rooms?scope=node", q.node.as_deref()).await?;
+    let mut all: Vec<serde_json::Value> = v["rooms"].as_array().cloned().unwrap_or_default();
+    for (_, answer) in &answers {
+        if let Some(rooms) = answer.as_ref().and_then(|a| a["rooms"].as_array()) {
+            all.extend(rooms.iter().cloned());
+        }
+    }
+    v["rooms"] = serde_json::Value::Array(all);
+    v["nodes"] = registry_view(&st, q.node.as_deref(), &answers);
+    Ok(Json(v))
+}
+
+/// Asks every other node of the registry (or only `only`) for `path`, with the caller's
+/// `Authorization`, each within [`PEER_TIMEOUT`]; a node that does not answer well is `None`.
+async fn ask_peers(
+    st: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    only: Option<&str>,
+) -> Result<Vec<(crate::cluster::NodeRecord, Option<serde_json::Value>)>, ApiError> {
+    let me = st.cluster.node_id();
     let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
     let client = reqwest::Client::builder()
         .timeout(PEER_TIMEOUT)
@@ -71,10 +92,10 @@ pub(crate) async fn rooms(
         .cluster
         .nodes()
         .into_iter()
-        .filter(|n| n.id != me && wanted(&n.id))
+        .filter(|n| n.id != me && only.is_none_or(|o| o == n.id))
         .collect();
     let asks = peers.iter().map(|n| {
-        let mut req = client.get(format!("{}/api/rooms?scope=node", n.url));
+        let mut req = client.get(format!("{}{path}", n.url));
         if let Some(a) = &auth {
             req = req.header(axum::http::header::AUTHORIZATION, a.clone());
         }
@@ -87,23 +108,23 @@ pub(crate) async fn rooms(
         }
     });
     let answers = futures_util::future::join_all(asks).await;
-    let mut nodes = Vec::new();
-    let mut all: Vec<serde_json::Value> = v["rooms"].as_array().cloned().unwrap_or_default();
-    for (n, answer) in peers.iter().zip(answers) {
-        let answered = answer.is_some();
-        if let Some(rooms) = answer.as_ref().and_then(|a| a["rooms"].as_array()) {
-            all.extend(rooms.iter().cloned());
-        }
-        nodes.push((n.clone(), answered));
-    }
-    v["rooms"] = serde_json::Value::Array(all);
+    Ok(peers.into_iter().zip(answers).collect())
+}
+
+/// The registry as JSON, each node with `answered` (whether its part is in the view).
+fn registry_view(
+    st: &AppState,
+    only: Option<&str>,
+    answers: &[(crate::cluster::NodeRecord, Option<serde_json::Value>)],
+) -> serde_json::Value {
+    let me = st.cluster.node_id();
     let mut listed: Vec<serde_json::Value> = st
         .cluster
         .nodes()
         .into_iter()
-        .filter(|n| n.id == me && wanted(&me))
+        .filter(|n| n.id == me && only.is_none_or(|o| o == me))
         .map(|n| (n, true))
-        .chain(nodes)
+        .chain(answers.iter().map(|(n, a)| (n.clone(), a.is_some())))
         .map(|(n, answered)| {
             let mut j = serde_json::to_value(&n).unwrap_or_default();
             j["answered"] = serde_json::Value::Bool(answered);
@@ -111,8 +132,7 @@ pub(crate) async fn rooms(
         })
         .collect();
     listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    v["nodes"] = serde_json::Value::Array(listed);
-    Ok(Json(v))
+    serde_json::Value::Array(listed)
 }
 
 /// This node's view, each room naming this node.
@@ -197,6 +217,10 @@ fn session_ids_as_strings(v: &mut serde_json::Value) {
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenQuery {
     token: Option<String>,
+    /// `GET /api/ops`: one node's part only.
+    node: Option<String>,
+    /// `GET /api/ops`: `node` for this node alone (what nodes ask each other).
+    scope: Option<String>,
 }
 
 /// A fresh view (rates from the last sample), limited to the token's room.
@@ -228,7 +252,7 @@ pub(crate) async fn ops_once(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Result<Json<crate::ops::OpsView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = operator(
         &st,
         &headers,
@@ -236,7 +260,50 @@ pub(crate) async fn ops_once(
         peer,
         "see the operators' view (operator only)",
     )?;
-    Ok(Json(ops_view(&st, &claims).await?))
+    let view = ops_view(&st, &claims).await?;
+    let mut v = serde_json::to_value(&view).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot serialise the operators' view: {e}"),
+        )
+    })?;
+    let me = st.cluster.node_id().to_owned();
+    let id = serde_json::Value::String(me.clone());
+    v["node"]["id"] = id.clone();
+    for part in ["rooms", "streams"] {
+        for x in v[part].as_array_mut().into_iter().flatten() {
+            x["node"] = id.clone();
+        }
+    }
+    if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
+        return Ok(Json(v));
+    }
+    // The cluster: every node's rooms and streams (each naming its node), their node-level
+    // numbers under `nodes`; the history and the event stream stay this node's.
+    if q.node.as_deref().is_some_and(|n| n != me) {
+        v["rooms"] = serde_json::Value::Array(Vec::new());
+        v["streams"] = serde_json::Value::Array(Vec::new());
+    }
+    let mut path = "/api/ops?scope=node".to_owned();
+    if let Some(t) = &q.token {
+        // Only when the caller used the query form; forwarded as it came.
+        path.push_str("&token=");
+        path.push_str(t);
+    }
+    let answers = ask_peers(&st, &headers, &path, q.node.as_deref()).await?;
+    let mut node_views = vec![v["node"].clone()];
+    for (_, answer) in &answers {
+        let Some(a) = answer else { continue };
+        for part in ["rooms", "streams"] {
+            if let (Some(mine), Some(theirs)) = (v[part].as_array_mut(), a[part].as_array()) {
+                mine.extend(theirs.iter().cloned());
+            }
+        }
+        node_views.push(a["node"].clone());
+    }
+    v["cluster"] = serde_json::Value::Array(node_views);
+    v["nodes"] = registry_view(&st, q.node.as_deref(), &answers);
+    Ok(Json(v))
 }
 
 pub(crate) async fn ops_stream(

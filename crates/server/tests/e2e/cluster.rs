@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::cluster::{publish, three_nodes, token, until, Redis};
+use crate::common::cluster::{free_port, publish, three_nodes, token, until, Node, Redis, SECRET};
 use crate::common::{payload, receive_all, PACKETS};
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
@@ -284,4 +284,176 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
     let view = a.rooms().await;
     assert_eq!(room_nodes(&view, room), ["node-a"], "{view}");
     drop(publisher);
+}
+
+/// `GET /metrics` on an admin listener.
+async fn metrics(admin: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first series starting with `prefix` (labels included).
+fn series(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_redis_url_is_an_error_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cabine"))
+        .arg("serve")
+        .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CABINE_HTTP__PUBLIC_URL", "http://127.0.0.1:1")
+        .env("CABINE_ADMIN__LISTEN", "")
+        .env("CABINE_AUTH__SECRET", SECRET)
+        .env("CABINE_CLUSTER__REDIS_URL", "http//redis:6379")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.redis_url"), "{err}");
+    // A clustered node without its public URL is refused too (redirects name it).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cabine"))
+        .arg("serve")
+        .env("CABINE_ADMIN__LISTEN", "")
+        .env("CABINE_AUTH__SECRET", SECRET)
+        .env("CABINE_CLUSTER__REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http.public_url"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_its_store_serves_alone_then_joins_it() {
+    let port = free_port();
+    let admin = free_port();
+    let node = Node::start_with(
+        "node-x",
+        &format!("redis://127.0.0.1:{port}/0"),
+        &[("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))],
+    )
+    .await;
+    // Degraded: rooms are placed here, counted, and the log says so once.
+    assert_eq!(
+        publish(&node.base, "alone-1", "k-1").await,
+        (201, node.base.clone())
+    );
+    assert_eq!(
+        publish(&node.base, "alone-2", "k-2").await,
+        (201, node.base.clone())
+    );
+    let m = metrics(admin).await;
+    assert_eq!(
+        series(&m, "cabine_cluster_store_up{node=\"node-x\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(series(&m, "cabine_cluster_local_placements_total{node=\"node-x\"").unwrap() >= 2.0);
+    // Every series names the node.
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("cabine_"))
+            .all(|l| l.contains("node=\"node-x\"")),
+        "{m}"
+    );
+    until("the degraded mode is logged", || async {
+        std::fs::read_to_string(&node.log)
+            .unwrap_or_default()
+            .contains("cluster store unreachable")
+    })
+    .await;
+
+    // The store comes up: the node registers and re-asserts its rooms.
+    let redis = Redis::start_on(port).await;
+    for r in ["alone-1", "alone-2"] {
+        until(&format!("{r} re-asserted"), || async {
+            redis.owner(r).await.as_deref() == Some("node-x")
+        })
+        .await;
+    }
+    until("store_up turns 1", || async {
+        series(&metrics(admin).await, "cabine_cluster_store_up{") == Some(1.0)
+    })
+    .await;
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert_eq!(
+        log.matches("places new rooms on itself").count(),
+        1,
+        "logged once"
+    );
+
+    // A registry record that does not parse is ignored and counted, never a panic.
+    let mut c = redis.connection().await.unwrap();
+    redis::pipe()
+        .set("cabine:node:bogus", "{not a record")
+        .sadd("cabine:nodes", "bogus")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    until("the bad record is counted", || async {
+        series(
+            &metrics(admin).await,
+            "cabine_cluster_invalid_records_total{",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        publish(&node.base, "alone-3", "k-3").await,
+        (201, node.base.clone())
+    );
+    let view = node.rooms().await;
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 1, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operators_view_shows_every_nodes_rooms() {
+    let redis = Redis::start().await;
+    let [a, b, c] = three_nodes(&redis).await;
+    redis.place("ops-on-b", &b.id).await;
+    redis.place("ops-on-c", &c.id).await;
+    assert_eq!(
+        publish(&a.base, "ops-on-b", "k-1").await,
+        (201, b.base.clone())
+    );
+    assert_eq!(
+        publish(&a.base, "ops-on-c", "k-2").await,
+        (201, c.base.clone())
+    );
+    let ops = |q: &'static str| {
+        let base = a.base.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/api/ops{q}"))
+                .bearer_auth(token("*", Role::Operator, "ops"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let v = ops("").await;
+    let mut nodes: Vec<&str> = v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["node-b", "node-c"], "{v}");
+    assert_eq!(v["cluster"].as_array().unwrap().len(), 3, "{v}");
+    let v = ops("?node=node-c").await;
+    let rooms = v["rooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "{v}");
+    assert_eq!(rooms[0]["node"], "node-c");
 }

@@ -29,10 +29,12 @@ pub struct Redis {
 impl Redis {
     /// Starts one on a free port and waits until it answers.
     pub async fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-        };
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts one on `port` and waits until it answers.
+    pub async fn start_on(port: u16) -> Redis {
+        let mut r = Redis { child: None, port };
         r.spawn().await;
         r
     }
@@ -151,15 +153,24 @@ pub struct Node {
     pub id: String,
     /// Its base URL (also its `http.public_url`).
     pub base: String,
+    /// Its process log (stdout).
+    pub log: std::path::PathBuf,
 }
 
 impl Node {
     /// Starts node `id` on `redis` and waits for `/healthz`.
     pub async fn start(id: &str, redis: &Redis) -> Node {
+        Self::start_with(id, &redis.url(), &[]).await
+    }
+
+    /// Starts node `id` on the store at `redis_url`, with more environment, and waits for
+    /// `/healthz`.
+    pub async fn start_with(id: &str, redis_url: &str, env: &[(&str, String)]) -> Node {
         let http = free_port();
         let base = format!("http://127.0.0.1:{http}");
         let dir = std::env::temp_dir().join(format!("cabine-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{id}-{http}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_cabine"))
             .arg("serve")
             .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
@@ -171,11 +182,12 @@ impl Node {
             .env("CABINE_ADMIN__LISTEN", "")
             .env("CABINE_TELEMETRY__LISTEN", "127.0.0.1:0")
             .env("CABINE_AUTH__SECRET", SECRET)
-            .env("CABINE_CLUSTER__REDIS_URL", redis.url())
+            .env("CABINE_CLUSTER__REDIS_URL", redis_url)
             .env("CABINE_CLUSTER__NODE_ID", id)
             .env("CABINE_LOG__FILTER", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("RUST_LOG")
-            .stdout(std::fs::File::create(dir.join(format!("{id}-{http}.log"))).unwrap())
+            .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
@@ -183,6 +195,7 @@ impl Node {
             child,
             id: id.to_owned(),
             base,
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while reqwest::get(format!("{}/healthz", node.base))
