@@ -1565,7 +1565,10 @@ async fn dashboard_queries_only_series_the_server_exposes() {
         if !title.starts_with("variable") {
             assert!(!refs.is_empty(), "{title}: {expr} names no cabine_ metric");
         }
-        let mut labels_here: BTreeSet<String> = ["job", "instance"].map(String::from).into();
+        // `node` is on every series of a clustered node (cluster.node_id), like the target's
+        // job and instance; this single test server has none.
+        let mut labels_here: BTreeSet<String> =
+            ["job", "instance", "node"].map(String::from).into();
         for r in &refs {
             let labels = scrape.samples.get(&r.name).unwrap_or_else(|| {
                 panic!(
@@ -1578,7 +1581,7 @@ async fn dashboard_queries_only_series_the_server_exposes() {
             labels_here.extend(labels.iter().cloned());
             for m in &r.matchers {
                 assert!(
-                    m == "job" || m == "instance" || labels.contains(m),
+                    m == "job" || m == "instance" || m == "node" || labels.contains(m),
                     "{title}: {} has no label {m} (has {labels:?})",
                     r.name
                 );
