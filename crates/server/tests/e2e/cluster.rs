@@ -68,6 +68,19 @@ async fn stream_without_loss<F: std::future::Future<Output = ()>>(
     publisher
 }
 
+/// `GET /api/rooms{query}` at `base` with an operator token for every room.
+async fn rooms_query(base: &str, query: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/rooms{query}"))
+        .bearer_auth(token("*", Role::Operator, "ops"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn room_nodes(view: &serde_json::Value, room: &str) -> Vec<String> {
     view["rooms"]
         .as_array()
@@ -108,12 +121,11 @@ async fn a_kiosk_given_node_a_for_a_room_on_b_is_redirected_and_media_flows() {
         .unwrap()
         .len();
     assert_eq!(sessions, 2);
-    let only_a = crate::common::rooms_at(
-        &format!("{}/api/rooms?node=node-a", c.base),
-        &token("*", Role::Operator, "ops"),
-    )
-    .await;
+    let only_a = rooms_query(&c.base, "?node=node-a").await;
     assert!(room_nodes(&only_a, room).is_empty(), "{only_a}");
+    assert_eq!(only_a["nodes"].as_array().unwrap().len(), 1, "{only_a}");
+    let only_b = rooms_query(&c.base, "?node=node-b").await;
+    assert_eq!(room_nodes(&only_b, room), ["node-b"], "{only_b}");
 
     // The telemetry discovery for the room names B's QUIC endpoint (a redirect to B).
     let client = reqwest::Client::builder()
@@ -456,4 +468,60 @@ async fn the_operators_view_shows_every_nodes_rooms() {
     let rooms = v["rooms"].as_array().unwrap();
     assert_eq!(rooms.len(), 1, "{v}");
     assert_eq!(rooms[0]["node"], "node-c");
+}
+
+/// `cabine-kiosk dial` and the doctor's page (Chromium) are both given node A for a room held
+/// by node B: the kiosk follows the 307s (WHIP, WHEP, telemetry discovery), the page the
+/// WebSocket's redirect, and the cabin's media and vitals reach the page on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
+    use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
+    use cabine_kiosk::devices::DevicesConfig;
+    use cabine_kiosk::dial::{self, DialConfig, Input};
+
+    let dir = crate::common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start().await;
+    let [a, b, _c] = three_nodes(&redis).await;
+    let room = "consult-cluster-page";
+    redis.place(room, &b.id).await;
+
+    let mut kiosk = DialConfig::new(a.base.clone(), token(room, Role::Kiosk, "kiosk-1"));
+    kiosk.client = ClientOptions::loopback();
+    kiosk.media.room_camera = Input::Synthetic;
+    kiosk.media.device_camera = Input::Off;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(500);
+    kiosk.devices = Some(devices);
+    let (stop_kiosk, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cabin = tokio::spawn(dial::run(kiosk, async move {
+        let _ = stopped.await;
+    }));
+
+    let envs = [
+        ("CABINE_URL", a.base.clone()),
+        ("OWNER_URL", b.base.clone()),
+        ("ROOM", room.to_owned()),
+        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
+    ];
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_driver(&d, "cluster_consult.mjs", &envs, Duration::from_secs(180))
+    })
+    .await
+    .unwrap();
+    let _ = stop_kiosk.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    assert!(
+        out.ok(),
+        "the page did not follow its room to node B{}:\n{}\n{}",
+        out.killed(),
+        out.stdout,
+        out.stderr
+    );
+    // Nothing of the room was opened on A.
+    let local_a = rooms_query(&a.base, "?scope=node").await;
+    assert!(room_nodes(&local_a, room).is_empty(), "{local_a}");
+    assert!(local_a.get("nodes").is_none(), "{local_a}");
 }
