@@ -700,6 +700,82 @@ fn compose_runs_cabine_with_its_observability_stack() {
 }
 
 #[test]
+fn compose_cluster_runs_two_nodes_on_one_redis() {
+    let c = yaml("docker-compose.cluster.yml");
+    let names = keys(at(&c, "services"));
+    let redis = service(&c, "redis");
+    let img = text(at(redis, "image"));
+    assert!(img.contains(':') && !img.ends_with(":latest"), "pin {img}");
+    let redis_port = compose_ports(redis)
+        .iter()
+        .map(|(ip, _, target, _)| {
+            assert_eq!(ip, "127.0.0.1", "Redis is never published beyond loopback");
+            *target
+        })
+        .next()
+        .unwrap_or(6379);
+    let declared_volumes = opt(&c, "volumes").map(keys).unwrap_or_default();
+    let mut ids = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for name in ["cabine-1", "cabine-2"] {
+        let svc = service(&c, name);
+        let origin = format!("compose cluster {name}");
+        for dep in opt(svc, "depends_on").map(strings).unwrap_or_default() {
+            assert!(names.contains(&dep), "{name} depends on unknown {dep}");
+        }
+        assert!(
+            strings(at(svc, "depends_on")).contains(&"redis".to_owned()),
+            "{name} starts after redis"
+        );
+        for (src, _) in compose_volumes(svc) {
+            assert!(declared_volumes.contains(&src), "{name}: volume {src}");
+        }
+        let mut env = dockerfile_env(&dockerfile());
+        env.extend(compose_env(svc, &origin));
+        let cfg = load_config(&origin, &env);
+        assert_eq!(
+            cfg.cluster.redis_url,
+            format!("redis://redis:{redis_port}/0"),
+            "{origin}: the shared Redis"
+        );
+        assert!(
+            ids.insert(cfg.cluster.node_id.clone()),
+            "{origin}: node id twice"
+        );
+        assert_eq!(at(svc, "read_only").as_bool(), Some(true), "{origin}");
+        let ports = compose_ports(svc);
+        for (ip, host, target, proto) in &ports {
+            assert_eq!(host, target, "{origin}: host port = container port");
+            assert!(
+                host_ports.insert((*host, proto.clone())),
+                "{origin}: port {host} twice"
+            );
+            if *target == port_of(&env["CABINE_ADMIN__LISTEN"]) {
+                assert_eq!(ip, "127.0.0.1", "{origin}: admin stays on loopback");
+            }
+        }
+        // Clients redirected here reach this node's published HTTP port.
+        let http = cfg.http.listen.port();
+        assert!(
+            ports.iter().any(|p| p.2 == http && p.3 == "tcp"),
+            "{origin}"
+        );
+        assert!(
+            cfg.http.public_url.ends_with(&format!(":{http}")),
+            "{origin}: public_url {} is not this node's HTTP port",
+            cfg.http.public_url
+        );
+        let media = cfg.media.bind.port();
+        assert!(
+            ports.iter().any(|p| p.2 == media && p.3 == "udp"),
+            "{origin}"
+        );
+        let grace = duration(&text(at(svc, "stop_grace_period")));
+        assert!(grace > cfg.http.drain_timeout, "{origin}: stop grace");
+    }
+}
+
+#[test]
 fn prometheus_collector_and_grafana_point_at_each_other() {
     let c = compose();
     let names = keys(at(&c, "services"));
