@@ -1013,7 +1013,7 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
             v
         } else if let Some(f) = opt(e, "valueFrom.fieldRef.fieldPath") {
             assert!(
-                ["status.hostIP", "status.podIP"].contains(&text(f).as_str()),
+                ["status.hostIP", "status.podIP", "spec.nodeName"].contains(&text(f).as_str()),
                 "{name} from {f:?}"
             );
             SAMPLE_NODE_IP.to_string()
@@ -1142,8 +1142,36 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
         assert!(volumes.contains(&text(at(m, "name"))), "volume {m:?}");
     }
 
+    // The cluster store: the Redis URL names a Service of these manifests, on its port.
+    let url = cfg.cluster.redis_url.clone();
+    let hostport = url
+        .strip_prefix("redis://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("cluster.redis_url {url:?}"));
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let store = of_kind(&rs, "Service")
+        .into_iter()
+        .find(|s| text(at(s, "metadata.name")) == host)
+        .unwrap_or_else(|| panic!("cluster.redis_url names no Service: {url}"));
+    assert!(
+        list(at(&store, "spec.ports")).iter().any(|p| at(p, "port")
+            .as_u64()
+            .map(|n| n.to_string())
+            .as_deref()
+            == Some(port)),
+        "the store Service serves port {port}"
+    );
+    assert!(
+        cfg.http.public_url.contains(SAMPLE_NODE_IP),
+        "each node's public URL is its own address: {}",
+        cfg.http.public_url
+    );
+
     // The Service: HTTP only, onto the pods' HTTP port.
-    let svcs = of_kind(&rs, "Service");
+    let svcs: Vec<Yaml> = of_kind(&rs, "Service")
+        .into_iter()
+        .filter(|s| text(at(s, "metadata.name")) != host)
+        .collect();
     assert_eq!(svcs.len(), 1);
     let svc = &svcs[0];
     for (k, v) in at(svc, "spec.selector").as_mapping().unwrap() {
