@@ -13,14 +13,19 @@
 //!   and the telemetry bridge;
 //! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
 //!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - [`cluster`]: many nodes on one store (Redis, or in memory for one node): the registry,
+//!   room placement and leases, redirects to a room's node, the degraded mode while the store
+//!   is away;
 //! - [`limits`]: the `[limits]` keys, their refusal counters and answers; [`http::serve`]:
 //!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
-//! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
-//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends)
+//! start: media plane → cluster side → state → event reader thread → telemetry → metrics
+//!        → cluster refresh → sampler → admin → HTTP
+//! shutdown: drain (the registry hears of it) → close sessions → leave the cluster (release
+//!           the leases) → stop HTTP → stop media plane (the sampler ends)
 //!           → anonymous refusal counts → flush audit
 //! ```
 
@@ -146,7 +151,7 @@ impl Server {
             cluster::Cluster::new(
                 &cfg.cluster,
                 &cfg.http.public_url,
-                sfu.local_addr().to_string(),
+                cfg.advertise()?.unwrap_or(sfu.local_addr()).to_string(),
                 cfg.auth.secret.as_bytes(),
             )
             .map_err(config::ConfigError::Unusable)?,
@@ -173,7 +178,7 @@ impl Server {
                 )
                 .await?;
                 state.set_telemetry(Arc::clone(&t));
-                cluster.set_telemetry(t.local_addr().to_string());
+                cluster.set_telemetry(t.discovery().url.clone());
                 Some(t)
             }
             None => None,

@@ -7,7 +7,9 @@
 //! `WWW-Authenticate: Bearer`; pages of the origins in `http.cors_origins` may call every route
 //! ([`cors`]).
 //! A refusal by a limit ([`crate::limits`]) is 429 (this client's share) or 503 (the
-//! node's) with a JSON body naming the `limits.*` key.
+//! node's) with a JSON body naming the `limits.*` key. In a cluster ([`crate::cluster`]), a
+//! WHIP/WHEP `POST` or a telemetry discovery for a room another node holds is a `307` to the
+//! same path on that node ([`whip::route`]).
 
 pub mod cors;
 pub mod guard;
