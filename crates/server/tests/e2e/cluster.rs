@@ -279,10 +279,27 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
         })
         .await;
     }
+    // B learns it lost the room at its next renewal. Polled with a request that opens no
+    // session (a session on B would add to B's weight: the rule counts sessions).
+    let discovery = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     until("B redirects the split room to A", || async {
-        publish(&b.base, "split", "k-b2").await == (201, a.base.clone())
+        let r = discovery
+            .get(format!("{}/api/telemetry", b.base))
+            .bearer_auth(token("split", Role::Kiosk, "k-b2"))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 307
+            && r.headers()["location"].to_str().unwrap() == format!("{}/api/telemetry", a.base)
     })
     .await;
+    assert_eq!(
+        publish(&b.base, "split", "k-b2").await,
+        (201, a.base.clone())
+    );
 
     // Redis restarted empty: the nodes re-assert their rooms, the same owners.
     redis.restart_empty().await;
