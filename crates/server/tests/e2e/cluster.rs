@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::cluster::{free_port, publish, three_nodes, token, until, Node, Redis, SECRET};
-use crate::common::{payload, receive_all, PACKETS};
+use crate::common::{payload, PACKETS};
 use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
@@ -36,15 +36,16 @@ async fn consultation(whip: &str, whep: &str, room: &str) -> (Publisher, Subscri
     (publisher, doctor)
 }
 
-/// Sends PACKETS packets per track, 10 ms apart, while `during` runs; checks the doctor got
+/// Sends `packets` packets per track, 10 ms apart, while `during` runs; checks the doctor got
 /// every one, in order.
 async fn stream_without_loss<F: std::future::Future<Output = ()>>(
     publisher: Publisher,
     doctor: &Subscriber,
+    packets: usize,
     during: F,
 ) -> Publisher {
     let sender = tokio::spawn(async move {
-        for i in 0..PACKETS {
+        for i in 0..packets {
             for (t, track) in publisher.tracks().iter().enumerate() {
                 let inc = if track.kind() == MediaKind::Video {
                     900
@@ -57,12 +58,32 @@ async fn stream_without_loss<F: std::future::Future<Output = ()>>(
         }
         publisher
     });
-    let (got, ()) = tokio::join!(receive_all(doctor, 2), during);
+    let receive = async {
+        let tracks = doctor
+            .tracks(2, Duration::from_secs(15))
+            .await
+            .expect("two tracks arrive");
+        let reads = tracks.into_iter().map(|track| async move {
+            let mut got = Vec::new();
+            while got.len() < packets {
+                match track.read_rtp_timeout(Duration::from_secs(3)).await {
+                    Ok(p) => got.push(p.payload.to_vec()),
+                    Err(_) => break,
+                }
+            }
+            (track.id(), got)
+        });
+        futures_util::future::join_all(reads).await
+    };
+    let (got, ()) = tokio::join!(receive, during);
     let publisher = sender.await.unwrap();
     for (t, label) in ["room-camera", "microphone"].iter().enumerate() {
-        let (_, payloads, _) = got.get(*label).expect("track received");
-        let expected: Vec<Vec<u8>> = (0..PACKETS).map(|i| payload(t, i)).collect();
-        assert_eq!(payloads.len(), PACKETS, "{label}: packets received");
+        let (_, payloads) = got
+            .iter()
+            .find(|(id, _)| id == label)
+            .expect("track received");
+        assert_eq!(payloads.len(), packets, "{label}: packets received");
+        let expected: Vec<Vec<u8>> = (0..packets).map(|i| payload(t, i)).collect();
         assert!(payloads == &expected, "{label}: payloads differ");
     }
     publisher
@@ -105,7 +126,7 @@ async fn a_kiosk_given_node_a_for_a_room_on_b_is_redirected_and_media_flows() {
         room,
     )
     .await;
-    let _publisher = stream_without_loss(publisher, &doctor, async {}).await;
+    let _publisher = stream_without_loss(publisher, &doctor, PACKETS, async {}).await;
     assert_eq!(redis.owner(room).await.as_deref(), Some("node-b"));
 
     // Any node shows the cluster's rooms; the filter keeps one node's.
@@ -245,7 +266,9 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
     redis.stop();
     // During the outage: the consultation streams on, /healthz answers, a new room opens (on
     // the node asked), and a room opened on two nodes is served by both for now.
-    let publisher = stream_without_loss(publisher, &doctor, async {
+    // 12 s: longer than a node record's TTL and a room lease, which Redis expires by its
+    // clock when it resumes.
+    let publisher = stream_without_loss(publisher, &doctor, 1200, async {
         for n in [&a, &b] {
             let r = reqwest::get(format!("{}/healthz", n.base)).await.unwrap();
             assert_eq!(r.status(), 200);
