@@ -300,3 +300,34 @@ impl Drop for Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(LOCATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_url_that_answered() {
+        let from = Url::parse("http://a:8080/whip/room?x=1").unwrap();
+        let next = follow_redirect(
+            &from,
+            StatusCode::TEMPORARY_REDIRECT,
+            &location("http://b:8081/whip/room"),
+        );
+        assert_eq!(next.unwrap().as_str(), "http://b:8081/whip/room");
+        let next = follow_redirect(&from, StatusCode::PERMANENT_REDIRECT, &location("/other"));
+        assert_eq!(next.unwrap().as_str(), "http://a:8080/other");
+        // Only 307/308 (which keep the method and body), only to http(s).
+        assert!(follow_redirect(&from, StatusCode::FOUND, &location("http://b/")).is_none());
+        let js = location("javascript:alert(1)");
+        assert!(follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &js).is_none());
+        assert!(
+            follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &HeaderMap::new()).is_none()
+        );
+    }
+}
