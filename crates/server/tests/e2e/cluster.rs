@@ -148,11 +148,36 @@ async fn a_kiosk_given_node_a_for_a_room_on_b_is_redirected_and_media_flows() {
     let only_b = rooms_query(&c.base, "?node=node-b").await;
     assert_eq!(room_nodes(&only_b, room), ["node-b"], "{only_b}");
 
-    // The telemetry discovery for the room names B's QUIC endpoint (a redirect to B).
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    // The redirect keeps the path and the query.
+    let r = client
+        .post(format!("{}/whep/{room}?from=kiosk-1", a.base))
+        .bearer_auth(token(room, Role::Doctor, "dr-3"))
+        .header("content-type", "application/sdp")
+        .body(crate::common::sdp_offer("recvonly"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("{}/whep/{room}?from=kiosk-1", b.base)
+    );
+    // A bad token is refused where it arrives, not sent on.
+    let r = client
+        .post(format!("{}/whip/{room}", a.base))
+        .bearer_auth("not-a-token")
+        .header("content-type", "application/sdp")
+        .body(crate::common::sdp_offer("sendonly"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The telemetry discovery for the room names B's QUIC endpoint (a redirect to B).
     let r = client
         .get(format!("{}/api/telemetry", a.base))
         .bearer_auth(token(room, Role::Kiosk, "kiosk-1"))
