@@ -31,9 +31,15 @@ pub(crate) fn parse_endpoint(url: &str) -> Result<Url> {
     }
 }
 
-/// Builds the HTTP client for one session.
+/// Most redirects followed for one request (a Cabine cluster needs one: to the room's node).
+pub(crate) const MAX_REDIRECTS: usize = 4;
+
+/// Builds the HTTP client for one session. Redirects are followed by hand
+/// ([`follow_redirect`]): reqwest drops the `Authorization` header on a redirect to another
+/// host or port, which is exactly where a cluster sends a room's requests.
 pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
     Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(opts.http_timeout)
         .danger_accept_invalid_certs(opts.accept_invalid_certs)
         .build()
@@ -85,28 +91,57 @@ pub(crate) struct Resource {
     pub etag: Option<String>,
 }
 
-/// `POST`s an SDP offer; returns the session resource and the SDP answer.
+/// Where a `307`/`308` answer to `from` points (its `Location` resolved against `from`), if it
+/// is one; only to `http`/`https`.
+pub(crate) fn follow_redirect(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
+    if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT {
+        return None;
+    }
+    let next = from.join(&header_str(headers, LOCATION)?).ok()?;
+    matches!(next.scheme(), "http" | "https").then_some(next)
+}
+
+/// `POST`s an SDP offer; returns the session resource and the SDP answer. A `307`/`308` (a
+/// cluster node that does not hold the room) is followed with the same offer and token; the
+/// session's `Location` resolves against the URL that answered.
 pub(crate) async fn post_offer(
     client: &Client,
     endpoint: &Url,
     token: &str,
     offer: String,
 ) -> Result<(Resource, String)> {
+    let mut endpoint = endpoint.clone();
+    let mut hops = 0;
+    let response = loop {
+        let url = endpoint.to_string();
+        let response = client
+            .post(endpoint.clone())
+            .headers(auth_headers(token)?)
+            .header(CONTENT_TYPE, SDP_MIME)
+            .header(ACCEPT, SDP_MIME)
+            .body(offer.clone())
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                method: "POST",
+                url,
+                source,
+            })?;
+        match follow_redirect(&endpoint, response.status(), response.headers()) {
+            Some(next) if hops < MAX_REDIRECTS => {
+                hops += 1;
+                endpoint = next;
+            }
+            _ => break response,
+        }
+    };
+    let endpoint = &endpoint;
     let url = endpoint.to_string();
     let transport = |source| Error::Transport {
         method: "POST",
         url: url.clone(),
         source,
     };
-    let response = client
-        .post(endpoint.clone())
-        .headers(auth_headers(token)?)
-        .header(CONTENT_TYPE, SDP_MIME)
-        .header(ACCEPT, SDP_MIME)
-        .body(offer)
-        .send()
-        .await
-        .map_err(transport)?;
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.bytes().await.map_err(transport)?;
@@ -281,5 +316,36 @@ impl Drop for Session {
                 let _ = pc.close().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(LOCATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_url_that_answered() {
+        let from = Url::parse("http://a:8080/whip/room?x=1").unwrap();
+        let next = follow_redirect(
+            &from,
+            StatusCode::TEMPORARY_REDIRECT,
+            &location("http://b:8081/whip/room"),
+        );
+        assert_eq!(next.unwrap().as_str(), "http://b:8081/whip/room");
+        let next = follow_redirect(&from, StatusCode::PERMANENT_REDIRECT, &location("/other"));
+        assert_eq!(next.unwrap().as_str(), "http://a:8080/other");
+        // Only 307/308 (which keep the method and body), only to http(s).
+        assert!(follow_redirect(&from, StatusCode::FOUND, &location("http://b/")).is_none());
+        let js = location("javascript:alert(1)");
+        assert!(follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &js).is_none());
+        assert!(
+            follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &HeaderMap::new()).is_none()
+        );
     }
 }

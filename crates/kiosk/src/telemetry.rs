@@ -119,13 +119,28 @@ pub async fn discover(
     token: &str,
 ) -> Result<(String, ServerVerification), DiscoveryError> {
     use DiscoveryError::{Refused, Unavailable};
-    let url = format!("{}/api/telemetry", server.trim_end_matches('/'));
-    let r = http
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    let mut url = format!("{}/api/telemetry", server.trim_end_matches('/'));
+    let mut hops = 0;
+    let r = loop {
+        let r = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+        // A cluster node that does not hold the token's room redirects to the one that does
+        // (whose QUIC endpoint and certificate these are); followed by hand with the token.
+        let next = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|from| crate::session::follow_redirect(&from, r.status(), r.headers()));
+        match next {
+            Some(next) if hops < crate::session::MAX_REDIRECTS => {
+                hops += 1;
+                url = next.to_string();
+            }
+            _ => break r,
+        }
+    };
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
     if status.is_client_error() {

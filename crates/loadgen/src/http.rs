@@ -95,6 +95,45 @@ pub fn request(
     })
 }
 
+/// Like [`request`], following up to four `307`/`308` redirects (a Cabine cluster node that
+/// does not hold the room points to the one that does) with the same method, headers and
+/// body. Plain `http://` only: this client has no TLS.
+pub fn request_following(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, HttpError> {
+    let (mut addr, mut path) = (addr, path.to_owned());
+    for _ in 0..4 {
+        let r = request(addr, method, &path, headers, body)?;
+        if r.status != 307 && r.status != 308 {
+            return Ok(r);
+        }
+        let bad = |why: &str| HttpError::BadResponse(format!("{method} {path}"), why.into());
+        let location = r
+            .header("location")
+            .ok_or_else(|| bad("redirect without Location"))?;
+        match location.strip_prefix("http://") {
+            Some(rest) => {
+                let (host, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| bad("redirect to an unresolvable host"))?;
+                path = if p.is_empty() { "/".into() } else { p.into() };
+            }
+            None if location.starts_with('/') => path = location.to_owned(),
+            None => return Err(bad("redirect to a URL this client cannot follow")),
+        }
+    }
+    Err(HttpError::BadResponse(
+        format!("{method} {path}"),
+        "more than 4 redirects".into(),
+    ))
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
@@ -108,4 +147,64 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Serves one connection: reads the request, answers `reply`; returns the request.
+    fn serve_once(l: TcpListener, reply: String) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            // The request has a body of known length: read until it is all there.
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let t = String::from_utf8_lossy(&got);
+                if n == 0 || (t.contains("\r\n\r\n") && t.ends_with("offer")) {
+                    break;
+                }
+            }
+            s.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        })
+    }
+
+    #[test]
+    fn a_307_is_followed_with_the_same_body_and_headers() {
+        let owner = TcpListener::bind("127.0.0.1:0").unwrap();
+        let owner_addr = owner.local_addr().unwrap();
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let first_addr = first.local_addr().unwrap();
+        let a = serve_once(
+            first,
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{owner_addr}/whip/r\r\n\
+                 Content-Length: 0\r\n\r\n"
+            ),
+        );
+        let b = serve_once(
+            owner,
+            "HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nanswer".into(),
+        );
+        let r = request_following(
+            first_addr,
+            "POST",
+            "/whip/r",
+            &[("Authorization", "Bearer t")],
+            "offer",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (201, "answer"));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        for req in [a, b] {
+            assert!(req.starts_with("POST /whip/r "), "{req}");
+            assert!(req.contains("Authorization: Bearer t"), "{req}");
+            assert!(req.ends_with("offer"), "{req}");
+        }
+    }
 }

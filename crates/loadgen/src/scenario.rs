@@ -560,7 +560,7 @@ fn post_sdp(
     offer: &str,
 ) -> anyhow::Result<String> {
     let auth = format!("Bearer {token}");
-    let r = http::request(
+    let r = http::request_following(
         http,
         "POST",
         path,

@@ -41,6 +41,8 @@ pub struct Config {
     pub ice: IceConfig,
     /// TURN relays (coturn) and their credentials.
     pub turn: crate::turn::TurnConfig,
+    /// Many nodes sharing rooms through a store.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[ice]`.
@@ -236,6 +238,9 @@ impl Config {
             .map_err(|e| ConfigError::Unusable(e.to_string()))?;
         self.advertise()?;
         self.admin_listen()?;
+        self.cluster
+            .check(&self.http.public_url)
+            .map_err(ConfigError::Unusable)?;
         self.check_limits()?;
         self.telemetry
             .listen_addr()

@@ -13,6 +13,9 @@
 //!   and the telemetry bridge;
 //! - [`sampler`]: one snapshot of the media plane per period, feeding the operators' view and
 //!   the [`metrics`]; [`admin`]: the metrics listener;
+//! - [`cluster`]: many nodes on one store (Redis, or in memory for one node): the registry,
+//!   room placement and leases, redirects to a room's node, the degraded mode while the store
+//!   is away;
 //! - [`limits`]: the `[limits]` keys, their refusal counters and answers; [`http::serve`]:
 //!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
@@ -20,14 +23,17 @@
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
-//! start: media plane → state → event reader thread → telemetry → sampler → admin → HTTP
-//! shutdown: drain → close sessions → stop HTTP → stop media plane (the sampler ends)
+//! start: media plane → cluster side → state → event reader thread → telemetry → metrics
+//!        → cluster refresh → sampler → admin → HTTP
+//! shutdown: drain (the registry hears of it) → close sessions → leave the cluster (release
+//!           the leases) → stop HTTP → stop media plane (the sampler ends)
 //!           → anonymous refusal counts → flush audit
 //! ```
 
 pub mod admin;
 pub mod anon_audit;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -62,6 +68,7 @@ pub struct Server {
     state: Arc<state::AppState>,
     telemetry: Option<Arc<telemetry::Telemetry>>,
     sampler: tokio::task::JoinHandle<()>,
+    cluster_task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -142,7 +149,21 @@ impl Server {
             },
         })?;
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
-        let state = Arc::new(state::AppState::new(&cfg, sfu.clone(), audit));
+        let cluster = Arc::new(
+            cluster::Cluster::new(
+                &cfg.cluster,
+                &cfg.http.public_url,
+                cfg.advertise()?.unwrap_or(sfu.local_addr()).to_string(),
+                cfg.auth.secret.as_bytes(),
+            )
+            .map_err(config::ConfigError::Unusable)?,
+        );
+        let state = Arc::new(state::AppState::new(
+            &cfg,
+            sfu.clone(),
+            audit,
+            Arc::clone(&cluster),
+        ));
         events::spawn_event_reader(Arc::clone(&state));
         let telemetry = match cfg
             .telemetry
@@ -159,19 +180,26 @@ impl Server {
                 )
                 .await?;
                 state.set_telemetry(Arc::clone(&t));
+                cluster.set_telemetry(t.discovery().url.clone());
                 Some(t)
             }
             None => None,
         };
         let push = otel::metric_reader(&cfg.otel).map_err(StartError::Metrics)?;
         let resource = push.is_some().then(|| otel::resource(&cfg.otel));
-        let metrics = Arc::new(metrics::Metrics::new(push, resource).map_err(StartError::Metrics)?);
+        let node_label = cluster.clustered().then(|| cluster.node_id().to_owned());
+        let metrics = Arc::new(
+            metrics::Metrics::new(push, resource, node_label).map_err(StartError::Metrics)?,
+        );
+        metrics.attach_cluster(Arc::clone(&cluster));
+        let cluster_task = spawn_cluster_refresh(&state);
         if let Some(t) = &telemetry {
             metrics.attach_telemetry(Arc::clone(t));
         }
         metrics.attach_limits(Arc::clone(state.limit_refusals()));
         metrics.attach_audit(state.audit_log().clone());
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
+
         spawn_anonymous_audit_sweeper(&state);
         let (stop, stop_rx) = watch::channel(false);
         let admin = match cfg.admin_listen()? {
@@ -250,6 +278,7 @@ impl Server {
             metrics,
             telemetry,
             sampler,
+            cluster_task,
             stop,
             task,
         })
@@ -308,6 +337,7 @@ impl Server {
     /// `drain`, then close the remaining ones and stop.
     pub async fn shutdown(self, drain: Duration) {
         self.state.draining.store(true, Ordering::Relaxed);
+        self.state.cluster.set_draining(true);
         info!(drain = ?drain, "draining: new sessions are refused");
         let deadline = Instant::now() + drain;
         while Instant::now() < deadline && self.state.session_count() > 0 {
@@ -323,6 +353,9 @@ impl Server {
                 "closed sessions still open at the end of the drain"
             );
         }
+        // Out of the registry, the leases released: the rooms can be placed again at once.
+        self.cluster_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.state.cluster.leave()).await;
         let _ = self.stop.send(true);
         // Connections still open (a dashboard's event stream, a slow client) get a few seconds.
         let mut task = self.task;
@@ -356,6 +389,53 @@ impl Server {
         }
         info!("cabine stopped");
     }
+}
+
+/// Refreshes the cluster side every [`cluster::REFRESH`]: this node's record and load, the
+/// registry, the leases of its live rooms. Each round is bounded, so a stalled store never
+/// piles rounds up.
+fn spawn_cluster_refresh(state: &Arc<state::AppState>) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cluster::REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(Instant, u64, Option<Duration>)> = None;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            let now = Instant::now();
+            let out = st.sfu.stats().datagrams_out;
+            let cpu = ops::ProcSample::read().cpu_time;
+            let (egress_pps, cpu_percent) = match last {
+                Some((t, o, c)) => {
+                    let secs = now.duration_since(t).as_secs_f64().max(1e-3);
+                    let pps = (out.saturating_sub(o) as f64 / secs) as u64;
+                    let cpu = match (cpu, c) {
+                        (Some(a), Some(b)) => a.saturating_sub(b).as_secs_f64() / secs * 100.0,
+                        _ => 0.0,
+                    };
+                    (pps, cpu)
+                }
+                None => (0, 0.0),
+            };
+            last = Some((now, out, cpu));
+            let load = cluster::Load {
+                rooms: st.live_rooms(),
+                sessions: u32::try_from(st.session_count()).unwrap_or(u32::MAX),
+                egress_pps,
+                cpu_percent,
+                draining: st.draining.load(Ordering::Relaxed),
+            };
+            let c = Arc::clone(st.cluster());
+            drop(st);
+            if tokio::time::timeout(cluster::REFRESH * 2, c.refresh(load))
+                .await
+                .is_err()
+            {
+                warn!("a cluster refresh took over 4 s: abandoned");
+            }
+        }
+    })
 }
 
 /// Writes the summaries of anonymous refusals as their intervals end; stops with the state.

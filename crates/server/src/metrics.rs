@@ -133,6 +133,7 @@ pub struct Metrics {
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
     limits: Arc<std::sync::OnceLock<Arc<crate::limits::Refusals>>>,
     audit: Arc<std::sync::OnceLock<crate::audit::Audit>>,
+    cluster: Arc<std::sync::OnceLock<Arc<crate::cluster::Cluster>>>,
 }
 
 impl Metrics {
@@ -147,19 +148,32 @@ impl Metrics {
         let _ = self.audit.set(a);
     }
 
+    /// Exports the cluster side's counters (`cabine_cluster_*`).
+    pub fn attach_cluster(&self, c: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
+    }
+
     /// Adds the telemetry sidecar's figures to the metrics.
     pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
         let _ = self.telemetry.set(t);
     }
 
-    /// Builds the instruments; `push` adds an OTLP periodic reader next to Prometheus.
+    /// Builds the instruments; `push` adds an OTLP periodic reader next to Prometheus. With
+    /// `node` (a clustered node's id), every Prometheus series carries a `node` label.
     pub fn new(
         push: Option<
             opentelemetry_sdk::metrics::PeriodicReader<opentelemetry_otlp::MetricExporter>,
         >,
         resource: Option<opentelemetry_sdk::Resource>,
+        node: Option<String>,
     ) -> Result<Metrics, String> {
-        let registry = prometheus::Registry::new();
+        let registry = match node {
+            Some(id) => {
+                prometheus::Registry::new_custom(None, Some(HashMap::from([("node".into(), id)])))
+                    .map_err(|e| format!("metrics registry: {e}"))?
+            }
+            None => prometheus::Registry::new(),
+        };
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .without_target_info()
@@ -514,6 +528,76 @@ impl Metrics {
             })
             .build();
 
+        let cluster: Arc<std::sync::OnceLock<Arc<crate::cluster::Cluster>>> = Arc::default();
+        type Read = fn(&crate::cluster::ClusterStats) -> &std::sync::atomic::AtomicU64;
+        let counters: [(&'static str, &'static str, Read); 6] = [
+            (
+                "cabine.cluster.store_errors",
+                "Cluster store operations that failed (unreachable, slow or odd answers)",
+                |s| &s.store_errors,
+            ),
+            (
+                "cabine.cluster.invalid_records",
+                "Registry records of the cluster store that did not parse (ignored)",
+                |s| &s.invalid_records,
+            ),
+            (
+                "cabine.cluster.local_placements",
+                "Rooms placed on this node without the store, while it was unreachable",
+                |s| &s.local_placements,
+            ),
+            (
+                "cabine.cluster.redirects",
+                "Requests redirected to the node that owns their room",
+                |s| &s.redirects,
+            ),
+            (
+                "cabine.cluster.conflicts_lost",
+                "Rooms this node gave up to another node after both held them (store outage)",
+                |s| &s.conflicts_lost,
+            ),
+            (
+                "cabine.cluster.full",
+                "New rooms refused because no node had room (cluster.max_rooms, draining)",
+                |s| &s.full,
+            ),
+        ];
+        for (name, desc, read) in counters {
+            let c = Arc::clone(&cluster);
+            let _ = meter
+                .u64_observable_counter(name)
+                .with_description(desc)
+                .with_callback(move |o| {
+                    if let Some(c) = c.get() {
+                        o.observe(
+                            read(c.stats()).load(std::sync::atomic::Ordering::Relaxed),
+                            &[],
+                        );
+                    }
+                })
+                .build();
+        }
+        let c = Arc::clone(&cluster);
+        let _ = meter
+            .u64_observable_gauge("cabine.cluster.store_up")
+            .with_description("1 while the cluster store answers (always 1 for a single node)")
+            .with_callback(move |o| {
+                if let Some(c) = c.get() {
+                    o.observe(u64::from(c.store_reachable()), &[]);
+                }
+            })
+            .build();
+        let c = Arc::clone(&cluster);
+        let _ = meter
+            .u64_observable_gauge("cabine.cluster.nodes")
+            .with_description("Nodes in the cluster registry as last read (this one included)")
+            .with_callback(move |o| {
+                if let Some(c) = c.get() {
+                    o.observe(c.nodes().len() as u64, &[]);
+                }
+            })
+            .build();
+
         registry
             .register(Box::new(DelayCollector {
                 summary: Arc::clone(&summary),
@@ -535,6 +619,7 @@ impl Metrics {
             telemetry: std::sync::OnceLock::new(),
             limits,
             audit,
+            cluster,
         })
     }
 

@@ -103,8 +103,9 @@ mod tests {
             ..cfg.audit.clone()
         })
         .unwrap();
-        let state = Arc::new(AppState::new(&cfg, sfu.clone(), audit));
-        let metrics = Arc::new(Metrics::new(None, None).unwrap());
+        let cluster = crate::cluster::Cluster::new(&cfg.cluster, "", String::new(), b"k").unwrap();
+        let state = Arc::new(AppState::new(&cfg, sfu.clone(), audit, Arc::new(cluster)));
+        let metrics = Arc::new(Metrics::new(None, None, None).unwrap());
         let task = spawn(&state, Arc::clone(&metrics));
 
         // One sample reaches the dashboards' view and the metrics.

@@ -51,6 +51,8 @@ pub struct AppState {
     pub(crate) anonymous: Mutex<crate::anon_audit::AnonymousAudit>,
     /// Media sessions being opened, by identity (see [`AppState::reserve_session`]).
     pub(crate) opening: Mutex<HashMap<Identity, usize>>,
+    /// This node's side of the cluster (alone: every room is local).
+    pub(crate) cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// A media session being opened (counted against `limits.sessions_per_identity`).
@@ -100,9 +102,15 @@ pub(crate) struct SessionEntry {
 }
 
 impl AppState {
-    /// State for a server with `cfg`, over a started media plane.
-    pub fn new(cfg: &Config, sfu: Sfu, audit: crate::audit::Audit) -> Self {
+    /// State for a server with `cfg`, over a started media plane, in `cluster`.
+    pub fn new(
+        cfg: &Config,
+        sfu: Sfu,
+        audit: crate::audit::Audit,
+        cluster: Arc<crate::cluster::Cluster>,
+    ) -> Self {
         AppState {
+            cluster,
             tokens: cfg.auth.tokens(),
             sfu,
             sessions: Mutex::new(HashMap::new()),
@@ -175,6 +183,20 @@ impl AppState {
             servers.push(turn.ice_server(now));
         }
         servers
+    }
+
+    /// This node's side of the cluster.
+    pub fn cluster(&self) -> &Arc<crate::cluster::Cluster> {
+        &self.cluster
+    }
+
+    /// Live rooms (media sessions and signalling members in each).
+    pub fn live_rooms(&self) -> HashMap<RoomId, u32> {
+        let mut rooms = self.ws.members_by_room();
+        for e in self.sessions_lock().values() {
+            *rooms.entry(e.room.clone()).or_default() += 1;
+        }
+        rooms
     }
 
     /// Open sessions.

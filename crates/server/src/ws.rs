@@ -177,6 +177,15 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Signalling members by room (live rooms for the cluster's leases).
+    pub fn members_by_room(&self) -> std::collections::HashMap<RoomId, u32> {
+        let mut out = std::collections::HashMap::new();
+        for m in self.lock().members.values() {
+            *out.entry(m.room.clone()).or_default() += 1;
+        }
+        out
+    }
+
     /// Reports the server's renegotiation offer to the subscriber it is for.
     pub fn on_offer(&self, offer: Offer) {
         let mut inner = self.lock();
@@ -257,6 +266,7 @@ pub async fn handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(q): Query<WsQuery>,
+    uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let room = RoomId::parse(&room)
@@ -281,6 +291,24 @@ pub async fn handler(
             }
             ApiError::from(e)
         })?;
+    // Browsers do not follow redirects on a WebSocket handshake: the owner's URL comes as a
+    // message, then the socket closes.
+    match st.cluster.route(&room).await {
+        crate::cluster::Route::Local => {}
+        crate::cluster::Route::Redirect(base) => {
+            let url = format!("{}{}", ws_base(&base), uri.path());
+            return Ok(ws
+                .on_upgrade(move |socket| redirect_socket(socket, url))
+                .into_response());
+        }
+        crate::cluster::Route::Full => {
+            st.count_refusal("cluster_full");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no node of the cluster can take a new room now; retry later",
+            ));
+        }
+    }
     if st.draining.load(Ordering::Relaxed) {
         st.count_refusal("draining");
         return Err(ApiError::new(
@@ -292,6 +320,30 @@ pub async fn handler(
         .max_message_size(st.limits.ws_max_message_bytes.get())
         .on_upgrade(move |socket| run(st, room, claims, peer, socket))
         .into_response())
+}
+
+/// `http(s)://host` → `ws(s)://host`.
+fn ws_base(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    }
+}
+
+/// Tells the page where its room is served (`{"type":"redirect","url":…}`; it reconnects
+/// there with its token), then closes.
+async fn redirect_socket(mut socket: WebSocket, url: String) {
+    let msg = serde_json::json!({ "type": "redirect", "url": url }).to_string();
+    let _ = socket.send(Message::Text(msg.into())).await;
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1000,
+            reason: "redirect".into(),
+        })))
+        .await;
 }
 
 async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, socket: WebSocket) {

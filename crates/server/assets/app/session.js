@@ -5,7 +5,12 @@
 
 const V = 1;
 
+// The page's fragment as it was opened (pages clear it from the address bar), carried along
+// when a cluster node redirects the page to the node that holds its room.
+let openedFragment = "";
+
 export function fragmentParams() {
+  openedFragment = location.hash;
   const p = new URLSearchParams(location.hash.replace(/^#/, ""));
   return { token: p.get("token") || "", params: p };
 }
@@ -192,6 +197,16 @@ export class Session extends EventTarget {
           await this.publishNow();
         }
         break;
+      case "redirect": {
+        // Another node holds the room (a cluster): open this same page there, with the same
+        // fragment (the token), so that its signalling is same-origin again.
+        this.closed = true;
+        const target = new URL(m.url);
+        target.protocol = target.protocol === "wss:" ? "https:" : "http:";
+        this.emit("redirect", { url: target.origin });
+        location.replace(target.origin + location.pathname + location.search + openedFragment);
+        break;
+      }
       case "error":
         this.emit("error", m);
         if (m.code === "unknown_session") {

@@ -7,7 +7,9 @@
 //! `WWW-Authenticate: Bearer`; pages of the origins in `http.cors_origins` may call every route
 //! ([`cors`]).
 //! A refusal by a limit ([`crate::limits`]) is 429 (this client's share) or 503 (the
-//! node's) with a JSON body naming the `limits.*` key.
+//! node's) with a JSON body naming the `limits.*` key. In a cluster ([`crate::cluster`]), a
+//! WHIP/WHEP `POST` or a telemetry discovery for a room another node holds is a `307` to the
+//! same path on that node ([`whip::route`]).
 
 pub mod cors;
 pub mod guard;
@@ -39,6 +41,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/rooms", get(ops::rooms))
+        .route("/api/drain", post(ops::drain))
         .route("/api/telemetry", get(telemetry_discovery))
         .route("/api/ice-servers", get(crate::turn::ice_servers_route))
         .route("/api/ops", get(ops::ops_once))
@@ -142,12 +145,15 @@ impl From<AuthError> for ApiError {
 
 /// Where kiosks dial device telemetry (QUIC address, ALPN, certificate to pin), for any valid
 /// token.
+/// In a cluster, a token for one room is redirected (307) to the node that owns it: the QUIC
+/// endpoint and certificate are that node's.
 async fn telemetry_discovery(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<crate::telemetry::Discovery>, ApiError> {
-    bearer(
+) -> Result<Response, ApiError> {
+    let claims = bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
@@ -158,13 +164,18 @@ async fn telemetry_discovery(
         st.count_refusal(e.reason());
         st.audit_refusal("-", "-", None, peer, e);
     })?;
+    if let Ok(room) = cabine_proto::RoomId::parse(&claims.room) {
+        if let Some(elsewhere) = whip::route(&st, &room, &uri).await {
+            return Ok(elsewhere);
+        }
+    }
     let t = st.telemetry.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "telemetry is disabled on this server (telemetry.listen is empty)",
         )
     })?;
-    Ok(Json(t.discovery().clone()))
+    Ok(Json(t.discovery().clone()).into_response())
 }
 
 async fn healthz() -> &'static str {

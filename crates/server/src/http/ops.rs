@@ -32,14 +32,118 @@ pub struct RoomsResponse {
     pub joins: u64,
 }
 
+/// `GET /api/rooms` query: `node=ID` keeps that node's rooms; `scope=node` answers for this
+/// node alone (what nodes ask each other).
+#[derive(Debug, Deserialize)]
+pub(crate) struct RoomsQuery {
+    node: Option<String>,
+    scope: Option<String>,
+}
+
+/// How long the cluster view waits for another node's rooms.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /api/rooms`: this node's rooms, and in a cluster every node's (asked over HTTP with
+/// the caller's own token, so the store never holds room names), each room naming its `node`,
+/// with the registry under `nodes` (`answered`: whether that node's rooms are in the view).
 pub(crate) async fn rooms(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<RoomsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut v = local_rooms(&st, peer, &headers).await?;
+    let me = st.cluster.node_id().to_owned();
+    if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
+        return Ok(Json(v));
+    }
+    let wanted = |id: &str| q.node.as_deref().is_none_or(|n| n == id);
+    if !wanted(&me) {
+        v["rooms"] = serde_json::Value::Array(Vec::new());
+    }
+    let answers = ask_peers(&st, &headers, "/api/rooms?scope=node", q.node.as_deref()).await?;
+    let mut all: Vec<serde_json::Value> = v["rooms"].as_array().cloned().unwrap_or_default();
+    for (_, answer) in &answers {
+        if let Some(rooms) = answer.as_ref().and_then(|a| a["rooms"].as_array()) {
+            all.extend(rooms.iter().cloned());
+        }
+    }
+    v["rooms"] = serde_json::Value::Array(all);
+    v["nodes"] = registry_view(&st, q.node.as_deref(), &answers);
+    Ok(Json(v))
+}
+
+/// Asks every other node of the registry (or only `only`) for `path`, with the caller's
+/// `Authorization`, each within [`PEER_TIMEOUT`]; a node that does not answer well is `None`.
+async fn ask_peers(
+    st: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    only: Option<&str>,
+) -> Result<Vec<(crate::cluster::NodeRecord, Option<serde_json::Value>)>, ApiError> {
+    let me = st.cluster.node_id();
+    let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let client = reqwest::Client::builder()
+        .timeout(PEER_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let peers: Vec<crate::cluster::NodeRecord> = st
+        .cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.id != me && only.is_none_or(|o| o == n.id))
+        .collect();
+    let asks = peers.iter().map(|n| {
+        let mut req = client.get(format!("{}{path}", n.url));
+        if let Some(a) = &auth {
+            req = req.header(axum::http::header::AUTHORIZATION, a.clone());
+        }
+        async move {
+            let r = req.send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<serde_json::Value>().await.ok()
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    Ok(peers.into_iter().zip(answers).collect())
+}
+
+/// The registry as JSON, each node with `answered` (whether its part is in the view).
+fn registry_view(
+    st: &AppState,
+    only: Option<&str>,
+    answers: &[(crate::cluster::NodeRecord, Option<serde_json::Value>)],
+) -> serde_json::Value {
+    let me = st.cluster.node_id();
+    let mut listed: Vec<serde_json::Value> = st
+        .cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.id == me && only.is_none_or(|o| o == me))
+        .map(|n| (n, true))
+        .chain(answers.iter().map(|(n, a)| (n.clone(), a.is_some())))
+        .map(|(n, answered)| {
+            let mut j = serde_json::to_value(&n).unwrap_or_default();
+            j["answered"] = serde_json::Value::Bool(answered);
+            j
+        })
+        .collect();
+    listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    serde_json::Value::Array(listed)
+}
+
+/// This node's view, each room naming this node.
+async fn local_rooms(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<serde_json::Value, ApiError> {
     let claims = operator(
-        &st,
-        &headers,
+        st,
+        headers,
         None,
         peer,
         "read room statistics (operator only)",
@@ -66,7 +170,32 @@ pub(crate) async fn rooms(
         )
     })?;
     session_ids_as_strings(&mut v);
-    Ok(Json(v))
+    let node = serde_json::Value::String(st.cluster.node_id().to_owned());
+    v["node"] = node.clone();
+    for r in v["rooms"].as_array_mut().into_iter().flatten() {
+        r["node"] = node.clone();
+    }
+    Ok(v)
+}
+
+/// `POST /api/drain` (an operator token for every room): this node takes no new sessions and
+/// no new rooms (placement skips it, `/readyz` fails) while its consultations go on.
+pub(crate) async fn drain(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = operator(&st, &headers, None, peer, "drain this node (operator only)")?;
+    if claims.room != "*" {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "draining a node needs an operator token for every room (room \"*\")",
+        ));
+    }
+    st.draining.store(true, Ordering::Relaxed);
+    st.cluster.set_draining(true);
+    tracing::info!("draining on an operator's request: new sessions and rooms go elsewhere");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Session ids are 64-bit: as JSON numbers a browser rounds them (above 2^53), so they are
@@ -88,6 +217,10 @@ fn session_ids_as_strings(v: &mut serde_json::Value) {
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenQuery {
     token: Option<String>,
+    /// `GET /api/ops`: one node's part only.
+    node: Option<String>,
+    /// `GET /api/ops`: `node` for this node alone (what nodes ask each other).
+    scope: Option<String>,
 }
 
 /// A fresh view (rates from the last sample), limited to the token's room.
@@ -119,7 +252,7 @@ pub(crate) async fn ops_once(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Result<Json<crate::ops::OpsView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = operator(
         &st,
         &headers,
@@ -127,7 +260,50 @@ pub(crate) async fn ops_once(
         peer,
         "see the operators' view (operator only)",
     )?;
-    Ok(Json(ops_view(&st, &claims).await?))
+    let view = ops_view(&st, &claims).await?;
+    let mut v = serde_json::to_value(&view).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot serialise the operators' view: {e}"),
+        )
+    })?;
+    let me = st.cluster.node_id().to_owned();
+    let id = serde_json::Value::String(me.clone());
+    v["node"]["id"] = id.clone();
+    for part in ["rooms", "streams"] {
+        for x in v[part].as_array_mut().into_iter().flatten() {
+            x["node"] = id.clone();
+        }
+    }
+    if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
+        return Ok(Json(v));
+    }
+    // The cluster: every node's rooms and streams (each naming its node), their node-level
+    // numbers under `nodes`; the history and the event stream stay this node's.
+    if q.node.as_deref().is_some_and(|n| n != me) {
+        v["rooms"] = serde_json::Value::Array(Vec::new());
+        v["streams"] = serde_json::Value::Array(Vec::new());
+    }
+    let mut path = "/api/ops?scope=node".to_owned();
+    if let Some(t) = &q.token {
+        // Only when the caller used the query form; forwarded as it came.
+        path.push_str("&token=");
+        path.push_str(t);
+    }
+    let answers = ask_peers(&st, &headers, &path, q.node.as_deref()).await?;
+    let mut node_views = vec![v["node"].clone()];
+    for (_, answer) in &answers {
+        let Some(a) = answer else { continue };
+        for part in ["rooms", "streams"] {
+            if let (Some(mine), Some(theirs)) = (v[part].as_array_mut(), a[part].as_array()) {
+                mine.extend(theirs.iter().cloned());
+            }
+        }
+        node_views.push(a["node"].clone());
+    }
+    v["cluster"] = serde_json::Value::Array(node_views);
+    v["nodes"] = registry_view(&st, q.node.as_deref(), &answers);
+    Ok(Json(v))
 }
 
 pub(crate) async fn ops_stream(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use cabine_proto::{Claims, Grant, Identity, Redacted, RoomId};
 use cabine_sfu::{sdp, JoinError, JoinRequest, SessionId, SessionKind, SfuError};
@@ -20,6 +20,7 @@ use super::sdpfrag::SdpFrag;
 use super::{
     check_content_type, clean_message, describe, insert, random_token, sdp_attr, ApiError,
 };
+use crate::cluster::Route;
 use crate::state::{AppState, SessionEntry};
 
 /// `OPTIONS /whip/{room}` and `/whep/{room}`: what a POST takes, and the ICE servers to use
@@ -80,10 +81,61 @@ pub(crate) async fn whip(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    create_session(&st, peer, &room, &headers, body, SessionKind::Publish, None).await
+    let req = Request {
+        peer,
+        room: &room,
+        uri: &uri,
+        headers: &headers,
+    };
+    create_session(&st, req, body, SessionKind::Publish, None).await
+}
+
+/// What [`create_session`] needs of the request.
+struct Request<'a> {
+    peer: SocketAddr,
+    room: &'a str,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+/// `307 Temporary Redirect` to the same path and query on the node at `base` (RFC 9725 allows
+/// WHIP/WHEP redirects; 307 keeps the method and body).
+pub(crate) fn redirect(base: &str, uri: &Uri) -> Response {
+    let target = format!(
+        "{base}{}",
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let mut r = (
+        StatusCode::TEMPORARY_REDIRECT,
+        "this room is served by another node\n",
+    )
+        .into_response();
+    insert(r.headers_mut(), header::LOCATION, &target);
+    r
+}
+
+/// Routes a request for `room` in the cluster: `None` to serve it here, else the answer (a
+/// redirect to its owner, or 503 when no node has room for a new room).
+pub(crate) async fn route(st: &AppState, room: &RoomId, uri: &Uri) -> Option<Response> {
+    match st.cluster.route(room).await {
+        Route::Local => None,
+        Route::Redirect(base) => Some(redirect(&base, uri)),
+        Route::Full => {
+            st.count_refusal("cluster_full");
+            Some(
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no node of the cluster can take a new room now (all draining or at \
+                     cluster.max_rooms); retry later",
+                )
+                .into_response(),
+            )
+        }
+    }
 }
 
 pub(crate) async fn whep(
@@ -91,6 +143,7 @@ pub(crate) async fn whep(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(q): Query<WhepQuery>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -103,27 +156,28 @@ pub(crate) async fn whep(
         })?),
         None => None,
     };
-    create_session(
-        &st,
+    let req = Request {
         peer,
-        &room,
-        &headers,
-        body,
-        SessionKind::Subscribe,
-        from,
-    )
-    .await
+        room: &room,
+        uri: &uri,
+        headers: &headers,
+    };
+    create_session(&st, req, body, SessionKind::Subscribe, from).await
 }
 
 async fn create_session(
     st: &Arc<AppState>,
-    peer: SocketAddr,
-    room: &str,
-    headers: &HeaderMap,
+    req: Request<'_>,
     body: Bytes,
     kind: SessionKind,
     from: Option<Identity>,
 ) -> Result<Response, ApiError> {
+    let Request {
+        peer,
+        room,
+        uri,
+        headers,
+    } = req;
     let room = RoomId::parse(room)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad room name: {e}")))?;
     let (grant, action, path) = match kind {
@@ -131,6 +185,9 @@ async fn create_session(
         SessionKind::Subscribe => (Grant::Subscribe, "subscribe", "whep"),
     };
     let claims = authorize(st, headers, &room, grant, action, peer)?;
+    if let Some(elsewhere) = route(st, &room, uri).await {
+        return Ok(elsewhere);
+    }
     if st.draining.load(Ordering::Relaxed) {
         st.count_refusal("draining");
         return Err(ApiError::new(
@@ -160,7 +217,7 @@ async fn create_session(
     let session = SessionId(rand::rng().random());
     let ice_ufrag = random_token(8);
     let ice_pwd = random_token(24);
-    let req = JoinRequest {
+    let join = JoinRequest {
         session,
         identity: claims.sub.clone(),
         role: claims.role,
@@ -170,7 +227,7 @@ async fn create_session(
         ice_ufrag: ice_ufrag.clone(),
         ice_pwd,
     };
-    let joined = match st.sfu.join(room.clone(), req).await {
+    let joined = match st.sfu.join(room.clone(), join).await {
         Ok(j) => j,
         Err(e) => {
             let (status, reason) = match &e {

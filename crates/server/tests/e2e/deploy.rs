@@ -707,6 +707,82 @@ fn compose_runs_cabine_with_its_observability_stack() {
 }
 
 #[test]
+fn compose_cluster_runs_two_nodes_on_one_redis() {
+    let c = yaml("docker-compose.cluster.yml");
+    let names = keys(at(&c, "services"));
+    let redis = service(&c, "redis");
+    let img = text(at(redis, "image"));
+    assert!(img.contains(':') && !img.ends_with(":latest"), "pin {img}");
+    let redis_port = compose_ports(redis)
+        .iter()
+        .map(|(ip, _, target, _)| {
+            assert_eq!(ip, "127.0.0.1", "Redis is never published beyond loopback");
+            *target
+        })
+        .next()
+        .unwrap_or(6379);
+    let declared_volumes = opt(&c, "volumes").map(keys).unwrap_or_default();
+    let mut ids = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for name in ["cabine-1", "cabine-2"] {
+        let svc = service(&c, name);
+        let origin = format!("compose cluster {name}");
+        for dep in opt(svc, "depends_on").map(strings).unwrap_or_default() {
+            assert!(names.contains(&dep), "{name} depends on unknown {dep}");
+        }
+        assert!(
+            strings(at(svc, "depends_on")).contains(&"redis".to_owned()),
+            "{name} starts after redis"
+        );
+        for (src, _) in compose_volumes(svc) {
+            assert!(declared_volumes.contains(&src), "{name}: volume {src}");
+        }
+        let mut env = dockerfile_env(&dockerfile());
+        env.extend(compose_env(svc, &origin));
+        let cfg = load_config(&origin, &env);
+        assert_eq!(
+            cfg.cluster.redis_url,
+            format!("redis://redis:{redis_port}/0"),
+            "{origin}: the shared Redis"
+        );
+        assert!(
+            ids.insert(cfg.cluster.node_id.clone()),
+            "{origin}: node id twice"
+        );
+        assert_eq!(at(svc, "read_only").as_bool(), Some(true), "{origin}");
+        let ports = compose_ports(svc);
+        for (ip, host, target, proto) in &ports {
+            assert_eq!(host, target, "{origin}: host port = container port");
+            assert!(
+                host_ports.insert((*host, proto.clone())),
+                "{origin}: port {host} twice"
+            );
+            if *target == port_of(&env["CABINE_ADMIN__LISTEN"]) {
+                assert_eq!(ip, "127.0.0.1", "{origin}: admin stays on loopback");
+            }
+        }
+        // Clients redirected here reach this node's published HTTP port.
+        let http = cfg.http.listen.port();
+        assert!(
+            ports.iter().any(|p| p.2 == http && p.3 == "tcp"),
+            "{origin}"
+        );
+        assert!(
+            cfg.http.public_url.ends_with(&format!(":{http}")),
+            "{origin}: public_url {} is not this node's HTTP port",
+            cfg.http.public_url
+        );
+        let media = cfg.media.bind.port();
+        assert!(
+            ports.iter().any(|p| p.2 == media && p.3 == "udp"),
+            "{origin}"
+        );
+        let grace = duration(&text(at(svc, "stop_grace_period")));
+        assert!(grace > cfg.http.drain_timeout, "{origin}: stop grace");
+    }
+}
+
+#[test]
 fn prometheus_collector_and_grafana_point_at_each_other() {
     let c = compose();
     let names = keys(at(&c, "services"));
@@ -944,7 +1020,7 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
             v
         } else if let Some(f) = opt(e, "valueFrom.fieldRef.fieldPath") {
             assert!(
-                ["status.hostIP", "status.podIP"].contains(&text(f).as_str()),
+                ["status.hostIP", "status.podIP", "spec.nodeName"].contains(&text(f).as_str()),
                 "{name} from {f:?}"
             );
             SAMPLE_NODE_IP.to_string()
@@ -1073,8 +1149,36 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
         assert!(volumes.contains(&text(at(m, "name"))), "volume {m:?}");
     }
 
+    // The cluster store: the Redis URL names a Service of these manifests, on its port.
+    let url = cfg.cluster.redis_url.clone();
+    let hostport = url
+        .strip_prefix("redis://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("cluster.redis_url {url:?}"));
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let store = of_kind(&rs, "Service")
+        .into_iter()
+        .find(|s| text(at(s, "metadata.name")) == host)
+        .unwrap_or_else(|| panic!("cluster.redis_url names no Service: {url}"));
+    assert!(
+        list(at(&store, "spec.ports")).iter().any(|p| at(p, "port")
+            .as_u64()
+            .map(|n| n.to_string())
+            .as_deref()
+            == Some(port)),
+        "the store Service serves port {port}"
+    );
+    assert!(
+        cfg.http.public_url.contains(SAMPLE_NODE_IP),
+        "each node's public URL is its own address: {}",
+        cfg.http.public_url
+    );
+
     // The Service: HTTP only, onto the pods' HTTP port.
-    let svcs = of_kind(&rs, "Service");
+    let svcs: Vec<Yaml> = of_kind(&rs, "Service")
+        .into_iter()
+        .filter(|s| text(at(s, "metadata.name")) != host)
+        .collect();
     assert_eq!(svcs.len(), 1);
     let svc = &svcs[0];
     for (k, v) in at(svc, "spec.selector").as_mapping().unwrap() {
@@ -1572,7 +1676,10 @@ async fn dashboard_queries_only_series_the_server_exposes() {
         if !title.starts_with("variable") {
             assert!(!refs.is_empty(), "{title}: {expr} names no cabine_ metric");
         }
-        let mut labels_here: BTreeSet<String> = ["job", "instance"].map(String::from).into();
+        // `node` is on every series of a clustered node (cluster.node_id), like the target's
+        // job and instance; this single test server has none.
+        let mut labels_here: BTreeSet<String> =
+            ["job", "instance", "node"].map(String::from).into();
         for r in &refs {
             let labels = scrape.samples.get(&r.name).unwrap_or_else(|| {
                 panic!(
@@ -1585,7 +1692,7 @@ async fn dashboard_queries_only_series_the_server_exposes() {
             labels_here.extend(labels.iter().cloned());
             for m in &r.matchers {
                 assert!(
-                    m == "job" || m == "instance" || labels.contains(m),
+                    m == "job" || m == "instance" || m == "node" || labels.contains(m),
                     "{title}: {} has no label {m} (has {labels:?})",
                     r.name
                 );

@@ -12,6 +12,7 @@ mod abuse;
 mod audit;
 mod bad_input;
 mod browser;
+mod cluster;
 mod conformance;
 mod consent;
 mod consult_browser;

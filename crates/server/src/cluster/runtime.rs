@@ -1,0 +1,456 @@
+//! [`Cluster`]: this node's side of the cluster: routing a room's requests, the periodic
+//! refresh (registry record, registry view, leases), and the degraded mode while the store is
+//! away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cabine_proto::RoomId;
+use tracing::{info, warn};
+
+use super::placement::choose;
+use super::record::NodeRecord;
+use super::room_key::{RoomKey, RoomKeyer};
+use super::store::{ClusterStore, Renewal, StoreError};
+use super::{ClusterConfig, MemoryStore, RedisStore, NODE_TTL, ROOM_LEASE};
+
+/// Where a room's request is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Here.
+    Local,
+    /// On another node: its public base URL.
+    Redirect(String),
+    /// No node has room for a new room (every one draining or at `cluster.max_rooms`).
+    Full,
+}
+
+/// This node's figures for its registry record and its leases.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    /// Media sessions (and signalling members) by live room.
+    pub rooms: HashMap<RoomId, u32>,
+    /// Media sessions.
+    pub sessions: u32,
+    /// Media packets sent per second.
+    pub egress_pps: u64,
+    /// CPU, percent of one core.
+    pub cpu_percent: f64,
+    /// Whether the node is draining.
+    pub draining: bool,
+}
+
+/// Counters of the cluster side (exported as `cabine_cluster_*`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Store operations that failed.
+    pub store_errors: AtomicU64,
+    /// Registry records that did not parse (ignored).
+    pub invalid_records: AtomicU64,
+    /// Rooms placed on this node without the store (it was unreachable).
+    pub local_placements: AtomicU64,
+    /// Requests redirected to another node.
+    pub redirects: AtomicU64,
+    /// Rooms this node gave up to another after both held them.
+    pub conflicts_lost: AtomicU64,
+    /// New rooms refused because no node had room.
+    pub full: AtomicU64,
+}
+
+/// A room this node placed on itself.
+#[derive(Debug, Clone)]
+struct Owned {
+    placed: Instant,
+    /// Set when another node kept it (the conflict rule): requests go there.
+    lost_to: Option<String>,
+}
+
+/// A room placed here but not live yet (its first client is on its way) keeps its lease this
+/// long.
+const UNUSED_GRACE: Duration = Duration::from_secs(10);
+
+/// This node's side of the cluster.
+pub struct Cluster {
+    store: Arc<dyn ClusterStore>,
+    clustered: bool,
+    me: String,
+    url: String,
+    region: String,
+    max_rooms: u32,
+    keyer: RoomKeyer,
+    media: String,
+    telemetry: Mutex<String>,
+    view: Mutex<View>,
+    owned: Mutex<HashMap<RoomKey, Owned>>,
+    /// Whether the store answered the last time it was asked.
+    reachable: AtomicBool,
+    /// This node's last figures.
+    load: Mutex<Load>,
+    stats: ClusterStats,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    nodes: Vec<NodeRecord>,
+    /// Rooms this node placed on others since their records were read.
+    recent: HashMap<String, u32>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.me)
+            .field("clustered", &self.clustered)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// The cluster side of a node: on Redis when `cfg.redis_url` is set (connected lazily: an
+    /// unreachable Redis is the degraded mode, not an error), else alone on a memory store.
+    /// `public_url` is `http.public_url`; `secret` keys the room hashes. Must run inside a
+    /// tokio runtime.
+    pub fn new(
+        cfg: &ClusterConfig,
+        public_url: &str,
+        media: String,
+        secret: &[u8],
+    ) -> Result<Cluster, String> {
+        let store: Arc<dyn ClusterStore> = if cfg.clustered() {
+            Arc::new(
+                RedisStore::new(&cfg.redis_url)
+                    .map_err(|e| format!("cluster.redis_url is not a usable Redis URL: {e}"))?,
+            )
+        } else {
+            Arc::new(MemoryStore::new())
+        };
+        Ok(Self::with_store(
+            cfg,
+            public_url,
+            media,
+            secret,
+            store,
+            cfg.clustered(),
+        ))
+    }
+
+    /// Same on a given store (tests).
+    pub fn with_store(
+        cfg: &ClusterConfig,
+        public_url: &str,
+        media: String,
+        secret: &[u8],
+        store: Arc<dyn ClusterStore>,
+        clustered: bool,
+    ) -> Cluster {
+        Cluster {
+            store,
+            clustered,
+            me: cfg.resolved_node_id(),
+            url: public_url.trim_end_matches('/').to_owned(),
+            region: cfg.region.clone(),
+            max_rooms: u32::try_from(cfg.max_rooms).unwrap_or(u32::MAX),
+            keyer: RoomKeyer::new(secret),
+            media,
+            telemetry: Mutex::new(String::new()),
+            view: Mutex::new(View::default()),
+            owned: Mutex::new(HashMap::new()),
+            reachable: AtomicBool::new(true),
+            load: Mutex::new(Load::default()),
+            stats: ClusterStats::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.me
+    }
+
+    /// Whether this node shares a store with others.
+    pub fn clustered(&self) -> bool {
+        self.clustered
+    }
+
+    /// Whether the store answered the last time it was asked.
+    pub fn store_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// The store key of `room`.
+    pub fn key(&self, room: &RoomId) -> RoomKey {
+        self.keyer.key(room)
+    }
+
+    /// Marks this node draining at once (it takes no new rooms; the registry hears of it at
+    /// the next refresh).
+    pub fn set_draining(&self, draining: bool) {
+        lock(&self.load).draining = draining;
+    }
+
+    /// Sets the telemetry address published in the registry.
+    pub fn set_telemetry(&self, addr: String) {
+        *lock(&self.telemetry) = addr;
+    }
+
+    /// The registry as last read (this node's own record current).
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        let mut nodes = lock(&self.view).nodes.clone();
+        let me = self.record();
+        match nodes.iter_mut().find(|n| n.id == self.me) {
+            Some(n) => *n = me,
+            None => nodes.push(me),
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes
+    }
+
+    /// Where `room`'s requests are served; places a new room. Never waits on the store for a
+    /// room this node holds, nor for long ([`super::redis_store::OP_TIMEOUT`]) otherwise.
+    pub async fn route(&self, room: &RoomId) -> Route {
+        if !self.clustered {
+            return Route::Local;
+        }
+        let key = self.key(room);
+        let held = lock(&self.owned).get(&key).cloned();
+        match held {
+            Some(Owned { lost_to: None, .. }) => return Route::Local,
+            Some(Owned {
+                lost_to: Some(owner),
+                ..
+            }) => {
+                if let Some(url) = self.url_of(&owner) {
+                    self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    return Route::Redirect(url);
+                }
+            }
+            None => {}
+        }
+        if !self.store_reachable() {
+            return self.place_here(key);
+        }
+        let Some(candidate) = self.candidate() else {
+            self.stats.full.fetch_add(1, Ordering::Relaxed);
+            return Route::Full;
+        };
+        let mut replace = None;
+        for _ in 0..2 {
+            let owner = match self
+                .store
+                .place(&key, &candidate, ROOM_LEASE, replace.as_deref())
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    self.store_failed(&e);
+                    return self.place_here(key);
+                }
+            };
+            if owner == self.me {
+                lock(&self.owned).insert(
+                    key,
+                    Owned {
+                        placed: Instant::now(),
+                        lost_to: None,
+                    },
+                );
+                return Route::Local;
+            }
+            if owner == candidate {
+                *lock(&self.view).recent.entry(owner.clone()).or_default() += 1;
+            }
+            if let Some(url) = self.url_of(&owner) {
+                self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                return Route::Redirect(url);
+            }
+            // The owner is not in the registry as last read: read it again before taking
+            // the room from a node that may only be new.
+            if let Ok(list) = self.store.nodes().await {
+                self.set_view(list);
+                if let Some(url) = self.url_of(&owner) {
+                    self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    return Route::Redirect(url);
+                }
+            }
+            // A dead node's lease: place the room again.
+            replace = Some(owner);
+        }
+        // Two owners in a row not in the registry: serve here rather than loop.
+        self.place_here(key)
+    }
+
+    /// One refresh: write this node's record, read the registry, renew the leases of the
+    /// live rooms and release those of ended ones. Store failures switch to the degraded
+    /// mode (logged once); nothing here waits long.
+    pub async fn refresh(&self, load: Load) {
+        let live: HashMap<RoomKey, u32> =
+            load.rooms.iter().map(|(r, n)| (self.key(r), *n)).collect();
+        *lock(&self.load) = load;
+        if !self.clustered {
+            return;
+        }
+        if let Err(e) = self.store.register(&self.record(), NODE_TTL).await {
+            return self.store_failed(&e);
+        }
+        match self.store.nodes().await {
+            Ok(list) => self.set_view(list),
+            Err(e) => return self.store_failed(&e),
+        }
+        {
+            let mut owned = lock(&self.owned);
+            for k in live.keys() {
+                owned.entry(k.clone()).or_insert(Owned {
+                    placed: Instant::now(),
+                    lost_to: None,
+                });
+            }
+        }
+        let rooms: Vec<(RoomKey, Owned)> = lock(&self.owned)
+            .iter()
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        let mut renewed = 0usize;
+        for (key, o) in rooms {
+            let weight = live.get(&key).copied();
+            if weight.is_none() && o.placed.elapsed() >= UNUSED_GRACE {
+                if o.lost_to.is_none() {
+                    if let Err(e) = self.store.release(&key, &self.me).await {
+                        return self.store_failed(&e);
+                    }
+                }
+                lock(&self.owned).remove(&key);
+                continue;
+            }
+            if o.lost_to.is_some() {
+                continue;
+            }
+            match self
+                .store
+                .renew(&key, &self.me, weight.unwrap_or(0), ROOM_LEASE)
+                .await
+            {
+                Ok(Renewal::Held) => renewed += 1,
+                Ok(Renewal::Lost { owner }) => {
+                    self.stats.conflicts_lost.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        room_key = &key.as_str()[..8],
+                        owner = %owner,
+                        "a room this node held is kept by another node: its clients' next \
+                         requests are redirected there"
+                    );
+                    if let Some(x) = lock(&self.owned).get_mut(&key) {
+                        x.lost_to = Some(owner);
+                    }
+                }
+                Err(e) => return self.store_failed(&e),
+            }
+        }
+        if !self.reachable.swap(true, Ordering::Relaxed) {
+            info!(
+                rooms = renewed,
+                "cluster store reachable again: this node's rooms re-asserted"
+            );
+        }
+    }
+
+    /// A clean stop: leave the registry and release this node's leases (best effort).
+    pub async fn leave(&self) {
+        if !self.clustered {
+            return;
+        }
+        let keys: Vec<RoomKey> = lock(&self.owned)
+            .iter()
+            .filter(|(_, o)| o.lost_to.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if self.store.release(&k, &self.me).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.store.deregister(&self.me).await;
+    }
+
+    /// The base URL of `node`, from the registry as last read.
+    fn url_of(&self, node: &str) -> Option<String> {
+        lock(&self.view)
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map(|n| n.url.clone())
+    }
+
+    fn candidate(&self) -> Option<String> {
+        let nodes = self.nodes();
+        let view = lock(&self.view);
+        choose(&nodes, &self.region, &view.recent).map(|n| n.id.clone())
+    }
+
+    fn set_view(&self, list: super::NodeList) {
+        self.stats
+            .invalid_records
+            .fetch_add(list.invalid, Ordering::Relaxed);
+        let mut v = lock(&self.view);
+        v.nodes = list.nodes;
+        v.recent.clear();
+    }
+
+    fn place_here(&self, key: RoomKey) -> Route {
+        self.stats.local_placements.fetch_add(1, Ordering::Relaxed);
+        lock(&self.owned).insert(
+            key,
+            Owned {
+                placed: Instant::now(),
+                lost_to: None,
+            },
+        );
+        Route::Local
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            warn!(
+                error = %e,
+                "cluster store unreachable: this node keeps its rooms and places new rooms on \
+                 itself until it returns (cabine_cluster_local_placements_total)"
+            );
+        }
+    }
+
+    fn record(&self) -> NodeRecord {
+        let load = lock(&self.load);
+        let owned = lock(&self.owned)
+            .values()
+            .filter(|o| o.lost_to.is_none())
+            .count();
+        NodeRecord {
+            id: self.me.clone(),
+            url: self.url.clone(),
+            region: self.region.clone(),
+            media: self.media.clone(),
+            telemetry: lock(&self.telemetry).clone(),
+            max_rooms: self.max_rooms,
+            rooms: u32::try_from(owned.max(load.rooms.len())).unwrap_or(u32::MAX),
+            sessions: load.sessions,
+            egress_pps: load.egress_pps,
+            cpu_percent: if load.cpu_percent.is_finite() {
+                load.cpu_percent
+            } else {
+                0.0
+            },
+            draining: load.draining,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map or field update: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
