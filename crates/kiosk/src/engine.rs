@@ -1,7 +1,7 @@
 //! Building `webrtc` peer connections configured for Cabine, and the offer/connect steps shared
 //! by publishers and subscribers.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,9 +234,64 @@ pub(crate) fn strip_simulcast_ssrcs(sdp: &str) -> String {
     out
 }
 
+/// Replaces the UDP ICE candidates of an SDP answer by one host candidate at `via` (the first
+/// UDP candidate of each media section, with its foundation, component and priority, moved to
+/// `via`), and drops the TCP ones. See [`ClientOptions::media_via`].
+pub(crate) fn redirect_candidates(sdp: &str, via: SocketAddr) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(sdp.len());
+    let mut redirected_in_section = false;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            redirected_in_section = false;
+        }
+        if let Some(candidate) = line.strip_prefix("a=candidate:") {
+            // foundation component transport priority address port "typ" type [...]
+            let fields: Vec<&str> = candidate.split_whitespace().collect();
+            let udp = fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("udp"));
+            if !udp || fields.len() < 8 || redirected_in_section {
+                continue;
+            }
+            redirected_in_section = true;
+            out.push_str(&format!(
+                "a=candidate:{} {} udp {} {} {} typ host{eol}",
+                fields[0],
+                fields[1],
+                fields[3],
+                via.ip(),
+                via.port()
+            ));
+            continue;
+        }
+        out.push_str(line);
+        out.push_str(eol);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip_simulcast_ssrcs;
+    use super::{redirect_candidates, strip_simulcast_ssrcs};
+
+    #[test]
+    fn candidates_are_redirected_once_per_section_and_tcp_ones_dropped() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=candidate:1 1 udp 2130706431 10.0.0.1 7882 typ host\r\n\
+                   a=candidate:2 1 udp 2130706175 10.0.0.2 7882 typ host\r\n\
+                   a=candidate:3 1 tcp 1671430143 10.0.0.1 7882 typ host tcptype passive\r\n\
+                   a=end-of-candidates\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=candidate:1 1 UDP 2130706431 10.0.0.1 7882 typ host\r\n";
+        let out = redirect_candidates(sdp, "127.0.0.1:4000".parse().expect("addr"));
+        assert_eq!(
+            out,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n\
+             a=end-of-candidates\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n"
+        );
+    }
 
     #[test]
     fn ssrc_lines_are_removed_only_from_simulcast_sections() {
