@@ -39,7 +39,8 @@ use crate::devices::{
     START_MEASUREMENT,
 };
 use crate::sources::{
-    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, SourceError, VideoSource,
+    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, SourceError,
+    VideoSource,
 };
 use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
 
@@ -484,10 +485,12 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
             Input::Off => None,
         })
     };
-    let audio = |input: &Input, synthetic: &dyn Fn() -> Result<AudioSource, SourceError>| {
+    let audio = |input: &Input,
+                 synthetic: &dyn Fn() -> Result<AudioSource, SourceError>,
+                 config: OpusConfig| {
         Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
             Input::Synthetic => Some(Box::new(synthetic()?)),
-            Input::File(p) => Some(Box::new(OggOpusSource::open(p)?)),
+            Input::File(p) => Some(Box::new(OggOpusSource::open(p, config)?)),
             Input::Off => None,
         })
     };
@@ -501,12 +504,21 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
     })? {
         out.push((DEVICE_CAMERA, Codec::Vp8, s));
     }
-    if let Some(s) = audio(&m.microphone, &|| AudioSource::microphone(config.seed))? {
+    if let Some(s) = audio(
+        &m.microphone,
+        &|| AudioSource::microphone(config.seed),
+        OpusConfig::microphone(),
+    )? {
         out.push((MICROPHONE, Codec::Opus, s));
     }
-    if let Some(s) = audio(&m.stethoscope, &|| {
-        AudioSource::stethoscope(config.seed, config.heart_rate_bpm, m.stethoscope_bps)
-    })? {
+    if let Some(s) = audio(
+        &m.stethoscope,
+        &|| AudioSource::stethoscope(config.seed, config.heart_rate_bpm, m.stethoscope_bps),
+        OpusConfig {
+            bitrate_bps: m.stethoscope_bps,
+            ..OpusConfig::stethoscope()
+        },
+    )? {
         out.push((STETHOSCOPE, Codec::Opus, s));
     }
     Ok(out)

@@ -105,7 +105,8 @@ struct DialArgs {
     /// Microphone: "synthetic", "off", or an Ogg Opus file.
     #[arg(long, default_value = "synthetic")]
     microphone: String,
-    /// Stethoscope: "synthetic", "off", or an Ogg Opus file.
+    /// Stethoscope: "synthetic", "off", or an Ogg Opus file (decoded, its pre-skip and end
+    /// padding trimmed, looped seamlessly and encoded again at --stethoscope-kbps).
     #[arg(long, default_value = "synthetic")]
     stethoscope: String,
     /// Room camera frame rate.
