@@ -4,17 +4,20 @@
 //! to set the encoders.
 //!
 //! Signals (as webrtc-rs hands them to the publisher's RTCP readers):
-//! - **round-trip time** from receiver reports (LSR/DLSR echo our sender reports): its rise
-//!   over the smallest one seen is the queue building up at the bottleneck, the earliest sign
-//!   of an uplink that is too small, before anything is lost;
-//! - **loss** from transport-wide congestion control feedback (every packet reported, ~20
-//!   reports a second from str0m), or the receiver reports' fraction lost without it;
+//! - **queue delay**, the rise of the one-way delay over the smallest one seen: transport-wide
+//!   feedback (~20 a second from str0m) gives each packet's arrival time at the server, and
+//!   the publisher's send-time log its departure. It is the earliest sign of an uplink that
+//!   is too small, before anything is lost. Without it, the round-trip time of receiver
+//!   reports (LSR/DLSR echoing our sender reports; a sample every second or more) stands in;
+//! - **loss** from transport-wide feedback, or the receiver reports' fraction lost without it;
 //! - **REMB**, when the server sends one, caps the target.
 //!
 //! Rule (a delay-first AIMD): queue delay above `queue_delay_high` or loss above `loss_high`
 //! cuts the target by `decrease`, then holds for `hold` so that fresh reports reflect the cut;
 //! queue delay below `queue_delay_low` and loss below `loss_low` raise it by
-//! `increase_per_second`; in between it holds. Random loss of a few percent (a lossy last
+//! `increase_per_second`, or by only `near_increase_per_second` of the rate of the last cut
+//! while within ±10 % of it (where the path gave out before: approach it gently, and settle
+//! under it rather than on it); in between it holds. Random loss of a few percent (a lossy last
 //! mile) is not congestion and does not cut the rate.
 //!
 //! ```text
@@ -48,6 +51,14 @@ pub enum Feedback {
         /// Round-trip time computed from the block's LSR/DLSR, if it echoes a sender report.
         rtt: Option<Duration>,
     },
+    /// One-way delay of the packets one transport-wide feedback covers (their mean arrival
+    /// time at the server minus their send time), in microseconds with an arbitrary fixed
+    /// offset (the two clocks are not synchronised): its rise over the smallest one seen is
+    /// the queue at the bottleneck, twenty times a second.
+    OneWayDelay {
+        /// The delay, µs, plus an unknown constant.
+        micros: i64,
+    },
     /// A receiver estimated maximum bitrate (REMB), bit/s.
     Remb {
         /// The estimate.
@@ -76,6 +87,8 @@ pub struct ControllerConfig {
     pub decrease: f64,
     /// Relative growth per second when the path is clear.
     pub increase_per_second: f64,
+    /// Growth per second, as a fraction of the rate at the last cut, within ±10 % of it.
+    pub near_increase_per_second: f64,
     /// No further change for this long after a cut.
     pub hold: Duration,
     /// How often the rule runs.
@@ -99,6 +112,7 @@ impl ControllerConfig {
             loss_low: 0.05,
             decrease: 0.85,
             increase_per_second: 0.05,
+            near_increase_per_second: 0.01,
             hold: Duration::from_secs(1),
             tick: Duration::from_millis(200),
             max_age: Duration::from_secs(2),
@@ -141,8 +155,12 @@ pub struct RateController {
     next_tick: Instant,
     last_tick: Instant,
     hold_until: Instant,
+    /// The rate at the last cut (smoothed over cuts): where the path gave out.
+    last_cut: Option<f64>,
     rtt_min: Option<Duration>,
     rtt: Option<(Duration, Instant)>,
+    owd_min: Option<i64>,
+    owd: Option<(i64, Instant)>,
     reported: u64,
     lost: u64,
     window_start: Instant,
@@ -162,8 +180,11 @@ impl RateController {
             next_tick: now + config.tick,
             last_tick: now,
             hold_until: now,
+            last_cut: None,
             rtt_min: None,
             rtt: None,
+            owd_min: None,
+            owd: None,
             reported: 0,
             lost: 0,
             window_start: now,
@@ -190,6 +211,10 @@ impl RateController {
                     self.rtt_min = Some(self.rtt_min.map_or(rtt, |m| m.min(rtt)));
                     self.rtt = Some((rtt, now));
                 }
+            }
+            Feedback::OneWayDelay { micros } => {
+                self.owd_min = Some(self.owd_min.map_or(micros, |m| m.min(micros)));
+                self.owd = Some((micros, now));
             }
             Feedback::Remb { bps } => self.remb = Some((bps, now)),
         }
@@ -239,8 +264,13 @@ impl RateController {
     fn run(&mut self, now: Instant, elapsed: Duration) {
         let c = self.config;
         let fresh = |at: Instant| now.saturating_duration_since(at) <= c.max_age;
-        let queue_delay = match (self.rtt, self.rtt_min) {
-            (Some((rtt, at)), Some(min)) if fresh(at) => Some(rtt.saturating_sub(min)),
+        // Queue delay from one-way delays (frequent) or else round-trip times (a sample
+        // every second or more).
+        let queue_delay = match (self.owd, self.owd_min, self.rtt, self.rtt_min) {
+            (Some((owd, at)), Some(min), _, _) if fresh(at) => Some(Duration::from_micros(
+                u64::try_from(owd.saturating_sub(min)).unwrap_or(0),
+            )),
+            (_, _, Some((rtt, at)), Some(min)) if fresh(at) => Some(rtt.saturating_sub(min)),
             _ => None,
         };
         // Loss from transport feedback once it covers enough packets (the window grows over
@@ -273,12 +303,22 @@ impl RateController {
         let decision = if now < self.hold_until {
             Decision::Hold
         } else if congested {
+            self.last_cut = Some(
+                self.last_cut
+                    .map_or(self.target, |l| 0.5 * l + 0.5 * self.target),
+            );
             self.target *= c.decrease;
             self.hold_until = now + c.hold;
             self.stats.decreases += 1;
             Decision::Decrease
         } else if clear {
-            self.target *= 1.0 + c.increase_per_second * elapsed.as_secs_f64();
+            let dt = elapsed.as_secs_f64();
+            match self.last_cut {
+                Some(cut) if (0.9 * cut..1.1 * cut).contains(&self.target) => {
+                    self.target += c.near_increase_per_second * cut * dt;
+                }
+                _ => self.target *= 1.0 + c.increase_per_second * dt,
+            }
             Decision::Increase
         } else {
             Decision::Hold
@@ -305,12 +345,14 @@ mod tests {
 
     /// A fluid model of a bottleneck: the sender's rate against `capacity`, a queue of
     /// `queue_bytes` (tail drop), a base round trip and random loss; it answers with TWCC
-    /// every 50 ms and a receiver report every 500 ms, like str0m does.
+    /// (loss and, with `one_way`, one-way delay) every 50 ms and a receiver report every
+    /// 500 ms.
     struct Path {
         capacity_bps: f64,
         queue_bytes: f64,
         base_rtt: Duration,
         random_loss: f64,
+        one_way: bool,
         queued: f64,
         overflow_bytes: f64,
     }
@@ -325,6 +367,7 @@ mod tests {
                 queue_bytes: capacity_bps / 8.0 * queue.as_secs_f64(),
                 base_rtt,
                 random_loss,
+                one_way: true,
                 queued: 0.0,
                 overflow_bytes: 0.0,
             }
@@ -367,6 +410,11 @@ mod tests {
                         lost,
                     },
                 );
+                if self.one_way {
+                    // An arbitrary clock offset: only changes matter.
+                    let owd = 7_000_000 + (self.base_rtt / 2 + self.queue_delay()).as_micros();
+                    c.handle_feedback(now, Feedback::OneWayDelay { micros: owd as i64 });
+                }
                 if t.as_millis().is_multiple_of(500) {
                     c.handle_feedback(
                         now,
@@ -418,6 +466,8 @@ mod tests {
         let t0 = Instant::now();
         let mut c = RateController::new(ControllerConfig::new(150_000, 2_000_000), t0);
         let mut path = Path::new(1_500_000.0, 200 * MS, 80 * MS, 0.0);
+        // Round-trip times only (no transport feedback timing), two a second.
+        path.one_way = false;
         let s = Duration::from_secs(1);
         path.run(&mut c, t0, Duration::ZERO, 30 * s);
         path.capacity_bps = 500_000.0;

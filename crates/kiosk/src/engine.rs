@@ -25,6 +25,7 @@ use webrtc::sdp::extmap;
 use crate::error::{Error, Result};
 use crate::media::Codec;
 use crate::options::ClientOptions;
+use crate::send_times::{SendLog, SendTimesBuilder};
 
 /// A new peer connection plus a watch of its connection state.
 pub(crate) struct NewPeer {
@@ -33,21 +34,29 @@ pub(crate) struct NewPeer {
 }
 
 /// Which side of the SFU a peer connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// WHIP: send-only.
-    Publish,
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role<'a> {
+    /// WHIP: send-only; every packet's transport-wide sequence number and send time go to
+    /// the log (for the rate controller).
+    Publish(&'a Arc<SendLog>),
     /// WHEP: receive-only.
     Subscribe,
 }
 
 /// Creates a peer connection with the client's codecs, header extensions, interceptors (NACK,
 /// RTCP reports, TWCC) and ICE settings.
-pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Result<NewPeer> {
+pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role<'_>) -> Result<NewPeer> {
     let mut media = MediaEngine::default();
     // Interceptors first: they add their RTCP feedback to the codecs already registered, and
     // our codec capabilities list all their feedback already (no duplicates that way).
     let mut registry = Registry::new();
+    // First in the registry is innermost in the chain: it sees each packet last, numbered by
+    // the TWCC interceptor, retransmissions included.
+    if let Role::Publish(log) = role {
+        registry.add(Box::new(SendTimesBuilder {
+            log: Arc::clone(log),
+        }));
+    }
     registry = configure_nack(registry, &mut media);
     registry = configure_rtcp_reports(registry);
     registry = configure_twcc(registry, &mut media).map_err(Error::webrtc("configuring TWCC"))?;
@@ -65,7 +74,7 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Res
     // that probing stops before touching the stream and the receiver later picks up the
     // buffered packets. Consequence: the server's answer must declare its SSRCs (`a=ssrc`).
     let extensions: &[(&str, &[RTPCodecType])] = match role {
-        Role::Publish => &[
+        Role::Publish(_) => &[
             (
                 extmap::SDES_MID_URI,
                 &[RTPCodecType::Audio, RTPCodecType::Video],

@@ -40,6 +40,7 @@ mod feedback;
 mod media;
 mod options;
 mod publisher;
+mod send_times;
 mod session;
 pub mod sources;
 pub mod stills;

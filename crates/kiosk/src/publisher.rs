@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::feedback::FeedbackLog;
 use crate::media::{Codec, MediaKind, TrackSpec};
 use crate::options::ClientOptions;
+use crate::send_times::SendLog;
 use crate::session::Session;
 
 /// Payload size limit used by [`LocalTrack::write_sample`] when splitting a frame into RTP
@@ -520,8 +521,9 @@ async fn prepare(
             )));
         }
     }
-    let peer = engine::new_peer_connection(opts, engine::Role::Publish).await?;
-    let feedback = Arc::new(FeedbackLog::default());
+    let send_log = Arc::new(SendLog::default());
+    let peer = engine::new_peer_connection(opts, engine::Role::Publish(&send_log)).await?;
+    let feedback = Arc::new(FeedbackLog::new(send_log));
     let mut locals = Vec::with_capacity(tracks.len());
     for spec in tracks {
         match add_track(&peer.pc, spec, &feedback).await {

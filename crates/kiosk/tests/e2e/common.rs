@@ -159,8 +159,13 @@ async fn leave(State(e): State<Endpoint>, Path((room, id)): Path<(String, u64)>)
 }
 
 /// Polls `check` every 20 ms until it holds or `PATIENCE` runs out.
-pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
+pub async fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_until_for(PATIENCE, what, check).await;
+}
+
+/// Polls `check` every 20 ms until it holds or `patience` runs out.
+pub async fn wait_until_for(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,4 +6,5 @@
 
 mod common;
 
+mod adaptive;
 mod media_via;
