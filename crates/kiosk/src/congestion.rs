@@ -28,10 +28,14 @@
 //! }
 //! ```
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Packets transport feedback must cover before its loss fraction is used.
 const MIN_LOSS_SAMPLE: u64 = 20;
+
+/// One-way delay samples kept (~3 s of str0m's 20 feedbacks a second; the window uses less).
+const OWD_SAMPLES: usize = 64;
 
 /// One piece of congestion feedback, as read from the server's RTCP.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,6 +99,9 @@ pub struct ControllerConfig {
     pub tick: Duration,
     /// A feedback sample older than this is ignored.
     pub max_age: Duration,
+    /// Queue delay is the smallest one-way delay over this window: a real queue lasts, a
+    /// scheduling hiccup on either host does not.
+    pub delay_window: Duration,
 }
 
 impl ControllerConfig {
@@ -116,6 +123,7 @@ impl ControllerConfig {
             hold: Duration::from_secs(1),
             tick: Duration::from_millis(200),
             max_age: Duration::from_secs(2),
+            delay_window: Duration::from_millis(300),
         }
     }
 }
@@ -160,7 +168,7 @@ pub struct RateController {
     rtt_min: Option<Duration>,
     rtt: Option<(Duration, Instant)>,
     owd_min: Option<i64>,
-    owd: Option<(i64, Instant)>,
+    owd: VecDeque<(Instant, i64)>,
     reported: u64,
     lost: u64,
     window_start: Instant,
@@ -184,7 +192,7 @@ impl RateController {
             rtt_min: None,
             rtt: None,
             owd_min: None,
-            owd: None,
+            owd: VecDeque::with_capacity(OWD_SAMPLES),
             reported: 0,
             lost: 0,
             window_start: now,
@@ -214,7 +222,10 @@ impl RateController {
             }
             Feedback::OneWayDelay { micros } => {
                 self.owd_min = Some(self.owd_min.map_or(micros, |m| m.min(micros)));
-                self.owd = Some((micros, now));
+                if self.owd.len() == OWD_SAMPLES {
+                    self.owd.pop_front();
+                }
+                self.owd.push_back((now, micros));
             }
             Feedback::Remb { bps } => self.remb = Some((bps, now)),
         }
@@ -266,8 +277,16 @@ impl RateController {
         let fresh = |at: Instant| now.saturating_duration_since(at) <= c.max_age;
         // Queue delay from one-way delays (frequent) or else round-trip times (a sample
         // every second or more).
-        let queue_delay = match (self.owd, self.owd_min, self.rtt, self.rtt_min) {
-            (Some((owd, at)), Some(min), _, _) if fresh(at) => Some(Duration::from_micros(
+        while self
+            .owd
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > c.delay_window)
+        {
+            self.owd.pop_front();
+        }
+        let owd = self.owd.iter().map(|(_, d)| *d).min();
+        let queue_delay = match (owd, self.owd_min, self.rtt, self.rtt_min) {
+            (Some(owd), Some(min), _, _) => Some(Duration::from_micros(
                 u64::try_from(owd.saturating_sub(min)).unwrap_or(0),
             )),
             (_, _, Some((rtt, at)), Some(min)) if fresh(at) => Some(rtt.saturating_sub(min)),
@@ -527,5 +546,33 @@ mod tests {
         // Nothing due before the next tick.
         c.handle_timeout(t0 + 250 * MS);
         assert_eq!(c.poll_output(), None);
+    }
+
+    #[test]
+    fn a_lone_delay_spike_is_not_a_queue_but_a_lasting_one_is() {
+        let t0 = Instant::now();
+        let mut c = RateController::new(ControllerConfig::new(100_000, 1_000_000), t0);
+        let mut t = Duration::ZERO;
+        let mut feed = |c: &mut RateController, extra_ms: u64| {
+            t += 50 * MS;
+            let now = t0 + t;
+            let micros = 20_000 + extra_ms as i64 * 1_000;
+            c.handle_feedback(now, Feedback::OneWayDelay { micros });
+            c.handle_timeout(now);
+        };
+        for _ in 0..40 {
+            feed(&mut c, 0);
+        }
+        // One feedback 200 ms late (a host that stalled), then normal again.
+        feed(&mut c, 200);
+        for _ in 0..20 {
+            feed(&mut c, 0);
+        }
+        assert_eq!(c.stats().decreases, 0);
+        // A queue of 80 ms that stays: cut.
+        for _ in 0..20 {
+            feed(&mut c, 80);
+        }
+        assert_eq!(c.stats().decreases, 1);
     }
 }
