@@ -29,7 +29,9 @@
 //! }
 //! ```
 //!
-//! [`Relay`] is the tokio shell around two links per client.
+//! [`Relay`] is the tokio shell around two links per client (per UDP client address, and per
+//! TCP connection with [`RelayConfig::tcp`]: ICE-TCP candidates reach the server's media
+//! port over TCP; a stream is rate-limited and delayed but never loses or reorders).
 
 #![warn(missing_docs)]
 
@@ -39,6 +41,7 @@ mod loss;
 mod profile;
 mod relay;
 mod shaper;
+mod tcp;
 
 pub use error::Error;
 pub use link::{Fate, Link, LinkConfig, LinkStats, Output};

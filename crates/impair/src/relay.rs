@@ -41,6 +41,9 @@ pub struct RelayConfig {
     pub max_flows: usize,
     /// A flow with no datagram either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Also relay TCP (ICE-TCP) on the same address and port to the same upstream, at most
+    /// `max_flows` connections at once; only the rate limit, delay and jitter apply there.
+    pub tcp: bool,
 }
 
 impl RelayConfig {
@@ -54,6 +57,7 @@ impl RelayConfig {
             seed: 0,
             max_flows: 64,
             idle_timeout: Duration::from_secs(60),
+            tcp: false,
         }
     }
 }
@@ -61,9 +65,9 @@ impl RelayConfig {
 /// Counters of a relay, summed over its flows (the closed ones included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
-    /// Flows (client addresses) relayed so far.
+    /// Flows (client addresses, and TCP connections) relayed so far.
     pub flows: u64,
-    /// Datagrams dropped because `max_flows` flows were open.
+    /// Datagrams dropped (and TCP connections closed) because `max_flows` were open.
     pub refused_flows: u64,
     /// Client → server.
     pub uplink: LinkStats,
@@ -78,6 +82,7 @@ pub struct Relay {
     profile: watch::Sender<Profile>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    tcp_task: Option<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -96,6 +101,23 @@ impl Relay {
         })?;
         let (profile, profile_rx) = watch::channel(config.profile.clone());
         let shared = Arc::new(Shared::default());
+        let tcp_task = if config.tcp {
+            let listener = tokio::net::TcpListener::bind(local_addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: local_addr,
+                    source,
+                })?;
+            Some(tokio::spawn(crate::tcp::accept_loop(
+                listener,
+                config.upstream,
+                config.max_flows,
+                profile_rx.clone(),
+                Arc::clone(&shared),
+            )))
+        } else {
+            None
+        };
         let task = tokio::spawn(listen_loop(
             Arc::new(socket),
             config,
@@ -107,6 +129,7 @@ impl Relay {
             profile,
             shared,
             task,
+            tcp_task,
         })
     }
 
@@ -144,19 +167,22 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // Flow tasks end when their sender (held by the listen task) is dropped.
         self.task.abort();
+        if let Some(t) = &self.tcp_task {
+            t.abort();
+        }
     }
 }
 
 /// State shared between the relay handle and its tasks: only counters, written once per
 /// wake-up of a flow task and read by [`Relay::stats`].
 #[derive(Debug, Default)]
-struct Shared {
-    flows: Mutex<Vec<Arc<FlowCounters>>>,
-    refused: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) flows: Mutex<Vec<Arc<FlowCounters>>>,
+    pub(crate) refused: AtomicU64,
 }
 
 /// One flow's (uplink, downlink) counters.
-type FlowCounters = Mutex<(LinkStats, LinkStats)>;
+pub(crate) type FlowCounters = Mutex<(LinkStats, LinkStats)>;
 
 /// Datagrams waiting between the listen task and one flow task. Only a starved flow task
 /// (an overloaded test machine) fills it; the excess is then dropped uncounted.
@@ -351,6 +377,6 @@ fn add(total: &mut LinkStats, s: &LinkStats) {
 
 /// Locks a counters mutex. A panic while holding it cannot leave counters half-written in a
 /// way that matters, so a poisoned lock is used as is.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

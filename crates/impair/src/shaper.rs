@@ -83,7 +83,9 @@ impl<T> Shaper<T> {
         }
         self.refill(departure);
         let (len, item) = self.queue.pop_front()?;
-        self.tokens -= self.need(len);
+        // The whole size is charged: a packet larger than the bucket leaves the bucket in
+        // debt, which holds the next ones back, so the long-run rate stays exact.
+        self.tokens -= len as f64;
         self.queued_bytes -= len;
         Some((departure, len, item))
     }
@@ -93,8 +95,8 @@ impl<T> Shaper<T> {
         self.queued_bytes
     }
 
-    /// Tokens a packet takes: its size, capped at the bucket depth so that a packet larger
-    /// than the burst can still leave (when the bucket is full).
+    /// Tokens the bucket must hold for a packet to leave: its size, capped at the bucket depth
+    /// so that a packet larger than the burst can still leave (when the bucket is full).
     fn need(&self, len: usize) -> f64 {
         (len as f64).min(self.burst_bytes)
     }
@@ -133,5 +135,16 @@ mod tests {
         let (at, _, item) = s.pop_departed(t0 + Duration::from_secs(5)).expect("left");
         assert_eq!((at, item), (t0 + Duration::from_secs(1), 2));
         assert_eq!(s.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_packet_larger_than_the_bucket_leaves_it_in_debt() {
+        let t0 = Instant::now();
+        let mut s = Shaper::new(8_000, 1_500, 20_000);
+        assert!(s.offer(t0, 10_000, 'a').is_ok());
+        assert!(s.offer(t0, 1_000, 'b').is_ok());
+        assert_eq!(s.pop_departed(t0).map(|d| d.2), Some('a'));
+        // 1 kB/s: 8.5 kB of debt plus 1 kB for the next packet.
+        assert_eq!(s.next_departure(), Some(t0 + Duration::from_millis(9_500)));
     }
 }

@@ -30,9 +30,12 @@ struct Args {
     /// Seed of the random draws (same seed, same impairments for the same traffic).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Most client addresses relayed at once.
+    /// Most client addresses (and TCP connections) relayed at once.
     #[arg(long, default_value_t = 64)]
     max_flows: usize,
+    /// Also relay TCP on the same port (ICE-TCP): rate limit, delay and jitter only.
+    #[arg(long)]
+    tcp: bool,
     /// How often to print the counters (e.g. `5s`; 0 never).
     #[arg(long, default_value = "5", value_parser = parse_secs)]
     report: Duration,
@@ -61,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen: args.listen,
         seed: args.seed,
         max_flows: args.max_flows,
+        tcp: args.tcp,
         ..RelayConfig::loopback(args.upstream, profile.clone())
     })
     .await?;

@@ -202,3 +202,66 @@ async fn a_profile_change_reaches_open_flows() {
     };
     assert!(relay.set_profile(bad).is_err());
 }
+
+#[tokio::test]
+async fn tcp_streams_cross_the_relay_rate_limited_in_order_and_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A TCP echo server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    // The same address serves UDP and TCP; loss is ignored on a stream.
+    let link = LinkConfig {
+        loss: Loss::independent(0.5),
+        delay: Duration::from_millis(5),
+        ..LinkConfig::limited(4_000_000, Duration::from_millis(50))
+    };
+    let relay = Relay::start(RelayConfig {
+        tcp: true,
+        ..RelayConfig::loopback(
+            server,
+            Profile {
+                name: "custom",
+                uplink: link.clone(),
+                downlink: link,
+            },
+        )
+    })
+    .await
+    .expect("relay");
+    let mut client = tokio::net::TcpStream::connect(relay.local_addr())
+        .await
+        .expect("connects to the relay");
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = client.split();
+    let write = async {
+        w.write_all(&sent).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let mut echoed = Vec::new();
+    let read = async {
+        tokio::time::timeout(PATIENCE, r.read_to_end(&mut echoed))
+            .await
+            .expect("the echo in time")
+            .expect("read");
+    };
+    tokio::join!(write, read);
+    assert_eq!(echoed.len(), sent.len());
+    assert!(echoed == sent, "bytes changed or reordered");
+    let stats = relay.stats();
+    assert_eq!(stats.uplink.delivered_bytes, sent.len() as u64);
+    assert_eq!(stats.downlink.delivered_bytes, sent.len() as u64);
+    assert_eq!((stats.uplink.lost, stats.uplink.overflowed), (0, 0));
+    // A 50 ms queue at 4 Mbit/s holds 25 kB: the sender was held back, never dropped.
+    assert!(stats.uplink.max_queued_bytes <= 25_000);
+    assert!(stats.uplink.max_queued_bytes > 0);
+}
