@@ -99,6 +99,9 @@ pub struct ControllerConfig {
     pub tick: Duration,
     /// A feedback sample older than this is ignored.
     pub max_age: Duration,
+    /// Runs of the rule in a row that must see congestion before a cut (a real queue lasts;
+    /// a host that stalls for a moment does not).
+    pub persistence: u32,
     /// Queue delay is the smallest one-way delay over this window: a real queue lasts, a
     /// scheduling hiccup on either host does not.
     pub delay_window: Duration,
@@ -123,6 +126,7 @@ impl ControllerConfig {
             hold: Duration::from_secs(1),
             tick: Duration::from_millis(200),
             max_age: Duration::from_secs(2),
+            persistence: 2,
             delay_window: Duration::from_millis(300),
         }
     }
@@ -147,6 +151,8 @@ pub struct ControllerStats {
     pub target_bps: u64,
     /// Cuts so far.
     pub decreases: u64,
+    /// Of those, cuts for queue delay (the others were for loss).
+    pub delay_cuts: u64,
     /// Queue delay last seen (RTT above the smallest), if known.
     pub queue_delay: Option<Duration>,
     /// Loss fraction of the last window, if known.
@@ -163,6 +169,7 @@ pub struct RateController {
     next_tick: Instant,
     last_tick: Instant,
     hold_until: Instant,
+    congested_runs: u32,
     /// The rate at the last cut (smoothed over cuts): where the path gave out.
     last_cut: Option<f64>,
     rtt_min: Option<Duration>,
@@ -188,6 +195,7 @@ impl RateController {
             next_tick: now + config.tick,
             last_tick: now,
             hold_until: now,
+            congested_runs: 0,
             last_cut: None,
             rtt_min: None,
             rtt: None,
@@ -314,8 +322,14 @@ impl RateController {
                 .map(|(l, _)| l)
         };
 
-        let congested = queue_delay.is_some_and(|d| d > c.queue_delay_high)
-            || loss.is_some_and(|l| l > c.loss_high);
+        let delayed = queue_delay.is_some_and(|d| d > c.queue_delay_high);
+        let lossy = loss.is_some_and(|l| l > c.loss_high);
+        self.congested_runs = if delayed || lossy {
+            self.congested_runs + 1
+        } else {
+            0
+        };
+        let congested = self.congested_runs >= c.persistence;
         let clear = queue_delay.is_none_or(|d| d < c.queue_delay_low)
             && loss.is_none_or(|l| l < c.loss_low)
             && (queue_delay.is_some() || loss.is_some());
@@ -328,7 +342,11 @@ impl RateController {
             );
             self.target *= c.decrease;
             self.hold_until = now + c.hold;
+            self.congested_runs = 0;
             self.stats.decreases += 1;
+            if delayed {
+                self.stats.delay_cuts += 1;
+            }
             Decision::Decrease
         } else if clear {
             let dt = elapsed.as_secs_f64();
@@ -519,16 +537,16 @@ mod tests {
         path.run(&mut c, t0, Duration::ZERO, Duration::from_secs(30));
         assert_eq!(c.target_bps(), 1_000_000);
         assert_eq!(c.stats().decreases, 0);
-        // 20 % loss with no delay signal at all: cut.
-        let now = t0 + Duration::from_secs(31);
-        c.handle_feedback(
-            now,
-            Feedback::Transport {
+        // 20 % loss with no delay signal at all, two runs of the rule in a row: cut.
+        for ms in [31_000, 31_200] {
+            let now = t0 + Duration::from_millis(ms);
+            let lossy = Feedback::Transport {
                 reported: 100,
                 lost: 20,
-            },
-        );
-        c.handle_timeout(now);
+            };
+            c.handle_feedback(now, lossy);
+            c.handle_timeout(now);
+        }
         assert_eq!(c.stats().decision, Decision::Decrease);
         assert_eq!(c.target_bps(), 850_000);
     }

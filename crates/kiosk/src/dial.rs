@@ -295,6 +295,8 @@ pub struct DialStats {
     pub uplink_target_bps: u64,
     /// Times the rate controller cut the target, over every session.
     pub uplink_decreases: u64,
+    /// Of those, cuts for queue delay (the others were for loss).
+    pub uplink_delay_cuts: u64,
 }
 
 /// Claims read from a JWT without checking its signature (the server checks it), to choose
@@ -1114,6 +1116,7 @@ async fn adapt_loop(
     let mut current: Option<Arc<Publisher>> = None;
     let mut controller: Option<RateController> = None;
     let mut decreases_before = 0;
+    let mut delay_cuts_before = 0;
     let mut tick = tokio::time::interval(ADAPT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1126,6 +1129,7 @@ async fn adapt_loop(
             current = publisher.borrow_and_update().clone();
             if let Some(old) = &controller {
                 decreases_before += old.stats().decreases;
+                delay_cuts_before += old.stats().delay_cuts;
             }
             controller = current.as_ref().map(|_| {
                 RateController::new(
@@ -1145,6 +1149,7 @@ async fn adapt_loop(
         if let Ok(mut s) = stats.lock() {
             s.uplink_target_bps = c.target_bps();
             s.uplink_decreases = decreases;
+            s.uplink_delay_cuts = delay_cuts_before + c.stats().delay_cuts;
         }
         let Some(target) = c.poll_output() else {
             continue;

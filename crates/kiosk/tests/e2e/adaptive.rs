@@ -172,7 +172,12 @@ fn describe(
     stats: &dial::DialStats,
 ) -> String {
     format!(
-        "sent {sent_bps:.0} bit/s; relay before {:?} after {:?}; kiosk target {} bit/s, {} cuts, tracks {:?}",
-        before.uplink, after.uplink, stats.uplink_target_bps, stats.uplink_decreases, stats.tracks
+        "sent {sent_bps:.0} bit/s; relay before {:?} after {:?}; kiosk target {} bit/s, {} cuts ({} for delay), tracks {:?}",
+        before.uplink,
+        after.uplink,
+        stats.uplink_target_bps,
+        stats.uplink_decreases,
+        stats.uplink_delay_cuts,
+        stats.tracks
     )
 }
