@@ -41,8 +41,8 @@ use crate::devices::{
     START_MEASUREMENT,
 };
 use crate::sources::{
-    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, SourceError,
-    VideoSource,
+    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
+    SourceError, VideoSource, Vp8Config,
 };
 use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
 
@@ -533,13 +533,25 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
             Input::Off => None,
         })
     };
+    // Periodic keyframes are only a fallback (the server asks with a PLI when a receiver
+    // needs one). Each camera has its own period so that their keyframes, several times a
+    // frame's size each, do not reach a small uplink's queue together.
+    let camera = |pattern, fps: u32, kbps, period_s: u32| {
+        VideoSource::new(
+            pattern,
+            Vp8Config {
+                keyframe_interval: fps.saturating_mul(period_s).max(1),
+                ..Vp8Config::new(fps, kbps)
+            },
+        )
+    };
     if let Some(s) = video(&m.room_camera, &|| {
-        VideoSource::room_camera(m.room_fps, m.room_kbps)
+        camera(Pattern::RoomCamera, m.room_fps, m.room_kbps, 10)
     })? {
         out.push((ROOM_CAMERA, Codec::Vp8, s));
     }
     if let Some(s) = video(&m.device_camera, &|| {
-        VideoSource::device_camera(m.device_fps, m.device_kbps)
+        camera(Pattern::Otoscope, m.device_fps, m.device_kbps, 7)
     })? {
         out.push((DEVICE_CAMERA, Codec::Vp8, s));
     }
