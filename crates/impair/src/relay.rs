@@ -69,6 +69,9 @@ pub struct RelayStats {
     pub flows: u64,
     /// Datagrams dropped (and TCP connections closed) because `max_flows` were open.
     pub refused_flows: u64,
+    /// Datagrams dropped before their flow's link because the flow task fell behind (a
+    /// starved machine, not an impairment).
+    pub backlog_drops: u64,
     /// Client → server.
     pub uplink: LinkStats,
     /// Server → client.
@@ -152,6 +155,7 @@ impl Relay {
         let mut stats = RelayStats {
             flows: flows.len() as u64,
             refused_flows: self.shared.refused.load(Ordering::Relaxed),
+            backlog_drops: self.shared.backlog_drops.load(Ordering::Relaxed),
             ..RelayStats::default()
         };
         for flow in flows.iter() {
@@ -179,13 +183,15 @@ impl Drop for Relay {
 pub(crate) struct Shared {
     pub(crate) flows: Mutex<Vec<Arc<FlowCounters>>>,
     pub(crate) refused: AtomicU64,
+    pub(crate) backlog_drops: AtomicU64,
 }
 
 /// One flow's (uplink, downlink) counters.
 pub(crate) type FlowCounters = Mutex<(LinkStats, LinkStats)>;
 
 /// Datagrams waiting between the listen task and one flow task. Only a starved flow task
-/// (an overloaded test machine) fills it; the excess is then dropped uncounted.
+/// (an overloaded test machine) fills it; the excess is dropped and counted
+/// ([`RelayStats::backlog_drops`]).
 const FLOW_CHANNEL: usize = 4096;
 
 /// Largest datagram relayed.
@@ -222,7 +228,9 @@ async fn listen_loop(
         let datagram = buf.split().freeze();
         if let Some(flow) = flows.get(&from) {
             if !flow.is_closed() {
-                let _ = flow.try_send(datagram);
+                if let Err(mpsc::error::TrySendError::Full(_)) = flow.try_send(datagram) {
+                    shared.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             flows.remove(&from);

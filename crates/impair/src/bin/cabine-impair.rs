@@ -86,8 +86,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } => {
                 let s = relay.stats();
                 println!(
-                    "flows {} | up: {} in, {} lost, {} overflowed, {} out | down: {} in, {} lost, {} overflowed, {} out",
-                    s.flows, s.uplink.offered, s.uplink.lost, s.uplink.overflowed, s.uplink.delivered,
+                    "flows {} (refused {}, backlog drops {}) | up: {} in, {} lost, {} overflowed, {} out | down: {} in, {} lost, {} overflowed, {} out",
+                    s.flows, s.refused_flows, s.backlog_drops, s.uplink.offered, s.uplink.lost, s.uplink.overflowed, s.uplink.delivered,
                     s.downlink.offered, s.downlink.lost, s.downlink.overflowed, s.downlink.delivered,
                 );
             }

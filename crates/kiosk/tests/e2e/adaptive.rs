@@ -172,9 +172,10 @@ fn describe(
     stats: &dial::DialStats,
 ) -> String {
     format!(
-        "sent {sent_bps:.0} bit/s; relay before {:?} after {:?}; kiosk target {} bit/s, {} cuts ({} for delay), tracks {:?}",
+        "sent {sent_bps:.0} bit/s; relay before {:?} after {:?} ({} backlog drops); kiosk target {} bit/s, {} cuts ({} for delay), tracks {:?}",
         before.uplink,
         after.uplink,
+        after.backlog_drops,
         stats.uplink_target_bps,
         stats.uplink_decreases,
         stats.uplink_delay_cuts,
