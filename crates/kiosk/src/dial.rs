@@ -353,12 +353,17 @@ pub async fn run(
             .map_err(|_| DialError::InvalidConfig("stats lock poisoned".into()))?
             .tracks
             .insert(track_id.to_owned(), TrackStats::default());
-        let (tx, rx) = mpsc::channel(8);
+        // Audio catches up after a stall (every sample matters); a camera drops the frames it
+        // missed, like a real one, rather than sending a burst of stale frames that a small
+        // uplink's queue cannot take. Its queue to the pump is short for the same reason.
+        let catch_up = codec == Codec::Opus;
+        let (tx, rx) = mpsc::channel(if catch_up { 8 } else { 2 });
         let force = Arc::new(AtomicBool::new(true));
         let control = Arc::new(TrackControl::default());
         threads.push(spawn_source(
             track_id,
             source,
+            catch_up,
             tx,
             Arc::clone(&force),
             Arc::clone(&control),
@@ -579,6 +584,7 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
 fn spawn_source(
     track_id: &'static str,
     mut source: Box<dyn MediaSource>,
+    catch_up: bool,
     tx: mpsc::Sender<EncodedFrame>,
     force_keyframe: Arc<AtomicBool>,
     control: Arc<TrackControl>,
@@ -611,8 +617,9 @@ fn spawn_source(
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
-                } else if now - due > Duration::from_secs(1) {
-                    // Far behind (suspended machine): start again from now, no burst.
+                } else if !catch_up || now - due > Duration::from_secs(1) {
+                    // Behind: a camera skips what it missed; audio only when far behind
+                    // (suspended machine). Start again from now, no burst.
                     due = now;
                 }
             }
