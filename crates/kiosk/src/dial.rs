@@ -27,19 +27,22 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
+use crate::budget::{Budget, Share, VideoDemand};
+use crate::congestion::{ControllerConfig, RateController};
 use crate::devices::{
     codes, ChannelId, CommandOutcome, DeviceError, DeviceOutput, Devices, DevicesConfig,
     START_MEASUREMENT,
 };
 use crate::sources::{
-    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, SourceError, VideoSource,
+    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
+    SourceError, VideoSource, Vp8Config,
 };
 use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
 
@@ -84,6 +87,11 @@ pub struct MediaConfig {
     pub device_kbps: u32,
     /// Stethoscope Opus bitrate, bit/s (at least 64000).
     pub stethoscope_bps: u32,
+    /// Adapt the video bitrates to the uplink (see [`congestion`](crate::congestion)): the
+    /// audio tracks keep their bitrates, the device camera gets its share before the room
+    /// camera, which is paused when even its minimum does not fit. Off: every encoder runs
+    /// at its configured bitrate whatever the link does.
+    pub adaptive: bool,
 }
 
 impl Default for MediaConfig {
@@ -98,6 +106,7 @@ impl Default for MediaConfig {
             device_fps: 15,
             device_kbps: 400,
             stethoscope_bps: 96_000,
+            adaptive: true,
         }
     }
 }
@@ -257,6 +266,11 @@ pub struct TrackStats {
     /// RTCP feedback packets received (receiver reports and transport-wide congestion
     /// control), in the current session: the sign the server still hears this track.
     pub feedback: u64,
+    /// The encoder bitrate the uplink budget gives this video track, bit/s (0 before the
+    /// first decision, and for audio, which keeps its configured bitrate).
+    pub budget_bps: u32,
+    /// Frames not sent because the budget paused the track.
+    pub paused_frames: u64,
 }
 
 /// What a [`run`] did.
@@ -276,6 +290,13 @@ pub struct DialStats {
     pub device_outputs: u64,
     /// The telemetry link to the server's sidecar.
     pub telemetry: crate::telemetry::TelemetryStats,
+    /// The uplink rate controller's current target, bit/s on the wire (0 when not adaptive
+    /// or not publishing).
+    pub uplink_target_bps: u64,
+    /// Times the rate controller cut the target, over every session.
+    pub uplink_decreases: u64,
+    /// Of those, cuts for queue delay (the others were for loss).
+    pub uplink_delay_cuts: u64,
 }
 
 /// Claims read from a JWT without checking its signature (the server checks it), to choose
@@ -321,6 +342,7 @@ pub async fn run(
     let mut specs = Vec::new();
     let mut threads = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut controls = Vec::new();
     for (track_id, codec, source) in sources {
         specs.push(match codec {
             Codec::Opus => TrackSpec::audio(stream_id.clone(), track_id),
@@ -331,14 +353,37 @@ pub async fn run(
             .map_err(|_| DialError::InvalidConfig("stats lock poisoned".into()))?
             .tracks
             .insert(track_id.to_owned(), TrackStats::default());
-        let (tx, rx) = mpsc::channel(8);
+        // Audio catches up after a stall (every sample matters); a camera drops the frames it
+        // missed, like a real one, rather than sending a burst of stale frames that a small
+        // uplink's queue cannot take. Its queue to the pump is short for the same reason.
+        let catch_up = codec == Codec::Opus;
+        let (tx, rx) = mpsc::channel(if catch_up { 8 } else { 2 });
         let force = Arc::new(AtomicBool::new(true));
-        threads.push(spawn_source(track_id, source, tx, Arc::clone(&force))?);
+        let control = Arc::new(TrackControl::default());
+        threads.push(spawn_source(
+            track_id,
+            source,
+            catch_up,
+            tx,
+            Arc::clone(&force),
+            Arc::clone(&control),
+        )?);
         tasks.spawn(pump(
             track_id,
             rx,
             pub_rx.clone(),
             force,
+            Arc::clone(&control),
+            Arc::clone(&stats),
+            stop_rx.clone(),
+        ));
+        controls.push((track_id, control));
+    }
+    if config.media.adaptive {
+        tasks.spawn(adapt_loop(
+            budget(&config.media, &controls),
+            controls,
+            pub_rx.clone(),
             Arc::clone(&stats),
             stop_rx.clone(),
         ));
@@ -484,29 +529,52 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
             Input::Off => None,
         })
     };
-    let audio = |input: &Input, synthetic: &dyn Fn() -> Result<AudioSource, SourceError>| {
+    let audio = |input: &Input,
+                 synthetic: &dyn Fn() -> Result<AudioSource, SourceError>,
+                 config: OpusConfig| {
         Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
             Input::Synthetic => Some(Box::new(synthetic()?)),
-            Input::File(p) => Some(Box::new(OggOpusSource::open(p)?)),
+            Input::File(p) => Some(Box::new(OggOpusSource::open(p, config)?)),
             Input::Off => None,
         })
     };
+    // Periodic keyframes are only a fallback (the server asks with a PLI when a receiver
+    // needs one). Each camera has its own period so that their keyframes, several times a
+    // frame's size each, do not reach a small uplink's queue together.
+    let camera = |pattern, fps: u32, kbps, period_s: u32| {
+        VideoSource::new(
+            pattern,
+            Vp8Config {
+                keyframe_interval: fps.saturating_mul(period_s).max(1),
+                ..Vp8Config::new(fps, kbps)
+            },
+        )
+    };
     if let Some(s) = video(&m.room_camera, &|| {
-        VideoSource::room_camera(m.room_fps, m.room_kbps)
+        camera(Pattern::RoomCamera, m.room_fps, m.room_kbps, 10)
     })? {
         out.push((ROOM_CAMERA, Codec::Vp8, s));
     }
     if let Some(s) = video(&m.device_camera, &|| {
-        VideoSource::device_camera(m.device_fps, m.device_kbps)
+        camera(Pattern::Otoscope, m.device_fps, m.device_kbps, 7)
     })? {
         out.push((DEVICE_CAMERA, Codec::Vp8, s));
     }
-    if let Some(s) = audio(&m.microphone, &|| AudioSource::microphone(config.seed))? {
+    if let Some(s) = audio(
+        &m.microphone,
+        &|| AudioSource::microphone(config.seed),
+        OpusConfig::microphone(),
+    )? {
         out.push((MICROPHONE, Codec::Opus, s));
     }
-    if let Some(s) = audio(&m.stethoscope, &|| {
-        AudioSource::stethoscope(config.seed, config.heart_rate_bpm, m.stethoscope_bps)
-    })? {
+    if let Some(s) = audio(
+        &m.stethoscope,
+        &|| AudioSource::stethoscope(config.seed, config.heart_rate_bpm, m.stethoscope_bps),
+        OpusConfig {
+            bitrate_bps: m.stethoscope_bps,
+            ..OpusConfig::stethoscope()
+        },
+    )? {
         out.push((STETHOSCOPE, Codec::Opus, s));
     }
     Ok(out)
@@ -516,14 +584,24 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
 fn spawn_source(
     track_id: &'static str,
     mut source: Box<dyn MediaSource>,
+    catch_up: bool,
     tx: mpsc::Sender<EncodedFrame>,
     force_keyframe: Arc<AtomicBool>,
+    control: Arc<TrackControl>,
 ) -> Result<std::thread::JoinHandle<()>, DialError> {
     std::thread::Builder::new()
         .name(format!("src-{track_id}"))
         .spawn(move || {
             let mut due = Instant::now();
+            let mut bitrate = UNCHANGED;
             loop {
+                let wanted = control.bitrate_bps.load(Ordering::Relaxed);
+                if wanted != bitrate && wanted != UNCHANGED {
+                    bitrate = wanted;
+                    if let Err(e) = source.set_bitrate(wanted) {
+                        tracing::warn!(track = track_id, error = %e, "cannot change the bitrate");
+                    }
+                }
                 let force = force_keyframe.swap(false, Ordering::Relaxed);
                 let frame = match source.next_frame(force) {
                     Ok(f) => f,
@@ -539,8 +617,9 @@ fn spawn_source(
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
-                } else if now - due > Duration::from_secs(1) {
-                    // Far behind (suspended machine): start again from now, no burst.
+                } else if !catch_up || now - due > Duration::from_secs(1) {
+                    // Behind: a camera skips what it missed; audio only when far behind
+                    // (suspended machine). Start again from now, no burst.
                     due = now;
                 }
             }
@@ -554,12 +633,14 @@ async fn pump(
     mut frames: mpsc::Receiver<EncodedFrame>,
     mut publisher: watch::Receiver<Option<Arc<Publisher>>>,
     force_keyframe: Arc<AtomicBool>,
+    control: Arc<TrackControl>,
     stats: Arc<Mutex<DialStats>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<Arc<Publisher>> = None;
     let mut seen_requests = 0;
     let mut last_forced = Instant::now();
+    let mut was_paused = false;
     loop {
         let frame = tokio::select! {
             f = frames.recv() => match f { Some(f) => f, None => break },
@@ -586,6 +667,17 @@ async fn pump(
         };
         if frame.data.is_empty() {
             continue;
+        }
+        if control.paused.load(Ordering::Relaxed) {
+            was_paused = true;
+            update(&mut |t| t.paused_frames += 1);
+            continue;
+        }
+        if was_paused {
+            // Resumed: the receiver needs a keyframe to decode again (this frame is sent; the
+            // next one is a keyframe).
+            was_paused = false;
+            force_keyframe.store(true, Ordering::Relaxed);
         }
         match track.write_sample(&frame.data, frame.duration).await {
             Ok(_) => update(&mut |t| {
@@ -970,6 +1062,140 @@ async fn devices_loop(
                 dropped,
                 "devices"
             );
+        }
+    }
+}
+
+/// The bitrate value meaning "leave the encoder as configured".
+const UNCHANGED: u32 = u32::MAX;
+
+/// Smallest bitrate a camera is sent at (VP8 at 640x360 is a slideshow below); under it the
+/// camera is paused instead.
+const VIDEO_MIN_BPS: u32 = 100_000;
+
+/// How often the rate controller is fed and consulted.
+const ADAPT_EVERY: Duration = Duration::from_millis(100);
+
+/// What the uplink budget tells one track's source thread and pump.
+#[derive(Debug)]
+struct TrackControl {
+    /// Encoder bitrate to use ([`UNCHANGED`]: as configured).
+    bitrate_bps: AtomicU32,
+    /// Do not send the frames.
+    paused: AtomicBool,
+}
+
+impl Default for TrackControl {
+    fn default() -> Self {
+        TrackControl {
+            bitrate_bps: AtomicU32::new(UNCHANGED),
+            paused: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The budget of the tracks that are on: audio at its configured bitrates, then the device
+/// camera, then the room camera.
+fn budget(media: &MediaConfig, controls: &[(&'static str, Arc<TrackControl>)]) -> Budget {
+    let on = |id: &str| controls.iter().any(|(t, _)| *t == id);
+    let mut audio = Vec::new();
+    if on(MICROPHONE) {
+        audio.push(OpusConfig::microphone().bitrate_bps);
+    }
+    if on(STETHOSCOPE) {
+        audio.push(media.stethoscope_bps);
+    }
+    let mut videos = Vec::new();
+    for (id, kbps) in [
+        (DEVICE_CAMERA, media.device_kbps),
+        (ROOM_CAMERA, media.room_kbps),
+    ] {
+        if on(id) {
+            let max_bps = kbps.saturating_mul(1000);
+            videos.push(VideoDemand {
+                track_id: id,
+                min_bps: VIDEO_MIN_BPS.min(max_bps),
+                max_bps,
+            });
+        }
+    }
+    Budget::new(&audio, videos)
+}
+
+/// Feeds each publishing session's RTCP feedback to a rate controller and splits its target
+/// between the video encoders (a new controller per session: a new path may have a new
+/// round trip).
+async fn adapt_loop(
+    budget: Budget,
+    controls: Vec<(&'static str, Arc<TrackControl>)>,
+    mut publisher: watch::Receiver<Option<Arc<Publisher>>>,
+    stats: Arc<Mutex<DialStats>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut current: Option<Arc<Publisher>> = None;
+    let mut controller: Option<RateController> = None;
+    let mut decreases_before = 0;
+    let mut delay_cuts_before = 0;
+    let mut tick = tokio::time::interval(ADAPT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let now = Instant::now();
+        if publisher.has_changed().unwrap_or(false) {
+            current = publisher.borrow_and_update().clone();
+            if let Some(old) = &controller {
+                decreases_before += old.stats().decreases;
+                delay_cuts_before += old.stats().delay_cuts;
+            }
+            controller = current.as_ref().map(|_| {
+                RateController::new(
+                    ControllerConfig::new(budget.min_bps(), budget.max_bps()),
+                    now,
+                )
+            });
+        }
+        let (Some(p), Some(c)) = (&current, controller.as_mut()) else {
+            continue;
+        };
+        for feedback in p.take_feedback() {
+            c.handle_feedback(now, feedback);
+        }
+        c.handle_timeout(now);
+        let decreases = decreases_before + c.stats().decreases;
+        if let Ok(mut s) = stats.lock() {
+            s.uplink_target_bps = c.target_bps();
+            s.uplink_decreases = decreases;
+            s.uplink_delay_cuts = delay_cuts_before + c.stats().delay_cuts;
+        }
+        let Some(target) = c.poll_output() else {
+            continue;
+        };
+        let shares = budget.split(target);
+        for (track_id, share) in &shares {
+            let Some((_, control)) = controls.iter().find(|(t, _)| t == track_id) else {
+                continue;
+            };
+            match share {
+                Share::Send(bps) => {
+                    control.bitrate_bps.store(*bps, Ordering::Relaxed);
+                    control.paused.store(false, Ordering::Relaxed);
+                }
+                Share::Paused => control.paused.store(true, Ordering::Relaxed),
+            }
+        }
+        tracing::debug!(target_bps = target, ?shares, "uplink budget");
+        if let Ok(mut s) = stats.lock() {
+            for (track_id, share) in &shares {
+                if let Some(t) = s.tracks.get_mut(*track_id) {
+                    t.budget_bps = match share {
+                        Share::Send(bps) => *bps,
+                        Share::Paused => 0,
+                    };
+                }
+            }
         }
     }
 }

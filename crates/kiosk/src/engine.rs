@@ -1,7 +1,7 @@
 //! Building `webrtc` peer connections configured for Cabine, and the offer/connect steps shared
 //! by publishers and subscribers.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use webrtc::sdp::extmap;
 use crate::error::{Error, Result};
 use crate::media::Codec;
 use crate::options::ClientOptions;
+use crate::send_times::{SendLog, SendTimesBuilder};
 
 /// A new peer connection plus a watch of its connection state.
 pub(crate) struct NewPeer {
@@ -33,21 +34,29 @@ pub(crate) struct NewPeer {
 }
 
 /// Which side of the SFU a peer connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// WHIP: send-only.
-    Publish,
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role<'a> {
+    /// WHIP: send-only; every packet's transport-wide sequence number and send time go to
+    /// the log (for the rate controller).
+    Publish(&'a Arc<SendLog>),
     /// WHEP: receive-only.
     Subscribe,
 }
 
 /// Creates a peer connection with the client's codecs, header extensions, interceptors (NACK,
 /// RTCP reports, TWCC) and ICE settings.
-pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Result<NewPeer> {
+pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role<'_>) -> Result<NewPeer> {
     let mut media = MediaEngine::default();
     // Interceptors first: they add their RTCP feedback to the codecs already registered, and
     // our codec capabilities list all their feedback already (no duplicates that way).
     let mut registry = Registry::new();
+    // First in the registry is innermost in the chain: it sees each packet last, numbered by
+    // the TWCC interceptor, retransmissions included.
+    if let Role::Publish(log) = role {
+        registry.add(Box::new(SendTimesBuilder {
+            log: Arc::clone(log),
+        }));
+    }
     registry = configure_nack(registry, &mut media);
     registry = configure_rtcp_reports(registry);
     registry = configure_twcc(registry, &mut media).map_err(Error::webrtc("configuring TWCC"))?;
@@ -65,7 +74,7 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role) -> Res
     // that probing stops before touching the stream and the receiver later picks up the
     // buffered packets. Consequence: the server's answer must declare its SSRCs (`a=ssrc`).
     let extensions: &[(&str, &[RTPCodecType])] = match role {
-        Role::Publish => &[
+        Role::Publish(_) => &[
             (
                 extmap::SDES_MID_URI,
                 &[RTPCodecType::Audio, RTPCodecType::Video],
@@ -241,9 +250,64 @@ pub(crate) fn strip_simulcast_ssrcs(sdp: &str) -> String {
     out
 }
 
+/// Replaces the UDP ICE candidates of an SDP answer by one host candidate at `via` (the first
+/// UDP candidate of each media section, with its foundation, component and priority, moved to
+/// `via`), and drops the TCP ones. See [`ClientOptions::media_via`].
+pub(crate) fn redirect_candidates(sdp: &str, via: SocketAddr) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(sdp.len());
+    let mut redirected_in_section = false;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            redirected_in_section = false;
+        }
+        if let Some(candidate) = line.strip_prefix("a=candidate:") {
+            // foundation component transport priority address port "typ" type [...]
+            let fields: Vec<&str> = candidate.split_whitespace().collect();
+            let udp = fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("udp"));
+            if !udp || fields.len() < 8 || redirected_in_section {
+                continue;
+            }
+            redirected_in_section = true;
+            out.push_str(&format!(
+                "a=candidate:{} {} udp {} {} {} typ host{eol}",
+                fields[0],
+                fields[1],
+                fields[3],
+                via.ip(),
+                via.port()
+            ));
+            continue;
+        }
+        out.push_str(line);
+        out.push_str(eol);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip_simulcast_ssrcs;
+    use super::{redirect_candidates, strip_simulcast_ssrcs};
+
+    #[test]
+    fn candidates_are_redirected_once_per_section_and_tcp_ones_dropped() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=candidate:1 1 udp 2130706431 10.0.0.1 7882 typ host\r\n\
+                   a=candidate:2 1 udp 2130706175 10.0.0.2 7882 typ host\r\n\
+                   a=candidate:3 1 tcp 1671430143 10.0.0.1 7882 typ host tcptype passive\r\n\
+                   a=end-of-candidates\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=candidate:1 1 UDP 2130706431 10.0.0.1 7882 typ host\r\n";
+        let out = redirect_candidates(sdp, "127.0.0.1:4000".parse().expect("addr"));
+        assert_eq!(
+            out,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n\
+             a=end-of-candidates\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n"
+        );
+    }
 
     #[test]
     fn ssrc_lines_are_removed_only_from_simulcast_sections() {

@@ -15,6 +15,9 @@
 //! - [`devices`]: simulated medical devices (pulse oximeter, ECG, thermometer, blood pressure
 //!   cuff, scale) as a sans-IO state machine producing coded measurements and waveforms.
 //!
+//! - [`congestion`]: the uplink rate controller (sans-IO) fed by the publisher's RTCP
+//!   ([`Publisher::take_feedback`]), and [`budget`]: how its target is split between tracks
+//!   (audio first, device camera before room camera).
 //! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices and
 //!   their telemetry) that reconnects by itself; what the `cabine-kiosk dial` command runs.
 //! - [`stills`]: full-resolution JPEG stills of the device camera, on the doctor's command.
@@ -29,14 +32,18 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
+pub mod congestion;
 pub mod devices;
 pub mod dial;
 mod engine;
 mod error;
+mod feedback;
 mod ice_links;
 mod media;
 mod options;
 mod publisher;
+mod send_times;
 mod session;
 pub mod sources;
 pub mod stills;

@@ -1,5 +1,6 @@
 //! Client configuration.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use webrtc::ice_transport::ice_server::RTCIceServer;
@@ -83,6 +84,13 @@ pub struct ClientOptions {
     /// WHEP only: offer a data channel (`commands`), so the server opens its `telemetry`
     /// channels towards this subscriber and accepts device commands from it.
     pub data_channel: bool,
+    /// Reach the server's media through this address instead of the one in its answer: every
+    /// UDP ICE candidate of the SDP answer is replaced by one candidate with this address and
+    /// port (TCP candidates are dropped). For a relay in front of the server's media port,
+    /// such as the `cabine-impair` link emulator: the client's checks and media go to the
+    /// relay, which forwards them from its own socket; the server (ICE-lite) answers that
+    /// socket as a peer-reflexive candidate. `None` (the default) uses the answer as is.
+    pub media_via: Option<SocketAddr>,
 }
 
 impl Default for ClientOptions {
@@ -99,6 +107,7 @@ impl Default for ClientOptions {
             recv_video: 1,
             recv_audio: 3,
             data_channel: false,
+            media_via: None,
         }
     }
 }

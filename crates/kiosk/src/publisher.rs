@@ -23,10 +23,13 @@ use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
+use crate::congestion::Feedback;
 use crate::engine::{self, NewPeer};
 use crate::error::{Error, Result};
+use crate::feedback::FeedbackLog;
 use crate::media::{Codec, MediaKind, TrackSpec};
 use crate::options::ClientOptions;
+use crate::send_times::SendLog;
 use crate::session::Session;
 
 /// Payload size limit used by [`LocalTrack::write_sample`] when splitting a frame into RTP
@@ -400,6 +403,7 @@ fn spawn_rtcp_reader(
     sender: Arc<RTCRtpSender>,
     rid: Option<String>,
     counters: Arc<RtcpCounters>,
+    feedback: Arc<FeedbackLog>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -411,6 +415,7 @@ fn spawn_rtcp_reader(
                 Ok((packets, _)) => {
                     for p in &packets {
                         counters.record(p.as_ref());
+                        feedback.record(p.as_ref());
                     }
                 }
                 Err(e) => {
@@ -422,7 +427,11 @@ fn spawn_rtcp_reader(
     })
 }
 
-async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack> {
+async fn add_track(
+    pc: &RTCPeerConnection,
+    spec: TrackSpec,
+    feedback: &Arc<FeedbackLog>,
+) -> Result<LocalTrack> {
     let capability = spec.codec.capability();
     let statics: Vec<Arc<TrackLocalStaticRTP>> = if spec.simulcast_rids.is_empty() {
         vec![Arc::new(TrackLocalStaticRTP::new(
@@ -481,6 +490,7 @@ async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack
             Arc::clone(&sender),
             rid,
             Arc::clone(&layer.rtcp),
+            Arc::clone(feedback),
         ));
         layers.push(layer);
     }
@@ -495,7 +505,7 @@ async fn add_track(pc: &RTCPeerConnection, spec: TrackSpec) -> Result<LocalTrack
 async fn prepare(
     tracks: Vec<TrackSpec>,
     opts: &ClientOptions,
-) -> Result<(NewPeer, Vec<LocalTrack>)> {
+) -> Result<(NewPeer, Vec<LocalTrack>, Arc<FeedbackLog>)> {
     if tracks.is_empty() {
         return Err(Error::InvalidTrack("no track to publish".into()));
     }
@@ -511,10 +521,12 @@ async fn prepare(
             )));
         }
     }
-    let peer = engine::new_peer_connection(opts, engine::Role::Publish).await?;
+    let send_log = Arc::new(SendLog::default());
+    let peer = engine::new_peer_connection(opts, engine::Role::Publish(&send_log)).await?;
+    let feedback = Arc::new(FeedbackLog::new(send_log));
     let mut locals = Vec::with_capacity(tracks.len());
     for spec in tracks {
-        match add_track(&peer.pc, spec).await {
+        match add_track(&peer.pc, spec, &feedback).await {
             Ok(t) => locals.push(t),
             Err(e) => {
                 let _ = peer.pc.close().await;
@@ -522,14 +534,14 @@ async fn prepare(
             }
         }
     }
-    Ok((peer, locals))
+    Ok((peer, locals, feedback))
 }
 
 /// Builds the WHIP offer a [`Publisher`] would send for these tracks (ICE gathering included)
 /// without contacting any server; the peer connection is closed afterwards. Useful to test SDP
 /// handling on the server side with a real `webrtc` offer.
 pub async fn whip_offer(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<String> {
-    let (peer, _tracks) = prepare(tracks, opts).await?;
+    let (peer, _tracks, _feedback) = prepare(tracks, opts).await?;
     let offer = engine::gather_offer(&peer.pc, opts.gather_timeout).await;
     let _ = peer.pc.close().await;
     offer.map(|o| engine::strip_simulcast_ssrcs(&o))
@@ -557,6 +569,7 @@ pub async fn whip_offer(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<
 pub struct Publisher {
     session: Session,
     tracks: Vec<LocalTrack>,
+    feedback: Arc<FeedbackLog>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -588,14 +601,18 @@ impl Publisher {
         opts: ClientOptions,
     ) -> Result<Publisher> {
         let opts = crate::session::with_endpoint_ice(whip_url, token, opts).await?;
-        let (peer, mut tracks) = prepare(tracks, &opts).await?;
+        let (peer, mut tracks, feedback) = prepare(tracks, &opts).await?;
         let pc = Arc::clone(&peer.pc);
         let session = Session::negotiate(whip_url, token, peer, &opts).await?;
         // Transceivers were added in track order, so they line up.
         for (track, transceiver) in tracks.iter_mut().zip(pc.get_transceivers().await) {
             track.mid = transceiver.mid().map(|m| m.to_string());
         }
-        Ok(Publisher { session, tracks })
+        Ok(Publisher {
+            session,
+            tracks,
+            feedback,
+        })
     }
 
     /// All published tracks, in the order given to [`connect`](Self::connect).
@@ -611,6 +628,14 @@ impl Publisher {
     /// The published track with this msid track identifier.
     pub fn track_by_id(&self, track_id: &str) -> Option<&LocalTrack> {
         self.tracks.iter().find(|t| t.track_id() == track_id)
+    }
+
+    /// Takes the congestion feedback received since the last call (transport-wide feedback,
+    /// receiver reports with their round-trip times, REMB), for a
+    /// [`RateController`](crate::congestion::RateController). Each RTCP report is given once;
+    /// at most the last 1024 are kept between calls.
+    pub fn take_feedback(&self) -> Vec<Feedback> {
+        self.feedback.take()
     }
 
     /// The absolute URL of the WHIP session resource (from the `Location` header).

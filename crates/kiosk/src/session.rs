@@ -245,7 +245,11 @@ impl Session {
             let offer = engine::strip_simulcast_ssrcs(&offer);
             let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
             let connected = async {
-                engine::apply_answer(&pc, answer.clone()).await?;
+                let applied = match opts.media_via {
+                    Some(via) => engine::redirect_candidates(&answer, via),
+                    None => answer.clone(),
+                };
+                engine::apply_answer(&pc, applied).await?;
                 engine::wait_connected(&mut state, opts.connect_timeout).await
             }
             .await;

@@ -73,6 +73,8 @@ pub struct TelemetryStats {
     pub measurements: u64,
     /// Waveform chunks sent.
     pub waveforms: u64,
+    /// Device status frames (attached, measuring, battery…) sent.
+    pub statuses: u64,
     /// Outputs that could not be sent (not connected for waveforms and status, queue full).
     pub dropped: u64,
     /// Commands received from the server.
@@ -198,8 +200,40 @@ fn kiosk_us(client: &Client, t: Instant) -> u64 {
     }
 }
 
-/// Sends one device output; `Ok(true)` for a measurement queued.
-fn send(client: &Client, o: DeviceOutput) -> Result<bool, ClientError> {
+/// What kind of frame a device output became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// A measurement, queued until acknowledged.
+    Measurement,
+    /// A waveform chunk (datagram).
+    Waveform,
+    /// A device status frame.
+    Status,
+}
+
+impl Sent {
+    fn of(o: &DeviceOutput) -> Sent {
+        match o {
+            DeviceOutput::Measurement(_) => Sent::Measurement,
+            DeviceOutput::Waveform(_) => Sent::Waveform,
+            DeviceOutput::Status(_) => Sent::Status,
+        }
+    }
+}
+
+/// Counts one send attempt in the link's counters.
+fn count(stats: &mut TelemetryStats, sent: Result<Sent, ClientError>) {
+    match sent {
+        Ok(Sent::Measurement) => stats.measurements += 1,
+        Ok(Sent::Waveform) => stats.waveforms += 1,
+        Ok(Sent::Status) => stats.statuses += 1,
+        Err(_) => stats.dropped += 1,
+    }
+}
+
+/// Sends one device output; says what it became.
+fn send(client: &Client, o: DeviceOutput) -> Result<Sent, ClientError> {
+    let kind = Sent::of(&o);
     match o {
         DeviceOutput::Measurement(m) => {
             let w = wire::Measurement {
@@ -221,7 +255,7 @@ fn send(client: &Client, o: DeviceOutput) -> Result<bool, ClientError> {
                     MeasurementStatus::Questionable => wire::MeasurementStatus::Questionable,
                 } as i32,
             };
-            client.send_measurement(w).map(|_| true)
+            client.send_measurement(w).map(|_| kind)
         }
         DeviceOutput::Waveform(w) => {
             let chunk = wire::WaveformChunk {
@@ -234,7 +268,7 @@ fn send(client: &Client, o: DeviceOutput) -> Result<bool, ClientError> {
                 offset: w.offset,
                 samples: w.samples.iter().map(|&s| i32::from(s)).collect(),
             };
-            client.send_waveform(chunk).map(|_| false)
+            client.send_waveform(chunk).map(|_| kind)
         }
         DeviceOutput::Status(s) => {
             let status = wire::Status {
@@ -249,7 +283,7 @@ fn send(client: &Client, o: DeviceOutput) -> Result<bool, ClientError> {
                 battery_percent: s.battery_percent.map(u32::from),
                 detail: s.detail,
             };
-            client.send_status(status).map(|_| false)
+            client.send_status(status).map(|_| kind)
         }
     }
 }
@@ -360,12 +394,7 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 let Some(o) = o else { break };
                 let r = send(&client, o);
                 let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
-                let s = &mut st.telemetry;
-                match r {
-                    Ok(true) => s.measurements += 1,
-                    Ok(false) => s.waveforms += 1,
-                    Err(_) => s.dropped += 1,
-                }
+                count(&mut st.telemetry, r);
             }
             cmd = client.next_command() => {
                 let Some(cmd) = cmd else { break };
@@ -514,5 +543,33 @@ async fn network_changed(n: Option<&Notify>) {
     match n {
         Some(n) => n.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::devices::DeviceStatus;
+
+    #[test]
+    fn status_frames_are_counted_as_statuses_not_waveforms() {
+        let status = DeviceOutput::Status(DeviceStatus {
+            channel: ChannelId(7),
+            device: DeviceKind::BpCuff,
+            at: Instant::now(),
+            state: DeviceState::Measuring,
+            battery_percent: Some(80),
+            detail: "inflating".into(),
+        });
+        let mut stats = TelemetryStats::default();
+        count(&mut stats, Ok(Sent::of(&status)));
+        count(&mut stats, Ok(Sent::Waveform));
+        count(&mut stats, Ok(Sent::Measurement));
+        assert_eq!(
+            (stats.statuses, stats.waveforms, stats.measurements),
+            (1, 1, 1)
+        );
     }
 }

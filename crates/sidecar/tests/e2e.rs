@@ -131,11 +131,23 @@ async fn aligned_times_match_the_server_clock_despite_a_kiosk_clock_offset() {
         kiosk.declare(measurement_channel(1)).unwrap();
         kiosk.declare(waveform_channel(2)).unwrap();
         kiosk.wait_ready(2, WAIT).await.unwrap();
-        // Let the first ping burst run.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let est = kiosk
-            .clock_estimate()
-            .expect("the server sent its estimate");
+        // Wait for the first ping burst to be answered and the server's estimate that
+        // follows it to arrive.
+        let burst = u64::from(cabine_sidecar::Limits::default().ping_burst);
+        let deadline = std::time::Instant::now() + WAIT;
+        let est = loop {
+            let answered = kiosk.stats().pings_answered;
+            match kiosk.clock_estimate() {
+                Some(est) if answered >= burst && est.error_us < 5_000 => break est,
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no estimate after the ping burst ({answered} pings answered)"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
         assert!(
             (est.offset_us - offset_s * 1_000_000).abs() < 5_000,
             "estimated offset {} for {offset_s} s",

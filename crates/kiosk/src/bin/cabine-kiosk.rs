@@ -107,7 +107,8 @@ struct DialArgs {
     /// Microphone: "synthetic", "off", or an Ogg Opus file.
     #[arg(long, default_value = "synthetic")]
     microphone: String,
-    /// Stethoscope: "synthetic", "off", or an Ogg Opus file.
+    /// Stethoscope: "synthetic", "off", or an Ogg Opus file (decoded, its pre-skip and end
+    /// padding trimmed, looped seamlessly and encoded again at --stethoscope-kbps).
     #[arg(long, default_value = "synthetic")]
     stethoscope: String,
     /// Room camera frame rate.
@@ -125,6 +126,14 @@ struct DialArgs {
     /// Stethoscope bitrate, kbit/s (at least 64).
     #[arg(long, default_value_t = 96)]
     stethoscope_kbps: u32,
+    /// Keep every encoder at its configured bitrate (by default the video bitrates follow
+    /// the uplink's congestion feedback; audio keeps its bitrate either way).
+    #[arg(long)]
+    fixed_bitrate: bool,
+    /// Send media to this address instead of the server's ICE candidate (a relay in front of
+    /// the media port, such as `cabine-impair`).
+    #[arg(long)]
+    media_via: Option<std::net::SocketAddr>,
     /// Mean heart rate of the simulated patient.
     #[arg(long, default_value_t = 72.0)]
     heart_rate: f64,
@@ -224,6 +233,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
         relay_only: args.relay_only,
         loopback_only: args.loopback,
         accept_invalid_certs: args.insecure,
+        media_via: args.media_via,
         ..ClientOptions::default()
     };
     config.subscribe = !args.no_subscribe;
@@ -265,6 +275,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.media.device_fps = args.device_fps;
     config.media.device_kbps = args.device_kbps;
     config.media.stethoscope_bps = args.stethoscope_kbps.saturating_mul(1000);
+    config.media.adaptive = !args.fixed_bitrate;
 
     let duration = args.duration;
     let shutdown = async move {

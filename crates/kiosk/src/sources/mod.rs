@@ -29,7 +29,7 @@
 //! | `stethoscope` | [`AudioSource::stethoscope`] (S1/S2 heart sounds) | Opus music mode, 96 kbit/s |
 //!
 //! Recorded media can replace the synthetic sources: [`IvfSource`] plays a VP8 IVF file and
-//! [`OggOpusSource`] an Ogg Opus file, both in a loop.
+//! [`OggOpusSource`] an Ogg Opus file (decoded, trimmed and encoded again), both in a loop.
 
 mod file;
 mod opus;
