@@ -55,6 +55,7 @@ use str0m::net::Transmit;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use crate::certificate::DtlsCertificate;
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
 use crate::sdp::{self, Label};
@@ -132,6 +133,10 @@ pub struct RoomConfig {
     /// How long a subscriber's sent video stays available for retransmission (NACK → RTX);
     /// at most [`RTX_HISTORY_MAX_PACKETS`] packets per stream are kept.
     pub rtx_history: Duration,
+    /// The DTLS certificate every session of the room presents. The default is the process's
+    /// ([`DtlsCertificate::process`]): generating a key pair per session made joins slow.
+    /// `None`: str0m generates one per session.
+    pub dtls_certificate: Option<DtlsCertificate>,
 }
 
 /// Most packets kept for retransmission per outgoing video stream, whatever
@@ -153,6 +158,7 @@ impl Default for RoomConfig {
             // 1 s allowed only one and left that test's device camera paused. str0m keeps 3 s,
             // i.e. ~560 KB of payload for each 1.5 Mbit/s camera.
             rtx_history: Duration::from_millis(1500),
+            dtls_certificate: DtlsCertificate::process(),
         }
     }
 }
@@ -315,6 +321,9 @@ impl Room {
             .set_stats_interval(Some(Duration::from_secs(1)));
         if req.kind == SessionKind::Subscribe {
             config = config.enable_bwe(Some(self.cfg.initial_bitrate));
+        }
+        if let Some(cert) = &self.cfg.dtls_certificate {
+            config = config.set_dtls_cert(cert.to_str0m());
         }
         let mut rtc = config.build(now);
         let candidate =

@@ -79,7 +79,7 @@ impl Room {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(JoinError::RoomFull(self.cfg.max_sessions));
         }
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .enable_h265(false)
@@ -88,8 +88,11 @@ impl Room {
                 pass: req.ice_pwd.clone(),
             })
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .enable_bwe(Some(self.cfg.initial_bitrate))
-            .build(now);
+            .enable_bwe(Some(self.cfg.initial_bitrate));
+        if let Some(cert) = &self.cfg.dtls_certificate {
+            config = config.set_dtls_cert(cert.to_str0m());
+        }
+        let mut rtc = config.build(now);
         let candidate =
             Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
                 addr: self.cfg.candidate,
