@@ -2,7 +2,7 @@
 //! room.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::media::KeyframeRequestKind;
@@ -13,6 +13,14 @@ use super::{
     clock_rate, flush_backlog, EndCause, Output, Progress, Removed, Room, SessionId, Stage,
     DATA_IN_LIMIT,
 };
+
+/// A session timeout due at most this long after `now` is handled at once, at its own time
+/// (str0m's "immediate" pacer timeout is 1 µs after the last one it handled).
+const IMMEDIATE: Duration = Duration::from_micros(1);
+
+/// Most timeouts handled at once per poll of a session (a bound, never reached in practice: after
+/// the pacer's follow-up str0m asks for a later time).
+const MAX_IMMEDIATE: usize = 16;
 
 impl Room {
     /// Feeds one datagram that the shell routed to `session`; `arrival` is when the shell read
@@ -131,6 +139,7 @@ impl Room {
     }
 
     fn poll_session(&mut self, i: usize, now: Instant) {
+        let mut immediate = 0;
         loop {
             let s = &mut self.sessions[i];
             if !s.rtc.is_alive() {
@@ -141,6 +150,19 @@ impl Room {
                     // Acknowledgements may have made room for held telemetry: write it and
                     // poll again for the datagrams it makes.
                     if flush_backlog(s) {
+                        continue;
+                    }
+                    // str0m wants a timeout before each datagram its pacer sends (due at once,
+                    // or 1 µs after the last one) and for send-stream housekeeping. Handled
+                    // here, the forwarded packet leaves in this call; left to the shell, it
+                    // waited for the end of the turn and the follow-up cost a wake-up of its
+                    // own (1 µs rounds up to the shell's 1 ms timer resolution).
+                    if t <= now + IMMEDIATE && immediate < MAX_IMMEDIATE {
+                        immediate += 1;
+                        if s.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
+                            s.rtc.disconnect();
+                            return;
+                        }
                         continue;
                     }
                     s.timeout = t;
