@@ -222,11 +222,25 @@ impl Room {
                 self.select_layers(i, now);
             }
             Event::MediaEgressStats(st) => {
+                let max = self.cfg.rtx_history;
                 let s = &mut self.sessions[i];
                 if let Some(out) = s.outs.iter_mut().find(|o| o.mid == st.mid) {
                     out.stats.nacks = st.nacks;
                     out.stats.loss = st.loss.unwrap_or(out.stats.loss);
                     out.stats.rtt_ms = st.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    // The retransmission history follows the path. Each change empties it,
+                    // so it changes only for a clear difference: shortened to half or less
+                    // once a short round trip is measured, lengthened once the round trip has
+                    // grown past what it covers by a margin (a third, at least 100 ms).
+                    if let (Some(rtt), true) = (st.rtt, out.stats.rtx_history_ms > 0) {
+                        let have = out.stats.rtx_history_ms;
+                        let want = super::rtx_history_for(rtt, max);
+                        let want_ms = want.as_millis() as u64;
+                        if want_ms * 2 <= have || want_ms > have + (have / 3).max(100) {
+                            let set = super::bound_rtx_history(&mut s.rtc, out.mid, out.kind, want);
+                            out.stats.rtx_history_ms = set.as_millis() as u64;
+                        }
+                    }
                     if let Some(remote) = st.remote {
                         let clock = f64::from(clock_rate(out.kind));
                         out.stats.jitter_ms = Some(f64::from(remote.jitter) * 1000.0 / clock);

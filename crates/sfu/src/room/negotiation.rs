@@ -10,8 +10,9 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::{
-    bound_rtx_history, clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output,
-    Room, Session, SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo,
+    bound_rtx_history, clock_rate, first_rtx_history, usable_media, JoinError, Joined,
+    NegotiationError, Out, Output, Room, Session, SessionId, SessionKind, Telemetry, Track,
+    TrackClass, TrackInfo,
 };
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
@@ -185,7 +186,12 @@ impl Room {
         }
         s.dirty = true;
         for (mid, kind, track) in pending.adds {
-            bound_rtx_history(&mut s.rtc, mid, kind, self.cfg.rtx_history);
+            let history = bound_rtx_history(
+                &mut s.rtc,
+                mid,
+                kind,
+                first_rtx_history(self.cfg.rtx_history),
+            );
             let mut forwarder = Forwarder::new(clock_rate(kind), 0);
             forwarder.set_target(0);
             s.outs.push(Out {
@@ -194,7 +200,10 @@ impl Room {
                 track: Some(track),
                 forwarder,
                 pt_map: [0; 128],
-                stats: EgressStats::default(),
+                stats: EgressStats {
+                    rtx_history_ms: history.as_millis() as u64,
+                    ..EgressStats::default()
+                },
                 pause: Pauser::default(),
                 idle: None,
             });
