@@ -18,6 +18,13 @@ use super::{
 /// (str0m's "immediate" pacer timeout is 1 µs after the last one it handled).
 const IMMEDIATE: Duration = Duration::from_micros(1);
 
+/// Whether a drive handles the sessions' timeouts that are due (or 1 µs ahead) itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Handle,
+    Defer,
+}
+
 /// Most timeouts handled at once per poll of a session (a bound, never reached in practice: after
 /// the pacer's follow-up str0m asks for a later time).
 const MAX_IMMEDIATE: usize = 16;
@@ -58,7 +65,7 @@ impl Room {
         if !accepted {
             self.dropped.rejected_datagrams += 1;
         }
-        self.drive(now);
+        self.drive_with(now, Due::Defer);
         self.arrival = None;
     }
 
@@ -125,9 +132,13 @@ impl Room {
 
     /// Polls every session with something new until none has, queueing what they produce.
     pub(super) fn drive(&mut self, now: Instant) {
+        self.drive_with(now, Due::Handle);
+    }
+
+    fn drive_with(&mut self, now: Instant, due: Due) {
         while let Some(i) = self.sessions.iter().position(|s| s.dirty) {
             self.sessions[i].dirty = false;
-            self.poll_session(i, now);
+            self.poll_session(i, now, due);
         }
         if self.sessions.iter().any(|s| {
             !s.rtc.is_alive()
@@ -138,7 +149,7 @@ impl Room {
         }
     }
 
-    fn poll_session(&mut self, i: usize, now: Instant) {
+    fn poll_session(&mut self, i: usize, now: Instant, due: Due) {
         let mut immediate = 0;
         loop {
             let s = &mut self.sessions[i];
@@ -153,11 +164,12 @@ impl Room {
                         continue;
                     }
                     // str0m wants a timeout before each datagram its pacer sends (due at once,
-                    // or 1 µs after the last one) and for send-stream housekeeping. Handled
-                    // here, the forwarded packet leaves in this call; left to the shell, it
-                    // waited for the end of the turn and the follow-up cost a wake-up of its
-                    // own (1 µs rounds up to the shell's 1 ms timer resolution).
-                    if t <= now + IMMEDIATE && immediate < MAX_IMMEDIATE {
+                    // or 1 µs after the last one) and for send-stream housekeeping. Left to
+                    // the shell, the pacer's follow-up cost a wake-up of its own (1 µs rounds up
+                    // to the shell's 1 ms timer resolution): handled here instead. Not while a
+                    // datagram is handled (`Due::Defer`): the shell reads a batch, forwards each
+                    // datagram, then runs the due timers once, which send them all.
+                    if due == Due::Handle && t <= now + IMMEDIATE && immediate < MAX_IMMEDIATE {
                         immediate += 1;
                         if s.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
                             s.rtc.disconnect();
