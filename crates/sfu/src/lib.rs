@@ -32,6 +32,7 @@
 //! Rooms are sharded over workers by name, so a room lives on one thread and the packet path
 //! takes no lock.
 
+pub mod certificate;
 pub mod codec;
 pub mod deadlines;
 pub mod demux;
@@ -44,6 +45,7 @@ pub mod simulcast;
 pub mod stats;
 pub mod udp;
 
+pub use certificate::DtlsCertificate;
 pub use room::{
     EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,
     Output, Room, RoomConfig, RoomPanicked, SessionId, SessionKind,

@@ -209,6 +209,10 @@ pub struct EgressStats {
     pub layer: Option<String>,
     /// Layer switches so far.
     pub layer_switches: u64,
+    /// How long sent video is kept for retransmission now, ms (0: nothing kept, audio):
+    /// [`RoomConfig::rtx_history`](crate::room::RoomConfig::rtx_history) until the subscriber's
+    /// round-trip time is known, then shorter on a short path.
+    pub rtx_history_ms: u64,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! room.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::media::KeyframeRequestKind;
@@ -13,6 +13,21 @@ use super::{
     clock_rate, flush_backlog, EndCause, Output, Progress, Removed, Room, SessionId, Stage,
     DATA_IN_LIMIT,
 };
+
+/// A session timeout due at most this long after `now` is handled at once, at its own time
+/// (str0m's "immediate" pacer timeout is 1 µs after the last one it handled).
+const IMMEDIATE: Duration = Duration::from_micros(1);
+
+/// Whether a drive handles the sessions' timeouts that are due (or 1 µs ahead) itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Handle,
+    Defer,
+}
+
+/// Most timeouts handled at once per poll of a session (a bound, never reached in practice: after
+/// the pacer's follow-up str0m asks for a later time).
+const MAX_IMMEDIATE: usize = 16;
 
 impl Room {
     /// Feeds one datagram that the shell routed to `session`; `arrival` is when the shell read
@@ -50,7 +65,7 @@ impl Room {
         if !accepted {
             self.dropped.rejected_datagrams += 1;
         }
-        self.drive(now);
+        self.drive_with(now, Due::Defer);
         self.arrival = None;
     }
 
@@ -117,9 +132,13 @@ impl Room {
 
     /// Polls every session with something new until none has, queueing what they produce.
     pub(super) fn drive(&mut self, now: Instant) {
+        self.drive_with(now, Due::Handle);
+    }
+
+    fn drive_with(&mut self, now: Instant, due: Due) {
         while let Some(i) = self.sessions.iter().position(|s| s.dirty) {
             self.sessions[i].dirty = false;
-            self.poll_session(i, now);
+            self.poll_session(i, now, due);
         }
         if self.sessions.iter().any(|s| {
             !s.rtc.is_alive()
@@ -130,7 +149,8 @@ impl Room {
         }
     }
 
-    fn poll_session(&mut self, i: usize, now: Instant) {
+    fn poll_session(&mut self, i: usize, now: Instant, due: Due) {
+        let mut immediate = 0;
         loop {
             let s = &mut self.sessions[i];
             if !s.rtc.is_alive() {
@@ -141,6 +161,20 @@ impl Room {
                     // Acknowledgements may have made room for held telemetry: write it and
                     // poll again for the datagrams it makes.
                     if flush_backlog(s) {
+                        continue;
+                    }
+                    // str0m wants a timeout before each datagram its pacer sends (due at once,
+                    // or 1 µs after the last one) and for send-stream housekeeping. Left to
+                    // the shell, the pacer's follow-up cost a wake-up of its own (1 µs rounds up
+                    // to the shell's 1 ms timer resolution): handled here instead. Not while a
+                    // datagram is handled (`Due::Defer`): the shell reads a batch, forwards each
+                    // datagram, then runs the due timers once, which send them all.
+                    if due == Due::Handle && t <= now + IMMEDIATE && immediate < MAX_IMMEDIATE {
+                        immediate += 1;
+                        if s.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
+                            s.rtc.disconnect();
+                            return;
+                        }
                         continue;
                     }
                     s.timeout = t;
@@ -200,11 +234,25 @@ impl Room {
                 self.select_layers(i, now);
             }
             Event::MediaEgressStats(st) => {
+                let max = self.cfg.rtx_history;
                 let s = &mut self.sessions[i];
                 if let Some(out) = s.outs.iter_mut().find(|o| o.mid == st.mid) {
                     out.stats.nacks = st.nacks;
                     out.stats.loss = st.loss.unwrap_or(out.stats.loss);
                     out.stats.rtt_ms = st.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    // The retransmission history follows the path. Each change empties it,
+                    // so it changes only for a clear difference: shortened to half or less
+                    // once a short round trip is measured, lengthened once the round trip has
+                    // grown past what it covers by a margin (a third, at least 100 ms).
+                    if let (Some(rtt), true) = (st.rtt, out.stats.rtx_history_ms > 0) {
+                        let have = out.stats.rtx_history_ms;
+                        let want = super::rtx_history_for(rtt, max);
+                        let want_ms = want.as_millis() as u64;
+                        if want_ms * 2 <= have || want_ms > have + (have / 3).max(100) {
+                            let set = super::bound_rtx_history(&mut s.rtc, out.mid, out.kind, want);
+                            out.stats.rtx_history_ms = set.as_millis() as u64;
+                        }
+                    }
                     if let Some(remote) = st.remote {
                         let clock = f64::from(clock_rate(out.kind));
                         out.stats.jitter_ms = Some(f64::from(remote.jitter) * 1000.0 / clock);

@@ -55,6 +55,7 @@ use str0m::net::Transmit;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use crate::certificate::DtlsCertificate;
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
 use crate::sdp::{self, Label};
@@ -129,9 +130,14 @@ pub struct RoomConfig {
     pub keyframe_interval: Duration,
     /// Most sessions (publish + subscribe) in one room.
     pub max_sessions: usize,
-    /// How long a subscriber's sent video stays available for retransmission (NACK → RTX);
-    /// at most [`RTX_HISTORY_MAX_PACKETS`] packets per stream are kept.
+    /// The longest a subscriber's sent video stays available for retransmission (NACK → RTX);
+    /// at most [`RTX_HISTORY_MAX_PACKETS`] packets per stream are kept. Each stream keeps what
+    /// its measured round trip needs, within this (see `EgressStats::rtx_history_ms`).
     pub rtx_history: Duration,
+    /// The DTLS certificate every session of the room presents. The default is the process's
+    /// ([`DtlsCertificate::process`]): generating a key pair per session made joins slow.
+    /// `None`: str0m generates one per session.
+    pub dtls_certificate: Option<DtlsCertificate>,
 }
 
 /// Most packets kept for retransmission per outgoing video stream, whatever
@@ -153,6 +159,7 @@ impl Default for RoomConfig {
             // 1 s allowed only one and left that test's device camera paused. str0m keeps 3 s,
             // i.e. ~560 KB of payload for each 1.5 Mbit/s camera.
             rtx_history: Duration::from_millis(1500),
+            dtls_certificate: DtlsCertificate::process(),
         }
     }
 }
@@ -316,6 +323,9 @@ impl Room {
         if req.kind == SessionKind::Subscribe {
             config = config.enable_bwe(Some(self.cfg.initial_bitrate));
         }
+        if let Some(cert) = &self.cfg.dtls_certificate {
+            config = config.set_dtls_cert(cert.to_str0m());
+        }
         let mut rtc = config.build(now);
         let candidate =
             Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
@@ -408,14 +418,22 @@ impl Room {
                     }
                 }
                 for (mid, kind, _, _) in usable {
-                    bound_rtx_history(&mut session.rtc, mid, kind, self.cfg.rtx_history);
+                    let history = bound_rtx_history(
+                        &mut session.rtc,
+                        mid,
+                        kind,
+                        first_rtx_history(self.cfg.rtx_history),
+                    );
                     session.outs.push(Out {
                         mid,
                         kind,
                         track: None,
                         forwarder: Forwarder::new(clock_rate(kind), 0),
                         pt_map: [0; 128],
-                        stats: EgressStats::default(),
+                        stats: EgressStats {
+                            rtx_history_ms: history.as_millis() as u64,
+                            ..EgressStats::default()
+                        },
                         pause: Pauser::default(),
                         idle: None,
                     });
@@ -567,17 +585,45 @@ impl Track {
 }
 
 /// Keeps the sent video of a subscriber's m-line for `history` (at most
-/// [`RTX_HISTORY_MAX_PACKETS`]) for retransmission, instead of str0m's 3 s. Audio is sent
-/// non-nackable and keeps nothing. Called once, when the m-line's stream is created (it empties
-/// the history).
-fn bound_rtx_history(rtc: &mut Rtc, mid: Mid, kind: MediaKind, history: Duration) {
+/// [`RTX_HISTORY_MAX_PACKETS`]) for retransmission, instead of str0m's 3 s, and returns what
+/// it set (zero: nothing kept). Audio is sent non-nackable and keeps nothing. It empties the
+/// history: called when the m-line's stream is created, and when the subscriber's round-trip
+/// time says another length fits ([`rtx_history_for`]).
+fn bound_rtx_history(rtc: &mut Rtc, mid: Mid, kind: MediaKind, history: Duration) -> Duration {
     if kind != MediaKind::Video {
-        return;
+        return Duration::ZERO;
     }
-    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
-        tx.set_rtx_cache(RTX_HISTORY_MAX_PACKETS, history, RTX_RATIO_CAP);
+    match rtc.direct_api().stream_tx_by_mid(mid, None) {
+        Some(tx) => {
+            tx.set_rtx_cache(RTX_HISTORY_MAX_PACKETS, history, RTX_RATIO_CAP);
+            history
+        }
+        None => Duration::ZERO,
     }
 }
+
+/// The retransmission history a subscriber's video starts with, at most `max`: the shortest (a
+/// round trip of zero), lengthened at the first measurement if the path needs more. Starting
+/// long and shortening later would not give the memory back: it was touched.
+fn first_rtx_history(max: Duration) -> Duration {
+    rtx_history_for(Duration::ZERO, max)
+}
+
+/// How long to keep a subscriber's sent video for retransmission given its round-trip time
+/// `rtt`: [`RTX_HISTORY_RTTS`] round trips (two NACK rounds, each a round trip plus the
+/// receiver's wait for reordering) plus [`RTX_HISTORY_FLOOR`] (detection and jitter on a short
+/// path), at most `max` (the configured [`RoomConfig::rtx_history`]). Most of a consultation's
+/// memory is this history (1.5 s of a 1.5 Mbit/s camera is ~0.4 MiB); on a LAN or loopback
+/// 2 s of it served no NACK that 0.3 s would not.
+pub(crate) fn rtx_history_for(rtt: Duration, max: Duration) -> Duration {
+    (RTX_HISTORY_FLOOR + rtt * RTX_HISTORY_RTTS).min(max)
+}
+
+/// See [`rtx_history_for`].
+const RTX_HISTORY_FLOOR: Duration = Duration::from_millis(300);
+
+/// See [`rtx_history_for`].
+const RTX_HISTORY_RTTS: u32 = 4;
 
 /// str0m's default cap on the share of retransmissions in a stream's bytes, kept as is.
 const RTX_RATIO_CAP: Option<f32> = Some(0.15);

@@ -10,8 +10,9 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::{Candidate, RtcConfig};
 
 use super::{
-    bound_rtx_history, clock_rate, usable_media, JoinError, Joined, NegotiationError, Out, Output,
-    Room, Session, SessionId, SessionKind, Telemetry, Track, TrackClass, TrackInfo,
+    bound_rtx_history, clock_rate, first_rtx_history, usable_media, JoinError, Joined,
+    NegotiationError, Out, Output, Room, Session, SessionId, SessionKind, Telemetry, Track,
+    TrackClass, TrackInfo,
 };
 use crate::forwarder::Forwarder;
 use crate::pause::Pauser;
@@ -79,7 +80,7 @@ impl Room {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(JoinError::RoomFull(self.cfg.max_sessions));
         }
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .enable_h265(false)
@@ -88,8 +89,11 @@ impl Room {
                 pass: req.ice_pwd.clone(),
             })
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .enable_bwe(Some(self.cfg.initial_bitrate))
-            .build(now);
+            .enable_bwe(Some(self.cfg.initial_bitrate));
+        if let Some(cert) = &self.cfg.dtls_certificate {
+            config = config.set_dtls_cert(cert.to_str0m());
+        }
+        let mut rtc = config.build(now);
         let candidate =
             Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
                 addr: self.cfg.candidate,
@@ -182,7 +186,12 @@ impl Room {
         }
         s.dirty = true;
         for (mid, kind, track) in pending.adds {
-            bound_rtx_history(&mut s.rtc, mid, kind, self.cfg.rtx_history);
+            let history = bound_rtx_history(
+                &mut s.rtc,
+                mid,
+                kind,
+                first_rtx_history(self.cfg.rtx_history),
+            );
             let mut forwarder = Forwarder::new(clock_rate(kind), 0);
             forwarder.set_target(0);
             s.outs.push(Out {
@@ -191,7 +200,10 @@ impl Room {
                 track: Some(track),
                 forwarder,
                 pt_map: [0; 128],
-                stats: EgressStats::default(),
+                stats: EgressStats {
+                    rtx_history_ms: history.as_millis() as u64,
+                    ..EgressStats::default()
+                },
                 pause: Pauser::default(),
                 idle: None,
             });

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use tracing::{debug, error};
 
 use super::worker::Worker;
-use super::{Batch, Control, Item, Key, Msg, ShellCounters};
+use super::{Batch, Control, Item, Key, Msg, ShellCounters, WorkerTx};
 use crate::demux::{Demux, Unrouted};
 use crate::udp::{self, RecvBatch, WakeSignal, BATCH};
 
@@ -27,7 +27,7 @@ pub(super) struct Io {
     pub(super) signal: WakeSignal,
     pub(super) demux: Demux<Key>,
     pub(super) control: Receiver<Control>,
-    pub(super) workers: Vec<Sender<Msg>>,
+    pub(super) workers: Vec<WorkerTx>,
     /// The batch being filled for each worker (index 0 unused).
     pub(super) pending: Vec<Option<Batch>>,
     pub(super) pool: Receiver<Batch>,
@@ -159,12 +159,9 @@ impl Io {
                 continue;
             };
             let count = batch.items.len() as u64;
-            match self.workers[w].try_send(Msg::Batch(batch)) {
-                Ok(()) => {}
-                // A dead worker loses its rooms, not everyone else's (`threads_died`).
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    c.queue_full.fetch_add(count, Ordering::Relaxed);
-                }
+            // A dead worker loses its rooms, not everyone else's (`threads_died`).
+            if !self.workers[w].try_send(Msg::Batch(batch)) {
+                c.queue_full.fetch_add(count, Ordering::Relaxed);
             }
         }
     }

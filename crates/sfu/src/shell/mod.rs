@@ -241,9 +241,7 @@ pub struct Sfu {
 
 struct Inner {
     local: SocketAddr,
-    workers: Vec<Sender<Msg>>,
-    /// Wakes the I/O thread (which also runs worker 0) for its commands.
-    waker: Waker,
+    workers: Vec<WorkerTx>,
     counters: Arc<ShellCounters>,
     stop: Arc<AtomicBool>,
     events: Receiver<SfuEvent>,
@@ -251,6 +249,48 @@ struct Inner {
 }
 
 type Key = (usize, SessionId);
+
+/// The way into a worker: its queue, and what wakes it. A worker thread waits parked
+/// ([`thread::park_timeout`]), not in a blocking receive: crossbeam's spins and yields the CPU
+/// several times before it sleeps, about one `sched_yield` per batch handed off at low load.
+/// Worker 0 runs on the I/O thread, which waits in `poll` and is woken by the [`Waker`].
+#[derive(Clone)]
+struct WorkerTx {
+    tx: Sender<Msg>,
+    wake: Wake,
+}
+
+#[derive(Clone)]
+enum Wake {
+    Thread(thread::Thread),
+    Io(Waker),
+}
+
+impl WorkerTx {
+    /// Queues `msg`, waiting while the queue is full; `Err` once the worker is gone.
+    fn send(&self, msg: Msg) -> Result<(), SfuError> {
+        self.tx.send(msg).map_err(|_| SfuError::Stopped)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `msg` unless the queue is full or the worker is gone (then `false`).
+    fn try_send(&self, msg: Msg) -> bool {
+        let queued = self.tx.try_send(msg).is_ok();
+        if queued {
+            self.wake();
+        }
+        queued
+    }
+
+    fn wake(&self) {
+        match &self.wake {
+            // Only an atomic swap unless the thread is parked.
+            Wake::Thread(t) => t.unpark(),
+            Wake::Io(w) => w.wake(),
+        }
+    }
+}
 
 /// Changes to the routing table, from the workers to the I/O thread that owns it.
 enum Control {
@@ -409,11 +449,11 @@ impl Sfu {
         let (control_tx, control_rx) = bounded::<Control>(65_536);
         let (pool_tx, pool_rx) = bounded::<Batch>(POOLED_BATCHES * n);
         let (events_tx, events_rx) = bounded::<SfuEvent>(4096);
-        let mut workers = Vec::new();
+        let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..n {
             let (tx, rx) = bounded::<Msg>(WORKER_QUEUE);
-            workers.push(tx);
+            senders.push(tx);
             receivers.push(rx);
         }
         let new_worker = |index: usize| Worker {
@@ -442,6 +482,23 @@ impl Sfu {
         let mut threads = Vec::new();
         let mut receivers = receivers.into_iter();
         let rx0 = receivers.next().ok_or(SfuError::Stopped)?;
+        // The other workers first: their senders wake their threads.
+        let mut wakes = vec![Wake::Io(waker.clone())];
+        for (i, rx) in receivers.enumerate() {
+            let worker = new_worker(i + 1);
+            let pool = pool_tx.clone();
+            let handle = thread::Builder::new()
+                .name(format!("cabine-sfu-{}", i + 1))
+                .spawn(watched(&counters, &stop, move || worker.run(rx, pool)))
+                .map_err(bind_err)?;
+            wakes.push(Wake::Thread(handle.thread().clone()));
+            threads.push(handle);
+        }
+        let workers: Vec<WorkerTx> = senders
+            .into_iter()
+            .zip(wakes)
+            .map(|(tx, wake)| WorkerTx { tx, wake })
+            .collect();
         let io = Io {
             worker: Some(new_worker(0)),
             rx: rx0,
@@ -455,16 +512,6 @@ impl Sfu {
             recv: RecvBatch::default(),
             counters: Arc::clone(&counters),
         };
-        for (i, rx) in receivers.enumerate() {
-            let worker = new_worker(i + 1);
-            let pool = pool_tx.clone();
-            threads.push(
-                thread::Builder::new()
-                    .name(format!("cabine-sfu-{}", i + 1))
-                    .spawn(watched(&counters, &stop, move || worker.run(rx, pool)))
-                    .map_err(bind_err)?,
-            );
-        }
         threads.push(
             thread::Builder::new()
                 .name("cabine-sfu-0".into())
@@ -476,7 +523,6 @@ impl Sfu {
             inner: Arc::new(Inner {
                 local,
                 workers,
-                waker,
                 counters,
                 stop,
                 events: events_rx,
@@ -657,13 +703,11 @@ impl Sfu {
             reliable,
         };
         let w = self.worker_for(room);
-        if self.inner.workers[w].try_send(msg).is_err() {
+        if !self.inner.workers[w].try_send(msg) {
             self.inner
                 .counters
                 .data_dropped
                 .fetch_add(1, Ordering::Relaxed);
-        } else if w == 0 {
-            self.inner.waker.wake();
         }
     }
 
@@ -754,7 +798,6 @@ impl Sfu {
         for w in &self.inner.workers {
             let _ = w.send(Msg::Stop);
         }
-        self.inner.waker.wake();
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -770,13 +813,7 @@ impl Sfu {
 
     /// Queues `msg` for worker `w` (waking the I/O thread, which runs worker 0).
     fn send(&self, w: usize, msg: Msg) -> Result<(), SfuError> {
-        self.inner.workers[w]
-            .send(msg)
-            .map_err(|_| SfuError::Stopped)?;
-        if w == 0 {
-            self.inner.waker.wake();
-        }
-        Ok(())
+        self.inner.workers[w].send(msg)
     }
 }
 

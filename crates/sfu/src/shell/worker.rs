@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use cabine_proto::{Redacted, RoomId};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tracing::{error, info, warn};
 
 #[cfg(feature = "fault-injection")]
@@ -61,6 +62,12 @@ pub(super) struct Outlet {
     pub(super) challenge: Option<(Challenge, SessionId)>,
 }
 
+/// Messages a worker takes from its queue before its timers and its send batch get their turn.
+const MSGS_PER_TURN: usize = 65;
+
+/// Longest park of a worker with no timer (it then checks that its queue still has senders).
+const IDLE_PARK: Duration = Duration::from_secs(1);
+
 /// What draining a room produced that the worker acts on.
 #[derive(Default)]
 struct Drained {
@@ -71,36 +78,39 @@ struct Drained {
 }
 
 impl Worker {
-    /// A worker fed by the I/O thread: batches of datagrams and commands on `rx`.
+    /// A worker fed by the I/O thread: batches of datagrams and commands on `rx`. Between turns
+    /// it sleeps parked until a sender wakes it ([`WorkerTx`](super::WorkerTx)) or its earliest
+    /// timer is due.
     pub(super) fn run(mut self, rx: Receiver<Msg>, pool: Sender<Batch>) {
         loop {
-            let msg = match self.deadlines.earliest() {
-                Some(d) => match rx.recv_deadline(d) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => return,
-                },
-            };
-            if let Some(msg) = msg {
-                if !self.handle_fed(msg, &pool) {
-                    return;
-                }
-                // Take what else is queued (bounded, so timers are not starved).
-                for _ in 0..64 {
-                    let Ok(msg) = rx.try_recv() else {
-                        break;
-                    };
-                    if !self.handle_fed(msg, &pool) {
-                        return;
+            // Take what is queued (bounded, so timers are not starved).
+            let mut taken = 0;
+            while taken < MSGS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(msg) => {
+                        taken += 1;
+                        if !self.handle_fed(msg, &pool) {
+                            return;
+                        }
                     }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
             }
             self.run_due();
             self.out.flush();
+            if taken == MSGS_PER_TURN {
+                continue;
+            }
+            // A wake-up between the empty queue and here is not lost: the thread's token makes
+            // the park return at once. Without a timer the park is still bounded, so that a
+            // handle dropped without `Sfu::shutdown` (the queue disconnected) ends the thread.
+            let now = Instant::now();
+            match self.deadlines.earliest() {
+                Some(d) if d <= now => {}
+                Some(d) => thread::park_timeout(d - now),
+                None => thread::park_timeout(IDLE_PARK),
+            }
         }
     }
 

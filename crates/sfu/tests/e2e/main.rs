@@ -12,6 +12,7 @@ mod output;
 mod padding;
 mod pause;
 mod renegotiation;
+mod rtx_history;
 mod simulcast;
 mod stun_auth;
 mod telemetry_channel;

@@ -146,6 +146,13 @@ fn a_clean_link_never_pauses_a_camera() {
         pauses = pauses.max(seen.iter().map(|s| s.pauses).sum());
     }
     assert_eq!(pauses, 0, "nothing is paused on a clean link: {seen:?}");
+    // A short path keeps a short retransmission history (most of a consultation's memory).
+    for s in &seen {
+        assert!(
+            s.rtx_history_ms <= 750,
+            "history follows the round trip: {s:?}"
+        );
+    }
     for (s, (peer, track)) in seen.iter().zip(cameras) {
         // ~180 packets/s for 30 s; allow for the start.
         assert!(
