@@ -112,7 +112,8 @@ pub struct MediaConfig {
     pub connect_timeout: Duration,
     /// Initial bandwidth estimate per subscriber, kbit/s.
     pub initial_bitrate_kbps: u64,
-    /// How long each subscriber's sent video is kept for retransmission (NACK → RTX).
+    /// The longest each subscriber's sent video is kept for retransmission (NACK → RTX); each
+    /// stream keeps 300 ms plus four round trips of its subscriber's link, up to this bound.
     #[serde(with = "humantime_serde")]
     pub rtx_history: Duration,
 }
