@@ -36,6 +36,7 @@ pub mod codec;
 pub mod deadlines;
 pub mod demux;
 pub mod forwarder;
+pub mod framing;
 pub mod pause;
 pub mod room;
 pub mod sdp;
