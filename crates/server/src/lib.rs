@@ -140,6 +140,7 @@ impl Server {
                 rtx_history: cfg.media.rtx_history,
                 ..RoomConfig::default()
             },
+            tcp: cfg.media.tcp_config(),
         })?;
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
         let state = Arc::new(state::AppState::new(&cfg, sfu.clone(), audit));

@@ -49,4 +49,4 @@ pub use room::{
     EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,
     Output, Room, RoomConfig, RoomPanicked, SessionId, SessionKind,
 };
-pub use shell::{Sfu, SfuConfig, SfuError};
+pub use shell::{Sfu, SfuConfig, SfuError, TcpConfig, TcpStats};

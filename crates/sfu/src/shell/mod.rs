@@ -45,9 +45,11 @@ use crate::room::{
 use crate::stats::DelayHistogram;
 
 mod io_thread;
+mod tcp;
 mod worker;
 
 use self::io_thread::Io;
+pub use self::tcp::{TcpConfig, TcpCounters, TcpStats};
 use self::worker::{Outlet, Worker};
 pub use crate::udp::MAX_DATAGRAM;
 use crate::udp::{self, RecvBatch, SendBatch, Waker, BATCH};
@@ -72,8 +74,11 @@ pub struct SfuConfig {
     /// Kernel receive and send buffer asked for on the media socket, bytes (see
     /// [`crate::udp::set_buffer_sizes`]); 0 keeps the kernel's default.
     pub socket_buffer: usize,
-    /// Per-room settings (the candidate field is filled in by the shell).
+    /// Per-room settings (the candidate fields are filled in by the shell).
     pub room: RoomConfig,
+    /// ICE-TCP on the media address (`media.tcp`): passive TCP candidates, RFC 4571 framing
+    /// ([`tcp`]); `None`: UDP only.
+    pub tcp: Option<TcpConfig>,
 }
 
 /// Errors of the media plane shell.
@@ -83,6 +88,16 @@ pub enum SfuError {
     /// The media socket could not be bound.
     #[error("cannot bind the media UDP socket on {addr}: {source}")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The ICE-TCP listener could not be bound on the media address.
+    #[error(
+        "cannot listen for ICE-TCP on {addr} (set media.tcp = false to run UDP only): {source}"
+    )]
+    BindTcp {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -248,6 +263,8 @@ struct Inner {
     stop: Arc<AtomicBool>,
     events: Receiver<SfuEvent>,
     threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The ICE-TCP listener's shared state, when it runs.
+    tcp: Option<Arc<tcp::TcpShared>>,
 }
 
 type Key = (usize, SessionId);
@@ -266,6 +283,8 @@ enum Control {
 enum Msg {
     /// Datagrams the I/O thread read for this worker's sessions.
     Batch(Batch),
+    /// Frames one ICE-TCP connection's read brought for one of this worker's sessions.
+    Frames(tcp::Frames),
     Join {
         room: RoomId,
         req: Box<JoinRequest>,
@@ -416,6 +435,25 @@ impl Sfu {
             workers.push(tx);
             receivers.push(rx);
         }
+        let tcp = match cfg.tcp.clone() {
+            Some(tcp_cfg) => {
+                let started = tcp::start(
+                    local,
+                    tcp_cfg,
+                    workers.clone(),
+                    waker.clone(),
+                    Arc::clone(&counters),
+                )
+                .map_err(|source| SfuError::BindTcp {
+                    addr: local,
+                    source,
+                })?;
+                cfg.room.tcp_candidate = true;
+                Some(started)
+            }
+            None => None,
+        };
+        let tcp_shared = tcp.as_ref().map(|(shared, _)| Arc::clone(shared));
         let new_worker = |index: usize| Worker {
             cfg: cfg.room.clone(),
             local,
@@ -435,6 +473,7 @@ impl Sfu {
                 ufrags: HashMap::new(),
                 ufrag_of: HashMap::new(),
                 challenge: None,
+                tcp: tcp_shared.clone().map(tcp::TcpOutlet::new),
             },
             last_now: Instant::now(),
             closed_delay: DelayHistogram::default(),
@@ -465,13 +504,21 @@ impl Sfu {
                     .map_err(bind_err)?,
             );
         }
+        if let Some((_, body)) = tcp {
+            threads.push(
+                thread::Builder::new()
+                    .name("cabine-sfu-tcp".into())
+                    .spawn(watched(&counters, &stop, body))
+                    .map_err(bind_err)?,
+            );
+        }
         threads.push(
             thread::Builder::new()
                 .name("cabine-sfu-0".into())
                 .spawn(watched(&counters, &stop, move || io.run()))
                 .map_err(bind_err)?,
         );
-        info!(%local, %advertise, workers = n, "media plane started");
+        info!(%local, %advertise, workers = n, tcp = tcp_shared.is_some(), "media plane started");
         Ok(Sfu {
             inner: Arc::new(Inner {
                 local,
@@ -481,6 +528,7 @@ impl Sfu {
                 stop,
                 events: events_rx,
                 threads: std::sync::Mutex::new(threads),
+                tcp: tcp_shared,
             }),
         })
     }
@@ -715,6 +763,11 @@ impl Sfu {
         }
     }
 
+    /// The ICE-TCP listener's counters; `None` when it does not run (`media.tcp` off).
+    pub fn tcp_stats(&self) -> Option<TcpStats> {
+        self.inner.tcp.as_ref().map(|t| t.counters.stats())
+    }
+
     /// Whether every media-plane thread is running: false once a worker or the I/O thread has
     /// ended without a shutdown (its rooms are gone; the node must not be ready), and after
     /// [`shutdown`](Self::shutdown).
@@ -755,6 +808,9 @@ impl Sfu {
             let _ = w.send(Msg::Stop);
         }
         self.inner.waker.wake();
+        if let Some(tcp) = &self.inner.tcp {
+            tcp.stop();
+        }
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
