@@ -82,9 +82,8 @@ async fn with_udp_dropped_chromium_connects_over_ice_tcp_and_the_server_reports_
             })
         })
     });
-    let why = udp_only
-        .err()
-        .expect("a UDP-only client connected although UDP to the server is dropped");
+    let why =
+        udp_only.expect_err("a UDP-only client connected although UDP to the server is dropped");
     eprintln!("tcp_netns: UDP-only publisher from the namespace: {why}");
 
     // Chromium inside, ICE-TCP.
