@@ -233,10 +233,11 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     // cabine-kiosk inside, relay only, with the endpoint's ICE servers (its bridge carries the
     // webrtc stack's UDP TURN over TLS 443).
     let kiosk_room = "room-turn-netns-kiosk";
-    let (base, kiosk, doctor) = (
+    let (base, kiosk, doctor, ops) = (
         s.base.clone(),
         s.token(kiosk_room, Role::Kiosk, "kiosk-1"),
         s.token(kiosk_room, Role::Doctor, "dr-1"),
+        s.token("*", Role::Operator, "ops-1"),
     );
     let opts = ClientOptions {
         relay_only: true,
@@ -250,7 +251,9 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(relay_only_media(&base, kiosk_room, &kiosk, &doctor, opts))
+            rt.block_on(relay_only_media(
+                &base, kiosk_room, &kiosk, &doctor, &ops, opts,
+            ))
         })
     });
     media.unwrap_or_else(|e| {
