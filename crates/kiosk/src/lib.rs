@@ -34,6 +34,7 @@ pub mod dial;
 mod engine;
 mod error;
 mod ice_links;
+mod ice_tcp;
 mod media;
 mod options;
 mod publisher;

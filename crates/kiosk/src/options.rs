@@ -83,6 +83,10 @@ pub struct ClientOptions {
     /// WHEP only: offer a data channel (`commands`), so the server opens its `telemetry`
     /// channels towards this subscriber and accepts device commands from it.
     pub data_channel: bool,
+    /// Also reach the server over ICE-TCP (RFC 6544): its passive TCP candidate in the answer
+    /// is carried through a local UDP↔TCP bridge (the `webrtc` stack gathers no TCP
+    /// candidates), ranked below direct UDP; for networks that drop UDP to the server.
+    pub ice_tcp: bool,
 }
 
 impl Default for ClientOptions {
@@ -99,6 +103,7 @@ impl Default for ClientOptions {
             recv_video: 1,
             recv_audio: 3,
             data_channel: false,
+            ice_tcp: false,
         }
     }
 }

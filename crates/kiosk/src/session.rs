@@ -190,6 +190,8 @@ pub(crate) struct Session {
     pub offer: String,
     pub answer: String,
     closed: AtomicBool,
+    /// The ICE-TCP bridge, when [`ClientOptions::ice_tcp`] made one (stops when dropped).
+    _bridge: Option<crate::ice_tcp::Bridge>,
 }
 
 impl Session {
@@ -209,8 +211,13 @@ impl Session {
             let offer = engine::gather_offer(&pc, opts.gather_timeout).await?;
             let offer = engine::strip_simulcast_ssrcs(&offer);
             let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
+            let (applied, bridge) = if opts.ice_tcp {
+                crate::ice_tcp::bridge_answer(&answer).await?
+            } else {
+                (answer.clone(), None)
+            };
             let connected = async {
-                engine::apply_answer(&pc, answer.clone()).await?;
+                engine::apply_answer(&pc, applied).await?;
                 engine::wait_connected(&mut state, opts.connect_timeout).await
             }
             .await;
@@ -220,11 +227,12 @@ impl Session {
                 }
                 return Err(e);
             }
-            Ok((client, resource, offer, answer))
+            Ok((client, resource, offer, answer, bridge))
         }
         .await;
         match result {
-            Ok((client, resource, offer, answer)) => Ok(Session {
+            Ok((client, resource, offer, answer, bridge)) => Ok(Session {
+                _bridge: bridge,
                 pc,
                 state,
                 client,

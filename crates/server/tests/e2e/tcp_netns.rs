@@ -3,7 +3,10 @@
 //! end, where Cabine listens (HTTP and the media port, `media.tcp` on as by default).
 //!
 //! First a UDP-only client (`cabine-kiosk`'s library: the webrtc crate gathers UDP candidates
-//! only) publishes from inside and cannot connect; then Debian's chromium, inside, runs the
+//! only) publishes from inside and cannot connect; with `ice_tcp` (`cabine-kiosk dial
+//! --ice-tcp`: a local UDP-to-TCP bridge to the server's passive candidate) the kiosk publishes
+//! and subscribes, 50 payloads arrive intact and `/api/rooms` reports both sessions over tcp;
+//! then Debian's chromium, inside, runs the
 //! kiosk page and the doctor's page (tests/browser/ice_tcp.mjs): chromium gathers active TCP
 //! candidates, video is decoded on the doctor's page, each page's selected pair is TCP, and
 //! `/api/rooms` reports `tcp` for the room's sessions while the pages are open.
@@ -17,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::turn_netns::Netns;
-use cabine_kiosk::{ClientOptions, Publisher, TrackSpec};
+use cabine_kiosk::{ClientOptions, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
 const ROOM: &str = "room-ice-tcp-netns";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_udp_dropped_chromium_connects_over_ice_tcp_and_the_server_reports_tcp() {
+async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server_reports_tcp() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
@@ -85,6 +88,28 @@ async fn with_udp_dropped_chromium_connects_over_ice_tcp_and_the_server_reports_
     let why =
         udp_only.expect_err("a UDP-only client connected although UDP to the server is dropped");
     eprintln!("tcp_netns: UDP-only publisher from the namespace: {why}");
+
+    // cabine-kiosk with `ice_tcp` (`cabine-kiosk dial --ice-tcp`): through its local bridge to
+    // the server's passive TCP candidate, it publishes and subscribes from inside.
+    let kiosk_room = format!("{ROOM}-kiosk");
+    let (base, kiosk, doctor, ops) = (
+        s.base.clone(),
+        s.token(&kiosk_room, Role::Kiosk, "kiosk-1"),
+        s.token(&kiosk_room, Role::Doctor, "dr-1"),
+        s.token("*", Role::Operator, "ops-1"),
+    );
+    let media = tokio::task::block_in_place(|| {
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(ice_tcp_media(&base, &kiosk_room, &kiosk, &doctor, &ops))
+        })
+    });
+    let rooms =
+        media.unwrap_or_else(|e| panic!("cabine-kiosk over ICE-TCP from the namespace: {e}"));
+    eprintln!("tcp_netns: cabine-kiosk sessions over ICE-TCP: {rooms}");
 
     // Chromium inside, ICE-TCP.
     let hold = std::env::temp_dir().join(format!("cabine-ice-tcp-hold-{}", std::process::id()));
@@ -162,4 +187,109 @@ async fn with_udp_dropped_chromium_connects_over_ice_tcp_and_the_server_reports_
         "the ICE-TCP listener's counters: {tcp}"
     );
     s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A kiosk publishes a microphone over WHIP on `base` in `room` and a doctor subscribes over
+/// WHEP, both with `ice_tcp`; 50 consecutive payloads arrive intact and `/api/rooms` (operator
+/// token `ops`) reports both sessions over tcp; returns the room's sessions' transports, or the
+/// step that failed.
+async fn ice_tcp_media(
+    base: &str,
+    room: &str,
+    kiosk: &str,
+    doctor: &str,
+    ops: &str,
+) -> Result<String, String> {
+    let opts = ClientOptions {
+        ice_tcp: true,
+        gather_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let publisher = Publisher::connect(
+        &format!("{base}/whip/{room}"),
+        kiosk,
+        vec![TrackSpec::audio("kiosk-1", "microphone")],
+        opts.clone(),
+    )
+    .await
+    .map_err(|e| format!("publisher: {e}"))?;
+    let doctor = Subscriber::connect(
+        &format!("{base}/whep/{room}"),
+        doctor,
+        ClientOptions {
+            recv_video: 0,
+            recv_audio: 1,
+            ..opts
+        },
+    )
+    .await
+    .map_err(|e| format!("subscriber: {e}"))?;
+    let sender = tokio::spawn(async move {
+        for i in 0..600 {
+            let track = &publisher.tracks()[0];
+            if track
+                .write_rtp(&common::payload(1, i), true, 480)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher
+    });
+    let track = doctor
+        .next_track(Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("the doctor gets no microphone track: {e}"))?;
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let p = track
+            .read_rtp_timeout(Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("media stopped after {} packets: {e}", got.len()))?;
+        got.push(p.payload.to_vec());
+    }
+    // While both sessions live: the server reports them over tcp.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut transports = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("{base}/api/rooms"))
+            .bearer_auth(ops)
+            .send()
+            .await
+        {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            transports = v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["room"] == room)
+                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+                .map(|s| s["transport"].clone())
+                .collect();
+            if transports.len() == 2 && transports.iter().all(|t| t["protocol"] == "tcp") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sender.abort();
+    let _ = doctor.close().await;
+    let first = (0..600)
+        .position(|i| common::payload(1, i) == got[0])
+        .ok_or("a payload that was not sent")?;
+    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| common::payload(1, i)).collect();
+    if got != expected {
+        return Err("payloads over ICE-TCP differ from those sent".into());
+    }
+    let shown = serde_json::Value::from(transports.clone()).to_string();
+    if transports.len() != 2 || !transports.iter().all(|t| t["protocol"] == "tcp") {
+        return Err(format!(
+            "/api/rooms did not report both sessions over tcp: {shown}"
+        ));
+    }
+    Ok(shown)
 }
