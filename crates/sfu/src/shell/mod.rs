@@ -10,6 +10,10 @@
 //!   rooms) and command to its room, drains the room's [`Output`](crate::room::Output)s (datagrams into a send batch
 //!   flushed with `sendmmsg` once per turn, offers, progress, data and ended sessions to the
 //!   server's event queue).
+//! - ICE-TCP (`shell/tcp.rs`, `media.tcp`): a thread with the TCP listener on the media address binds
+//!   each connection to a session by its first binding request, hands each read's RFC 4571
+//!   frames to that session's worker in one message, and writes the rooms' TCP transmits (one
+//!   message per worker flush) into bounded per-connection buffers.
 //! - The routing table belongs to the I/O thread; workers change it through a control queue
 //!   (registrations, and addresses learned once str0m answered their binding request) and wake
 //!   it. Changes are queued before the datagram that depends on them is sent.
@@ -77,7 +81,7 @@ pub struct SfuConfig {
     /// Per-room settings (the candidate fields are filled in by the shell).
     pub room: RoomConfig,
     /// ICE-TCP on the media address (`media.tcp`): passive TCP candidates, RFC 4571 framing
-    /// ([`tcp`]); `None`: UDP only.
+    /// ([`TcpConfig`]); `None`: UDP only.
     pub tcp: Option<TcpConfig>,
 }
 
