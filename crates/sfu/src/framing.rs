@@ -1,15 +1,17 @@
 //! RFC 4571 framing: datagrams (STUN, DTLS, SRTP) carried over a TCP stream, each preceded by
 //! its length as a 16-bit big-endian number, as ICE-TCP uses it (RFC 6544).
 //!
-//! Sans-IO: the shell reads stream bytes into [`Deframer::input`] and takes whole frames out
-//! with [`Deframer::next_frame`]; it frames outgoing datagrams with [`encode`]. A frame of
-//! length 0 or longer than the limit is an error: the connection that sent it is closed, as
-//! nothing after it can be trusted to be in step.
+//! Sans-IO: the shell reads stream bytes into [`Deframer::input`] and takes whole frames out,
+//! one at a time with [`Deframer::next_frame`] or all those a read completed at once, still
+//! framed and without a copy, with [`Deframer::next_frames`] (walked with [`frames`]); it
+//! frames outgoing datagrams with [`encode`]. A frame of length 0 or longer than the limit is
+//! an error: the connection that sent it is closed, as nothing after it can be trusted to be in
+//! step.
 //!
 //! ```text
 //! loop {
 //!     stream.read_buf(deframer.input())
-//!     while let Some(frame) = deframer.next_frame()? { route(frame) }
+//!     while let Some(batch) = deframer.next_frames()? { for frame in frames(&batch) { … } }
 //! }
 //! ```
 
@@ -54,8 +56,10 @@ impl Deframer {
         }
     }
 
-    /// The buffer to read stream bytes into (appended to what is held).
+    /// The buffer to read stream bytes into (appended to what is held), with room for at
+    /// least one whole frame: its memory is reused once the batches taken from it are dropped.
     pub fn input(&mut self) -> &mut BytesMut {
+        self.buf.reserve(PREFIX + self.max);
         &mut self.buf
     }
 
@@ -86,6 +90,35 @@ impl Deframer {
         Ok(Some(self.buf.split_to(len).freeze()))
     }
 
+    /// Every whole frame held, still framed (prefixes included), as one buffer taken without a
+    /// copy; walk it with [`frames`]. `Ok(None)` until a frame has fully arrived. Frames before
+    /// a malformed one are returned first; the error comes on the next call, and then the
+    /// stream is out of step: the caller closes it.
+    pub fn next_frames(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let mut end = 0;
+        let mut refused = None;
+        while let Some(&[hi, lo]) = self.buf.get(end..end + PREFIX) {
+            let len = usize::from(u16::from_be_bytes([hi, lo]));
+            if len == 0 {
+                refused = Some(FrameError::Empty);
+                break;
+            }
+            if len > self.max {
+                refused = Some(FrameError::TooLong { len, max: self.max });
+                break;
+            }
+            if self.buf.len() < end + PREFIX + len {
+                break;
+            }
+            end += PREFIX + len;
+        }
+        match (end, refused) {
+            (0, Some(e)) => Err(e),
+            (0, None) => Ok(None),
+            _ => Ok(Some(self.buf.split_to(end).freeze())),
+        }
+    }
+
     /// Bytes held that do not make a whole frame yet (after [`next_frame`](Self::next_frame)
     /// returned `None`).
     pub fn buffered(&self) -> usize {
@@ -95,6 +128,30 @@ impl Deframer {
     /// The longest frame accepted.
     pub fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// The frames of a buffer from [`Deframer::next_frames`], without their prefixes. A truncated
+/// last frame (not possible from the deframer) ends the walk.
+pub fn frames(framed: &[u8]) -> Frames<'_> {
+    Frames { rest: framed }
+}
+
+/// Iterator over the frames of a framed buffer (see [`frames`]).
+#[derive(Debug, Clone)]
+pub struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (prefix, rest) = self.rest.split_first_chunk::<PREFIX>()?;
+        let len = usize::from(u16::from_be_bytes(*prefix));
+        let frame = rest.get(..len)?;
+        self.rest = &rest[len..];
+        Some(frame)
     }
 }
 
@@ -197,6 +254,35 @@ mod tests {
         assert!(out.is_empty());
         encode(&[1, 2, 3], &mut out).expect("encodable");
         assert_eq!(&out[..], &[0, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn next_frames_takes_every_whole_frame_at_once_and_then_the_refusal() {
+        let mut d = Deframer::new(1500);
+        let mut stream = framed(&[b"one", b"two", &[3; 1000]]);
+        stream.extend_from_slice(&[0, 5, 1]); // a partial fourth
+        d.push(&stream);
+        let batch = d.next_frames().expect("well formed").expect("frames");
+        let got: Vec<&[u8]> = frames(&batch).collect();
+        assert_eq!(got, [&b"one"[..], b"two", &[3; 1000]]);
+        assert_eq!(d.next_frames(), Ok(None));
+        assert_eq!(d.buffered(), 3);
+        d.push(&[2, 3, 4, 5, 0, 0]);
+        let batch = d.next_frames().expect("well formed").expect("the fourth");
+        assert_eq!(frames(&batch).collect::<Vec<_>>(), [&[1, 2, 3, 4, 5][..]]);
+        assert_eq!(d.next_frames(), Err(FrameError::Empty));
+        assert_eq!(
+            d.next_frames(),
+            Err(FrameError::Empty),
+            "the refusal sticks"
+        );
+    }
+
+    #[test]
+    fn input_has_room_for_a_whole_frame() {
+        let mut d = Deframer::new(1500);
+        d.push(&[0, 9]);
+        assert!(d.input().capacity() - d.buffered() >= 1502);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use super::worker::Worker;
 use super::{Key, Msg, ShellCounters};
-use crate::framing::{encode, Deframer};
+use crate::framing::{self, encode, Deframer};
 use crate::room::SessionId;
 use crate::udp::{Waker, MAX_DATAGRAM};
 
@@ -147,14 +147,12 @@ impl TcpCounters {
     }
 }
 
-/// Frames one read of one connection produced, for its session's worker.
+/// Frames one read of one connection produced, for its session's worker: the stream bytes as
+/// read (prefixes included, no copy; walked with [`framing::frames`]).
 pub(super) struct Frames {
     session: SessionId,
     source: SocketAddr,
-    /// The frames back to back.
-    data: Bytes,
-    /// Where each frame ends in `data`.
-    ends: Vec<usize>,
+    framed: Bytes,
     at: Instant,
 }
 
@@ -284,12 +282,7 @@ impl TcpOutlet {
 impl Worker {
     /// Gives the frames of one connection's read to their session's room.
     pub(super) fn frames(&mut self, f: Frames) {
-        let mut start = 0;
-        for &end in &f.ends {
-            let Some(frame) = f.data.get(start..end) else {
-                return;
-            };
-            start = end;
+        for frame in framing::frames(&f.framed) {
             self.receive(Protocol::Tcp, f.session, f.source, frame, f.at, None);
         }
     }
@@ -444,34 +437,36 @@ async fn read(node: Rc<Node>, conn: Rc<Conn>, mut rd: OwnedReadHalf) {
         last = tokio::time::Instant::now();
         node.shell.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         let at = Instant::now();
-        let mut data = BytesMut::new();
-        let mut ends = Vec::new();
-        let malformed = loop {
-            match deframer.next_frame() {
-                Ok(Some(frame)) => {
-                    if bound.is_none() {
-                        bound = route(&node, &frame);
-                        if bound.is_none() {
+        loop {
+            let framed = match deframer.next_frames() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    c.malformed.fetch_add(1, Ordering::Relaxed);
+                    close(&node, &conn);
+                    return;
+                }
+            };
+            let (w, session) = match bound {
+                Some(key) => key,
+                None => {
+                    let first = framing::frames(&framed).next().unwrap_or_default();
+                    match route(&node, first) {
+                        Some(key) => *bound.insert(key),
+                        None => {
                             c.unrouted.fetch_add(1, Ordering::Relaxed);
                             close(&node, &conn);
                             return;
                         }
                     }
-                    data.extend_from_slice(&frame);
-                    ends.push(data.len());
                 }
-                Ok(None) => break false,
-                Err(_) => break true,
-            }
-        };
-        if let (Some((w, session)), false) = (bound, ends.is_empty()) {
-            let count = ends.len() as u64;
+            };
+            let count = framing::frames(&framed).count() as u64;
             c.frames_in.fetch_add(count, Ordering::Relaxed);
             let frames = Frames {
                 session,
                 source: conn.peer,
-                data: data.freeze(),
-                ends,
+                framed,
                 at,
             };
             match node.workers[w].try_send(Msg::Frames(frames)) {
@@ -481,10 +476,6 @@ async fn read(node: Rc<Node>, conn: Rc<Conn>, mut rd: OwnedReadHalf) {
                     node.shell.queue_full.fetch_add(count, Ordering::Relaxed);
                 }
             }
-        }
-        if malformed {
-            c.malformed.fetch_add(1, Ordering::Relaxed);
-            break;
         }
     }
     close(&node, &conn);
