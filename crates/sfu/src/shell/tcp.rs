@@ -161,6 +161,8 @@ pub(super) struct Frames {
 pub(super) struct TcpShared {
     routes: Mutex<HashMap<String, Key>>,
     transmits: mpsc::Sender<Vec<Transmit>>,
+    /// Emptied transmit batches, back from the TCP thread for reuse.
+    emptied: crossbeam_channel::Receiver<Vec<Transmit>>,
     pub(super) counters: Arc<TcpCounters>,
     stop: Notify,
 }
@@ -187,9 +189,11 @@ pub(super) fn start(
     let listener = std::net::TcpListener::bind(local)?;
     listener.set_nonblocking(true)?;
     let (tx, rx) = mpsc::channel(TRANSMIT_QUEUE);
+    let (emptied_tx, emptied) = crossbeam_channel::bounded(TRANSMIT_QUEUE);
     let shared = Arc::new(TcpShared {
         routes: Mutex::new(HashMap::new()),
         transmits: tx,
+        emptied,
         counters: Arc::new(TcpCounters::default()),
         stop: Notify::new(),
     });
@@ -218,7 +222,7 @@ pub(super) fn start(
                 shell,
                 conns: RefCell::new(HashMap::new()),
             });
-            tokio::task::spawn_local(dispatch(Rc::clone(&node), rx));
+            tokio::task::spawn_local(dispatch(Rc::clone(&node), rx, emptied_tx));
             tokio::select! {
                 () = accept(node, listener) => {}
                 () = shared.stop.notified() => {}
@@ -255,7 +259,8 @@ impl TcpOutlet {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
+        let next = self.shared.emptied.try_recv().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.pending, next);
         let n = batch.len() as u64;
         if self.shared.transmits.try_send(batch).is_err() {
             self.shared.counters.unsent.fetch_add(n, Ordering::Relaxed);
@@ -353,36 +358,48 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
 }
 
 /// Sends the workers' TCP transmits to their connections.
-async fn dispatch(node: Rc<Node>, mut rx: mpsc::Receiver<Vec<Transmit>>) {
+async fn dispatch(
+    node: Rc<Node>,
+    mut rx: mpsc::Receiver<Vec<Transmit>>,
+    emptied: Sender<Vec<Transmit>>,
+) {
     let c = Arc::clone(&node.shared.counters);
-    while let Some(batch) = rx.recv().await {
-        for t in batch {
-            let conn = node.conns.borrow().get(&t.destination).cloned();
-            let Some(conn) = conn else {
-                c.unsent.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let overflow = {
-                let mut out = conn.out.borrow_mut();
-                if out.len() + 2 + t.contents.len() > node.cfg.send_buffer {
-                    true
-                } else {
-                    if encode(&t.contents, &mut out).is_err() {
-                        c.unsent.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    false
+    while let Some(mut batch) = rx.recv().await {
+        dispatch_batch(&node, &c, &mut batch);
+        // Back to the workers, so a flush does not allocate.
+        let _ = emptied.try_send(batch);
+    }
+}
+
+/// Frames each transmit into its connection's buffer (emptying `batch`); a connection whose
+/// buffer would overflow is closed.
+fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<Transmit>) {
+    for t in batch.drain(..) {
+        let conn = node.conns.borrow().get(&t.destination).cloned();
+        let Some(conn) = conn else {
+            c.unsent.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let overflow = {
+            let mut out = conn.out.borrow_mut();
+            if out.len() + 2 + t.contents.len() > node.cfg.send_buffer {
+                true
+            } else {
+                if encode(&t.contents, &mut out).is_err() {
+                    c.unsent.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            };
-            if overflow {
-                c.stalled.fetch_add(1, Ordering::Relaxed);
-                close(&node, &conn);
-                continue;
+                false
             }
-            c.frames_out.fetch_add(1, Ordering::Relaxed);
-            conn.proven.set(true);
-            conn.ready.notify_one();
+        };
+        if overflow {
+            c.stalled.fetch_add(1, Ordering::Relaxed);
+            close(node, &conn);
+            continue;
         }
+        c.frames_out.fetch_add(1, Ordering::Relaxed);
+        conn.proven.set(true);
+        conn.ready.notify_one();
     }
 }
 
