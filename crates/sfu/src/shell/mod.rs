@@ -460,7 +460,10 @@ impl Sfu {
         let tcp_shared = tcp.as_ref().map(|(shared, _)| Arc::clone(shared));
         let new_worker = |index: usize| Worker {
             cfg: cfg.room.clone(),
-            local,
+            // The address the rooms' engines know as their host candidate: str0m drops a
+            // binding request whose destination is none of its candidates, and the socket's
+            // own address is 0.0.0.0 when it binds every interface.
+            local: advertise,
             rooms: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),

@@ -28,7 +28,8 @@ use str0m::net::Protocol;
 /// A shard of the rooms, driven by one thread.
 pub(super) struct Worker {
     pub(super) cfg: RoomConfig,
-    /// The media socket's address: the destination of every datagram received.
+    /// The advertised media address (the rooms' host candidate): the destination given to the
+    /// rooms for every datagram and frame received.
     pub(super) local: SocketAddr,
     /// Rooms by slot (a closed room's slot is reused).
     pub(super) rooms: Vec<Option<Room>>,

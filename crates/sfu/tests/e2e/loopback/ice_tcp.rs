@@ -23,17 +23,36 @@ use super::{
 
 /// A media plane on a free loopback port with ICE-TCP on, `tcp` adjusted by `configure`.
 fn start_tcp_sfu(configure: impl FnOnce(&mut TcpConfig)) -> Sfu {
+    start_tcp_sfu_on("127.0.0.1:0", None, configure)
+}
+
+/// The same bound to `bind`, advertising `advertise`.
+fn start_tcp_sfu_on(
+    bind: &str,
+    advertise: Option<&str>,
+    configure: impl FnOnce(&mut TcpConfig),
+) -> Sfu {
     let mut tcp = TcpConfig::default();
     configure(&mut tcp);
     Sfu::start(SfuConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
+        bind: bind.parse().unwrap(),
+        advertise: advertise.map(|a| a.parse().unwrap()),
         workers: 2,
         socket_buffer: 0,
         room: RoomConfig::default(),
         tcp: Some(tcp),
     })
     .expect("media plane starts")
+}
+
+/// Where clients reach the media port (loopback when it binds every interface).
+fn media_addr(sfu: &Sfu) -> SocketAddr {
+    let a = sfu.local_addr();
+    if a.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], a.port()))
+    } else {
+        a
+    }
 }
 
 fn tcp_stats(sfu: &Sfu) -> TcpStats {
@@ -64,7 +83,7 @@ impl TcpPeer {
         kind: SessionKind,
         build: impl FnOnce(&mut SdpApi) -> Option<Mid>,
     ) -> (TcpPeer, Option<Mid>) {
-        let server = sfu.local_addr();
+        let server = media_addr(sfu);
         let candidate = SocketAddr::from(([127, 0, 0, 1], 9));
         let mut rtc = Rtc::builder().build(Instant::now());
         rtc.add_local_candidate(
@@ -252,6 +271,21 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 #[test]
 fn a_tcp_only_client_publishes_and_receives_over_ice_tcp_and_is_reported_as_tcp() {
     let sfu = start_tcp_sfu(|_| {});
+    tcp_and_udp_clients_exchange_media(&sfu);
+}
+
+#[test]
+fn bound_to_every_interface_and_advertising_one_address_udp_and_tcp_clients_connect() {
+    // How deployments run it (media.bind 0.0.0.0:7882, media.advertise the node's address):
+    // the rooms must see datagrams addressed to their advertised candidate.
+    let sfu = start_tcp_sfu_on("0.0.0.0:0", Some("127.0.0.1:0"), |_| {});
+    tcp_and_udp_clients_exchange_media(&sfu);
+}
+
+/// A TCP publisher, a TCP subscriber and a UDP subscriber in one room: media flows, the room
+/// reports their transports, the listener counts the frames.
+fn tcp_and_udp_clients_exchange_media(sfu: &Sfu) {
+    let sfu = sfu.clone();
     let (mut kiosk, mic) = TcpPeer::join(&sfu, "tcp", 1, SessionKind::Publish, |a| {
         Some(send_audio(a))
     });
@@ -367,7 +401,7 @@ fn a_malformed_frame_closes_its_connection_and_no_other() {
         let (mut kiosk, mut doctor, mic, mut n) = flowing(&sfu, "malformed");
         // A second client of the same session's room, over its own connection: it sends a
         // binding request for a real session, then a malformed frame.
-        let mut bad = TcpStream::connect(sfu.local_addr()).expect("connects");
+        let mut bad = TcpStream::connect(media_addr(&sfu)).expect("connects");
         let (ufrag, pwd) = server_creds(1);
         let (req, _) = binding_request(&format!("{ufrag}:client"), pwd.as_bytes());
         let mut framed = BytesMut::new();
@@ -446,13 +480,13 @@ fn connections_that_name_no_session_or_never_prove_one_are_closed() {
     // A session whose ufrag is registered (its client never connects).
     let (_kiosk, _) = UdpPeer::join(&sfu, "unproven", 1, SessionKind::Publish, send_audio);
     // Silent: closed after the handshake timeout.
-    let mut silent = TcpStream::connect(sfu.local_addr()).expect("connects");
+    let mut silent = TcpStream::connect(media_addr(&sfu)).expect("connects");
     assert!(
         closed_by_server(&mut silent),
         "a silent connection is closed"
     );
     // A binding request for a session, with the wrong password: the session never answers.
-    let mut forged = TcpStream::connect(sfu.local_addr()).expect("connects");
+    let mut forged = TcpStream::connect(media_addr(&sfu)).expect("connects");
     let (ufrag, _) = server_creds(1);
     let (req, _) = binding_request(&format!("{ufrag}:client"), b"not the password");
     let mut framed = BytesMut::new();
@@ -468,7 +502,7 @@ fn connections_that_name_no_session_or_never_prove_one_are_closed() {
         tcp_stats(&sfu)
     );
     // A first frame that is not a binding request for a known ufrag: closed at once.
-    let mut stranger = TcpStream::connect(sfu.local_addr()).expect("connects");
+    let mut stranger = TcpStream::connect(media_addr(&sfu)).expect("connects");
     let (req, _) = binding_request("nobody:client", b"whatever");
     let mut framed = BytesMut::new();
     encode(&req, &mut framed).unwrap();
@@ -493,10 +527,10 @@ fn connections_that_name_no_session_or_never_prove_one_are_closed() {
 #[test]
 fn connections_over_the_cap_are_refused_and_counted() {
     let sfu = start_tcp_sfu(|t| t.max_connections = 2);
-    let _a = TcpStream::connect(sfu.local_addr()).expect("connects");
-    let _b = TcpStream::connect(sfu.local_addr()).expect("connects");
+    let _a = TcpStream::connect(media_addr(&sfu)).expect("connects");
+    let _b = TcpStream::connect(media_addr(&sfu)).expect("connects");
     assert!(wait_for(|| tcp_stats(&sfu).connections == 2));
-    let mut c = TcpStream::connect(sfu.local_addr()).expect("the kernel accepts");
+    let mut c = TcpStream::connect(media_addr(&sfu)).expect("the kernel accepts");
     assert!(closed_by_server(&mut c), "the third is closed");
     assert_eq!(tcp_stats(&sfu).refused, 1);
     assert_eq!(tcp_stats(&sfu).connections, 2);
@@ -510,7 +544,7 @@ fn without_ice_tcp_no_tcp_candidate_is_offered_and_nothing_listens() {
     let (peer, _) = UdpPeer::join(&sfu, "udp-only", 1, SessionKind::Publish, send_audio);
     drop(peer);
     assert!(
-        TcpStream::connect(sfu.local_addr()).is_err(),
+        TcpStream::connect(media_addr(&sfu)).is_err(),
         "no TCP listener"
     );
     sfu.shutdown();
