@@ -115,7 +115,8 @@ pub struct MediaConfig {
     pub rtx_history: Duration,
     /// ICE-TCP: passive TCP candidates on the media address (RFC 6544), below UDP in priority.
     pub tcp: bool,
-    /// Most open ICE-TCP connections; more are closed on accept (`cabine_tcp_refused_total`).
+    /// Most open ICE-TCP connections; more are closed on accept
+    /// (`cabine_tcp_closed_total{reason="refused"}`).
     pub tcp_max_connections: usize,
     /// Bytes queued per ICE-TCP connection that its peer has not read; past it the connection
     /// is closed (`cabine_tcp_closed_total{reason="stalled"}`).

@@ -159,7 +159,7 @@ pub(super) struct Frames {
 /// What the workers share with the TCP thread: the ufrags to bind new connections by, the
 /// queue for their TCP transmits, the counters.
 pub(super) struct TcpShared {
-    routes: Mutex<HashMap<String, Key>>,
+    routes: Mutex<Routes>,
     transmits: mpsc::Sender<Vec<Transmit>>,
     /// Emptied transmit batches, back from the TCP thread for reuse.
     emptied: crossbeam_channel::Receiver<Vec<Transmit>>,
@@ -191,7 +191,7 @@ pub(super) fn start(
     let (tx, rx) = mpsc::channel(TRANSMIT_QUEUE);
     let (emptied_tx, emptied) = crossbeam_channel::bounded(TRANSMIT_QUEUE);
     let shared = Arc::new(TcpShared {
-        routes: Mutex::new(HashMap::new()),
+        routes: Mutex::new(Routes::default()),
         transmits: tx,
         emptied,
         counters: Arc::new(TcpCounters::default()),
@@ -237,6 +237,27 @@ impl TcpShared {
     pub(super) fn stop(&self) {
         self.stop.notify_one();
     }
+
+    /// The routes (a panic elsewhere while holding them leaves them consistent: each change
+    /// is one insert or remove).
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Which session a new connection's ufrag names, and back.
+#[derive(Default)]
+struct Routes {
+    by_ufrag: HashMap<String, Key>,
+    ufrag_of: HashMap<Key, String>,
+}
+
+impl Routes {
+    fn forget(&mut self, key: Key) {
+        if let Some(old) = self.ufrag_of.remove(&key) {
+            self.by_ufrag.remove(&old);
+        }
+    }
 }
 
 impl TcpOutlet {
@@ -267,20 +288,19 @@ impl TcpOutlet {
         }
     }
 
-    /// New connections whose first request names `ufrag` belong to `key`.
+    /// New connections whose first request names `ufrag` belong to `key` (its previous ufrag,
+    /// before an ICE restart, no longer binds any).
     pub(super) fn register(&self, ufrag: &str, key: Key) {
-        if let Ok(mut routes) = self.shared.routes.lock() {
-            routes.retain(|_, k| *k != key);
-            routes.insert(ufrag.to_owned(), key);
-        }
+        let mut routes = self.shared.routes();
+        routes.forget(key);
+        routes.by_ufrag.insert(ufrag.to_owned(), key);
+        routes.ufrag_of.insert(key, ufrag.to_owned());
     }
 
     /// `key` takes no new connections (its open ones end by the idle timeout, or when the
     /// client closes them).
     pub(super) fn forget(&self, key: Key) {
-        if let Ok(mut routes) = self.shared.routes.lock() {
-            routes.retain(|_, k| *k != key);
-        }
+        self.shared.routes().forget(key);
     }
 }
 
@@ -506,8 +526,7 @@ fn route(node: &Node, frame: &[u8]) -> Option<Key> {
         return None;
     }
     let (local, _remote) = msg.split_username()?;
-    let routes = node.shared.routes.lock().ok()?;
-    routes.get(local).copied()
+    node.shared.routes().by_ufrag.get(local).copied()
 }
 
 /// Closes a connection once: forgets it and ends both its tasks (dropping the stream halves
