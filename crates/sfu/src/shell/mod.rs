@@ -392,7 +392,7 @@ impl Sfu {
             addr: cfg.bind,
             source,
         };
-        let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
+        let (socket, tcp_listener) = bind_media(&cfg)?;
         let local = socket.local_addr().map_err(bind_err)?;
         if cfg.socket_buffer > 0 {
             match crate::udp::set_buffer_sizes(&socket, cfg.socket_buffer) {
@@ -439,10 +439,10 @@ impl Sfu {
             workers.push(tx);
             receivers.push(rx);
         }
-        let tcp = match cfg.tcp.clone() {
-            Some(tcp_cfg) => {
+        let tcp = match (cfg.tcp.clone(), tcp_listener) {
+            (Some(tcp_cfg), Some(listener)) => {
                 let started = tcp::start(
-                    local,
+                    listener,
                     tcp_cfg,
                     workers.clone(),
                     waker.clone(),
@@ -455,7 +455,7 @@ impl Sfu {
                 cfg.room.tcp_candidate = true;
                 Some(started)
             }
-            None => None,
+            _ => None,
         };
         let tcp_shared = tcp.as_ref().map(|(shared, _)| Arc::clone(shared));
         let new_worker = |index: usize| Worker {
@@ -840,6 +840,41 @@ impl Sfu {
             self.inner.waker.wake();
         }
         Ok(())
+    }
+}
+
+/// Binds the media UDP socket and, with ICE-TCP, the TCP listener on the same address. With
+/// port 0 the kernel picks the UDP port, which TCP may already use elsewhere: then both are
+/// tried again on another port (a few times).
+fn bind_media(cfg: &SfuConfig) -> Result<(UdpSocket, Option<std::net::TcpListener>), SfuError> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socket = UdpSocket::bind(cfg.bind).map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        if cfg.tcp.is_none() {
+            return Ok((socket, None));
+        }
+        let local = socket.local_addr().map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        match std::net::TcpListener::bind(local) {
+            Ok(listener) => return Ok((socket, Some(listener))),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && cfg.bind.port() == 0
+                    && attempt < ATTEMPTS => {}
+            Err(source) => {
+                return Err(SfuError::BindTcp {
+                    addr: local,
+                    source,
+                })
+            }
+        }
     }
 }
 

@@ -177,16 +177,16 @@ pub(super) struct TcpOutlet {
 /// Transmit batches queued for the TCP thread before workers drop (and count) more.
 const TRANSMIT_QUEUE: usize = 1024;
 
-/// Starts the listener on `local` (the media socket's address, TCP) and its thread. Returns
-/// what the workers need.
+/// Prepares the TCP thread on `listener` (bound to the media socket's address): returns what
+/// the workers need and the thread's body.
 pub(super) fn start(
-    local: SocketAddr,
+    listener: std::net::TcpListener,
     cfg: TcpConfig,
     workers: Vec<Sender<Msg>>,
     waker: Waker,
     shell: Arc<ShellCounters>,
 ) -> io::Result<(Arc<TcpShared>, impl FnOnce() + Send + 'static)> {
-    let listener = std::net::TcpListener::bind(local)?;
+    let local = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let (tx, rx) = mpsc::channel(TRANSMIT_QUEUE);
     let (emptied_tx, emptied) = crossbeam_channel::bounded(TRANSMIT_QUEUE);

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use cabine_proto::{Identity, Role, RoomId};
 use cabine_sfu::framing::{encode, Deframer};
 use cabine_sfu::room::{JoinRequest, RoomConfig, SessionId, SessionKind, TransportProtocol};
-use cabine_sfu::{Sfu, SfuConfig, TcpConfig, TcpStats};
+use cabine_sfu::{Sfu, SfuConfig, SfuError, TcpConfig, TcpStats};
 use str0m::change::{SdpAnswer, SdpApi, SdpPendingOffer};
 use str0m::media::Mid;
 use str0m::net::{Protocol, Receive, TcpType};
@@ -548,4 +548,35 @@ fn without_ice_tcp_no_tcp_candidate_is_offered_and_nothing_listens() {
         "no TCP listener"
     );
     sfu.shutdown();
+}
+
+#[test]
+fn a_media_port_whose_tcp_side_is_taken_is_a_clear_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let Ok(udp) = std::net::UdpSocket::bind(&bind) else {
+        // The UDP side is taken too (rare): nothing to check here.
+        return;
+    };
+    drop(udp);
+    match start_tcp_sfu_result(&bind) {
+        Err(SfuError::BindTcp { addr, .. }) => assert_eq!(addr.port(), port),
+        Err(e) => panic!("another error: {e}"),
+        Ok(sfu) => {
+            sfu.shutdown();
+            panic!("the media plane started on a port whose TCP side is taken");
+        }
+    }
+}
+
+fn start_tcp_sfu_result(bind: &str) -> Result<Sfu, SfuError> {
+    Sfu::start(SfuConfig {
+        bind: bind.parse().unwrap(),
+        advertise: None,
+        workers: 1,
+        socket_buffer: 0,
+        room: RoomConfig::default(),
+        tcp: Some(TcpConfig::default()),
+    })
 }
