@@ -9,7 +9,7 @@
 //! then Debian's chromium, inside, runs the
 //! kiosk page and the doctor's page (tests/browser/ice_tcp.mjs): chromium gathers active TCP
 //! candidates, video is decoded on the doctor's page, each page's selected pair is TCP, and
-//! `/api/rooms` reports `tcp` for the room's sessions while the pages are open.
+//! `/api/rooms` and the ops view report `tcp` for the room's sessions while the pages are open.
 //!
 //! Without root (no namespaces, no iptables) the test prints that it was skipped and why.
 
@@ -143,6 +143,7 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     let ops = s.token("*", Role::Operator, "ops-1");
     let mut rooms = serde_json::Value::Null;
     let mut tcp_sessions = 0;
+    let mut ops_view = serde_json::Value::Null;
     let deadline = Instant::now() + DRIVER_TIMEOUT;
     while Instant::now() < deadline && !driver.is_finished() {
         if let Ok(r) = reqwest::Client::new()
@@ -161,6 +162,15 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
                 .filter(|s| s["transport"]["protocol"] == "tcp")
                 .count();
             if tcp_sessions >= 2 {
+                // The operators' view says it too (pseudonymous: transport labels only).
+                if let Ok(r) = reqwest::Client::new()
+                    .get(format!("{}/api/ops", s.base))
+                    .bearer_auth(&ops)
+                    .send()
+                    .await
+                {
+                    ops_view = r.json().await.unwrap_or_default();
+                }
                 break;
             }
         }
@@ -180,6 +190,17 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     assert!(
         tcp_sessions >= 2,
         "/api/rooms did not report the kiosk's and the doctor's sessions over tcp: {rooms:#}"
+    );
+    let ops_tcp = ops_view["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["participants"].as_array().into_iter().flatten())
+        .filter(|p| p["transport"].as_str().is_some_and(|t| t.ends_with("/tcp")))
+        .count();
+    assert!(
+        ops_tcp >= 2,
+        "the ops view did not show the sessions over tcp: {ops_view:#}"
     );
     let tcp = &rooms["tcp"];
     assert!(
