@@ -68,6 +68,9 @@ pub enum Error {
     /// The local bridge to a TURN server over TLS or TCP could not start.
     #[error("TURN over TLS/TCP: {0}")]
     TurnBridge(String),
+    /// The local bridge to the server's ICE-TCP candidate could not start.
+    #[error("ICE-TCP bridge: {0}")]
+    IceTcpBridge(String),
     /// The HTTP client could not be built (e.g. no TLS backend available).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),

@@ -40,6 +40,7 @@ mod engine;
 mod error;
 mod feedback;
 mod ice_links;
+mod ice_tcp;
 mod media;
 mod options;
 mod publisher;

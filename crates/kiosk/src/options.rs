@@ -91,6 +91,10 @@ pub struct ClientOptions {
     /// relay, which forwards them from its own socket; the server (ICE-lite) answers that
     /// socket as a peer-reflexive candidate. `None` (the default) uses the answer as is.
     pub media_via: Option<SocketAddr>,
+    /// Also reach the server over ICE-TCP (RFC 6544): its passive TCP candidate in the answer
+    /// is carried through a local UDP↔TCP bridge (the `webrtc` stack gathers no TCP
+    /// candidates), ranked below direct UDP; for networks that drop UDP to the server.
+    pub ice_tcp: bool,
 }
 
 impl Default for ClientOptions {
@@ -108,6 +112,7 @@ impl Default for ClientOptions {
             recv_audio: 3,
             data_channel: false,
             media_via: None,
+            ice_tcp: false,
         }
     }
 }

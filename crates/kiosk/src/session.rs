@@ -225,6 +225,8 @@ pub(crate) struct Session {
     pub offer: String,
     pub answer: String,
     closed: AtomicBool,
+    /// The ICE-TCP bridge, when [`ClientOptions::ice_tcp`] made one (stops when dropped).
+    _bridge: Option<crate::ice_tcp::Bridge>,
 }
 
 impl Session {
@@ -244,11 +246,17 @@ impl Session {
             let offer = engine::gather_offer(&pc, opts.gather_timeout).await?;
             let offer = engine::strip_simulcast_ssrcs(&offer);
             let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
+            let (applied, bridge) = if opts.ice_tcp {
+                crate::ice_tcp::bridge_answer(&answer).await?
+            } else {
+                (answer.clone(), None)
+            };
+            // A relay in front of the media port (`media_via`) replaces every candidate.
+            let applied = match opts.media_via {
+                Some(via) => engine::redirect_candidates(&applied, via),
+                None => applied,
+            };
             let connected = async {
-                let applied = match opts.media_via {
-                    Some(via) => engine::redirect_candidates(&answer, via),
-                    None => answer.clone(),
-                };
                 engine::apply_answer(&pc, applied).await?;
                 engine::wait_connected(&mut state, opts.connect_timeout).await
             }
@@ -259,11 +267,12 @@ impl Session {
                 }
                 return Err(e);
             }
-            Ok((client, resource, offer, answer))
+            Ok((client, resource, offer, answer, bridge))
         }
         .await;
         match result {
-            Ok((client, resource, offer, answer)) => Ok(Session {
+            Ok((client, resource, offer, answer, bridge)) => Ok(Session {
+                _bridge: bridge,
                 pc,
                 state,
                 client,

@@ -116,6 +116,29 @@ pub struct MediaConfig {
     /// stream keeps 300 ms plus four round trips of its subscriber's link, up to this bound.
     #[serde(with = "humantime_serde")]
     pub rtx_history: Duration,
+    /// ICE-TCP: passive TCP candidates on the media address (RFC 6544), below UDP in priority.
+    pub tcp: bool,
+    /// Most open ICE-TCP connections; more are closed on accept
+    /// (`cabine_tcp_closed_total{reason="refused"}`).
+    pub tcp_max_connections: usize,
+    /// Bytes queued per ICE-TCP connection that its peer has not read; past it the connection
+    /// is closed (`cabine_tcp_closed_total{reason="stalled"}`).
+    pub tcp_send_buffer: usize,
+    /// An ICE-TCP connection whose session has not answered on it within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_handshake_timeout: Duration,
+}
+
+impl MediaConfig {
+    /// The ICE-TCP settings, `None` when `media.tcp` is off.
+    pub fn tcp_config(&self) -> Option<cabine_sfu::TcpConfig> {
+        self.tcp.then(|| cabine_sfu::TcpConfig {
+            max_connections: self.tcp_max_connections,
+            send_buffer: self.tcp_send_buffer,
+            handshake_timeout: self.tcp_handshake_timeout,
+            ..cabine_sfu::TcpConfig::default()
+        })
+    }
 }
 
 /// `[auth]`.
@@ -257,6 +280,18 @@ impl Config {
     }
 
     fn check_limits(&self) -> Result<(), ConfigError> {
+        let m = &self.media;
+        if m.tcp && (m.tcp_max_connections == 0 || m.tcp_send_buffer < 4096) {
+            return Err(ConfigError::Unusable(format!(
+                "media.tcp_max_connections = {} and media.tcp_send_buffer = {} must be at least                  1 and 4096 (or set media.tcp = false)",
+                m.tcp_max_connections, m.tcp_send_buffer
+            )));
+        }
+        if m.tcp && m.tcp_handshake_timeout.is_zero() {
+            return Err(ConfigError::Unusable(
+                "media.tcp_handshake_timeout is 0; give a duration such as \"10s\"".into(),
+            ));
+        }
         let l = &self.limits;
         for (key, d) in [
             ("header_timeout", l.header_timeout),

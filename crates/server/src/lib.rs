@@ -147,6 +147,7 @@ impl Server {
                 rtx_history: cfg.media.rtx_history,
                 ..RoomConfig::default()
             },
+            tcp: cfg.media.tcp_config(),
         })?;
         let audit = audit::Audit::open(&cfg.audit).map_err(StartError::Audit)?;
         let cluster = Arc::new(

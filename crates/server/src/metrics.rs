@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use cabine_sfu::room::{RoomSnapshot, SessionKind, TrackClass};
 use cabine_sfu::shell::ShellStats;
 use cabine_sfu::stats::DelayHistogram;
-use cabine_sfu::Sfu;
+use cabine_sfu::{Sfu, TcpStats};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -43,6 +43,10 @@ pub struct Summary {
     telemetry_sent: u64,
     telemetry_dropped: u64,
     shell: ShellStats,
+    /// The ICE-TCP listener's counters, when it runs.
+    tcp: Option<TcpStats>,
+    /// Connected sessions by selected transport (`"host/udp"`, `"prflx/tcp"`, …).
+    transports: HashMap<&'static str, u64>,
     refused: HashMap<&'static str, u64>,
     delay: DelayHistogram,
     /// Counters of sessions that already left, so totals never go down.
@@ -471,6 +475,61 @@ impl Metrics {
                 o.observe(s.shell.connect_timeouts, &[]);
             }
         );
+        gauge!(
+            "cabine.sfu.sessions.transport",
+            "{session}",
+            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp); a relay's own transport (UDP, TCP, TLS to coturn) is not visible to the SFU",
+            |s, o| {
+                for (transport, v) in &s.transports {
+                    o.observe(*v, &[KeyValue::new("transport", *transport)]);
+                }
+            }
+        );
+        gauge!(
+            "cabine.tcp.connections",
+            "{connection}",
+            "Open ICE-TCP connections on the media port",
+            |s, o| {
+                if let Some(t) = s.tcp {
+                    o.observe(t.connections, &[]);
+                }
+            }
+        );
+        counter!(
+            "cabine.tcp.closed",
+            "{connection}",
+            "ICE-TCP connections closed by the server, by reason (refused: media.tcp_max_connections reached; malformed: a frame of length 0 or too long; stalled: the client stopped reading and media.tcp_send_buffer filled; unrouted: the first frame named no session; unproven: no session answered on it within media.tcp_handshake_timeout; idle: nothing received for 30 s)",
+            |s, o| {
+                if let Some(t) = s.tcp {
+                    for (reason, v) in [
+                        ("refused", t.refused),
+                        ("malformed", t.malformed),
+                        ("stalled", t.stalled),
+                        ("unrouted", t.unrouted),
+                        ("unproven", t.unproven),
+                        ("idle", t.idle),
+                    ] {
+                        o.observe(v, &[KeyValue::new("reason", reason)]);
+                    }
+                }
+            }
+        );
+        counter!(
+            "cabine.tcp.frames",
+            "{frame}",
+            "RFC 4571 frames on ICE-TCP connections, by outcome (unsent: no connection to the destination, or the listener's queue was full)",
+            |s, o| {
+                if let Some(t) = s.tcp {
+                    for (outcome, v) in [
+                        ("received", t.frames_in),
+                        ("sent", t.frames_out),
+                        ("unsent", t.unsent),
+                    ] {
+                        o.observe(v, &[KeyValue::new("outcome", outcome)]);
+                    }
+                }
+            }
+        );
         counter!(
             "cabine.sfu.room_panics",
             "{room}",
@@ -629,7 +688,7 @@ impl Metrics {
         let Ok((rooms, delay)) = sfu.snapshot_with_delay().await else {
             return;
         };
-        self.update(&rooms, delay, sfu.stats(), refused);
+        self.update(&rooms, delay, sfu.stats(), sfu.tcp_stats(), refused);
     }
 
     /// Replaces the summary with one built from a sample of the media plane.
@@ -638,6 +697,7 @@ impl Metrics {
         rooms: &[RoomSnapshot],
         delay: DelayHistogram,
         shell: ShellStats,
+        tcp: Option<TcpStats>,
         refused: HashMap<&'static str, u64>,
     ) {
         let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
@@ -649,6 +709,7 @@ impl Metrics {
         let mut next = summarize(rooms, retired, delay);
         next.telemetry = telemetry;
         next.shell = shell;
+        next.tcp = tcp;
         next.refused = refused;
         *s = next;
     }
@@ -686,6 +747,9 @@ fn summarize(rooms: &[RoomSnapshot], mut retired: Retired, delay: DelayHistogram
                 cabine_proto::Role::Observer => "observer",
                 cabine_proto::Role::Operator => "operator",
             };
+            if let Some(t) = sess.transport {
+                *s.transports.entry(t.label()).or_default() += 1;
+            }
             if sess.kind == SessionKind::Publish
                 || !room
                     .sessions

@@ -119,6 +119,9 @@ pub struct ParticipantView {
     pub connected: bool,
     /// Bandwidth estimate towards it (subscribers), bits/s.
     pub bwe_bps: Option<u64>,
+    /// The selected candidate pair's transport, `"<client candidate>/<protocol>"`
+    /// (`"host/udp"`, `"prflx/tcp"`, `"relay/udp"`), once reported.
+    pub transport: Option<&'static str>,
     /// Round-trip time, ms (first stream that reports one).
     pub rtt_ms: Option<f64>,
     /// Worst loss among its streams.
@@ -313,6 +316,7 @@ pub fn view(rooms: &[RoomSnapshot], media: ShellStats, proc: ProcSample, time_ms
                 },
                 connected: s.connected,
                 bwe_bps: s.bwe_bps,
+                transport: s.transport.map(|t| t.label()),
                 rtt_ms,
                 loss,
                 jitter_ms,

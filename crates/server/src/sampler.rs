@@ -63,7 +63,13 @@ pub fn spawn(state: &Arc<AppState>, metrics: Arc<Metrics>) -> JoinHandle<()> {
             };
             st.note_codecs(&rooms);
             let shell = st.sfu.stats();
-            metrics.update(&rooms, delay, shell, st.refused_counts());
+            metrics.update(
+                &rooms,
+                delay,
+                shell,
+                st.sfu.tcp_stats(),
+                st.refused_counts(),
+            );
             let proc = ProcSample::read();
             let mut view = crate::ops::view(&rooms, shell, proc, crate::ops::unix_ms());
             st.ops.history().observe(&mut view, proc, Instant::now());
@@ -96,6 +102,7 @@ mod tests {
             workers: 1,
             socket_buffer: 0,
             room: RoomConfig::default(),
+            tcp: None,
         })
         .unwrap();
         let audit = Audit::open(&AuditConfig {

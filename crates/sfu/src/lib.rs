@@ -10,6 +10,9 @@
 //! ufrag (STUN) or by source address (everything else, [`demux`]; an address is learned only
 //! once str0m authenticated it). It runs worker 0 itself, so that worker's datagrams are
 //! handled where they were read; every other worker gets its share of a read in one message.
+//! With ICE-TCP on, a TCP listener on the same address (`shell::tcp`, one thread) takes
+//! RFC 4571 frames ([`framing`]) from passive-candidate connections into the same workers as
+//! `Protocol::Tcp` receives, and sends the rooms' TCP transmits back on their connection.
 //! Each worker runs the one drive loop: apply one input, then drain the room's one output until
 //! it says when to come back; its rooms' timers sit in an earliest-deadline queue
 //! ([`deadlines`]).
@@ -37,6 +40,7 @@ pub mod codec;
 pub mod deadlines;
 pub mod demux;
 pub mod forwarder;
+pub mod framing;
 pub mod pause;
 pub mod room;
 pub mod sdp;
@@ -50,4 +54,4 @@ pub use room::{
     EndCause, JoinError, JoinRequest, Joined, NegotiationError, Offer, OfferRequest, OfferedTrack,
     Output, Room, RoomConfig, RoomPanicked, SessionId, SessionKind,
 };
-pub use shell::{Sfu, SfuConfig, SfuError};
+pub use shell::{Sfu, SfuConfig, SfuError, TcpConfig, TcpStats};

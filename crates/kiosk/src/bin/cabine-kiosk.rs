@@ -75,6 +75,10 @@ struct DialArgs {
     /// Use relayed (TURN) candidates only.
     #[arg(long)]
     relay_only: bool,
+    /// Also reach the server over ICE-TCP (its passive TCP candidate, through a local
+    /// UDP-to-TCP bridge): for networks that drop UDP to the server.
+    #[arg(long)]
+    ice_tcp: bool,
     /// Use the 127.0.0.1 loopback only (server on this machine).
     #[arg(long)]
     loopback: bool,
@@ -231,6 +235,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.client = ClientOptions {
         ice_servers,
         relay_only: args.relay_only,
+        ice_tcp: args.ice_tcp,
         loopback_only: args.loopback,
         accept_invalid_certs: args.insecure,
         media_via: args.media_via,

@@ -66,6 +66,7 @@ pub async fn start() -> RealSfu {
             workers: 1,
             socket_buffer: 0,
             room: RoomConfig::default(),
+            tcp: None,
         })
         .expect("media plane starts"),
     );

@@ -172,7 +172,7 @@ function render(v) {
 
   $("rooms").innerHTML = v.rooms.length
     ? `<div class="rooms">${v.rooms.map((r) => `<div class="card room" data-room="${esc(r.id)}"><h3>${esc(r.id)}</h3>${
-        r.participants.map((p) => `<span class="chip" title="${esc(p.kind)}, ${p.connected ? "connected" : "connecting"}">${dot(p.health)}<b>${esc(p.id)}</b> ${esc(p.role)} <span class="muted">${p.kind === "publish" ? "↑" : "↓"}</span></span>`).join("")
+        r.participants.map((p) => `<span class="chip" title="${esc(p.kind)}, ${p.connected ? "connected" : "connecting"}${p.transport ? ", over " + esc(p.transport) : ""}">${dot(p.health)}<b>${esc(p.id)}</b> ${esc(p.role)} <span class="muted">${p.kind === "publish" ? "↑" : "↓"}${p.transport ? " " + esc(p.transport) : ""}</span></span>`).join("")
       }</div>`).join("")}</div>`
     : `<div class="empty">No room open.</div>`;
 

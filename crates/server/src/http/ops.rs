@@ -26,6 +26,8 @@ pub struct RoomsResponse {
     pub rooms: Vec<RoomSnapshot>,
     /// Socket-level counters of the media plane.
     pub media: ShellStats,
+    /// The ICE-TCP listener's counters (absent when `media.tcp` is off).
+    pub tcp: Option<cabine_sfu::TcpStats>,
     /// Requests refused, by reason.
     pub refused: HashMap<&'static str, u64>,
     /// Sessions created since start.
@@ -160,6 +162,7 @@ async fn local_rooms(
     let view = RoomsResponse {
         rooms,
         media: st.sfu.stats(),
+        tcp: st.sfu.tcp_stats(),
         refused,
         joins: st.joins.load(Ordering::Relaxed),
     };

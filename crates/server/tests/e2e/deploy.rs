@@ -430,7 +430,7 @@ fn dockerfile_is_multi_stage_non_root_and_exposes_every_port() {
         .filter(|i| i.cmd == "EXPOSE" && i.stage == last)
         .flat_map(|i| i.args.split_whitespace())
         .collect();
-    for p in ["8080/tcp", "7882/udp", "4443/udp", "9464/tcp"] {
+    for p in ["8080/tcp", "7882/udp", "7882/tcp", "4443/udp", "9464/tcp"] {
         assert!(exposed.contains(p), "EXPOSE {p} (got {exposed:?})");
     }
 
@@ -630,6 +630,12 @@ fn compose_runs_cabine_with_its_observability_stack() {
     let media = published(7882, "udp");
     // Clients are given the advertised IP with the bind port: the host port must be the same.
     assert_eq!(media.1, 7882, "media host port = container port");
+    // ICE-TCP on the same port number (media.tcp is on by default).
+    assert_eq!(
+        published(7882, "tcp").1,
+        7882,
+        "media TCP host port = container port"
+    );
     published(9464, "tcp");
     let env_raw = at(cabine, "environment.CABINE_AUTH__SECRET");
     assert!(
@@ -1085,6 +1091,8 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
     for want in [
         (cfg.http.listen.port(), "TCP"),
         (cfg.media.bind.port(), "UDP"),
+        // ICE-TCP (media.tcp) on the same port number.
+        (cfg.media.bind.port(), "TCP"),
         (cfg.admin_listen().unwrap().unwrap().port(), "TCP"),
         (4443, "UDP"),
     ] {

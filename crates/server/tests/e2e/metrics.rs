@@ -97,6 +97,32 @@ async fn metrics_follow_a_session_without_leaking_names() {
         );
     }
 
+    // Sessions by selected transport (the engine reports the pair about once a second): both
+    // clients signalled loopback host candidates and use UDP. ICE-TCP listens, unused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        s.server.refresh_metrics().await;
+        let text = scrape(admin).await;
+        let both = text.lines().any(|l| {
+            l.starts_with("cabine_sfu_sessions_transport")
+                && l.contains("transport=\"host/udp\"")
+                && l.ends_with(" 2")
+        });
+        if both {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions by transport never showed 2 host/udp:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cabine_tcp_connections") && l.ends_with(" 0")),
+        "no cabine_tcp_connections 0 in:\n{text}"
+    );
+
     // Leave: participants back to 0, totals kept.
     subscriber.close().await.unwrap();
     publisher.close().await.unwrap();

@@ -312,7 +312,8 @@ async fn kiosk_relay_only_publishes_and_subscribes_through_coturn_over_udp() {
 
     // With them (no --turn): both directions through coturn.
     let doctor = s.token(ROOM, Role::Doctor, "dr-1");
-    relay_only_media(&s.base, ROOM, &kiosk, &doctor, relay_only)
+    let ops = s.token("*", Role::Operator, "ops-1");
+    relay_only_media(&s.base, ROOM, &kiosk, &doctor, &ops, relay_only)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", coturn.log()));
     let log = coturn.log();
@@ -339,6 +340,7 @@ async fn kiosk_relay_only_publishes_and_subscribes_through_coturn_over_tls() {
         ROOM,
         &s.token(ROOM, Role::Kiosk, "kiosk-1"),
         &s.token(ROOM, Role::Doctor, "dr-1"),
+        &s.token("*", Role::Operator, "ops-1"),
         opts,
     )
     .await

@@ -35,14 +35,14 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
 
 /// A network namespace joined to the host by a veth pair (`host_ip` on the host's end,
 /// `ns_ip` inside, a /30), deleted on drop.
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
     host_if: String,
-    host_ip: Ipv4Addr,
+    pub(crate) host_ip: Ipv4Addr,
 }
 
 impl Netns {
-    fn create() -> Netns {
+    pub(crate) fn create() -> Netns {
         let mut rng = rand::rng();
         let tag: u32 = rng.random();
         let (b, c) = (rng.random_range(200u8..250), rng.random::<u8>() & 0xfc);
@@ -90,7 +90,7 @@ impl Netns {
     }
 
     /// Runs a command inside the namespace; panics with its output if it fails.
-    fn exec(&self, args: &[&str]) {
+    pub(crate) fn exec(&self, args: &[&str]) {
         let mut all = vec!["ip", "netns", "exec", &self.name];
         all.extend_from_slice(args);
         run(&all);
@@ -118,7 +118,7 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that joined the namespace (its sockets are the namespace's).
-    fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::scope(|scope| {
             scope
@@ -233,10 +233,11 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     // cabine-kiosk inside, relay only, with the endpoint's ICE servers (its bridge carries the
     // webrtc stack's UDP TURN over TLS 443).
     let kiosk_room = "room-turn-netns-kiosk";
-    let (base, kiosk, doctor) = (
+    let (base, kiosk, doctor, ops) = (
         s.base.clone(),
         s.token(kiosk_room, Role::Kiosk, "kiosk-1"),
         s.token(kiosk_room, Role::Doctor, "dr-1"),
+        s.token("*", Role::Operator, "ops-1"),
     );
     let opts = ClientOptions {
         relay_only: true,
@@ -250,7 +251,9 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(relay_only_media(&base, kiosk_room, &kiosk, &doctor, opts))
+            rt.block_on(relay_only_media(
+                &base, kiosk_room, &kiosk, &doctor, &ops, opts,
+            ))
         })
     });
     media.unwrap_or_else(|e| {

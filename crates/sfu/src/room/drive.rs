@@ -43,11 +43,37 @@ impl Room {
         destination: SocketAddr,
         data: &[u8],
     ) {
+        self.handle_receive(
+            now,
+            arrival,
+            session,
+            Protocol::Udp,
+            source,
+            destination,
+            data,
+        );
+    }
+
+    /// Feeds one datagram that arrived over `proto`: UDP, or one RFC 4571 frame of an ICE-TCP
+    /// connection ([`Protocol::Tcp`], `source` the connection's peer). Otherwise as
+    /// [`Room::handle_datagram`]; the session's engine answers over the same protocol
+    /// ([`Output::Transmit`] carries it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        arrival: Instant,
+        session: SessionId,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
         let Some(i) = self.sessions.iter().position(|s| s.id == session) else {
             return;
         };
         self.arrival = Some(arrival);
-        let accepted = match Receive::new(Protocol::Udp, source, destination, data) {
+        let accepted = match Receive::new(proto, source, destination, data) {
             Ok(receive) => {
                 let s = &mut self.sessions[i];
                 let input = Input::Receive(now, receive);
@@ -209,6 +235,12 @@ impl Room {
                         self.reached(i, Stage::IceConnected);
                     }
                     _ => {}
+                }
+            }
+            Event::PeerStats(st) => {
+                if let Some(pair) = st.selected_candidate_pair {
+                    let s = &mut self.sessions[i];
+                    s.path.select(pair.protocol, pair.remote.addr);
                 }
             }
             Event::RtpPacket(pkt) => self.on_rtp(i, now, pkt),

@@ -26,6 +26,7 @@ mod isolation;
 mod negotiation;
 mod output;
 mod snapshot;
+mod transport;
 
 use self::datachannel::{flush_backlog, Telemetry};
 pub use self::datachannel::{
@@ -40,6 +41,7 @@ pub use self::output::{Output, Progress, Stage};
 pub use self::snapshot::{
     DropCounters, PublishedSnapshot, ReceivedSnapshot, RoomSnapshot, SessionSnapshot,
 };
+pub use self::transport::{CandidateType, Transport, TransportProtocol, MAX_REMOTE_CANDIDATES};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -53,7 +55,7 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
 use str0m::net::Transmit;
 use str0m::rtp::Ssrc;
-use str0m::{Candidate, Rtc, RtcConfig};
+use str0m::{Rtc, RtcConfig};
 
 use crate::certificate::DtlsCertificate;
 use crate::forwarder::Forwarder;
@@ -119,6 +121,9 @@ impl TrackClass {
 pub struct RoomConfig {
     /// The address advertised as the server's ICE host candidate (the media port).
     pub candidate: SocketAddr,
+    /// Whether the same address is also offered as a passive ICE-TCP host candidate (RFC 6544,
+    /// framed per RFC 4571 by the shell), below the UDP candidate in priority.
+    pub tcp_candidate: bool,
     /// Initial bandwidth estimate for a subscriber before feedback arrives.
     pub initial_bitrate: Bitrate,
     /// How long a session may stay ICE-disconnected before it is removed.
@@ -149,6 +154,7 @@ impl Default for RoomConfig {
     fn default() -> Self {
         RoomConfig {
             candidate: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            tcp_candidate: false,
             initial_bitrate: Bitrate::kbps(1_000),
             disconnect_grace: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
@@ -327,12 +333,7 @@ impl Room {
             config = config.set_dtls_cert(cert.to_str0m());
         }
         let mut rtc = config.build(now);
-        let candidate =
-            Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
-                addr: self.cfg.candidate,
-                reason: e.to_string(),
-            })?;
-        rtc.add_local_candidate(candidate);
+        self.add_local_candidates(&mut rtc)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -375,7 +376,9 @@ impl Room {
             telemetry: None,
             negotiation: None,
             stages: 0,
+            path: transport::Path::default(),
         };
+        session.path.learn_sdp(&req.offer);
 
         let mut infos = Vec::new();
         match req.kind {
@@ -528,6 +531,8 @@ struct Session {
     /// Subscribers whose offers the server makes (WebSocket signalling): each track published
     /// later gets an m-line of its own through a new offer, each track gone is stopped.
     negotiation: Option<Negotiation>,
+    /// The client's signalled candidates and the selected pair's transport.
+    path: transport::Path,
 }
 
 struct Track {

@@ -7,7 +7,7 @@ use cabine_proto::{Identity, Role};
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::{Candidate, RtcConfig};
+use str0m::RtcConfig;
 
 use super::{
     bound_rtx_history, clock_rate, first_rtx_history, usable_media, JoinError, Joined,
@@ -94,12 +94,7 @@ impl Room {
             config = config.set_dtls_cert(cert.to_str0m());
         }
         let mut rtc = config.build(now);
-        let candidate =
-            Candidate::host(self.cfg.candidate, "udp").map_err(|e| JoinError::BadCandidate {
-                addr: self.cfg.candidate,
-                reason: e.to_string(),
-            })?;
-        rtc.add_local_candidate(candidate);
+        self.add_local_candidates(&mut rtc)?;
         self.sessions.push(Session {
             id: req.session,
             identity: req.identity,
@@ -123,6 +118,7 @@ impl Room {
                 restart_ice: false,
             }),
             stages: 0,
+            path: super::transport::Path::default(),
         });
         let i = self.sessions.len() - 1;
         match self.offer_changes(i, Some(req.telemetry)) {
@@ -163,6 +159,7 @@ impl Room {
         }
         let parsed = SdpAnswer::from_sdp_string(answer)
             .map_err(|e| NegotiationError::BadSdp(e.to_string()))?;
+        s.path.learn_sdp(answer);
         let Some(pending) = n.pending.take() else {
             return Err(NegotiationError::NoSuchOffer {
                 got: offer,
@@ -260,6 +257,7 @@ impl Room {
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
         let s = &mut self.sessions[i];
+        s.path.learn_sdp(offer);
         let answer = s
             .rtc
             .sdp_api()

@@ -5,7 +5,7 @@ use std::time::Instant;
 use cabine_proto::{Identity, Role, RoomId};
 use serde::Serialize;
 
-use super::{DataStats, Room, SessionId, SessionKind, Track, TrackInfo};
+use super::{DataStats, Room, SessionId, SessionKind, Track, TrackInfo, Transport};
 use crate::stats::{DelayHistogram, DelaySummary, EgressStats, IngressStats};
 
 /// Counters of traffic the room dropped, for metrics.
@@ -49,6 +49,9 @@ pub struct SessionSnapshot {
     pub connected: bool,
     /// Current bandwidth estimate towards this participant (subscribers), bits/s.
     pub bwe_bps: Option<u64>,
+    /// The selected candidate pair's transport (client candidate type and protocol), once
+    /// the engine reported one (about a second after connecting).
+    pub transport: Option<Transport>,
     /// Published tracks (publishers).
     pub published: Vec<PublishedSnapshot>,
     /// Received tracks (subscribers).
@@ -94,6 +97,7 @@ impl Room {
                 kind: s.kind,
                 connected: s.connected,
                 bwe_bps: s.bwe,
+                transport: s.path.selected,
                 telemetry: s.telemetry.as_ref().map(|t| t.stats),
                 published: self
                     .tracks

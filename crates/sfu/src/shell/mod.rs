@@ -10,6 +10,10 @@
 //!   rooms) and command to its room, drains the room's [`Output`](crate::room::Output)s (datagrams into a send batch
 //!   flushed with `sendmmsg` once per turn, offers, progress, data and ended sessions to the
 //!   server's event queue).
+//! - ICE-TCP (`shell/tcp.rs`, `media.tcp`): a thread with the TCP listener on the media address binds
+//!   each connection to a session by its first binding request, hands each read's RFC 4571
+//!   frames to that session's worker in one message, and writes the rooms' TCP transmits (one
+//!   message per worker flush) into bounded per-connection buffers.
 //! - The routing table belongs to the I/O thread; workers change it through a control queue
 //!   (registrations, and addresses learned once str0m answered their binding request) and wake
 //!   it. Changes are queued before the datagram that depends on them is sent.
@@ -45,9 +49,11 @@ use crate::room::{
 use crate::stats::DelayHistogram;
 
 mod io_thread;
+mod tcp;
 mod worker;
 
 use self::io_thread::Io;
+pub use self::tcp::{TcpConfig, TcpCounters, TcpStats};
 use self::worker::{Outlet, Worker};
 pub use crate::udp::MAX_DATAGRAM;
 use crate::udp::{self, RecvBatch, SendBatch, Waker, BATCH};
@@ -72,8 +78,11 @@ pub struct SfuConfig {
     /// Kernel receive and send buffer asked for on the media socket, bytes (see
     /// [`crate::udp::set_buffer_sizes`]); 0 keeps the kernel's default.
     pub socket_buffer: usize,
-    /// Per-room settings (the candidate field is filled in by the shell).
+    /// Per-room settings (the candidate fields are filled in by the shell).
     pub room: RoomConfig,
+    /// ICE-TCP on the media address (`media.tcp`): passive TCP candidates, RFC 4571 framing
+    /// ([`TcpConfig`]); `None`: UDP only.
+    pub tcp: Option<TcpConfig>,
 }
 
 /// Errors of the media plane shell.
@@ -83,6 +92,16 @@ pub enum SfuError {
     /// The media socket could not be bound.
     #[error("cannot bind the media UDP socket on {addr}: {source}")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The ICE-TCP listener could not be bound on the media address.
+    #[error(
+        "cannot listen for ICE-TCP on {addr} (set media.tcp = false to run UDP only): {source}"
+    )]
+    BindTcp {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -246,6 +265,8 @@ struct Inner {
     stop: Arc<AtomicBool>,
     events: Receiver<SfuEvent>,
     threads: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The ICE-TCP listener's shared state, when it runs.
+    tcp: Option<Arc<tcp::TcpShared>>,
 }
 
 type Key = (usize, SessionId);
@@ -306,6 +327,8 @@ enum Control {
 enum Msg {
     /// Datagrams the I/O thread read for this worker's sessions.
     Batch(Batch),
+    /// Frames one ICE-TCP connection's read brought for one of this worker's sessions.
+    Frames(tcp::Frames),
     Join {
         room: RoomId,
         req: Box<JoinRequest>,
@@ -409,7 +432,7 @@ impl Sfu {
             addr: cfg.bind,
             source,
         };
-        let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
+        let (socket, tcp_listener) = bind_media(&cfg)?;
         let local = socket.local_addr().map_err(bind_err)?;
         if cfg.socket_buffer > 0 {
             match crate::udp::set_buffer_sizes(&socket, cfg.socket_buffer) {
@@ -456,9 +479,27 @@ impl Sfu {
             senders.push(tx);
             receivers.push(rx);
         }
+        let tcp = match (cfg.tcp.clone(), tcp_listener) {
+            (Some(tcp_cfg), Some(listener)) => {
+                let started =
+                    tcp::start(listener, tcp_cfg, Arc::clone(&counters)).map_err(|source| {
+                        SfuError::BindTcp {
+                            addr: local,
+                            source,
+                        }
+                    })?;
+                cfg.room.tcp_candidate = true;
+                Some(started)
+            }
+            _ => None,
+        };
+        let tcp_shared = tcp.as_ref().map(|(shared, _)| Arc::clone(shared));
         let new_worker = |index: usize| Worker {
             cfg: cfg.room.clone(),
-            local,
+            // The address the rooms' engines know as their host candidate: str0m drops a
+            // binding request whose destination is none of its candidates, and the socket's
+            // own address is 0.0.0.0 when it binds every interface.
+            local: advertise,
             rooms: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
@@ -475,6 +516,7 @@ impl Sfu {
                 ufrags: HashMap::new(),
                 ufrag_of: HashMap::new(),
                 challenge: None,
+                tcp: tcp_shared.clone().map(tcp::TcpOutlet::new),
             },
             last_now: Instant::now(),
             closed_delay: DelayHistogram::default(),
@@ -499,6 +541,15 @@ impl Sfu {
             .zip(wakes)
             .map(|(tx, wake)| WorkerTx { tx, wake })
             .collect();
+        if let Some((_, body)) = tcp {
+            let workers = workers.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("cabine-sfu-tcp".into())
+                    .spawn(watched(&counters, &stop, move || body(workers)))
+                    .map_err(bind_err)?,
+            );
+        }
         let io = Io {
             worker: Some(new_worker(0)),
             rx: rx0,
@@ -518,7 +569,7 @@ impl Sfu {
                 .spawn(watched(&counters, &stop, move || io.run()))
                 .map_err(bind_err)?,
         );
-        info!(%local, %advertise, workers = n, "media plane started");
+        info!(%local, %advertise, workers = n, tcp = tcp_shared.is_some(), "media plane started");
         Ok(Sfu {
             inner: Arc::new(Inner {
                 local,
@@ -527,6 +578,7 @@ impl Sfu {
                 stop,
                 events: events_rx,
                 threads: std::sync::Mutex::new(threads),
+                tcp: tcp_shared,
             }),
         })
     }
@@ -759,6 +811,11 @@ impl Sfu {
         }
     }
 
+    /// The ICE-TCP listener's counters; `None` when it does not run (`media.tcp` off).
+    pub fn tcp_stats(&self) -> Option<TcpStats> {
+        self.inner.tcp.as_ref().map(|t| t.counters.stats())
+    }
+
     /// Whether every media-plane thread is running: false once a worker or the I/O thread has
     /// ended without a shutdown (its rooms are gone; the node must not be ready), and after
     /// [`shutdown`](Self::shutdown).
@@ -798,6 +855,9 @@ impl Sfu {
         for w in &self.inner.workers {
             let _ = w.send(Msg::Stop);
         }
+        if let Some(tcp) = &self.inner.tcp {
+            tcp.stop();
+        }
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -814,6 +874,41 @@ impl Sfu {
     /// Queues `msg` for worker `w` (waking the I/O thread, which runs worker 0).
     fn send(&self, w: usize, msg: Msg) -> Result<(), SfuError> {
         self.inner.workers[w].send(msg)
+    }
+}
+
+/// Binds the media UDP socket and, with ICE-TCP, the TCP listener on the same address. With
+/// port 0 the kernel picks the UDP port, which TCP may already use elsewhere: then both are
+/// tried again on another port (a few times).
+fn bind_media(cfg: &SfuConfig) -> Result<(UdpSocket, Option<std::net::TcpListener>), SfuError> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socket = UdpSocket::bind(cfg.bind).map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        if cfg.tcp.is_none() {
+            return Ok((socket, None));
+        }
+        let local = socket.local_addr().map_err(|source| SfuError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        match std::net::TcpListener::bind(local) {
+            Ok(listener) => return Ok((socket, Some(listener))),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && cfg.bind.port() == 0
+                    && attempt < ATTEMPTS => {}
+            Err(source) => {
+                return Err(SfuError::BindTcp {
+                    addr: local,
+                    source,
+                })
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use cabine_proto::{Redacted, RoomId};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tracing::{error, info, warn};
 
+use super::tcp::TcpOutlet;
 #[cfg(feature = "fault-injection")]
 use super::Fault;
 use super::{Batch, Control, Msg, SfuEvent, ShellCounters};
@@ -23,11 +24,13 @@ use crate::room::{
 };
 use crate::stats::DelayHistogram;
 use crate::udp::{SendBatch, Waker};
+use str0m::net::Protocol;
 
 /// A shard of the rooms, driven by one thread.
 pub(super) struct Worker {
     pub(super) cfg: RoomConfig,
-    /// The media socket's address: the destination of every datagram received.
+    /// The advertised media address (the rooms' host candidate): the destination given to the
+    /// rooms for every datagram and frame received.
     pub(super) local: SocketAddr,
     /// Rooms by slot (a closed room's slot is reused).
     pub(super) rooms: Vec<Option<Room>>,
@@ -60,6 +63,8 @@ pub(super) struct Outlet {
     /// The binding request from an unproven address being handled, and its session: answered
     /// with a success, the address is learned (before the answer leaves).
     pub(super) challenge: Option<(Challenge, SessionId)>,
+    /// TCP transmits go here (`None`: no ICE-TCP listener).
+    pub(super) tcp: Option<TcpOutlet>,
 }
 
 /// Messages a worker takes from its queue before its timers and its send batch get their turn.
@@ -146,6 +151,19 @@ impl Worker {
         at: Instant,
         challenge: Option<Challenge>,
     ) {
+        self.receive(Protocol::Udp, session, source, data, at, challenge);
+    }
+
+    /// Gives one datagram (UDP) or frame (ICE-TCP) to its session's room.
+    pub(super) fn receive(
+        &mut self,
+        proto: Protocol,
+        session: SessionId,
+        source: SocketAddr,
+        data: &[u8],
+        at: Instant,
+        challenge: Option<Challenge>,
+    ) {
         let Some(&slot) = self.out.sessions.get(&session) else {
             return;
         };
@@ -156,7 +174,7 @@ impl Worker {
         let local = self.local;
         self.out.challenge = challenge.map(|c| (c, session));
         let ended = isolated(room, &mut self.out, |r, out| {
-            r.handle_datagram(now, at, session, source, local, data);
+            r.handle_receive(now, at, session, proto, source, local, data);
             out.drain(r, None).ended
         });
         self.out.challenge = None;
@@ -204,6 +222,7 @@ impl Worker {
                     self.datagram(item.session, item.source, data, batch.at, item.challenge);
                 }
             }
+            Msg::Frames(frames) => self.frames(frames),
             Msg::Join { room, req, reply } => {
                 let (session, ufrag) = (req.session, req.ice_ufrag.clone());
                 let result = self.join(room, session, ufrag, |r, now| r.join(now, *req));
@@ -505,6 +524,11 @@ impl Outlet {
         let mut drained = Drained::default();
         loop {
             match room.poll_output() {
+                Output::Transmit(t) if t.proto != Protocol::Udp => {
+                    if let Some(tcp) = &mut self.tcp {
+                        tcp.push(t);
+                    }
+                }
                 Output::Transmit(t) => {
                     if let Some((c, session)) = self.challenge {
                         if c.is_answered_by(t.destination, &t.contents) {
@@ -569,6 +593,9 @@ impl Outlet {
 
     /// Sends the queued datagrams in one batch.
     pub(super) fn flush(&mut self) {
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush();
+        }
         if self.send.is_empty() {
             return;
         }
@@ -589,6 +616,9 @@ impl Outlet {
                 self.ufrags.remove(&old);
             }
             self.ufrags.insert(ufrag.clone(), session);
+            if let Some(tcp) = &self.tcp {
+                tcp.register(&ufrag, (self.index, session));
+            }
         }
         self.control(Control::Register(ufrag, (self.index, session)));
     }
@@ -610,6 +640,9 @@ impl Outlet {
         self.sessions.remove(&session);
         if let Some(old) = self.ufrag_of.remove(&session) {
             self.ufrags.remove(&old);
+        }
+        if let Some(tcp) = &self.tcp {
+            tcp.forget((self.index, session));
         }
         self.control(Control::Unregister((self.index, session)));
     }

@@ -333,12 +333,15 @@ pub fn turn_credential(reply: &IceServersReply) -> (String, String) {
 }
 /// A relay-only kiosk publishes a microphone over WHIP on `base` in `room`, a relay-only
 /// doctor subscribes over WHEP (both with the endpoint's ICE servers only), and 50 consecutive
-/// payloads arrive intact; the error names the step that failed.
+/// payloads arrive intact; `/api/rooms` (read with the operator token `ops`) reports both
+/// sessions as `relay/udp` (coturn relays to Cabine over UDP whatever the client used to reach
+/// it); the error names the step that failed.
 pub async fn relay_only_media(
     base: &str,
     room: &str,
     kiosk: &str,
     doctor: &str,
+    ops: &str,
     opts: ClientOptions,
 ) -> Result<(), String> {
     let publisher = Publisher::connect(
@@ -393,6 +396,7 @@ pub async fn relay_only_media(
         got.push(p.payload.to_vec());
     }
     let publisher = sender.await.map_err(|e| e.to_string())?;
+    let reported = relayed_sessions(base, room, ops).await;
     let _ = doctor.close().await;
     let _ = publisher.close().await;
     let first = (0..400)
@@ -402,7 +406,42 @@ pub async fn relay_only_media(
     if got != expected {
         return Err("payloads through coturn differ from those sent".into());
     }
-    Ok(())
+    reported.map(|_| ())
+}
+
+/// Polls `/api/rooms` until both sessions of `room` report the transport `relay/udp` (the
+/// engine reports the selected pair about once a second); the rooms JSON, or why not.
+async fn relayed_sessions(base: &str, room: &str, ops: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("{base}/api/rooms"))
+            .bearer_auth(ops)
+            .send()
+            .await
+        {
+            last = r.text().await.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+            let relayed = v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["room"] == room)
+                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+                .filter(|s| {
+                    s["transport"]["protocol"] == "udp" && s["transport"]["candidate"] == "relay"
+                })
+                .count();
+            if relayed >= 2 {
+                return Ok(last);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "/api/rooms never reported both sessions as relay/udp: {last}"
+    ))
 }
 
 /// Whether the publisher's offer carries relay candidates only.

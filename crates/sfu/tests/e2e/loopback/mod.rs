@@ -6,6 +6,7 @@
 
 mod demux_auth;
 mod first_flight;
+mod ice_tcp;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -32,6 +33,7 @@ pub fn start_sfu(workers: usize) -> Sfu {
         workers,
         socket_buffer: 0,
         room: RoomConfig::default(),
+        tcp: None,
     })
     .expect("media plane starts")
 }

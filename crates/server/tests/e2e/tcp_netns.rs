@@ -1,0 +1,316 @@
+//! ICE-TCP from a network that drops UDP: as root, a network namespace (the `turn_netns`
+//! harness: a veth pair to the host) whose iptables rules drop every UDP packet to the host's
+//! end, where Cabine listens (HTTP and the media port, `media.tcp` on as by default).
+//!
+//! First a UDP-only client (`cabine-kiosk`'s library: the webrtc crate gathers UDP candidates
+//! only) publishes from inside and cannot connect; with `ice_tcp` (`cabine-kiosk dial
+//! --ice-tcp`: a local UDP-to-TCP bridge to the server's passive candidate) the kiosk publishes
+//! and subscribes, 50 payloads arrive intact and `/api/rooms` reports both sessions over tcp;
+//! then Debian's chromium, inside, runs the
+//! kiosk page and the doctor's page (tests/browser/ice_tcp.mjs): chromium gathers active TCP
+//! candidates, video is decoded on the doctor's page, each page's selected pair is TCP, and
+//! `/api/rooms` and the ops view report `tcp` for the room's sessions while the pages are open.
+//!
+//! Without root (no namespaces, no iptables) the test prints that it was skipped and why.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
+use crate::turn_netns::Netns;
+use cabine_kiosk::{ClientOptions, Publisher, Subscriber, TrackSpec};
+use cabine_proto::Role;
+
+const ROOM: &str = "room-ice-tcp-netns";
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server_reports_tcp() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "tcp_netns: SKIPPED: creating a network namespace and its iptables rules needs \
+             root (CI runs the tests as root)"
+        );
+        return;
+    }
+    for tool in ["/usr/sbin/iptables", "/usr/sbin/ip"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: apt-get install iptables iproute2 (scripts/test installs them)"
+        );
+    }
+    let dir = common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+
+    let ns = Netns::create();
+    let s = common::start_with(|c| {
+        c.http.listen = SocketAddr::new(ns.host_ip.into(), 0);
+        c.media.bind = SocketAddr::new(ns.host_ip.into(), 0);
+        assert!(c.media.tcp, "ICE-TCP is on by default");
+        // Two cores for chromium and a debug-build server: be patient with ICE.
+        c.media.disconnect_grace = Duration::from_secs(30);
+    })
+    .await;
+    let host = ns.host_ip.to_string();
+    ns.exec(&[
+        "iptables", "-A", "OUTPUT", "-p", "udp", "-d", &host, "-j", "DROP",
+    ]);
+
+    // UDP only: the webrtc crate's publisher cannot connect from inside.
+    let whip = format!("{}/whip/{ROOM}-udp", s.base);
+    let kiosk = s.token(&format!("{ROOM}-udp"), Role::Kiosk, "kiosk-udp");
+    let udp_only = tokio::task::block_in_place(|| {
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                Publisher::connect(
+                    &whip,
+                    &kiosk,
+                    vec![TrackSpec::audio("kiosk-udp", "microphone")],
+                    ClientOptions {
+                        gather_timeout: Duration::from_secs(2),
+                        connect_timeout: Duration::from_secs(8),
+                        ..ClientOptions::default()
+                    },
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+    });
+    let why =
+        udp_only.expect_err("a UDP-only client connected although UDP to the server is dropped");
+    eprintln!("tcp_netns: UDP-only publisher from the namespace: {why}");
+
+    // cabine-kiosk with `ice_tcp` (`cabine-kiosk dial --ice-tcp`): through its local bridge to
+    // the server's passive TCP candidate, it publishes and subscribes from inside.
+    let kiosk_room = format!("{ROOM}-kiosk");
+    let (base, kiosk, doctor, ops) = (
+        s.base.clone(),
+        s.token(&kiosk_room, Role::Kiosk, "kiosk-1"),
+        s.token(&kiosk_room, Role::Doctor, "dr-1"),
+        s.token("*", Role::Operator, "ops-1"),
+    );
+    let media = tokio::task::block_in_place(|| {
+        ns.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(ice_tcp_media(&base, &kiosk_room, &kiosk, &doctor, &ops))
+        })
+    });
+    let rooms =
+        media.unwrap_or_else(|e| panic!("cabine-kiosk over ICE-TCP from the namespace: {e}"));
+    eprintln!("tcp_netns: cabine-kiosk sessions over ICE-TCP: {rooms}");
+
+    // Chromium inside, ICE-TCP.
+    let hold = std::env::temp_dir().join(format!("cabine-ice-tcp-hold-{}", std::process::id()));
+    let _ = std::fs::remove_file(&hold);
+    let envs = [
+        ("CABINE_URL", s.base.clone()),
+        ("ROOM", ROOM.to_owned()),
+        ("KIOSK_TOKEN", s.token(ROOM, Role::Kiosk, "kiosk-1")),
+        ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
+        ("HOLD_FILE", hold.display().to_string()),
+        (
+            "CHROMIUM_ARGS",
+            // The pages' origin is plain HTTP on a private address: treated as secure so the
+            // kiosk page may open its camera.
+            format!("--unsafely-treat-insecure-origin-as-secure={}", s.base),
+        ),
+    ];
+    let name = ns.name.clone();
+    let d = dir.clone();
+    let driver = tokio::task::spawn_blocking(move || {
+        run_driver_with(
+            &["ip", "netns", "exec", &name],
+            &d,
+            "ice_tcp.mjs",
+            &envs,
+            DRIVER_TIMEOUT,
+        )
+    });
+
+    // While the pages are open: the server reports the room's sessions over tcp.
+    let ops = s.token("*", Role::Operator, "ops-1");
+    let mut rooms = serde_json::Value::Null;
+    let mut tcp_sessions = 0;
+    let mut ops_view = serde_json::Value::Null;
+    let deadline = Instant::now() + DRIVER_TIMEOUT;
+    while Instant::now() < deadline && !driver.is_finished() {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("{}/api/rooms", s.base))
+            .bearer_auth(&ops)
+            .send()
+            .await
+        {
+            rooms = r.json().await.unwrap_or_default();
+            tcp_sessions = rooms["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["room"] == ROOM)
+                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+                .filter(|s| s["transport"]["protocol"] == "tcp")
+                .count();
+            if tcp_sessions >= 2 {
+                // The operators' view says it too (pseudonymous: transport labels only).
+                if let Ok(r) = reqwest::Client::new()
+                    .get(format!("{}/api/ops", s.base))
+                    .bearer_auth(&ops)
+                    .send()
+                    .await
+                {
+                    ops_view = r.json().await.unwrap_or_default();
+                }
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&hold, b"seen").expect("hold file");
+    let out = driver.await.expect("driver thread");
+    let _ = std::fs::remove_file(&hold);
+    assert!(
+        out.ok(),
+        "chromium over ICE-TCP failed (exit {}{}):\n{}\n{}\nGET /api/rooms: {rooms:#}",
+        out.status,
+        out.killed(),
+        out.stdout,
+        out.stderr,
+    );
+    assert!(
+        tcp_sessions >= 2,
+        "/api/rooms did not report the kiosk's and the doctor's sessions over tcp: {rooms:#}"
+    );
+    let ops_tcp = ops_view["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["participants"].as_array().into_iter().flatten())
+        .filter(|p| p["transport"].as_str().is_some_and(|t| t.ends_with("/tcp")))
+        .count();
+    assert!(
+        ops_tcp >= 2,
+        "the ops view did not show the sessions over tcp: {ops_view:#}"
+    );
+    let tcp = &rooms["tcp"];
+    assert!(
+        tcp["frames_in"].as_u64().unwrap_or(0) > 0 && tcp["connections"].as_u64() >= Some(2),
+        "the ICE-TCP listener's counters: {tcp}"
+    );
+    s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A kiosk publishes a microphone over WHIP on `base` in `room` and a doctor subscribes over
+/// WHEP, both with `ice_tcp`; 50 consecutive payloads arrive intact and `/api/rooms` (operator
+/// token `ops`) reports both sessions over tcp; returns the room's sessions' transports, or the
+/// step that failed.
+async fn ice_tcp_media(
+    base: &str,
+    room: &str,
+    kiosk: &str,
+    doctor: &str,
+    ops: &str,
+) -> Result<String, String> {
+    let opts = ClientOptions {
+        ice_tcp: true,
+        gather_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let publisher = Publisher::connect(
+        &format!("{base}/whip/{room}"),
+        kiosk,
+        vec![TrackSpec::audio("kiosk-1", "microphone")],
+        opts.clone(),
+    )
+    .await
+    .map_err(|e| format!("publisher: {e}"))?;
+    let doctor = Subscriber::connect(
+        &format!("{base}/whep/{room}"),
+        doctor,
+        ClientOptions {
+            recv_video: 0,
+            recv_audio: 1,
+            ..opts
+        },
+    )
+    .await
+    .map_err(|e| format!("subscriber: {e}"))?;
+    let sender = tokio::spawn(async move {
+        for i in 0..600 {
+            let track = &publisher.tracks()[0];
+            if track
+                .write_rtp(&common::payload(1, i), true, 480)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher
+    });
+    let track = doctor
+        .next_track(Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("the doctor gets no microphone track: {e}"))?;
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let p = track
+            .read_rtp_timeout(Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("media stopped after {} packets: {e}", got.len()))?;
+        got.push(p.payload.to_vec());
+    }
+    // While both sessions live: the server reports them over tcp.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut transports = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("{base}/api/rooms"))
+            .bearer_auth(ops)
+            .send()
+            .await
+        {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            transports = v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["room"] == room)
+                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+                .map(|s| s["transport"].clone())
+                .collect();
+            if transports.len() == 2 && transports.iter().all(|t| t["protocol"] == "tcp") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sender.abort();
+    let _ = doctor.close().await;
+    let first = (0..600)
+        .position(|i| common::payload(1, i) == got[0])
+        .ok_or("a payload that was not sent")?;
+    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| common::payload(1, i)).collect();
+    if got != expected {
+        return Err("payloads over ICE-TCP differ from those sent".into());
+    }
+    let shown = serde_json::Value::from(transports.clone()).to_string();
+    if transports.len() != 2 || !transports.iter().all(|t| t["protocol"] == "tcp") {
+        return Err(format!(
+            "/api/rooms did not report both sessions over tcp: {shown}"
+        ));
+    }
+    Ok(shown)
+}

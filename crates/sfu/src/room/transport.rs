@@ -1,0 +1,227 @@
+//! The transport of a session: the server's local ICE candidates (UDP, and passive TCP on the
+//! same address when the shell listens there), and which candidate pair a session really uses,
+//! so operators can see who comes over TCP or through a relay.
+//!
+//! str0m reports the selected pair in its peer statistics (about once a second): its protocol
+//! and both addresses, not the remote candidate's type. The type is found by matching the
+//! remote address with the candidates the client signalled in its SDP (offer or answer): a
+//! match gives `host`, `srflx` or `relay`; an address the client never signalled is `prflx`
+//! (learned from its connectivity checks: a NAT mapping, an ICE-TCP connection's source port,
+//! or a candidate trickled to the server, which ignores trickled candidates). What the SFU
+//! cannot see: how a relayed client reaches its TURN server (UDP, TCP or TLS). coturn relays
+//! to the SFU over UDP, and a relay candidate's SDP line does not say which transport the client
+//! used to allocate it; only the client's own statistics (`relayProtocol`) tell.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use str0m::net::{Protocol, TcpType};
+use str0m::{Candidate, CandidateKind, Rtc};
+
+use super::{JoinError, Room};
+
+/// Remote candidates remembered per session at most (a client signals a handful; the rest are
+/// ignored, and a pair to one of them reads as `prflx`).
+pub const MAX_REMOTE_CANDIDATES: usize = 32;
+
+/// The transport protocol of a selected candidate pair, as the SFU sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum TransportProtocol {
+    /// UDP (also what a TURN relay uses towards the SFU, whatever the client used).
+    Udp,
+    /// ICE-TCP (RFC 6544) on the media port.
+    Tcp,
+}
+
+/// The type of the client's candidate in the selected pair (RFC 8445 §5.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CandidateType {
+    /// A client's own interface address.
+    Host,
+    /// An address the client learned from a STUN server.
+    Srflx,
+    /// An address the server learned from the client's checks (not signalled).
+    Prflx,
+    /// A TURN relay's address.
+    Relay,
+}
+
+/// The candidate pair a session uses: the client's candidate type and the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Transport {
+    /// The protocol between the SFU and the client's candidate.
+    pub protocol: TransportProtocol,
+    /// The client's candidate type (the server's is always `host`).
+    pub candidate: CandidateType,
+}
+
+impl Transport {
+    /// A short label, `"<candidate>/<protocol>"` (`"host/udp"`, `"prflx/tcp"`, `"relay/udp"`),
+    /// for metrics.
+    pub fn label(&self) -> &'static str {
+        use CandidateType::*;
+        use TransportProtocol::*;
+        match (self.candidate, self.protocol) {
+            (Host, Udp) => "host/udp",
+            (Srflx, Udp) => "srflx/udp",
+            (Prflx, Udp) => "prflx/udp",
+            (Relay, Udp) => "relay/udp",
+            (Host, Tcp) => "host/tcp",
+            (Srflx, Tcp) => "srflx/tcp",
+            (Prflx, Tcp) => "prflx/tcp",
+            (Relay, Tcp) => "relay/tcp",
+        }
+    }
+}
+
+/// What a session knows about its path: the client's signalled candidates and the selected
+/// pair's transport.
+#[derive(Debug, Default)]
+pub(super) struct Path {
+    remote: Vec<(SocketAddr, Protocol, CandidateType)>,
+    pub(super) selected: Option<Transport>,
+}
+
+impl Path {
+    /// Remembers the `a=candidate` lines of an SDP the client sent (offer or answer).
+    pub(super) fn learn_sdp(&mut self, sdp: &str) {
+        for line in sdp.lines() {
+            let Some(attr) = line.trim_end().strip_prefix("a=") else {
+                continue;
+            };
+            if !attr.starts_with("candidate:") {
+                continue;
+            }
+            let Ok(c) = Candidate::from_sdp_string(attr) else {
+                continue;
+            };
+            let kind = match c.kind() {
+                CandidateKind::Host => CandidateType::Host,
+                CandidateKind::ServerReflexive => CandidateType::Srflx,
+                CandidateKind::PeerReflexive => CandidateType::Prflx,
+                CandidateKind::Relayed => CandidateType::Relay,
+            };
+            let entry = (c.addr(), c.proto(), kind);
+            if !self.remote.contains(&entry) && self.remote.len() < MAX_REMOTE_CANDIDATES {
+                self.remote.push(entry);
+            }
+        }
+    }
+
+    /// Records the selected pair str0m reported; returns whether the transport changed.
+    pub(super) fn select(&mut self, protocol: Protocol, remote: SocketAddr) -> bool {
+        let protocol = match protocol {
+            Protocol::Udp => TransportProtocol::Udp,
+            // The shell only speaks plain ICE-TCP.
+            _ => TransportProtocol::Tcp,
+        };
+        let candidate = self
+            .remote
+            .iter()
+            .find(|(addr, proto, _)| {
+                *addr == remote && (*proto == Protocol::Udp) == (protocol == TransportProtocol::Udp)
+            })
+            .map_or(CandidateType::Prflx, |(_, _, kind)| *kind);
+        let t = Some(Transport {
+            protocol,
+            candidate,
+        });
+        let changed = self.selected != t;
+        self.selected = t;
+        changed
+    }
+}
+
+impl Room {
+    /// Adds the server's candidates to a new session's engine: UDP host on the media address
+    /// and, with [`RoomConfig::tcp_candidate`](super::RoomConfig::tcp_candidate), passive TCP
+    /// host on the same address (its type preference, 90 against UDP's 126, puts it below).
+    pub(super) fn add_local_candidates(&self, rtc: &mut Rtc) -> Result<(), JoinError> {
+        let addr = self.cfg.candidate;
+        let bad = |e: &dyn std::fmt::Display| JoinError::BadCandidate {
+            addr,
+            reason: e.to_string(),
+        };
+        let udp = Candidate::host(addr, "udp").map_err(|e| bad(&e))?;
+        rtc.add_local_candidate(udp);
+        if self.cfg.tcp_candidate {
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| bad(&e))?;
+            rtc.add_local_candidate(tcp);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\n\
+        a=candidate:1 1 udp 2122260223 192.168.1.10 50000 typ host\r\n\
+        a=candidate:2 1 udp 1686052607 203.0.113.5 40000 typ srflx raddr 192.168.1.10 rport 50000\r\n\
+        a=candidate:3 1 udp 41885439 198.51.100.7 49200 typ relay raddr 203.0.113.5 rport 40000\r\n\
+        a=candidate:4 1 tcp 1518280447 192.168.1.10 9 typ host tcptype active\r\n";
+
+    fn path() -> Path {
+        let mut p = Path::default();
+        p.learn_sdp(OFFER);
+        p
+    }
+
+    #[test]
+    fn a_signalled_address_gives_its_candidate_type() {
+        let mut p = path();
+        assert!(p.select(Protocol::Udp, "198.51.100.7:49200".parse().unwrap()));
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/udp"));
+        p.select(Protocol::Udp, "203.0.113.5:40000".parse().unwrap());
+        assert_eq!(p.selected.map(|t| t.label()), Some("srflx/udp"));
+        p.select(Protocol::Udp, "192.168.1.10:50000".parse().unwrap());
+        assert_eq!(p.selected.map(|t| t.label()), Some("host/udp"));
+    }
+
+    #[test]
+    fn an_ice_tcp_connection_reads_as_peer_reflexive_tcp() {
+        let mut p = path();
+        // An active TCP candidate says port 9; the connection comes from an ephemeral port.
+        p.select(Protocol::Tcp, "192.168.1.10:53412".parse().unwrap());
+        assert_eq!(
+            p.selected,
+            Some(Transport {
+                protocol: TransportProtocol::Tcp,
+                candidate: CandidateType::Prflx
+            })
+        );
+        // The same address over UDP is not the TCP candidate's.
+        let mut p = Path::default();
+        p.learn_sdp("a=candidate:4 1 tcp 1 192.168.1.10 9 typ host tcptype active\r\n");
+        p.select(Protocol::Udp, "192.168.1.10:9".parse().unwrap());
+        assert_eq!(p.selected.map(|t| t.label()), Some("prflx/udp"));
+    }
+
+    #[test]
+    fn reporting_the_same_pair_again_is_no_change() {
+        let mut p = path();
+        let a = "192.168.1.10:50000".parse().unwrap();
+        assert!(p.select(Protocol::Udp, a));
+        assert!(!p.select(Protocol::Udp, a));
+    }
+
+    #[test]
+    fn remote_candidates_are_bounded() {
+        let mut p = Path::default();
+        let sdp: String = (0..100)
+            .map(|i| format!("a=candidate:{i} 1 udp 1 10.0.0.1 {} typ host\r\n", 1000 + i))
+            .collect();
+        p.learn_sdp(&sdp);
+        assert_eq!(p.remote.len(), MAX_REMOTE_CANDIDATES);
+    }
+}

@@ -1,0 +1,85 @@
+// ICE-TCP in Debian's chromium: the kiosk page and the doctor's page, in a network whose UDP to
+// the server is dropped, must exchange media with the server over its passive TCP candidate
+// (RFC 6544): video frames are decoded on the doctor's page and each page's selected candidate
+// pair is a TCP one. Once that holds, the driver keeps the pages open until the file HOLD_FILE
+// exists (the test writes it once it has seen what the server reports) or STEP_TIMEOUT_MS.
+//
+// Env: CABINE_URL, ROOM, DOCTOR_TOKEN, KIOSK_TOKEN, HOLD_FILE. Optional: CHROMIUM,
+// STEP_TIMEOUT_MS, CHROMIUM_ARGS (extra flags, space-separated).
+// Prints one JSON line `{"ok":...}`; exit status 0 when ok.
+
+import { existsSync, rmSync } from "node:fs";
+import { driver, env, inbound, launchChromium } from "./harness.mjs";
+
+const { result, finish, until } = driver("ice_tcp", ["DOCTOR_TOKEN", "KIOSK_TOKEN"]);
+
+// Run in a page: the local candidate of the selected pair of the session's `pc` ("sub"/"pub").
+const selected = async (which) => {
+  const pc = window.cabine.session[which];
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId);
+  const remote = stats.get(pair.remoteCandidateId);
+  return local ? { type: local.candidateType, protocol: local.protocol, tcpType: local.tcpType || "", remote: remote ? remote.protocol : "" } : null;
+};
+
+async function main() {
+  const base = env("CABINE_URL").replace(/\/+$/, "");
+  const room = encodeURIComponent(env("ROOM"));
+  const hold = env("HOLD_FILE");
+  const step = Number(process.env.STEP_TIMEOUT_MS || 40000);
+  const extra = (process.env.CHROMIUM_ARGS || "").split(" ").filter(Boolean);
+  const consoleLines = [];
+  let context;
+  let dir;
+  try {
+    result.stage = "launch";
+    ({ context, dir } = await launchChromium("cabine-icetcp-", { width: 1000, height: 700 }, extra));
+    await context.grantPermissions(["camera", "microphone"], { origin: new URL(base).origin }).catch(() => {});
+    const watch = (name, p) => {
+      p.on("console", (m) => consoleLines.push(`${name} ${m.type()}: ${m.text()}`));
+      p.on("pageerror", (e) => consoleLines.push(`${name} pageerror: ${e.message}`));
+    };
+
+    result.stage = "kiosk";
+    const kiosk = context.pages()[0] || (await context.newPage());
+    watch("kiosk", kiosk);
+    await kiosk.goto(`${base}/kiosk/${room}#token=${encodeURIComponent(env("KIOSK_TOKEN"))}`);
+
+    result.stage = "doctor";
+    const doctor = await context.newPage();
+    watch("doctor", doctor);
+    await doctor.goto(`${base}/consult/${room}#token=${encodeURIComponent(env("DOCTOR_TOKEN"))}`);
+    await until(doctor, "doctor_receives", inbound,
+      (s) => Object.values(s).some((x) => x.kind === "video" && x.frames > 10), step);
+
+    result.stage = "tcp";
+    const isTcp = (c) => c && c.protocol === "tcp" && c.remote === "tcp";
+    // A string expression: playwright evaluates it as is (the pages' CSP forbids eval).
+    await until(doctor, "doctor_subscribe_pair", `(${selected})("sub")`, isTcp, step);
+    await until(kiosk, "kiosk_publish_pair", `(${selected})("pub")`, isTcp, step);
+
+    result.stage = "hold";
+    const deadline = Date.now() + step;
+    while (!existsSync(hold) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+
+    result.stage = "done";
+    finish(true, "kiosk page and doctor's page exchanged media over ICE-TCP");
+    return 0;
+  } catch (e) {
+    result.console = consoleLines.slice(-40);
+    finish(false, e.message || String(e));
+    return 1;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+process.exit(await main().catch((e) => { finish(false, String(e)); return 1; }));
