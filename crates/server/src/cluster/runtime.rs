@@ -236,8 +236,38 @@ impl Cluster {
             return self.place_here(key);
         }
         let Some(candidate) = self.candidate() else {
-            self.stats.full.fetch_add(1, Ordering::Relaxed);
-            return Route::Full;
+            // No node takes a new room, but this may be an existing one: ask who holds it.
+            return match self.store.owner(&key).await {
+                Ok(Some(owner)) if owner == self.me => {
+                    lock(&self.owned).insert(
+                        key,
+                        Owned {
+                            placed: Instant::now(),
+                            lost_to: None,
+                        },
+                    );
+                    Route::Local
+                }
+                Ok(Some(owner)) => match self.url_of(&owner) {
+                    Some(url) => {
+                        self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                        Route::Redirect(url)
+                    }
+                    None => {
+                        self.stats.full.fetch_add(1, Ordering::Relaxed);
+                        Route::Full
+                    }
+                },
+                Ok(None) => {
+                    self.stats.full.fetch_add(1, Ordering::Relaxed);
+                    Route::Full
+                }
+                Err(e) => {
+                    self.store_failed(&e);
+                    self.stats.full.fetch_add(1, Ordering::Relaxed);
+                    Route::Full
+                }
+            };
         };
         let mut replace = None;
         for _ in 0..2 {
@@ -453,4 +483,67 @@ impl Cluster {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map or field update: a poisoned lock is consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, max_rooms: usize) -> ClusterConfig {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: id.into(),
+            region: String::new(),
+            max_rooms,
+        }
+    }
+
+    /// Node `id` on `store`, clustered.
+    fn node(id: &str, store: &Arc<MemoryStore>, max_rooms: usize) -> Cluster {
+        let store: Arc<dyn ClusterStore> = store.clone();
+        Cluster::with_store(
+            &config(id, max_rooms),
+            &format!("http://{id}.example:8080"),
+            String::new(),
+            b"runtime-tests",
+            store,
+            true,
+        )
+    }
+
+    fn room(name: &str) -> RoomId {
+        RoomId::parse(name).unwrap()
+    }
+
+    fn live(rooms: &[(&str, u32)]) -> Load {
+        Load {
+            rooms: rooms.iter().map(|(r, n)| (room(r), *n)).collect(),
+            ..Load::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_to_a_room_held_elsewhere_is_redirected_when_no_node_takes_new_rooms() {
+        let store = Arc::new(MemoryStore::new());
+        let (a, b) = (node("a", &store, 10), node("b", &store, 10));
+        // B holds a live room (its renewal leases it).
+        b.refresh(live(&[("on-b", 2)])).await;
+        a.refresh(Load::default()).await;
+        assert_eq!(
+            a.route(&room("on-b")).await,
+            Route::Redirect("http://b.example:8080".into())
+        );
+        // Both nodes drain: no node takes a new room.
+        let draining = |mut l: Load| {
+            l.draining = true;
+            l
+        };
+        b.refresh(draining(live(&[("on-b", 2)]))).await;
+        a.refresh(draining(Load::default())).await;
+        assert_eq!(
+            a.route(&room("on-b")).await,
+            Route::Redirect("http://b.example:8080".into())
+        );
+        assert_eq!(a.route(&room("new-room")).await, Route::Full);
+    }
 }
