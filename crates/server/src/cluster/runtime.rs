@@ -357,8 +357,29 @@ impl Cluster {
                 lock(&self.owned).remove(&key);
                 continue;
             }
-            if o.lost_to.is_some() {
-                continue;
+            if let Some(lost_to) = &o.lost_to {
+                if weight.is_none() {
+                    continue;
+                }
+                // This node still has clients in a room it lost: if the winner's lease is
+                // gone (its room ended) or the room was placed back here, take it again, or
+                // this node and the next owner would redirect to each other.
+                match self.store.owner(&key).await {
+                    Ok(Some(owner)) if owner != self.me => {
+                        if owner != *lost_to {
+                            if let Some(x) = lock(&self.owned).get_mut(&key) {
+                                x.lost_to = Some(owner);
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(_) => {
+                        if let Some(x) = lock(&self.owned).get_mut(&key) {
+                            x.lost_to = None;
+                        }
+                    }
+                    Err(e) => return self.store_failed(&e),
+                }
             }
             match self
                 .store
@@ -545,5 +566,37 @@ mod tests {
             Route::Redirect("http://b.example:8080".into())
         );
         assert_eq!(a.route(&room("new-room")).await, Route::Full);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_lost_a_room_takes_it_back_when_the_winners_lease_is_gone() {
+        let store = Arc::new(MemoryStore::new());
+        let (a, b) = (node("a", &store, 10), node("b", &store, 10));
+        // Both hold "split" with one session (as after an outage): the smaller id keeps it.
+        a.refresh(live(&[("split", 1)])).await;
+        b.refresh(live(&[("split", 1)])).await;
+        let a_url = Route::Redirect("http://a.example:8080".into());
+        assert_eq!(b.route(&room("split")).await, a_url);
+        // A's room ends (its lease released) while B still has a client there: B re-asserts
+        // it at its next refresh instead of redirecting to A for ever.
+        let key = a.key(&room("split"));
+        store.release(&key, "a").await.unwrap();
+        b.refresh(live(&[("split", 1)])).await;
+        assert_eq!(b.route(&room("split")).await, Route::Local);
+        assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
+        // A room placed back on its loser by another node is served there too.
+        a.refresh(live(&[("other", 5)])).await;
+        b.refresh(live(&[("other", 1)])).await;
+        assert_eq!(b.route(&room("other")).await, a_url);
+        let other = a.key(&room("other"));
+        store.release(&other, "a").await.unwrap();
+        store.place(&other, "b", ROOM_LEASE, None).await.unwrap();
+        b.refresh(live(&[("other", 1)])).await;
+        assert_eq!(b.route(&room("other")).await, Route::Local);
+        // While the winner holds it, the loser keeps redirecting.
+        a.refresh(live(&[("third", 3)])).await;
+        b.refresh(live(&[("third", 1)])).await;
+        b.refresh(live(&[("third", 1)])).await;
+        assert_eq!(b.route(&room("third")).await, a_url);
     }
 }
