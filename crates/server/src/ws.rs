@@ -308,6 +308,13 @@ pub async fn handler(
                 "no node of the cluster can take a new room now; retry later",
             ));
         }
+        crate::cluster::Route::Unavailable => {
+            st.count_refusal("cluster_store");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster store did not answer in time; retry in a second",
+            ));
+        }
     }
     if st.draining.load(Ordering::Relaxed) {
         st.count_refusal("draining");

@@ -3,7 +3,7 @@
 //! away.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,20 @@ pub enum Route {
     Redirect(String),
     /// No node has room for a new room (every one draining or at `cluster.max_rooms`).
     Full,
+    /// The store did not answer for a room this node knows nothing of, while it still
+    /// counts as reachable: placing the room here could split it from a node that holds it,
+    /// so the client is asked to retry (503 with `Retry-After`). Once refreshes confirm the
+    /// outage ([`DEGRADED_AFTER`] in a row), new rooms are placed here instead.
+    Unavailable,
 }
+
+/// Refreshes that must fail in a row before the node counts its store as away (the degraded
+/// mode: new rooms placed on itself). One slow answer is not an outage.
+pub const DEGRADED_AFTER: u32 = 2;
+
+/// Owners of rooms held elsewhere that this node remembers (each for [`ROOM_LEASE`]), so it
+/// still redirects to them while the store is away; more are not remembered.
+pub const MAX_SEEN: usize = 4096;
 
 /// This node's figures for its registry record and its leases.
 #[derive(Debug, Clone, Default)]
@@ -84,8 +97,13 @@ pub struct Cluster {
     telemetry: Mutex<String>,
     view: Mutex<View>,
     owned: Mutex<HashMap<RoomKey, Owned>>,
-    /// Whether the store answered the last time it was asked.
+    /// Whether the store counts as reachable (false after [`DEGRADED_AFTER`] failed
+    /// refreshes in a row, true again at the first refresh that succeeds).
     reachable: AtomicBool,
+    /// Refreshes failed in a row.
+    failed_refreshes: AtomicU32,
+    /// Rooms seen held by another node, with when: redirected to it while the store is away.
+    seen: Mutex<HashMap<RoomKey, (String, Instant)>>,
     /// This node's last figures.
     load: Mutex<Load>,
     stats: ClusterStats,
@@ -158,6 +176,8 @@ impl Cluster {
             view: Mutex::new(View::default()),
             owned: Mutex::new(HashMap::new()),
             reachable: AtomicBool::new(true),
+            failed_refreshes: AtomicU32::new(0),
+            seen: Mutex::new(HashMap::new()),
             load: Mutex::new(Load::default()),
             stats: ClusterStats::default(),
         }
@@ -173,7 +193,7 @@ impl Cluster {
         self.clustered
     }
 
-    /// Whether the store answered the last time it was asked.
+    /// Whether the store counts as reachable (not in the degraded mode).
     pub fn store_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }
@@ -233,6 +253,10 @@ impl Cluster {
             None => {}
         }
         if !self.store_reachable() {
+            if let Some(url) = self.seen_elsewhere(&key) {
+                self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                return Route::Redirect(url);
+            }
             return self.place_here(key);
         }
         let Some(candidate) = self.candidate() else {
@@ -250,6 +274,7 @@ impl Cluster {
                 }
                 Ok(Some(owner)) => match self.url_of(&owner) {
                     Some(url) => {
+                        self.remember(&key, &owner);
                         self.stats.redirects.fetch_add(1, Ordering::Relaxed);
                         Route::Redirect(url)
                     }
@@ -262,11 +287,7 @@ impl Cluster {
                     self.stats.full.fetch_add(1, Ordering::Relaxed);
                     Route::Full
                 }
-                Err(e) => {
-                    self.store_failed(&e);
-                    self.stats.full.fetch_add(1, Ordering::Relaxed);
-                    Route::Full
-                }
+                Err(_) => self.store_slow(&key),
             };
         };
         let mut replace = None;
@@ -277,10 +298,7 @@ impl Cluster {
                 .await
             {
                 Ok(o) => o,
-                Err(e) => {
-                    self.store_failed(&e);
-                    return self.place_here(key);
-                }
+                Err(_) => return self.store_slow(&key),
             };
             if owner == self.me {
                 lock(&self.owned).insert(
@@ -296,6 +314,7 @@ impl Cluster {
                 *lock(&self.view).recent.entry(owner.clone()).or_default() += 1;
             }
             if let Some(url) = self.url_of(&owner) {
+                self.remember(&key, &owner);
                 self.stats.redirects.fetch_add(1, Ordering::Relaxed);
                 return Route::Redirect(url);
             }
@@ -304,6 +323,7 @@ impl Cluster {
             if let Ok(list) = self.store.nodes().await {
                 self.set_view(list);
                 if let Some(url) = self.url_of(&owner) {
+                    self.remember(&key, &owner);
                     self.stats.redirects.fetch_add(1, Ordering::Relaxed);
                     return Route::Redirect(url);
                 }
@@ -316,8 +336,8 @@ impl Cluster {
     }
 
     /// One refresh: write this node's record, read the registry, renew the leases of the
-    /// live rooms and release those of ended ones. Store failures switch to the degraded
-    /// mode (logged once); nothing here waits long.
+    /// live rooms and release those of ended ones. [`DEGRADED_AFTER`] failed refreshes in a
+    /// row switch to the degraded mode (logged once); nothing here waits long.
     pub async fn refresh(&self, load: Load) {
         let live: HashMap<RoomKey, u32> =
             load.rooms.iter().map(|(r, n)| (self.key(r), *n)).collect();
@@ -325,13 +345,37 @@ impl Cluster {
         if !self.clustered {
             return;
         }
-        if let Err(e) = self.store.register(&self.record(), NODE_TTL).await {
-            return self.store_failed(&e);
+        let now = Instant::now();
+        lock(&self.seen).retain(|_, (_, at)| now.duration_since(*at) < ROOM_LEASE);
+        match self.refresh_store(&live).await {
+            Ok(renewed) => {
+                self.failed_refreshes.store(0, Ordering::Relaxed);
+                if !self.reachable.swap(true, Ordering::Relaxed) {
+                    info!(
+                        rooms = renewed,
+                        "cluster store reachable again: this node's rooms re-asserted"
+                    );
+                }
+            }
+            Err(e) => {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                let failed = self.failed_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+                if failed >= DEGRADED_AFTER && self.reachable.swap(false, Ordering::Relaxed) {
+                    warn!(
+                        error = %e,
+                        "cluster store unreachable: this node keeps its rooms and places new \
+                         rooms on itself until it returns (cabine_cluster_local_placements_total)"
+                    );
+                }
+            }
         }
-        match self.store.nodes().await {
-            Ok(list) => self.set_view(list),
-            Err(e) => return self.store_failed(&e),
-        }
+    }
+
+    /// The store side of a refresh; the leases renewed.
+    async fn refresh_store(&self, live: &HashMap<RoomKey, u32>) -> Result<usize, StoreError> {
+        self.store.register(&self.record(), NODE_TTL).await?;
+        let list = self.store.nodes().await?;
+        self.set_view(list);
         {
             let mut owned = lock(&self.owned);
             for k in live.keys() {
@@ -350,9 +394,7 @@ impl Cluster {
             let weight = live.get(&key).copied();
             if weight.is_none() && o.placed.elapsed() >= UNUSED_GRACE {
                 if o.lost_to.is_none() {
-                    if let Err(e) = self.store.release(&key, &self.me).await {
-                        return self.store_failed(&e);
-                    }
+                    self.store.release(&key, &self.me).await?;
                 }
                 lock(&self.owned).remove(&key);
                 continue;
@@ -378,7 +420,7 @@ impl Cluster {
                             x.lost_to = None;
                         }
                     }
-                    Err(e) => return self.store_failed(&e),
+                    Err(e) => return Err(e),
                 }
             }
             match self
@@ -399,15 +441,10 @@ impl Cluster {
                         x.lost_to = Some(owner);
                     }
                 }
-                Err(e) => return self.store_failed(&e),
+                Err(e) => return Err(e),
             }
         }
-        if !self.reachable.swap(true, Ordering::Relaxed) {
-            info!(
-                rooms = renewed,
-                "cluster store reachable again: this node's rooms re-asserted"
-            );
-        }
+        Ok(renewed)
     }
 
     /// A clean stop: leave the registry and release this node's leases (best effort).
@@ -464,15 +501,39 @@ impl Cluster {
         Route::Local
     }
 
-    fn store_failed(&self, e: &StoreError) {
+    /// A store call of `route` failed while the store counts as reachable: redirect to an
+    /// owner seen recently, else ask the client to retry (never the degraded mode on one
+    /// slow answer: the refreshes decide that).
+    fn store_slow(&self, key: &RoomKey) -> Route {
         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        if self.reachable.swap(false, Ordering::Relaxed) {
-            warn!(
-                error = %e,
-                "cluster store unreachable: this node keeps its rooms and places new rooms on \
-                 itself until it returns (cabine_cluster_local_placements_total)"
-            );
+        match self.seen_elsewhere(key) {
+            Some(url) => {
+                self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                Route::Redirect(url)
+            }
+            None => Route::Unavailable,
         }
+    }
+
+    /// Remembers that `owner` holds `key` (for [`ROOM_LEASE`]).
+    fn remember(&self, key: &RoomKey, owner: &str) {
+        let mut seen = lock(&self.seen);
+        if seen.len() < MAX_SEEN || seen.contains_key(key) {
+            seen.insert(key.clone(), (owner.to_owned(), Instant::now()));
+        }
+    }
+
+    /// The URL of the node seen holding `key` within [`ROOM_LEASE`], if any.
+    fn seen_elsewhere(&self, key: &RoomKey) -> Option<String> {
+        let owner = {
+            let seen = lock(&self.seen);
+            let (owner, at) = seen.get(key)?;
+            if at.elapsed() >= ROOM_LEASE {
+                return None;
+            }
+            owner.clone()
+        };
+        self.url_of(&owner)
     }
 
     fn record(&self) -> NodeRecord {
@@ -530,6 +591,87 @@ mod tests {
             store,
             true,
         )
+    }
+
+    /// The memory store behind a switch: while `down`, every call fails as an unreachable
+    /// Redis does.
+    struct Switched {
+        inner: Arc<MemoryStore>,
+        down: AtomicBool,
+    }
+
+    impl Switched {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::Relaxed) {
+                Err(StoreError::Unreachable("switched off".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl ClusterStore for Switched {
+        fn register(
+            &self,
+            node: &NodeRecord,
+            ttl: Duration,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+            let r = self.check().map(|()| self.inner.register(node, ttl));
+            Box::pin(async move { r?.await })
+        }
+        fn deregister(
+            &self,
+            node: &str,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+            let r = self.check().map(|()| self.inner.deregister(node));
+            Box::pin(async move { r?.await })
+        }
+        fn nodes(
+            &self,
+        ) -> futures_util::future::BoxFuture<'_, Result<super::super::NodeList, StoreError>>
+        {
+            let r = self.check().map(|()| self.inner.nodes());
+            Box::pin(async move { r?.await })
+        }
+        fn place(
+            &self,
+            room: &RoomKey,
+            node: &str,
+            lease: Duration,
+            replace: Option<&str>,
+        ) -> futures_util::future::BoxFuture<'_, Result<String, StoreError>> {
+            let r = self
+                .check()
+                .map(|()| self.inner.place(room, node, lease, replace));
+            Box::pin(async move { r?.await })
+        }
+        fn renew(
+            &self,
+            room: &RoomKey,
+            node: &str,
+            weight: u32,
+            lease: Duration,
+        ) -> futures_util::future::BoxFuture<'_, Result<Renewal, StoreError>> {
+            let r = self
+                .check()
+                .map(|()| self.inner.renew(room, node, weight, lease));
+            Box::pin(async move { r?.await })
+        }
+        fn release(
+            &self,
+            room: &RoomKey,
+            node: &str,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+            let r = self.check().map(|()| self.inner.release(room, node));
+            Box::pin(async move { r?.await })
+        }
+        fn owner(
+            &self,
+            room: &RoomKey,
+        ) -> futures_util::future::BoxFuture<'_, Result<Option<String>, StoreError>> {
+            let r = self.check().map(|()| self.inner.owner(room));
+            Box::pin(async move { r?.await })
+        }
     }
 
     fn room(name: &str) -> RoomId {
@@ -598,5 +740,54 @@ mod tests {
         b.refresh(live(&[("third", 1)])).await;
         b.refresh(live(&[("third", 1)])).await;
         assert_eq!(b.route(&room("third")).await, a_url);
+    }
+
+    #[tokio::test]
+    async fn one_slow_answer_does_not_place_here_and_known_rooms_stay_redirected_in_an_outage() {
+        let memory = Arc::new(MemoryStore::new());
+        let switched = Arc::new(Switched {
+            inner: Arc::clone(&memory),
+            down: AtomicBool::new(false),
+        });
+        let a = Cluster::with_store(
+            &config("a", 10),
+            "http://a.example:8080",
+            String::new(),
+            b"runtime-tests",
+            switched.clone(),
+            true,
+        );
+        let b = node("b", &memory, 10);
+        b.refresh(live(&[("on-b", 1)])).await;
+        a.refresh(Load::default()).await;
+        let b_url = Route::Redirect("http://b.example:8080".into());
+        assert_eq!(a.route(&room("on-b")).await, b_url);
+
+        // The store stops answering: a room seen on B is still sent there; an unknown room
+        // is not placed here on one failure (the client retries), and the node is not
+        // degraded yet.
+        switched.down.store(true, Ordering::Relaxed);
+        assert_eq!(a.route(&room("on-b")).await, b_url);
+        assert_eq!(a.route(&room("unknown")).await, Route::Unavailable);
+        assert!(a.store_reachable());
+        a.refresh(Load::default()).await;
+        assert!(a.store_reachable(), "one failed refresh is not an outage");
+        a.refresh(Load::default()).await;
+        assert!(!a.store_reachable(), "{DEGRADED_AFTER} in a row are");
+        // Degraded: new rooms are placed here, known ones still redirected.
+        assert_eq!(a.route(&room("unknown")).await, Route::Local);
+        assert_eq!(a.route(&room("on-b")).await, b_url);
+
+        switched.down.store(false, Ordering::Relaxed);
+        a.refresh(live(&[("unknown", 1)])).await;
+        assert!(a.store_reachable());
+        assert_eq!(
+            memory
+                .owner(&a.key(&room("unknown")))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
     }
 }

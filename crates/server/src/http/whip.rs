@@ -135,6 +135,17 @@ pub(crate) async fn route(st: &AppState, room: &RoomId, uri: &Uri) -> Option<Res
                 .into_response(),
             )
         }
+        Route::Unavailable => {
+            st.count_refusal("cluster_store");
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster store did not answer in time; retry in a second",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1u32));
+            Some(r)
+        }
     }
 }
 

@@ -417,6 +417,14 @@ async fn a_node_started_without_its_store_serves_alone_then_joins_it() {
         &[("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))],
     )
     .await;
+    // Two failed refreshes in a row make the degraded mode (before, a new room gets 503 and
+    // Retry-After: the store might only be slow).
+    until("the degraded mode is logged", || async {
+        std::fs::read_to_string(&node.log)
+            .unwrap_or_default()
+            .contains("places new rooms on itself")
+    })
+    .await;
     // Degraded: rooms are placed here, counted, and the log says so once.
     assert_eq!(
         publish(&node.base, "alone-1", "k-1").await,
