@@ -347,7 +347,10 @@ impl Cluster {
         }
         let now = Instant::now();
         lock(&self.seen).retain(|_, (_, at)| now.duration_since(*at) < ROOM_LEASE);
-        match self.refresh_store(&live).await {
+        // Local bookkeeping first, so it goes on while the store is away: live rooms are
+        // held, unused ones forgotten (their leases released below, or left to expire).
+        let ended = self.prune(&live);
+        match self.refresh_store(&live, &ended).await {
             Ok(renewed) => {
                 self.failed_refreshes.store(0, Ordering::Relaxed);
                 if !self.reachable.swap(true, Ordering::Relaxed) {
@@ -372,18 +375,16 @@ impl Cluster {
     }
 
     /// The store side of a refresh; the leases renewed.
-    async fn refresh_store(&self, live: &HashMap<RoomKey, u32>) -> Result<usize, StoreError> {
+    async fn refresh_store(
+        &self,
+        live: &HashMap<RoomKey, u32>,
+        ended: &[RoomKey],
+    ) -> Result<usize, StoreError> {
         self.store.register(&self.record(), NODE_TTL).await?;
         let list = self.store.nodes().await?;
         self.set_view(list);
-        {
-            let mut owned = lock(&self.owned);
-            for k in live.keys() {
-                owned.entry(k.clone()).or_insert(Owned {
-                    placed: Instant::now(),
-                    lost_to: None,
-                });
-            }
+        for key in ended {
+            self.store.release(key, &self.me).await?;
         }
         let rooms: Vec<(RoomKey, Owned)> = lock(&self.owned)
             .iter()
@@ -392,13 +393,6 @@ impl Cluster {
         let mut renewed = 0usize;
         for (key, o) in rooms {
             let weight = live.get(&key).copied();
-            if weight.is_none() && o.placed.elapsed() >= UNUSED_GRACE {
-                if o.lost_to.is_none() {
-                    self.store.release(&key, &self.me).await?;
-                }
-                lock(&self.owned).remove(&key);
-                continue;
-            }
             if let Some(lost_to) = &o.lost_to {
                 if weight.is_none() {
                     continue;
@@ -489,9 +483,17 @@ impl Cluster {
         v.recent.clear();
     }
 
+    /// Places `key` here without the store, within `cluster.max_rooms` (else [`Route::Full`]).
     fn place_here(&self, key: RoomKey) -> Route {
+        let mut owned = lock(&self.owned);
+        let held = owned.values().filter(|o| o.lost_to.is_none()).count();
+        if held >= self.max_rooms as usize {
+            drop(owned);
+            self.stats.full.fetch_add(1, Ordering::Relaxed);
+            return Route::Full;
+        }
         self.stats.local_placements.fetch_add(1, Ordering::Relaxed);
-        lock(&self.owned).insert(
+        owned.insert(
             key,
             Owned {
                 placed: Instant::now(),
@@ -499,6 +501,27 @@ impl Cluster {
             },
         );
         Route::Local
+    }
+
+    /// Holds the `live` rooms and forgets the unused ones (not live, placed over
+    /// [`UNUSED_GRACE`] ago); returns those whose leases are this node's to release.
+    fn prune(&self, live: &HashMap<RoomKey, u32>) -> Vec<RoomKey> {
+        let mut owned = lock(&self.owned);
+        for k in live.keys() {
+            owned.entry(k.clone()).or_insert(Owned {
+                placed: Instant::now(),
+                lost_to: None,
+            });
+        }
+        let mut ended = Vec::new();
+        owned.retain(|k, o| {
+            let unused = !live.contains_key(k) && o.placed.elapsed() >= UNUSED_GRACE;
+            if unused && o.lost_to.is_none() {
+                ended.push(k.clone());
+            }
+            !unused
+        });
+        ended
     }
 
     /// A store call of `route` failed while the store counts as reachable: redirect to an
@@ -789,5 +812,36 @@ mod tests {
                 .as_deref(),
             Some("a")
         );
+    }
+
+    #[tokio::test]
+    async fn the_degraded_mode_keeps_max_rooms_and_forgets_unused_rooms() {
+        let switched = Arc::new(Switched {
+            inner: Arc::new(MemoryStore::new()),
+            down: AtomicBool::new(true),
+        });
+        let a = Cluster::with_store(
+            &config("a", 2),
+            "http://a.example:8080",
+            String::new(),
+            b"runtime-tests",
+            switched.clone(),
+            true,
+        );
+        for _ in 0..DEGRADED_AFTER {
+            a.refresh(Load::default()).await;
+        }
+        assert!(!a.store_reachable());
+        assert_eq!(a.route(&room("r1")).await, Route::Local);
+        assert_eq!(a.route(&room("r2")).await, Route::Local);
+        assert_eq!(a.route(&room("r3")).await, Route::Full, "cluster.max_rooms");
+        assert_eq!(a.stats().full.load(Ordering::Relaxed), 1);
+        // r1 and r2 never went live: past the grace they are forgotten, store or not.
+        for o in lock(&a.owned).values_mut() {
+            o.placed -= UNUSED_GRACE;
+        }
+        a.refresh(Load::default()).await;
+        assert!(lock(&a.owned).is_empty());
+        assert_eq!(a.route(&room("r3")).await, Route::Local);
     }
 }
