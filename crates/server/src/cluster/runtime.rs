@@ -188,6 +188,11 @@ impl Cluster {
         &self.me
     }
 
+    /// This node's public base URL (`http.public_url`, no trailing `/`).
+    pub fn public_url(&self) -> &str {
+        &self.url
+    }
+
     /// Whether this node shares a store with others.
     pub fn clustered(&self) -> bool {
         self.clustered

@@ -598,3 +598,45 @@ async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
     assert!(room_nodes(&local_a, room).is_empty(), "{local_a}");
     assert!(local_a.get("nodes").is_none(), "{local_a}");
 }
+
+/// The operator's token is forwarded to the registry's nodes only at URLs of this node's own
+/// scheme: a record read from the store naming an `https` URL (or, on an `https` node, an
+/// `http` one) is listed as not answering and never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_token_goes_only_to_peers_of_the_same_scheme() {
+    let redis = Redis::start().await;
+    let a = Node::start("node-a", &redis).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let record = serde_json::json!({
+        "id": "other", "url": format!("https://127.0.0.1:{port}"), "region": "",
+        "media": "", "telemetry": "", "max_rooms": 10, "rooms": 0, "sessions": 0,
+        "egress_pps": 0, "cpu_percent": 0.0, "draining": false
+    });
+    let mut c = redis.connection().await.unwrap();
+    redis::pipe()
+        .cmd("SET")
+        .arg("cabine:node:other")
+        .arg(record.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .sadd("cabine:nodes", "other")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    until("A lists the other node, not answering", || async {
+        a.rooms().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "other" && n["answered"] == false)
+    })
+    .await;
+    // Every view above asked the registry's nodes: none connected to the https one.
+    let _ = a.rooms().await;
+    assert!(
+        listener.accept().is_err(),
+        "node A connected to a peer of another scheme with the operator's token"
+    );
+}
