@@ -592,7 +592,9 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, &token),
-            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
+            ice_servers: self
+                .st
+                .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
         });
         self.hub()
             .broadcast(&self.room, &token, &ServerMsg::ParticipantJoined(me));
@@ -676,7 +678,9 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, token),
-            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
+            ice_servers: self
+                .st
+                .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
         });
         for text in backlog {
             if self.tx.send_wait(text).await.is_err() {
