@@ -78,6 +78,9 @@ struct Owned {
     placed: Instant,
     /// Set when another node kept it (the conflict rule): requests go there.
     lost_to: Option<String>,
+    /// A lost room whose lease was found gone at the last refresh: taken back if it still is
+    /// at the next one (by then the winner has re-asserted it, had the store only lost it).
+    vacant: bool,
 }
 
 /// A room placed here but not live yet (its first client is on its way) keeps its lease this
@@ -273,6 +276,7 @@ impl Cluster {
                         Owned {
                             placed: Instant::now(),
                             lost_to: None,
+                            vacant: false,
                         },
                     );
                     Route::Local
@@ -311,6 +315,7 @@ impl Cluster {
                     Owned {
                         placed: Instant::now(),
                         lost_to: None,
+                        vacant: false,
                     },
                 );
                 return Route::Local;
@@ -402,25 +407,32 @@ impl Cluster {
                 if weight.is_none() {
                     continue;
                 }
-                // This node still has clients in a room it lost: if the winner's lease is
-                // gone (its room ended) or the room was placed back here, take it again, or
-                // this node and the next owner would redirect to each other.
-                match self.store.owner(&key).await {
-                    Ok(Some(owner)) if owner != self.me => {
+                // This node still has clients in a room it lost: if the room was placed
+                // back here, or the winner's lease stays gone (its room ended) for two
+                // refreshes in a row, take it again, or this node and the next owner would
+                // redirect to each other. (One refresh is not enough: after the store lost
+                // its data, the winner re-asserts its lease at its next refresh.)
+                let owner = self.store.owner(&key).await?;
+                let mut owned = lock(&self.owned);
+                let Some(x) = owned.get_mut(&key) else {
+                    continue;
+                };
+                match owner {
+                    Some(owner) if owner == self.me => x.lost_to = None,
+                    Some(owner) => {
                         if owner != *lost_to {
-                            if let Some(x) = lock(&self.owned).get_mut(&key) {
-                                x.lost_to = Some(owner);
-                            }
+                            x.lost_to = Some(owner);
                         }
+                        x.vacant = false;
                         continue;
                     }
-                    Ok(_) => {
-                        if let Some(x) = lock(&self.owned).get_mut(&key) {
-                            x.lost_to = None;
-                        }
+                    None if x.vacant => x.lost_to = None,
+                    None => {
+                        x.vacant = true;
+                        continue;
                     }
-                    Err(e) => return Err(e),
                 }
+                x.vacant = false;
             }
             match self
                 .store
@@ -503,6 +515,7 @@ impl Cluster {
             Owned {
                 placed: Instant::now(),
                 lost_to: None,
+                vacant: false,
             },
         );
         Route::Local
@@ -516,6 +529,7 @@ impl Cluster {
             owned.entry(k.clone()).or_insert(Owned {
                 placed: Instant::now(),
                 lost_to: None,
+                vacant: false,
             });
         }
         let mut ended = Vec::new();
@@ -747,10 +761,24 @@ mod tests {
         b.refresh(live(&[("split", 1)])).await;
         let a_url = Route::Redirect("http://a.example:8080".into());
         assert_eq!(b.route(&room("split")).await, a_url);
+        // The store loses its data: the winner re-asserts first, the loser stays redirected.
+        let split = a.key(&room("split"));
+        store.release(&split, "a").await.unwrap();
+        b.refresh(live(&[("split", 1)])).await;
+        a.refresh(live(&[("split", 1)])).await;
+        b.refresh(live(&[("split", 1)])).await;
+        assert_eq!(b.route(&room("split")).await, a_url);
+        assert_eq!(store.owner(&split).await.unwrap().as_deref(), Some("a"));
         // A's room ends (its lease released) while B still has a client there: B re-asserts
         // it at its next refresh instead of redirecting to A for ever.
         let key = a.key(&room("split"));
         store.release(&key, "a").await.unwrap();
+        b.refresh(live(&[("split", 1)])).await;
+        assert_eq!(
+            b.route(&room("split")).await,
+            a_url,
+            "one refresh without a lease is not enough (the store may have lost it)"
+        );
         b.refresh(live(&[("split", 1)])).await;
         assert_eq!(b.route(&room("split")).await, Route::Local);
         assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
