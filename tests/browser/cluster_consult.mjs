@@ -1,6 +1,7 @@
 // The doctor's page in a cluster: opened on a node that does not hold the room, it is told to
 // go to the node that does (the WebSocket's `redirect` message) and opens itself there, token
-// and all; there the cabin's video plays and its vitals show.
+// and all; there the cabin's video plays and its vitals show. A page that already followed 3
+// redirects in a row stops with an error instead of a 4th.
 //
 // Env: CABINE_URL (the node given), OWNER_URL (the node that holds the room), ROOM,
 // DOCTOR_TOKEN. Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
@@ -51,8 +52,21 @@ async function main() {
     result.stage = "vitals";
     await until(page, "vitals", () => window.cabine.state.vitals, (v) => v.spo2 && v.pulse, step);
 
+    // A page that has already followed 3 redirects in a row (the count rides in the
+    // fragment) does not follow a fourth: it stays and says why, rather than bouncing
+    // between nodes that disagree on the owner.
+    result.stage = "hop_limit";
+    const looping = await context.newPage();
+    looping.on("console", (m) => consoleLines.push(`looping ${m.type()}: ${m.text()}`));
+    await looping.goto(`${base}/consult/${encodeURIComponent(room)}#token=${encodeURIComponent(token)}&hops=3`);
+    await until(looping, "redirect_loop_shown", () => window.cabine.state.messages,
+      (m) => m.some((t) => t.includes("redirected this page 3 times")), step);
+    const stayed = await looping.evaluate(() => location.origin);
+    result.checks.loop_page_stayed = stayed === new URL(base).origin;
+    if (!result.checks.loop_page_stayed) throw new Error(`the page followed a 4th redirect to ${stayed}`);
+
     result.stage = "done";
-    finish(true, "redirected; video and vitals on the room's node");
+    finish(true, "redirected; video and vitals on the room's node; a 4th redirect in a row refused");
     return 0;
   } catch (e) {
     result.console = consoleLines.slice(-40);

@@ -92,13 +92,18 @@ pub(crate) struct Resource {
 }
 
 /// Where a `307`/`308` answer to `from` points (its `Location` resolved against `from`), if it
-/// is one; only to `http`/`https`.
+/// is one; only to `http`/`https`, and never from `https` to `http` (the token is sent again
+/// to the target: it must not leave TLS).
 pub(crate) fn follow_redirect(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
     if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT {
         return None;
     }
     let next = from.join(&header_str(headers, LOCATION)?).ok()?;
-    matches!(next.scheme(), "http" | "https").then_some(next)
+    let allowed = match from.scheme() {
+        "https" => next.scheme() == "https",
+        _ => matches!(next.scheme(), "http" | "https"),
+    };
+    allowed.then_some(next)
 }
 
 /// `POST`s an SDP offer; returns the session resource and the SDP answer. A `307`/`308` (a
@@ -360,5 +365,12 @@ mod tests {
         assert!(
             follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &HeaderMap::new()).is_none()
         );
+        // Never from https down to http (the bearer token would be sent in clear).
+        let tls = Url::parse("https://a:8443/whip/room").unwrap();
+        let down = location("http://b:8081/whip/room");
+        assert!(follow_redirect(&tls, StatusCode::TEMPORARY_REDIRECT, &down).is_none());
+        let up = location("https://b:8444/whip/room");
+        assert!(follow_redirect(&tls, StatusCode::TEMPORARY_REDIRECT, &up).is_some());
+        assert!(follow_redirect(&from, StatusCode::TEMPORARY_REDIRECT, &up).is_some());
     }
 }

@@ -10,7 +10,8 @@
 //!   [`crate::ws`];
 //! - dashboards on `/api/ops/stream`: [`crate::http::ops`];
 //! - data-channel requests per session: [`crate::events`];
-//! - audit lines per anonymous source and over the node: [`crate::anon_audit`].
+//! - audit lines per anonymous source and over the node: [`crate::anon_audit`];
+//! - TURN credentials per identity: [`crate::state::AppState::ice_servers`].
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,9 @@ pub struct LimitsConfig {
     /// Requests a subscriber may send on its `commands` data channel per second (on average,
     /// and in a burst of as many); beyond, they are dropped unanswered and unaudited.
     pub data_requests_per_second: NonZeroU32,
+    /// TURN credentials minted for one identity (`sub`) per minute, over every way they are
+    /// handed out (`/api/ice-servers`, WHIP/WHEP `Link` headers, the WebSocket `welcome`).
+    pub turn_credentials_per_minute: NonZeroU32,
 }
 
 /// A limit that refused something (the `limit` label of the metric).
@@ -105,11 +109,13 @@ pub enum Limit {
     WsMessageSize,
     /// `limits.ws_backlog`: a message for an away participant dropped.
     WsBacklog,
+    /// `limits.turn_credentials_per_minute`: a TURN credential not minted.
+    TurnCredentialRate,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 16] = [
+    pub const ALL: [Limit; 17] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -126,6 +132,7 @@ impl Limit {
         Limit::WsFirstMessage,
         Limit::WsMessageSize,
         Limit::WsBacklog,
+        Limit::TurnCredentialRate,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -147,6 +154,7 @@ impl Limit {
             Limit::WsFirstMessage => "ws_first_message_timeout",
             Limit::WsMessageSize => "ws_max_message_bytes",
             Limit::WsBacklog => "ws_backlog",
+            Limit::TurnCredentialRate => "turn_credentials_per_minute",
         }
     }
 }
@@ -213,6 +221,22 @@ pub struct RateWindow {
 impl RateWindow {
     /// Admits an event at `now`, or says how long until one would be admitted.
     pub fn admit(&mut self, now: Instant, max: u32, window: Duration) -> Result<(), Duration> {
+        self.forget(now, window);
+        if self.times.len() >= max as usize {
+            let oldest = self.times.front().copied().unwrap_or(now);
+            return Err(window.saturating_sub(now.saturating_duration_since(oldest)));
+        }
+        self.times.push_back(now);
+        Ok(())
+    }
+
+    /// Whether no event is left in the `window` before `now`.
+    pub fn idle(&mut self, now: Instant, window: Duration) -> bool {
+        self.forget(now, window);
+        self.times.is_empty()
+    }
+
+    fn forget(&mut self, now: Instant, window: Duration) {
         while let Some(&t) = self.times.front() {
             if now.saturating_duration_since(t) >= window {
                 self.times.pop_front();
@@ -220,12 +244,6 @@ impl RateWindow {
                 break;
             }
         }
-        if self.times.len() >= max as usize {
-            let oldest = self.times.front().copied().unwrap_or(now);
-            return Err(window.saturating_sub(now.saturating_duration_since(oldest)));
-        }
-        self.times.push_back(now);
-        Ok(())
     }
 }
 

@@ -19,6 +19,10 @@ use cabine_proto::jwt::{AuthError, Tokens};
 pub const COMMANDS_LABEL: &str = "commands";
 
 /// Shared state of the HTTP layer.
+/// Identities tracked for `limits.turn_credentials_per_minute` before the idle ones are
+/// forgotten.
+const TURN_MINT_IDENTITIES: usize = 4096;
+
 pub struct AppState {
     pub(crate) tokens: Tokens,
     pub(crate) sfu: Sfu,
@@ -38,6 +42,9 @@ pub struct AppState {
     pub(crate) ws: ws::Hub,
     /// The static STUN/TURN servers of `[ice] servers`, offered to every client.
     pub(crate) static_ice: Vec<cabine_proto::signal::IceServer>,
+    /// TURN credentials minted per identity in the last minute
+    /// (`limits.turn_credentials_per_minute`).
+    pub(crate) turn_mints: Mutex<HashMap<Identity, crate::limits::RateWindow>>,
     /// TURN credentials (`[turn]`), when configured.
     pub(crate) turn: Option<crate::turn::Turn>,
     /// Origins allowed to call the APIs from a browser (`http.cors_origins`).
@@ -126,6 +133,7 @@ impl AppState {
             ops: OpsSampler::default(),
             // Checked by `Config::check` (stun:/turn: URLs, plain origins); a value that is not
             // a valid header is left out rather than sent malformed.
+            turn_mints: Mutex::new(HashMap::new()),
             static_ice: cfg
                 .ice
                 .servers
@@ -171,18 +179,63 @@ impl AppState {
         self.telemetry.get()
     }
 
-    /// The ICE servers for a new session: `[ice] servers`, then, when `with_turn`, the `[turn]`
-    /// URLs with a credential minted now.
+    /// The ICE servers for a new session: `[ice] servers`, then, for a caller with a token
+    /// (`claims`), the `[turn]` URLs with a credential minted now ([`Self::turn_server`]; left
+    /// out, counted, beyond `limits.turn_credentials_per_minute`).
     pub fn ice_servers(
         &self,
         now: std::time::SystemTime,
-        with_turn: bool,
+        claims: Option<&Claims>,
     ) -> Vec<cabine_proto::signal::IceServer> {
         let mut servers = self.static_ice.clone();
-        if let (true, Some(turn)) = (with_turn, &self.turn) {
-            servers.push(turn.ice_server(now));
+        if let Some(Ok(Some((turn, _)))) = claims.map(|c| self.turn_server(now, c)) {
+            servers.push(turn);
         }
         servers
+    }
+
+    /// The `[turn]` entry for the holder of `claims` with a fresh credential and its expiry,
+    /// which is the token's at the latest (a credential never outlives the token it was
+    /// minted for); `None` without TURN; refused (429) beyond
+    /// `limits.turn_credentials_per_minute` credentials for the identity.
+    pub(crate) fn turn_server(
+        &self,
+        now: std::time::SystemTime,
+        claims: &Claims,
+    ) -> Result<
+        Option<(cabine_proto::signal::IceServer, std::time::SystemTime)>,
+        crate::limits::Refused,
+    > {
+        let Some(turn) = &self.turn else {
+            return Ok(None);
+        };
+        let max = self.limits.turn_credentials_per_minute;
+        let minute = std::time::Duration::from_secs(60);
+        let at = std::time::Instant::now();
+        let admitted = {
+            let mut mints = self.turn_mints.lock().unwrap_or_else(|p| p.into_inner());
+            if mints.len() >= TURN_MINT_IDENTITIES {
+                // Forget the identities with no credential in the last minute.
+                mints.retain(|_, w| !w.idle(at, minute));
+            }
+            mints
+                .entry(claims.sub.clone())
+                .or_default()
+                .admit(at, max.get(), minute)
+        };
+        if let Err(wait) = admitted {
+            return Err(self.refuse(
+                crate::limits::Limit::TurnCredentialRate,
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many TURN credentials for this identity \
+                     (limits.turn_credentials_per_minute = {max})"
+                ),
+                Some(wait.as_secs().max(1)),
+            ));
+        }
+        let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp);
+        Ok(Some(turn.ice_server(now, Some(not_after))))
     }
 
     /// This node's side of the cluster.

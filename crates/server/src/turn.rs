@@ -175,14 +175,31 @@ impl TurnConfig {
 impl Turn {
     /// Mints a credential valid until `now + ttl`, with a fresh random user part.
     pub fn mint(&self, now: SystemTime) -> Credential {
+        self.mint_until(now, None)
+    }
+
+    /// Same, expiring at `not_after` when that comes first (the token it is minted for).
+    pub fn mint_until(&self, now: SystemTime, not_after: Option<SystemTime>) -> Credential {
         let id: [u8; 12] = rand::rng().random();
         let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
-        self.mint_for(now, &id)
+        self.mint_for_until(now, &id, not_after)
     }
 
     /// Mints a credential for the opaque id `id` (the REST scheme itself, for tests).
     pub fn mint_for(&self, now: SystemTime, id: &str) -> Credential {
-        let expires = now + self.ttl;
+        self.mint_for_until(now, id, None)
+    }
+
+    fn mint_for_until(
+        &self,
+        now: SystemTime,
+        id: &str,
+        not_after: Option<SystemTime>,
+    ) -> Credential {
+        let expires = match not_after {
+            Some(t) => (now + self.ttl).min(t),
+            None => now + self.ttl,
+        };
         // Clocks before 1970 do not happen on a server; 0 would only make the credential
         // already expired.
         let expiry = expires
@@ -202,14 +219,22 @@ impl Turn {
         self.ttl
     }
 
-    /// The TURN server entry for a new session: every URL with one fresh credential.
-    pub fn ice_server(&self, now: SystemTime) -> IceServer {
-        let c = self.mint(now);
-        IceServer {
-            urls: self.urls.clone(),
-            username: Some(c.username),
-            credential: Some(c.password),
-        }
+    /// The TURN server entry for a new session: every URL with one fresh credential, which
+    /// expires at `not_after` at the latest; and when it expires.
+    pub fn ice_server(
+        &self,
+        now: SystemTime,
+        not_after: Option<SystemTime>,
+    ) -> (IceServer, SystemTime) {
+        let c = self.mint_until(now, not_after);
+        (
+            IceServer {
+                urls: self.urls.clone(),
+                username: Some(c.username),
+                credential: Some(c.password),
+            },
+            c.expires,
+        )
     }
 }
 
@@ -252,27 +277,40 @@ pub(crate) fn add_links(h: &mut HeaderMap, servers: &[IceServer]) {
     }
 }
 
-/// `GET /api/ice-servers`: the ICE servers with fresh TURN credentials, for any valid token
-/// (`Authorization: Bearer`); 401 without one.
+/// `GET /api/ice-servers`: the ICE servers with fresh TURN credentials (expiring with the
+/// token at the latest), for any valid token (`Authorization: Bearer`); 401 without one, 429
+/// beyond `limits.turn_credentials_per_minute` for the token's identity.
 pub(crate) async fn ice_servers_route(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Result<Json<IceServersReply>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let token = cabine_proto::jwt::bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
     );
-    if let Err(e) = token.and_then(|t| st.tokens.verify(t).map(drop)) {
-        st.count_refusal(e.reason());
-        st.audit_refusal("-", "-", None, peer, &e);
-        return Err(e.into());
+    let claims = match token.and_then(|t| st.tokens.verify(t)) {
+        Ok(c) => c,
+        Err(e) => {
+            st.count_refusal(e.reason());
+            st.audit_refusal("-", "-", None, peer, &e);
+            return Err(e.into());
+        }
+    };
+    let now = SystemTime::now();
+    let mut ice_servers = st.ice_servers(now, None);
+    let mut ttl_s = None;
+    match st.turn_server(now, &claims) {
+        Ok(Some((server, expires))) => {
+            ice_servers.push(server);
+            ttl_s = Some(expires.duration_since(now).unwrap_or_default().as_secs());
+        }
+        Ok(None) => {}
+        Err(refused) => return Ok(refused.into_response()),
     }
-    Ok(Json(IceServersReply {
-        ice_servers: st.ice_servers(SystemTime::now(), true),
-        ttl_s: st.turn.as_ref().map(|t| t.ttl().as_secs()),
-    }))
+    Ok(Json(IceServersReply { ice_servers, ttl_s }).into_response())
 }
 
 fn quote(s: &str) -> String {
@@ -323,6 +361,16 @@ mod tests {
             rest_password(b"0123456789abcdef0123", &a.username)
         );
         assert_eq!(a.expires, now + Duration::from_secs(3600));
+        // A credential minted for a token expires with it when the token ends first.
+        let token_exp = now + Duration::from_secs(90);
+        let c = turn.mint_until(now, Some(token_exp));
+        assert_eq!(c.expires, token_exp);
+        assert!(c.username.starts_with("1700000090:"), "{}", c.username);
+        let later = now + Duration::from_secs(7200);
+        assert_eq!(
+            turn.mint_until(now, Some(later)).expires,
+            now + Duration::from_secs(3600)
+        );
     }
 
     #[test]

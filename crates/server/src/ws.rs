@@ -308,6 +308,13 @@ pub async fn handler(
                 "no node of the cluster can take a new room now; retry later",
             ));
         }
+        crate::cluster::Route::Unavailable => {
+            st.count_refusal("cluster_store");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster store did not answer in time; retry in a second",
+            ));
+        }
     }
     if st.draining.load(Ordering::Relaxed) {
         st.count_refusal("draining");
@@ -585,7 +592,9 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, &token),
-            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
+            ice_servers: self
+                .st
+                .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
         });
         self.hub()
             .broadcast(&self.room, &token, &ServerMsg::ParticipantJoined(me));
@@ -669,7 +678,9 @@ impl Conn {
             identity: self.claims.sub.to_string(),
             role: self.claims.role.to_string(),
             participants: self.hub().participants(&self.room, token),
-            ice_servers: self.st.ice_servers(std::time::SystemTime::now(), true),
+            ice_servers: self
+                .st
+                .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
         });
         for text in backlog {
             if self.tx.send_wait(text).await.is_err() {

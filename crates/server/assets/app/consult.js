@@ -100,7 +100,10 @@ session.addEventListener("participant", (e) => {
   if (p.event === "resumed") banner(`${p.identity} is back`);
   if (p.event === "left") banner(`${p.identity} left`);
 });
-session.addEventListener("error", (e) => console.warn("cabine:", e.detail.code || "", e.detail.message));
+session.addEventListener("error", (e) => {
+  console.warn("cabine:", e.detail.code || "", e.detail.message);
+  if (e.detail.code === "redirect_loop" || e.detail.code === "redirect_refused") banner(e.detail.message, "warn");
+});
 
 // --- own camera and microphone (voice processing on) --------------------------------------------
 let local;

@@ -88,6 +88,9 @@ session.addEventListener("track", (e) => {
 session.addEventListener("track_removed", (e) => {
   if (e.detail.kind === "video") { $("no-doctor").classList.remove("hidden"); banner("The doctor's video stopped", "warn"); }
 });
+session.addEventListener("error", (e) => {
+  if (e.detail.code === "redirect_loop" || e.detail.code === "redirect_refused") banner(e.detail.message, "warn");
+});
 session.addEventListener("signalling", (e) => { if (!e.detail.up) banner("Connection to the server lost — reconnecting…", "warn"); });
 session.addEventListener("participant", (e) => {
   const p = e.detail;

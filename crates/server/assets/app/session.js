@@ -15,6 +15,23 @@ export function fragmentParams() {
   return { token: p.get("token") || "", params: p };
 }
 
+// Redirects between cluster nodes a page follows in a row before it gives up.
+const MAX_REDIRECTS = 3;
+
+function redirectHops() {
+  const n = Number(new URLSearchParams(openedFragment.replace(/^#/, "")).get("hops"));
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
+// `fragment` with `hops=n` (dropped when 0).
+function withHops(fragment, n) {
+  const p = new URLSearchParams(fragment.replace(/^#/, ""));
+  if (n > 0) p.set("hops", String(n));
+  else p.delete("hops");
+  const s = p.toString();
+  return s ? "#" + s : "";
+}
+
 export function roomFromPath() {
   const parts = location.pathname.split("/").filter(Boolean);
   return decodeURIComponent(parts[parts.length - 1] || "");
@@ -149,6 +166,7 @@ export class Session extends EventTarget {
   async onMessage(m) {
     switch (m.type) {
       case "welcome":
+        openedFragment = withHops(openedFragment, 0);
         this.resumeToken = m.resume;
         this.identity = m.identity;
         this.useIceServers(m.ice_servers || []);
@@ -199,12 +217,26 @@ export class Session extends EventTarget {
         break;
       case "redirect": {
         // Another node holds the room (a cluster): open this same page there, with the same
-        // fragment (the token), so that its signalling is same-origin again.
+        // fragment (the token), so that its signalling is same-origin again. Never from https
+        // to http (the token would travel in clear), and at most MAX_REDIRECTS hops in a row
+        // (counted in the fragment, reset once a node welcomes us): nodes that disagree on
+        // the owner for a moment must not bounce the page for ever.
         this.closed = true;
         const target = new URL(m.url);
         target.protocol = target.protocol === "wss:" ? "https:" : "http:";
+        if (location.protocol === "https:" && target.protocol !== "https:") {
+          this.emit("error", { code: "redirect_refused", fatal: true, message: `refused a redirect from https to ${target.origin} (the token would travel in clear); check http.public_url on the cluster's nodes` });
+          if (this.ws) this.ws.close();
+          break;
+        }
+        const hops = redirectHops() + 1;
+        if (hops > MAX_REDIRECTS) {
+          this.emit("error", { code: "redirect_loop", fatal: true, message: `the cluster redirected this page ${hops - 1} times in a row without serving the room; reload in a few seconds` });
+          if (this.ws) this.ws.close();
+          break;
+        }
         this.emit("redirect", { url: target.origin });
-        location.replace(target.origin + location.pathname + location.search + openedFragment);
+        location.replace(target.origin + location.pathname + location.search + withHops(openedFragment, hops));
         break;
       }
       case "error":

@@ -6,7 +6,10 @@
 //! request for room R on node A ──► A owns R (lease)?            ── yes ─► served here
 //!                                  └ store: place R (atomic) ─► owner A ─► served here
 //!                                                              owner B ─► 307 to B's URL
-//!                                  └ store unreachable ─► served here (placed on A, counted)
+//!                                  └ no answer, owner seen on B lately ─► 307 to B
+//!                                  └ no answer, unknown room ─► 503 Retry-After (one slow
+//!                                    answer is not an outage) or, in the degraded mode
+//!                                    (DEGRADED_AFTER failed refreshes), served here
 //! every REFRESH: register A's record (TTL NODE_TTL), read the registry, renew the leases of
 //!                A's live rooms (re-asserting lost ones), release the ended ones
 //! ```

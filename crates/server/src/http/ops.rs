@@ -76,7 +76,8 @@ pub(crate) async fn rooms(
 }
 
 /// Asks every other node of the registry (or only `only`) for `path`, with the caller's
-/// `Authorization`, each within [`PEER_TIMEOUT`]; a node that does not answer well is `None`.
+/// `Authorization`, each within [`PEER_TIMEOUT`]; a node that does not answer well, or whose
+/// URL's scheme is not this node's (the token never goes from https to http), is `None`.
 async fn ask_peers(
     st: &AppState,
     headers: &HeaderMap,
@@ -90,6 +91,10 @@ async fn ask_peers(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The caller's token goes only to peers reached the way this node is (an https node
+    // never sends it to an http URL read from the store).
+    let scheme = |url: &str| url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let my_scheme = scheme(st.cluster.public_url());
     let peers: Vec<crate::cluster::NodeRecord> = st
         .cluster
         .nodes()
@@ -97,11 +102,16 @@ async fn ask_peers(
         .filter(|n| n.id != me && only.is_none_or(|o| o == n.id))
         .collect();
     let asks = peers.iter().map(|n| {
+        let same_scheme = scheme(&n.url) == my_scheme;
         let mut req = client.get(format!("{}{path}", n.url));
         if let Some(a) = &auth {
             req = req.header(axum::http::header::AUTHORIZATION, a.clone());
         }
         async move {
+            if !same_scheme {
+                // Listed as not answering.
+                return None;
+            }
             let r = req.send().await.ok()?;
             if !r.status().is_success() {
                 return None;

@@ -31,7 +31,7 @@ pub(crate) async fn endpoint_options(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let allowed = match (
+    let allowed: Option<cabine_proto::Claims> = match (
         RoomId::parse(&room),
         cabine_proto::jwt::bearer(
             headers
@@ -46,14 +46,17 @@ pub(crate) async fn endpoint_options(
                 st.tokens
                     .authorize(token, &room, Grant::Subscribe, "subscribe")
             })
-            .is_ok(),
-        _ => false,
+            .ok(),
+        _ => None,
     };
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
-    crate::turn::add_links(h, &st.ice_servers(std::time::SystemTime::now(), allowed));
+    crate::turn::add_links(
+        h,
+        &st.ice_servers(std::time::SystemTime::now(), allowed.as_ref()),
+    );
     r
 }
 
@@ -134,6 +137,17 @@ pub(crate) async fn route(st: &AppState, room: &RoomId, uri: &Uri) -> Option<Res
                 )
                 .into_response(),
             )
+        }
+        Route::Unavailable => {
+            st.count_refusal("cluster_store");
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster store did not answer in time; retry in a second",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1u32));
+            Some(r)
         }
     }
 }
@@ -301,7 +315,10 @@ async fn create_session(
     );
     insert(h, header::LOCATION, &location);
     insert(h, header::ETAG, &etag);
-    crate::turn::add_links(h, &st.ice_servers(std::time::SystemTime::now(), true));
+    crate::turn::add_links(
+        h,
+        &st.ice_servers(std::time::SystemTime::now(), Some(&claims)),
+    );
     Ok(r)
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::common::cluster::{free_port, publish, three_nodes, token, until, Node, Redis, SECRET};
 use crate::common::{payload, PACKETS};
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_kiosk::{
+    ClientOptions, Codec, MediaKind, Publisher, RemoteTrack, Subscriber, TrackSpec,
+};
 use cabine_proto::Role;
 
 /// A kiosk publishing a camera and a microphone to `whip`, and a doctor receiving them from
@@ -37,13 +39,15 @@ async fn consultation(whip: &str, whep: &str, room: &str) -> (Publisher, Subscri
 }
 
 /// Sends `packets` packets per track, 10 ms apart, while `during` runs; checks the doctor got
-/// every one, in order.
-async fn stream_without_loss<F: std::future::Future<Output = ()>>(
+/// every one, in order, on `tracks` (taken from the doctor at the first call, when the first
+/// packets arrive; kept for the next calls). Returns the publisher and what `during` gave.
+async fn stream_without_loss<T, F: std::future::Future<Output = T>>(
     publisher: Publisher,
     doctor: &Subscriber,
+    tracks: &mut Vec<RemoteTrack>,
     packets: usize,
     during: F,
-) -> Publisher {
+) -> (Publisher, T) {
     let sender = tokio::spawn(async move {
         for i in 0..packets {
             for (t, track) in publisher.tracks().iter().enumerate() {
@@ -59,11 +63,13 @@ async fn stream_without_loss<F: std::future::Future<Output = ()>>(
         publisher
     });
     let receive = async {
-        let tracks = doctor
-            .tracks(2, Duration::from_secs(15))
-            .await
-            .expect("two tracks arrive");
-        let reads = tracks.into_iter().map(|track| async move {
+        if tracks.is_empty() {
+            *tracks = doctor
+                .tracks(2, Duration::from_secs(15))
+                .await
+                .expect("two tracks arrive");
+        }
+        let reads = tracks.iter().map(|track| async move {
             let mut got = Vec::new();
             while got.len() < packets {
                 match track.read_rtp_timeout(Duration::from_secs(3)).await {
@@ -75,7 +81,7 @@ async fn stream_without_loss<F: std::future::Future<Output = ()>>(
         });
         futures_util::future::join_all(reads).await
     };
-    let (got, ()) = tokio::join!(receive, during);
+    let (got, out) = tokio::join!(receive, during);
     let publisher = sender.await.unwrap();
     for (t, label) in ["room-camera", "microphone"].iter().enumerate() {
         let (_, payloads) = got
@@ -86,7 +92,7 @@ async fn stream_without_loss<F: std::future::Future<Output = ()>>(
         let expected: Vec<Vec<u8>> = (0..packets).map(|i| payload(t, i)).collect();
         assert!(payloads == &expected, "{label}: payloads differ");
     }
-    publisher
+    (publisher, out)
 }
 
 /// `GET /api/rooms{query}` at `base` with an operator token for every room.
@@ -126,7 +132,8 @@ async fn a_kiosk_given_node_a_for_a_room_on_b_is_redirected_and_media_flows() {
         room,
     )
     .await;
-    let _publisher = stream_without_loss(publisher, &doctor, PACKETS, async {}).await;
+    let _publisher =
+        stream_without_loss(publisher, &doctor, &mut Vec::new(), PACKETS, async {}).await;
     assert_eq!(redis.owner(room).await.as_deref(), Some("node-b"));
 
     // Any node shows the cluster's rooms; the filter keeps one node's.
@@ -231,6 +238,25 @@ async fn thirty_rooms_spread_over_the_nodes_and_a_draining_node_gets_none() {
     })
     .await;
 
+    // B already holds 8 rooms, A none: placement by load fills A first (19 and 11 would
+    // even them out), where taking turns would give 15 each.
+    for i in 0..8 {
+        let room = format!("preload-{i}");
+        redis.place(&room, &b.id).await;
+        assert_eq!(
+            publish(&a.base, &room, &format!("p-{i}")).await,
+            (201, b.base.clone())
+        );
+    }
+    until("A sees B's 8 rooms", || async {
+        a.rooms().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "node-b" && n["rooms"] == 8)
+    })
+    .await;
+
     let mut on = std::collections::HashMap::<String, usize>::new();
     for i in 0..30 {
         let (status, base) = publish(&a.base, &format!("spread-{i}"), &format!("k-{i}")).await;
@@ -238,10 +264,14 @@ async fn thirty_rooms_spread_over_the_nodes_and_a_draining_node_gets_none() {
         *on.entry(base).or_default() += 1;
     }
     assert_eq!(on.get(&c.base), None, "the draining node got rooms: {on:?}");
-    for n in [&a, &b] {
-        let got = on.get(&n.base).copied().unwrap_or(0);
-        assert!(got >= 10, "{} got {got} of 30 rooms: {on:?}", n.id);
-    }
+    let (on_a, on_b) = (
+        on.get(&a.base).copied().unwrap_or(0),
+        on.get(&b.base).copied().unwrap_or(0),
+    );
+    assert!(
+        on_a >= 17 && on_b >= 9,
+        "by load A should get about 19 and B 11 of 30, got {on:?}"
+    );
     // Every room has one owner, the node that serves it.
     for i in 0..30 {
         let owner = redis.owner(&format!("spread-{i}")).await.expect("leased");
@@ -258,7 +288,22 @@ async fn a_killed_node_leaves_the_registry_and_its_rooms_are_placed_again() {
     let (status, served) = publish(&a.base, room, "kiosk-1").await;
     assert_eq!((status, served.as_str()), (201, b.base.as_str()));
 
+    // B's record always expires within NODE_TTL (6 s) of its last write: so a dead node leaves
+    // the registry within the TTL, whenever it dies.
+    let record = "cabine:node:node-b";
+    let ttl_ms = cabine_server::cluster::NODE_TTL.as_millis() as i64;
+    let pttl = redis.pttl(record).await;
+    assert!(
+        pttl > 0 && pttl <= ttl_ms,
+        "B's record expires in {pttl} ms"
+    );
     b.kill9();
+    until("B's record expires", || async {
+        let pttl = redis.pttl(record).await;
+        assert!(pttl <= ttl_ms, "B's record expires in {pttl} ms");
+        pttl == -2
+    })
+    .await;
     until("B leaves A's registry", || async {
         !a.rooms().await["nodes"]
             .as_array()
@@ -275,6 +320,35 @@ async fn a_killed_node_leaves_the_registry_and_its_rooms_are_placed_again() {
     assert!(owner == "node-a" || owner == "node-c", "{owner}");
 }
 
+/// Whether `node`'s log has said `times` times that its store is unreachable (the degraded
+/// mode, entered after two failed refreshes in a row).
+fn degraded(node: &Node, times: usize) -> bool {
+    std::fs::read_to_string(&node.log)
+        .unwrap_or_default()
+        .matches("places new rooms on itself")
+        .count()
+        >= times
+}
+
+/// Follows `room`'s telemetry discovery on `base` (a request that opens no session, so it
+/// does not change the room's weight): the base URL it is redirected to, if any.
+async fn redirected_to(base: &str, room: &str) -> Option<String> {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}/api/telemetry"))
+        .bearer_auth(token(room, Role::Kiosk, "k-probe"))
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 307 {
+        return None;
+    }
+    let l = r.headers()["location"].to_str().unwrap();
+    l.strip_suffix("/api/telemetry").map(str::to_owned)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
     let mut redis = Redis::start().await;
@@ -287,21 +361,30 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
         room,
     )
     .await;
+    let mut tracks = Vec::new();
 
+    // Redis frozen (SIGSTOP: connections open, no answer) for over 30 s while the
+    // consultation streams 3,300 packets per track (33 s at least).
     redis.stop();
-    // During the outage: the consultation streams on, /healthz answers, a new room opens (on
-    // the node asked), and a room opened on two nodes is served by both for now.
-    // 12 s: longer than a node record's TTL and a room lease, which Redis expires by its
-    // clock when it resumes.
-    let publisher = stream_without_loss(publisher, &doctor, 1200, async {
+    let stopped = std::time::Instant::now();
+    let (publisher, opened) = stream_without_loss(publisher, &doctor, &mut tracks, 3300, async {
         for n in [&a, &b] {
             let r = reqwest::get(format!("{}/healthz", n.base)).await.unwrap();
             assert_eq!(r.status(), 200);
         }
-        assert_eq!(
-            publish(&b.base, "opened-in-outage", "k-new").await,
-            (201, b.base.clone())
-        );
+        until("A and B count the store as away", || async {
+            degraded(&a, 1) && degraded(&b, 1)
+        })
+        .await;
+        // A new consultation opens on the node asked, and its media flows.
+        let (p, d) = consultation(
+            &format!("{}/whip/opened-in-outage", b.base),
+            &format!("{}/whep/opened-in-outage", b.base),
+            "opened-in-outage",
+        )
+        .await;
+        let (p, ()) = stream_without_loss(p, &d, &mut Vec::new(), 300, async {}).await;
+        // A room opened on two nodes is served by both for now.
         assert_eq!(
             publish(&a.base, "split", "k-a").await,
             (201, a.base.clone())
@@ -310,8 +393,13 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
             publish(&b.base, "split", "k-b").await,
             (201, b.base.clone())
         );
+        while stopped.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (p, d)
     })
     .await;
+    assert!(stopped.elapsed() >= Duration::from_secs(30));
 
     redis.resume();
     // One owner each; for the split room the fixed rule (same weight: the smaller id) keeps
@@ -327,21 +415,8 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
         })
         .await;
     }
-    // B learns it lost the room at its next renewal. Polled with a request that opens no
-    // session (a session on B would add to B's weight: the rule counts sessions).
-    let discovery = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     until("B redirects the split room to A", || async {
-        let r = discovery
-            .get(format!("{}/api/telemetry", b.base))
-            .bearer_auth(token("split", Role::Kiosk, "k-b2"))
-            .send()
-            .await
-            .unwrap();
-        r.status() == 307
-            && r.headers()["location"].to_str().unwrap() == format!("{}/api/telemetry", a.base)
+        redirected_to(&b.base, "split").await.as_deref() == Some(a.base.as_str())
     })
     .await;
     assert_eq!(
@@ -349,18 +424,47 @@ async fn a_store_outage_drops_no_media_and_every_room_ends_with_one_owner() {
         (201, a.base.clone())
     );
 
-    // Redis restarted empty: the nodes re-assert their rooms, the same owners.
-    redis.restart_empty().await;
-    for (r, owner) in owners {
-        until(&format!("{r} re-asserted by {owner}"), || async {
-            redis.owner(r).await.as_deref() == Some(owner)
+    // Redis killed (connections refused), then restarted empty, during media.
+    let (publisher, ()) = stream_without_loss(publisher, &doctor, &mut tracks, 1500, async {
+        redis.kill();
+        assert!(
+            redis.connection().await.is_none(),
+            "redis refuses connections"
+        );
+        until("A and B count the store as away again", || async {
+            degraded(&a, 2) && degraded(&b, 2)
         })
         .await;
-    }
-    // The consultation is still on A.
+        // Down: B still sends the split room's clients to A, which serves it.
+        assert_eq!(
+            redirected_to(&b.base, "split").await.as_deref(),
+            Some(a.base.as_str())
+        );
+        assert_eq!(
+            publish(&b.base, "split", "k-b3").await,
+            (201, a.base.clone())
+        );
+        redis.restart_empty().await;
+        for (r, owner) in owners {
+            until(&format!("{r} re-asserted by {owner}"), || async {
+                redis.owner(r).await.as_deref() == Some(owner)
+            })
+            .await;
+        }
+    })
+    .await;
+    // Back: the same owners serve the same rooms.
+    until("B still redirects the split room to A", || async {
+        redirected_to(&b.base, "split").await.as_deref() == Some(a.base.as_str())
+    })
+    .await;
+    assert_eq!(
+        redirected_to(&a.base, "opened-in-outage").await.as_deref(),
+        Some(b.base.as_str())
+    );
     let view = a.rooms().await;
     assert_eq!(room_nodes(&view, room), ["node-a"], "{view}");
-    drop(publisher);
+    drop((publisher, opened));
 }
 
 /// `GET /metrics` on an admin listener.
@@ -416,6 +520,12 @@ async fn a_node_started_without_its_store_serves_alone_then_joins_it() {
         &format!("redis://127.0.0.1:{port}/0"),
         &[("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))],
     )
+    .await;
+    // Two failed refreshes in a row make the degraded mode (before, a new room gets 503 and
+    // Retry-After: the store might only be slow).
+    until("the degraded mode is logged", || async {
+        degraded(&node, 1)
+    })
     .await;
     // Degraded: rooms are placed here, counted, and the log says so once.
     assert_eq!(
@@ -589,4 +699,46 @@ async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
     let local_a = rooms_query(&a.base, "?scope=node").await;
     assert!(room_nodes(&local_a, room).is_empty(), "{local_a}");
     assert!(local_a.get("nodes").is_none(), "{local_a}");
+}
+
+/// The operator's token is forwarded to the registry's nodes only at URLs of this node's own
+/// scheme: a record read from the store naming an `https` URL (or, on an `https` node, an
+/// `http` one) is listed as not answering and never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_token_goes_only_to_peers_of_the_same_scheme() {
+    let redis = Redis::start().await;
+    let a = Node::start("node-a", &redis).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let record = serde_json::json!({
+        "id": "other", "url": format!("https://127.0.0.1:{port}"), "region": "",
+        "media": "", "telemetry": "", "max_rooms": 10, "rooms": 0, "sessions": 0,
+        "egress_pps": 0, "cpu_percent": 0.0, "draining": false
+    });
+    let mut c = redis.connection().await.unwrap();
+    redis::pipe()
+        .cmd("SET")
+        .arg("cabine:node:other")
+        .arg(record.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .sadd("cabine:nodes", "other")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    until("A lists the other node, not answering", || async {
+        a.rooms().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "other" && n["answered"] == false)
+    })
+    .await;
+    // Every view above asked the registry's nodes: none connected to the https one.
+    let _ = a.rooms().await;
+    assert!(
+        listener.accept().is_err(),
+        "node A connected to a peer of another scheme with the operator's token"
+    );
 }

@@ -38,7 +38,8 @@ async fn minted_credentials_allocate_on_coturn_over_udp_and_tls() {
         .json()
         .await
         .unwrap();
-    assert_eq!(reply.ttl_s, Some(600));
+    // turn.ttl (600 s), or the token's remaining life (600 s too) when it ends first.
+    assert!(matches!(reply.ttl_s, Some(590..=600)), "{reply:?}");
     let turn = reply
         .ice_servers
         .iter()
@@ -416,4 +417,69 @@ fn deploy_coturn_shares_the_secret_and_ports_with_cabine() {
     for (tls, port) in &ports {
         assert_eq!(port, if *tls { "443" } else { "3478" }, "{ports:?}");
     }
+}
+
+/// A TURN credential never outlives the token it was minted for, and one identity gets at most
+/// `limits.turn_credentials_per_minute` of them: then `/api/ice-servers` answers 429 (counted),
+/// and a session's `Link` headers leave TURN out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_end_with_the_token_and_are_limited_per_identity() {
+    use cabine_proto::Identity;
+    use cabine_server::limits::Limit;
+    let s = common::start_with(|c| {
+        with_turn(c, vec!["turn:turn.example.org:3478".into()]);
+        c.turn.ttl = Duration::from_secs(3600);
+        c.limits.turn_credentials_per_minute = 3.try_into().unwrap();
+    })
+    .await;
+    // A token valid for 2 minutes: the credential (1 h by turn.ttl) stops with it.
+    let short = s
+        .tokens
+        .mint(
+            ROOM,
+            Role::Kiosk,
+            Identity::parse("kiosk-1").unwrap(),
+            Duration::from_secs(120),
+            None,
+        )
+        .unwrap();
+    let exp = s.tokens.verify(&short).unwrap().exp;
+    let reply: IceServersReply = ice_servers(&s.base, Some(&short))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (user, _) = turn_credential(&reply);
+    let expiry: u64 = user.split_once(':').unwrap().0.parse().unwrap();
+    assert_eq!(expiry, exp, "the credential expires with the token");
+    assert!(reply.ttl_s.unwrap() <= 120, "{reply:?}");
+
+    // Two more for kiosk-1 (OPTIONS mints too), then it is refused; another identity is not.
+    let client = reqwest::Client::new();
+    let r = client
+        .request(reqwest::Method::OPTIONS, format!("{}/whip/{ROOM}", s.base))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get_all("link").iter().count() == 1);
+    assert_eq!(ice_servers(&s.base, Some(&short)).await.status(), 200);
+    let r = ice_servers(&s.base, Some(&short)).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["limit"], "turn_credentials_per_minute", "{body}");
+    // A session's Link headers then carry no TURN credential (the session itself opens).
+    let r = client
+        .request(reqwest::Method::OPTIONS, format!("{}/whip/{ROOM}", s.base))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers().get_all("link").iter().count(), 0);
+    let other = s.token(ROOM, Role::Doctor, "dr-1");
+    assert_eq!(ice_servers(&s.base, Some(&other)).await.status(), 200);
+    assert_eq!(s.server.limit_refusals(Limit::TurnCredentialRate), 2);
+    s.server.shutdown(Duration::from_millis(100)).await;
 }

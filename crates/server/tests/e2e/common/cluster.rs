@@ -95,13 +95,31 @@ impl Redis {
         self.signal("-CONT");
     }
 
-    /// Kills it and starts an empty one on the same port.
-    pub async fn restart_empty(&mut self) {
+    /// Kills it (SIGKILL): connections are refused until [`Self::restart_empty`].
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Kills it (if running) and starts an empty one on the same port.
+    pub async fn restart_empty(&mut self) {
+        self.kill();
         self.spawn().await;
+    }
+
+    /// `PTTL key`: milliseconds left, -1 without expiry, -2 when absent.
+    pub async fn pttl(&self, key: &str) -> i64 {
+        let mut c = self.connection().await.expect("redis answers");
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap()
     }
 
     /// The owner of `room`'s lease, read from the store.
