@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::turn_netns::Netns;
-use cabine_kiosk::{ClientOptions, Publisher, Subscriber, TrackSpec};
+use cabine_kiosk::{ClientOptions, Publisher, TrackSpec};
 use cabine_proto::Role;
 
 const ROOM: &str = "room-ice-tcp-netns";
@@ -227,90 +227,13 @@ async fn ice_tcp_media(
         connect_timeout: Duration::from_secs(20),
         ..ClientOptions::default()
     };
-    let publisher = Publisher::connect(
-        &format!("{base}/whip/{room}"),
-        kiosk,
-        vec![TrackSpec::audio("kiosk-1", "microphone")],
-        opts.clone(),
+    common::mic_pair::microphone_to_doctor(
+        base,
+        room,
+        (kiosk, doctor, ops),
+        opts,
+        |_| Ok(()),
+        |t| t["protocol"] == "tcp",
     )
     .await
-    .map_err(|e| format!("publisher: {e}"))?;
-    let doctor = Subscriber::connect(
-        &format!("{base}/whep/{room}"),
-        doctor,
-        ClientOptions {
-            recv_video: 0,
-            recv_audio: 1,
-            ..opts
-        },
-    )
-    .await
-    .map_err(|e| format!("subscriber: {e}"))?;
-    let sender = tokio::spawn(async move {
-        for i in 0..600 {
-            let track = &publisher.tracks()[0];
-            if track
-                .write_rtp(&common::payload(1, i), true, 480)
-                .await
-                .is_err()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        publisher
-    });
-    let track = doctor
-        .next_track(Duration::from_secs(10))
-        .await
-        .map_err(|e| format!("the doctor gets no microphone track: {e}"))?;
-    let mut got = Vec::new();
-    while got.len() < 50 {
-        let p = track
-            .read_rtp_timeout(Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("media stopped after {} packets: {e}", got.len()))?;
-        got.push(p.payload.to_vec());
-    }
-    // While both sessions live: the server reports them over tcp.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut transports = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::Client::new()
-            .get(format!("{base}/api/rooms"))
-            .bearer_auth(ops)
-            .send()
-            .await
-        {
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            transports = v["rooms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["room"] == room)
-                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
-                .map(|s| s["transport"].clone())
-                .collect();
-            if transports.len() == 2 && transports.iter().all(|t| t["protocol"] == "tcp") {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sender.abort();
-    let _ = doctor.close().await;
-    let first = (0..600)
-        .position(|i| common::payload(1, i) == got[0])
-        .ok_or("a payload that was not sent")?;
-    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| common::payload(1, i)).collect();
-    if got != expected {
-        return Err("payloads over ICE-TCP differ from those sent".into());
-    }
-    let shown = serde_json::Value::from(transports.clone()).to_string();
-    if transports.len() != 2 || !transports.iter().all(|t| t["protocol"] == "tcp") {
-        return Err(format!(
-            "/api/rooms did not report both sessions over tcp: {shown}"
-        ));
-    }
-    Ok(shown)
 }

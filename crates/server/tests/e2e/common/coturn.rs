@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cabine_kiosk::{ClientOptions, Publisher, Subscriber, TrackSpec};
+use cabine_kiosk::{ClientOptions, Publisher};
 use cabine_server::turn::IceServersReply;
 use cabine_server::Config;
 use rand::Rng;
@@ -344,104 +344,25 @@ pub async fn relay_only_media(
     ops: &str,
     opts: ClientOptions,
 ) -> Result<(), String> {
-    let publisher = Publisher::connect(
-        &format!("{base}/whip/{room}"),
-        kiosk,
-        vec![TrackSpec::audio("kiosk-1", "microphone")],
-        opts.clone(),
-    )
-    .await
-    .map_err(|e| format!("relay-only publisher: {e}"))?;
-    if !publisher_offer_is_relay_only(&publisher) {
-        return Err(format!(
-            "the offer has non-relay candidates:\n{}",
-            publisher.offer_sdp()
-        ));
-    }
-    let doctor = Subscriber::connect(
-        &format!("{base}/whep/{room}"),
-        doctor,
-        ClientOptions {
-            recv_video: 0,
-            recv_audio: 1,
-            ..opts
+    super::mic_pair::microphone_to_doctor(
+        base,
+        room,
+        (kiosk, doctor, ops),
+        opts,
+        |publisher| {
+            if publisher_offer_is_relay_only(publisher) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the offer has non-relay candidates:\n{}",
+                    publisher.offer_sdp()
+                ))
+            }
         },
+        |t| t["protocol"] == "udp" && t["candidate"] == "relay",
     )
     .await
-    .map_err(|e| format!("relay-only subscriber: {e}"))?;
-    let sender = tokio::spawn(async move {
-        for i in 0..400 {
-            let track = &publisher.tracks()[0];
-            if track
-                .write_rtp(&super::payload(1, i), true, 480)
-                .await
-                .is_err()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        publisher
-    });
-    let track = doctor
-        .next_track(Duration::from_secs(10))
-        .await
-        .map_err(|e| format!("the doctor gets no microphone track: {e}"))?;
-    let mut got = Vec::new();
-    while got.len() < 50 {
-        let p = track
-            .read_rtp_timeout(Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("media stopped after {} packets: {e}", got.len()))?;
-        got.push(p.payload.to_vec());
-    }
-    let publisher = sender.await.map_err(|e| e.to_string())?;
-    let reported = relayed_sessions(base, room, ops).await;
-    let _ = doctor.close().await;
-    let _ = publisher.close().await;
-    let first = (0..400)
-        .position(|i| super::payload(1, i) == got[0])
-        .ok_or("a payload that was not sent")?;
-    let expected: Vec<Vec<u8>> = (first..first + 50).map(|i| super::payload(1, i)).collect();
-    if got != expected {
-        return Err("payloads through coturn differ from those sent".into());
-    }
-    reported.map(|_| ())
-}
-
-/// Polls `/api/rooms` until both sessions of `room` report the transport `relay/udp` (the
-/// engine reports the selected pair about once a second); the rooms JSON, or why not.
-async fn relayed_sessions(base: &str, room: &str, ops: &str) -> Result<String, String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
-    while std::time::Instant::now() < deadline {
-        if let Ok(r) = reqwest::Client::new()
-            .get(format!("{base}/api/rooms"))
-            .bearer_auth(ops)
-            .send()
-            .await
-        {
-            last = r.text().await.unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-            let relayed = v["rooms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["room"] == room)
-                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
-                .filter(|s| {
-                    s["transport"]["protocol"] == "udp" && s["transport"]["candidate"] == "relay"
-                })
-                .count();
-            if relayed >= 2 {
-                return Ok(last);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!(
-        "/api/rooms never reported both sessions as relay/udp: {last}"
-    ))
+    .map(|_| ())
 }
 
 /// Whether the publisher's offer carries relay candidates only.
