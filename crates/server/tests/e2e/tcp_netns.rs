@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
-use crate::turn_netns::Netns;
+use crate::common::netns::{self, Netns};
 use cabine_kiosk::{ClientOptions, Publisher, TrackSpec};
 use cabine_proto::Role;
 
@@ -28,19 +28,8 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server_reports_tcp() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "tcp_netns: SKIPPED: creating a network namespace and its iptables rules needs \
-             root (CI runs the tests as root)"
-        );
+    if !netns::can_run("tcp_netns") {
         return;
-    }
-    for tool in ["/usr/sbin/iptables", "/usr/sbin/ip"] {
-        assert!(
-            std::path::Path::new(tool).exists(),
-            "{tool} is missing: apt-get install iptables iproute2 (scripts/test installs them)"
-        );
     }
     let dir = common::browser::dir();
     check_prerequisites(&dir);

@@ -15,9 +15,7 @@
 
 use crate::common;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
@@ -25,157 +23,18 @@ use crate::common::coturn::{
     allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
     TURN_SECRET,
 };
+use crate::common::netns::{self, Netns};
 use cabine_kiosk::ClientOptions;
 use cabine_proto::Role;
 use cabine_server::turn::IceServersReply;
-use rand::Rng;
 
 const ROOM: &str = "room-turn-netns";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
 
-/// A network namespace joined to the host by a veth pair (`host_ip` on the host's end,
-/// `ns_ip` inside, a /30), deleted on drop.
-pub(crate) struct Netns {
-    pub(crate) name: String,
-    host_if: String,
-    pub(crate) host_ip: Ipv4Addr,
-}
-
-impl Netns {
-    pub(crate) fn create() -> Netns {
-        let mut rng = rand::rng();
-        let tag: u32 = rng.random();
-        let (b, c) = (rng.random_range(200u8..250), rng.random::<u8>() & 0xfc);
-        let ns = Netns {
-            name: format!("cabturn{tag:08x}"),
-            host_if: format!("ct{:06x}h", tag & 0xff_ffff),
-            host_ip: Ipv4Addr::new(10, b, c, 1),
-        };
-        let ns_if = format!("ct{:06x}n", tag & 0xff_ffff);
-        let ns_ip = Ipv4Addr::new(10, b, c, 2);
-        run(&["ip", "netns", "add", &ns.name]);
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns_if,
-        ]);
-        run(&["ip", "link", "set", &ns_if, "netns", &ns.name]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", ns.host_ip),
-            "dev",
-            &ns.host_if,
-        ]);
-        run(&["ip", "link", "set", &ns.host_if, "up"]);
-        ns.exec(&["ip", "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
-        ns.exec(&["ip", "link", "set", &ns_if, "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &ns.host_ip.to_string(),
-        ]);
-        ns
-    }
-
-    /// Runs a command inside the namespace; panics with its output if it fails.
-    pub(crate) fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        run(&all);
-    }
-
-    /// Drops every outgoing packet but loopback and TCP to the host's end on `ports`.
-    fn only_tcp_to(&self, ports: &[u16]) {
-        self.exec(&["iptables", "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"]);
-        for port in ports {
-            self.exec(&[
-                "iptables",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "-d",
-                &self.host_ip.to_string(),
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "ACCEPT",
-            ]);
-        }
-        self.exec(&["iptables", "-P", "OUTPUT", "DROP"]);
-    }
-
-    /// Runs `f` on a thread that joined the namespace (its sockets are the namespace's).
-    pub(crate) fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let file = std::fs::File::open(&path).expect("the namespace's handle");
-                    // SAFETY: setns on this thread only, with a valid namespace descriptor.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the pair, and so the pair.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "{}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "turn_netns: SKIPPED: creating a network namespace and its iptables rules needs \
-             root (CI runs the tests as root)"
-        );
+    if !netns::can_run("turn_netns") {
         return;
-    }
-    for tool in ["/usr/sbin/iptables", "/usr/sbin/ip"] {
-        assert!(
-            std::path::Path::new(tool).exists(),
-            "{tool} is missing: apt-get install iptables iproute2 (scripts/test installs them)"
-        );
     }
     let dir = common::browser::dir();
     check_prerequisites(&dir);

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod cluster;
 pub mod coturn;
 pub mod mic_pair;
+pub mod netns;
 
 use std::time::Duration;
 
