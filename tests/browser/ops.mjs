@@ -159,8 +159,14 @@ async function main() {
 
     // --- health and order: the lossy stethoscope is first, and marked ----------------------------
     result.stage = "health";
-    const order = Object.values(second);
-    if (order[0].health === "good") throw new Error(`the first (worst) stream is healthy: ${JSON.stringify(order)}`);
+    // The stethoscope's loss is known once the engine has sent its first receiver report (about
+    // a second of media): wait for the table to put a stream that is not healthy first.
+    let order = Object.values(await readStreams(page));
+    for (const deadline = Date.now() + 10000; order[0].health === "good" && Date.now() < deadline; ) {
+      await sleep(200);
+      order = Object.values(await readStreams(page));
+    }
+    if (order[0].health === "good") throw new Error(`the first (worst) stream stayed healthy for 10 s: ${JSON.stringify(order)}`);
     if (!order.some((s) => s.health === "good")) throw new Error(`no healthy stream shown: ${JSON.stringify(order)}`);
 
     // --- sparklines ---------------------------------------------------------------------------------
