@@ -85,6 +85,44 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// The cluster benchmark (issue 11): a real redis-server and several `cabine serve` nodes;
+    /// join time direct against redirected, then the registry's cost on idle nodes. Writes
+    /// cluster.json and cluster.txt.
+    Cluster {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// 1:1 consultations joined each way (direct and redirected, alternating).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        consultations: usize,
+        /// Idle rooms (one connected subscriber each) for the second registry-cost window.
+        #[arg(long, default_value_t = 20)]
+        idle_rooms: usize,
+        /// Registry-cost window, seconds.
+        #[arg(long, default_value_t = 60.0)]
+        window: f64,
+        /// Time between setting up a window's rooms and measuring, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+        /// Media worker threads per node.
+        #[arg(long, default_value_t = 1)]
+        server_workers: usize,
+        /// The nodes' initial bandwidth estimate towards a new subscriber, kbit/s.
+        #[arg(long, default_value_t = 5000)]
+        server_initial_kbps: u32,
+        /// Generator worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The cabine binary (default: $CABINE_BIN or next to this binary).
+        #[arg(long)]
+        cabine_bin: Option<PathBuf>,
+        /// The redis-server binary (Debian's `redis-server` package).
+        #[arg(long, default_value = "redis-server")]
+        redis_bin: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// The bare UDP relay baseline (recvmmsg → sendmmsg, no crypto).
     Relay {
         /// Address to bind.
@@ -116,6 +154,49 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Cluster {
+            nodes,
+            consultations,
+            idle_rooms,
+            window,
+            settle,
+            server_workers,
+            server_initial_kbps,
+            threads,
+            cabine_bin,
+            redis_bin,
+            out,
+        } => {
+            let Some(cabine_bin) = cabine_bin.or_else(target::find_cabine) else {
+                eprintln!("cannot find the cabine binary: build it (cargo build --release -p cabine-server) or pass --cabine-bin");
+                return ExitCode::FAILURE;
+            };
+            let opts = cabine_loadgen::cluster::ClusterOptions {
+                cabine_bin,
+                redis_bin,
+                nodes,
+                consultations,
+                idle_rooms,
+                window: std::time::Duration::from_secs_f64(window),
+                settle: std::time::Duration::from_secs_f64(settle),
+                server_workers,
+                server_initial_kbps: (server_initial_kbps > 0).then_some(server_initial_kbps),
+                threads,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = cabine_loadgen::cluster::run(&opts);
+            print!("{}", report.table());
+            if let Err(e) = report.write(&out) {
+                eprintln!("cannot write the report to {}: {e:#}", out.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("[loadgen] report in {}", out.display());
+            if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Cmd::Run {
             scenarios,

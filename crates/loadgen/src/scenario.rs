@@ -32,7 +32,8 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn participants(self) -> Vec<(&'static str, TokenRole, Vec<StreamClass>)> {
+    /// Each participant: name, token role, streams published.
+    pub fn participants(self) -> Vec<Participant> {
         use StreamClass::*;
         let mut v = vec![
             (
@@ -47,6 +48,18 @@ impl Shape {
         }
         v
     }
+}
+
+/// A participant of a consultation: name, token role, streams it publishes.
+pub type Participant = (&'static str, TokenRole, Vec<StreamClass>);
+
+/// One signalling request of a participant joining (a WHIP or WHEP `POST`).
+#[derive(Debug, Clone, Copy)]
+pub struct Join {
+    /// From sending the offer to having the answer, redirects included.
+    pub took: Duration,
+    /// Redirects followed.
+    pub redirects: u32,
 }
 
 /// One measurement window's results.
@@ -207,55 +220,8 @@ impl Bench {
                     .http
                     .ok_or_else(|| anyhow::anyhow!("cabine without HTTP address"))?;
                 let room = format!("bench-{c}");
-                let tokens: Vec<String> = parts
-                    .iter()
-                    .zip(&published)
-                    .map(|((_, role, _), (name, _))| {
-                        token::mint(
-                            crate::target::SECRET,
-                            &room,
-                            *role,
-                            name,
-                            Duration::from_secs(3600),
-                        )
-                    })
-                    .collect::<Result<_, _>>()?;
-                for ((name, streams), tok) in published.iter().zip(&tokens) {
-                    let p = Peer::webrtc_offer(
-                        format!("{name}/whip"),
-                        c,
-                        &Role::Publish(streams.clone()),
-                    )?;
-                    let answer = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
-                    self.engine.add(p.accept(&answer)?);
-                    self.peers += 1;
-                }
-                for (i, ((name, _), tok)) in published.iter().zip(&tokens).enumerate() {
-                    let others = published
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .flat_map(|(_, (_, s))| s.iter().map(|(_, c)| *c));
-                    let (video, audio) =
-                        others.fold(
-                            (0, 0),
-                            |(v, a), c| {
-                                if c.is_video() {
-                                    (v + 1, a)
-                                } else {
-                                    (v, a + 1)
-                                }
-                            },
-                        );
-                    let p = Peer::webrtc_offer(
-                        format!("{name}/whep"),
-                        c,
-                        &Role::Subscribe { video, audio },
-                    )?;
-                    let answer = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
-                    self.engine.add(p.accept(&answer)?);
-                    self.peers += 1;
-                }
+                let joins = join_cabine(&mut self.engine, http, &room, c, &parts, &published)?;
+                self.peers += joins.len();
             }
             Kind::Janus => self.add_janus(c, &published)?,
         }
@@ -553,14 +519,73 @@ pub fn ramp(bench: &mut Bench, limits: RampLimits) -> Ramp {
     }
 }
 
-fn post_sdp(
+/// Joins one consultation on Cabine through the node at `http` (following redirects): each
+/// participant publishes over WHIP, then subscribes over WHEP to everything the others publish;
+/// the peers go to `engine`. `published` holds each participant's peer name and streams.
+/// Returns one [`Join`] per peer (WHIPs first).
+pub fn join_cabine(
+    engine: &mut Engine,
+    http: std::net::SocketAddr,
+    room: &str,
+    c: usize,
+    parts: &[Participant],
+    published: &[(String, Vec<(u32, StreamClass)>)],
+) -> anyhow::Result<Vec<Join>> {
+    let tokens: Vec<String> = parts
+        .iter()
+        .zip(published)
+        .map(|((_, role, _), (name, _))| {
+            token::mint(
+                crate::target::SECRET,
+                room,
+                *role,
+                name,
+                Duration::from_secs(3600),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut joins = Vec::new();
+    for ((name, streams), tok) in published.iter().zip(&tokens) {
+        let p = Peer::webrtc_offer(format!("{name}/whip"), c, &Role::Publish(streams.clone()))?;
+        let (answer, join) = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
+        engine.add(p.accept(&answer)?);
+        joins.push(join);
+    }
+    for (i, ((name, _), tok)) in published.iter().zip(&tokens).enumerate() {
+        let others = published
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, (_, s))| s.iter().map(|(_, c)| *c));
+        let (video, audio) =
+            others.fold(
+                (0, 0),
+                |(v, a), c| {
+                    if c.is_video() {
+                        (v + 1, a)
+                    } else {
+                        (v, a + 1)
+                    }
+                },
+            );
+        let p = Peer::webrtc_offer(format!("{name}/whep"), c, &Role::Subscribe { video, audio })?;
+        let (answer, join) = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
+        engine.add(p.accept(&answer)?);
+        joins.push(join);
+    }
+    Ok(joins)
+}
+
+/// POSTs an SDP offer (following redirects); the answer and how the request went.
+pub fn post_sdp(
     http: std::net::SocketAddr,
     path: &str,
     token: &str,
     offer: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Join)> {
     let auth = format!("Bearer {token}");
-    let r = http::request_following(
+    let t0 = Instant::now();
+    let (r, followed) = http::request_traced(
         http,
         "POST",
         path,
@@ -570,8 +595,15 @@ fn post_sdp(
         ],
         offer,
     )?;
+    let took = t0.elapsed();
     if r.status != 201 {
         anyhow::bail!("POST {path}: {} {}", r.status, r.body.trim());
     }
-    Ok(r.body)
+    Ok((
+        r.body,
+        Join {
+            took,
+            redirects: followed.redirects,
+        },
+    ))
 }

@@ -2,6 +2,7 @@
 //! consultation against the real `cabine` binary over WebRTC and against the bare relay, a short
 //! window each. It checks that the harness measures — streams received, latencies positive,
 //! every class present, the report well-formed JSON with a plot — and never asserts speed.
+//! A second test runs the cluster benchmark in small (two nodes on a real `redis-server`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,5 +121,71 @@ fn harness_measures_cabine_and_relay() {
     );
     let svg = std::fs::read_to_string(out.join("one-to-one.svg")).expect("plot");
     assert!(svg.contains("<svg") && svg.contains("polyline"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The cluster benchmark's harness (issue 11), in small: two nodes on a real `redis-server`,
+/// one consultation joined through the room's node and one through the other node, then the
+/// short idle windows. It checks that the harness measures what it says — direct joins are
+/// never redirected, redirected ones always are, every receiver got media, Redis's commands
+/// are counted only for the cluster — and never how fast.
+#[test]
+fn cluster_harness_compares_direct_and_redirected_joins() {
+    let redis_bin = PathBuf::from("redis-server");
+    assert!(
+        std::process::Command::new(&redis_bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "redis-server is needed (Debian package redis-server; scripts/test installs it)"
+    );
+    let opts = cabine_loadgen::cluster::ClusterOptions {
+        cabine_bin: cabine_bin(),
+        redis_bin,
+        nodes: 2,
+        consultations: 1,
+        idle_rooms: 2,
+        // Longer than the registry refresh (2 s): every node writes its record in the window.
+        window: Duration::from_millis(2_500),
+        settle: Duration::ZERO,
+        server_workers: 1,
+        server_initial_kbps: Some(5_000),
+        threads: 1,
+        command: "smoke".into(),
+    };
+    let report = cabine_loadgen::cluster::run(&opts);
+    let table = report.table();
+    eprintln!("{table}");
+    assert!(report.errors.is_empty(), "{table}");
+    let (d, r) = (&report.direct, &report.redirected);
+    // Kiosk and doctor: two WHIPs and two WHEPs each way.
+    assert_eq!((d.requests, r.requests), (4, 4), "{table}");
+    assert_eq!(d.redirects, 0, "direct joins were redirected\n{table}");
+    assert_eq!(r.redirects, 4, "every redirected request, once\n{table}");
+    for j in [d, r] {
+        assert_eq!((j.receivers, j.first_media_peers), (2, 2), "{table}");
+        assert!(j.first_media_ms_p50.is_some_and(|t| t > 0.0), "{table}");
+        assert!(j.signalling_ms_p99 >= j.signalling_ms_p50, "{table}");
+    }
+    assert_eq!(report.idle.len(), 4, "{table}");
+    for w in &report.idle {
+        assert!(w.seconds >= 2.5, "{table}");
+        if w.setup == "cluster" {
+            assert_eq!(w.nodes, 2, "{table}");
+            assert!(
+                w.redis_commands_per_s.is_some_and(|c| c > 0.0),
+                "the registry's commands counted\n{table}"
+            );
+            assert!(w.redis_cores.is_some(), "{table}");
+        } else {
+            assert_eq!(w.nodes, 1, "{table}");
+            assert_eq!(w.redis_commands_per_s, None, "{table}");
+        }
+    }
+    let out = std::env::temp_dir().join(format!("cabine-loadgen-cluster-{}", std::process::id()));
+    report.write(&out).expect("report written");
+    let json = std::fs::read_to_string(out.join("cluster.json")).expect("cluster.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
+    assert_eq!(v["redirected"]["redirects"], 4);
     let _ = std::fs::remove_dir_all(&out);
 }
