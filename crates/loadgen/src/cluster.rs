@@ -34,6 +34,7 @@ use crate::peer::{Peer, Role};
 use crate::report::{self, Machine};
 use crate::scenario::{self, Join, Shape};
 use crate::target::{self, ProcSample, Target};
+use crate::tcp::IceTransport;
 use crate::token;
 
 /// What to run.
@@ -486,7 +487,15 @@ fn join_times(opts: &ClusterOptions) -> anyhow::Result<(JoinTimes, JoinTimes)> {
                     (format!("{who}-{c}"), streams)
                 })
                 .collect();
-            let j = scenario::join_cabine(&mut engine, entry, &room, c, &parts, &published)?;
+            let j = scenario::join_cabine(
+                &mut engine,
+                entry,
+                &room,
+                c,
+                &parts,
+                &published,
+                IceTransport::Udp,
+            )?;
             joins[usize::from(redirected)].extend(j);
             redirected_consultation.insert(c, redirected);
         }

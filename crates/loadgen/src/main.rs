@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use cabine_loadgen::runner::{self, Options, Scenario};
 use cabine_loadgen::scenario::RampLimits;
 use cabine_loadgen::target::{self, Kind};
+use cabine_loadgen::tcp::IceTransport;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -75,6 +76,10 @@ enum Cmd {
         /// Measurement window, seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// ICE transport of the peers against Cabine (udp, or tcp towards the server's passive
+        /// TCP candidate: its `media.tcp`); Janus's and the relay's peers use UDP.
+        #[arg(long, value_enum, default_value = "udp")]
+        transport: IceTransport,
         /// The cabine binary (default: $CABINE_BIN or next to this binary).
         #[arg(long)]
         cabine_bin: Option<PathBuf>,
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
             server_initial_kbps,
             warmup,
             duration,
+            transport,
             cabine_bin,
             janus_bin,
             out,
@@ -250,6 +256,7 @@ fn main() -> ExitCode {
                 server_initial_kbps: (server_initial_kbps > 0).then_some(server_initial_kbps),
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 duration: std::time::Duration::from_secs_f64(duration),
+                ice: transport,
                 cabine_bin,
                 janus_bin,
                 loadgen_bin,

@@ -8,6 +8,7 @@ use crate::engine::EngineConfig;
 use crate::report::{self, Machine, Report, Run};
 use crate::scenario::{self, Bench, RampLimits, Settings, Shape};
 use crate::target::{Kind, Target};
+use crate::tcp::IceTransport;
 
 /// A scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +59,9 @@ pub struct Options {
     pub warmup: Duration,
     /// Measurement window.
     pub duration: Duration,
+    /// The transport of Cabine's peers' ICE: UDP, or TCP towards the server's passive
+    /// candidate (`media.tcp`, issue 13).
+    pub ice: IceTransport,
     /// The `cabine` binary.
     pub cabine_bin: PathBuf,
     /// The `janus` binary.
@@ -129,6 +133,7 @@ fn run_one(opts: &Options, sc: Scenario, kind: Kind) -> anyhow::Result<Run> {
         warmup: opts.warmup,
         duration: opts.duration,
         connect_timeout: Duration::from_secs(30),
+        ice: opts.ice,
     };
     let mut bench = Bench::new(target, shape, settings)?;
     let mut run = Run {

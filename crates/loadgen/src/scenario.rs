@@ -19,6 +19,7 @@ use crate::media::StreamClass;
 use crate::peer::{Peer, Role};
 use crate::receiver::{StreamStats, Summary};
 use crate::target::{Histogram, Kind, ProcSample, Target};
+use crate::tcp::IceTransport;
 use crate::token;
 
 /// Consultation shape.
@@ -137,6 +138,8 @@ pub struct Settings {
     pub duration: Duration,
     /// How long peers get to connect.
     pub connect_timeout: Duration,
+    /// The transport of Cabine's peers' ICE (Janus's and the relay's peers use UDP).
+    pub ice: IceTransport,
 }
 
 /// A target with consultations running on it.
@@ -220,7 +223,8 @@ impl Bench {
                     .http
                     .ok_or_else(|| anyhow::anyhow!("cabine without HTTP address"))?;
                 let room = format!("bench-{c}");
-                let joins = join_cabine(&mut self.engine, http, &room, c, &parts, &published)?;
+                let ice = self.settings.ice;
+                let joins = join_cabine(&mut self.engine, http, &room, c, &parts, &published, ice)?;
                 self.peers += joins.len();
             }
             Kind::Janus => self.add_janus(c, &published)?,
@@ -521,8 +525,8 @@ pub fn ramp(bench: &mut Bench, limits: RampLimits) -> Ramp {
 
 /// Joins one consultation on Cabine through the node at `http` (following redirects): each
 /// participant publishes over WHIP, then subscribes over WHEP to everything the others publish;
-/// the peers go to `engine`. `published` holds each participant's peer name and streams.
-/// Returns one [`Join`] per peer (WHIPs first).
+/// the peers go to `engine`, their ICE over `ice`. `published` holds each participant's peer
+/// name and streams. Returns one [`Join`] per peer (WHIPs first).
 pub fn join_cabine(
     engine: &mut Engine,
     http: std::net::SocketAddr,
@@ -530,6 +534,7 @@ pub fn join_cabine(
     c: usize,
     parts: &[Participant],
     published: &[(String, Vec<(u32, StreamClass)>)],
+    ice: IceTransport,
 ) -> anyhow::Result<Vec<Join>> {
     let tokens: Vec<String> = parts
         .iter()
@@ -546,7 +551,12 @@ pub fn join_cabine(
         .collect::<Result<_, _>>()?;
     let mut joins = Vec::new();
     for ((name, streams), tok) in published.iter().zip(&tokens) {
-        let p = Peer::webrtc_offer(format!("{name}/whip"), c, &Role::Publish(streams.clone()))?;
+        let p = Peer::webrtc_offer_over(
+            format!("{name}/whip"),
+            c,
+            &Role::Publish(streams.clone()),
+            ice,
+        )?;
         let (answer, join) = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
         engine.add(p.accept(&answer)?);
         joins.push(join);
@@ -568,7 +578,12 @@ pub fn join_cabine(
                     }
                 },
             );
-        let p = Peer::webrtc_offer(format!("{name}/whep"), c, &Role::Subscribe { video, audio })?;
+        let p = Peer::webrtc_offer_over(
+            format!("{name}/whep"),
+            c,
+            &Role::Subscribe { video, audio },
+            ice,
+        )?;
         let (answer, join) = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
         engine.add(p.accept(&answer)?);
         joins.push(join);

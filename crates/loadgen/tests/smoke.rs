@@ -45,6 +45,7 @@ fn harness_measures_cabine_and_relay() {
         server_initial_kbps: Some(5_000),
         warmup: Duration::from_millis(800),
         duration: Duration::from_millis(1_500),
+        ice: cabine_loadgen::tcp::IceTransport::Udp,
         cabine_bin: cabine_bin(),
         janus_bin: PathBuf::from("/usr/bin/janus"),
         loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
@@ -188,4 +189,123 @@ fn cluster_harness_compares_direct_and_redirected_joins() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
     assert_eq!(v["redirected"]["redirects"], 4);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// ICE over TCP (issue 13), the generator's side: a publishing peer with only an active TCP
+/// candidate, against a passive TCP candidate served here by a bare str0m endpoint over a real
+/// loopback TCP connection with RFC 4571 framing (the server's ICE-TCP is tested in its own
+/// crate). The peer connects (ICE + DTLS over the one TCP connection) and its RTP arrives.
+#[test]
+fn an_ice_tcp_peer_connects_and_sends_media_over_one_tcp_connection() {
+    use cabine_loadgen::engine::{Engine, EngineConfig};
+    use cabine_loadgen::media::StreamClass;
+    use cabine_loadgen::peer::{Peer, Role};
+    use cabine_loadgen::tcp::{self, IceTransport};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+    use str0m::change::SdpOffer;
+    use str0m::net::{Protocol, Receive, TcpType};
+    use str0m::{Candidate, Event, Input, Output, RtcConfig};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let passive = listener.local_addr().unwrap();
+    let mut server = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    server.add_local_candidate(
+        Candidate::builder()
+            .tcp()
+            .host(passive)
+            .tcptype(TcpType::Passive)
+            .build()
+            .unwrap(),
+    );
+    let pending = Peer::webrtc_offer_over(
+        "kiosk/whip".into(),
+        0,
+        &Role::Publish(vec![(1, StreamClass::Camera), (2, StreamClass::Microphone)]),
+        IceTransport::Tcp,
+    )
+    .unwrap();
+    assert!(
+        pending.offer.contains("tcptype active") && !pending.offer.contains(" udp "),
+        "only an active TCP candidate offered:\n{}",
+        pending.offer
+    );
+    let answer = server
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&pending.offer).unwrap())
+        .unwrap()
+        .to_sdp_string();
+    let mut engine = Engine::start(EngineConfig {
+        threads: 1,
+        loss: 0.0,
+    })
+    .unwrap();
+    // Connects to the answer's passive candidate.
+    engine.add(pending.accept(&answer).unwrap());
+
+    let mut conn: Option<(TcpStream, std::net::SocketAddr)> = None;
+    let (mut rx, mut buf, mut tmp) = (Vec::new(), vec![0u8; 2048], vec![0u8; 65536]);
+    let (mut connected, mut rtp) = (false, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(connected && rtp >= 10) {
+        assert!(
+            Instant::now() < deadline,
+            "not within 20 s: connected {connected}, {rtp} RTP packets"
+        );
+        if conn.is_none() {
+            if let Ok((s, from)) = listener.accept() {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+                conn = Some((s, from));
+            }
+        }
+        let now = Instant::now();
+        if let Some((s, from)) = &mut conn {
+            if let Ok(n) = s.read(&mut tmp) {
+                assert!(n > 0, "the peer closed its connection");
+                rx.extend_from_slice(&tmp[..n]);
+            }
+            let mut at = 0;
+            while let Some(n) = tcp::next_frame(&rx[at..], &mut buf).unwrap() {
+                at += n + 2;
+                let r = Receive::new(Protocol::Tcp, *from, passive, &buf[..n]).unwrap();
+                server.handle_input(Input::Receive(now, r)).unwrap();
+            }
+            rx.drain(..at);
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.handle_input(Input::Timeout(Instant::now())).unwrap();
+        loop {
+            match server.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    assert_eq!(t.proto, Protocol::Tcp);
+                    let mut wire = Vec::new();
+                    tcp::frame(&t.contents, &mut wire).unwrap();
+                    if let Some((s, _)) = &mut conn {
+                        s.write_all(&wire).unwrap();
+                    }
+                }
+                Output::Event(Event::Connected) => connected = true,
+                Output::Event(Event::RtpPacket(_)) => rtp += 1,
+                Output::Event(_) => {}
+            }
+        }
+    }
+    let snap = engine.snapshot();
+    assert!(
+        snap[0].connected && snap[0].failed.is_none(),
+        "{:?}",
+        snap[0].failed
+    );
+    assert!(snap[0].sent > 0);
+    engine.stop();
 }
