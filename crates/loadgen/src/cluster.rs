@@ -494,7 +494,7 @@ fn join_times(opts: &ClusterOptions) -> anyhow::Result<(JoinTimes, JoinTimes)> {
                 c,
                 &parts,
                 &published,
-                IceTransport::Udp,
+                (IceTransport::Udp, None),
             )?;
             joins[usize::from(redirected)].extend(j);
             redirected_consultation.insert(c, redirected);

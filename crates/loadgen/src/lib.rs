@@ -36,3 +36,4 @@ pub mod scenario;
 pub mod target;
 pub mod tcp;
 pub mod token;
+pub mod turn;

@@ -76,10 +76,14 @@ enum Cmd {
         /// Measurement window, seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// ICE transport of the peers against Cabine (udp, or tcp towards the server's passive
-        /// TCP candidate: its `media.tcp`); Janus's and the relay's peers use UDP.
+        /// ICE transport of the peers against Cabine: udp; tcp towards the server's passive
+        /// TCP candidate (its `media.tcp`); turn through a private coturn (relayed candidates
+        /// only). Janus's and the relay's peers use UDP.
         #[arg(long, value_enum, default_value = "udp")]
         transport: IceTransport,
+        /// coturn's binary (Debian's `coturn` package), for --transport turn.
+        #[arg(long, default_value = "turnserver")]
+        turn_bin: PathBuf,
         /// The cabine binary (default: $CABINE_BIN or next to this binary).
         #[arg(long)]
         cabine_bin: Option<PathBuf>,
@@ -218,6 +222,7 @@ fn main() -> ExitCode {
             warmup,
             duration,
             transport,
+            turn_bin,
             cabine_bin,
             janus_bin,
             out,
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 duration: std::time::Duration::from_secs_f64(duration),
                 ice: transport,
+                turn_bin,
                 cabine_bin,
                 janus_bin,
                 loadgen_bin,

@@ -20,6 +20,7 @@ use crate::clock;
 use crate::media::{plain_rtp, Packet, Source, StreamClass, Trailer};
 use crate::receiver::StreamStats;
 use crate::tcp::{IceTransport, TcpLink};
+use crate::turn::{Allocation, TurnCredentials};
 
 /// Why a peer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,15 @@ pub enum PeerError {
     /// The TCP connection to the server's passive candidate failed.
     #[error("{0}")]
     Tcp(#[from] crate::tcp::TcpLinkError),
+    /// ICE through TURN without a TURN server given.
+    #[error("--transport turn needs a TURN server")]
+    NoTurnServer,
+    /// The answer has no UDP host candidate to relay to.
+    #[error("the answer has no UDP candidate to relay to")]
+    NoUdpCandidate,
+    /// The TURN allocation or channel failed.
+    #[error("{0}")]
+    Turn(#[from] crate::turn::TurnError),
 }
 
 /// What a WebRTC peer does.
@@ -78,6 +88,10 @@ pub struct Peer {
     local: SocketAddr,
     /// ICE over TCP (RFC 4571) instead of the UDP socket, once connected.
     tcp: Option<TcpLink>,
+    /// ICE through a TURN relay: the socket talks to the TURN server only.
+    turn: Option<Allocation>,
+    /// ChannelData being sent.
+    wrap: Vec<u8>,
     transport: Transport,
     sources: Vec<Source>,
     /// Received streams, by stream id.
@@ -118,22 +132,33 @@ impl Peer {
         consultation: usize,
         role: &Role,
     ) -> Result<PendingPeer, PeerError> {
-        Peer::webrtc_offer_over(name, consultation, role, IceTransport::Udp)
+        Peer::webrtc_offer_over(name, consultation, role, IceTransport::Udp, None)
     }
 
     /// [`Peer::webrtc_offer`] with ICE over `ice`: over TCP the offer holds only an active TCP
-    /// candidate, and [`PendingPeer::accept`] connects to the answer's passive one.
+    /// candidate, and [`PendingPeer::accept`] connects to the answer's passive one; through
+    /// TURN (`turn` given) the offer holds only the relayed candidate of an allocation made
+    /// here, and [`PendingPeer::accept`] binds a channel to the answer's UDP candidate.
     pub fn webrtc_offer_over(
         name: String,
         consultation: usize,
         role: &Role,
         ice: IceTransport,
+        turn: Option<&TurnCredentials>,
     ) -> Result<PendingPeer, PeerError> {
         let (socket, local) = bind_socket()?;
         let now = Instant::now();
         let mut rtc = rtc_config().build(now);
+        let mut allocation = None;
         let candidate = match ice {
             IceTransport::Udp => Candidate::host(local, "udp"),
+            IceTransport::Turn => {
+                let creds = turn.ok_or(PeerError::NoTurnServer)?;
+                let a = Allocation::allocate(&socket, creds)?;
+                let c = Candidate::relayed(a.relayed, local, "udp");
+                allocation = Some(a);
+                c
+            }
             IceTransport::Tcp => Candidate::builder()
                 .tcp()
                 .host(SocketAddr::new(local.ip(), crate::tcp::ACTIVE_PORT))
@@ -176,7 +201,7 @@ impl Peer {
             .apply()
             .ok_or_else(|| PeerError::Sdp("offer has no media".into()))?;
         let mids = offered.into_iter().map(|m| (m, Pt::from(0))).collect();
-        Ok(PendingPeer {
+        let mut p = PendingPeer {
             peer: Peer::new(
                 name,
                 consultation,
@@ -191,7 +216,9 @@ impl Peer {
             pending: Some(pending),
             offer: offer.to_sdp_string(),
             ice,
-        })
+        };
+        p.peer.turn = allocation;
+        Ok(p)
     }
 
     /// A WebRTC peer answering a remote offer (Janus subscribers); returns the peer and answer.
@@ -268,6 +295,8 @@ impl Peer {
             socket,
             local,
             tcp: None,
+            turn: None,
+            wrap: Vec::with_capacity(1500),
             transport,
             sources,
             rx: HashMap::new(),
@@ -340,13 +369,21 @@ impl Peer {
                 Err(_) => return,
             };
             let now = Instant::now();
-            let data = &buf[..n];
+            // Through TURN: the server's packets arrive as ChannelData from the TURN server,
+            // addressed (for str0m) to the relayed candidate.
+            let (from, to, data) = match &self.turn {
+                Some(a) => match (crate::turn::from_channel(&buf[..n]), a.peer) {
+                    (Some(d), Some(peer)) if from == a.server => (peer, a.relayed, d),
+                    _ => continue,
+                },
+                None => (from, self.local, &buf[..n]),
+            };
             if self.connected && is_rtp_or_rtcp(data) && drop() {
                 continue;
             }
             match &mut self.transport {
                 Transport::WebRtc { rtc, .. } => {
-                    let Ok(r) = Receive::new(Protocol::Udp, from, self.local, data) else {
+                    let Ok(r) = Receive::new(Protocol::Udp, from, to, data) else {
                         continue;
                     };
                     if let Err(e) = rtc.handle_input(Input::Receive(now, r)) {
@@ -532,9 +569,15 @@ impl Peer {
                                 return;
                             }
                         },
-                        (None, Protocol::Udp) => {
-                            self.socket.send_to(&t.contents, t.destination).is_ok()
-                        }
+                        (None, Protocol::Udp) => match &self.turn {
+                            Some(a) => {
+                                a.peer == Some(t.destination)
+                                    && crate::turn::channel_data(&t.contents, &mut self.wrap)
+                                        .is_some()
+                                    && self.socket.send_to(&self.wrap, a.server).is_ok()
+                            }
+                            None => self.socket.send_to(&t.contents, t.destination).is_ok(),
+                        },
                         _ => false,
                     };
                     if !sent {
@@ -610,6 +653,10 @@ impl PendingPeer {
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        if let Some(a) = self.peer.turn.as_mut() {
+            let peer = crate::turn::udp_candidate(answer_sdp).ok_or(PeerError::NoUdpCandidate)?;
+            a.bind(&self.peer.socket, peer)?;
+        }
         if self.ice == IceTransport::Tcp {
             let remote =
                 crate::tcp::passive_candidate(answer_sdp).ok_or(PeerError::NoTcpCandidate)?;

@@ -21,6 +21,7 @@ use crate::receiver::{StreamStats, Summary};
 use crate::target::{Histogram, Kind, ProcSample, Target};
 use crate::tcp::IceTransport;
 use crate::token;
+use crate::turn::TurnCredentials;
 
 /// Consultation shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -140,6 +141,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// The transport of Cabine's peers' ICE (Janus's and the relay's peers use UDP).
     pub ice: IceTransport,
+    /// The TURN server and credentials when `ice` is [`IceTransport::Turn`].
+    pub turn: Option<TurnCredentials>,
 }
 
 /// A target with consultations running on it.
@@ -223,7 +226,7 @@ impl Bench {
                     .http
                     .ok_or_else(|| anyhow::anyhow!("cabine without HTTP address"))?;
                 let room = format!("bench-{c}");
-                let ice = self.settings.ice;
+                let ice = (self.settings.ice, self.settings.turn.as_ref());
                 let joins = join_cabine(&mut self.engine, http, &room, c, &parts, &published, ice)?;
                 self.peers += joins.len();
             }
@@ -525,7 +528,8 @@ pub fn ramp(bench: &mut Bench, limits: RampLimits) -> Ramp {
 
 /// Joins one consultation on Cabine through the node at `http` (following redirects): each
 /// participant publishes over WHIP, then subscribes over WHEP to everything the others publish;
-/// the peers go to `engine`, their ICE over `ice`. `published` holds each participant's peer
+/// the peers go to `engine`, their ICE over `ice` (with the TURN server for
+/// [`IceTransport::Turn`]). `published` holds each participant's peer
 /// name and streams. Returns one [`Join`] per peer (WHIPs first).
 pub fn join_cabine(
     engine: &mut Engine,
@@ -534,7 +538,7 @@ pub fn join_cabine(
     c: usize,
     parts: &[Participant],
     published: &[(String, Vec<(u32, StreamClass)>)],
-    ice: IceTransport,
+    ice: (IceTransport, Option<&TurnCredentials>),
 ) -> anyhow::Result<Vec<Join>> {
     let tokens: Vec<String> = parts
         .iter()
@@ -555,7 +559,8 @@ pub fn join_cabine(
             format!("{name}/whip"),
             c,
             &Role::Publish(streams.clone()),
-            ice,
+            ice.0,
+            ice.1,
         )?;
         let (answer, join) = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
         engine.add(p.accept(&answer)?);
@@ -582,7 +587,8 @@ pub fn join_cabine(
             format!("{name}/whep"),
             c,
             &Role::Subscribe { video, audio },
-            ice,
+            ice.0,
+            ice.1,
         )?;
         let (answer, join) = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
         engine.add(p.accept(&answer)?);

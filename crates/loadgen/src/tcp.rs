@@ -22,6 +22,9 @@ pub enum IceTransport {
     /// Only an active TCP candidate, towards the server's passive TCP candidate (its
     /// `media.tcp`).
     Tcp,
+    /// Only a relayed candidate on a private coturn (UDP to coturn, UDP from coturn to the
+    /// server).
+    Turn,
 }
 
 /// The port an active TCP candidate announces (RFC 6544 §4.5: the discard port, since the

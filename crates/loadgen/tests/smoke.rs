@@ -46,6 +46,7 @@ fn harness_measures_cabine_and_relay() {
         warmup: Duration::from_millis(800),
         duration: Duration::from_millis(1_500),
         ice: cabine_loadgen::tcp::IceTransport::Udp,
+        turn_bin: PathBuf::from("turnserver"),
         cabine_bin: cabine_bin(),
         janus_bin: PathBuf::from("/usr/bin/janus"),
         loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
@@ -230,6 +231,7 @@ fn an_ice_tcp_peer_connects_and_sends_media_over_one_tcp_connection() {
         0,
         &Role::Publish(vec![(1, StreamClass::Camera), (2, StreamClass::Microphone)]),
         IceTransport::Tcp,
+        None,
     )
     .unwrap();
     assert!(
@@ -308,4 +310,51 @@ fn an_ice_tcp_peer_connects_and_sends_media_over_one_tcp_connection() {
     );
     assert!(snap[0].sent > 0);
     engine.stop();
+}
+
+/// TURN (issue 13): one 1:1 consultation against the real `cabine` whose peers offer only a
+/// relayed candidate on a private coturn (Debian's `turnserver`, started by the harness), so
+/// every packet crosses coturn both ways; media arrives at both receivers.
+#[test]
+fn harness_measures_cabine_through_coturn() {
+    assert!(
+        std::process::Command::new("turnserver")
+            .arg("--help")
+            .output()
+            .is_ok(),
+        "turnserver is needed (Debian package coturn; scripts/test installs it)"
+    );
+    let opts = Options {
+        scenarios: vec![Scenario::OneToOne],
+        targets: vec![Kind::Cabine],
+        consultations: 1,
+        ramp: RampLimits {
+            p99_us: 10_000.0,
+            loss: 0.001,
+            step: 1,
+            max: 1,
+        },
+        loss: 0.0,
+        threads: 1,
+        server_workers: 1,
+        server_initial_kbps: Some(5_000),
+        warmup: Duration::from_millis(800),
+        duration: Duration::from_millis(1_500),
+        ice: cabine_loadgen::tcp::IceTransport::Turn,
+        turn_bin: PathBuf::from("turnserver"),
+        cabine_bin: cabine_bin(),
+        janus_bin: PathBuf::from("/usr/bin/janus"),
+        loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
+        command: "smoke turn".into(),
+    };
+    let report = runner::run(&opts);
+    let table = report.table();
+    eprintln!("{table}");
+    let run = &report.runs[0];
+    assert!(run.error.is_none(), "{:?}\n{table}", run.error);
+    let m = run.measurement.as_ref().expect("a measurement");
+    assert_eq!(m.peers_failed, 0, "{table}");
+    assert!(m.forwarded_packets > 0, "nothing through coturn\n{table}");
+    assert_eq!(m.first_media_peers, 2, "{table}");
+    assert_eq!(m.by_class.len(), 4, "{table}");
 }
