@@ -105,33 +105,66 @@ pub fn request_following(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response, HttpError> {
+    request_traced(addr, method, path, headers, body).map(|(r, _)| r)
+}
+
+/// Where a [`request_traced`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Followed {
+    /// The address that gave the final answer.
+    pub answered_by: SocketAddr,
+    /// Redirects followed on the way.
+    pub redirects: u32,
+}
+
+/// [`request_following`], also telling which address answered and after how many redirects
+/// (the cluster benchmark compares joins given the room's node with joins redirected to it).
+pub fn request_traced(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(Response, Followed), HttpError> {
     let (mut addr, mut path) = (addr, path.to_owned());
-    for _ in 0..4 {
+    for redirects in 0..4 {
         let r = request(addr, method, &path, headers, body)?;
         if r.status != 307 && r.status != 308 {
-            return Ok(r);
+            let f = Followed {
+                answered_by: addr,
+                redirects,
+            };
+            return Ok((r, f));
         }
-        let bad = |why: &str| HttpError::BadResponse(format!("{method} {path}"), why.into());
-        let location = r
-            .header("location")
-            .ok_or_else(|| bad("redirect without Location"))?;
-        match location.strip_prefix("http://") {
-            Some(rest) => {
-                let (host, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                addr = std::net::ToSocketAddrs::to_socket_addrs(host)
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| bad("redirect to an unresolvable host"))?;
-                path = if p.is_empty() { "/".into() } else { p.into() };
-            }
-            None if location.starts_with('/') => path = location.to_owned(),
-            None => return Err(bad("redirect to a URL this client cannot follow")),
-        }
+        let location = r.header("location").ok_or_else(|| {
+            HttpError::BadResponse(
+                format!("{method} {path}"),
+                "redirect without Location".into(),
+            )
+        })?;
+        (addr, path) = resolve(addr, location)
+            .map_err(|why| HttpError::BadResponse(format!("{method} {path}"), why.into()))?;
     }
     Err(HttpError::BadResponse(
         format!("{method} {path}"),
         "more than 4 redirects".into(),
     ))
+}
+
+/// The address and path a `Location` (plain `http://` or a path on `from`) points to.
+pub fn resolve(from: SocketAddr, location: &str) -> Result<(SocketAddr, String), &'static str> {
+    match location.strip_prefix("http://") {
+        Some(rest) => {
+            let (host, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or("redirect to an unresolvable host")?;
+            Ok((addr, if p.is_empty() { "/".into() } else { p.into() }))
+        }
+        None if location.starts_with('/') => Ok((from, location.to_owned())),
+        None => Err("redirect to a URL this client cannot follow"),
+    }
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -191,7 +224,7 @@ mod tests {
             owner,
             "HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nanswer".into(),
         );
-        let r = request_following(
+        let (r, followed) = request_traced(
             first_addr,
             "POST",
             "/whip/r",
@@ -200,6 +233,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.status, r.body.as_str()), (201, "answer"));
+        assert_eq!(
+            followed,
+            Followed {
+                answered_by: owner_addr,
+                redirects: 1
+            }
+        );
         let (a, b) = (a.join().unwrap(), b.join().unwrap());
         for req in [a, b] {
             assert!(req.starts_with("POST /whip/r "), "{req}");

@@ -17,10 +17,12 @@
 //! Every payload ends with a [`media::Trailer`]: stream id, sequence number and send time on
 //! the process's one monotonic clock ([`clock`]), so a receiver in the same process computes
 //! one-way latency, RFC 3550 jitter, loss and reordering per stream ([`receiver`]).
-//! [`scenario`] sets up consultations against a [`target`] (the server or the relay as a child
+//! [`cluster`] measures a cluster of nodes on a real Redis (join time direct against
+//! redirected, the registry's cost). [`scenario`] sets up consultations against a [`target`] (the server or the relay as a child
 //! process, measured through `/proc`), and [`report`] writes JSON, a table and an SVG plot.
 
 pub mod clock;
+pub mod cluster;
 pub mod engine;
 pub mod http;
 pub mod janus;
@@ -32,4 +34,6 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod target;
+pub mod tcp;
 pub mod token;
+pub mod turn;

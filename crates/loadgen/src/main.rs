@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use cabine_loadgen::runner::{self, Options, Scenario};
 use cabine_loadgen::scenario::RampLimits;
 use cabine_loadgen::target::{self, Kind};
+use cabine_loadgen::tcp::IceTransport;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -75,12 +76,58 @@ enum Cmd {
         /// Measurement window, seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// ICE transport of the peers against Cabine: udp; tcp towards the server's passive
+        /// TCP candidate (its `media.tcp`); turn through a private coturn (relayed candidates
+        /// only). Janus's and the relay's peers use UDP.
+        #[arg(long, value_enum, default_value = "udp")]
+        transport: IceTransport,
+        /// coturn's binary (Debian's `coturn` package), for --transport turn.
+        #[arg(long, default_value = "turnserver")]
+        turn_bin: PathBuf,
         /// The cabine binary (default: $CABINE_BIN or next to this binary).
         #[arg(long)]
         cabine_bin: Option<PathBuf>,
         /// The janus binary (Debian's `janus` package).
         #[arg(long, default_value = "/usr/bin/janus")]
         janus_bin: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// The cluster benchmark (issue 11): a real redis-server and several `cabine serve` nodes;
+    /// join time direct against redirected, then the registry's cost on idle nodes. Writes
+    /// cluster.json and cluster.txt.
+    Cluster {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// 1:1 consultations joined each way (direct and redirected, alternating).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        consultations: usize,
+        /// Idle rooms (one connected subscriber each) for the second registry-cost window.
+        #[arg(long, default_value_t = 20)]
+        idle_rooms: usize,
+        /// Registry-cost window, seconds.
+        #[arg(long, default_value_t = 60.0)]
+        window: f64,
+        /// Time between setting up a window's rooms and measuring, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+        /// Media worker threads per node.
+        #[arg(long, default_value_t = 1)]
+        server_workers: usize,
+        /// The nodes' initial bandwidth estimate towards a new subscriber, kbit/s.
+        #[arg(long, default_value_t = 5000)]
+        server_initial_kbps: u32,
+        /// Generator worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The cabine binary (default: $CABINE_BIN or next to this binary).
+        #[arg(long)]
+        cabine_bin: Option<PathBuf>,
+        /// The redis-server binary (Debian's `redis-server` package).
+        #[arg(long, default_value = "redis-server")]
+        redis_bin: PathBuf,
         /// Output directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -117,6 +164,49 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Cluster {
+            nodes,
+            consultations,
+            idle_rooms,
+            window,
+            settle,
+            server_workers,
+            server_initial_kbps,
+            threads,
+            cabine_bin,
+            redis_bin,
+            out,
+        } => {
+            let Some(cabine_bin) = cabine_bin.or_else(target::find_cabine) else {
+                eprintln!("cannot find the cabine binary: build it (cargo build --release -p cabine-server) or pass --cabine-bin");
+                return ExitCode::FAILURE;
+            };
+            let opts = cabine_loadgen::cluster::ClusterOptions {
+                cabine_bin,
+                redis_bin,
+                nodes,
+                consultations,
+                idle_rooms,
+                window: std::time::Duration::from_secs_f64(window),
+                settle: std::time::Duration::from_secs_f64(settle),
+                server_workers,
+                server_initial_kbps: (server_initial_kbps > 0).then_some(server_initial_kbps),
+                threads,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = cabine_loadgen::cluster::run(&opts);
+            print!("{}", report.table());
+            if let Err(e) = report.write(&out) {
+                eprintln!("cannot write the report to {}: {e:#}", out.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("[loadgen] report in {}", out.display());
+            if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Cmd::Run {
             scenarios,
             targets,
@@ -131,6 +221,8 @@ fn main() -> ExitCode {
             server_initial_kbps,
             warmup,
             duration,
+            transport,
+            turn_bin,
             cabine_bin,
             janus_bin,
             out,
@@ -169,6 +261,8 @@ fn main() -> ExitCode {
                 server_initial_kbps: (server_initial_kbps > 0).then_some(server_initial_kbps),
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 duration: std::time::Duration::from_secs_f64(duration),
+                ice: transport,
+                turn_bin,
                 cabine_bin,
                 janus_bin,
                 loadgen_bin,

@@ -19,6 +19,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use crate::clock;
 use crate::media::{plain_rtp, Packet, Source, StreamClass, Trailer};
 use crate::receiver::StreamStats;
+use crate::tcp::{IceTransport, TcpLink};
+use crate::turn::{Allocation, TurnCredentials};
 
 /// Why a peer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,23 @@ pub enum PeerError {
     /// str0m refused the SDP.
     #[error("sdp: {0}")]
     Sdp(String),
+    /// An ICE-TCP peer's answer has no passive TCP candidate.
+    #[error(
+        "the answer has no passive TCP candidate (a server without ICE-TCP, or media.tcp off)"
+    )]
+    NoTcpCandidate,
+    /// The TCP connection to the server's passive candidate failed.
+    #[error("{0}")]
+    Tcp(#[from] crate::tcp::TcpLinkError),
+    /// ICE through TURN without a TURN server given.
+    #[error("--transport turn needs a TURN server")]
+    NoTurnServer,
+    /// The answer has no UDP host candidate to relay to.
+    #[error("the answer has no UDP candidate to relay to")]
+    NoUdpCandidate,
+    /// The TURN allocation or channel failed.
+    #[error("{0}")]
+    Turn(#[from] crate::turn::TurnError),
 }
 
 /// What a WebRTC peer does.
@@ -67,6 +86,12 @@ pub struct Peer {
     pub consultation: usize,
     socket: UdpSocket,
     local: SocketAddr,
+    /// ICE over TCP (RFC 4571) instead of the UDP socket, once connected.
+    tcp: Option<TcpLink>,
+    /// ICE through a TURN relay: the socket talks to the TURN server only.
+    turn: Option<Allocation>,
+    /// ChannelData being sent.
+    wrap: Vec<u8>,
     transport: Transport,
     sources: Vec<Source>,
     /// Received streams, by stream id.
@@ -96,6 +121,8 @@ pub struct PendingPeer {
     pending: Option<str0m::change::SdpPendingOffer>,
     /// The SDP offer to send.
     pub offer: String,
+    /// The transport its ICE uses.
+    ice: IceTransport,
 }
 
 impl Peer {
@@ -105,12 +132,40 @@ impl Peer {
         consultation: usize,
         role: &Role,
     ) -> Result<PendingPeer, PeerError> {
+        Peer::webrtc_offer_over(name, consultation, role, IceTransport::Udp, None)
+    }
+
+    /// [`Peer::webrtc_offer`] with ICE over `ice`: over TCP the offer holds only an active TCP
+    /// candidate, and [`PendingPeer::accept`] connects to the answer's passive one; through
+    /// TURN (`turn` given) the offer holds only the relayed candidate of an allocation made
+    /// here, and [`PendingPeer::accept`] binds a channel to the answer's UDP candidate.
+    pub fn webrtc_offer_over(
+        name: String,
+        consultation: usize,
+        role: &Role,
+        ice: IceTransport,
+        turn: Option<&TurnCredentials>,
+    ) -> Result<PendingPeer, PeerError> {
         let (socket, local) = bind_socket()?;
         let now = Instant::now();
         let mut rtc = rtc_config().build(now);
-        rtc.add_local_candidate(
-            Candidate::host(local, "udp").map_err(|e| PeerError::Sdp(e.to_string()))?,
-        );
+        let mut allocation = None;
+        let candidate = match ice {
+            IceTransport::Udp => Candidate::host(local, "udp"),
+            IceTransport::Turn => {
+                let creds = turn.ok_or(PeerError::NoTurnServer)?;
+                let a = Allocation::allocate(&socket, creds)?;
+                let c = Candidate::relayed(a.relayed, local, "udp");
+                allocation = Some(a);
+                c
+            }
+            IceTransport::Tcp => Candidate::builder()
+                .tcp()
+                .host(SocketAddr::new(local.ip(), crate::tcp::ACTIVE_PORT))
+                .tcptype(str0m::net::TcpType::Active)
+                .build(),
+        };
+        rtc.add_local_candidate(candidate.map_err(|e| PeerError::Sdp(e.to_string()))?);
         let mut api = rtc.sdp_api();
         let mut sources = Vec::new();
         let mut offered = Vec::new();
@@ -146,7 +201,7 @@ impl Peer {
             .apply()
             .ok_or_else(|| PeerError::Sdp("offer has no media".into()))?;
         let mids = offered.into_iter().map(|m| (m, Pt::from(0))).collect();
-        Ok(PendingPeer {
+        let mut p = PendingPeer {
             peer: Peer::new(
                 name,
                 consultation,
@@ -160,7 +215,10 @@ impl Peer {
             ),
             pending: Some(pending),
             offer: offer.to_sdp_string(),
-        })
+            ice,
+        };
+        p.peer.turn = allocation;
+        Ok(p)
     }
 
     /// A WebRTC peer answering a remote offer (Janus subscribers); returns the peer and answer.
@@ -236,6 +294,9 @@ impl Peer {
             consultation,
             socket,
             local,
+            tcp: None,
+            turn: None,
+            wrap: Vec::with_capacity(1500),
             transport,
             sources,
             rx: HashMap::new(),
@@ -265,7 +326,10 @@ impl Peer {
 
     /// The socket's file descriptor (for epoll).
     pub fn fd(&self) -> i32 {
-        self.socket.as_raw_fd()
+        match &self.tcp {
+            Some(link) => link.fd(),
+            None => self.socket.as_raw_fd(),
+        }
     }
 
     /// Packets sent by this peer's sources.
@@ -294,6 +358,9 @@ impl Peer {
     /// Reads every datagram waiting on the socket (at most `budget`); `drop` decides loss
     /// emulation for media datagrams.
     pub fn read(&mut self, buf: &mut [u8], budget: usize, drop: &mut impl FnMut() -> bool) {
+        if self.tcp.is_some() {
+            return self.read_tcp(buf, drop);
+        }
         for _ in 0..budget {
             let (n, from) = match self.socket.recv_from(buf) {
                 Ok(r) => r,
@@ -302,13 +369,21 @@ impl Peer {
                 Err(_) => return,
             };
             let now = Instant::now();
-            let data = &buf[..n];
+            // Through TURN: the server's packets arrive as ChannelData from the TURN server,
+            // addressed (for str0m) to the relayed candidate.
+            let (from, to, data) = match &self.turn {
+                Some(a) => match (crate::turn::from_channel(&buf[..n]), a.peer) {
+                    (Some(d), Some(peer)) if from == a.server => (peer, a.relayed, d),
+                    _ => continue,
+                },
+                None => (from, self.local, &buf[..n]),
+            };
             if self.connected && is_rtp_or_rtcp(data) && drop() {
                 continue;
             }
             match &mut self.transport {
                 Transport::WebRtc { rtc, .. } => {
-                    let Ok(r) = Receive::new(Protocol::Udp, from, self.local, data) else {
+                    let Ok(r) = Receive::new(Protocol::Udp, from, to, data) else {
                         continue;
                     };
                     if let Err(e) = rtc.handle_input(Input::Receive(now, r)) {
@@ -328,6 +403,47 @@ impl Peer {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads what the TCP connection has and hands each whole frame to str0m.
+    fn read_tcp(&mut self, buf: &mut [u8], drop: &mut impl FnMut() -> bool) {
+        let Some(link) = self.tcp.as_mut() else {
+            return;
+        };
+        if let Err(e) = link.fill(buf) {
+            self.failed = Some(e.to_string());
+            return;
+        }
+        loop {
+            let Some(link) = self.tcp.as_mut() else {
+                return;
+            };
+            let (from, to) = (link.remote, link.local);
+            let n = match link.next_frame(buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let data = &buf[..n];
+            if self.connected && is_rtp_or_rtcp(data) && drop() {
+                continue;
+            }
+            let Transport::WebRtc { rtc, .. } = &mut self.transport else {
+                return;
+            };
+            let Ok(r) = Receive::new(Protocol::Tcp, from, to, data) else {
+                continue;
+            };
+            if let Err(e) = rtc.handle_input(Input::Receive(now, r)) {
+                self.failed = Some(e.to_string());
+                return;
+            }
+            self.drain(now, drop);
         }
     }
 
@@ -353,6 +469,12 @@ impl Peer {
                         s.next = now + stagger(s.stream, i);
                     }
                 }
+            }
+        }
+        if let Some(link) = self.tcp.as_mut() {
+            if let Err(e) = link.flush() {
+                self.failed = Some(e.to_string());
+                return;
             }
         }
         if self.connected {
@@ -439,7 +561,26 @@ impl Peer {
                     if self.connected && is_rtp_or_rtcp(&t.contents) && drop() {
                         continue;
                     }
-                    if self.socket.send_to(&t.contents, t.destination).is_err() {
+                    let sent = match (&mut self.tcp, t.proto) {
+                        (Some(link), Protocol::Tcp) => match link.send(&t.contents) {
+                            Ok(sent) => sent,
+                            Err(e) => {
+                                self.failed = Some(e.to_string());
+                                return;
+                            }
+                        },
+                        (None, Protocol::Udp) => match &self.turn {
+                            Some(a) => {
+                                a.peer == Some(t.destination)
+                                    && crate::turn::channel_data(&t.contents, &mut self.wrap)
+                                        .is_some()
+                                    && self.socket.send_to(&self.wrap, a.server).is_ok()
+                            }
+                            None => self.socket.send_to(&t.contents, t.destination).is_ok(),
+                        },
+                        _ => false,
+                    };
+                    if !sent {
                         self.tx_errors += 1;
                     }
                 }
@@ -499,6 +640,7 @@ impl Peer {
 impl PendingPeer {
     /// Applies the server's SDP answer; the peer is then ready for the engine.
     pub fn accept(mut self, answer: &str) -> Result<Peer, PeerError> {
+        let answer_sdp = answer;
         let answer =
             SdpAnswer::from_sdp_string(answer).map_err(|e| PeerError::Sdp(e.to_string()))?;
         let Transport::WebRtc { rtc, .. } = &mut self.peer.transport else {
@@ -511,6 +653,16 @@ impl PendingPeer {
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        if let Some(a) = self.peer.turn.as_mut() {
+            let peer = crate::turn::udp_candidate(answer_sdp).ok_or(PeerError::NoUdpCandidate)?;
+            a.bind(&self.peer.socket, peer)?;
+        }
+        if self.ice == IceTransport::Tcp {
+            let remote =
+                crate::tcp::passive_candidate(answer_sdp).ok_or(PeerError::NoTcpCandidate)?;
+            let local = SocketAddr::new(self.peer.local.ip(), crate::tcp::ACTIVE_PORT);
+            self.peer.tcp = Some(TcpLink::connect(local, remote)?);
+        }
         Ok(self.peer)
     }
 }

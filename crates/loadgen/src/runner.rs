@@ -8,6 +8,8 @@ use crate::engine::EngineConfig;
 use crate::report::{self, Machine, Report, Run};
 use crate::scenario::{self, Bench, RampLimits, Settings, Shape};
 use crate::target::{Kind, Target};
+use crate::tcp::IceTransport;
+use crate::turn::{Coturn, TurnCredentials};
 
 /// A scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +60,11 @@ pub struct Options {
     pub warmup: Duration,
     /// Measurement window.
     pub duration: Duration,
+    /// The transport of Cabine's peers' ICE: UDP, or TCP towards the server's passive
+    /// candidate (`media.tcp`, issue 13).
+    pub ice: IceTransport,
+    /// coturn's `turnserver` binary (for [`IceTransport::Turn`]).
+    pub turn_bin: PathBuf,
     /// The `cabine` binary.
     pub cabine_bin: PathBuf,
     /// The `janus` binary.
@@ -103,6 +110,12 @@ pub fn run(opts: &Options) -> Report {
 }
 
 fn run_one(opts: &Options, sc: Scenario, kind: Kind) -> anyhow::Result<Run> {
+    // A private coturn for the run when the peers go through TURN (dropped with the run).
+    let coturn = if opts.ice == IceTransport::Turn && kind == Kind::Cabine {
+        Some(Coturn::start(&opts.turn_bin)?)
+    } else {
+        None
+    };
     let target = match kind {
         Kind::Cabine => Target::cabine(
             &opts.cabine_bin,
@@ -129,6 +142,10 @@ fn run_one(opts: &Options, sc: Scenario, kind: Kind) -> anyhow::Result<Run> {
         warmup: opts.warmup,
         duration: opts.duration,
         connect_timeout: Duration::from_secs(30),
+        ice: opts.ice,
+        turn: coturn
+            .as_ref()
+            .map(|t| TurnCredentials::rest(t.addr, Duration::from_secs(3600))),
     };
     let mut bench = Bench::new(target, shape, settings)?;
     let mut run = Run {

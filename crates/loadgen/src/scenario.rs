@@ -19,7 +19,9 @@ use crate::media::StreamClass;
 use crate::peer::{Peer, Role};
 use crate::receiver::{StreamStats, Summary};
 use crate::target::{Histogram, Kind, ProcSample, Target};
+use crate::tcp::IceTransport;
 use crate::token;
+use crate::turn::TurnCredentials;
 
 /// Consultation shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -32,7 +34,8 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn participants(self) -> Vec<(&'static str, TokenRole, Vec<StreamClass>)> {
+    /// Each participant: name, token role, streams published.
+    pub fn participants(self) -> Vec<Participant> {
         use StreamClass::*;
         let mut v = vec![
             (
@@ -47,6 +50,18 @@ impl Shape {
         }
         v
     }
+}
+
+/// A participant of a consultation: name, token role, streams it publishes.
+pub type Participant = (&'static str, TokenRole, Vec<StreamClass>);
+
+/// One signalling request of a participant joining (a WHIP or WHEP `POST`).
+#[derive(Debug, Clone, Copy)]
+pub struct Join {
+    /// From sending the offer to having the answer, redirects included.
+    pub took: Duration,
+    /// Redirects followed.
+    pub redirects: u32,
 }
 
 /// One measurement window's results.
@@ -124,6 +139,10 @@ pub struct Settings {
     pub duration: Duration,
     /// How long peers get to connect.
     pub connect_timeout: Duration,
+    /// The transport of Cabine's peers' ICE (Janus's and the relay's peers use UDP).
+    pub ice: IceTransport,
+    /// The TURN server and credentials when `ice` is [`IceTransport::Turn`].
+    pub turn: Option<TurnCredentials>,
 }
 
 /// A target with consultations running on it.
@@ -207,55 +226,9 @@ impl Bench {
                     .http
                     .ok_or_else(|| anyhow::anyhow!("cabine without HTTP address"))?;
                 let room = format!("bench-{c}");
-                let tokens: Vec<String> = parts
-                    .iter()
-                    .zip(&published)
-                    .map(|((_, role, _), (name, _))| {
-                        token::mint(
-                            crate::target::SECRET,
-                            &room,
-                            *role,
-                            name,
-                            Duration::from_secs(3600),
-                        )
-                    })
-                    .collect::<Result<_, _>>()?;
-                for ((name, streams), tok) in published.iter().zip(&tokens) {
-                    let p = Peer::webrtc_offer(
-                        format!("{name}/whip"),
-                        c,
-                        &Role::Publish(streams.clone()),
-                    )?;
-                    let answer = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
-                    self.engine.add(p.accept(&answer)?);
-                    self.peers += 1;
-                }
-                for (i, ((name, _), tok)) in published.iter().zip(&tokens).enumerate() {
-                    let others = published
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .flat_map(|(_, (_, s))| s.iter().map(|(_, c)| *c));
-                    let (video, audio) =
-                        others.fold(
-                            (0, 0),
-                            |(v, a), c| {
-                                if c.is_video() {
-                                    (v + 1, a)
-                                } else {
-                                    (v, a + 1)
-                                }
-                            },
-                        );
-                    let p = Peer::webrtc_offer(
-                        format!("{name}/whep"),
-                        c,
-                        &Role::Subscribe { video, audio },
-                    )?;
-                    let answer = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
-                    self.engine.add(p.accept(&answer)?);
-                    self.peers += 1;
-                }
+                let ice = (self.settings.ice, self.settings.turn.as_ref());
+                let joins = join_cabine(&mut self.engine, http, &room, c, &parts, &published, ice)?;
+                self.peers += joins.len();
             }
             Kind::Janus => self.add_janus(c, &published)?,
         }
@@ -553,14 +526,87 @@ pub fn ramp(bench: &mut Bench, limits: RampLimits) -> Ramp {
     }
 }
 
-fn post_sdp(
+/// Joins one consultation on Cabine through the node at `http` (following redirects): each
+/// participant publishes over WHIP, then subscribes over WHEP to everything the others publish;
+/// the peers go to `engine`, their ICE over `ice` (with the TURN server for
+/// [`IceTransport::Turn`]). `published` holds each participant's peer
+/// name and streams. Returns one [`Join`] per peer (WHIPs first).
+pub fn join_cabine(
+    engine: &mut Engine,
+    http: std::net::SocketAddr,
+    room: &str,
+    c: usize,
+    parts: &[Participant],
+    published: &[(String, Vec<(u32, StreamClass)>)],
+    ice: (IceTransport, Option<&TurnCredentials>),
+) -> anyhow::Result<Vec<Join>> {
+    let tokens: Vec<String> = parts
+        .iter()
+        .zip(published)
+        .map(|((_, role, _), (name, _))| {
+            token::mint(
+                crate::target::SECRET,
+                room,
+                *role,
+                name,
+                Duration::from_secs(3600),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut joins = Vec::new();
+    for ((name, streams), tok) in published.iter().zip(&tokens) {
+        let p = Peer::webrtc_offer_over(
+            format!("{name}/whip"),
+            c,
+            &Role::Publish(streams.clone()),
+            ice.0,
+            ice.1,
+        )?;
+        let (answer, join) = post_sdp(http, &format!("/whip/{room}"), tok, &p.offer)?;
+        engine.add(p.accept(&answer)?);
+        joins.push(join);
+    }
+    for (i, ((name, _), tok)) in published.iter().zip(&tokens).enumerate() {
+        let others = published
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, (_, s))| s.iter().map(|(_, c)| *c));
+        let (video, audio) =
+            others.fold(
+                (0, 0),
+                |(v, a), c| {
+                    if c.is_video() {
+                        (v + 1, a)
+                    } else {
+                        (v, a + 1)
+                    }
+                },
+            );
+        let p = Peer::webrtc_offer_over(
+            format!("{name}/whep"),
+            c,
+            &Role::Subscribe { video, audio },
+            ice.0,
+            ice.1,
+        )?;
+        let (answer, join) = post_sdp(http, &format!("/whep/{room}"), tok, &p.offer)?;
+        engine.add(p.accept(&answer)?);
+        joins.push(join);
+    }
+    Ok(joins)
+}
+
+/// POSTs an SDP offer (following redirects); the answer and how the request went.
+pub fn post_sdp(
     http: std::net::SocketAddr,
     path: &str,
     token: &str,
     offer: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Join)> {
     let auth = format!("Bearer {token}");
-    let r = http::request_following(
+    let t0 = Instant::now();
+    let (r, followed) = http::request_traced(
         http,
         "POST",
         path,
@@ -570,8 +616,15 @@ fn post_sdp(
         ],
         offer,
     )?;
+    let took = t0.elapsed();
     if r.status != 201 {
         anyhow::bail!("POST {path}: {} {}", r.status, r.body.trim());
     }
-    Ok(r.body)
+    Ok((
+        r.body,
+        Join {
+            took,
+            redirects: followed.redirects,
+        },
+    ))
 }

@@ -66,10 +66,22 @@ impl Target {
     /// `initial_kbps` is the bandwidth the server assumes towards a new subscriber
     /// (`media.initial_bitrate_kbps`); `None` keeps the server's default.
     pub fn cabine(bin: &Path, workers: usize, initial_kbps: Option<u32>) -> anyhow::Result<Target> {
+        Target::cabine_with(bin, workers, initial_kbps, |_| Vec::new())
+    }
+
+    /// [`Target::cabine`] with more environment, chosen once the node's HTTP address is known
+    /// (a cluster node's `http.public_url` names it).
+    pub fn cabine_with(
+        bin: &Path,
+        workers: usize,
+        initial_kbps: Option<u32>,
+        env: impl FnOnce(SocketAddr) -> Vec<(String, String)>,
+    ) -> anyhow::Result<Target> {
         let http = free_tcp()?;
         let admin = free_tcp()?;
         let media = free_udp()?;
         let mut cmd = Command::new(bin);
+        cmd.envs(env(http));
         if let Some(k) = initial_kbps {
             cmd.env("CABINE_MEDIA__INITIAL_BITRATE_KBPS", k.to_string());
         }

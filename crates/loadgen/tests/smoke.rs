@@ -2,6 +2,7 @@
 //! consultation against the real `cabine` binary over WebRTC and against the bare relay, a short
 //! window each. It checks that the harness measures — streams received, latencies positive,
 //! every class present, the report well-formed JSON with a plot — and never asserts speed.
+//! A second test runs the cluster benchmark in small (two nodes on a real `redis-server`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,8 @@ fn harness_measures_cabine_and_relay() {
         server_initial_kbps: Some(5_000),
         warmup: Duration::from_millis(800),
         duration: Duration::from_millis(1_500),
+        ice: cabine_loadgen::tcp::IceTransport::Udp,
+        turn_bin: PathBuf::from("turnserver"),
         cabine_bin: cabine_bin(),
         janus_bin: PathBuf::from("/usr/bin/janus"),
         loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
@@ -121,4 +124,237 @@ fn harness_measures_cabine_and_relay() {
     let svg = std::fs::read_to_string(out.join("one-to-one.svg")).expect("plot");
     assert!(svg.contains("<svg") && svg.contains("polyline"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The cluster benchmark's harness (issue 11), in small: two nodes on a real `redis-server`,
+/// one consultation joined through the room's node and one through the other node, then the
+/// short idle windows. It checks that the harness measures what it says — direct joins are
+/// never redirected, redirected ones always are, every receiver got media, Redis's commands
+/// are counted only for the cluster — and never how fast.
+#[test]
+fn cluster_harness_compares_direct_and_redirected_joins() {
+    let redis_bin = PathBuf::from("redis-server");
+    assert!(
+        std::process::Command::new(&redis_bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "redis-server is needed (Debian package redis-server; scripts/test installs it)"
+    );
+    let opts = cabine_loadgen::cluster::ClusterOptions {
+        cabine_bin: cabine_bin(),
+        redis_bin,
+        nodes: 2,
+        consultations: 1,
+        idle_rooms: 2,
+        // Longer than the registry refresh (2 s): every node writes its record in the window.
+        window: Duration::from_millis(2_500),
+        settle: Duration::ZERO,
+        server_workers: 1,
+        server_initial_kbps: Some(5_000),
+        threads: 1,
+        command: "smoke".into(),
+    };
+    let report = cabine_loadgen::cluster::run(&opts);
+    let table = report.table();
+    eprintln!("{table}");
+    assert!(report.errors.is_empty(), "{table}");
+    let (d, r) = (&report.direct, &report.redirected);
+    // Kiosk and doctor: two WHIPs and two WHEPs each way.
+    assert_eq!((d.requests, r.requests), (4, 4), "{table}");
+    assert_eq!(d.redirects, 0, "direct joins were redirected\n{table}");
+    assert_eq!(r.redirects, 4, "every redirected request, once\n{table}");
+    for j in [d, r] {
+        assert_eq!((j.receivers, j.first_media_peers), (2, 2), "{table}");
+        assert!(j.first_media_ms_p50.is_some_and(|t| t > 0.0), "{table}");
+        assert!(j.signalling_ms_p99 >= j.signalling_ms_p50, "{table}");
+    }
+    assert_eq!(report.idle.len(), 4, "{table}");
+    for w in &report.idle {
+        assert!(w.seconds >= 2.5, "{table}");
+        if w.setup == "cluster" {
+            assert_eq!(w.nodes, 2, "{table}");
+            assert!(
+                w.redis_commands_per_s.is_some_and(|c| c > 0.0),
+                "the registry's commands counted\n{table}"
+            );
+            assert!(w.redis_cores.is_some(), "{table}");
+        } else {
+            assert_eq!(w.nodes, 1, "{table}");
+            assert_eq!(w.redis_commands_per_s, None, "{table}");
+        }
+    }
+    let out = std::env::temp_dir().join(format!("cabine-loadgen-cluster-{}", std::process::id()));
+    report.write(&out).expect("report written");
+    let json = std::fs::read_to_string(out.join("cluster.json")).expect("cluster.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
+    assert_eq!(v["redirected"]["redirects"], 4);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// ICE over TCP (issue 13), the generator's side: a publishing peer with only an active TCP
+/// candidate, against a passive TCP candidate served here by a bare str0m endpoint over a real
+/// loopback TCP connection with RFC 4571 framing (the server's ICE-TCP is tested in its own
+/// crate). The peer connects (ICE + DTLS over the one TCP connection) and its RTP arrives.
+#[test]
+fn an_ice_tcp_peer_connects_and_sends_media_over_one_tcp_connection() {
+    use cabine_loadgen::engine::{Engine, EngineConfig};
+    use cabine_loadgen::media::StreamClass;
+    use cabine_loadgen::peer::{Peer, Role};
+    use cabine_loadgen::tcp::{self, IceTransport};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+    use str0m::change::SdpOffer;
+    use str0m::net::{Protocol, Receive, TcpType};
+    use str0m::{Candidate, Event, Input, Output, RtcConfig};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let passive = listener.local_addr().unwrap();
+    let mut server = RtcConfig::new()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    server.add_local_candidate(
+        Candidate::builder()
+            .tcp()
+            .host(passive)
+            .tcptype(TcpType::Passive)
+            .build()
+            .unwrap(),
+    );
+    let pending = Peer::webrtc_offer_over(
+        "kiosk/whip".into(),
+        0,
+        &Role::Publish(vec![(1, StreamClass::Camera), (2, StreamClass::Microphone)]),
+        IceTransport::Tcp,
+        None,
+    )
+    .unwrap();
+    assert!(
+        pending.offer.contains("tcptype active") && !pending.offer.contains(" udp "),
+        "only an active TCP candidate offered:\n{}",
+        pending.offer
+    );
+    let answer = server
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&pending.offer).unwrap())
+        .unwrap()
+        .to_sdp_string();
+    let mut engine = Engine::start(EngineConfig {
+        threads: 1,
+        loss: 0.0,
+    })
+    .unwrap();
+    // Connects to the answer's passive candidate.
+    engine.add(pending.accept(&answer).unwrap());
+
+    let mut conn: Option<(TcpStream, std::net::SocketAddr)> = None;
+    let (mut rx, mut buf, mut tmp) = (Vec::new(), vec![0u8; 2048], vec![0u8; 65536]);
+    let (mut connected, mut rtp) = (false, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(connected && rtp >= 10) {
+        assert!(
+            Instant::now() < deadline,
+            "not within 20 s: connected {connected}, {rtp} RTP packets"
+        );
+        if conn.is_none() {
+            if let Ok((s, from)) = listener.accept() {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+                conn = Some((s, from));
+            }
+        }
+        let now = Instant::now();
+        if let Some((s, from)) = &mut conn {
+            if let Ok(n) = s.read(&mut tmp) {
+                assert!(n > 0, "the peer closed its connection");
+                rx.extend_from_slice(&tmp[..n]);
+            }
+            let mut at = 0;
+            while let Some(n) = tcp::next_frame(&rx[at..], &mut buf).unwrap() {
+                at += n + 2;
+                let r = Receive::new(Protocol::Tcp, *from, passive, &buf[..n]).unwrap();
+                server.handle_input(Input::Receive(now, r)).unwrap();
+            }
+            rx.drain(..at);
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.handle_input(Input::Timeout(Instant::now())).unwrap();
+        loop {
+            match server.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    assert_eq!(t.proto, Protocol::Tcp);
+                    let mut wire = Vec::new();
+                    tcp::frame(&t.contents, &mut wire).unwrap();
+                    if let Some((s, _)) = &mut conn {
+                        s.write_all(&wire).unwrap();
+                    }
+                }
+                Output::Event(Event::Connected) => connected = true,
+                Output::Event(Event::RtpPacket(_)) => rtp += 1,
+                Output::Event(_) => {}
+            }
+        }
+    }
+    let snap = engine.snapshot();
+    assert!(
+        snap[0].connected && snap[0].failed.is_none(),
+        "{:?}",
+        snap[0].failed
+    );
+    assert!(snap[0].sent > 0);
+    engine.stop();
+}
+
+/// TURN (issue 13): one 1:1 consultation against the real `cabine` whose peers offer only a
+/// relayed candidate on a private coturn (Debian's `turnserver`, started by the harness), so
+/// every packet crosses coturn both ways; media arrives at both receivers.
+#[test]
+fn harness_measures_cabine_through_coturn() {
+    assert!(
+        std::process::Command::new("turnserver")
+            .arg("--help")
+            .output()
+            .is_ok(),
+        "turnserver is needed (Debian package coturn; scripts/test installs it)"
+    );
+    let opts = Options {
+        scenarios: vec![Scenario::OneToOne],
+        targets: vec![Kind::Cabine],
+        consultations: 1,
+        ramp: RampLimits {
+            p99_us: 10_000.0,
+            loss: 0.001,
+            step: 1,
+            max: 1,
+        },
+        loss: 0.0,
+        threads: 1,
+        server_workers: 1,
+        server_initial_kbps: Some(5_000),
+        warmup: Duration::from_millis(800),
+        duration: Duration::from_millis(1_500),
+        ice: cabine_loadgen::tcp::IceTransport::Turn,
+        turn_bin: PathBuf::from("turnserver"),
+        cabine_bin: cabine_bin(),
+        janus_bin: PathBuf::from("/usr/bin/janus"),
+        loadgen_bin: PathBuf::from(env!("CARGO_BIN_EXE_cabine-loadgen")),
+        command: "smoke turn".into(),
+    };
+    let report = runner::run(&opts);
+    let table = report.table();
+    eprintln!("{table}");
+    let run = &report.runs[0];
+    assert!(run.error.is_none(), "{:?}\n{table}", run.error);
+    let m = run.measurement.as_ref().expect("a measurement");
+    assert_eq!(m.peers_failed, 0, "{table}");
+    assert!(m.forwarded_packets > 0, "nothing through coturn\n{table}");
+    assert_eq!(m.first_media_peers, 2, "{table}");
+    assert_eq!(m.by_class.len(), 4, "{table}");
 }
