@@ -98,3 +98,29 @@ export async function launchChromium(prefix, viewport, extraArgs = []) {
   });
   return { context, dir };
 }
+
+// Run in a page (interpolated as `(${selectedPair})("sub")`): the selected candidate pair of the
+// session's `pc` ("sub"/"pub") as its local candidate's type, protocol, TCP type and relay
+// protocol, and the remote candidate's protocol; null before one is selected.
+export const selectedPair = async (which) => {
+  const pc = window.cabine.session[which];
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId);
+  const remote = stats.get(pair.remoteCandidateId);
+  return local
+    ? {
+        type: local.candidateType,
+        protocol: local.protocol,
+        tcpType: local.tcpType || "",
+        relayProtocol: local.relayProtocol || "",
+        remote: remote ? remote.protocol : "",
+      }
+    : null;
+};

@@ -9,25 +9,9 @@
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { existsSync, rmSync } from "node:fs";
-import { driver, env, inbound, launchChromium } from "./harness.mjs";
+import { driver, env, inbound, launchChromium, selectedPair } from "./harness.mjs";
 
 const { result, finish, until } = driver("ice_tcp", ["DOCTOR_TOKEN", "KIOSK_TOKEN"]);
-
-// Run in a page: the local candidate of the selected pair of the session's `pc` ("sub"/"pub").
-const selected = async (which) => {
-  const pc = window.cabine.session[which];
-  if (!pc) return null;
-  const stats = await pc.getStats();
-  let pair = null;
-  stats.forEach((r) => {
-    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-  });
-  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
-  if (!pair) return null;
-  const local = stats.get(pair.localCandidateId);
-  const remote = stats.get(pair.remoteCandidateId);
-  return local ? { type: local.candidateType, protocol: local.protocol, tcpType: local.tcpType || "", remote: remote ? remote.protocol : "" } : null;
-};
 
 async function main() {
   const base = env("CABINE_URL").replace(/\/+$/, "");
@@ -62,8 +46,8 @@ async function main() {
     result.stage = "tcp";
     const isTcp = (c) => c && c.protocol === "tcp" && c.remote === "tcp";
     // A string expression: playwright evaluates it as is (the pages' CSP forbids eval).
-    await until(doctor, "doctor_subscribe_pair", `(${selected})("sub")`, isTcp, step);
-    await until(kiosk, "kiosk_publish_pair", `(${selected})("pub")`, isTcp, step);
+    await until(doctor, "doctor_subscribe_pair", `(${selectedPair})("sub")`, isTcp, step);
+    await until(kiosk, "kiosk_publish_pair", `(${selectedPair})("pub")`, isTcp, step);
 
     result.stage = "hold";
     const deadline = Date.now() + step;

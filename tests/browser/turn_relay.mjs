@@ -9,24 +9,9 @@
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { rmSync } from "node:fs";
-import { driver, env, inbound, launchChromium } from "./harness.mjs";
+import { driver, env, inbound, launchChromium, selectedPair } from "./harness.mjs";
 
 const { result, finish, until } = driver("turn_relay", ["DOCTOR_TOKEN", "KIOSK_TOKEN"]);
-
-// Run in a page: the local candidate of the selected pair of the session's `pc` ("sub"/"pub").
-const selected = async (which) => {
-  const pc = window.cabine.session[which];
-  if (!pc) return null;
-  const stats = await pc.getStats();
-  let pair = null;
-  stats.forEach((r) => {
-    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-  });
-  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
-  if (!pair) return null;
-  const local = stats.get(pair.localCandidateId);
-  return local ? { type: local.candidateType, relayProtocol: local.relayProtocol || "", protocol: local.protocol } : null;
-};
 
 async function main() {
   const base = env("CABINE_URL").replace(/\/+$/, "");
@@ -64,8 +49,8 @@ async function main() {
     result.stage = "relayed";
     const isRelay = (c) => c && c.type === "relay" && c.relayProtocol === relayProtocol;
     // A string expression: playwright evaluates it as is (the pages' CSP forbids eval).
-    await until(doctor, "doctor_subscribe_pair", `(${selected})("sub")`, isRelay, step);
-    await until(kiosk, "kiosk_publish_pair", `(${selected})("pub")`, isRelay, step);
+    await until(doctor, "doctor_subscribe_pair", `(${selectedPair})("sub")`, isRelay, step);
+    await until(kiosk, "kiosk_publish_pair", `(${selectedPair})("pub")`, isRelay, step);
 
     result.stage = "done";
     finish(true, `kiosk page and doctor's page exchanged media through TURN over ${relayProtocol}`);
