@@ -43,6 +43,8 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// Many nodes sharing rooms through a store.
     pub cluster: crate::cluster::ClusterConfig,
+    /// The walk-in queue and the fleet.
+    pub queue: crate::queue::QueueConfig,
 }
 
 /// `[ice]`.

@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         )
         .route("/ws/{room}", get(ws::handler))
         .merge(pages::routes())
+        .merge(crate::queue::http::routes())
         .route(
             "/whip/{room}/{session}",
             axum::routing::patch(whip::patch_session)
