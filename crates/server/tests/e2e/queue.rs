@@ -79,7 +79,7 @@ fn cabin(base: &str, token: String) -> DialConfig {
 async fn doctor_sees_media_and_vitals(base: &str, ops: &str, room: &str, token: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = common::rooms_at(&format!("{base}"), ops).await;
+        let v = common::rooms_at(base, ops).await;
         let published: usize = v["rooms"]
             .as_array()
             .into_iter()
@@ -623,7 +623,7 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     ));
     let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
     let ops = common::cluster::token("*", Role::Operator, "ops");
-    doctor_sees_media_and_vitals(&format!("{}", b.base), &ops, &room, &doctor_room_token).await;
+    doctor_sees_media_and_vitals(&b.base, &ops, &room, &doctor_room_token).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
 }
