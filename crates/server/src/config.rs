@@ -43,6 +43,8 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// Many nodes sharing rooms through a store.
     pub cluster: crate::cluster::ClusterConfig,
+    /// FHIR export of the consultations' measurements.
+    pub fhir: crate::fhir::FhirConfig,
 }
 
 /// `[ice]`.
@@ -266,6 +268,9 @@ impl Config {
             .check(&self.http.public_url)
             .map_err(ConfigError::Unusable)?;
         self.check_limits()?;
+        self.fhir
+            .load(&self.audit.path)
+            .map_err(|e| ConfigError::Unusable(e.to_string()))?;
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;

@@ -157,6 +157,12 @@ impl Metrics {
         let _ = self.cluster.set(c);
     }
 
+    /// The meter of this provider, for subsystems that register their own instruments (they
+    /// reach Prometheus and OTLP like the rest).
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self._provider.meter("cabine")
+    }
+
     /// Adds the telemetry sidecar's figures to the metrics.
     pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
         let _ = self.telemetry.set(t);

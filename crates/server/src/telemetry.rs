@@ -173,6 +173,8 @@ struct Cache {
     requests: AtomicU64,
     refused: AtomicU64,
     commands: AtomicU64,
+    /// The FHIR export, which keeps the consultation's measurements (when on).
+    fhir: std::sync::OnceLock<Arc<crate::fhir::Fhir>>,
 }
 
 impl Cache {
@@ -238,6 +240,9 @@ impl Telemetry {
             move |room: &RoomId, d: Delivered, reliable: bool| {
                 let json = to_json(&d);
                 remember(&cache, room, &d, &json);
+                if let Some(f) = cache.fhir.get() {
+                    f.on_delivered(room, &d);
+                }
                 cache.frames.fetch_add(1, Ordering::Relaxed);
                 cache.by_kind[kind_index(&d)].fetch_add(1, Ordering::Relaxed);
                 sfu.send_data(room, Bytes::from(json), reliable);
@@ -284,6 +289,16 @@ impl Telemetry {
     /// The bound QUIC address.
     pub fn local_addr(&self) -> SocketAddr {
         self.sidecar.local_addr()
+    }
+
+    /// Hands every delivered frame to the FHIR export too.
+    pub fn set_fhir(&self, f: Arc<crate::fhir::Fhir>) {
+        let _ = self.cache.fhir.set(f);
+    }
+
+    /// Whether a kiosk of `room` is connected (with its channels declared) now.
+    pub fn has_kiosks(&self, room: &RoomId) -> bool {
+        !self.sidecar.channels(room).is_empty()
     }
 
     /// What kiosks need to dial.
