@@ -21,9 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use cabine_kiosk::devices::{
-    ChannelId, DeviceOutput, Devices, DevicesConfig, MeasurementStatus,
-};
+use cabine_kiosk::devices::{ChannelId, DeviceOutput, Devices, DevicesConfig, MeasurementStatus};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::telemetry as wire;
 use cabine_proto::{Identity, Role, RoomId};
@@ -304,7 +302,9 @@ fn check_content(bundle: &Value, subject: &str) {
         .starts_with("urn:uuid:"));
     let obs = observations(bundle);
     let codes: BTreeSet<&str> = obs.iter().map(|(c, _)| *c).collect();
-    for want in ["59408-5", "8867-4", "8310-5", "29463-7", "85354-9", "131328"] {
+    for want in [
+        "59408-5", "8867-4", "8310-5", "29463-7", "85354-9", "131328",
+    ] {
         assert!(codes.contains(want), "no {want} Observation in {codes:?}");
     }
     let unit = |code: &str| {
@@ -318,7 +318,10 @@ fn check_content(bundle: &Value, subject: &str) {
     assert_eq!(unit("8310-5"), "Cel");
     assert_eq!(unit("29463-7"), "kg");
     let spo2 = obs.iter().find(|(c, _)| *c == "59408-5").unwrap().1;
-    assert_eq!(spo2["code"]["coding"][1]["system"], "urn:iso:std:iso:11073:10101");
+    assert_eq!(
+        spo2["code"]["coding"][1]["system"],
+        "urn:iso:std:iso:11073:10101"
+    );
     assert_eq!(spo2["code"]["coding"][1]["code"], "150456");
     assert_eq!(spo2["category"][0]["coding"][0]["code"], "vital-signs");
     // Measured just now: the server's clock mapping of the capture times.
@@ -454,20 +457,18 @@ async fn an_export_survives_a_crash_and_is_delivered_once() {
     let mut kiosk = Kiosk::connect(&a.base, &token(room, Role::Kiosk, "kiosk-12"), room).await;
     let sent = kiosk.run(Duration::from_millis(3500));
     assert!(sent >= 8, "{sent} measurements");
-    until("the server keeps every measurement and ECG chunks", || async {
-        a.metric("cabine_fhir_held{kind=\"measurements\"}").await == sent as f64
-            && a.metric("cabine_fhir_held{kind=\"waveform_chunks\"}").await >= 50.0
-    })
+    until(
+        "the server keeps every measurement and ECG chunks",
+        || async {
+            a.metric("cabine_fhir_held{kind=\"measurements\"}").await == sent as f64
+                && a.metric("cabine_fhir_held{kind=\"waveform_chunks\"}").await >= 50.0
+        },
+    )
     .await;
 
     let doctor = token(room, Role::Doctor, "dr-house");
-    let (status, body) = post_export(
-        &a.base,
-        room,
-        Some(&doctor),
-        r#"{"subject":"Patient/123"}"#,
-    )
-    .await;
+    let (status, body) =
+        post_export(&a.base, room, Some(&doctor), r#"{"subject":"Patient/123"}"#).await;
     assert_eq!(status, 202, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let bundle_id = answer["bundle"].as_str().unwrap().to_owned();
