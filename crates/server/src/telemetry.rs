@@ -14,7 +14,8 @@
 //!   or `{"command_refused":{"request_id":1,"reason":"…"}}`; the kiosk's result then arrives to
 //!   every subscriber as a `command_result` frame.
 //! - The server keeps no telemetry beyond the latest reading per channel of connected kiosks,
-//!   forgotten when a room's kiosks are gone.
+//!   forgotten when a room's kiosks are gone, unless the FHIR export is on ([`crate::fhir`]):
+//!   then each room's measurements are kept, bounded, until exported or the room ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -167,6 +167,13 @@ impl Fhir {
     /// A telemetry frame delivered in `room`: kept for the export when it is a declaration, a
     /// measurement or an ECG chunk (refusals counted).
     pub fn on_delivered(&self, room: &RoomId, d: &Delivered) {
+        use cabine_proto::telemetry::delivered::Frame;
+        if !matches!(
+            d.frame,
+            Some(Frame::Channel(_) | Frame::Measurement(_) | Frame::Waveform(_))
+        ) {
+            return;
+        }
         let r = self.records().on_delivered(room, d, Instant::now());
         if let Err(refusal) = r {
             self.stats.refused(refusal);
@@ -198,7 +205,7 @@ impl Fhir {
                 .or_else(|| records.subject(room).cloned())
                 .ok_or(ExportError::NoSubject)?
         };
-        self.check_room_in_outbox()?;
+        self.check_outbox_capacity()?;
         let data = self.records().take(room);
         if data.is_empty() {
             return Err(ExportError::Nothing);
@@ -290,7 +297,7 @@ impl Fhir {
             );
             return;
         };
-        if let Err(err) = self.check_room_in_outbox() {
+        if let Err(err) = self.check_outbox_capacity() {
             warn!(%room, error = %err, "room ended: its FHIR export is refused");
             return;
         }
@@ -312,7 +319,7 @@ impl Fhir {
         }
     }
 
-    fn check_room_in_outbox(&self) -> Result<(), ExportError> {
+    fn check_outbox_capacity(&self) -> Result<(), ExportError> {
         let max = self.settings.max_pending;
         if self.stats.pending.load(Ordering::Relaxed) as usize >= max {
             self.stats.outbox_full();

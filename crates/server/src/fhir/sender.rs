@@ -226,3 +226,103 @@ fn without_url(e: &reqwest::Error) -> String {
         format!("{kind}: {detail}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An endpoint answering `status` to every POST; counts them.
+    async fn endpoint(status: u16) -> (reqwest::Url, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hits);
+        let app = axum::Router::new().route(
+            "/fhir",
+            axum::routing::post(move || {
+                let h = Arc::clone(&h);
+                async move {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fhir", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (reqwest::Url::parse(&url).unwrap(), hits)
+    }
+
+    fn settings(endpoint: reqwest::Url, outbox: &std::path::Path) -> FhirSettings {
+        FhirSettings {
+            endpoint,
+            outbox: outbox.to_owned(),
+            token: Some("t0ken".into()),
+            request_timeout: Duration::from_secs(5),
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(40),
+            room_end_grace: Duration::from_secs(1),
+            max_measurements_per_room: 10,
+            max_rooms: 10,
+            waveform_excerpt: Duration::from_secs(1),
+            max_pending: 10,
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_moves_the_bundle_to_failed_and_is_not_retried() {
+        let dir = std::env::temp_dir().join(format!("cabine-sender-400-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (outbox, _) = Outbox::open(&dir).unwrap();
+        let id = BundleId::random();
+        outbox.write(&id, b"{}").unwrap();
+        let (url, hits) = endpoint(422).await;
+        let stats = Arc::new(FhirStats::default());
+        stats.pending.store(1, Ordering::Relaxed);
+        let _sender = Sender::start(
+            &settings(url, &dir),
+            outbox,
+            Arc::clone(&stats),
+            vec![id.clone()],
+        )
+        .unwrap();
+        until("the Bundle is refused", || {
+            stats.failed.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert!(dir.join("failed").join(format!("{id}.json")).exists());
+        assert!(!dir.join(format!("{id}.json")).exists());
+        assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.exported.load(Ordering::Relaxed), 0);
+        assert_eq!(hits.load(Ordering::Relaxed), 1, "not retried");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_retried_with_growing_delays_and_the_file_kept() {
+        let dir = std::env::temp_dir().join(format!("cabine-sender-503-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (outbox, _) = Outbox::open(&dir).unwrap();
+        let id = BundleId::random();
+        outbox.write(&id, b"{}").unwrap();
+        let (url, hits) = endpoint(503).await;
+        let stats = Arc::new(FhirStats::default());
+        let sender =
+            Sender::start(&settings(url, &dir), outbox, Arc::clone(&stats), vec![]).unwrap();
+        sender.enqueue(id.clone());
+        until("three attempts", || hits.load(Ordering::Relaxed) >= 3).await;
+        assert!(stats.retried.load(Ordering::Relaxed) >= 2);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+        assert!(dir.join(format!("{id}.json")).exists(), "kept until a 2xx");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
