@@ -92,6 +92,12 @@ pub enum ExportError {
     /// Nothing was measured since the last export.
     #[error("no measurement recorded in this room since the last export")]
     Nothing,
+    /// Everything measured since the last export was skipped (codes or units the export does
+    /// not map): no Bundle.
+    #[error(
+        "none of the {0} values measured since the last export can be exported (codes, units          or statuses the export does not map; see cabine_fhir_skipped_total)"
+    )]
+    NothingExportable(u64),
     /// The outbox holds `fhir.max_pending` Bundles.
     #[error(
         "the FHIR outbox already holds {0} Bundles waiting for delivery (fhir.max_pending); \
@@ -211,11 +217,12 @@ impl Fhir {
             return Err(ExportError::Nothing);
         }
         match self.write(&subject, &data, Trigger::Request).await {
-            Ok(e) => Ok(e),
-            Err(e) => {
+            Err(e @ ExportError::Write(_)) => {
+                // Not on disk: kept for the next try.
                 self.records().put_back(room, data, Instant::now());
                 Err(e)
             }
+            other => other,
         }
     }
 
@@ -313,6 +320,9 @@ impl Fhir {
                     x.bundle, x.observations
                 ),
             ),
+            Err(err @ ExportError::NothingExportable(_)) => {
+                info!(%room, error = %err, "room ended: nothing to export")
+            }
             Err(err) => {
                 warn!(%room, error = %err, "room ended: its FHIR export could not be written")
             }
@@ -343,6 +353,10 @@ impl Fhir {
             timestamp: SystemTime::now(),
             data,
         });
+        if built.observations == 0 {
+            self.stats.skipped(&built.skipped);
+            return Err(ExportError::NothingExportable(built.skipped.total()));
+        }
         // Serialising a `serde_json::Value` cannot fail (string keys only).
         let body = serde_json::to_vec(&built.bundle).unwrap_or_default();
         let outbox = self.outbox.clone();

@@ -5,7 +5,7 @@
 //! - `202 {"bundle","observations","skipped"}`: the Bundle is in the outbox, delivery follows;
 //! - `401`/`403`: no valid token, or not a doctor's token for this room;
 //! - `404`: the export is off (`fhir.endpoint` is empty);
-//! - `409`: nothing measured since the last export;
+//! - `409`: nothing measured since the last export, or nothing of it that maps to FHIR;
 //! - `422`: no subject, or one that is not a Patient reference (Cabine never invents one);
 //! - `503`: the outbox is full (`fhir.max_pending`), or a room limit.
 //!
@@ -130,7 +130,7 @@ pub(crate) async fn export(
                 ExportError::NoSubject | ExportError::Subject(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                ExportError::Nothing => StatusCode::CONFLICT,
+                ExportError::Nothing | ExportError::NothingExportable(_) => StatusCode::CONFLICT,
                 ExportError::Full(_) | ExportError::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -175,3 +175,25 @@ pub fn register(meter: &Meter, fhir: Weak<super::Fhir>) {
         })
         .build();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_under_their_limit() {
+        let s = FhirStats::default();
+        s.refused(Refusal::Measurements);
+        s.refused(Refusal::Measurements);
+        s.refused(Refusal::Rooms);
+        s.outbox_full();
+        assert_eq!(
+            s.refusals(),
+            [
+                ("max_rooms", 1),
+                ("max_measurements_per_room", 2),
+                ("max_pending", 1)
+            ]
+        );
+    }
+}
