@@ -20,14 +20,16 @@
 //!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - [`turn`]: `[turn]`, coturn credentials and the ICE servers handed to clients;
+//! - [`fhir`]: `[fhir]`, the consultations' measurements exported as FHIR R4 Bundles through a
+//!   durable outbox (off unless `fhir.endpoint` is set);
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
 //! start: media plane → cluster side → state → event reader thread → telemetry → metrics
-//!        → cluster refresh → sampler → admin → HTTP
-//! shutdown: drain (the registry hears of it) → close sessions → leave the cluster (release
-//!           the leases) → stop HTTP → stop media plane (the sampler ends)
-//!           → anonymous refusal counts → flush audit
+//!        → FHIR export (its outbox resent) → cluster refresh → sampler → admin → HTTP
+//! shutdown: drain (the registry hears of it) → close sessions → end the rooms' FHIR records
+//!           (to the outbox) → leave the cluster (release the leases) → stop HTTP
+//!           → stop media plane (the sampler ends) → anonymous refusal counts → flush audit
 //! ```
 
 pub mod admin;
