@@ -668,3 +668,60 @@ async fn a_room_exports_at_its_end_to_the_platforms_subject() {
     assert!(find("refused", "dr-who"), "{lines}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_fhir_section_stops_the_start_naming_its_key() {
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-bad-{}", std::process::id()));
+    for (key, value, expect) in [
+        (
+            "CABINE_FHIR__ENDPOINT",
+            "http://fhir.example.fr/r4",
+            "fhir.endpoint",
+        ),
+        ("CABINE_FHIR__RETRY_MIN", "0s", "fhir.retry_min"),
+    ] {
+        let log = dir.with_extension("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cabine"))
+            .arg("serve")
+            .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{}", free_port()))
+            .env("CABINE_ADMIN__LISTEN", "")
+            .env("CABINE_TELEMETRY__LISTEN", "")
+            .env("CABINE_AUTH__SECRET", SECRET)
+            .env("CABINE_FHIR__ENDPOINT", "https://fhir.example.fr/r4")
+            .env("CABINE_FHIR__OUTBOX", &dir)
+            .env(key, value)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        // A server that starts never exits by itself: stopped after the deadline, it fails.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+        );
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "started with {key}={value}: {text}"
+        );
+        assert!(text.contains(expect), "{key}={value}: {text}");
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(log.with_extension("err"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
