@@ -12,6 +12,8 @@
 //!   export what was measured since the previous export; a room without a subject exports
 //!   nothing (counted); requests without a subject, from a kiosk, for another room are
 //!   refused.
+//! - `a_bad_fhir_section_stops_the_start_naming_its_key`: plain HTTP to a remote endpoint, a
+//!   zero retry delay.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
