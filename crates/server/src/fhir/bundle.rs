@@ -208,7 +208,7 @@ impl Builder<'_> {
         obs.insert("device".into(), json!({ "reference": device }));
         self.observations.push(json!({
             "fullUrl": uuid,
-            "resource": Value::Object(reorder(obs)),
+            "resource": Value::Object(obs),
             "request": {
                 "method": "POST",
                 "url": "Observation",
@@ -417,32 +417,6 @@ fn mdc_coding(code: u32) -> Value {
 
 fn quantity(value: f64, unit: &str) -> Value {
     json!({ "value": value, "unit": unit, "system": codes::UCUM, "code": unit })
-}
-
-/// Puts `resourceType` first and the rest in FHIR's element order, for readable files.
-fn reorder(mut obs: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
-    const ORDER: [&str; 12] = [
-        "resourceType",
-        "identifier",
-        "status",
-        "category",
-        "code",
-        "subject",
-        "effectiveDateTime",
-        "effectivePeriod",
-        "valueQuantity",
-        "note",
-        "device",
-        "component",
-    ];
-    let mut out = serde_json::Map::new();
-    for k in ORDER {
-        if let Some(v) = obs.remove(k) {
-            out.insert(k.into(), v);
-        }
-    }
-    out.extend(obs);
-    out
 }
 
 /// A UUID derived from the Bundle's and a name (name-based, SHA-1, like version 5): the same
