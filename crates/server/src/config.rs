@@ -45,6 +45,8 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// The walk-in queue and the fleet.
     pub queue: crate::queue::QueueConfig,
+    /// FHIR export of the consultations' measurements.
+    pub fhir: crate::fhir::FhirConfig,
 }
 
 /// `[ice]`.
@@ -268,6 +270,9 @@ impl Config {
             .check(&self.http.public_url)
             .map_err(ConfigError::Unusable)?;
         self.check_limits()?;
+        self.fhir
+            .load(&self.audit.path)
+            .map_err(|e| ConfigError::Unusable(e.to_string()))?;
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;

@@ -21,14 +21,16 @@
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - [`turn`]: `[turn]`, coturn credentials and the ICE servers handed to clients;
 //! - [`queue`]: the walk-in queue (`/api/queue`) and the fleet (`/api/kiosks`);
+//! - [`fhir`]: `[fhir]`, the consultations' measurements exported as FHIR R4 Bundles through a
+//!   durable outbox (off unless `fhir.endpoint` is set);
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
 //! start: media plane → cluster side → state → event reader thread → telemetry → metrics
-//!        → cluster refresh → sampler → admin → HTTP
-//! shutdown: drain (the registry hears of it) → close sessions → leave the cluster (release
-//!           the leases) → stop HTTP → stop media plane (the sampler ends)
-//!           → anonymous refusal counts → flush audit
+//!        → FHIR export (its outbox resent) → cluster refresh → sampler → admin → HTTP
+//! shutdown: drain (the registry hears of it) → close sessions → end the rooms' FHIR records
+//!           (to the outbox) → leave the cluster (release the leases) → stop HTTP
+//!           → stop media plane (the sampler ends) → anonymous refusal counts → flush audit
 //! ```
 
 pub mod admin;
@@ -37,6 +39,7 @@ pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod events;
+pub mod fhir;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -69,6 +72,7 @@ pub struct Server {
     metrics: Arc<metrics::Metrics>,
     state: Arc<state::AppState>,
     telemetry: Option<Arc<telemetry::Telemetry>>,
+    fhir: Option<Arc<fhir::Fhir>>,
     sampler: tokio::task::JoinHandle<()>,
     cluster_task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
@@ -105,6 +109,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
+    /// The FHIR export did not start.
+    #[error(transparent)]
+    Fhir(#[from] fhir::FhirError),
 }
 
 impl Server {
@@ -199,6 +206,10 @@ impl Server {
         if let Some(t) = &telemetry {
             metrics.attach_telemetry(Arc::clone(t));
         }
+        let fhir = start_fhir(&cfg, &state, telemetry.as_ref())?;
+        if let Some(f) = &fhir {
+            fhir::stats::register(&metrics.meter(), Arc::downgrade(f));
+        }
         metrics.attach_limits(Arc::clone(state.limit_refusals()));
         metrics.attach_audit(state.audit_log().clone());
         metrics
@@ -287,6 +298,7 @@ impl Server {
             state,
             metrics,
             telemetry,
+            fhir,
             sampler,
             cluster_task,
             stop,
@@ -302,6 +314,11 @@ impl Server {
     /// The telemetry side, if enabled (statistics, tests).
     pub fn telemetry(&self) -> Option<&Arc<telemetry::Telemetry>> {
         self.telemetry.as_ref()
+    }
+
+    /// The FHIR export, if on (`fhir.endpoint`): where the platform sets a room's subject.
+    pub fn fhir(&self) -> Option<&Arc<fhir::Fhir>> {
+        self.fhir.as_ref()
     }
 
     /// The bound HTTP address.
@@ -362,6 +379,11 @@ impl Server {
                 sessions = left,
                 "closed sessions still open at the end of the drain"
             );
+        }
+        // The rooms are over: those with a subject go to the outbox (sent now or at the next
+        // start), the rest is forgotten.
+        if let Some(f) = &self.fhir {
+            f.end_all().await;
         }
         // Out of the registry, the leases released: the rooms can be placed again at once.
         self.cluster_task.abort();
@@ -519,6 +541,44 @@ async fn queue_round(st: &state::AppState, last_presence: &mut Option<Instant>) 
     if let Err(e) = st.queue().write_presence(&linked, &in_session).await {
         tracing::debug!(error = %e, "fleet presence not written");
     }
+}
+
+/// Starts the FHIR export when `fhir.endpoint` is set: the telemetry bridge feeds it, and a
+/// room is over when it has neither participants nor connected kiosks.
+fn start_fhir(
+    cfg: &Config,
+    state: &Arc<state::AppState>,
+    telemetry: Option<&Arc<telemetry::Telemetry>>,
+) -> Result<Option<Arc<fhir::Fhir>>, StartError> {
+    let Some(settings) = cfg
+        .fhir
+        .load(&cfg.audit.path)
+        .map_err(|e| config::ConfigError::Unusable(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let f = fhir::Fhir::start(settings, state.audit_log().clone())?;
+    state.set_fhir(Arc::clone(&f));
+    match telemetry {
+        Some(t) => t.set_fhir(Arc::clone(&f)),
+        None => {
+            warn!("fhir.endpoint is set but telemetry.listen is empty: no measurement to export")
+        }
+    }
+    let weak = Arc::downgrade(state);
+    f.watch_rooms(move |rooms| {
+        let Some(st) = weak.upgrade() else {
+            return std::collections::HashSet::new();
+        };
+        let live = st.live_rooms();
+        let telemetry = st.telemetry();
+        rooms
+            .iter()
+            .filter(|r| live.contains_key(*r) || telemetry.is_some_and(|t| t.has_kiosks(r)))
+            .cloned()
+            .collect()
+    });
+    Ok(Some(f))
 }
 
 /// Writes the summaries of anonymous refusals as their intervals end; stops with the state.

@@ -163,6 +163,12 @@ impl Metrics {
         self.registry.register(c).map_err(|e| e.to_string())
     }
 
+    /// The meter of this provider, for subsystems that register their own instruments (they
+    /// reach Prometheus and OTLP like the rest).
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self._provider.meter("cabine")
+    }
+
     /// Adds the telemetry sidecar's figures to the metrics.
     pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
         let _ = self.telemetry.set(t);

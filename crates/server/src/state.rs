@@ -62,6 +62,8 @@ pub struct AppState {
     pub(crate) cluster: Arc<crate::cluster::Cluster>,
     /// The walk-in queue and the fleet (in the cluster's store when clustered).
     pub(crate) queue: Arc<crate::queue::Queue>,
+    /// The FHIR export, when `fhir.endpoint` is set.
+    pub(crate) fhir: std::sync::OnceLock<Arc<crate::fhir::Fhir>>,
 }
 
 /// A media session being opened (counted against `limits.sessions_per_identity`).
@@ -136,6 +138,7 @@ impl AppState {
             audit,
             spans: Mutex::new(HashMap::new()),
             telemetry: std::sync::OnceLock::new(),
+            fhir: std::sync::OnceLock::new(),
             ws: ws::Hub::default(),
             ops: OpsSampler::default(),
             // Checked by `Config::check` (stun:/turn: URLs, plain origins); a value that is not
@@ -184,6 +187,16 @@ impl AppState {
     /// The telemetry sidecar, if enabled.
     pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
         self.telemetry.get()
+    }
+
+    /// Attaches the started FHIR export.
+    pub fn set_fhir(&self, f: Arc<crate::fhir::Fhir>) {
+        let _ = self.fhir.set(f);
+    }
+
+    /// The FHIR export, if on.
+    pub fn fhir(&self) -> Option<&Arc<crate::fhir::Fhir>> {
+        self.fhir.get()
     }
 
     /// The ICE servers for a new session: `[ice] servers`, then, for a caller with a token

@@ -14,7 +14,8 @@
 //!   or `{"command_refused":{"request_id":1,"reason":"…"}}`; the kiosk's result then arrives to
 //!   every subscriber as a `command_result` frame.
 //! - The server keeps no telemetry beyond the latest reading per channel of connected kiosks,
-//!   forgotten when a room's kiosks are gone.
+//!   forgotten when a room's kiosks are gone, unless the FHIR export is on ([`crate::fhir`]):
+//!   then each room's measurements are kept, bounded, until exported or the room ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -173,6 +174,8 @@ struct Cache {
     requests: AtomicU64,
     refused: AtomicU64,
     commands: AtomicU64,
+    /// The FHIR export, which keeps the consultation's measurements (when on).
+    fhir: std::sync::OnceLock<Arc<crate::fhir::Fhir>>,
 }
 
 impl Cache {
@@ -243,6 +246,9 @@ impl Telemetry {
                 links.observe(&d);
                 let json = to_json(&d);
                 remember(&cache, room, &d, &json);
+                if let Some(f) = cache.fhir.get() {
+                    f.on_delivered(room, &d);
+                }
                 cache.frames.fetch_add(1, Ordering::Relaxed);
                 cache.by_kind[kind_index(&d)].fetch_add(1, Ordering::Relaxed);
                 sfu.send_data(room, Bytes::from(json), reliable);
@@ -295,6 +301,16 @@ impl Telemetry {
     /// Which kiosks' telemetry links are up, with their declared devices.
     pub fn links(&self) -> &Arc<crate::queue::fleet::TelemetryLinks> {
         &self.links
+    }
+
+    /// Hands every delivered frame to the FHIR export too.
+    pub fn set_fhir(&self, f: Arc<crate::fhir::Fhir>) {
+        let _ = self.cache.fhir.set(f);
+    }
+
+    /// Whether a kiosk of `room` is connected (with its channels declared) now.
+    pub fn has_kiosks(&self, room: &RoomId) -> bool {
+        !self.sidecar.channels(room).is_empty()
     }
 
     /// What kiosks need to dial.

@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/api/ice-servers", get(crate::turn::ice_servers_route))
         .route("/api/ops", get(ops::ops_once))
         .route("/api/ops/stream", get(ops::ops_stream))
+        .route("/api/rooms/{room}/fhir", post(crate::fhir::route::export))
         .route(
             "/whip/{room}",
             post(whip::whip).options(whip::endpoint_options),

@@ -18,6 +18,7 @@ mod consent;
 mod consult_browser;
 mod cors_browser;
 mod deploy;
+mod fhir;
 mod hardening;
 mod http_errors;
 mod lifecycle;

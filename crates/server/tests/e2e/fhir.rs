@@ -1,0 +1,729 @@
+//! FHIR export end to end: a kiosk's simulated devices (the kiosk crate's simulators, over the
+//! real QUIC telemetry client) feed a room; its measurements leave as an R4 transaction Bundle
+//! that a local HTTP sink receives and the FHIR R4 validator installed by `scripts/test`
+//! (`scripts/fhir/install`: fhir.resources, R4 4.0.1 models) checks.
+//!
+//! - `an_export_survives_a_crash_and_is_delivered_once`: the doctor asks for the export; the
+//!   sink answers 500 to the first POST; `cabine serve` is killed (SIGKILL) and started again on
+//!   the same outbox; the sink answers 500 once more, then 200: one Bundle delivered, the same
+//!   bytes every time, the outbox empty.
+//! - `a_room_exports_at_its_end_to_the_platforms_subject`: the platform sets the room's subject
+//!   ([`cabine_server::fhir::Fhir::set_subject`]); a doctor's request and the room's end each
+//!   export what was measured since the previous export; a room without a subject exports
+//!   nothing (counted); requests without a subject, from a kiosk, for another room are
+//!   refused.
+//! - `a_bad_fhir_section_stops_the_start_naming_its_key`: plain HTTP to a remote endpoint, a
+//!   zero retry delay.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use cabine_kiosk::devices::{ChannelId, DeviceOutput, Devices, DevicesConfig, MeasurementStatus};
+use cabine_proto::jwt::Tokens;
+use cabine_proto::telemetry as wire;
+use cabine_proto::{Identity, Role, RoomId};
+use cabine_sidecar::client::{resolve, Client, ClientConfig};
+use serde_json::Value;
+
+use crate::common;
+use crate::common::cluster::free_port;
+
+const SECRET: &str = "fhir-test-secret-0123456789abcdef0123";
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+struct Received {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// A FHIR endpoint on a loopback port: answers 500 to the first `failures` POSTs, then 200.
+#[derive(Clone)]
+struct Sink {
+    url: String,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Sink {
+    async fn start(failures: usize) -> Sink {
+        let log: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let state = (Arc::clone(&log), failures);
+        let app = axum::Router::new()
+            .route(
+                "/fhir",
+                axum::routing::post(
+                    |State((log, failures)): State<(Arc<Mutex<Vec<Received>>>, usize)>,
+                     headers: HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        let mut log = log.lock().unwrap();
+                        let status = if log.len() < failures {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::OK
+                        };
+                        log.push(Received {
+                            status: status.as_u16(),
+                            content_type: headers
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned(),
+                            body: body.to_vec(),
+                        });
+                        (
+                            status,
+                            [("content-type", "application/fhir+json")],
+                            r#"{"resourceType":"Bundle","type":"transaction-response"}"#,
+                        )
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fhir", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Sink { url, log }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    }
+}
+
+/// A kiosk: the kiosk crate's simulated devices, run on simulated time, sent over the real
+/// telemetry client.
+struct Kiosk {
+    client: Client,
+    devices: Devices,
+    start: Instant,
+    now: Instant,
+    base_us: u64,
+}
+
+impl Kiosk {
+    async fn connect(base: &str, token: &str, room: &str) -> Kiosk {
+        let http = reqwest::Client::new();
+        let (url, verification) = cabine_kiosk::telemetry::discover(&http, base, token)
+            .await
+            .expect("telemetry discovery");
+        let (addr, name) = resolve(&url).await.unwrap();
+        let mut cc = ClientConfig::new(addr, token, RoomId::parse(room).unwrap(), verification);
+        cc.server_name = name;
+        let client = Client::connect(cc).await.expect("telemetry connects");
+        let mut cfg = DevicesConfig::new(7, 75.0);
+        cfg.oximeter_interval = Duration::from_millis(500);
+        cfg.thermometer_interval = Duration::from_secs(1);
+        cfg.scale_interval = Duration::from_secs(2);
+        cfg.bp_duration = Duration::from_secs(1);
+        let start = Instant::now();
+        let devices = Devices::new(cfg, start).unwrap();
+        for info in devices.channels() {
+            client
+                .declare(cabine_kiosk::telemetry::declaration(info))
+                .unwrap();
+        }
+        for info in devices.channels() {
+            client
+                .wait_ready(info.id.0, Duration::from_secs(10))
+                .await
+                .expect("channel acknowledged");
+        }
+        let base_us = client.clock().now_us();
+        Kiosk {
+            client,
+            devices,
+            start,
+            now: start,
+            base_us,
+        }
+    }
+
+    /// Runs the devices for `span` of simulated time (a blood pressure measurement started
+    /// first) and sends what they produce; returns the measurements sent.
+    fn run(&mut self, span: Duration) -> usize {
+        let _ = self
+            .devices
+            .handle_command(ChannelId::BP_CUFF, "start_measurement", self.now);
+        let end = self.now + span;
+        let mut sent = 0;
+        while self.now < end {
+            self.now += Duration::from_millis(20);
+            for o in self.devices.poll(self.now) {
+                match o {
+                    DeviceOutput::Measurement(m) => {
+                        let w = wire::Measurement {
+                            channel_id: m.channel.0,
+                            seq: m.seq,
+                            capture_time_us: self.us(m.captured),
+                            values: m
+                                .values
+                                .iter()
+                                .map(|v| wire::Value {
+                                    loinc: v.code.loinc.into(),
+                                    mdc_code: v.code.mdc,
+                                    value: v.value,
+                                    unit: v.code.unit.into(),
+                                })
+                                .collect(),
+                            status: match m.status {
+                                MeasurementStatus::Valid => wire::MeasurementStatus::Valid,
+                                MeasurementStatus::Questionable => {
+                                    wire::MeasurementStatus::Questionable
+                                }
+                            } as i32,
+                        };
+                        self.client.send_measurement(w).unwrap();
+                        sent += 1;
+                    }
+                    DeviceOutput::Waveform(w) => {
+                        let chunk = wire::WaveformChunk {
+                            channel_id: w.channel.0,
+                            seq: w.seq,
+                            first_sample_time_us: self.us(w.first_sample),
+                            sample_rate_hz: w.sample_rate_hz,
+                            leads: w.leads.len() as u32,
+                            scale: w.scale,
+                            offset: w.offset,
+                            samples: w.samples.iter().map(|&s| i32::from(s)).collect(),
+                        };
+                        self.client.send_waveform(chunk).unwrap();
+                    }
+                    DeviceOutput::Status(_) => {}
+                }
+            }
+        }
+        sent
+    }
+
+    fn us(&self, t: Instant) -> u64 {
+        self.base_us + t.duration_since(self.start).as_micros() as u64
+    }
+}
+
+fn token(room: &str, role: Role, identity: &str) -> String {
+    Tokens::new(SECRET.as_bytes())
+        .mint(
+            room,
+            role,
+            Identity::parse(identity).unwrap(),
+            Duration::from_secs(600),
+            None,
+        )
+        .unwrap()
+}
+
+/// Polls `done` every 20 ms for up to 30 s; panics naming `what`.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Bundles' JSON files in an outbox directory.
+fn outbox_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the FHIR R4 validator `scripts/test` installs on `bundle`; panics with its report when
+/// the Bundle is invalid or the validator is missing.
+fn validate_r4(bundle: &[u8], name: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var_os("CABINE_FHIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/fhir-validator/bin/python"));
+    assert!(
+        python.exists(),
+        "the FHIR R4 validator is not installed at {}: run scripts/fhir/install (scripts/test \
+         does)",
+        python.display()
+    );
+    let file = std::env::temp_dir().join(format!("cabine-fhir-{}-{name}.json", std::process::id()));
+    std::fs::write(&file, bundle).unwrap();
+    let out = Command::new(&python)
+        .arg(root.join("scripts/fhir/validate.py"))
+        .arg(&file)
+        .output()
+        .expect("the validator runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the exported Bundle is not valid FHIR R4:\n{report}"
+    );
+    assert!(report.contains("valid FHIR R4 Bundle"), "{report}");
+    let _ = std::fs::remove_file(&file);
+}
+
+/// The Observations of a Bundle by their first code.
+fn observations(bundle: &Value) -> Vec<(&str, &Value)> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Observation")
+        .map(|r| (r["code"]["coding"][0]["code"].as_str().unwrap(), r))
+        .collect()
+}
+
+/// Checks what a Bundle of the simulated kiosk holds: every vital sign coded LOINC + MDC +
+/// UCUM, the blood pressure panel, an ECG excerpt, the kiosk as the Device, the subject.
+fn check_content(bundle: &Value, subject: &str) {
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "transaction");
+    assert!(bundle["identifier"]["value"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:uuid:"));
+    let obs = observations(bundle);
+    let codes: BTreeSet<&str> = obs.iter().map(|(c, _)| *c).collect();
+    for want in [
+        "59408-5", "8867-4", "8310-5", "29463-7", "85354-9", "131328",
+    ] {
+        assert!(codes.contains(want), "no {want} Observation in {codes:?}");
+    }
+    let unit = |code: &str| {
+        obs.iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, o)| o["valueQuantity"]["code"].as_str().unwrap_or(""))
+            .unwrap()
+    };
+    assert_eq!(unit("59408-5"), "%");
+    assert_eq!(unit("8867-4"), "/min");
+    assert_eq!(unit("8310-5"), "Cel");
+    assert_eq!(unit("29463-7"), "kg");
+    let spo2 = obs.iter().find(|(c, _)| *c == "59408-5").unwrap().1;
+    assert_eq!(
+        spo2["code"]["coding"][1]["system"],
+        "urn:iso:std:iso:11073:10101"
+    );
+    assert_eq!(spo2["code"]["coding"][1]["code"], "150456");
+    assert_eq!(spo2["category"][0]["coding"][0]["code"], "vital-signs");
+    // Measured just now: the server's clock mapping of the capture times.
+    let t = humantime::parse_rfc3339(spo2["effectiveDateTime"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default();
+    assert!(t > UNIX_EPOCH && age < Duration::from_secs(600), "{t:?}");
+    let bp = obs.iter().find(|(c, _)| *c == "85354-9").unwrap().1;
+    let parts: Vec<(&str, &str)> = bp["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["code"]["coding"][0]["code"].as_str().unwrap(),
+                c["valueQuantity"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(parts.contains(&("8480-6", "mm[Hg]")), "{parts:?}");
+    assert!(parts.contains(&("8462-4", "mm[Hg]")), "{parts:?}");
+    let ecg = obs.iter().find(|(c, _)| *c == "131328").unwrap().1;
+    let leads = ecg["component"].as_array().unwrap();
+    assert_eq!(leads.len(), 3, "three ECG leads");
+    let sd = &leads[0]["valueSampledData"];
+    assert_eq!(sd["dimensions"], 1);
+    assert_eq!(sd["period"], 2.0, "500 Hz");
+    assert!(sd["data"].as_str().unwrap().split(' ').count() > 100);
+    let device = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Device")
+        .expect("the kiosk as a Device");
+    for (_, o) in &obs {
+        assert_eq!(o["subject"]["reference"], subject);
+        assert_eq!(o["device"]["reference"], device["fullUrl"]);
+    }
+}
+
+/// A `cabine serve` process with the FHIR export on, killed on drop.
+struct Serve {
+    child: Child,
+    base: String,
+    admin: String,
+}
+
+impl Serve {
+    async fn start(sink: &str, outbox: &Path, retry_min: &str, log: &Path) -> Serve {
+        let http = free_port();
+        let admin = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_cabine"))
+            .arg("serve")
+            .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{}", free_port()))
+            .env("CABINE_MEDIA__WORKERS", "1")
+            .env("CABINE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("CABINE_TELEMETRY__LISTEN", "127.0.0.1:0")
+            .env("CABINE_AUTH__SECRET", SECRET)
+            .env("CABINE_FHIR__ENDPOINT", sink)
+            .env("CABINE_FHIR__OUTBOX", outbox)
+            .env("CABINE_FHIR__RETRY_MIN", retry_min)
+            .env("CABINE_FHIR__RETRY_MAX", "60s")
+            .env("CABINE_LOG__FILTER", "info")
+            .env_remove("RUST_LOG")
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut s = Serve {
+            child,
+            base: format!("http://127.0.0.1:{http}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("{}/healthz", s.base)).await.is_err() {
+            if let Some(exit) = s.child.try_wait().unwrap() {
+                panic!("cabine serve exited before serving: {exit:?}");
+            }
+            assert!(Instant::now() < deadline, "cabine serve did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    /// A sample's value from `/metrics` (0 when absent).
+    async fn metric(&self, series: &str) -> f64 {
+        let text = match reqwest::get(format!("{}/metrics", self.admin)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn post_export(base: &str, room: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/api/rooms/{room}/fhir"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_survives_a_crash_and_is_delivered_once() {
+    let sink = Sink::start(2).await;
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let outbox = dir.join("outbox");
+    let room = "consult-fhir-crash";
+
+    // Process A retries only after 60 s: the restart, not A, makes the second attempt.
+    let mut a = Serve::start(&sink.url, &outbox, "60s", &dir.join("a.log")).await;
+    let mut kiosk = Kiosk::connect(&a.base, &token(room, Role::Kiosk, "kiosk-12"), room).await;
+    let sent = kiosk.run(Duration::from_millis(3500));
+    assert!(sent >= 8, "{sent} measurements");
+    until(
+        "the server keeps every measurement and ECG chunks",
+        || async {
+            a.metric("cabine_fhir_held{kind=\"measurements\"}").await == sent as f64
+                && a.metric("cabine_fhir_held{kind=\"waveform_chunks\"}").await >= 50.0
+        },
+    )
+    .await;
+
+    let doctor = token(room, Role::Doctor, "dr-house");
+    let (status, body) =
+        post_export(&a.base, room, Some(&doctor), r#"{"subject":"Patient/123"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let bundle_id = answer["bundle"].as_str().unwrap().to_owned();
+    assert!(answer["observations"].as_u64().unwrap() >= 8, "{answer}");
+    // Nothing kept in memory after the export: it is in the outbox now.
+    assert_eq!(
+        a.metric("cabine_fhir_held{kind=\"measurements\"}").await,
+        0.0
+    );
+    assert_eq!(outbox_files(&outbox).len(), 1);
+
+    until("the first delivery attempt", || async {
+        !sink.received().is_empty()
+    })
+    .await;
+    a.kill9();
+    kiosk.client.close().await;
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.received()[0].status, 500);
+    assert_eq!(
+        outbox_files(&outbox),
+        vec![outbox.join(format!("{bundle_id}.json"))],
+        "the Bundle waits in the outbox across the crash"
+    );
+
+    // Started again on the same outbox: it resends (500 once more), then retries (200).
+    let b = Serve::start(&sink.url, &outbox, "200ms", &dir.join("b.log")).await;
+    until("the Bundle is delivered and leaves the outbox", || async {
+        sink.accepted().len() == 1 && outbox_files(&outbox).is_empty()
+    })
+    .await;
+    until("the export counted as delivered", || async {
+        b.metric("cabine_fhir_exported_total").await == 1.0
+    })
+    .await;
+    assert!(b.metric("cabine_fhir_retried_total").await >= 1.0);
+    assert_eq!(b.metric("cabine_fhir_pending").await, 0.0);
+    let received = sink.received();
+    assert_eq!(
+        received.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![500, 500, 200],
+        "two failures, then delivered exactly once"
+    );
+    for r in &received {
+        assert_eq!(r.body, received[0].body, "the same Bundle every time");
+        assert_eq!(r.content_type, "application/fhir+json");
+    }
+    let bundle = &sink.accepted()[0];
+    assert_eq!(
+        bundle["identifier"]["value"],
+        format!("urn:uuid:{bundle_id}"),
+        "the receiver's dedupe key"
+    );
+    check_content(bundle, "Patient/123");
+    validate_r4(&received[2].body, "crash");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_exports_at_its_end_to_the_platforms_subject() {
+    let sink = Sink::start(0).await;
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-end-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit").join("audit.jsonl");
+    let s = common::start_with(|c| {
+        c.auth.secret = SECRET.into();
+        c.audit.path = audit.clone();
+        c.fhir.endpoint = sink.url.clone();
+        c.fhir.room_end_grace = Duration::from_millis(500);
+        c.fhir.retry_min = Duration::from_millis(100);
+    })
+    .await;
+    let fhir = Arc::clone(s.server.fhir().expect("the export is on"));
+    assert_eq!(
+        fhir.outbox_dir(),
+        dir.join("audit").join("fhir-outbox"),
+        "next to the audit"
+    );
+    let (with, without, empty) = ("consult-fhir-end", "consult-fhir-anon", "consult-fhir-none");
+    let doctor = token(with, Role::Doctor, "dr-watson");
+
+    // The platform knows the patient of this room (the walk-in ticket's subject).
+    fhir.set_subject(&RoomId::parse(with).unwrap(), "Patient/456")
+        .unwrap();
+    assert!(fhir
+        .set_subject(&RoomId::parse(with).unwrap(), "Practitioner/1")
+        .is_err());
+
+    let mut k1 = Kiosk::connect(&s.base, &token(with, Role::Kiosk, "kiosk-1"), with).await;
+    let mut k2 = Kiosk::connect(&s.base, &token(without, Role::Kiosk, "kiosk-2"), without).await;
+    let sent1 = k1.run(Duration::from_millis(3500));
+    let sent2 = k2.run(Duration::from_millis(1000));
+    until("the measurements are kept", || {
+        let h = fhir.held();
+        async move { h.measurements == (sent1 + sent2) as u64 && h.chunks > 50 }
+    })
+    .await;
+
+    // Who may ask, and for what.
+    let (st, _) = post_export(&s.base, with, None, "{}").await;
+    assert_eq!(st, 401);
+    let kiosk_token = token(with, Role::Kiosk, "kiosk-1");
+    let (st, _) = post_export(&s.base, with, Some(&kiosk_token), "{}").await;
+    assert_eq!(st, 403, "a kiosk cannot export");
+    let (st, _) = post_export(&s.base, without, Some(&doctor), "{}").await;
+    assert_eq!(st, 403, "another room's doctor cannot export");
+    let other = token(without, Role::Doctor, "dr-who");
+    let (st, body) = post_export(&s.base, without, Some(&other), "{}").await;
+    assert_eq!(st, 422, "no subject, no export: {body}");
+    assert!(body.contains("subject"), "{body}");
+    let (st, body) = post_export(
+        &s.base,
+        without,
+        Some(&other),
+        r#"{"subject":"Practitioner/1"}"#,
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    let (st, _) = post_export(&s.base, without, Some(&other), r#"{"subjet":"x"}"#).await;
+    assert_eq!(st, 400);
+    let none_doctor = token(empty, Role::Doctor, "dr-no");
+    let (st, body) = post_export(
+        &s.base,
+        empty,
+        Some(&none_doctor),
+        r#"{"subject":"Patient/1"}"#,
+    )
+    .await;
+    assert_eq!(st, 409, "nothing measured: {body}");
+    assert!(sink.received().is_empty());
+
+    // The doctor's request mid-consultation, to the platform's subject.
+    let (st, body) = post_export(&s.base, with, Some(&doctor), "").await;
+    assert_eq!(st, 202, "{body}");
+    until("the requested Bundle is delivered", || async {
+        sink.accepted().len() == 1
+    })
+    .await;
+    let first = sink.accepted()[0].clone();
+    check_content(&first, "Patient/456");
+    validate_r4(&sink.received()[0].body, "request");
+
+    // More measurements, then the kiosk leaves: the room ends and exports the rest.
+    let more = k1.run(Duration::from_millis(3500));
+    until("the new measurements are kept", || {
+        let h = fhir.held();
+        async move { h.measurements == (more + sent2) as u64 }
+    })
+    .await;
+    k1.client.close().await;
+    until("the room's end exports what is left", || async {
+        sink.accepted().len() == 2
+    })
+    .await;
+    let second = sink.accepted()[1].clone();
+    check_content(&second, "Patient/456");
+    validate_r4(&sink.received()[1].body, "room-end");
+    assert_ne!(first["identifier"], second["identifier"]);
+    let ids = |b: &Value| -> BTreeSet<String> {
+        observations(b)
+            .iter()
+            .map(|(_, o)| o["identifier"][0]["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids(&first).is_disjoint(&ids(&second)));
+
+    // The room without a subject ends: nothing leaves, it is counted, nothing is kept.
+    k2.client.close().await;
+    until("the room without a subject is dropped", || async {
+        fhir.stats()
+            .no_subject
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert_eq!(sink.received().len(), 2);
+    let held = fhir.held();
+    assert_eq!((held.rooms, held.measurements, held.chunks), (0, 0, 0));
+    assert!(outbox_files(fhir.outbox_dir()).is_empty());
+
+    // Audited: the doctor's request under the doctor's identity, the room's end as the server.
+    s.server.shutdown(Duration::from_millis(100)).await;
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    let events: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |event: &str, identity: &str| {
+        events
+            .iter()
+            .any(|e| e["event"] == event && e["identity"] == identity)
+    };
+    assert!(find("fhir_export", "dr-watson"), "{lines}");
+    assert!(find("fhir_export", "-"), "{lines}");
+    assert!(find("fhir_not_exported", "-"), "{lines}");
+    assert!(find("refused", "dr-who"), "{lines}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_fhir_section_stops_the_start_naming_its_key() {
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-bad-{}", std::process::id()));
+    for (key, value, expect) in [
+        (
+            "CABINE_FHIR__ENDPOINT",
+            "http://fhir.example.fr/r4",
+            "fhir.endpoint",
+        ),
+        ("CABINE_FHIR__RETRY_MIN", "0s", "fhir.retry_min"),
+    ] {
+        let log = dir.with_extension("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cabine"))
+            .arg("serve")
+            .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{}", free_port()))
+            .env("CABINE_ADMIN__LISTEN", "")
+            .env("CABINE_TELEMETRY__LISTEN", "")
+            .env("CABINE_AUTH__SECRET", SECRET)
+            .env("CABINE_FHIR__ENDPOINT", "https://fhir.example.fr/r4")
+            .env("CABINE_FHIR__OUTBOX", &dir)
+            .env(key, value)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        // A server that starts never exits by itself: stopped after the deadline, it fails.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+        );
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "started with {key}={value}: {text}"
+        );
+        assert!(text.contains(expect), "{key}={value}: {text}");
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(log.with_extension("err"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
