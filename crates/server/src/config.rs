@@ -43,6 +43,8 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// Many nodes sharing rooms through a store.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Invite links for specialists, interpreters, orthoptists.
+    pub invites: crate::invite::InvitesConfig,
 }
 
 /// `[ice]`.
@@ -266,6 +268,14 @@ impl Config {
             .check(&self.http.public_url)
             .map_err(ConfigError::Unusable)?;
         self.check_limits()?;
+        let inv = &self.invites;
+        if inv.ttl.is_zero() || inv.token_ttl.is_zero() || inv.ttl > inv.max_ttl {
+            return Err(ConfigError::Unusable(format!(
+                "invites.ttl ({:?}) must be above 0 and at most invites.max_ttl ({:?}), and \
+                 invites.token_ttl above 0",
+                inv.ttl, inv.max_ttl
+            )));
+        }
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;

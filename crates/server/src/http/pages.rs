@@ -1,5 +1,5 @@
 //! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
-//! `/kiosk/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
+//! `/kiosk/{room}`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
 //! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
 //! and asset is served with the same strict content security policy (no inline script or
 //! style, no framing).
@@ -32,6 +32,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "kiosk.js",
         "text/javascript; charset=utf-8",
         include_str!("../../assets/app/kiosk.js"),
+    ),
+    (
+        "invite.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/invite.js"),
+    ),
+    (
+        "assist.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/assist.js"),
     ),
     (
         "app.css",
@@ -93,6 +103,12 @@ async fn consult() -> Response {
 
 async fn kiosk() -> Response {
     page(include_str!("../../assets/app/kiosk.html"))
+}
+
+/// The invitee's page (`/invite/{room}#code=…`): exchanges the link's code for a token, once,
+/// then opens the consultation page (routed with the invite API, [`super::invites`]).
+pub(crate) async fn invite_page() -> Response {
+    page(include_str!("../../assets/app/invite.html"))
 }
 
 /// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).
