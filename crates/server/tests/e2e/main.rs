@@ -20,6 +20,7 @@ mod cors_browser;
 mod deploy;
 mod hardening;
 mod http_errors;
+mod invite;
 mod lifecycle;
 mod metrics;
 mod ops;
