@@ -305,6 +305,13 @@ async fn redeem(
     let commands = invite.grants.contains(&Grant::Commands);
     if commands {
         st.consultations.allow_commands(&room, &identity, true);
+        st.ws.broadcast_room(
+            &room,
+            &cabine_proto::signal::ServerMsg::CommandsAllowed {
+                identity: identity.to_string(),
+                allowed: true,
+            },
+        );
     }
     st.audit(
         "invite_redeemed",
