@@ -44,6 +44,7 @@ mod ice_tcp;
 mod media;
 mod options;
 mod publisher;
+pub mod queue;
 mod send_times;
 mod session;
 pub mod sources;

@@ -75,6 +75,11 @@ pub enum Grant {
     /// Act on another participant's session (ICE restart, end it): never a role default, only
     /// granted explicitly (to an operator or a doctor who moderates the room).
     Moderate,
+    /// Take a patient from the walk-in queue (`POST /api/queue/{ticket}/take`): never a role
+    /// default, only granted explicitly, and only to a doctor. With `room: "*"` it makes the
+    /// token valid for the queue endpoints only, never for the media or signalling of any
+    /// room ([`Claims::may_take`]).
+    Take,
 }
 
 /// The claims of a Cabine token.
@@ -114,7 +119,8 @@ impl Claims {
             Role::Assistant => {
                 !matches!(grant, Grant::Publish | Grant::Subscribe | Grant::Commands)
             }
-            _ => false,
+            Role::Doctor => false,
+            _ => grant == Grant::Take,
         };
         if hard_limit {
             return false;
@@ -128,6 +134,13 @@ impl Claims {
     /// Whether the token is for `room` (a `*` token, operators only, is for every room).
     pub fn is_for_room(&self, room: &RoomId) -> bool {
         self.room == room.as_str() || (self.room == "*" && self.role == Role::Operator)
+    }
+
+    /// Whether the token may list and take tickets of the walk-in queue: a doctor's token for
+    /// every room (`room: "*"`) granted [`Grant::Take`]. Such a token opens no room by itself
+    /// ([`Self::is_for_room`] stays false): a take answers with a token for the new room.
+    pub fn may_take(&self) -> bool {
+        self.room == "*" && self.role == Role::Doctor && self.allows(Grant::Take)
     }
 }
 
@@ -230,6 +243,31 @@ mod tests {
         let mut d = claims(Role::Doctor, None);
         d.room = "*".into();
         assert!(!d.is_for_room(&room));
+    }
+
+    #[test]
+    fn take_is_explicit_doctor_only_and_opens_no_room() {
+        let mut d = claims(Role::Doctor, Some(vec![Grant::Take]));
+        assert!(
+            !d.may_take(),
+            "a take grant for one room is not a queue token"
+        );
+        d.room = "*".into();
+        assert!(d.may_take());
+        assert!(!d.is_for_room(&RoomId::parse("r1").unwrap()));
+        let mut plain = claims(Role::Doctor, None);
+        plain.room = "*".into();
+        assert!(!plain.may_take(), "take is never a default");
+        for role in [Role::Kiosk, Role::Assistant, Role::Observer, Role::Operator] {
+            let mut c = claims(role, Some(vec![Grant::Take]));
+            c.room = "*".into();
+            assert!(!c.may_take(), "{role}");
+        }
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"dr-1","room":"*","role":"doctor","exp":10,"grants":["take"]}"#,
+        )
+        .unwrap();
+        assert!(c.may_take());
     }
 
     #[test]

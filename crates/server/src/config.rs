@@ -45,6 +45,8 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Invite links for specialists, interpreters, orthoptists.
     pub invites: crate::invite::InvitesConfig,
+    /// The walk-in queue and the fleet.
+    pub queue: crate::queue::QueueConfig,
 }
 
 /// `[ice]`.

@@ -24,6 +24,7 @@
 //!   ([`http::invites`], records in [`cluster::invite_store`]); [`consultation`]: per room,
 //!   the assistants a doctor allows to operate devices and the stills it shared
 //!   ([`http::stills`]);
+//! - [`queue`]: the walk-in queue (`/api/queue`) and the fleet (`/api/kiosks`);
 //! - tokens are minted and verified by [`cabine_proto::jwt`].
 //!
 //! ```text
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod otel;
+pub mod queue;
 pub mod sampler;
 pub mod state;
 pub mod telemetry;
@@ -205,6 +207,13 @@ impl Server {
         }
         metrics.attach_limits(Arc::clone(state.limit_refusals()));
         metrics.attach_audit(state.audit_log().clone());
+        metrics
+            .register(Box::new(
+                queue::stats::QueueCollector::new(Arc::clone(state.queue().stats()))
+                    .map_err(StartError::Metrics)?,
+            ))
+            .map_err(StartError::Metrics)?;
+        spawn_queue_sweeper(&state);
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
 
         spawn_anonymous_audit_sweeper(&state);
@@ -444,6 +453,79 @@ fn spawn_cluster_refresh(state: &Arc<state::AppState>) -> tokio::task::JoinHandl
             }
         }
     })
+}
+
+/// Sweeps the queue every [`queue::SWEEP`] (expiry, unanswered flags: audited) and writes the
+/// presence of the kiosks this node sees every [`queue::fleet::PRESENCE_PERIOD`]; stops with
+/// the state. Each round is bounded, so a stalled store never piles rounds up.
+fn spawn_queue_sweeper(state: &Arc<state::AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(queue::SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_presence: Option<Instant> = None;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { return };
+            let _ =
+                tokio::time::timeout(queue::SWEEP * 4, queue_round(&st, &mut last_presence)).await;
+        }
+    });
+}
+
+async fn queue_round(st: &state::AppState, last_presence: &mut Option<Instant>) {
+    match st.queue().sweep().await {
+        Ok(swept) => {
+            for t in &swept.expired {
+                st.audit_log().record(
+                    "queue_expired",
+                    "-",
+                    &t.kiosk,
+                    Some("kiosk"),
+                    None,
+                    &format!("ticket {} expired unanswered (queue.ticket_ttl)", t.id),
+                );
+            }
+            for t in &swept.flagged {
+                warn!(
+                    kiosk = %cabine_proto::Redacted(t.kiosk.as_str()),
+                    specialty = %t.specialty,
+                    "a queue ticket is unanswered (queue.unanswered_after)"
+                );
+                st.audit_log().record(
+                    "queue_unanswered",
+                    "-",
+                    &t.kiosk,
+                    Some("kiosk"),
+                    None,
+                    &format!(
+                        "ticket {} unanswered for {} s (queue.unanswered_after)",
+                        t.id,
+                        queue::now_ms().saturating_sub(t.created_ms) / 1000
+                    ),
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "queue sweep skipped"),
+    }
+    let now = Instant::now();
+    if last_presence.is_some_and(|t| now.duration_since(t) < queue::fleet::PRESENCE_PERIOD) {
+        return;
+    }
+    *last_presence = Some(now);
+    let linked = st
+        .telemetry()
+        .map(|t| t.links().linked(now))
+        .unwrap_or_default();
+    let in_session: std::collections::HashSet<String> = st
+        .sessions_lock()
+        .values()
+        .filter(|e| e.role == cabine_proto::Role::Kiosk)
+        .map(|e| e.identity.as_str().to_owned())
+        .collect();
+    if let Err(e) = st.queue().write_presence(&linked, &in_session).await {
+        tracing::debug!(error = %e, "fleet presence not written");
+    }
 }
 
 /// Writes the summaries of anonymous refusals as their intervals end; stops with the state.

@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
         /// Explicit grants replacing the role's defaults (publish, subscribe, publish_data,
-        /// commands, moderate), comma separated.
+        /// commands, moderate, take), comma separated.
         #[arg(long, value_delimiter = ',')]
         grants: Option<Vec<String>>,
     },

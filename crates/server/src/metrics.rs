@@ -157,6 +157,12 @@ impl Metrics {
         let _ = self.cluster.set(c);
     }
 
+    /// Registers a collector of another part of the server (the queue's) on the Prometheus
+    /// registry.
+    pub fn register(&self, c: Box<dyn Collector>) -> Result<(), String> {
+        self.registry.register(c).map_err(|e| e.to_string())
+    }
+
     /// Adds the telemetry sidecar's figures to the metrics.
     pub fn attach_telemetry(&self, t: Arc<crate::telemetry::Telemetry>) {
         let _ = self.telemetry.set(t);

@@ -64,6 +64,8 @@ pub struct AppState {
     pub(crate) invites: crate::invite::Invites,
     /// Per-room assistants allowed to operate devices, and shared stills.
     pub(crate) consultations: crate::consultation::Consultations,
+    /// The walk-in queue and the fleet (in the cluster's store when clustered).
+    pub(crate) queue: Arc<crate::queue::Queue>,
 }
 
 /// A media session being opened (counted against `limits.sessions_per_identity`).
@@ -140,6 +142,11 @@ impl AppState {
             invites,
             consultations: Default::default(),
             cluster,
+            queue: Arc::new(crate::queue::Queue::new(
+                &cfg.queue,
+                queue_store(cfg),
+                cfg.auth.secret.as_bytes(),
+            )),
             tokens: cfg.auth.tokens(),
             sfu,
             sessions: Mutex::new(HashMap::new()),
@@ -354,7 +361,24 @@ impl AppState {
     }
 }
 
+/// The queue's store: Redis when clustered (the URL was checked by the cluster side; should it
+/// fail here, the queue is this node's alone, said in the log), else in memory.
+fn queue_store(cfg: &Config) -> Arc<dyn crate::cluster::QueueStore> {
+    if cfg.cluster.clustered() {
+        match crate::cluster::RedisQueueStore::new(&cfg.cluster.redis_url) {
+            Ok(s) => return Arc::new(s),
+            Err(e) => tracing::error!("the queue is not shared: cluster.redis_url: {e}"),
+        }
+    }
+    Arc::new(crate::cluster::MemoryQueueStore::new())
+}
+
 impl AppState {
+    /// The walk-in queue.
+    pub fn queue(&self) -> &Arc<crate::queue::Queue> {
+        &self.queue
+    }
+
     /// The audit log (to flush it at shutdown).
     pub fn audit_log(&self) -> &crate::audit::Audit {
         &self.audit

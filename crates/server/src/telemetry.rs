@@ -187,6 +187,8 @@ pub struct Telemetry {
     sfu: Sfu,
     cache: Arc<Cache>,
     discovery: Discovery,
+    /// Which kiosks' links are up and their declared devices (the fleet's presence).
+    links: Arc<crate::queue::fleet::TelemetryLinks>,
 }
 
 /// Why telemetry did not start.
@@ -232,10 +234,13 @@ impl Telemetry {
             }
         };
         let cache = Arc::new(Cache::default());
+        let links = Arc::new(crate::queue::fleet::TelemetryLinks::default());
         let sink = {
             let cache = Arc::clone(&cache);
             let sfu = sfu.clone();
+            let links = Arc::clone(&links);
             move |room: &RoomId, d: Delivered, reliable: bool| {
+                links.observe(&d);
                 let json = to_json(&d);
                 remember(&cache, room, &d, &json);
                 cache.frames.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +281,7 @@ impl Telemetry {
             sfu,
             cache,
             discovery,
+            links,
         });
         tokio::spawn(sweep(Arc::downgrade(&t)));
         Ok(t)
@@ -284,6 +290,11 @@ impl Telemetry {
     /// The bound QUIC address.
     pub fn local_addr(&self) -> SocketAddr {
         self.sidecar.local_addr()
+    }
+
+    /// Which kiosks' telemetry links are up, with their declared devices.
+    pub fn links(&self) -> &Arc<crate::queue::fleet::TelemetryLinks> {
+        &self.links
     }
 
     /// What kiosks need to dial.

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cabine-kiosk dial --server http://HOST:8080 --token T [--room R] [--turn URL --turn-user U --turn-pass P] [--loopback]
+//! cabine-kiosk dial --server http://HOST:8080 --token T --queue [--reason TEXT] [--specialty S]
 //! cabine-kiosk devices --seconds 10
 //! ```
 
@@ -82,6 +83,26 @@ struct DialArgs {
     /// Use the 127.0.0.1 loopback only (server on this machine).
     #[arg(long)]
     loopback: bool,
+    /// Wait in the walk-in queue for the next available doctor first (`POST /api/queue`),
+    /// printing the position, then dial the room the doctor opens with the token the server
+    /// gives. Ctrl-C while waiting cancels the ticket.
+    #[arg(long)]
+    queue: bool,
+    /// With --queue: why the patient came.
+    #[arg(long, requires = "queue")]
+    reason: Option<String>,
+    /// With --queue: the specialty asked for (default: general practice).
+    #[arg(long, requires = "queue")]
+    specialty: Option<String>,
+    /// With --queue: served before the others of the specialty.
+    #[arg(long, requires = "queue")]
+    priority: bool,
+    /// With --queue: the patient's FHIR reference given by the platform (Patient/123).
+    #[arg(long, requires = "queue")]
+    subject: Option<String>,
+    /// With --queue: the cabin's site label (default: the token's `name`).
+    #[arg(long, requires = "queue")]
+    site: Option<String>,
     /// Accept any TLS certificate (self-signed development servers).
     #[arg(long)]
     insecure: bool,
@@ -296,7 +317,42 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             _ = limit => {}
         }
     };
-    match dial::run(config, shutdown).await {
+    let outcome = if args.queue {
+        let request = cabine_kiosk::queue::QueueRequest {
+            reason: args.reason,
+            specialty: args.specialty,
+            priority: args.priority,
+            subject: args.subject,
+            site: args.site,
+        };
+        let opts = cabine_kiosk::queue::QueueOptions {
+            accept_invalid_certs: args.insecure,
+            ..Default::default()
+        };
+        let report = |u: &cabine_kiosk::queue::QueueUpdate| {
+            println!(
+                "ticket {}: position {}, estimated wait {} s",
+                u.ticket, u.position, u.estimated_wait_s
+            );
+        };
+        match cabine_kiosk::queue::dial_queued(config, &request, &opts, report, shutdown).await {
+            Ok((admission, stats)) => {
+                println!("taken: room {}", admission.room);
+                Ok(stats)
+            }
+            Err(cabine_kiosk::queue::QueueError::Stopped) => {
+                println!("cancelled");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cabine-kiosk stops");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        dial::run(config, shutdown).await
+    };
+    match outcome {
         Ok(stats) => {
             tracing::info!(
                 publish_sessions = stats.publish_sessions,

@@ -25,6 +25,10 @@ mod conformance;
 pub mod invite_store;
 pub mod memory;
 pub mod placement;
+#[cfg(test)]
+mod queue_conformance;
+pub mod queue_redis;
+pub mod queue_store;
 pub mod record;
 pub mod redis_store;
 pub mod room_key;
@@ -33,6 +37,8 @@ pub mod store;
 
 pub use config::ClusterConfig;
 pub use memory::MemoryStore;
+pub use queue_redis::RedisQueueStore;
+pub use queue_store::{MemoryQueueStore, QueueStore};
 pub use record::{NodeList, NodeRecord};
 pub use redis_store::RedisStore;
 pub use room_key::{RoomKey, RoomKeyer};

@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(pages::routes())
         .merge(invites::routes())
         .merge(stills::routes(state.limits.shared_still_bytes.get()))
+        .merge(crate::queue::http::routes())
         .route(
             "/whip/{room}/{session}",
             axum::routing::patch(whip::patch_session)

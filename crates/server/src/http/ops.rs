@@ -288,6 +288,10 @@ pub(crate) async fn ops_once(
             x["node"] = id.clone();
         }
     }
+    // The fleet and the queue are the service's (in the store when clustered), pseudonymous.
+    v["fleet"] =
+        serde_json::to_value(st.queue.fleet(false).await.unwrap_or_default()).unwrap_or_default();
+    v["queue"] = crate::queue::http::ops_queue(&st).await;
     if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
         return Ok(Json(v));
     }
@@ -395,11 +399,12 @@ pub(crate) async fn ops_stream(
         .into_response())
 }
 
-/// One of the `limits.sse_clients` event streams, given back when the stream ends.
-struct SseSlot(Arc<AppState>);
+/// One of the `limits.sse_clients` event streams (the operators' and the queue's kiosks'),
+/// given back when the stream ends.
+pub(crate) struct SseSlot(Arc<AppState>);
 
 impl SseSlot {
-    fn take(st: &Arc<AppState>) -> Result<SseSlot, crate::limits::Refused> {
+    pub(crate) fn take(st: &Arc<AppState>) -> Result<SseSlot, crate::limits::Refused> {
         let max = st.limits.sse_clients.get();
         let open = st.sse_clients.fetch_add(1, Ordering::AcqRel);
         if open >= max {
@@ -407,7 +412,7 @@ impl SseSlot {
             return Err(st.refuse(
                 crate::limits::Limit::SseClients,
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{open} operator event streams are open (limits.sse_clients = {max})"),
+                format!("{open} event streams are open (limits.sse_clients = {max})"),
                 Some(5),
             ));
         }

@@ -28,6 +28,7 @@ mod ops_browser;
 mod otlp;
 mod privacy;
 mod privilege;
+mod queue;
 mod relay;
 mod tcp_netns;
 mod telemetry;

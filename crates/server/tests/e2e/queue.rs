@@ -1,0 +1,629 @@
+//! The walk-in queue (issue 15): a cabin (`cabine-kiosk dial --queue`, the kiosk crate's
+//! `queue::dial_queued`) waits, a doctor lists the queue and takes it over the API, and both
+//! meet in the room the server created, with media and vitals; the refusals (403, 404, 409,
+//! 410, 503), cancel and expiry, the fleet, and — on a Redis cluster — a queue that survives
+//! `kill -9` of the node that held it.
+
+use std::time::{Duration, Instant};
+
+use cabine_kiosk::devices::DevicesConfig;
+use cabine_kiosk::dial::{self, DialConfig, Input};
+use cabine_kiosk::queue::{self, QueueOptions, QueueRequest, QueueUpdate};
+use cabine_kiosk::{ClientOptions, Subscriber};
+use cabine_proto::{Grant, Identity, Role};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::common;
+use crate::common::cluster::{Node, Redis};
+
+/// A request to `{base}{path}` with `token` and an optional JSON body: status and JSON body
+/// (`Null` when the body is not JSON).
+async fn call(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}{path}");
+    let mut req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        other => panic!("method {other}"),
+    }
+    .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A doctor's queue token: every room, grant `take`.
+fn queue_doctor(tokens: &cabine_proto::jwt::Tokens, id: &str) -> String {
+    tokens
+        .mint(
+            "*",
+            Role::Doctor,
+            Identity::parse(id).unwrap(),
+            Duration::from_secs(600),
+            Some(vec![Grant::Take]),
+        )
+        .unwrap()
+}
+
+/// A light cabin: the room camera and microphone, the oximeter every 250 ms.
+fn cabin(base: &str, token: String) -> DialConfig {
+    let mut cfg = DialConfig::new(base.to_owned(), token);
+    cfg.client = ClientOptions::loopback();
+    cfg.subscribe = false;
+    cfg.media.room_camera = Input::Synthetic;
+    cfg.media.device_camera = Input::Off;
+    cfg.media.stethoscope = Input::Off;
+    cfg.media.room_fps = 10;
+    cfg.media.room_kbps = 200;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(250);
+    cfg.devices = Some(devices);
+    cfg
+}
+
+/// Once the cabin publishes its two tracks in `room` on `base` (seen with the operator token
+/// `ops`), the doctor joins with `token`: the tracks carry media, and a vital measurement
+/// arrives on the telemetry data channel.
+async fn doctor_sees_media_and_vitals(base: &str, ops: &str, room: &str, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = common::rooms_at(&format!("{base}"), ops).await;
+        let published: usize = v["rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["room"] == room)
+            .flat_map(|r| r["sessions"].as_array().cloned().unwrap_or_default())
+            .filter(|s| s["connected"] == true)
+            .map(|s| s["published"].as_array().map_or(0, Vec::len))
+            .sum();
+        if published >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cabin did not publish in its room: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opts = ClientOptions {
+        data_channel: true,
+        recv_video: 1,
+        recv_audio: 1,
+        ..ClientOptions::loopback()
+    };
+    let doctor = Subscriber::connect(&format!("{base}/whep/{room}"), token, opts)
+        .await
+        .expect("the doctor subscribes to the queue's room");
+    let tracks = doctor
+        .tracks(2, Duration::from_secs(30))
+        .await
+        .expect("the cabin's tracks");
+    for t in &tracks {
+        t.read_rtp_timeout(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|e| panic!("media on {}: {e}", t.id()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no vital measurement reached the doctor"
+        );
+        if let Ok(m) = doctor.next_data(Duration::from_millis(200)).await {
+            let v: Value = serde_json::from_slice(&m.data).unwrap_or(Value::Null);
+            if v["frame"].get("measurement").is_some() {
+                break;
+            }
+        }
+    }
+    let _ = doctor.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals() {
+    let s = common::start().await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-martin");
+
+    // Cabin 1 dials with --queue; its positions are reported.
+    let (updates_tx, mut updates) = mpsc::unbounded_channel::<QueueUpdate>();
+    let (stop_cabin, stopped) = oneshot::channel::<()>();
+    let request = QueueRequest {
+        reason: Some("fièvre et toux depuis trois jours".into()),
+        subject: Some("Patient/123".into()),
+        site: Some("Pharmacie du Centre".into()),
+        ..QueueRequest::default()
+    };
+    let cabin1 = {
+        let cfg = cabin(&base, s.token("lobby", Role::Kiosk, "kiosk-pharmacie-1"));
+        let opts = QueueOptions {
+            poll: Duration::from_millis(200),
+            ..QueueOptions::default()
+        };
+        tokio::spawn(async move {
+            queue::dial_queued(
+                cfg,
+                &request,
+                &opts,
+                |u| {
+                    let _ = updates_tx.send(u.clone());
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        })
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), updates.recv())
+        .await
+        .expect("cabin 1 reports its position")
+        .unwrap();
+    assert_eq!(first.position, 1, "{first:?}");
+    assert!(
+        first.estimated_wait_s > 0,
+        "a default estimate before any take"
+    );
+
+    // Cabin 2 (plain HTTP) is second; its second POST answers 409 with the same ticket.
+    let kiosk2 = s.token("lobby", Role::Kiosk, "kiosk-pharmacie-2");
+    let (status, t2) = call("POST", &base, "/api/queue", &kiosk2, None).await;
+    assert_eq!(status, 201, "{t2}");
+    assert_eq!(t2["position"], 2, "{t2}");
+    let ticket2 = t2["ticket"].as_str().unwrap().to_owned();
+    let (status, again) = call("POST", &base, "/api/queue", &kiosk2, Some(json!({}))).await;
+    assert_eq!(
+        (status, again["ticket"].as_str()),
+        (409, Some(ticket2.as_str())),
+        "{again}"
+    );
+
+    // A kiosk token cannot list or take; nor can a doctor without `take`, nor a take token for
+    // one room; a queue token opens no room's media.
+    let plain_doctor = s.token("*", Role::Doctor, "dr-plain");
+    let one_room = s.token_with("lobby", Role::Doctor, "dr-room", Some(vec![Grant::Take]));
+    for token in [&kiosk2, &plain_doctor, &one_room] {
+        assert_eq!(call("GET", &base, "/api/queue", token, None).await.0, 403);
+        let path = format!("/api/queue/{ticket2}/take");
+        assert_eq!(call("POST", &base, &path, token, None).await.0, 403);
+    }
+    let whep = reqwest::Client::new()
+        .post(format!("{base}/whep/any-room"))
+        .bearer_auth(&doctor)
+        .header("content-type", "application/sdp")
+        .body(common::sdp_offer("recvonly"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whep.status().as_u16(), 403, "a queue token opened a room");
+
+    // The doctor lists: cabin 1 first, pseudonymous, with its reason and wait.
+    let (status, list) = call("GET", &base, "/api/queue", &doctor, None).await;
+    assert_eq!(status, 200, "{list}");
+    let rows = list["tickets"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert_eq!(rows[0]["reason"], "fièvre et toux depuis trois jours");
+    assert_eq!(rows[0]["site"], "Pharmacie du Centre");
+    assert_eq!(rows[0]["position"], 1);
+    assert!(rows[0]["waited_s"].is_u64());
+    assert!(!list.to_string().contains("kiosk-pharmacie"), "{list}");
+    let ticket1 = rows[0]["ticket"].as_str().unwrap().to_owned();
+
+    // The doctor takes cabin 1: a new room, a doctor token and the consultation page.
+    let (status, taken) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{ticket1}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    let room = taken["room"].as_str().unwrap().to_owned();
+    let room_token = taken["token"].as_str().unwrap().to_owned();
+    assert!(
+        taken["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/consult/{room}#token={room_token}")),
+        "{taken}"
+    );
+    // A second take of the same ticket is refused.
+    let (status, _) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{ticket1}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        "POST",
+        &base,
+        "/api/queue/nosuchticketnosuchticket/take",
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Cabin 2 moves up to 1.
+    let path2 = format!("/api/queue/{ticket2}");
+    let (status, t2) = call("GET", &base, &path2, &kiosk2, None).await;
+    assert_eq!((status, t2["position"].as_u64()), (200, Some(1)), "{t2}");
+    // Another kiosk cannot read it.
+    let (status, _) = call(
+        "GET",
+        &base,
+        &path2,
+        &s.token("lobby", Role::Kiosk, "kiosk-x"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Cabin 1 got its room and dialled it: the doctor has its media and vitals.
+    let ops = s.token("*", Role::Operator, "ops");
+    doctor_sees_media_and_vitals(&base, &ops, &room, &room_token).await;
+
+    // The fleet: cabin 1 in consultation, cabin 2 waiting (operators only).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, fleet) = call("GET", &base, "/api/kiosks", &ops, None).await;
+        assert_eq!(status, 200, "{fleet}");
+        let state = |id: &str| {
+            fleet["kiosks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kiosk"] == id)
+                .map(|k| (k["state"].as_str().unwrap_or("").to_owned(), k.clone()))
+        };
+        let one = state("kiosk-pharmacie-1");
+        let two = state("kiosk-pharmacie-2");
+        if let (Some((s1, k1)), Some((s2, _))) = (&one, &two) {
+            if s1 == "in_consultation" && s2 == "waiting" {
+                assert_eq!(k1["site"], "Pharmacie du Centre");
+                assert!(
+                    k1["devices"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d == "pulse_oximeter"),
+                    "{k1}"
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not show both: {fleet}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        call("GET", &base, "/api/kiosks", &kiosk2, None).await.0,
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &base,
+            "/api/kiosks",
+            &s.token("lobby", Role::Operator, "o"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    // The ops view carries the fleet and the queue, pseudonymous.
+    let (status, view) = call("GET", &base, "/api/ops", &ops, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["queue"]["waiting"], 1, "{}", view["queue"]);
+    assert!(view["fleet"].as_array().unwrap().len() >= 2);
+    assert!(
+        !view.to_string().contains("kiosk-pharmacie"),
+        "identities in /api/ops"
+    );
+
+    let _ = stop_cabin.send(());
+    let (admission, _) = tokio::time::timeout(Duration::from_secs(20), cabin1)
+        .await
+        .expect("the cabin stops")
+        .unwrap()
+        .expect("the cabin was admitted and dialled");
+    assert_eq!(admission.room, room);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
+    let s = common::start_with(|c| {
+        c.queue.ticket_ttl = Duration::from_secs(5);
+        c.queue.unanswered_after = Duration::from_millis(300);
+        c.queue.max_waiting = 2.try_into().unwrap();
+        c.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-durand");
+    let k1 = s.token("lobby", Role::Kiosk, "kiosk-a");
+
+    // Ctrl-C of a waiting `dial --queue` cancels its ticket.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<QueueUpdate>();
+    let waiting = {
+        let k1 = k1.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            queue::wait_for_doctor(
+                &base,
+                &k1,
+                &QueueRequest::default(),
+                &QueueOptions::default(),
+                |u| {
+                    let _ = tx.send(u.clone());
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        })
+    };
+    let u = rx.recv().await.expect("a position");
+    let _ = stop.send(());
+    let r = waiting.await.unwrap();
+    assert!(matches!(r, Err(queue::QueueError::Stopped)), "{r:?}");
+    let path = format!("/api/queue/{}", u.ticket);
+    assert_eq!(call("GET", &base, &path, &k1, None).await.0, 410);
+    assert_eq!(
+        call("POST", &base, &format!("{path}/take"), &doctor, None)
+            .await
+            .0,
+        410
+    );
+    assert_eq!(call("DELETE", &base, &path, &k1, None).await.0, 410);
+
+    // The event stream follows a ticket to its end.
+    let (status, t) = call(
+        "POST",
+        &base,
+        "/api/queue",
+        &k1,
+        Some(json!({"reason": "x"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    let mut events = reqwest::Client::new()
+        .get(format!("{base}/api/queue/{ticket}/events?token={k1}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"waiting\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+            .await
+            .expect("a first event")
+            .unwrap()
+            .expect("the stream is open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(
+        call("DELETE", &base, &format!("/api/queue/{ticket}"), &k1, None)
+            .await
+            .0,
+        204
+    );
+    while !seen.contains("\"cancelled\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
+            .await
+            .expect("the cancel event")
+            .unwrap();
+        match chunk {
+            Some(c) => seen.push_str(&String::from_utf8_lossy(&c)),
+            None => break,
+        }
+    }
+    assert!(seen.contains("\"cancelled\""), "{seen}");
+
+    // Bounded: two wait, the third is refused (503, naming the key).
+    let kb = s.token("lobby", Role::Kiosk, "kiosk-b");
+    let kc = s.token("lobby", Role::Kiosk, "kiosk-c");
+    let (_, tb) = call("POST", &base, "/api/queue", &k1, None).await;
+    assert_eq!(call("POST", &base, "/api/queue", &kb, None).await.0, 201);
+    let (status, full) = call("POST", &base, "/api/queue", &kc, None).await;
+    assert_eq!(
+        (status, full["limit"].as_str()),
+        (503, Some("queue.max_waiting")),
+        "{full}"
+    );
+    // Bad requests: a reason too long, a subject that is not a FHIR reference.
+    let long = json!({ "reason": "x".repeat(1000) });
+    assert_eq!(
+        call("POST", &base, "/api/queue", &kc, Some(long)).await.0,
+        400
+    );
+    let bad = json!({ "subject": "123; DROP" });
+    assert_eq!(
+        call("POST", &base, "/api/queue", &kc, Some(bad)).await.0,
+        400
+    );
+    // Unknown ticket: 404.
+    assert_eq!(
+        call(
+            "GET",
+            &base,
+            "/api/queue/nosuchticketnosuchticket",
+            &k1,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Unanswered past 300 ms: flagged in the ops view and the metric; expired after 5 s (410).
+    let ops = s.token("*", Role::Operator, "ops");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = call("GET", &base, "/api/ops", &ops, None).await;
+        if view["queue"]["unanswered"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not flagged: {}", view["queue"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", s.server.admin_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unanswered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cabine_queue_unanswered_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no unanswered metric:\n{metrics}"));
+    assert!(unanswered >= 2, "{unanswered} flagged");
+    for line in [
+        "cabine_queue_refused_total{limit=\"max_waiting\"} 1",
+        "cabine_queue_tickets_total{outcome=\"cancelled\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let path = format!("/api/queue/{}", tb["ticket"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call("GET", &base, &path, &k1, None).await.0 != 410 {
+        assert!(Instant::now() < deadline, "the ticket did not expire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        call("POST", &base, &format!("{path}/take"), &doctor, None)
+            .await
+            .0,
+        410
+    );
+}
+
+/// With a Redis cluster: tickets created on node A (one taken there) survive `kill -9` of A;
+/// node B lists and takes the other, the kiosks get their rooms from B and C, and the cabin
+/// taken on B meets its doctor there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_queue_survives_the_death_of_the_node_that_held_it() {
+    let redis = Redis::start().await;
+    let (a, b, c) = tokio::join!(
+        Node::start("node-a", &redis),
+        Node::start("node-b", &redis),
+        Node::start("node-c", &redis)
+    );
+    let mut a = a;
+    let tokens = cabine_proto::jwt::Tokens::new(common::cluster::SECRET.as_bytes());
+    let doctor = queue_doctor(&tokens, "dr-cluster");
+    let k1 = common::cluster::token("lobby", Role::Kiosk, "kiosk-c1");
+    let k2 = common::cluster::token("lobby", Role::Kiosk, "kiosk-c2");
+
+    let (s1, t1) = call(
+        "POST",
+        &a.base,
+        "/api/queue",
+        &k1,
+        Some(json!({"reason": "r1"})),
+    )
+    .await;
+    let (s2, t2) = call(
+        "POST",
+        &a.base,
+        "/api/queue",
+        &k2,
+        Some(json!({"reason": "r2"})),
+    )
+    .await;
+    assert_eq!((s1, s2), (201, 201), "{t1} {t2}");
+    let (ticket1, ticket2) = (
+        t1["ticket"].as_str().unwrap().to_owned(),
+        t2["ticket"].as_str().unwrap().to_owned(),
+    );
+    // Node A takes ticket 2, then dies without a word.
+    let (status, taken2) = call(
+        "POST",
+        &a.base,
+        &format!("/api/queue/{ticket2}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken2}");
+    a.kill9();
+
+    // B lists the queue A held and takes ticket 1; a second take on C is refused.
+    let (status, list) = call("GET", &b.base, "/api/queue", &doctor, None).await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ticket"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [ticket1.as_str()], "{list}");
+    let (status, taken1) = call(
+        "POST",
+        &b.base,
+        &format!("/api/queue/{ticket1}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken1}");
+    assert_eq!(
+        call(
+            "POST",
+            &c.base,
+            &format!("/api/queue/{ticket1}/take"),
+            &doctor,
+            None
+        )
+        .await
+        .0,
+        409
+    );
+
+    // Both kiosks get their rooms from the surviving nodes.
+    let (status, room2) = call("GET", &c.base, &format!("/api/queue/{ticket2}"), &k2, None).await;
+    assert_eq!((status, &room2["room"]), (200, &taken2["room"]), "{room2}");
+    let (status, room1) = call("GET", &b.base, &format!("/api/queue/{ticket1}"), &k1, None).await;
+    assert_eq!((status, &room1["room"]), (200, &taken1["room"]), "{room1}");
+    assert_eq!(room1["state"], "taken");
+
+    // Cabin 1 dials its room through C (redirected to B, where it was placed) and the doctor
+    // has its media and vitals there.
+    let room = room1["room"].as_str().unwrap().to_owned();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let cabin1 = tokio::spawn(dial::run(
+        cabin(&c.base, room1["token"].as_str().unwrap().to_owned()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
+    let ops = common::cluster::token("*", Role::Operator, "ops");
+    doctor_sees_media_and_vitals(&format!("{}", b.base), &ops, &room, &doctor_room_token).await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
+}
