@@ -1,5 +1,6 @@
 //! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
-//! `/kiosk/{room}`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
+//! `/kiosk/{room}` (and its waiting screen in queue mode, `/kiosk`), the doctor's queue page
+//! `/queue`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
 //! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
 //! and asset is served with the same strict content security policy (no inline script or
 //! style, no framing).
@@ -42,6 +43,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "assist.js",
         "text/javascript; charset=utf-8",
         include_str!("../../assets/app/assist.js"),
+    ),
+    (
+        "waiting.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/waiting.js"),
+    ),
+    (
+        "queue.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/queue.js"),
     ),
     (
         "app.css",
@@ -91,6 +102,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/consult/{room}", get(consult))
         .route("/kiosk/{room}", get(kiosk))
+        .route("/kiosk", get(waiting))
+        .route("/queue", get(queue_page))
         .route("/ops", get(ops_page))
         .route("/demo/publish", get(demo_publish))
         .route("/demo/watch", get(demo_watch))
@@ -109,6 +122,18 @@ async fn kiosk() -> Response {
 /// then opens the consultation page (routed with the invite API, [`super::invites`]).
 pub(crate) async fn invite_page() -> Response {
     page(include_str!("../../assets/app/invite.html"))
+}
+
+/// The kiosk page in queue mode (`/kiosk#token=…`): the waiting screen, which opens the
+/// kiosk page of the room once a doctor takes the ticket (`docs/queue.md`).
+async fn waiting() -> Response {
+    page(include_str!("../../assets/app/waiting.html"))
+}
+
+/// The doctor's queue page (`/queue#token=…`): waiting patients, "Take" opens the
+/// consultation page.
+async fn queue_page() -> Response {
+    page(include_str!("../../assets/app/queue.html"))
 }
 
 /// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).

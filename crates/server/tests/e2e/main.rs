@@ -29,6 +29,7 @@ mod otlp;
 mod privacy;
 mod privilege;
 mod queue;
+mod queue_browser;
 mod relay;
 mod tcp_netns;
 mod telemetry;
