@@ -1,5 +1,6 @@
 // The operators' dashboard in Debian's chromium: /ops without a token and with a refused one
-// shows why; with an operator token it shows the live room, its numbers move between two reads,
+// shows why; with an operator token it shows the live room, the kiosk in the fleet (in
+// consultation, by pseudonym), its numbers move between two reads,
 // sparklines are drawn, and no room name or identity appears anywhere in the page. Then the
 // server goes away (the Rust side shuts it down when READY_FILE appears) and the page must say
 // "reconnecting…".
@@ -133,6 +134,13 @@ async function main() {
     result.room = rooms[0];
     result.kiosks = await page.$$eval("#kiosks tr[data-kiosk]", (els) => els.length);
     if (result.kiosks !== 1) throw new Error(`expected one kiosk row, got ${result.kiosks}`);
+    // The fleet (presence from the store, read every 5 s): the publishing kiosk is in
+    // consultation, by pseudonym.
+    result.fleet = await until(page, "the fleet shows the kiosk in consultation", 15000, () => {
+      const rows = [...document.querySelectorAll("#fleet tr[data-fleet]")];
+      return rows.length === 1 && rows[0].dataset.state === "in_consultation" && rows[0].dataset.fleet;
+    });
+    if (!/^#[0-9a-f]{8}$/.test(result.fleet)) throw new Error(`the fleet row is not a pseudonym: ${result.fleet}`);
 
     // Optionally let history accumulate (for a README screenshot with long sparklines); the
     // room must stay live all along.

@@ -262,6 +262,37 @@ async function connect() {
   });
 }
 
+// The fleet and the walk-in queue (service-wide, from the store, pseudonymous): read every 5 s
+// from /api/ops?scope=node (this node's view, which carries both).
+const FLEET_ORDER = { in_consultation: 0, waiting: 1, online: 2, idle: 3, offline: 4 };
+function renderFleet(v) {
+  const fleet = (v.fleet || []).slice().sort((a, b) => FLEET_ORDER[a.state] - FLEET_ORDER[b.state]);
+  $("fleet").innerHTML = fleet.length
+    ? table(["Kiosk", "Site", "State", "Devices", "Last seen"],
+        fleet.map((k) => `<tr data-fleet="${esc(k.ref)}" data-state="${esc(k.state)}"><td class="id">${esc(k.ref)}</td><td>${esc(k.site)}</td>` +
+          `<td>${esc(k.state.replace("_", " "))}</td><td>${esc((k.devices || []).join(", "))}</td><td class="num">${count(k.last_seen_s)} s</td></tr>`), [4])
+    : `<div class="empty">No kiosk known.</div>`;
+  const q = v.queue || {};
+  const tickets = q.tickets || [];
+  $("queue").innerHTML = q.error
+    ? `<div class="empty">Queue unavailable: ${esc(q.error)}</div>`
+    : tickets.length
+      ? `<p class="muted">${count(q.waiting)} waiting · ${count(q.unanswered)} unanswered</p>` +
+        table(["Kiosk", "Specialty", "Priority", "Position", "Waited", "Unanswered"],
+          tickets.map((t) => `<tr class="${t.flagged ? "poor" : ""}" data-ticket="${esc(t.kiosk)}"><td class="id">${esc(t.kiosk)}</td><td>${esc(t.specialty)}</td>` +
+            `<td>${t.priority ? "yes" : ""}</td><td class="num">${count(t.position)}</td><td class="num">${count(t.waited_s)} s</td><td>${t.flagged ? "flagged" : ""}</td></tr>`), [3, 4])
+      : `<div class="empty">Nobody waiting.</div>`;
+}
+
+async function pollFleet() {
+  try {
+    const r = await fetch("/api/ops?scope=node", { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+    if (r.ok) renderFleet(await r.json());
+  } catch (e) {
+    // The stream's status already says when the server is away.
+  }
+}
+
 // A stream that stays open but goes silent is shown as such.
 setInterval(() => {
   if (state.status === "live" && Date.now() - state.lastEventAt > 4000) setStatus("stalled", "no update for " + Math.round((Date.now() - state.lastEventAt) / 1000) + " s");
@@ -275,4 +306,6 @@ if (!token) {
 } else {
   setStatus("connecting", "connecting…");
   connect();
+  pollFleet();
+  setInterval(pollFleet, 5000);
 }

@@ -447,7 +447,7 @@ fn refusal(st: &AppState, claims: &Claims, peer: SocketAddr, e: QueueError) -> A
             QueueError::Gone(_) => "ticket_gone",
             _ => "ticket_conflict",
         });
-        audit(&st, "queue_refused", claims, peer, &e.to_string());
+        audit(st, "queue_refused", claims, peer, &e.to_string());
     }
     e.into()
 }

@@ -182,7 +182,7 @@ impl Collector for QueueCollector {
             c.set_value(v as f64);
             let mut m = prometheus::proto::Metric::default();
             m.set_counter(c);
-            m.set_label(labels.into());
+            m.set_label(labels);
             m
         };
         let tickets = s
@@ -201,7 +201,7 @@ impl Collector for QueueCollector {
             buckets.push(b);
         }
         let total = cumulative + s.wait_buckets[WAIT_BOUNDS_S.len()].load(Ordering::Relaxed);
-        hist.set_bucket(buckets.into());
+        hist.set_bucket(buckets);
         hist.set_sample_count(total);
         hist.set_sample_sum(s.wait_sum_ms.load(Ordering::Relaxed) as f64 / 1e3);
         let mut h = prometheus::proto::Metric::default();

@@ -79,7 +79,7 @@ fn cabin(base: &str, token: String) -> DialConfig {
 async fn doctor_sees_media_and_vitals(base: &str, ops: &str, room: &str, token: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = common::rooms_at(&format!("{base}"), ops).await;
+        let v = common::rooms_at(base, ops).await;
         let published: usize = v["rooms"]
             .as_array()
             .into_iter()
@@ -352,7 +352,12 @@ async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
-    let s = common::start_with(|c| {
+    let dir = std::env::temp_dir().join(format!("cabine-queue-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let audit_path = dir.join("audit.jsonl");
+    let audit = audit_path.clone();
+    let s = common::start_with(move |c| {
+        c.audit.path = audit;
         c.queue.ticket_ttl = Duration::from_secs(5);
         c.queue.unanswered_after = Duration::from_millis(300);
         c.queue.max_waiting = 2.try_into().unwrap();
@@ -508,6 +513,18 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    // A flagged ticket can still be taken.
+    let (_, list) = call("GET", &base, "/api/queue", &doctor, None).await;
+    let flagged_b = list["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["ticket"] != tb["ticket"])
+        .expect("kiosk-b's ticket")
+        .clone();
+    assert_eq!(flagged_b["flagged"], true, "{list}");
+    let take_b = format!("/api/queue/{}/take", flagged_b["ticket"].as_str().unwrap());
+    assert_eq!(call("POST", &base, &take_b, &doctor, None).await.0, 200);
     let path = format!("/api/queue/{}", tb["ticket"].as_str().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     while call("GET", &base, &path, &k1, None).await.0 != 410 {
@@ -520,6 +537,42 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
             .0,
         410
     );
+
+    // Every step is in the audit log, under its actor's identity.
+    let wanted = [
+        ("queue_enqueue", "kiosk-a"),
+        ("queue_cancel", "kiosk-a"),
+        ("queue_refused", "kiosk-c"),
+        ("queue_unanswered", "kiosk-b"),
+        ("queue_expired", "kiosk-a"),
+        ("queue_refused", "dr-durand"),
+        ("queue_take", "dr-durand"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(event, who)| {
+                !lines
+                    .iter()
+                    .any(|l| l["event"] == *event && l["identity"] == *who)
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit lines missing: {missing:?}\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With a Redis cluster: tickets created on node A (one taken there) survive `kill -9` of A;
@@ -623,7 +676,7 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     ));
     let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
     let ops = common::cluster::token("*", Role::Operator, "ops");
-    doctor_sees_media_and_vitals(&format!("{}", b.base), &ops, &room, &doctor_room_token).await;
+    doctor_sees_media_and_vitals(&b.base, &ops, &room, &doctor_room_token).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
 }
