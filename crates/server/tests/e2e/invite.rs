@@ -2,7 +2,7 @@
 //! once, before it expires, and not after it was revoked (a doctor of the room mints, lists
 //! and revokes; every step audited; a cap per room); with a cluster, redemption is once across
 //! nodes (Redis); an assistant operates the devices only while the doctor allows it and can
-//! never act on another participant's session; a still the doctor shares is seen by the
+//! never act on another participant's session nor take a patient from the queue; a still the doctor shares is seen by the
 //! invitee while the room lives, and forgotten with it.
 
 use crate::common::{self, post_sdp, sdp_offer, TestServer};
@@ -165,6 +165,13 @@ async fn an_invite_link_admits_one_specialist_once_before_it_expires() {
     .await;
     assert_eq!(status, 400);
     let (status, _) = mint(&s, &doctor, json!({"kind": "specialist", "ttl_s": 86400})).await;
+    assert_eq!(status, 400);
+    let (status, _) = mint(
+        &s,
+        &doctor,
+        json!({"kind": "specialist", "grants": ["take"]}),
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = mint(&s, &doctor, json!({"kind": "surgeon"})).await;
     assert_eq!(status, 400);
@@ -424,6 +431,40 @@ async fn assistants_operate_devices_only_while_the_doctor_allows_and_see_shared_
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+
+    // Nor take a patient from the walk-in queue, even with a token that claims `take`.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/queue"))
+        .bearer_auth(s.token("lobby", Role::Kiosk, "kiosk-q"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let ticket: Value = r.json().await.unwrap();
+    let ticket = ticket["ticket"].as_str().unwrap();
+    for room in ["*", room] {
+        let claims_take = s.token_with(
+            room,
+            Role::Assistant,
+            "pharmacist-1",
+            Some(vec![Grant::Take]),
+        );
+        let client = reqwest::Client::new();
+        let take = client
+            .post(format!("{base}/api/queue/{ticket}/take"))
+            .bearer_auth(&claims_take)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(take.status().as_u16(), 403, "{room}");
+        let list = client
+            .get(format!("{base}/api/queue"))
+            .bearer_auth(&claims_take)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status().as_u16(), 403, "{room}");
+    }
 
     // An orthoptist invited with `commands` drives the devices at once; its token carries no
     // `commands` (the doctor's allowance does), and the doctor can take it back.
