@@ -798,3 +798,70 @@ async fn audit_until(path: &Path, done: impl Fn(&[Value]) -> bool) -> Vec<Value>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The pages (`tests/browser/invite_pages.mjs`, Debian's chromium): the doctor mints an
+/// orthoptist's link on the consultation page, the link's page redeems it once and opens the
+/// consultation, where the orthoptist measures the blood pressure; a second visit is refused;
+/// a still the doctor shares shows on the orthoptist's page; the doctor allows a pharmacist
+/// to operate the devices from its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pages_invite_an_orthoptist_share_a_still_and_allow_a_pharmacist() {
+    use crate::common::browser::{check_prerequisites, mint as browser_mint, run_driver, SERIAL};
+    let dir = common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+    let s = common::start_with(|c| {
+        c.media.disconnect_grace = Duration::from_secs(30);
+    })
+    .await;
+    let room = "consult-invite-pages";
+    let base = s.base.clone();
+
+    // The cabin: a small room camera, its devices (cuff, otoscope stills) over QUIC.
+    let mut cfg = DialConfig::new(base.clone(), s.token(room, Role::Kiosk, "kiosk-1"));
+    cfg.client = ClientOptions::loopback();
+    cfg.media.room_fps = 10;
+    cfg.media.room_kbps = 300;
+    cfg.media.device_camera = dial::Input::Off;
+    cfg.media.stethoscope = dial::Input::Off;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(500);
+    devices.bp_duration = Duration::from_secs(1);
+    cfg.devices = Some(devices);
+    let (stop_kiosk, stopped) = oneshot::channel::<()>();
+    let kiosk = tokio::spawn(dial::run(cfg, async move {
+        let _ = stopped.await;
+    }));
+
+    let envs = [
+        ("CABINE_URL", base.clone()),
+        ("ROOM", room.to_owned()),
+        (
+            "DOCTOR_TOKEN",
+            browser_mint(&s.tokens, room, Role::Doctor, "dr-1"),
+        ),
+        (
+            "PHARMACIST_TOKEN",
+            browser_mint(&s.tokens, room, Role::Assistant, "pharmacist-1"),
+        ),
+    ];
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_driver(&d, "invite_pages.mjs", &envs, Duration::from_secs(240))
+    })
+    .await
+    .expect("driver thread");
+    let _ = stop_kiosk.send(());
+    let cabin = tokio::time::timeout(Duration::from_secs(10), kiosk).await;
+    s.server.shutdown(Duration::from_secs(1)).await;
+    println!("{}", out.stdout.trim_end());
+    assert!(
+        out.ok(),
+        "the invite pages test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
+         --- the cabin ---\n{cabin:?}",
+        out.status,
+        out.killed(),
+        out.stdout,
+        out.stderr
+    );
+}
