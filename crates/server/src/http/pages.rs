@@ -1,9 +1,9 @@
 //! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
 //! `/kiosk/{room}` (and its waiting screen in queue mode, `/kiosk`), the doctor's queue page
-//! `/queue`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
-//! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
-//! and asset is served with the same strict content security policy (no inline script or
-//! style, no framing).
+//! `/queue`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the
+//! WHIP/WHEP demo pages `/demo/publish` and `/demo/watch`, and their modules and styles under
+//! `/app/`. Every page and asset is served with the same strict content security policy (no
+//! inline script or style, no framing).
 //!
 //! Dependency-free ES modules and CSS compiled into the binary (`include_str!`): nothing is
 //! fetched from elsewhere, so the pages work offline, and the content security policy says so.
