@@ -861,6 +861,29 @@ impl Conn {
         let Ok(assistant) = Identity::parse(identity) else {
             return self.reply(&error("bad_message", "bad `identity`"));
         };
+        // Only an assistant present in the room (on signalling or with a media session) is
+        // allowed: the allowances of a room stay as few as its participants.
+        let present = |room: &RoomId, identity: &Identity, role: Role| {
+            room == &self.room && identity == &assistant && role == Role::Assistant
+        };
+        if allow
+            && !self
+                .hub()
+                .lock()
+                .members
+                .values()
+                .any(|m| present(&m.room, &m.identity, m.role))
+            && !self
+                .st
+                .sessions_lock()
+                .values()
+                .any(|e| present(&e.room, &e.identity, e.role))
+        {
+            return self.reply(&error(
+                "no_participant",
+                "no assistant with this identity is in the room",
+            ));
+        }
         self.st
             .consultations
             .allow_commands(&self.room, &assistant, allow);

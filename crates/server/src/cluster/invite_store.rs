@@ -32,6 +32,10 @@ use super::store::StoreError;
 /// How long a record outlives its expiry (to answer "expired" rather than "unknown").
 pub const RETAIN_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
 
+/// Records (any state, within their retention) a room may hold, per unit of its cap of live
+/// invites: minting and revoking in a loop cannot grow a room's records without bound.
+pub const RECORDS_PER_LIVE: usize = 4;
+
 /// Where an invite stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,7 +77,8 @@ impl StoredInvite {
 pub enum Created {
     /// Stored.
     Created,
-    /// The room already has this many live invites (the cap): not stored.
+    /// The room already has this many live invites (the cap), or too many records: not
+    /// stored.
     Full(usize),
 }
 
@@ -107,8 +112,9 @@ pub enum Revocation {
 
 /// The store of invite links.
 pub trait InviteStore: Send + Sync + 'static {
-    /// Stores `invite` for `room` unless the room holds `cap` live invites at `now` already;
-    /// drops the room's records past their retention on the way.
+    /// Stores `invite` for `room` unless the room holds `cap` live invites at `now` already
+    /// (or `cap` × [`RECORDS_PER_LIVE`] records in any state); drops the room's records past
+    /// their retention on the way.
     fn create(
         &self,
         room: &RoomKey,
@@ -174,7 +180,7 @@ impl InviteStore for MemoryInviteStore {
         });
         let invites = rooms.entry(room.clone()).or_default();
         let live = invites.values().filter(|i| i.is_live(now)).count();
-        let r = if live >= cap {
+        let r = if live >= cap || invites.len() >= cap.saturating_mul(RECORDS_PER_LIVE) {
             Created::Full(live)
         } else {
             invites.insert(invite.id.clone(), invite.clone());
@@ -240,21 +246,23 @@ impl InviteStore for MemoryInviteStore {
 }
 
 /// Create: prune records past retention (ARGV[4]), count live ones, store under the cap.
-/// KEYS[1] the room's hash; ARGV: id, record JSON, cap, now, retention (s), record expiry.
+/// KEYS[1] the room's hash; ARGV: id, record JSON, cap, now, retention (s), record expiry,
+/// most records.
 const CREATE: &str = r"
 local now, retain = tonumber(ARGV[4]), tonumber(ARGV[5])
-local live = 0
+local live, total = 0, 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local ok, r = pcall(cjson.decode, all[i + 1])
   if not ok or type(r) ~= 'table' or type(r.expires_at) ~= 'number'
      or r.expires_at + retain <= now then
     redis.call('HDEL', KEYS[1], all[i])
-  elseif r.state == 'pending' and r.expires_at > now then
-    live = live + 1
+  else
+    total = total + 1
+    if r.state == 'pending' and r.expires_at > now then live = live + 1 end
   end
 end
-if live >= tonumber(ARGV[3]) then return live end
+if live >= tonumber(ARGV[3]) or total >= tonumber(ARGV[7]) then return live end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 local want = (tonumber(ARGV[6]) + retain - now) * 1000
@@ -376,6 +384,7 @@ impl InviteStore for RedisInviteStore {
                     .arg(now)
                     .arg(RETAIN_AFTER_EXPIRY.as_secs())
                     .arg(expires)
+                    .arg(cap.saturating_mul(RECORDS_PER_LIVE))
                     .invoke_async(&mut c),
             )
             .await?;
@@ -569,6 +578,26 @@ mod tests {
             Created::Created
         );
         assert_eq!(ids(store.list(&r1).await.unwrap()), ["e"]);
+
+        // Revoked and redeemed records do not count as live, but their number is bounded too.
+        let r3 = keyer.key(&RoomId::parse("room-3").unwrap());
+        let mut created = 0;
+        for n in 0..20 {
+            let id = format!("r{n}");
+            if store
+                .create(&r3, &invite(&id, now + 60), 2, now)
+                .await
+                .unwrap()
+                == Created::Created
+            {
+                created += 1;
+                assert_eq!(
+                    store.revoke(&r3, &id, now).await.unwrap(),
+                    Revocation::Revoked
+                );
+            }
+        }
+        assert_eq!(created, 2 * RECORDS_PER_LIVE);
 
         // Concurrent redemptions: exactly one wins.
         assert_eq!(

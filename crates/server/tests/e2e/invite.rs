@@ -401,6 +401,21 @@ async fn assistants_operate_devices_only_while_the_doctor_allows_and_see_shared_
     .await;
     let a = command(&pharmacist, &bp(4), 4).await;
     assert!(a.get("command_refused").is_some(), "{a}");
+    // Only an assistant who is in the room can be allowed.
+    send(
+        &mut dr_ws,
+        &ClientMsg::AllowCommands {
+            identity: "nobody-here".into(),
+            allow: true,
+        },
+    )
+    .await;
+    let ServerMsg::Error { code, .. } =
+        recv_until(&mut dr_ws, |m| matches!(m, ServerMsg::Error { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(code, "no_participant");
 
     // Never on another participant's session, whatever its token claims: ending or
     // restarting the kiosk's (a WHIP session here) is refused.
