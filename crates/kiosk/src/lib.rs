@@ -20,6 +20,8 @@
 //!   (audio first, device camera before room camera).
 //! - [`dial`]: a whole simulated cabin (the four tracks, the doctor's media, the devices and
 //!   their telemetry) that reconnects by itself; what the `cabine-kiosk dial` command runs.
+//! - [`queue`]: the walk-in queue (`cabine-kiosk dial --queue`): wait for the next available
+//!   doctor, then dial the room the server opened.
 //! - [`stills`]: full-resolution JPEG stills of the device camera, on the doctor's command.
 //! - [`telemetry`]: the devices' link to the server's QUIC telemetry sidecar.
 //!

@@ -85,9 +85,6 @@ fn token(
         eprintln!("cabine token: {msg}");
         ExitCode::from(2)
     };
-    if room == "*" && role != Role::Operator {
-        return fail("room `*` is only valid for operator tokens".into());
-    }
     if room != "*" {
         if let Err(e) = cabine_proto::RoomId::parse(room) {
             return fail(e.to_string());
@@ -113,7 +110,7 @@ fn token(
                     Ok(g) => out.push(g),
                     Err(_) => {
                         return fail(format!(
-                        "unknown grant {g:?}: expected publish, subscribe, publish_data, commands, moderate"
+                        "unknown grant {g:?}: expected publish, subscribe, publish_data, commands, moderate, take"
                     ))
                     }
                 }
@@ -121,6 +118,16 @@ fn token(
             Some(out)
         }
     };
+    // `*` is every room for an operator; for a doctor granted `take`, the walk-in queue only.
+    let queue_doctor =
+        role == Role::Doctor && grants.as_ref().is_some_and(|g| g.contains(&Grant::Take));
+    if room == "*" && role != Role::Operator && !queue_doctor {
+        return fail(
+            "room `*` is only valid for operator tokens, and for doctor tokens granted `take` \
+             (the walk-in queue)"
+                .into(),
+        );
+    }
     if cfg.uses_dev_secret() {
         eprintln!("cabine token: warning: signed with the built-in development secret");
     }

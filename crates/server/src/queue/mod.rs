@@ -46,6 +46,11 @@ use ticket::NewTicket;
 /// How often each node sweeps the queue (expiry, unanswered flags, presence).
 pub const SWEEP: Duration = Duration::from_secs(1);
 
+/// How long a node reuses its read of the waiting tickets and handling times for positions,
+/// estimates and lists (each kiosk polls its ticket every second: without it, every poll would
+/// read the whole queue from the store). A local change drops it at once.
+pub const VIEW_CACHE: Duration = Duration::from_millis(500);
+
 /// Why a queue operation did not happen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -129,6 +134,15 @@ pub struct Queue {
     stats: Arc<QueueStats>,
     /// Bumped at each local change, so event streams answer at once.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The last read of the waiting tickets and handling times ([`VIEW_CACHE`]).
+    cache: std::sync::Mutex<Option<Cached>>,
+}
+
+/// A read of the queue reused for [`VIEW_CACHE`].
+struct Cached {
+    at: std::time::Instant,
+    waiting: Arc<Vec<TicketRecord>>,
+    handling: Arc<Vec<u64>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -146,7 +160,30 @@ impl Queue {
             keyer: KioskKeyer::new(secret),
             stats: Arc::default(),
             changed: tokio::sync::watch::channel(0).0,
+            cache: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The waiting tickets and the recent handling times, read at most [`VIEW_CACHE`] ago.
+    async fn view(&self) -> Result<(Arc<Vec<TicketRecord>>, Arc<Vec<u64>>), QueueError> {
+        let now = std::time::Instant::now();
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|c| now.duration_since(c.at) < VIEW_CACHE)
+        {
+            return Ok((Arc::clone(&c.waiting), Arc::clone(&c.handling)));
+        }
+        let waiting = Arc::new(self.store.waiting().await?);
+        let handling = Arc::new(self.store.handling().await?);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
+            at: now,
+            waiting: Arc::clone(&waiting),
+            handling: Arc::clone(&handling),
+        });
+        Ok((waiting, handling))
     }
 
     /// `[queue]`.
@@ -175,6 +212,7 @@ impl Queue {
     }
 
     fn bump(&self) {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -186,7 +224,7 @@ impl Queue {
         req: NewTicket,
     ) -> Result<Waiting, QueueError> {
         let now = now_ms();
-        let waiting = self.store.waiting().await?;
+        let (waiting, _) = self.view().await?;
         let arrival_position = 1 + waiting
             .iter()
             .filter(|t| t.specialty == req.specialty && (t.priority || !req.priority))
@@ -248,9 +286,13 @@ impl Queue {
 
     /// A waiting ticket with its position and estimate now.
     async fn waiting_view(&self, t: TicketRecord) -> Result<Waiting, QueueError> {
-        let waiting = self.store.waiting().await?;
+        let (mut waiting, mut recent) = self.view().await?;
+        if !waiting.iter().any(|w| w.id == t.id) {
+            // Queued after that read (on another node): read again.
+            *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            (waiting, recent) = self.view().await?;
+        }
         let position = ticket::position(&waiting, &t.id).unwrap_or(1);
-        let recent = self.store.handling().await?;
         Ok(Waiting {
             estimated_wait: estimate::estimated_wait(position, &recent, self.cfg.default_handling),
             position,
@@ -302,7 +344,7 @@ impl Queue {
 
     /// The waiting tickets with their positions, in queue order per specialty.
     pub async fn list(&self) -> Result<Vec<(TicketRecord, u32)>, QueueError> {
-        let mut waiting = self.store.waiting().await?;
+        let mut waiting = self.view().await?.0.to_vec();
         waiting.sort_by(|a, b| a.specialty.cmp(&b.specialty).then(ticket::order(a, b)));
         let mut out = Vec::with_capacity(waiting.len());
         let mut position = 0;
