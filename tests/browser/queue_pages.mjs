@@ -26,7 +26,7 @@ async function main() {
       p.on("console", (m) => consoleLines.push(`${name} ${m.type()}: ${m.text()}`));
       p.on("pageerror", (e) => consoleLines.push(`${name} pageerror: ${e.message}`));
     };
-    const wait = (state) => () => ({ state: window.cabine.state.state, position: window.cabine.state.position, estimate: window.cabine.state.estimatedWaitS, shown: document.getElementById("position").textContent });
+    const wait = () => () => ({ state: window.cabine.state.state, position: window.cabine.state.position, estimate: window.cabine.state.estimatedWaitS, shown: document.getElementById("position").textContent, follow: window.cabine.state.follow });
 
     result.stage = "kiosk1_queues";
     const kiosk1 = context.pages()[0] || (await context.newPage());

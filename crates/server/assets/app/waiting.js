@@ -12,7 +12,7 @@ const token = params.get("token") || "";
 history.replaceState(null, "", location.pathname); // The token leaves the address bar.
 const auth = { authorization: `Bearer ${token}` };
 
-const state = { ticket: null, state: "asking", position: null, estimatedWaitS: null, positions: [], messages: [], room: null };
+const state = { ticket: null, state: "asking", position: null, estimatedWaitS: null, positions: [], messages: [], room: null, follow: null };
 window.cabine = { state };
 
 function banner(text, level = "") {
@@ -76,12 +76,14 @@ function stop() {
 function follow(ticket) {
   const url = `/api/queue/${encodeURIComponent(ticket)}/events?token=${encodeURIComponent(token)}`;
   source = new EventSource(url);
+  state.follow = "stream";
   source.addEventListener("status", (e) => show(JSON.parse(e.data)));
   source.onerror = () => {
     // Streams refused (limits.sse_clients) or cut: poll instead, until it works again.
     if (!source || poller) return;
     source.close();
     source = null;
+    state.follow = "poll";
     poller = setInterval(poll, 2000);
     poll();
   };

@@ -2,7 +2,8 @@
 //! `tests/browser/queue_pages.mjs`: two kiosk pages in queue mode (`/kiosk`) see positions 1
 //! and 2; the doctor's queue page (`/queue`) takes the first; the doctor's page and that kiosk
 //! page land in the same room with media both ways and the cabin's vitals; the second kiosk
-//! moves to position 1, then cancels.
+//! moves to position 1, then cancels. Only one event stream is allowed (`limits.sse_clients`):
+//! the second kiosk page follows its ticket by polling.
 //!
 //! The vitals come from the cabin's devices over QUIC, as in a real cabin where a native hub
 //! drives the devices next to the kiosk browser: once the room exists (the take), this test
@@ -41,6 +42,9 @@ async fn two_kiosk_pages_queue_and_the_doctor_takes_the_first_from_the_queue_pag
     cfg.admin.listen = String::new();
     cfg.telemetry.listen = "127.0.0.1:0".into();
     cfg.media.disconnect_grace = Duration::from_secs(30);
+    // One event stream: the first kiosk follows its ticket live, the second is refused one
+    // (limits.sse_clients) and falls back to polling.
+    cfg.limits.sse_clients = 1.try_into().unwrap();
     let server = Server::start(cfg).await.expect("server starts");
     let base = format!("http://{}", server.http_addr());
     let tokens = Tokens::new(SECRET.as_bytes());
@@ -131,6 +135,15 @@ async fn two_kiosk_pages_queue_and_the_doctor_takes_the_first_from_the_queue_pag
     );
     assert_eq!(
         result["checks"]["kiosk2_position_after"]["position"], 1,
+        "{result}"
+    );
+    // The first followed its ticket's event stream, the second (refused one) polled.
+    assert_eq!(
+        result["checks"]["kiosk1_position"]["follow"], "stream",
+        "{result}"
+    );
+    assert_eq!(
+        result["checks"]["kiosk2_position_after"]["follow"], "poll",
         "{result}"
     );
 }
