@@ -116,6 +116,9 @@ pub struct Tokens {
     dec: DecodingKey,
     validation: Validation,
     max_ttl: Option<Duration>,
+    /// `iss` and `aud` put in minted tokens (those the policy requires).
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl Tokens {
@@ -147,10 +150,13 @@ impl Tokens {
             dec: DecodingKey::from_secret(secret),
             validation,
             max_ttl: policy.max_ttl,
+            issuer: policy.issuer.clone(),
+            audience: policy.audience.clone(),
         }
     }
 
-    /// Mints a token.
+    /// Mints a token (with the `iss` and `aud` its policy requires, so that the server's own
+    /// tokens, such as an invitee's, pass its verification).
     pub fn mint(
         &self,
         room: &str,
@@ -169,7 +175,21 @@ impl Tokens {
             nbf: Some(now.saturating_sub(1)),
             grants,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+        #[derive(serde::Serialize)]
+        struct Minted<'a> {
+            #[serde(flatten)]
+            claims: &'a Claims,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+        }
+        let minted = Minted {
+            claims: &claims,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        encode(&Header::new(Algorithm::HS256), &minted, &self.enc)
             .map_err(|e| MintError(e.to_string()))
     }
 
@@ -286,6 +306,39 @@ mod tests {
         assert_eq!(c.role, Role::Doctor);
         let room = RoomId::parse("r1").unwrap();
         assert!(t.authorize(&jwt, &room, Grant::Publish, "publish").is_ok());
+    }
+
+    #[test]
+    fn tokens_minted_under_a_policy_carry_its_issuer_and_audience() {
+        let policy = Policy {
+            max_ttl: Some(Duration::from_secs(600)),
+            issuer: Some("cabine-idp".into()),
+            audience: Some("cabine".into()),
+        };
+        let t = Tokens::with_policy(b"0123456789abcdef0123456789abcdef", &policy);
+        let jwt = t
+            .mint(
+                "r1",
+                Role::Assistant,
+                id("a"),
+                Duration::from_secs(60),
+                None,
+            )
+            .unwrap();
+        assert_eq!(t.verify(&jwt).unwrap().sub, id("a"));
+        let bare = Tokens::new(b"0123456789abcdef0123456789abcdef")
+            .mint(
+                "r1",
+                Role::Assistant,
+                id("a"),
+                Duration::from_secs(60),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            t.verify(&bare),
+            Err(AuthError::WrongIssuer { claim: "iss" })
+        );
     }
 
     #[test]

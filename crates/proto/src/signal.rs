@@ -80,6 +80,14 @@ pub enum ClientMsg {
     Leave,
     /// Keep-alive; the server answers `pong`.
     Ping,
+    /// A doctor allows (or stops allowing) an assistant of the room to operate the devices,
+    /// for this consultation. Refused (`forbidden`) from any other role.
+    AllowCommands {
+        /// The assistant's identity.
+        identity: String,
+        /// Allowed from now on, or no longer.
+        allow: bool,
+    },
 }
 
 /// A message from the server.
@@ -149,6 +157,26 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+    /// A doctor allowed (or stopped allowing) an assistant to operate the devices; sent to
+    /// every participant of the room.
+    CommandsAllowed {
+        /// The assistant's identity.
+        identity: String,
+        /// Whether its device commands are accepted now.
+        allowed: bool,
+    },
+    /// A doctor shared a still with the room: fetch it at `GET /api/rooms/{room}/stills/{id}`
+    /// with your token while the consultation lasts (the server keeps it no longer).
+    StillShared {
+        /// Its id.
+        id: String,
+        /// Who shared it.
+        from: String,
+        /// Its MIME type (`image/jpeg`, `image/png`).
+        mime: String,
+        /// Its size, bytes.
+        bytes: u64,
+    },
     /// A request failed; the session goes on unless `fatal`.
     Error {
         /// Machine-readable cause (`bad_message`, `unauthorized`, `forbidden`, `bad_sdp`, …).

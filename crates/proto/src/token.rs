@@ -107,11 +107,18 @@ pub struct Claims {
 impl Claims {
     /// Whether the token allows `grant`. Explicit `grants` replace the role's defaults, but can
     /// never lift a role's hard limits: an operator never receives or sends media (it may only
-    /// be granted `moderate`), an observer never publishes nor moderates.
+    /// be granted `moderate`), an observer never publishes nor moderates, an assistant
+    /// (pharmacist, nurse, invited specialist) publishes, subscribes and at most operates
+    /// devices — never moderates nor anything else a future grant allows (taking or ending a
+    /// consultation is the doctor's). The server lets an assistant operate devices only while
+    /// a doctor of the room allows it, whatever its token says.
     pub fn allows(&self, grant: Grant) -> bool {
         let hard_limit = match self.role {
             Role::Operator => grant != Grant::Moderate,
             Role::Observer => grant != Grant::Subscribe,
+            Role::Assistant => {
+                !matches!(grant, Grant::Publish | Grant::Subscribe | Grant::Commands)
+            }
             Role::Doctor => false,
             _ => grant == Grant::Take,
         };
@@ -219,6 +226,12 @@ mod tests {
         assert!(claims(Role::Doctor, Some(vec![Grant::Moderate])).allows(Grant::Moderate));
         let obs = claims(Role::Observer, Some(vec![Grant::Moderate]));
         assert!(!obs.allows(Grant::Moderate));
+        let assistant = claims(
+            Role::Assistant,
+            Some(vec![Grant::Moderate, Grant::PublishData]),
+        );
+        assert!(!assistant.allows(Grant::Moderate));
+        assert!(!assistant.allows(Grant::PublishData));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// Many nodes sharing rooms through a store.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Invite links for specialists, interpreters, orthoptists.
+    pub invites: crate::invite::InvitesConfig,
     /// The walk-in queue and the fleet.
     pub queue: crate::queue::QueueConfig,
     /// FHIR export of the consultations' measurements.
@@ -273,6 +275,14 @@ impl Config {
         self.fhir
             .load(&self.audit.path)
             .map_err(|e| ConfigError::Unusable(e.to_string()))?;
+        let inv = &self.invites;
+        if inv.ttl.is_zero() || inv.token_ttl.is_zero() || inv.ttl > inv.max_ttl {
+            return Err(ConfigError::Unusable(format!(
+                "invites.ttl ({:?}) must be above 0 and at most invites.max_ttl ({:?}), and \
+                 invites.token_ttl above 0",
+                inv.ttl, inv.max_ttl
+            )));
+        }
         self.telemetry
             .listen_addr()
             .map_err(ConfigError::Unusable)?;

@@ -75,6 +75,8 @@ impl AppState {
             }
             (entry.claims.clone(), entry.identity.clone(), entry.role)
         };
+        // An assistant operates the devices only while a doctor of the room allows it.
+        let claims = self.consultations.effective_claims(room, &claims);
         match t.on_request(room, data.session, &claims, &data.data) {
             Ok(None) => {}
             Ok(Some(command_id)) => self.audit(

@@ -20,6 +20,10 @@
 //!   the accept loop (connection cap, header-read and idle timeouts, plain and TLS);
 //!   [`anon_audit`]: anonymous refusals audited once per source and interval;
 //! - [`turn`]: `[turn]`, coturn credentials and the ICE servers handed to clients;
+//! - [`invite`]: one-time invite links for specialists, interpreters, orthoptists
+//!   ([`http::invites`], records in [`cluster::invite_store`]); [`consultation`]: per room,
+//!   the assistants a doctor allows to operate devices and the stills it shared
+//!   ([`http::stills`]);
 //! - [`queue`]: the walk-in queue (`/api/queue`) and the fleet (`/api/kiosks`);
 //! - [`fhir`]: `[fhir]`, the consultations' measurements exported as FHIR R4 Bundles through a
 //!   durable outbox (off unless `fhir.endpoint` is set);
@@ -38,9 +42,11 @@ pub mod anon_audit;
 pub mod audit;
 pub mod cluster;
 pub mod config;
+pub mod consultation;
 pub mod events;
 pub mod fhir;
 pub mod http;
+pub mod invite;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
@@ -222,6 +228,7 @@ impl Server {
         let sampler = sampler::spawn(&state, Arc::clone(&metrics));
 
         spawn_anonymous_audit_sweeper(&state);
+        consultation::spawn_sweeper(&state);
         let (stop, stop_rx) = watch::channel(false);
         let admin = match cfg.admin_listen()? {
             Some(addr) => Some(

@@ -11,7 +11,9 @@
 //! - dashboards on `/api/ops/stream`: [`crate::http::ops`];
 //! - data-channel requests per session: [`crate::events`];
 //! - audit lines per anonymous source and over the node: [`crate::anon_audit`];
-//! - TURN credentials per identity: [`crate::state::AppState::ice_servers`].
+//! - TURN credentials per identity: [`crate::state::AppState::ice_servers`];
+//! - invite links per room, shared stills per room and their size: [`crate::http::invites`],
+//!   [`crate::http::stills`].
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +73,12 @@ pub struct LimitsConfig {
     /// TURN credentials minted for one identity (`sub`) per minute, over every way they are
     /// handed out (`/api/ice-servers`, WHIP/WHEP `Link` headers, the WebSocket `welcome`).
     pub turn_credentials_per_minute: NonZeroU32,
+    /// Live (unused, unexpired) invite links per room.
+    pub invites_per_room: NonZeroUsize,
+    /// Stills shared with one room (in memory while the room lives).
+    pub shared_stills_per_room: NonZeroUsize,
+    /// Largest shared still, bytes.
+    pub shared_still_bytes: NonZeroUsize,
 }
 
 /// A limit that refused something (the `limit` label of the metric).
@@ -111,11 +119,17 @@ pub enum Limit {
     WsBacklog,
     /// `limits.turn_credentials_per_minute`: a TURN credential not minted.
     TurnCredentialRate,
+    /// `limits.invites_per_room`: an invite link not minted.
+    InvitesPerRoom,
+    /// `limits.shared_stills_per_room`: a still not shared.
+    SharedStillsPerRoom,
+    /// `limits.shared_still_bytes`: a still too large to share.
+    SharedStillBytes,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 17] = [
+    pub const ALL: [Limit; 20] = [
         Limit::HttpConnections,
         Limit::HeaderTimeout,
         Limit::IdleTimeout,
@@ -133,6 +147,9 @@ impl Limit {
         Limit::WsMessageSize,
         Limit::WsBacklog,
         Limit::TurnCredentialRate,
+        Limit::InvitesPerRoom,
+        Limit::SharedStillsPerRoom,
+        Limit::SharedStillBytes,
     ];
 
     /// The label value (the config key without `limits.`).
@@ -155,6 +172,9 @@ impl Limit {
             Limit::WsMessageSize => "ws_max_message_bytes",
             Limit::WsBacklog => "ws_backlog",
             Limit::TurnCredentialRate => "turn_credentials_per_minute",
+            Limit::InvitesPerRoom => "invites_per_room",
+            Limit::SharedStillsPerRoom => "shared_stills_per_room",
+            Limit::SharedStillBytes => "shared_still_bytes",
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct AppState {
     pub(crate) opening: Mutex<HashMap<Identity, usize>>,
     /// This node's side of the cluster (alone: every room is local).
     pub(crate) cluster: Arc<crate::cluster::Cluster>,
+    /// Invite links (in the cluster's store when there is one).
+    pub(crate) invites: crate::invite::Invites,
+    /// Per-room assistants allowed to operate devices, and shared stills.
+    pub(crate) consultations: crate::consultation::Consultations,
     /// The walk-in queue and the fleet (in the cluster's store when clustered).
     pub(crate) queue: Arc<crate::queue::Queue>,
     /// The FHIR export, when `fhir.endpoint` is set.
@@ -120,7 +124,25 @@ impl AppState {
         audit: crate::audit::Audit,
         cluster: Arc<crate::cluster::Cluster>,
     ) -> Self {
+        let mut invites_cfg = cfg.invites.clone();
+        invites_cfg.token_ttl = invites_cfg.token_ttl.min(cfg.auth.max_ttl);
+        let invites = crate::invite::Invites::new(
+            &invites_cfg,
+            &cfg.cluster.redis_url,
+            cfg.auth.secret.as_bytes(),
+        )
+        .unwrap_or_else(|e| {
+            // `Config::check` refused an unusable Redis URL already; the node goes on alone.
+            tracing::error!("invites kept in memory: {e}");
+            crate::invite::Invites::with_store(
+                &invites_cfg,
+                Arc::new(crate::cluster::invite_store::MemoryInviteStore::new()),
+                cfg.auth.secret.as_bytes(),
+            )
+        });
         AppState {
+            invites,
+            consultations: Default::default(),
             cluster,
             queue: Arc::new(crate::queue::Queue::new(
                 &cfg.queue,
@@ -538,6 +560,27 @@ impl AppState {
         );
     }
 
+    /// Whether a refusal of a request without a token from `peer` gets its own audit line:
+    /// one per source and interval, the rest counted (and summarised when the interval ends).
+    pub(crate) fn admit_anonymous_audit(&self, peer: SocketAddr) -> bool {
+        let admission = self
+            .anonymous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refusal(peer.ip(), std::time::Instant::now());
+        for s in &admission.summaries {
+            self.audit_anonymous_summary(s);
+        }
+        if !admission.write {
+            self.refusals.count(if admission.capped {
+                crate::limits::Limit::AnonymousAuditLines
+            } else {
+                crate::limits::Limit::AnonymousAudit
+            });
+        }
+        admission.write
+    }
+
     pub(crate) fn audit_refusal(
         &self,
         room: &str,
@@ -546,24 +589,8 @@ impl AppState {
         peer: SocketAddr,
         e: &AuthError,
     ) {
-        if identity == "-" && role.is_none() {
-            // Anonymous: one line per source and interval, the rest counted.
-            let admission = self
-                .anonymous
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .refusal(peer.ip(), std::time::Instant::now());
-            for s in &admission.summaries {
-                self.audit_anonymous_summary(s);
-            }
-            if !admission.write {
-                self.refusals.count(if admission.capped {
-                    crate::limits::Limit::AnonymousAuditLines
-                } else {
-                    crate::limits::Limit::AnonymousAudit
-                });
-                return;
-            }
+        if identity == "-" && role.is_none() && !self.admit_anonymous_audit(peer) {
+            return;
         }
         let role = role.map(|r| r.to_string());
         self.audit.record(

@@ -230,6 +230,11 @@ impl Hub {
         }
     }
 
+    /// Sends `msg` to every signalling participant of `room`.
+    pub(crate) fn broadcast_room(&self, room: &RoomId, msg: &ServerMsg) {
+        self.broadcast(room, "", msg);
+    }
+
     fn participants(&self, room: &RoomId, except: &str) -> Vec<Participant> {
         self.lock()
             .members
@@ -841,8 +846,69 @@ impl Conn {
                 self.reply(&error("bad_message", "already joined"))
             }
             ClientMsg::Leave => {}
+            ClientMsg::AllowCommands { identity, allow } => self.allow_commands(&identity, allow),
             _ => self.reply(&error("bad_message", "unsupported message")),
         }
+    }
+
+    /// A doctor of the room allows (or no longer) an assistant to operate the devices; the
+    /// room is told, the change audited as the doctor. Any other role is refused (audited).
+    fn allow_commands(&self, identity: &str, allow: bool) {
+        if !crate::invite::may_invite(&self.claims, &self.room) {
+            self.refuse_grant("allow an assistant to operate the devices");
+            return;
+        }
+        let Ok(assistant) = Identity::parse(identity) else {
+            return self.reply(&error("bad_message", "bad `identity`"));
+        };
+        // Only an assistant present in the room (on signalling or with a media session) is
+        // allowed: the allowances of a room stay as few as its participants.
+        let present = |room: &RoomId, identity: &Identity, role: Role| {
+            room == &self.room && identity == &assistant && role == Role::Assistant
+        };
+        if allow
+            && !self
+                .hub()
+                .lock()
+                .members
+                .values()
+                .any(|m| present(&m.room, &m.identity, m.role))
+            && !self
+                .st
+                .sessions_lock()
+                .values()
+                .any(|e| present(&e.room, &e.identity, e.role))
+        {
+            return self.reply(&error(
+                "no_participant",
+                "no assistant with this identity is in the room",
+            ));
+        }
+        self.st
+            .consultations
+            .allow_commands(&self.room, &assistant, allow);
+        self.st.audit(
+            if allow {
+                "commands_allowed"
+            } else {
+                "commands_revoked"
+            },
+            &self.room,
+            &self.claims.sub,
+            Some(self.claims.role),
+            Some(self.peer),
+            &format!(
+                "{} {assistant} to operate the devices",
+                if allow { "allowed" } else { "no longer allows" }
+            ),
+        );
+        self.hub().broadcast_room(
+            &self.room,
+            &ServerMsg::CommandsAllowed {
+                identity: assistant.to_string(),
+                allowed: allow,
+            },
+        );
     }
 
     async fn publish(&self, token: &str, sdp: String) {

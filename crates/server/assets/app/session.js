@@ -249,6 +249,8 @@ export class Session extends EventTarget {
         if (m.fatal) this.ws && this.ws.close();
         break;
       default:
+        // Messages other modules of the page handle (`still_shared`, `commands_allowed`, …).
+        this.emit(m.type, m);
         break;
     }
   }

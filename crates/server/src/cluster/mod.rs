@@ -22,6 +22,7 @@
 pub mod config;
 #[cfg(test)]
 mod conformance;
+pub mod invite_store;
 pub mod memory;
 pub mod placement;
 #[cfg(test)]

@@ -13,10 +13,12 @@
 
 pub mod cors;
 pub mod guard;
+pub mod invites;
 pub mod ops;
 pub mod pages;
 pub mod sdpfrag;
 pub mod serve;
+pub mod stills;
 pub mod whip;
 
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         )
         .route("/ws/{room}", get(ws::handler))
         .merge(pages::routes())
+        .merge(invites::routes())
+        .merge(stills::routes(state.limits.shared_still_bytes.get()))
         .merge(crate::queue::http::routes())
         .route(
             "/whip/{room}/{session}",

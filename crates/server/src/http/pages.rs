@@ -1,8 +1,9 @@
 //! The browser pages: the doctor's consultation page `/consult/{room}`, the kiosk page
-//! `/kiosk/{room}`, the operators' dashboard `/ops`, the WHIP/WHEP demo pages
-//! `/demo/publish` and `/demo/watch`, and their modules and styles under `/app/`. Every page
-//! and asset is served with the same strict content security policy (no inline script or
-//! style, no framing).
+//! `/kiosk/{room}` (and its waiting screen in queue mode, `/kiosk`), the doctor's queue page
+//! `/queue`, the invitee's page `/invite/{room}`, the operators' dashboard `/ops`, the
+//! WHIP/WHEP demo pages `/demo/publish` and `/demo/watch`, and their modules and styles under
+//! `/app/`. Every page and asset is served with the same strict content security policy (no
+//! inline script or style, no framing).
 //!
 //! Dependency-free ES modules and CSS compiled into the binary (`include_str!`): nothing is
 //! fetched from elsewhere, so the pages work offline, and the content security policy says so.
@@ -32,6 +33,26 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "kiosk.js",
         "text/javascript; charset=utf-8",
         include_str!("../../assets/app/kiosk.js"),
+    ),
+    (
+        "invite.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/invite.js"),
+    ),
+    (
+        "assist.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/assist.js"),
+    ),
+    (
+        "waiting.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/waiting.js"),
+    ),
+    (
+        "queue.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/app/queue.js"),
     ),
     (
         "app.css",
@@ -81,6 +102,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/consult/{room}", get(consult))
         .route("/kiosk/{room}", get(kiosk))
+        .route("/kiosk", get(waiting))
+        .route("/queue", get(queue_page))
         .route("/ops", get(ops_page))
         .route("/demo/publish", get(demo_publish))
         .route("/demo/watch", get(demo_watch))
@@ -93,6 +116,24 @@ async fn consult() -> Response {
 
 async fn kiosk() -> Response {
     page(include_str!("../../assets/app/kiosk.html"))
+}
+
+/// The invitee's page (`/invite/{room}#code=…`): exchanges the link's code for a token, once,
+/// then opens the consultation page (routed with the invite API, [`super::invites`]).
+pub(crate) async fn invite_page() -> Response {
+    page(include_str!("../../assets/app/invite.html"))
+}
+
+/// The kiosk page in queue mode (`/kiosk#token=…`): the waiting screen, which opens the
+/// kiosk page of the room once a doctor takes the ticket (`docs/queue.md`).
+async fn waiting() -> Response {
+    page(include_str!("../../assets/app/waiting.html"))
+}
+
+/// The doctor's queue page (`/queue#token=…`): waiting patients, "Take" opens the
+/// consultation page.
+async fn queue_page() -> Response {
+    page(include_str!("../../assets/app/queue.html"))
 }
 
 /// The operators' live dashboard (token in the URL fragment: `/ops#token=T`).

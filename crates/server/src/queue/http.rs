@@ -305,7 +305,8 @@ async fn take(
         .map_err(|e| refusal(&st, &claims, peer, e))?;
     // The room is placed now (on this node unless the cluster chooses another): the
     // consultation exists before either side joins.
-    let _ = st.cluster().route(&taken.room).await;
+    let placed = st.cluster().route(&taken.room).await;
+    hand_subject_to_fhir(&st, &taken, &placed);
     let (room, token) = room_token(&st, &taken.ticket, Role::Doctor, claims.sub.as_str())?;
     st.audit(
         "queue_take",
@@ -331,6 +332,29 @@ async fn take(
         "token": token,
         "url": page_url(&st, "consult", room.as_str(), &token),
     })))
+}
+
+/// Gives the platform's subject reference (from the ticket) to the FHIR export of the room, on
+/// the node that holds it. A room placed on another node is exported there without this
+/// subject (the doctor can still export with an explicit subject): said in the log, counted.
+fn hand_subject_to_fhir(st: &AppState, taken: &super::Taken, placed: &crate::cluster::Route) {
+    let (Some(fhir), Some(subject)) = (
+        st.fhir(),
+        Some(taken.ticket.subject.as_str()).filter(|s| !s.is_empty()),
+    ) else {
+        return;
+    };
+    if !matches!(placed, crate::cluster::Route::Local) {
+        tracing::warn!(
+            room = %Redacted(taken.room.as_str()),
+            "queue take: the room is placed on another node; its FHIR export there has no \
+             subject from the ticket"
+        );
+        return;
+    }
+    if let Err(e) = fhir.set_subject(&taken.room, subject) {
+        tracing::warn!(room = %Redacted(taken.room.as_str()), error = %e, "queue take: the ticket's subject was not kept for the FHIR export");
+    }
 }
 
 async fn kiosks(
