@@ -663,6 +663,7 @@ setInterval(async () => {
   const rate = rates(q, older);
   state.quality = { rtt: q.rtt, loss: rate.loss, kbps: rate.kbps, frozen };
   state.minKbps = state.minKbps === null ? rate.kbps : Math.min(state.minKbps, rate.kbps);
+  state.qualityUpdates = (state.qualityUpdates || 0) + 1;
   const stalled = frozen > 0 || (session.tracks.size > 0 && rate.packets === 0);
   const level = stalled ? "poor" : rate.loss > 0.05 || (q.rtt ?? 0) > 400 ? "poor" : rate.loss > 0.01 || (q.rtt ?? 0) > 150 ? "fair" : "good";
   $("quality").className = "quality " + level;
