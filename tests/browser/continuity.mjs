@@ -49,18 +49,21 @@ function dial(token, { devices = true } = {}) {
   return child;
 }
 
-// Run in the page: each tile (by `identity/slot`) with its element, track and the frames its
-// m-line decoded so far.
+// Run in the page: each tile (by `identity/slot`) with its element, the m-line whose received
+// track the element really plays (`playing`), and the frames that m-line decoded so far.
 const tiles = async () => {
   const s = window.cabine.session;
   const frames = {};
   if (s.sub) (await s.sub.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") frames[r.mid] = r.framesDecoded || 0; });
+  const receivers = s.sub ? s.sub.getTransceivers() : [];
   const out = {};
   for (const [key, t] of Object.entries(window.cabine.state.tiles)) {
     const src = t.element.srcObject;
+    const shown = src ? src.getVideoTracks()[0] : null;
+    const rx = receivers.find((x) => shown && x.receiver.track === shown);
     out[key] = {
       mid: t.mid, role: t.role, element: t.element.id || `strip:${t.element.dataset.key}`,
-      playing: src ? src.getVideoTracks()[0]?.id : null, track: t.track, frames: frames[t.mid] || 0,
+      playing: rx ? rx.mid : null, frames: frames[t.mid] || 0,
     };
   }
   out._strip = [...document.querySelectorAll("#peers [data-identity]")].map((e) => e.dataset.identity);
@@ -77,7 +80,7 @@ async function openDoctor(context) {
 async function stageUnchanged(page, what, first, after) {
   const t = await until(page, what, tiles, (x) => x["kiosk-1/camera"] && x["kiosk-1/camera"].frames > after + 10, step);
   const now = t["kiosk-1/camera"];
-  for (const k of ["mid", "element", "track", "playing"]) {
+  for (const k of ["mid", "element", "playing"]) {
     if (now[k] !== first[k]) throw new Error(`${what}: kiosk-1's tile changed its ${k}: ${JSON.stringify(first)} → ${JSON.stringify(now)}`);
   }
   return now;
@@ -88,12 +91,13 @@ async function twoKiosks(page) {
   dial(env("KIOSK_TOKEN_1"), { devices: false });
   const t1 = await until(page, "kiosk_1_tile", tiles, (x) => x["kiosk-1/camera"]?.frames > 5, step * 2);
   const first = t1["kiosk-1/camera"];
-  if (first.element !== "room-camera" || first.role !== "kiosk") throw new Error(`kiosk-1 is not on the stage: ${JSON.stringify(first)}`);
+  if (first.element !== "room-camera" || first.role !== "kiosk" || first.playing !== first.mid) throw new Error(`kiosk-1 is not on the stage: ${JSON.stringify(first)}`);
 
   result.stage = "kiosk_2_joins";
   const k2 = dial(env("KIOSK_TOKEN_2"), { devices: false });
   const t2 = await until(page, "kiosk_2_tile", tiles, (x) => x["kiosk-2/camera"]?.frames > 5, step * 2);
-  if (!t2["kiosk-2/camera"].element.startsWith("strip:") || !t2._strip.includes("kiosk-2")) {
+  const second = t2["kiosk-2/camera"];
+  if (!second.element.startsWith("strip:") || second.role !== "kiosk" || second.playing !== second.mid || !t2._strip.includes("kiosk-2")) {
     throw new Error(`kiosk-2 did not get a tile of its own: ${JSON.stringify(t2)}`);
   }
   const mid = await stageUnchanged(page, "kiosk_1_unchanged_with_kiosk_2", first, t2["kiosk-1/camera"].frames);
@@ -152,6 +156,12 @@ async function pause(page) {
   const cleared = await until(page, "frozen_cleared", frozenEntry,
     (l) => l.some((n) => n.set >= stopAt && n.cleared !== null), 30000);
   const clearedAt = cleared.find((n) => n.set >= stopAt).cleared;
+  // Cleared because the picture is back: the stage's tile decodes again (on the same m-line,
+  // or on the new one if the kiosk published again), and the condition was said once.
+  const back = await until(page, "video_back", tiles, (x) => x["kiosk-1/camera"]?.frames > 5 && x["kiosk-1/camera"].playing === x["kiosk-1/camera"].mid, step);
+  await until(page, "video_rising", tiles, (x) => x["kiosk-1/camera"]?.frames > back["kiosk-1/camera"].frames + 5, step);
+  const said = (await page.evaluate(frozenEntry)).filter((n) => n.set >= stopAt);
+  if (said.length !== 1) throw new Error(`"video interrupted" was set ${said.length} times: ${JSON.stringify(said)}`);
   result.checks.stop_at = stopAt;
   result.checks.cont_at = contAt;
   result.checks.frozen_set_ms = setAt - stopAt;
@@ -170,20 +180,22 @@ async function pause(page) {
 }
 
 async function reload(page, context) {
-  const rooms = async () => {
+  const view = async () => {
     const r = await fetch(`${base}/api/rooms`, { headers: { authorization: `Bearer ${env("OPS_TOKEN")}` } });
     const v = await r.json();
-    return (v.rooms || []).filter((x) => x.room === room || x.name === room || x.id === room).flatMap((x) => x.sessions || []);
+    return (v.rooms || []).find((x) => x.room === room) || { sessions: [], signalling: [] };
   };
+  const rooms = async () => (await view()).sessions || [];
   result.stage = "first_page";
   await until(page, "first_live", () => window.cabine.session.state, (s) => s === "live", step);
   let old = [];
   const deadline = Date.now() + step;
-  while (old.length < 1 && Date.now() < deadline) {
+  // Its subscribe and publish (camera and microphone) sessions.
+  while (old.length < 2 && Date.now() < deadline) {
     old = (await rooms()).filter((s) => s.identity === "dr-1").map((s) => s.id);
-    if (old.length < 1) await sleep(250);
+    if (old.length < 2) await sleep(250);
   }
-  if (!old.length) throw new Error("the first page's sessions never appeared in /api/rooms");
+  if (old.length < 2) throw new Error(`the first page's sessions never appeared in /api/rooms: ${JSON.stringify(old)}`);
   result.checks.old_sessions = old.length;
 
   result.stage = "reopen";
@@ -192,17 +204,21 @@ async function reload(page, context) {
   await until(reopened, "second_live", () => window.cabine.session.state, (s) => s === "live", step);
 
   result.stage = "old_sessions_gone";
+  // The old page's media sessions and its signalling session (kept for the resume grace
+  // period unless the new one supersedes it) are gone from the server.
   const grace = Number(process.env.GRACE_MS || 30000);
   const t0 = Date.now();
   for (;;) {
-    const ids = (await rooms()).map((s) => s.id);
-    if (!old.some((id) => ids.includes(id))) break;
-    if (Date.now() - t0 > grace + step) throw new Error(`the old page's sessions were still there after ${grace + step} ms`);
+    const v = await view();
+    const ids = (v.sessions || []).map((s) => s.id);
+    const mine = (v.signalling || []).filter((s) => s.identity === "dr-1");
+    if (!old.some((id) => ids.includes(id)) && mine.length === 1) break;
+    if (Date.now() - t0 > grace + step) throw new Error(`the old page's sessions were still there after ${grace + step} ms: ${JSON.stringify(v)}`);
     await sleep(250);
   }
   result.timings_ms.old_sessions_gone_after_reopen = Date.now() - t0;
-  // The old sessions' end reaches the hub just after they leave the media plane: a "left" sent
-  // then would arrive within moments; the page's messages are watched for 3 s more.
+  // A "left" for the old session is sent just after it leaves the hub (its media sessions end
+  // first) and would arrive within moments: the page's messages are watched for 3 s more.
   const watchUntil = Date.now() + 3000;
   let messages = [];
   while (Date.now() < watchUntil) {

@@ -176,9 +176,8 @@ pub struct Track {
     pub stream: String,
     /// What the server treats it as: `stethoscope`, `device-camera`, `audio`, `video`.
     pub class: String,
-    /// Its publisher's role (`kiosk`, `doctor`, …); empty when the server no longer knows it
-    /// (a track removed after its publisher's sessions ended). Pages key their tiles by
-    /// `from` and `role`, never by the order tracks arrive in.
+    /// Its publisher's role (`kiosk`, `doctor`, …); empty from servers that predate it. Pages
+    /// key their tiles by `from` and `role`, never by the order tracks arrive in.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
 }

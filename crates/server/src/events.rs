@@ -34,7 +34,7 @@ pub fn spawn_event_reader(state: Arc<AppState>) {
                         );
                     }
                     SfuEvent::Data { room, data } => state.on_data(&room, data),
-                    SfuEvent::Offer { room, offer } => state.ws.on_offer(&state, &room, offer),
+                    SfuEvent::Offer { offer, .. } => state.ws.on_offer(offer),
                 }
             }
         })

@@ -186,10 +186,20 @@ impl Hub {
         out
     }
 
-    /// Reports the server's renegotiation offer to the subscriber it is for; `st` tells the
-    /// roles of the tracks' publishers in `room`.
-    pub fn on_offer(&self, st: &AppState, room: &RoomId, offer: Offer) {
-        let msgs = offer_messages(&offer, |id| publisher_role(st, room, id));
+    /// The signalling sessions of `room`: identity, role, and whether its socket is attached
+    /// (`false` while it is away within its grace period), for the operators' view.
+    pub fn members_of(&self, room: &str) -> Vec<(Identity, Role, bool)> {
+        self.lock()
+            .members
+            .values()
+            .filter(|m| m.room.as_str() == room)
+            .map(|m| (m.identity.clone(), m.role, m.tx.is_some()))
+            .collect()
+    }
+
+    /// Reports the server's renegotiation offer to the subscriber it is for.
+    pub fn on_offer(&self, offer: Offer) {
+        let msgs = offer_messages(&offer);
         let mut inner = self.lock();
         let Some(m) = inner
             .members
@@ -796,7 +806,7 @@ impl Conn {
         self.register(session, SessionKind::Subscribe, &ice_ufrag, "");
         let tracks: Vec<TrackInfo> = offer.added.iter().map(|t| t.track.clone()).collect();
         self.audit_join("subscribe", session, &tracks);
-        let msgs = offer_messages(&offer, |id| publisher_role(&self.st, &self.room, id));
+        let msgs = offer_messages(&offer);
         if let Some(m) = self.hub().lock().members.get_mut(token) {
             m.subscribe = Some(session);
             m.send(&ServerMsg::Telemetry {
@@ -1167,17 +1177,8 @@ fn track(mid: String, from: &Identity, role: Option<Role>, t: &TrackInfo) -> Tra
     }
 }
 
-fn offered(t: &OfferedTrack, role: Option<Role>) -> Track {
-    track(t.mid.clone(), &t.from, role, &t.track)
-}
-
-/// The role `identity` has in `room`, from the media sessions the server holds (a WHIP kiosk
-/// has no signalling session); `None` once they ended.
-fn publisher_role(st: &AppState, room: &RoomId, identity: &Identity) -> Option<Role> {
-    st.sessions_lock()
-        .values()
-        .find(|e| &e.room == room && &e.identity == identity)
-        .map(|e| e.role)
+fn offered(t: &OfferedTrack) -> Track {
+    track(t.mid.clone(), &t.from, Some(t.role), &t.track)
 }
 
 fn offer_message(offer: &Offer) -> ServerMsg {
@@ -1188,17 +1189,17 @@ fn offer_message(offer: &Offer) -> ServerMsg {
 }
 
 /// What a subscriber is sent for an offer: the tracks it removes and adds, then the offer.
-fn offer_messages(offer: &Offer, role: impl Fn(&Identity) -> Option<Role>) -> Vec<ServerMsg> {
+fn offer_messages(offer: &Offer) -> Vec<ServerMsg> {
     let mut out: Vec<ServerMsg> = offer
         .removed
         .iter()
-        .map(|t| ServerMsg::TrackRemoved(offered(t, role(&t.from))))
+        .map(|t| ServerMsg::TrackRemoved(offered(t)))
         .collect();
     out.extend(
         offer
             .added
             .iter()
-            .map(|t| ServerMsg::TrackAdded(offered(t, role(&t.from)))),
+            .map(|t| ServerMsg::TrackAdded(offered(t))),
     );
     out.push(offer_message(offer));
     out

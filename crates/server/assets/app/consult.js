@@ -136,7 +136,10 @@ session.addEventListener("track_removed", (e) => {
   if (t.mid === stethMid) { stethMid = null; setStethoscope(null); }
   lastProgress.delete(t.mid);
   if (p.tracks.size === 0) {
-    clearNotice(`frozen:${t.from}`);
+    // The cabin on the stage whose video froze and then dropped: its video is still
+    // interrupted until a picture comes back, on whatever tracks it publishes next.
+    if (t.from === mainKiosk && notices.has(`frozen:${t.from}`)) p.resuming = true;
+    else clearNotice(`frozen:${t.from}`);
     if (p.tile) { p.tile.remove(); p.tile = null; }
     if (t.from === mainKiosk) {
       state.kiosk = "dropped";
@@ -615,10 +618,13 @@ const timer = setInterval(() => {
 
 // --- frozen media and connection quality ---------------------------------------------------------
 // Every 250 ms, each received stream's counters: a video stream whose frames decoded stop rising
-// for FREEZE_MS is frozen (audio: packets received). A participant whose video all froze is said
-// to be interrupted at once, and the notice goes as soon as one of its video streams moves
-// again. The quality dot follows: never green over stale statistics.
+// for FREEZE_MS is frozen (audio: packets received); so is one that never decoded a frame
+// within START_MS, or at all when its participant comes back from an interruption. A
+// participant whose video all froze is said to be interrupted at once, and the notice goes as
+// soon as one of its video streams moves again. The quality dot follows: never green over
+// stale statistics.
 const FREEZE_MS = 1500;
+const START_MS = 5000;
 const lastProgress = new Map(); // mid -> { count, at }
 let lastSample = null;
 const samples = []; // recent samples for the rates (about 1 s apart)
@@ -639,21 +645,24 @@ setInterval(async () => {
     if (st.kind !== "video") continue;
     const lp = lastProgress.get(st.mid);
     const b = byPeer.get(info.from) || { video: 0, frozen: 0 };
+    const p = peers.get(info.from);
     b.video++;
-    if (lp.count > 0 && now - lp.at >= FREEZE_MS) b.frozen++;
+    if (lp.count > 0 ? now - lp.at >= FREEZE_MS : (p && p.resuming) || now - lp.at >= START_MS) b.frozen++;
+    else if (lp.count > 0 && p) p.resuming = false;
     byPeer.set(info.from, b);
   }
   let frozen = 0;
   for (const [id, b] of byPeer) {
     const p = peers.get(id);
-    const who = p && p.role === "kiosk" ? "Kiosk video" : `Video from ${id}`;
+    const who = p && (p.role === "kiosk" || id === mainKiosk) ? "Kiosk video" : `Video from ${id}`;
     if (b.video > 0 && b.frozen === b.video) {
       frozen++;
       notice(`frozen:${id}`, `${who} interrupted (${id}) — waiting for it…`, "bad");
     } else clearNotice(`frozen:${id}`);
   }
   for (const key of notices.keys()) {
-    if (key.startsWith("frozen:") && !byPeer.has(key.slice(7))) clearNotice(key);
+    const id = key.slice(7);
+    if (key.startsWith("frozen:") && !byPeer.has(id) && !peers.get(id)?.resuming) clearNotice(key);
   }
   // The rates over about a second (the last sample at least 900 ms old).
   samples.push(q);
