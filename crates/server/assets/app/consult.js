@@ -323,19 +323,19 @@ function drawStethoscope() {
   const w = wave.getContext("2d");
   const data = new Float32Array(stethAnalyser.fftSize);
   stethAnalyser.getFloatTimeDomainData(data);
-  // Automatic gain: heart sounds are quiet; the trace is scaled to the recent peak (a slowly
-  // falling envelope), never beyond ×200 so that silence stays flat.
-  let peak = 0;
-  for (let i = 0; i < data.length; i++) peak = Math.max(peak, Math.abs(data[i]));
-  stethPeak = Math.max(peak, stethPeak * 0.98, 0.005);
+  // Phonocardiogram: each frame adds a column (the span of the last ~43 ms of sound) at the
+  // right, scrolling left with the spectrogram, so beats show as bursts over a few seconds.
+  // Automatic gain: heart sounds are quiet, so the trace is scaled to the recent loudest
+  // moment (an envelope falling by 1 % per frame), at most ×90 so that silence stays flat.
+  let lo = 0, hi = 0;
+  for (let i = 0; i < data.length; i++) { lo = Math.min(lo, data[i]); hi = Math.max(hi, data[i]); }
+  stethPeak = Math.max(hi, -lo, stethPeak * 0.99, 0.005);
   state.stethScale = 0.45 / stethPeak;
-  w.fillStyle = "#0d1a1c"; w.fillRect(0, 0, wave.width, wave.height);
-  w.strokeStyle = "#7fd1c7"; w.beginPath();
-  for (let i = 0; i < data.length; i++) {
-    const x = (i / data.length) * wave.width, y = wave.height / 2 - data[i] * state.stethScale * wave.height;
-    i ? w.lineTo(x, y) : w.moveTo(x, y);
-  }
-  w.stroke();
+  w.drawImage(wave, -2, 0);
+  w.fillStyle = "#0d1a1c"; w.fillRect(wave.width - 2, 0, 2, wave.height);
+  const mid = wave.height / 2, k = state.stethScale * wave.height;
+  w.fillStyle = "#7fd1c7";
+  w.fillRect(wave.width - 2, mid - hi * k, 2, Math.max(1, (hi - lo) * k));
   // Spectrogram, 0–1000 Hz (heart and lung sounds), scrolling left.
   const s = spec.getContext("2d");
   s.drawImage(spec, -2, 0);
