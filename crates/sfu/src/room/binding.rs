@@ -16,7 +16,13 @@ impl Room {
             .tracks
             .iter()
             .filter(|t| gone.contains(&t.id))
-            .map(|t| (t.id, (t.publisher_identity.clone(), t.publisher_role), t.info()))
+            .map(|t| {
+                (
+                    t.id,
+                    (t.publisher_identity.clone(), t.publisher_role),
+                    t.info(),
+                )
+            })
             .collect();
         self.tracks.retain(|t| !gone.contains(&t.id));
         for s in &mut self.sessions {
@@ -24,7 +30,8 @@ impl Room {
                 // Tracks still waiting in an unanswered offer are stopped after it.
                 if let Some(p) = &mut n.pending {
                     for (mid, _, track) in &p.adds {
-                        if let Some((_, (from, role), info)) = infos.iter().find(|x| x.0 == *track) {
+                        if let Some((_, (from, role), info)) = infos.iter().find(|x| x.0 == *track)
+                        {
                             n.to_stop.push((
                                 *mid,
                                 OfferedTrack {

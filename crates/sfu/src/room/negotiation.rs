@@ -360,7 +360,9 @@ impl Room {
                 .map(|t| t.id)
                 .collect()
         };
-        let tracks: Vec<(u64, MediaKind, Label, (Identity, Role), TrackInfo)> = adds
+        // Track id, kind, label, publisher (identity and role), what it is.
+        type Adding = (u64, MediaKind, Label, (Identity, Role), TrackInfo);
+        let tracks: Vec<Adding> = adds
             .iter()
             .filter_map(|id| self.track(*id))
             .map(|t| {
