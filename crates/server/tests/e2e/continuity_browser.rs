@@ -8,7 +8,8 @@
 //!   `/favicon.ico` answers 200;
 //! - a kiosk paused 20 s then continued: the page says so within 2 s and clears within 2 s of
 //!   its return (delays measured with the page's own clock and asserted here);
-//! - the doctor closes and reopens the page: no "left" for its own identity, ever.
+//! - the doctor closes and reopens the page: no "left" for its own identity, ever (and, at the
+//!   signalling level, none for the other participants either, nor for a closed second tab).
 //!
 //! Needs `/usr/bin/chromium`, `node`, `npm ci --prefix tests/browser` and the `cabine-kiosk`
 //! binary (built by `cargo test --workspace`, or `cargo build -p cabine-kiosk`); a missing
@@ -17,12 +18,15 @@
 use crate::common;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, Output, SERIAL};
 use cabine_proto::jwt::Tokens;
+use cabine_proto::signal::{self, ClientMsg, ServerMsg};
 use cabine_proto::Role;
 use cabine_server::{Config, Server};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "continuity-test-secret-0123456789abcdef01";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -86,6 +90,74 @@ async fn the_doctors_own_reload_never_reads_as_left() {
     println!(
         "old sessions gone {} ms after the reopen; messages: {}",
         v["timings_ms"]["old_sessions_gone_after_reopen"], v["checks"]["messages"]
+    );
+}
+
+/// The same at the signalling level, as another participant (a kiosk page) sees it: the doctor's
+/// page dropped and reopened, and a second tab of the same doctor closed, never read as
+/// "dr-1 left" (nor "lost its connection" while another of its pages is connected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_or_a_closed_second_tab_never_reads_as_left_to_the_others() {
+    let s = common::start_with(|c| c.http.ws_resume_grace = Duration::from_secs(2)).await;
+    let room = "continuity-ws";
+    let mut kiosk = ws_join(&s, room, Role::Kiosk, "kiosk-1", true).await;
+    let first = ws_join(&s, room, Role::Doctor, "dr-1", false).await;
+    expect(
+        &mut kiosk,
+        "dr-1 joined",
+        |m| matches!(m, ServerMsg::ParticipantJoined(p) if p.identity == "dr-1"),
+    )
+    .await;
+    // The page goes away (its socket closes without `leave`): truthfully, dr-1 lost its
+    // connection for now.
+    drop(first);
+    expect(
+        &mut kiosk,
+        "dr-1 disconnected",
+        |m| matches!(m, ServerMsg::ParticipantDisconnected(p) if p.identity == "dr-1"),
+    )
+    .await;
+    // The page is opened again: the new session supersedes the old one at once.
+    let _reopened = ws_join(&s, room, Role::Doctor, "dr-1", false).await;
+    expect(
+        &mut kiosk,
+        "dr-1 joined again",
+        |m| matches!(m, ServerMsg::ParticipantJoined(p) if p.identity == "dr-1"),
+    )
+    .await;
+    // A second tab opens and closes while the first stays.
+    let tab = ws_join(&s, room, Role::Doctor, "dr-1", false).await;
+    drop(tab);
+    // The closed tab's session outlives its grace period, then ends: one dr-1 left on
+    // signalling.
+    s.rooms_until(
+        "one dr-1 session on signalling",
+        Duration::from_secs(20),
+        |v| {
+            v["rooms"].as_array().into_iter().flatten().any(|r| {
+                r["room"] == room
+                    && r["signalling"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().filter(|x| x["identity"] == "dr-1").count() == 1)
+            })
+        },
+    )
+    .await;
+    // A "left" is broadcast just after the session leaves the hub: whatever the kiosk was
+    // sent arrives within this window.
+    let seen = drain(&mut kiosk, Duration::from_secs(1)).await;
+    let about_dr1: Vec<&ServerMsg> = seen
+        .iter()
+        .filter(|m| match m {
+            ServerMsg::ParticipantLeft(p) | ServerMsg::ParticipantDisconnected(p) => {
+                p.identity == "dr-1"
+            }
+            _ => false,
+        })
+        .collect();
+    assert!(
+        about_dr1.is_empty(),
+        "the kiosk was told {about_dr1:?} while dr-1 was in the room"
     );
 }
 
@@ -168,4 +240,73 @@ fn kiosk_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/ws/{room}` as `identity` with `role` and joins; returns after the welcome.
+async fn ws_join(
+    s: &common::TestServer,
+    room: &str,
+    role: Role,
+    identity: &str,
+    subscribe: bool,
+) -> Ws {
+    let url = format!(
+        "{}/ws/{room}?token={}",
+        s.base.replace("http://", "ws://"),
+        s.token(room, role, identity)
+    );
+    let mut ws = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket opens")
+        .0;
+    let join = ClientMsg::Join {
+        subscribe,
+        from: None,
+    };
+    ws.send(Message::Text(signal::to_text(&join).into()))
+        .await
+        .expect("join sent");
+    expect(&mut ws, "welcome", |m| {
+        matches!(m, ServerMsg::Welcome { .. })
+    })
+    .await;
+    ws
+}
+
+/// Reads until a message satisfies `want` (10 s at most).
+async fn expect(ws: &mut Ws, what: &str, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(m) = signal::parse_server(&t) {
+                    if want(&m) {
+                        return m;
+                    }
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{what}: not received ({other:?})"),
+        }
+    }
+}
+
+/// Every message that arrives within `window`.
+async fn drain(ws: &mut Ws, window: Duration) -> Vec<ServerMsg> {
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(end.saturating_duration_since(Instant::now()), ws.next()).await
+    {
+        if let Message::Text(t) = msg {
+            if let Ok(m) = signal::parse_server(&t) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
