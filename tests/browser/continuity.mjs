@@ -10,9 +10,9 @@
 //   setting and clearing "Kiosk video interrupted" are reported with the driver's STOP/CONT
 //   times (the Rust test asserts the delays); the quality dot is never green while frozen;
 //   every condition clears once media and vitals are back.
-// - `reload`: the doctor closes and reopens the page; once the old page's sessions are gone on
-//   the server (polled through /api/rooms), no "left" / "lost its connection" for the doctor's
-//   own identity was ever shown by the new page.
+// - `reload`: the doctor reloads the page (F5), then closes and reopens it; each time, once the
+//   old page's sessions are gone on the server (polled through /api/rooms), no "left" / "lost
+//   its connection" for the doctor's own identity was ever shown by the new page.
 //
 // Env: CABINE_URL, ROOM, DOCTOR_TOKEN, OPS_TOKEN, SCENARIO; KIOSK_BIN, KIOSK_TOKEN_1 and
 // KIOSK_TOKEN_2 for the scenarios with kiosks. Optional: CHROMIUM, STEP_TIMEOUT_MS.
@@ -179,55 +179,59 @@ async function pause(page) {
   result.checks.notice_log = n.log;
 }
 
-async function reload(page, context) {
+async function reload(page) {
   const view = async () => {
     const r = await fetch(`${base}/api/rooms`, { headers: { authorization: `Bearer ${env("OPS_TOKEN")}` } });
     const v = await r.json();
     return (v.rooms || []).find((x) => x.room === room) || { sessions: [], signalling: [] };
   };
-  const rooms = async () => (await view()).sessions || [];
-  result.stage = "first_page";
-  await until(page, "first_live", () => window.cabine.session.state, (s) => s === "live", step);
-  let old = [];
-  const deadline = Date.now() + step;
-  // Its subscribe and publish (camera and microphone) sessions.
-  while (old.length < 2 && Date.now() < deadline) {
-    old = (await rooms()).filter((s) => s.identity === "dr-1").map((s) => s.id);
-    if (old.length < 2) await sleep(250);
-  }
-  if (old.length < 2) throw new Error(`the first page's sessions never appeared in /api/rooms: ${JSON.stringify(old)}`);
-  result.checks.old_sessions = old.length;
-
-  result.stage = "reopen";
-  await page.goto("about:blank");
-  const reopened = await openDoctor(context);
-  await until(reopened, "second_live", () => window.cabine.session.state, (s) => s === "live", step);
-
-  result.stage = "old_sessions_gone";
-  // The old page's media sessions and its signalling session (kept for the resume grace
-  // period unless the new one supersedes it) are gone from the server.
   const grace = Number(process.env.GRACE_MS || 30000);
-  const t0 = Date.now();
-  for (;;) {
-    const v = await view();
-    const ids = (v.sessions || []).map((s) => s.id);
-    const mine = (v.signalling || []).filter((s) => s.identity === "dr-1");
-    if (!old.some((id) => ids.includes(id)) && mine.length === 1) break;
-    if (Date.now() - t0 > grace + step) throw new Error(`the old page's sessions were still there after ${grace + step} ms: ${JSON.stringify(v)}`);
-    await sleep(250);
+  // First a reload (F5: the page keeps its link for the tab), then closing and reopening it.
+  for (const how of ["reload", "reopen"]) {
+    result.stage = `${how}_before`;
+    await until(page, `${how}_first_live`, () => window.cabine.session.state, (s) => s === "live", step);
+    // Its subscribe and publish (camera and microphone) sessions.
+    let old = [];
+    const deadline = Date.now() + step;
+    while (old.length < 2 && Date.now() < deadline) {
+      old = ((await view()).sessions || []).filter((s) => s.identity === "dr-1").map((s) => s.id);
+      if (old.length < 2) await sleep(250);
+    }
+    if (old.length < 2) throw new Error(`the page's sessions never appeared in /api/rooms: ${JSON.stringify(old)}`);
+
+    result.stage = how;
+    if (how === "reload") await page.reload();
+    else {
+      await page.goto("about:blank");
+      await openDoctor(page.context());
+    }
+    await until(page, `${how}_second_live`, () => window.cabine.session.state, (s) => s === "live", step);
+
+    result.stage = `${how}_old_sessions_gone`;
+    // The old page's media sessions and its signalling session (kept for the resume grace
+    // period unless the new one supersedes it) are gone from the server.
+    const t0 = Date.now();
+    for (;;) {
+      const v = await view();
+      const ids = (v.sessions || []).map((s) => s.id);
+      const mine = (v.signalling || []).filter((s) => s.identity === "dr-1");
+      if (!old.some((id) => ids.includes(id)) && mine.length === 1) break;
+      if (Date.now() - t0 > grace + step) throw new Error(`the old page's sessions were still there after ${grace + step} ms: ${JSON.stringify(v)}`);
+      await sleep(250);
+    }
+    result.timings_ms[`${how}_old_sessions_gone`] = Date.now() - t0;
+    // A "left" for the old session is sent just after it leaves the hub (its media sessions end
+    // first) and would arrive within moments: the page's messages are watched for 3 s more.
+    const watchUntil = Date.now() + 3000;
+    let messages = [];
+    while (Date.now() < watchUntil) {
+      messages = await page.evaluate(() => window.cabine.state.messages);
+      await sleep(250);
+    }
+    result.checks[`${how}_messages`] = messages;
+    const bad = messages.filter((m) => /dr-1 (left|lost its connection)|You left|No token/.test(m));
+    if (bad.length) throw new Error(`after the ${how}, the page said: ${JSON.stringify(bad)}`);
   }
-  result.timings_ms.old_sessions_gone_after_reopen = Date.now() - t0;
-  // A "left" for the old session is sent just after it leaves the hub (its media sessions end
-  // first) and would arrive within moments: the page's messages are watched for 3 s more.
-  const watchUntil = Date.now() + 3000;
-  let messages = [];
-  while (Date.now() < watchUntil) {
-    messages = await reopened.evaluate(() => window.cabine.state.messages);
-    await sleep(250);
-  }
-  result.checks.messages = messages;
-  const bad = messages.filter((m) => /dr-1 (left|lost its connection)|You left/.test(m));
-  if (bad.length) throw new Error(`the reopened page said: ${JSON.stringify(bad)}`);
 }
 
 async function main() {
@@ -246,7 +250,7 @@ async function main() {
     const scenario = env("SCENARIO");
     if (scenario === "two_kiosks") await twoKiosks(page);
     else if (scenario === "pause") await pause(page);
-    else if (scenario === "reload") await reload(page, context);
+    else if (scenario === "reload") await reload(page);
     else throw new Error(`unknown SCENARIO ${scenario}`);
     const errors = consoleLines.filter((l) => l.startsWith("pageerror"));
     if (errors.length) throw new Error(`the page threw: ${errors.join("; ")}`);

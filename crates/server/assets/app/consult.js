@@ -2,7 +2,7 @@
 // The token stays in the URL fragment (never sent in a request line or a Referer; the server
 // logs routes, not URLs). Everything the page shows is exposed on `window.cabine` for tests.
 
-import { Session, fragmentParams, roomFromPath, quality, rates } from "/app/session.js";
+import { Session, fragmentParams, forgetFragment, roomFromPath, quality, rates } from "/app/session.js";
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
@@ -275,6 +275,7 @@ $("leave").onclick = () => {
   session.leave();
   if (local) local.getTracks().forEach((t) => t.stop());
   clearInterval(timer);
+  forgetFragment();
   banner("You left the consultation");
 };
 $("enlarge").onclick = () => {

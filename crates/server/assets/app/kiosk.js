@@ -3,7 +3,7 @@
 // a device camera (otoscope, dermatoscope) that can be switched on mid-consultation, and a
 // stethoscope input captured with every processing off; shows the doctor.
 
-import { Session, fragmentParams, roomFromPath, quality } from "/app/session.js";
+import { Session, fragmentParams, forgetFragment, roomFromPath, quality } from "/app/session.js";
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
@@ -71,7 +71,7 @@ async function switchDevice() {
   await session.addTrack(deviceStream.getVideoTracks()[0], "device-camera");
 }
 $("device-toggle").onclick = () => switchDevice().catch((e) => banner(e.message, "bad"));
-$("leave").onclick = () => { session.leave(); banner("Left"); };
+$("leave").onclick = () => { session.leave(); forgetFragment(); banner("Left"); };
 
 session.addEventListener("published", (e) => { state.published = e.detail.tracks.map((t) => t.label); banner("Live: " + state.published.join(", ")); });
 // Who is who, by identity: roles from the tracks (`role`) and from signalling's participants.

@@ -9,10 +9,26 @@ const V = 1;
 // when a cluster node redirects the page to the node that holds its room.
 let openedFragment = "";
 
+// The page's fragment (`#token=…&…`), kept for this tab in sessionStorage (never sent anywhere,
+// gone with the tab) because pages clear it from the address bar: a reload (F5) opens the same
+// session again instead of asking for the link. `forgetFragment()` drops it (on leave).
 export function fragmentParams() {
-  openedFragment = location.hash;
-  const p = new URLSearchParams(location.hash.replace(/^#/, ""));
+  let hash = location.hash;
+  try {
+    if (hash.replace(/^#/, "")) sessionStorage.setItem(fragmentKey(), withHops(hash, 0));
+    else hash = sessionStorage.getItem(fragmentKey()) || "";
+  } catch (_) { /* storage off: a reload needs the link again */ }
+  openedFragment = hash;
+  const p = new URLSearchParams(hash.replace(/^#/, ""));
   return { token: p.get("token") || "", params: p };
+}
+
+export function forgetFragment() {
+  try { sessionStorage.removeItem(fragmentKey()); } catch (_) { /* storage off */ }
+}
+
+function fragmentKey() {
+  return "cabine:fragment:" + location.pathname;
 }
 
 // Redirects between cluster nodes a page follows in a row before it gives up.

@@ -8,7 +8,7 @@
 //!   `/favicon.ico` answers 200;
 //! - a kiosk paused 20 s then continued: the page says so within 2 s and clears within 2 s of
 //!   its return (delays measured with the page's own clock and asserted here);
-//! - the doctor closes and reopens the page: no "left" for its own identity, ever (and, at the
+//! - the doctor reloads, then closes and reopens the page: no "left" for its own identity, ever (and, at the
 //!   signalling level, none for the other participants either, nor for a closed second tab).
 //!
 //! Needs `/usr/bin/chromium`, `node`, `npm ci --prefix tests/browser` and the `cabine-kiosk`
@@ -77,7 +77,7 @@ async fn a_paused_kiosk_is_said_within_two_seconds_and_cleared_within_two_of_its
     assert!(text.contains("Kiosk video interrupted"), "{text}");
 }
 
-/// The doctor closes the page and opens it again.
+/// The doctor reloads the page (F5), then closes it and opens it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_doctors_own_reload_never_reads_as_left() {
     // A short grace period, so that the old page's session would expire (and, before the fix,
@@ -87,10 +87,13 @@ async fn the_doctors_own_reload_never_reads_as_left() {
     })
     .await;
     let v = result(&out);
-    println!(
-        "old sessions gone {} ms after the reopen; messages: {}",
-        v["timings_ms"]["old_sessions_gone_after_reopen"], v["checks"]["messages"]
-    );
+    for how in ["reload", "reopen"] {
+        println!(
+            "{how}: old sessions gone {} ms after it; messages: {}",
+            v["timings_ms"][format!("{how}_old_sessions_gone")],
+            v["checks"][format!("{how}_messages")]
+        );
+    }
 }
 
 /// The same at the signalling level, as another participant (a kiosk page) sees it: the doctor's
