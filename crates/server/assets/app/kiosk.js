@@ -114,7 +114,10 @@ session.addEventListener("track_removed", (e) => {
 session.addEventListener("error", (e) => {
   if (e.detail.code === "redirect_loop" || e.detail.code === "redirect_refused") banner(e.detail.message, "warn");
 });
-session.addEventListener("signalling", (e) => { if (!e.detail.up) banner("Connection to the server lost — reconnecting…", "warn"); });
+session.addEventListener("signalling", (e) => {
+  if (!e.detail.up) banner("Connection to the server lost — reconnecting…", "warn");
+  else if (e.detail.resumed) banner("Reconnected to the server");
+});
 session.addEventListener("participant", (e) => {
   const p = e.detail;
   if (p.role) roles.set(p.identity, p.role);
