@@ -140,6 +140,8 @@ session.addEventListener("track_removed", (e) => {
     // interrupted until a picture comes back, on whatever tracks it publishes next.
     if (t.from === mainKiosk && notices.has(`frozen:${t.from}`)) p.resuming = true;
     else clearNotice(`frozen:${t.from}`);
+    // Another participant gone: what was said about its devices no longer matters here.
+    if (t.from !== mainKiosk) clearNotice(`devices:${t.from}`);
     if (p.tile) { p.tile.remove(); p.tile = null; }
     if (t.from === mainKiosk) {
       state.kiosk = "dropped";
@@ -400,6 +402,7 @@ function onDelivered(d) {
     const cmds = f.channel.commands || [];
     if (cmds.includes("start_measurement")) $("measure-bp").disabled = false;
   } else if (f.measurement) {
+    if (!onStage(d.source)) return;
     const at = new Date((d.aligned_time_us || d.server_time_us) / 1000);
     let sys, dia;
     const device = (state.channels.get(key) || {}).device_kind || "";
@@ -418,6 +421,7 @@ function onDelivered(d) {
       $("bp-state").textContent = "";
     }
   } else if (f.waveform) {
+    if (!onStage(d.source)) return;
     const decl = state.channels.get(key) || {};
     const kind = waveKind(decl, f.waveform);
     if (!kind) return;
@@ -444,8 +448,19 @@ function onDelivered(d) {
   } else if (f.blob) {
     onBlob(f.blob);
   } else if (f.left) {
-    notice(`devices:${d.source}`, `${d.source}'s devices disconnected`, "warn");
+    if (onStage(d.source)) notice(`devices:${d.source}`, `${d.source}'s devices disconnected`, "warn");
+    else banner(`${d.source}'s devices disconnected`, "warn");
   }
+}
+
+// Vitals, traces and device commands are those of the cabin on the stage (any cabin's until the
+// stage has one): a second cabin's devices never mix into them.
+function onStage(source) {
+  return !mainKiosk || source === mainKiosk;
+}
+// The first channel of the stage's cabin that offers `command`.
+function channelFor(command) {
+  return [...state.channels.entries()].find(([key, c]) => onStage(key.split("/")[0]) && (c.commands || []).includes(command));
 }
 
 function waveKind(decl, w) {
@@ -473,7 +488,7 @@ function setTile(id, text, at, seq) {
 }
 
 $("measure-bp").onclick = () => {
-  const entry = [...state.channels.entries()].find(([, c]) => (c.commands || []).includes("start_measurement"));
+  const entry = channelFor("start_measurement");
   if (!entry) return;
   const [key, c] = entry;
   const id = ++requestId;
@@ -486,7 +501,7 @@ $("measure-bp").onclick = () => {
 // the current frame of the device camera.
 const blobs = new Map();
 $("snapshot").onclick = () => {
-  const entry = [...state.channels.entries()].find(([, c]) => (c.commands || []).includes("take_snapshot"));
+  const entry = channelFor("take_snapshot");
   if (entry) {
     const [key, c] = entry;
     const id = ++requestId;
