@@ -32,13 +32,14 @@ const kiosks = [];
 // A `cabine-kiosk dial` process: the room camera (small, to spare two cores), the microphone,
 // the devices unless `devices` is false; bounded by --duration so that it never outlives a
 // killed driver for long.
-function dial(token, { devices = true } = {}) {
+function dial(token, { devices = true, extra = [] } = {}) {
   const args = [
     "dial", "--server", base, "--loopback", "--no-subscribe", "--device-camera", "off",
     "--stethoscope", "off", "--fps", "10", "--video-kbps", "200", "--fixed-bitrate",
     "--duration", "300",
   ];
   if (!devices) args.push("--no-devices");
+  args.push(...extra);
   const child = spawn(env("KIOSK_BIN"), args, {
     env: { ...process.env, CABINE_TOKEN: token, RUST_LOG: "warn" },
     stdio: ["ignore", "ignore", "pipe"],
@@ -88,19 +89,32 @@ async function stageUnchanged(page, what, first, after) {
 
 async function twoKiosks(page) {
   result.stage = "kiosk_1";
-  dial(env("KIOSK_TOKEN_1"), { devices: false });
+  // Both cabins have devices; the second one's patient has a pulse of 130 (the first, 72).
+  dial(env("KIOSK_TOKEN_1"), { extra: ["--heart-rate", "72"] });
   const t1 = await until(page, "kiosk_1_tile", tiles, (x) => x["kiosk-1/camera"]?.frames > 5, step * 2);
   const first = t1["kiosk-1/camera"];
   if (first.element !== "room-camera" || first.role !== "kiosk" || first.playing !== first.mid) throw new Error(`kiosk-1 is not on the stage: ${JSON.stringify(first)}`);
 
   result.stage = "kiosk_2_joins";
-  const k2 = dial(env("KIOSK_TOKEN_2"), { devices: false });
+  const k2 = dial(env("KIOSK_TOKEN_2"), { extra: ["--heart-rate", "130", "--seed", "2"] });
   const t2 = await until(page, "kiosk_2_tile", tiles, (x) => x["kiosk-2/camera"]?.frames > 5, step * 2);
   const second = t2["kiosk-2/camera"];
   if (!second.element.startsWith("strip:") || second.role !== "kiosk" || second.playing !== second.mid || !t2._strip.includes("kiosk-2")) {
     throw new Error(`kiosk-2 did not get a tile of its own: ${JSON.stringify(t2)}`);
   }
   const mid = await stageUnchanged(page, "kiosk_1_unchanged_with_kiosk_2", first, t2["kiosk-1/camera"].frames);
+
+  result.stage = "vitals_stay_kiosk_1";
+  // Once kiosk-2's devices are heard from, three more pulse readings on the page: all kiosk-1's.
+  await until(page, "kiosk_2_devices", () => [...window.cabine.state.channels.keys()], (k) => k.some((x) => x.startsWith("kiosk-2/")), step);
+  const seq0 = await page.evaluate(() => window.cabine.state.vitals.pulse?.seq ?? 0);
+  const pulses = new Set();
+  await until(page, "pulse_readings", () => window.cabine.state.vitals.pulse, (p) => {
+    if (p) pulses.add(Number(p.value));
+    return p && p.seq >= seq0 + 3;
+  }, step);
+  result.checks.pulses = [...pulses];
+  if ([...pulses].some((v) => v > 100)) throw new Error(`kiosk-2's pulse showed on the page: ${[...pulses]}`);
 
   result.stage = "kiosk_2_leaves";
   const updates = await page.evaluate(() => window.cabine.state.qualityUpdates || 0);
