@@ -3,9 +3,9 @@
 // continues). One scenario per run, chosen by SCENARIO:
 //
 // - `two_kiosks`: kiosk-1 on the stage; kiosk-2 dials in and gets its own tile (kiosk-1's tile
-//   keeps its element, its track and rising frames); kiosk-2 ends (SIGTERM): its tiles go,
-//   kiosk-1's never change; the rates shown stay non-negative through the removal;
-//   /favicon.ico answers 200.
+//   keeps its element, the track it plays and rising frames; the vitals stay kiosk-1's);
+//   kiosk-2 ends (SIGTERM): its tiles go, kiosk-1's never change; the rates shown stay
+//   non-negative through the removal; /favicon.ico answers 200.
 // - `pause`: kiosk-1 stopped 20 s (SIGSTOP) then continued (SIGCONT): the page's own times of
 //   setting and clearing "Kiosk video interrupted" are reported with the driver's STOP/CONT
 //   times (the Rust test asserts the delays); the quality dot is never green while frozen;
