@@ -645,9 +645,12 @@ const lastProgress = new Map(); // mid -> { count, at }
 let lastSample = null;
 const samples = []; // recent samples for the rates (about 1 s apart)
 state.minKbps = null;
+let sampling = false; // one getStats at a time, even when one takes longer than the period
 setInterval(async () => {
+  if (sampling) return;
+  sampling = true;
   const pc = session.sub;
-  const q = await quality(pc, lastSample);
+  const q = await quality(pc, lastSample).finally(() => { sampling = false; });
   if (!q) return;
   lastSample = q;
   const now = Date.now();
