@@ -3,8 +3,8 @@
 // over QUIC). Checks, in order: the kiosk's video plays (frames decoded increasing) and the
 // stethoscope track arrives and its beats are visible on the trace; vitals tiles show SpO2,
 // pulse and temperature; the ECG canvas is drawn and the ECG and pleth read in bpm; a device
-// camera published mid-consultation appears without a reload; "Measure BP" yields a new reading; the WebSocket is cut and the page resumes with media flowing again;
-// a screenshot is saved.
+// camera published mid-consultation appears without a reload; "Measure BP" yields a new reading;
+// the WebSocket is cut and the page resumes with media flowing again; a screenshot is saved.
 //
 // Env: CABINE_URL, ROOM, DOCTOR_TOKEN. Optional: CHROMIUM, SCREENSHOT
 // (default <workspace>/target/screenshots/consult.png), STEP_TIMEOUT_MS (default 30000).
