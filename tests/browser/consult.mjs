@@ -101,6 +101,9 @@ async function main() {
     }), (r) => r.ecg && r.pleth && r.ecg.source === "trace" && r.pleth.source === "device"
       && r.ecg.bpm >= 60 && r.ecg.bpm <= 85 && r.pleth.bpm >= 60 && r.pleth.bpm <= 85
       && /bpm/.test(r.ecg_text) && !/Hz/.test(r.ecg_text + r.pleth_text), step);
+    // The consultation timer runs from the cabin's first media.
+    await until(page, "consultation_timer", () => document.getElementById("timer").textContent,
+      (t) => /^(\d+:)?\d{2}:\d{2}$/.test(t) && t !== "00:00", step);
 
     result.stage = "device_camera";
     await until(page, "device_camera", async () => {
