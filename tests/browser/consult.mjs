@@ -1,10 +1,10 @@
 // The doctor's page in Debian's chromium (fake camera and microphone) against a real server and
 // a simulated cabin (cabine-kiosk as a library: room camera, microphone, stethoscope, devices
 // over QUIC). Checks, in order: the kiosk's video plays (frames decoded increasing) and the
-// stethoscope track arrives; vitals tiles show SpO2, pulse and temperature; the ECG canvas is
-// drawn; a device camera published mid-consultation appears without a reload; "Measure BP"
-// yields a new reading; the WebSocket is cut and the page resumes with media flowing again;
-// a screenshot is saved.
+// stethoscope track arrives and its beats are visible on the trace; vitals tiles show SpO2,
+// pulse and temperature; the ECG canvas is drawn and the ECG and pleth read in bpm; a device
+// camera published mid-consultation appears without a reload; "Measure BP" yields a new reading;
+// the WebSocket is cut and the page resumes with media flowing again; a screenshot is saved.
 //
 // Env: CABINE_URL, ROOM, DOCTOR_TOKEN. Optional: CHROMIUM, SCREENSHOT
 // (default <workspace>/target/screenshots/consult.png), STEP_TIMEOUT_MS (default 30000).
@@ -58,6 +58,19 @@ async function main() {
       drawn: window.cabine.state.stethFrames,
     }), (s) => s.flag && s.listen_enabled && s.drawn > 5, step);
     await until(page, "stethoscope_packets", inbound, (s) => (s["stethoscope"]?.packets || 0) > 50, step);
+    // The heart sounds are visible on the trace (automatic gain): columns of the scrolling
+    // phonocardiogram that span more than a fifth of its height.
+    await until(page, "stethoscope_visible", () => {
+      const c = document.getElementById("steth-wave");
+      const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let tall = 0;
+      for (let x = 0; x < c.width; x++) {
+        let lit = 0;
+        for (let y = 0; y < c.height; y++) if (px[(y * c.width + x) * 4 + 1] > 150) lit++;
+        if (lit > c.height / 5) tall++;
+      }
+      return { tall, width: c.width, scale: window.cabine.state.stethScale };
+    }, (v) => v.tall > v.width / 50, step);
     // Listening turns the gain up; the control responds.
     await page.click("#listen");
     result.checks.listening = await page.evaluate(() => document.getElementById("listen").classList.contains("on"));
@@ -79,6 +92,18 @@ async function main() {
     result.stage = "ecg";
     await until(page, "ecg_drawn", () => ({ draws: window.cabine.state.ecgDraws, samples: window.cabine.state.waveSamples }),
       (e) => e.draws > 10 && e.samples.ecg > 500, step);
+    // Over the traces, heart rates in bpm (the cabin's patient: 72/min): the ECG's counted from
+    // its trace (the simulated ECG sends no rate), the pleth's from the oximeter's pulse.
+    result.checks.rates = await until(page, "trace_rates", () => ({
+      ...window.cabine.state.rates,
+      ecg_text: document.getElementById("ecg-rate").textContent,
+      pleth_text: document.getElementById("pleth-rate").textContent,
+    }), (r) => r.ecg && r.pleth && r.ecg.source === "trace" && r.pleth.source === "device"
+      && r.ecg.bpm >= 60 && r.ecg.bpm <= 85 && r.pleth.bpm >= 60 && r.pleth.bpm <= 85
+      && /bpm/.test(r.ecg_text) && !/Hz/.test(r.ecg_text + r.pleth_text), step);
+    // The consultation timer runs from the cabin's first media.
+    await until(page, "consultation_timer", () => document.getElementById("timer").textContent,
+      (t) => /^(\d+:)?\d{2}:\d{2}$/.test(t) && t !== "00:00", step);
 
     result.stage = "device_camera";
     await until(page, "device_camera", async () => {

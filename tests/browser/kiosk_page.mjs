@@ -2,7 +2,8 @@
 // WebSocket signalling only: the kiosk page publishes its camera, microphone and an unprocessed
 // stethoscope; the doctor's page plays them; the kiosk page switches its device camera on
 // (a re-offer on its publish connection) and the doctor's page shows it without a reload;
-// the kiosk page plays the doctor's camera.
+// the kiosk page plays the doctor's camera in its "Doctor" pane (a track whose publisher has the
+// doctor role) and publishes under its own identity as msid stream.
 //
 // Env: CABINE_URL, ROOM, DOCTOR_TOKEN, KIOSK_TOKEN. Optional: CHROMIUM, STEP_TIMEOUT_MS.
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
@@ -56,6 +57,20 @@ async function main() {
     result.stage = "doctor_video_at_kiosk";
     await until(kiosk, "kiosk_sees_doctor", inbound,
       (s) => Object.values(s).some((x) => x.kind === "video" && x.frames > 10), step);
+    // The kiosk page publishes under its own identity (msid stream), and its "Doctor" pane
+    // plays a track the server says a doctor publishes.
+    result.checks.kiosk_streams = await doctor.evaluate(() => [...window.cabine.session.tracks.values()]
+      .filter((t) => t.from === "kiosk-1").map((t) => `${t.stream} ${t.label} ${t.role}`));
+    if (!result.checks.kiosk_streams.length || !result.checks.kiosk_streams.every((x) => x.startsWith("kiosk-1 ") && x.endsWith(" kiosk"))) {
+      throw new Error(`the kiosk page's tracks: ${JSON.stringify(result.checks.kiosk_streams)}`);
+    }
+    result.checks.doctor_pane = await until(kiosk, "doctor_pane", () => {
+      const shown = document.getElementById("doctor").srcObject?.getVideoTracks()[0];
+      const s = window.cabine.session;
+      const rx = s.sub ? s.sub.getTransceivers().find((x) => shown && x.receiver.track === shown) : null;
+      const info = rx ? s.tracks.get(rx.mid) : null;
+      return info ? { from: info.from, role: info.role, label: info.label } : null;
+    }, (d) => d && d.from === "dr-1" && d.role === "doctor", step);
 
     result.stage = "leave";
     await doctor.click("#leave");

@@ -204,6 +204,10 @@ pub struct Track {
     pub stream: String,
     /// What the server treats it as: `stethoscope`, `device-camera`, `audio`, `video`.
     pub class: String,
+    /// Its publisher's role (`kiosk`, `doctor`, …); empty from servers that predate it. Pages
+    /// key their tiles by `from` and `role`, never by the order tracks arrive in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 /// A participant on signalling.
@@ -327,6 +331,7 @@ mod tests {
             label: "device-camera".into(),
             stream: "kiosk-1".into(),
             class: "device-camera".into(),
+            role: "kiosk".into(),
         };
         let text = to_text(&ServerMsg::TrackAdded(t.clone()));
         assert!(

@@ -186,8 +186,20 @@ impl Hub {
         out
     }
 
+    /// The signalling sessions of `room`: identity, role, and whether its socket is attached
+    /// (`false` while it is away within its grace period), for the operators' view.
+    pub fn members_of(&self, room: &str) -> Vec<(Identity, Role, bool)> {
+        self.lock()
+            .members
+            .values()
+            .filter(|m| m.room.as_str() == room)
+            .map(|m| (m.identity.clone(), m.role, m.tx.is_some()))
+            .collect()
+    }
+
     /// Reports the server's renegotiation offer to the subscriber it is for.
     pub fn on_offer(&self, offer: Offer) {
+        let msgs = offer_messages(&offer);
         let mut inner = self.lock();
         let Some(m) = inner
             .members
@@ -196,8 +208,8 @@ impl Hub {
         else {
             return;
         };
-        for msg in offer_messages(&offer) {
-            m.send(&msg);
+        for msg in &msgs {
+            m.send(msg);
         }
     }
 
@@ -233,6 +245,25 @@ impl Hub {
     /// Sends `msg` to every signalling participant of `room`.
     pub(crate) fn broadcast_room(&self, room: &RoomId, msg: &ServerMsg) {
         self.broadcast(room, "", msg);
+    }
+
+    /// Whether `identity` with `role` has a signalling session in `room` other than `except`
+    /// (only one with its socket attached when `connected`).
+    fn present(
+        &self,
+        room: &RoomId,
+        identity: &Identity,
+        role: Role,
+        except: &str,
+        connected: bool,
+    ) -> bool {
+        self.lock().members.iter().any(|(t, m)| {
+            t != except
+                && &m.room == room
+                && &m.identity == identity
+                && m.role == role
+                && (!connected || m.tx.is_some())
+        })
     }
 
     fn participants(&self, room: &RoomId, except: &str) -> Vec<Participant> {
@@ -559,8 +590,26 @@ impl Conn {
             None => None,
         };
         let token = random_token(24);
-        let refused = {
+        let (refused, superseded) = {
             let mut inner = self.hub().lock();
+            // A reloaded page: the same participant's earlier session whose socket is away is
+            // over (its page is gone). It ends now, quietly, rather than reading as "left"
+            // to everyone (the new page included) when its grace period runs out.
+            let away: Vec<String> = inner
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.tx.is_none()
+                        && m.room == self.room
+                        && m.identity == self.claims.sub
+                        && m.role == self.claims.role
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            let superseded: Vec<Member> = away
+                .iter()
+                .filter_map(|t| inner.members.remove(t))
+                .collect();
             let fits = self.member_limits(&inner);
             if fits.is_ok() {
                 inner.members.insert(
@@ -582,8 +631,12 @@ impl Conn {
                     },
                 );
             }
-            fits.err()
+            (fits.err(), superseded)
         };
+        for m in superseded {
+            self.end_media(m, "superseded by a new session of the same participant")
+                .await;
+        }
         if let Some((limit, message)) = refused {
             self.st.refusals.count(limit);
             self.tx.close_with(POLICY, limit.as_str());
@@ -758,6 +811,7 @@ impl Conn {
         self.register(session, SessionKind::Subscribe, &ice_ufrag, "");
         let tracks: Vec<TrackInfo> = offer.added.iter().map(|t| t.track.clone()).collect();
         self.audit_join("subscribe", session, &tracks);
+        let msgs = offer_messages(&offer);
         if let Some(m) = self.hub().lock().members.get_mut(token) {
             m.subscribe = Some(session);
             m.send(&ServerMsg::Telemetry {
@@ -773,8 +827,8 @@ impl Conn {
                     },
                 ],
             });
-            for msg in offer_messages(&offer) {
-                m.send(&msg);
+            for msg in &msgs {
+                m.send(msg);
             }
         }
     }
@@ -985,7 +1039,7 @@ impl Conn {
                 let tracks = joined
                     .tracks
                     .iter()
-                    .map(|t| track(String::new(), &self.claims.sub, t))
+                    .map(|t| track(String::new(), &self.claims.sub, Some(self.claims.role), t))
                     .collect();
                 self.send(
                     token,
@@ -1081,11 +1135,21 @@ impl Conn {
             }
             m.tx = None;
         }
-        self.hub().broadcast(
-            &self.room,
-            token,
-            &ServerMsg::ParticipantDisconnected(participant(&self.claims.sub, self.claims.role)),
-        );
+        // Another live session of the same participant (a page reloaded before the server saw
+        // the old socket close): the participant has not lost its connection.
+        if !self
+            .hub()
+            .present(&self.room, &self.claims.sub, self.claims.role, token, true)
+        {
+            self.hub().broadcast(
+                &self.room,
+                token,
+                &ServerMsg::ParticipantDisconnected(participant(
+                    &self.claims.sub,
+                    self.claims.role,
+                )),
+            );
+        }
         // The timer must not hold this socket's writer open (its close would wait 30 s).
         let conn = Conn {
             st: Arc::clone(&self.st),
@@ -1115,6 +1179,20 @@ impl Conn {
         let Some(m) = self.hub().lock().members.remove(token) else {
             return;
         };
+        let (room, identity, role) = (m.room.clone(), m.identity.clone(), m.role);
+        self.end_media(m, reason).await;
+        // The participant is still here through another session (a reloaded page): not "left".
+        if !self.hub().present(&room, &identity, role, token, false) {
+            self.hub().broadcast(
+                &room,
+                token,
+                &ServerMsg::ParticipantLeft(participant(&identity, role)),
+            );
+        }
+    }
+
+    /// Ends the media sessions of a member already taken out of the hub, with the audit lines.
+    async fn end_media(&self, m: Member, reason: &str) {
         for session in [m.publish, m.subscribe].into_iter().flatten() {
             let _ = self.st.sfu.leave(m.room.clone(), session).await;
             let known = self.st.sessions_lock().remove(&session).is_some();
@@ -1130,11 +1208,6 @@ impl Conn {
                 );
             }
         }
-        self.hub().broadcast(
-            &m.room,
-            token,
-            &ServerMsg::ParticipantLeft(participant(&m.identity, m.role)),
-        );
         info!(room = %Redacted(&m.room), identity = %Redacted(&m.identity), reason, "signalling session ended");
     }
 }
@@ -1154,7 +1227,7 @@ fn error(code: &str, message: &str) -> ServerMsg {
     }
 }
 
-fn track(mid: String, from: &Identity, t: &TrackInfo) -> Track {
+fn track(mid: String, from: &Identity, role: Option<Role>, t: &TrackInfo) -> Track {
     let class = serde_json::to_value(t.class)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -1166,11 +1239,12 @@ fn track(mid: String, from: &Identity, t: &TrackInfo) -> Track {
         label: t.label.track.clone(),
         stream: t.label.stream.clone(),
         class,
+        role: role.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
 
 fn offered(t: &OfferedTrack) -> Track {
-    track(t.mid.clone(), &t.from, &t.track)
+    track(t.mid.clone(), &t.from, Some(t.role), &t.track)
 }
 
 fn offer_message(offer: &Offer) -> ServerMsg {

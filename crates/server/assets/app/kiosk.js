@@ -3,7 +3,7 @@
 // a device camera (otoscope, dermatoscope) that can be switched on mid-consultation, and a
 // stethoscope input captured with every processing off; shows the doctor.
 
-import { Session, fragmentParams, roomFromPath, quality } from "/app/session.js";
+import { Session, fragmentParams, forgetFragment, roomFromPath, quality } from "/app/session.js";
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
@@ -49,12 +49,12 @@ async function start() {
   });
   await listDevices();
   $("room-preview").srcObject = cam;
-  await session.addTrack(cam.getVideoTracks()[0], "room-camera", session.identity || "kiosk");
-  await session.addTrack(cam.getAudioTracks()[0], "microphone", session.identity || "kiosk");
+  await session.addTrack(cam.getVideoTracks()[0], "room-camera");
+  await session.addTrack(cam.getAudioTracks()[0], "microphone");
   if (params.get("stethoscope") === "1" || $("steth").value) {
     const deviceId = $("steth").value;
     const s = await navigator.mediaDevices.getUserMedia({ audio: deviceId ? { ...NO_PROCESSING, deviceId: { exact: deviceId } } : NO_PROCESSING });
-    await session.addTrack(s.getAudioTracks()[0], "stethoscope", session.identity || "kiosk");
+    await session.addTrack(s.getAudioTracks()[0], "stethoscope");
   }
   if (params.get("device") === "1") await switchDevice();
   session.start();
@@ -68,32 +68,59 @@ async function switchDevice() {
   $("device-preview").srcObject = deviceStream;
   $("device-toggle").disabled = true;
   // A new m-line on the publish connection: the server renegotiates the doctor's side.
-  await session.addTrack(deviceStream.getVideoTracks()[0], "device-camera", session.identity || "kiosk");
+  await session.addTrack(deviceStream.getVideoTracks()[0], "device-camera");
 }
 $("device-toggle").onclick = () => switchDevice().catch((e) => banner(e.message, "bad"));
-$("leave").onclick = () => { session.leave(); banner("Left"); };
+$("leave").onclick = () => { session.leave(); forgetFragment(); banner("Left"); };
 
 session.addEventListener("published", (e) => { state.published = e.detail.tracks.map((t) => t.label); banner("Live: " + state.published.join(", ")); });
+// Who is who, by identity: roles from the tracks (`role`) and from signalling's participants.
+const roles = new Map(); // identity -> role
+const roleOf = (info) => (info && (info.role || roles.get(info.from))) || "";
+// The "Doctor" pane shows a doctor's camera only (never another cabin's cameras), keyed by the
+// track's m-line: another track ending does not blank it.
+let doctorMid = null;
+const voices = new Map(); // mid -> audio element (the doctor, an assistant, an interpreter)
 session.addEventListener("track", (e) => {
-  if (e.detail.track.kind === "video") {
-    $("doctor").srcObject = new MediaStream([e.detail.track]);
+  const { track, info, mid } = e.detail;
+  const role = roleOf(info);
+  if (role === "kiosk") return; // Another cabin in the room: not for this one to show or play.
+  if (track.kind === "video") {
+    if (role !== "doctor") return;
+    $("doctor").srcObject = new MediaStream([track]);
     $("no-doctor").classList.add("hidden");
+    doctorMid = mid;
     state.doctorVideo = true;
+    state.doctor = info ? info.from : "";
   } else {
     const a = new Audio();
     a.autoplay = true;
-    a.srcObject = new MediaStream([e.detail.track]);
+    a.srcObject = new MediaStream([track]);
+    voices.set(mid, a);
   }
 });
 session.addEventListener("track_removed", (e) => {
-  if (e.detail.kind === "video") { $("no-doctor").classList.remove("hidden"); banner("The doctor's video stopped", "warn"); }
+  const t = e.detail;
+  const a = voices.get(t.mid);
+  if (a) { a.srcObject = null; voices.delete(t.mid); }
+  if (t.mid === doctorMid) {
+    doctorMid = null;
+    state.doctorVideo = false;
+    $("doctor").srcObject = null;
+    $("no-doctor").classList.remove("hidden");
+    banner("The doctor's video stopped", "warn");
+  }
 });
 session.addEventListener("error", (e) => {
   if (e.detail.code === "redirect_loop" || e.detail.code === "redirect_refused") banner(e.detail.message, "warn");
 });
-session.addEventListener("signalling", (e) => { if (!e.detail.up) banner("Connection to the server lost — reconnecting…", "warn"); });
+session.addEventListener("signalling", (e) => {
+  if (!e.detail.up) banner("Connection to the server lost — reconnecting…", "warn");
+  else if (e.detail.resumed) banner("Reconnected to the server");
+});
 session.addEventListener("participant", (e) => {
   const p = e.detail;
+  if (p.role) roles.set(p.identity, p.role);
   if (p.event === "disconnected") banner(`${p.identity} lost its connection — waiting…`, "warn");
   if (p.event === "resumed" || p.event === "joined") banner(`${p.identity} is here`);
   if (p.event === "left") banner(`${p.identity} left`);

@@ -9,10 +9,26 @@ const V = 1;
 // when a cluster node redirects the page to the node that holds its room.
 let openedFragment = "";
 
+// The page's fragment (`#token=…&…`), kept for this tab in sessionStorage (never sent anywhere,
+// gone with the tab) because pages clear it from the address bar: a reload (F5) opens the same
+// session again instead of asking for the link. `forgetFragment()` drops it (on leave).
 export function fragmentParams() {
-  openedFragment = location.hash;
-  const p = new URLSearchParams(location.hash.replace(/^#/, ""));
+  let hash = location.hash;
+  try {
+    if (hash.replace(/^#/, "")) sessionStorage.setItem(fragmentKey(), withHops(hash, 0));
+    else hash = sessionStorage.getItem(fragmentKey()) || "";
+  } catch (_) { /* storage off: a reload needs the link again */ }
+  openedFragment = hash;
+  const p = new URLSearchParams(hash.replace(/^#/, ""));
   return { token: p.get("token") || "", params: p };
+}
+
+export function forgetFragment() {
+  try { sessionStorage.removeItem(fragmentKey()); } catch (_) { /* storage off */ }
+}
+
+function fragmentKey() {
+  return "cabine:fragment:" + location.pathname;
 }
 
 // Redirects between cluster nodes a page follows in a row before it gives up.
@@ -338,9 +354,11 @@ export class Session extends EventTarget {
     this.emit("renegotiated", { offer_id: m.offer_id });
   }
 
-  // Adds a local track to publish with a label; publishes (again) when connected.
+  // Adds a local track to publish with a label; publishes (again) when connected. The msid
+  // stream is `stream`, or else this participant's identity as the server's welcome gives it
+  // (resolved when the offer is made: tracks added before the welcome get it too).
   async addTrack(track, label, stream) {
-    this.sends.push({ track, label, stream: stream || this.identity || "local" });
+    this.sends.push({ track, label, stream });
     if (this.state === "live") await this.publishNow();
   }
 
@@ -371,7 +389,7 @@ export class Session extends EventTarget {
       return l ? l.slice(6) : "";
     });
     this.pubLabels = mids.map((mid) => (byMid.get(mid) || {}).label);
-    const stream = (this.sends[0] && this.sends[0].stream) || "local";
+    const stream = (this.sends[0] && this.sends[0].stream) || this.identity || "local";
     this.send({ type: "publish", sdp: labelOffer(pc.localDescription.sdp, stream, this.pubLabels) });
   }
 
@@ -384,27 +402,42 @@ export class Session extends EventTarget {
   }
 }
 
-// Connection quality from getStats: round-trip time, loss and receive bitrate of a connection.
+// Connection quality from getStats: round-trip time, loss and receive bitrate of a connection
+// since `prev` (an earlier result for the same connection), and each inbound stream's counters
+// (`streams`, by stats id, with its `mid`) so a page can tell which stream stalls.
 export async function quality(pc, prev) {
   if (!pc) return null;
   const stats = await pc.getStats();
-  let rtt = null, lost = 0, received = 0, bytes = 0, framesDecoded = 0;
-  const now = performance.now();
+  let rtt = null;
+  const streams = new Map();
   stats.forEach((r) => {
     if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) rtt = r.currentRoundTripTime * 1000;
     if (r.type === "inbound-rtp") {
-      lost += r.packetsLost || 0;
-      received += r.packetsReceived || 0;
-      bytes += r.bytesReceived || 0;
-      framesDecoded += r.framesDecoded || 0;
+      streams.set(r.id, {
+        mid: r.mid, kind: r.kind, bytes: r.bytesReceived || 0, packets: r.packetsReceived || 0,
+        lost: r.packetsLost || 0, frames: r.framesDecoded || 0,
+      });
     }
   });
-  const q = { at: now, rtt, lost, received, bytes, framesDecoded, loss: 0, kbps: 0 };
-  if (prev) {
-    const dt = (now - prev.at) / 1000;
-    const dl = lost - prev.lost, dr = received - prev.received;
-    q.loss = dl + dr > 0 ? Math.max(0, dl) / (dl + dr) : 0;
-    q.kbps = dt > 0 ? ((bytes - prev.bytes) * 8) / 1000 / dt : 0;
-  }
+  const q = { at: performance.now(), pc, rtt, streams, loss: 0, kbps: 0, packets: 0 };
+  if (prev && prev.pc === pc) Object.assign(q, rates(q, prev));
   return q;
+}
+
+// Loss, bitrate and packets between two `quality` samples of the same connection, from each
+// stream's own difference: a stream that went away (its track removed) or a new connection
+// (counters from zero) never makes a rate negative; a new stream counts from its second sample.
+export function rates(q, older) {
+  const dt = (q.at - older.at) / 1000;
+  let bytes = 0, dl = 0, dr = 0;
+  if (older.pc === q.pc) {
+    for (const [id, s] of q.streams) {
+      const p = older.streams.get(id);
+      if (!p) continue;
+      bytes += Math.max(0, s.bytes - p.bytes);
+      dl += Math.max(0, s.lost - p.lost);
+      dr += Math.max(0, s.packets - p.packets);
+    }
+  }
+  return { loss: dl + dr > 0 ? dl / (dl + dr) : 0, kbps: dt > 0 ? (bytes * 8) / 1000 / dt : 0, packets: dr };
 }

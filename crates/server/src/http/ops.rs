@@ -187,6 +187,18 @@ async fn local_rooms(
     v["node"] = node.clone();
     for r in v["rooms"].as_array_mut().into_iter().flatten() {
         r["node"] = node.clone();
+        // Who is on signalling (a page), connected or away within its resume grace.
+        let members = st.ws.members_of(r["room"].as_str().unwrap_or_default());
+        r["signalling"] = members
+            .into_iter()
+            .map(|(identity, role, connected)| {
+                serde_json::json!({
+                    "identity": identity.to_string(),
+                    "role": role.to_string(),
+                    "connected": connected,
+                })
+            })
+            .collect();
     }
     Ok(v)
 }

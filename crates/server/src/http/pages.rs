@@ -108,6 +108,20 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/demo/publish", get(demo_publish))
         .route("/demo/watch", get(demo_watch))
         .route("/app/{file}", get(asset))
+        .route("/favicon.ico", get(favicon))
+}
+
+/// The icon browsers ask for on every page (a 32x32 PNG in an ICO container).
+async fn favicon() -> Response {
+    let mut r = respond_bytes(
+        "image/x-icon",
+        include_bytes!("../../assets/app/favicon.ico"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400"),
+    );
+    r
 }
 
 async fn consult() -> Response {
@@ -169,6 +183,10 @@ fn page(body: &'static str) -> Response {
 }
 
 fn respond(kind: &'static str, body: &'static str) -> Response {
+    respond_bytes(kind, body.as_bytes())
+}
+
+fn respond_bytes(kind: &'static str, body: &'static [u8]) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));

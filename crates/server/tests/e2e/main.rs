@@ -16,6 +16,7 @@ mod cluster;
 mod conformance;
 mod consent;
 mod consult_browser;
+mod continuity_browser;
 mod cors_browser;
 mod deploy;
 mod fhir;

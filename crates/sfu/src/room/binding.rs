@@ -1,7 +1,7 @@
 //! Which subscriber slot carries which published track: binding tracks to free slots and ending
 //! tracks.
 
-use cabine_proto::Identity;
+use cabine_proto::{Identity, Role};
 
 use super::{OfferedTrack, Room, SessionId, SessionKind, TrackInfo};
 
@@ -12,11 +12,17 @@ impl Room {
         if gone.is_empty() {
             return;
         }
-        let infos: Vec<(u64, Identity, TrackInfo)> = self
+        let infos: Vec<(u64, (Identity, Role), TrackInfo)> = self
             .tracks
             .iter()
             .filter(|t| gone.contains(&t.id))
-            .map(|t| (t.id, t.publisher_identity.clone(), t.info()))
+            .map(|t| {
+                (
+                    t.id,
+                    (t.publisher_identity.clone(), t.publisher_role),
+                    t.info(),
+                )
+            })
             .collect();
         self.tracks.retain(|t| !gone.contains(&t.id));
         for s in &mut self.sessions {
@@ -24,12 +30,14 @@ impl Room {
                 // Tracks still waiting in an unanswered offer are stopped after it.
                 if let Some(p) = &mut n.pending {
                     for (mid, _, track) in &p.adds {
-                        if let Some((_, from, info)) = infos.iter().find(|x| x.0 == *track) {
+                        if let Some((_, (from, role), info)) = infos.iter().find(|x| x.0 == *track)
+                        {
                             n.to_stop.push((
                                 *mid,
                                 OfferedTrack {
                                     mid: mid.to_string(),
                                     from: from.clone(),
+                                    role: *role,
                                     track: info.clone(),
                                 },
                             ));
@@ -40,7 +48,7 @@ impl Room {
                 let mut k = 0;
                 while k < s.outs.len() {
                     let out = &s.outs[k];
-                    if let Some((_, from, info)) =
+                    if let Some((_, (from, role), info)) =
                         out.track.and_then(|t| infos.iter().find(|x| x.0 == t))
                     {
                         n.to_stop.push((
@@ -48,6 +56,7 @@ impl Room {
                             OfferedTrack {
                                 mid: out.mid.to_string(),
                                 from: from.clone(),
+                                role: *role,
                                 track: info.clone(),
                             },
                         ));

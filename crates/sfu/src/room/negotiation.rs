@@ -65,6 +65,8 @@ pub struct OfferedTrack {
     pub mid: String,
     /// Its publisher.
     pub from: Identity,
+    /// Its publisher's role (pages key their tiles by identity and role).
+    pub role: Role,
     /// The track.
     pub track: TrackInfo,
 }
@@ -267,6 +269,7 @@ impl Room {
         s.dirty = true;
         let usable = usable_media(&s.rtc, &answer, Direction::RecvOnly);
         let identity = s.identity.clone();
+        let role = s.role;
         // Tracks whose m-line no longer sends end.
         let gone: Vec<u64> = self
             .tracks
@@ -289,6 +292,7 @@ impl Room {
                 id,
                 publisher: session,
                 publisher_identity: identity.clone(),
+                publisher_role: role,
                 mid,
                 kind,
                 class: TrackClass::from_label(kind, &label.track),
@@ -356,7 +360,9 @@ impl Room {
                 .map(|t| t.id)
                 .collect()
         };
-        let tracks: Vec<(u64, MediaKind, Label, Identity, TrackInfo)> = adds
+        // Track id, kind, label, publisher (identity and role), what it is.
+        type Adding = (u64, MediaKind, Label, (Identity, Role), TrackInfo);
+        let tracks: Vec<Adding> = adds
             .iter()
             .filter_map(|id| self.track(*id))
             .map(|t| {
@@ -364,7 +370,7 @@ impl Room {
                     t.id,
                     t.kind,
                     t.label.clone(),
-                    t.publisher_identity.clone(),
+                    (t.publisher_identity.clone(), t.publisher_role),
                     t.info(),
                 )
             })
@@ -384,7 +390,7 @@ impl Room {
         }
         let mut added = Vec::new();
         let mut pending_adds = Vec::new();
-        for (track, kind, label, from, info) in tracks {
+        for (track, kind, label, (from, role), info) in tracks {
             let mid = api.add_media(
                 kind,
                 Direction::SendOnly,
@@ -395,6 +401,7 @@ impl Room {
             added.push(OfferedTrack {
                 mid: mid.to_string(),
                 from,
+                role,
                 track: info,
             });
             pending_adds.push((mid, kind, track));
