@@ -28,7 +28,9 @@ use bytes::Bytes;
 use cabine_proto::telemetry::{delivered, to_json, Delivered};
 use cabine_proto::{Claims, Identity, RoomId};
 use cabine_sfu::{SessionId, Sfu};
-use cabine_sidecar::{CommandRequest, Sidecar, SidecarConfig, TlsSource, TokenError};
+use cabine_sidecar::{
+    CommandRequest, Sidecar, SidecarConfig, StreamConn, StreamEvent, TlsSource, TokenError,
+};
 use serde::{Deserialize, Serialize};
 
 use cabine_proto::jwt::{AuthError, Tokens};
@@ -72,7 +74,14 @@ pub struct Discovery {
     pub certificate: String,
     /// Whether the certificate is self-signed (so it must be pinned rather than validated).
     pub self_signed: bool,
+    /// The same protocol over a WebSocket on this HTTP listener (TCP, TLS when the API is
+    /// HTTPS), for kiosks whose network drops UDP: a URL reference relative to the URL this
+    /// answer came from (`ws`/`wss` for its `http`/`https`), [`STREAM_PATH`].
+    pub stream_url: String,
 }
+
+/// Where the telemetry stream transport is served on the HTTP listener.
+pub const STREAM_PATH: &str = "/api/telemetry/ws";
 
 /// A request a subscriber writes on its `commands` data channel.
 #[derive(Debug, Deserialize)]
@@ -269,6 +278,7 @@ impl Telemetry {
             certificate: base64::engine::general_purpose::STANDARD
                 .encode(sidecar.certificate().as_ref()),
             self_signed,
+            stream_url: STREAM_PATH.to_owned(),
         };
         tracing::info!(quic = %bound, url = %discovery.url, self_signed, "telemetry sidecar started");
         let t = Arc::new(Telemetry {
@@ -423,6 +433,12 @@ impl Telemetry {
         }
     }
 
+    /// A kiosk connection over the stream transport, counted against the sidecar's connection
+    /// limit (a refusal is counted as `server_busy` in the telemetry refusals).
+    pub fn open_stream(&self) -> Result<StreamConn, cabine_sidecar::stream::Busy> {
+        self.sidecar.open_stream()
+    }
+
     /// Closes every kiosk connection.
     pub async fn shutdown(&self) {
         if tokio::time::timeout(Duration::from_secs(2), self.sidecar.shutdown())
@@ -430,6 +446,69 @@ impl Telemetry {
             .is_err()
         {
             tracing::info!("telemetry connections still closing after 2 s: left to time out");
+        }
+    }
+}
+
+/// `GET /api/telemetry/ws`: the telemetry protocol over a WebSocket (see
+/// [`cabine_sidecar::stream`]). The token is checked in the kiosk's first frame, its hello,
+/// exactly as on QUIC; the socket counts against the sidecar's connection limit (503 beyond).
+pub async fn stream_handler(
+    axum::extract::State(st): axum::extract::State<Arc<crate::state::AppState>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let Some(t) = st.telemetry.get() else {
+        return crate::http::ApiError::new(
+            StatusCode::NOT_FOUND,
+            "telemetry is disabled on this server (telemetry.listen is empty)",
+        )
+        .into_response();
+    };
+    let conn = match t.open_stream() {
+        Ok(c) => c,
+        Err(e) => {
+            return crate::http::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                .into_response()
+        }
+    };
+    ws.max_message_size(cabine_sidecar::stream::MAX_MESSAGE_LEN)
+        .max_frame_size(cabine_sidecar::stream::MAX_MESSAGE_LEN)
+        .on_upgrade(move |socket| pump(socket, conn))
+}
+
+/// Moves messages between the WebSocket and the sidecar until either side ends.
+async fn pump(mut socket: axum::extract::ws::WebSocket, mut conn: StreamConn) {
+    use axum::extract::ws::{CloseFrame, Message};
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => conn.handle_message(&b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // Text is not part of the protocol: a malformed frame, like garbage on QUIC.
+                Some(Ok(Message::Text(_))) => conn.handle_message(&[0xff]),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+            ev = conn.next_event() => match ev {
+                Some(StreamEvent::Send(bytes)) => {
+                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(StreamEvent::Close { code, reason }) => {
+                    let code = cabine_sidecar::client::stream::CLOSE_CODE_BASE
+                        .saturating_add(u16::try_from(code.code()).unwrap_or(1));
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    return;
+                }
+                _ => return,
+            },
         }
     }
 }

@@ -312,6 +312,12 @@ impl Core {
         );
     }
 
+    /// The shell refuses the connection for a reason the core cannot see (a stream transport's
+    /// message that is not exactly one frame): closes it with `refusal`, counted.
+    pub fn handle_refusal(&mut self, now: Instant, conn: ConnId, refusal: Refusal) {
+        self.close(now, conn, refusal);
+    }
+
     /// A second bidirectional stream (the protocol has one): counted; the shell resets it.
     pub fn refuse_stream(&mut self, code: ErrorCode) {
         self.count(code);
@@ -650,6 +656,7 @@ impl Core {
             commands_refused: self.counters.commands_refused,
             frames_delivered: self.counters.frames_delivered,
             stray_pongs: self.counters.stray_pongs,
+            stream_connections: 0,
             outbound_dropped: 0,
             channels,
         }
