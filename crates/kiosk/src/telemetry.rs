@@ -17,7 +17,8 @@ use base64::Engine;
 use cabine_proto::telemetry as wire;
 use cabine_proto::RoomId;
 use cabine_sidecar::client::{
-    resolve, Client, ClientConfig, ClientError, ConnectionState, KioskClock, StreamTransport,
+    resolve, Client, ClientConfig, ClientError, ConnectionState, KioskClock, Rediscover,
+    StreamTransport, Target,
 };
 use cabine_sidecar::tls::ServerVerification;
 use rustls::pki_types::CertificateDer;
@@ -81,6 +82,9 @@ pub struct TelemetryStats {
     pub commands: u64,
     /// Measurements the client had to resend after a reconnection.
     pub resent: u64,
+    /// Times `GET /api/telemetry` was asked again after a failed reconnection and gave a new
+    /// target (a restarted server's new certificate, another node).
+    pub rediscovered: u64,
     /// Device camera stills uploaded.
     pub stills: u64,
 }
@@ -199,6 +203,43 @@ fn stream_url(answered: &str, reference: &str) -> Option<String> {
     };
     u.set_scheme(scheme).ok()?;
     Some(u.to_string())
+}
+
+/// The stream transport at `url`.
+fn stream_transport(url: &str, relay_only: bool, accept_invalid_certs: bool) -> StreamTransport {
+    let mut t = StreamTransport::new(url, api_trust(accept_invalid_certs));
+    t.only = relay_only;
+    t
+}
+
+/// Asking `GET /api/telemetry` again after a failed reconnection (a restarted server has a new
+/// self-signed certificate; a room moved to another node, another address), unless the kiosk
+/// was given a fixed address and trust.
+fn rediscovery(link: &Link) -> Option<Rediscover> {
+    if link.config.url.is_some() && link.config.verification.is_some() {
+        return None;
+    }
+    let (http, server, token) = (link.http.clone(), link.server.clone(), link.token.clone());
+    let (fixed_url, fixed_trust) = (link.config.url.clone(), link.config.verification.clone());
+    let (relay_only, insecure) = (link.relay_only, link.accept_invalid_certs);
+    Some(Rediscover::new(move || {
+        let (http, server, token) = (http.clone(), server.clone(), token.clone());
+        let (fixed_url, fixed_trust) = (fixed_url.clone(), fixed_trust.clone());
+        Box::pin(async move {
+            let d = discover(&http, &server, &token).await.ok()?;
+            let url = fixed_url.unwrap_or(d.url);
+            let (addr, host) = resolve(&url).await.ok()?;
+            let stream = d
+                .stream_url
+                .map(|s| stream_transport(&s, relay_only, insecure));
+            Some(Target::new(
+                addr,
+                host,
+                fixed_trust.unwrap_or(d.verification),
+                stream,
+            ))
+        })
+    }))
 }
 
 /// Where a server without a `stream_url` in its discovery answer (or a kiosk given the QUIC
@@ -420,11 +461,10 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 cfg.clock = clock.clone();
             }
             cfg.software = concat!("cabine-kiosk/", env!("CARGO_PKG_VERSION")).into();
-            cfg.stream = stream.as_ref().map(|s| {
-                let mut t = StreamTransport::new(s.clone(), api_trust(link.accept_invalid_certs));
-                t.only = link.relay_only;
-                t
-            });
+            cfg.stream = stream
+                .as_ref()
+                .map(|s| stream_transport(s, link.relay_only, link.accept_invalid_certs));
+            cfg.rediscover = rediscovery(&link);
             Client::start(cfg)
         };
         match attempt.await {
@@ -513,6 +553,7 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 let cs = client.stats();
                 s.sessions = cs.sessions;
                 s.resent = cs.measurements_resent;
+                s.rediscovered = cs.rediscovered;
                 s.connected = matches!(state, ConnectionState::Connected { .. });
                 match &state {
                     ConnectionState::Connected { .. } => tracing::info!(sessions = cs.sessions, "telemetry: connected"),

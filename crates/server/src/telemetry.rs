@@ -6,15 +6,18 @@
 //!   and blobs on the reliable channel, waveform chunks on the lossy one. Each live frame is
 //!   written once per subscriber.
 //! - Subscribers write requests on their own data channel (label `commands`), as JSON:
-//!   `{"type":"sync"}` asks for the room's current channels and latest readings (a page that
-//!   opens mid-consultation shows vitals at once) and `{"type":"command", "request_id":1,
+//!   `{"type":"sync"}` asks for the room's current channels, latest readings (a page that
+//!   opens mid-consultation shows vitals at once) and recent measurements (`recent`, at most
+//!   [`RECENT_PER_ROOM`], in arrival order: a subscriber that reconnects after a server
+//!   restart gets the measurements a kiosk resent meanwhile, and drops the ones it has by their
+//!   key (source, epoch, channel_id, seq)) and `{"type":"command", "request_id":1,
 //!   "channel_id":5, "name":"start_measurement"}` sends a device command (only with the
 //!   `commands` grant). Answers go to the asking subscriber only, as
 //!   `{"sync":{"channels":[…],"latest":[…]}}`, `{"command_sent":{"request_id":1,"command_id":7}}`
 //!   or `{"command_refused":{"request_id":1,"reason":"…"}}`; the kiosk's result then arrives to
 //!   every subscriber as a `command_result` frame.
-//! - The server keeps no telemetry beyond the latest reading per channel of connected kiosks,
-//!   forgotten when a room's kiosks are gone.
+//! - The server keeps no telemetry beyond the latest reading per channel and the recent
+//!   measurements of the room's kiosks, forgotten when a room's kiosks are gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -114,6 +117,7 @@ enum Answer<'a> {
     Sync {
         channels: Vec<serde_json::Value>,
         latest: Vec<serde_json::Value>,
+        recent: Vec<serde_json::Value>,
     },
     CommandSent {
         request_id: u64,
@@ -168,6 +172,8 @@ fn kind_index(d: &Delivered) -> usize {
 
 /// Most channels whose latest reading is kept per room.
 const LATEST_PER_ROOM: usize = 64;
+/// Most recent measurements kept per room for `sync` (a few minutes of a cabin's devices).
+pub const RECENT_PER_ROOM: usize = 512;
 /// Largest request accepted from a subscriber.
 const MAX_REQUEST: usize = 4096;
 
@@ -177,6 +183,8 @@ type Latest = HashMap<RoomId, HashMap<(String, u32, &'static str), String>>;
 #[derive(Default)]
 struct Cache {
     latest: Mutex<Latest>,
+    /// The room's last measurements (JSON), oldest first.
+    recent: Mutex<HashMap<RoomId, std::collections::VecDeque<String>>>,
     frames: AtomicU64,
     by_kind: [AtomicU64; FRAME_KINDS.len()],
     requests: AtomicU64,
@@ -187,6 +195,10 @@ struct Cache {
 impl Cache {
     fn lock(&self) -> MutexGuard<'_, Latest> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, HashMap<RoomId, std::collections::VecDeque<String>>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -380,7 +392,25 @@ impl Telemetry {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.answer(room, session, &Answer::Sync { channels, latest });
+                let recent = self
+                    .cache
+                    .recent()
+                    .get(room)
+                    .map(|q| {
+                        q.iter()
+                            .filter_map(|j| serde_json::from_str(j).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.answer(
+                    room,
+                    session,
+                    &Answer::Sync {
+                        channels,
+                        latest,
+                        recent,
+                    },
+                );
                 Ok(None)
             }
             Request::Command {
@@ -516,7 +546,15 @@ async fn pump(mut socket: axum::extract::ws::WebSocket, mut conn: StreamConn) {
 /// Keeps the latest measurement and status of each channel, for late subscribers.
 fn remember(cache: &Cache, room: &RoomId, d: &Delivered, json: &str) {
     let kind = match &d.frame {
-        Some(delivered::Frame::Measurement(_)) => "measurement",
+        Some(delivered::Frame::Measurement(_)) => {
+            let mut recent = cache.recent();
+            let q = recent.entry(room.clone()).or_default();
+            if q.len() >= RECENT_PER_ROOM {
+                q.pop_front();
+            }
+            q.push_back(json.to_owned());
+            "measurement"
+        }
         Some(delivered::Frame::Status(_)) => "status",
         Some(delivered::Frame::Left(_)) => {
             let mut all = cache.lock();
@@ -544,10 +582,14 @@ async fn sweep(t: std::sync::Weak<Telemetry>) {
     loop {
         tick.tick().await;
         let Some(t) = t.upgrade() else { return };
-        let rooms: Vec<RoomId> = t.cache.lock().keys().cloned().collect();
+        let mut rooms: Vec<RoomId> = t.cache.lock().keys().cloned().collect();
+        rooms.extend(t.cache.recent().keys().cloned());
+        rooms.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        rooms.dedup();
         for room in rooms {
             if t.sidecar.channels(&room).is_empty() {
                 t.cache.lock().remove(&room);
+                t.cache.recent().remove(&room);
             }
         }
     }

@@ -44,6 +44,7 @@
 
 pub mod outbox;
 pub mod stream;
+pub mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -64,6 +65,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::tls::{self, ServerVerification};
 use outbox::Outbox;
 pub use stream::StreamTransport;
+pub use target::{Rediscover, Target};
 
 /// Frames waiting for the control stream (status, command results, declarations).
 const CONTROL_QUEUE: usize = 256;
@@ -143,6 +145,10 @@ pub struct ClientConfig {
     /// handshake within [`StreamTransport::quic_timeout`] (UDP dropped on the way) or always
     /// with [`StreamTransport::only`]; `None`: QUIC only.
     pub stream: Option<StreamTransport>,
+    /// Asked after a failed reconnection (typically `GET /api/telemetry` again): a restarted
+    /// server has a new certificate, a room moved to another node has another address. `None`:
+    /// keep dialling the configured target.
+    pub rediscover: Option<Rediscover>,
 }
 
 impl ClientConfig {
@@ -167,6 +173,7 @@ impl ClientConfig {
             idle_timeout: Duration::from_secs(10),
             software: concat!("cabine-sidecar-client/", env!("CARGO_PKG_VERSION")).into(),
             stream: None,
+            rediscover: None,
         }
     }
 }
@@ -293,6 +300,8 @@ pub struct ClientStats {
     pub pings_answered: u64,
     /// Streams the server stopped (with the last code).
     pub streams_stopped: u64,
+    /// Times a rediscovery gave a new target (new certificate or address).
+    pub rediscovered: u64,
 }
 
 /// The transport of the established session.
@@ -332,6 +341,8 @@ struct Shared {
     closing: AtomicBool,
     close: Notify,
     instance_id: u64,
+    /// Where to dial now: the configured target, then what rediscovery says.
+    target: Mutex<Target>,
 }
 
 struct ClientState {
@@ -367,6 +378,12 @@ impl Client {
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(e.to_string()))?;
         endpoint.set_default_client_config(quinn_config);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let target = Target::new(
+            config.server,
+            config.server_name.clone(),
+            config.verification.clone(),
+            config.stream.clone(),
+        );
         let shared = Arc::new(Shared {
             state: Mutex::new(ClientState {
                 outbox: Outbox::new(config.max_unacked),
@@ -387,6 +404,7 @@ impl Client {
             closing: AtomicBool::new(false),
             close: Notify::new(),
             instance_id: rand::random(),
+            target: Mutex::new(target),
         });
         let task = tokio::spawn(supervise(shared.clone(), endpoint));
         Ok(Client {
@@ -748,6 +766,32 @@ impl Shared {
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
+
+    fn target(&self) -> Target {
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks where to dial again; true when the answer is a new target (now current).
+    async fn rediscover(&self) -> bool {
+        let Some(r) = &self.config.rediscover else {
+            return false;
+        };
+        let Ok(Some(found)) = tokio::time::timeout(Duration::from_secs(10), r.ask()).await else {
+            return false;
+        };
+        let mut current = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if current.same_as(&found) {
+            return false;
+        }
+        tracing::info!(server = %found.server, "telemetry: the server's answer changed, dialling the new target");
+        *current = found;
+        drop(current);
+        self.lock().stats.rediscovered += 1;
+        true
+    }
 }
 
 fn body(b: client_frame::Body) -> ClientFrame {
@@ -785,14 +829,23 @@ enum SessionEnd {
 async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let mut delay = shared.config.reconnect_min;
     let mut prefer_stream = false;
+    // Whether the last attempt already followed a fresh answer (no second ask at once).
+    let mut fresh = false;
     loop {
         if shared.closing.load(Ordering::SeqCst) {
             break;
         }
-        let end = match &shared.config.stream {
+        let target = shared.target();
+        let end = match &target.stream {
             Some(t) if t.only || prefer_stream => stream::session(&shared, t).await,
-            Some(t) => match session(&shared, &endpoint, Some(t.quic_timeout)).await {
+            Some(t) => match session(&shared, &endpoint, &target, Some(t.quic_timeout)).await {
                 SessionEnd::NoHandshake => {
+                    // A new certificate or address (a restarted or other node) explains a
+                    // handshake that fails: ask first, and dial QUIC again at once if it moved.
+                    if !fresh && shared.rediscover().await {
+                        fresh = true;
+                        continue;
+                    }
                     tracing::info!(
                         timeout = ?t.quic_timeout,
                         "telemetry: no QUIC handshake, using the stream transport"
@@ -802,10 +855,12 @@ async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 }
                 end => end,
             },
-            None => session(&shared, &endpoint, None).await,
+            None => session(&shared, &endpoint, &target, None).await,
         };
-        if matches!(end, SessionEnd::Lost { established: false }) {
-            // The stream transport failed too: try QUIC first again next time.
+        fresh = false;
+        if matches!(end, SessionEnd::Lost { .. }) {
+            // The stream transport failed or its session ended: QUIC first again next time
+            // (the network that dropped UDP may have changed, the server too).
             prefer_stream = false;
         }
         {
@@ -831,6 +886,10 @@ async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 shared.status.send_replace(ConnectionState::Connecting);
                 if established {
                     delay = shared.config.reconnect_min;
+                } else if shared.rediscover().await {
+                    // A failed reconnection and a new answer: dial it at once.
+                    fresh = true;
+                    continue;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -872,6 +931,7 @@ fn is_fatal(code: ErrorCode) -> bool {
 async fn session(
     shared: &Arc<Shared>,
     endpoint: &quinn::Endpoint,
+    target: &Target,
     handshake_timeout: Option<Duration>,
 ) -> SessionEnd {
     let config = &shared.config;
@@ -880,7 +940,13 @@ async fn session(
         Some(_) => SessionEnd::NoHandshake,
         None => SessionEnd::Lost { established: false },
     };
-    let Ok(connecting) = endpoint.connect(config.server, &config.server_name) else {
+    let Ok(quinn_config) =
+        quinn_client_config(&target.verification, config.keep_alive, config.idle_timeout)
+    else {
+        return lost;
+    };
+    let Ok(connecting) = endpoint.connect_with(quinn_config, target.server, &target.server_name)
+    else {
         return lost;
     };
     let bound = async {

@@ -1222,6 +1222,7 @@ impl Core {
             Wave::Deliver { gap } => {
                 state.counters.gaps += gap;
                 let (channel, t) = (w.channel_id, w.first_sample_time_us);
+                let before = self.outputs.len();
                 self.deliver(
                     now,
                     conn,
@@ -1231,7 +1232,14 @@ impl Core {
                     data.len(),
                     false,
                     delivered::Frame::Waveform(w),
-                )
+                )?;
+                // The chunk's delivery is the output just queued: mark the gap before it.
+                if self.outputs.len() > before {
+                    if let Some(Output::Deliver { delivered, .. }) = self.outputs.back_mut() {
+                        delivered.gap = gap;
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -1279,6 +1287,10 @@ impl Core {
         if let Some(state) = state_of(&mut self.kiosks, &key, channel) {
             state.counters.delivered(bytes, aligned, server_time_us);
         }
+        let epoch = self
+            .kiosks
+            .get(&key)
+            .map_or(String::new(), |k| format!("{:016x}", k.instance_id));
         self.counters.frames_delivered += 1;
         self.outputs.push_back(Output::Deliver {
             room: key.room.clone(),
@@ -1289,6 +1301,8 @@ impl Core {
                 aligned_time_us,
                 clock_error_us,
                 server_time_us,
+                epoch,
+                gap: 0,
                 frame: Some(frame),
             },
             reliable,

@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) next_stream: AtomicU64,
     outbound_dropped: AtomicU64,
     pub(crate) stream_connections: AtomicU64,
+    /// Set by [`Sidecar::shutdown`]: stream transports are refused from then on.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
     pub(crate) outbound_queue: usize,
     pub(crate) max_connections: usize,
 }
@@ -187,6 +189,7 @@ impl Sidecar {
             next_stream: AtomicU64::new(1),
             outbound_dropped: AtomicU64::new(0),
             stream_connections: AtomicU64::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
             outbound_queue: config.outbound_queue.max(1),
             max_connections: config.max_connections,
         });
@@ -239,6 +242,7 @@ impl Sidecar {
 
     /// Closes every connection (`SERVER_BUSY`, "shutting down") and waits for them to finish.
     pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
         let streams: Vec<ConnId> = self
             .inner
             .lock()

@@ -40,10 +40,10 @@ const KEY_MEASUREMENT: u8 = 3 << 3 | 2;
 const KEY_WAVEFORM: u8 = 4 << 3 | 2;
 const KEY_BLOB: u8 = 7 << 3 | 2;
 
-/// The connection limit is reached: refuse the transport (the refusal is counted as
-/// `server_busy`).
+/// The connection limit is reached, or the sidecar is shutting down: refuse the transport (the
+/// refusal is counted as `server_busy`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the telemetry server is at its limit of {limit} connections")]
+#[error("the telemetry server is shutting down or at its limit of {limit} connections")]
 #[non_exhaustive]
 pub struct Busy {
     /// The limit.
@@ -84,7 +84,7 @@ impl Sidecar {
     pub fn open_stream(&self) -> Result<StreamConn, Busy> {
         let inner = &self.inner;
         let open = inner.lock().handles.len();
-        if open >= inner.max_connections {
+        if open >= inner.max_connections || inner.closing.load(Ordering::SeqCst) {
             inner.drive(|core, _| core.count(ErrorCode::ServerBusy));
             return Err(Busy {
                 limit: inner.max_connections,

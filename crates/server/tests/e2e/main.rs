@@ -28,6 +28,7 @@ mod otlp;
 mod privacy;
 mod privilege;
 mod relay;
+mod restart;
 mod tcp_netns;
 mod telemetry;
 mod tokens;
