@@ -269,6 +269,13 @@ mod tests {
         // The client says it reaches its relay over TLS: shown while the pair is relayed.
         p.report_relay(TransportProtocol::Tls, true).unwrap();
         assert_eq!(p.selected.map(|t| t.label()), Some("relay/tls"));
+        // The pair moves to a direct candidate: the report is not shown, and a new one refused.
+        p.select(Protocol::Udp, "203.0.113.5:40000".parse().unwrap());
+        assert_eq!(p.selected.map(|t| t.label()), Some("srflx/udp"));
+        assert_eq!(
+            p.report_relay(TransportProtocol::Tls, true),
+            Err(RelayReportError::NotRelayed)
+        );
         p.select(Protocol::Udp, "203.0.113.5:40000".parse().unwrap());
         assert_eq!(p.selected.map(|t| t.label()), Some("srflx/udp"));
         p.select(Protocol::Udp, "192.168.1.10:50000".parse().unwrap());
