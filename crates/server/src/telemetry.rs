@@ -508,13 +508,31 @@ pub async fn stream_handler(
         .on_upgrade(move |socket| pump(socket, conn))
 }
 
-/// Moves messages between the WebSocket and the sidecar until either side ends.
+/// A stream-transport kiosk silent this long is closed, like the QUIC connection's idle timeout
+/// (a live kiosk answers the clock pings every 2 s).
+const STREAM_IDLE: Duration = Duration::from_secs(15);
+
+/// Moves messages between the WebSocket and the sidecar until either side ends, or the kiosk
+/// has been silent for [`STREAM_IDLE`].
 async fn pump(mut socket: axum::extract::ws::WebSocket, mut conn: StreamConn) {
     use axum::extract::ws::{CloseFrame, Message};
+    let mut idle = Box::pin(tokio::time::sleep(STREAM_IDLE));
     loop {
         tokio::select! {
+            () = &mut idle => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "idle".into(),
+                    })))
+                    .await;
+                return;
+            }
             msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(b))) => conn.handle_message(&b),
+                Some(Ok(Message::Binary(b))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + STREAM_IDLE);
+                    conn.handle_message(&b);
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 // Text is not part of the protocol: a malformed frame, like garbage on QUIC.
                 Some(Ok(Message::Text(_))) => conn.handle_message(&[0xff]),

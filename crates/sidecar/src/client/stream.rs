@@ -217,6 +217,11 @@ type Source = futures_util::stream::SplitStream<WebSocketStream<Box<dyn Io>>>;
 /// The established session: writes what is queued, applies what arrives.
 async fn run(shared: &Arc<Shared>, link: &StreamLink, source: &mut Source) -> SessionEnd {
     let gone = SessionEnd::Lost { established: true };
+    // The server pings every few seconds: silence this long means it is gone (TCP may take
+    // minutes to say so), as QUIC's idle timeout would.
+    let idle_timeout = shared.config.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         loop {
             let frame = shared.lock().control.pop_front();
@@ -243,8 +248,10 @@ async fn run(shared: &Arc<Shared>, link: &StreamLink, source: &mut Source) -> Se
             }
         }
         tokio::select! {
+            () = &mut idle => return gone,
             f = next_frame(source) => match f {
                 Ok(f) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     if let Some(reply) = on_frame(shared, f) {
                         let Ok(bytes) = encode_frame(&reply) else { continue };
                         if !link.send(bytes).await {
