@@ -119,9 +119,10 @@ struct Kiosk {
 impl Kiosk {
     async fn connect(base: &str, token: &str, room: &str) -> Kiosk {
         let http = reqwest::Client::new();
-        let (url, verification) = cabine_kiosk::telemetry::discover(&http, base, token)
+        let found = cabine_kiosk::telemetry::discover(&http, base, token)
             .await
             .expect("telemetry discovery");
+        let (url, verification) = (found.url, found.verification);
         let (addr, name) = resolve(&url).await.unwrap();
         let mut cc = ClientConfig::new(addr, token, RoomId::parse(room).unwrap(), verification);
         cc.server_name = name;
