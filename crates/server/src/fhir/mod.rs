@@ -249,7 +249,13 @@ impl Fhir {
                 let now_live = live(&rooms);
                 let ended = f.records().tick(Instant::now(), |r| now_live.contains(r));
                 for e in ended {
-                    f.finish(e).await;
+                    // Each export in a task of its own: should one fail in a way nobody
+                    // foresaw, the watch goes on for the other rooms.
+                    let one = Arc::clone(&f);
+                    let room = e.room.clone();
+                    if let Err(err) = tokio::spawn(async move { one.finish(e).await }).await {
+                        f.not_exported(&room, &format!("internal: {err}"));
+                    }
                 }
             }
         });
@@ -306,6 +312,10 @@ impl Fhir {
         };
         if let Err(err) = self.check_outbox_capacity() {
             warn!(%room, error = %err, "room ended: its FHIR export is refused");
+            self.not_exported(
+                &e.room,
+                &format!("outbox_full: {measurements} measurements dropped: {err}"),
+            );
             return;
         }
         match self.write(&subject, &e.data, Trigger::RoomEnd).await {
@@ -324,9 +334,21 @@ impl Fhir {
                 info!(%room, error = %err, "room ended: nothing to export")
             }
             Err(err) => {
-                warn!(%room, error = %err, "room ended: its FHIR export could not be written")
+                warn!(%room, error = %err, "room ended: its FHIR export could not be written");
+                self.not_exported(
+                    &e.room,
+                    &format!("write_error: {measurements} measurements dropped: {err}"),
+                );
             }
         }
+    }
+
+    /// A room ended but its measurements could not be written to the outbox: counted
+    /// (`cabine_fhir_not_exported_total`) and audited with the reason.
+    fn not_exported(&self, room: &RoomId, reason: &str) {
+        self.stats.not_exported.fetch_add(1, Ordering::Relaxed);
+        self.audit
+            .record("fhir_not_exported", room.as_str(), "-", None, None, reason);
     }
 
     fn check_outbox_capacity(&self) -> Result<(), ExportError> {

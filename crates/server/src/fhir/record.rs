@@ -19,6 +19,13 @@ use super::subject::Subject;
 /// A room that was given a subject but never became live is forgotten after this long.
 pub const UNUSED_SUBJECT_TTL: Duration = Duration::from_secs(3600);
 
+/// A capture time further in the past than this, on the server's clock, is not believed: the
+/// reception time is used instead.
+pub const MAX_CAPTURE_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A capture time further in the future than this, on the server's clock, is not believed.
+pub const MAX_CAPTURE_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
 /// A (kiosk identity, channel id) pair.
 pub type ChannelKey = (String, u32);
 
@@ -194,11 +201,7 @@ impl Records {
         r.seen_live = true;
         r.idle_since = None;
         let key = (d.source.clone(), d.channel_id);
-        let time_us = if d.aligned_time_us != 0 {
-            d.aligned_time_us
-        } else {
-            d.server_time_us
-        };
+        let time_us = capture_time(d);
         match &d.frame {
             Some(delivered::Frame::Channel(decl)) => {
                 r.data.channels.insert(key, decl.clone());
@@ -351,6 +354,25 @@ impl Records {
     }
 }
 
+/// The capture time of a delivered frame on the server's clock: the aligned time a kiosk
+/// claims when it lies within [`MAX_CAPTURE_AGE`] before and [`MAX_CAPTURE_AHEAD`] after the
+/// reception time, else the reception time (a kiosk cannot date a measurement in year 30 000).
+pub fn capture_time(d: &Delivered) -> u64 {
+    let claimed = d.aligned_time_us;
+    let received = d.server_time_us;
+    if received == 0 {
+        // No reception time (frames made in tests): the claim, range-checked by the export.
+        return claimed;
+    }
+    let low = received.saturating_sub(MAX_CAPTURE_AGE.as_micros() as u64);
+    let high = received.saturating_add(MAX_CAPTURE_AHEAD.as_micros() as u64);
+    if claimed != 0 && (low..=high).contains(&claimed) {
+        claimed
+    } else {
+        received
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,5 +477,22 @@ mod tests {
         r.set_subject(&a, Subject::parse("Patient/9").unwrap(), t0)
             .unwrap();
         assert_eq!(r.tick(t0 + UNUSED_SUBJECT_TTL, |_| false).len(), 1);
+    }
+
+    #[test]
+    fn claimed_capture_times_outside_the_window_fall_back_to_the_reception_time() {
+        let now_us = 1_795_000_000_000_000u64;
+        let at = |claimed: u64| {
+            capture_time(&Delivered {
+                aligned_time_us: claimed,
+                server_time_us: now_us,
+                ..Default::default()
+            })
+        };
+        assert_eq!(at(now_us - 5_000_000), now_us - 5_000_000);
+        assert_eq!(at(now_us + 3_600_000_000), now_us + 3_600_000_000);
+        for wild in [0, 1, u64::MAX, u64::MAX / 2, now_us * 100, now_us / 2] {
+            assert_eq!(at(wild), now_us, "claimed {wild}");
+        }
     }
 }
