@@ -175,6 +175,23 @@ async fn suite(store: Arc<dyn QueueStore>) {
         assert!(Instant::now() < deadline, "the presence record was kept");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A room's subject: found by room, forgotten after its time.
+    assert_eq!(store.room_subject("q-room").await.unwrap(), None);
+    store
+        .set_room_subject("q-room", "Patient/7", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.room_subject("q-room").await.unwrap().as_deref(),
+        Some("Patient/7")
+    );
+    assert_eq!(store.room_subject("q-other").await.unwrap(), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.room_subject("q-room").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the room's subject was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

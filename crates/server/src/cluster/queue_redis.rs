@@ -107,6 +107,10 @@ fn fleet_key(key: &str) -> String {
     format!("{PREFIX}fleet:{key}")
 }
 
+fn room_subject_key(room: &str) -> String {
+    format!("{PREFIX}rs:{room}")
+}
+
 fn millis(d: Duration) -> u64 {
     d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
@@ -335,6 +339,33 @@ impl QueueStore for RedisQueueStore {
                 let _ = bounded(c.srem::<_, _, ()>(format!("{PREFIX}fleet"), &gone)).await;
             }
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (key, subject) = (room_subject_key(room), subject.to_owned());
+        async move {
+            let mut c = self.conn.clone();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(&subject).arg("PX").arg(millis(ttl));
+            let _: () = bounded(cmd.query_async(&mut c)).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = room_subject_key(room);
+        async move {
+            let mut c = self.conn.clone();
+            let v: Option<String> = bounded(c.get(&key)).await?;
+            Ok(v)
         }
         .boxed()
     }

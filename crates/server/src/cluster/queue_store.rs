@@ -221,6 +221,18 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Every kiosk's presence record.
     fn kiosks(&self) -> BoxFuture<'_, Result<Vec<HashMap<String, String>>, StoreError>>;
+
+    /// Remembers for `ttl` the patient reference a take handed to `room`, so that the node
+    /// holding the room finds it for the FHIR export whichever node took the ticket.
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The patient reference handed to `room`, if any (and not forgotten yet).
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
 }
 
 /// Names kiosks in the store by a keyed hash of their identity (keyed from the deployment's
@@ -269,6 +281,8 @@ struct Inner {
     by_kiosk: HashMap<String, String>,
     handling: VecDeque<u64>,
     kiosks: HashMap<String, (HashMap<String, String>, Instant)>,
+    /// Room → (subject, forgotten at).
+    room_subjects: HashMap<String, (String, Instant)>,
 }
 
 impl MemoryQueueStore {
@@ -295,6 +309,7 @@ impl Inner {
                 .is_some_and(|(t, _)| t.state == TicketState::Waiting)
         });
         self.kiosks.retain(|_, (_, exp)| *exp > now);
+        self.room_subjects.retain(|_, (_, exp)| *exp > now);
     }
 }
 
@@ -426,6 +441,27 @@ impl QueueStore for MemoryQueueStore {
         inner.prune();
         let k = inner.kiosks.values().map(|(f, _)| f.clone()).collect();
         async { Ok(k) }.boxed()
+    }
+
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut inner = self.lock();
+        inner.prune();
+        inner
+            .room_subjects
+            .insert(room.to_owned(), (subject.to_owned(), Instant::now() + ttl));
+        async { Ok(()) }.boxed()
+    }
+
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let mut inner = self.lock();
+        inner.prune();
+        let s = inner.room_subjects.get(room).map(|(s, _)| s.clone());
+        async { Ok(s) }.boxed()
     }
 }
 

@@ -57,6 +57,9 @@ pub struct Fhir {
     sender: sender::Sender,
     stats: Arc<FhirStats>,
     audit: crate::audit::Audit,
+    /// Where the queue leaves the subject of each room it created (shared by the cluster):
+    /// consulted when the room has no subject of its own.
+    room_subjects: std::sync::OnceLock<Arc<dyn crate::cluster::QueueStore>>,
 }
 
 /// Why the export did not start.
@@ -167,6 +170,7 @@ impl Fhir {
             sender,
             stats,
             audit,
+            room_subjects: std::sync::OnceLock::new(),
         }))
     }
 
@@ -205,11 +209,13 @@ impl Fhir {
         room: &RoomId,
         subject: Option<Subject>,
     ) -> Result<Exported, ExportError> {
-        let subject = {
-            let records = self.records();
-            subject
-                .or_else(|| records.subject(room).cloned())
-                .ok_or(ExportError::NoSubject)?
+        let kept = self.records().subject(room).cloned();
+        let subject = match subject.or(kept) {
+            Some(s) => s,
+            None => self
+                .platform_subject(room)
+                .await
+                .ok_or(ExportError::NoSubject)?,
         };
         self.check_outbox_capacity()?;
         let data = self.records().take(room);
@@ -224,6 +230,12 @@ impl Fhir {
             }
             other => other,
         }
+    }
+
+    /// Where to find the subjects the walk-in queue hands to the rooms it creates (the
+    /// queue's store: in a cluster, the node that took the ticket need not hold the room).
+    pub fn set_room_subjects(&self, store: Arc<dyn crate::cluster::QueueStore>) {
+        let _ = self.room_subjects.set(store);
     }
 
     /// Checks, every fraction of `fhir.room_end_grace`, which rooms ended: `live` gets the
@@ -294,7 +306,11 @@ impl Fhir {
             return;
         }
         let measurements = e.data.readings.len();
-        let Some(subject) = e.subject else {
+        let subject = match e.subject {
+            Some(s) => Some(s),
+            None => self.platform_subject(&e.room).await,
+        };
+        let Some(subject) = subject else {
             self.stats.no_subject.fetch_add(1, Ordering::Relaxed);
             info!(%room, measurements, "room ended without a subject: its measurements are dropped, not exported");
             self.audit.record(
@@ -349,6 +365,18 @@ impl Fhir {
         self.stats.not_exported.fetch_add(1, Ordering::Relaxed);
         self.audit
             .record("fhir_not_exported", room.as_str(), "-", None, None, reason);
+    }
+
+    /// The subject the queue's store holds for `room` (a taken ticket's), if any.
+    async fn platform_subject(&self, room: &RoomId) -> Option<Subject> {
+        let store = self.room_subjects.get()?;
+        match store.room_subject(room.as_str()).await {
+            Ok(found) => found.and_then(|s| Subject::parse(&s).ok()),
+            Err(err) => {
+                warn!(room = %Redacted(room), error = %err, "the queue's store did not say the room's subject");
+                None
+            }
+        }
     }
 
     fn check_outbox_capacity(&self) -> Result<(), ExportError> {

@@ -305,8 +305,8 @@ async fn take(
         .map_err(|e| refusal(&st, &claims, peer, e))?;
     // The room is placed now (on this node unless the cluster chooses another): the
     // consultation exists before either side joins.
-    let placed = st.cluster().route(&taken.room).await;
-    hand_subject_to_fhir(&st, &taken, &placed);
+    let _ = st.cluster().route(&taken.room).await;
+    hand_subject_to_fhir(&st, &taken).await;
     let (room, token) = room_token(&st, &taken.ticket, Role::Doctor, claims.sub.as_str())?;
     st.audit(
         "queue_take",
@@ -334,26 +334,22 @@ async fn take(
     })))
 }
 
-/// Gives the platform's subject reference (from the ticket) to the FHIR export of the room, on
-/// the node that holds it. A room placed on another node is exported there without this
-/// subject (the doctor can still export with an explicit subject): said in the log, counted.
-fn hand_subject_to_fhir(st: &AppState, taken: &super::Taken, placed: &crate::cluster::Route) {
-    let (Some(fhir), Some(subject)) = (
-        st.fhir(),
-        Some(taken.ticket.subject.as_str()).filter(|s| !s.is_empty()),
-    ) else {
-        return;
-    };
-    if !matches!(placed, crate::cluster::Route::Local) {
-        tracing::warn!(
-            room = %Redacted(taken.room.as_str()),
-            "queue take: the room is placed on another node; its FHIR export there has no \
-             subject from the ticket"
-        );
+/// Leaves the platform's subject reference (from the ticket) in the queue's store, by room:
+/// the FHIR export of the room finds it there on whichever node holds the room (in a cluster,
+/// the store is shared). Kept as long as the room's tokens plus `queue.keep`.
+async fn hand_subject_to_fhir(st: &AppState, taken: &super::Taken) {
+    if taken.ticket.subject.is_empty() {
         return;
     }
-    if let Err(e) = fhir.set_subject(&taken.room, subject) {
-        tracing::warn!(room = %Redacted(taken.room.as_str()), error = %e, "queue take: the ticket's subject was not kept for the FHIR export");
+    let cfg = st.queue.config();
+    let ttl = cfg.room_token_ttl.saturating_add(cfg.keep);
+    if let Err(e) = st
+        .queue
+        .store()
+        .set_room_subject(taken.room.as_str(), &taken.ticket.subject, ttl)
+        .await
+    {
+        tracing::warn!(room = %Redacted(taken.room.as_str()), error = %e, "queue take: the ticket's subject was not stored for the FHIR export");
     }
 }
 

@@ -671,6 +671,80 @@ async fn a_room_exports_at_its_end_to_the_platforms_subject() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_tickets_subject_is_the_subject_of_its_rooms_export() {
+    let sink = Sink::start(0).await;
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-ticket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = common::start_with(|c| {
+        c.auth.secret = SECRET.into();
+        c.audit.path = dir.join("audit").join("audit.jsonl");
+        c.fhir.endpoint = sink.url.clone();
+        c.fhir.room_end_grace = Duration::from_millis(500);
+        c.fhir.retry_min = Duration::from_millis(100);
+    })
+    .await;
+    let fhir = Arc::clone(s.server.fhir().expect("the export is on"));
+    let http = reqwest::Client::new();
+    let kiosk = token("lobby", Role::Kiosk, "kiosk-walk-in");
+    let r = http
+        .post(format!("{}/api/queue", s.base))
+        .bearer_auth(&kiosk)
+        .json(&serde_json::json!({ "subject": "Patient/789" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let ticket: Value = r.json().await.unwrap();
+    let doctor = Tokens::new(SECRET.as_bytes())
+        .mint(
+            "*",
+            Role::Doctor,
+            Identity::parse("dr-queue").unwrap(),
+            Duration::from_secs(600),
+            Some(vec![cabine_proto::Grant::Take]),
+        )
+        .unwrap();
+    let r = http
+        .post(format!(
+            "{}/api/queue/{}/take",
+            s.base,
+            ticket["ticket"].as_str().unwrap()
+        ))
+        .bearer_auth(&doctor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let taken: Value = r.json().await.unwrap();
+    let room = taken["room"].as_str().unwrap().to_owned();
+
+    // Nothing set on the export's side: the subject is found through the queue's store, as
+    // on a node of a cluster that did not take the ticket.
+    assert!(fhir.held().rooms == 0);
+    let mut k = Kiosk::connect(&s.base, &token(&room, Role::Kiosk, "kiosk-walk-in"), &room).await;
+    let sent = k.run(Duration::from_millis(3500));
+    until("the measurements are kept", || {
+        let h = fhir.held();
+        async move { h.measurements == sent as u64 }
+    })
+    .await;
+    k.client.close().await;
+    until("the room's end exports to the ticket's subject", || async {
+        sink.accepted().len() == 1
+    })
+    .await;
+    check_content(&sink.accepted()[0], "Patient/789");
+    assert_eq!(
+        fhir.stats()
+            .no_subject
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_fhir_section_stops_the_start_naming_its_key() {
     let dir = std::env::temp_dir().join(format!("cabine-fhir-bad-{}", std::process::id()));
