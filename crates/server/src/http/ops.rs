@@ -300,10 +300,13 @@ pub(crate) async fn ops_once(
             x["node"] = id.clone();
         }
     }
-    // The fleet and the queue are the service's (in the store when clustered), pseudonymous.
-    v["fleet"] =
-        serde_json::to_value(st.queue.fleet(false).await.unwrap_or_default()).unwrap_or_default();
-    v["queue"] = crate::queue::http::ops_queue(&st).await;
+    // The fleet and the queue are the service's (in the store when clustered), pseudonymous:
+    // only an operator of every room sees them, not one of a single room.
+    if claims.room == "*" {
+        v["fleet"] = serde_json::to_value(st.queue.fleet(false).await.unwrap_or_default())
+            .unwrap_or_default();
+        v["queue"] = crate::queue::http::ops_queue(&st).await;
+    }
     if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
         return Ok(Json(v));
     }

@@ -340,6 +340,18 @@ async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals
         !view.to_string().contains("kiosk-pharmacie"),
         "identities in /api/ops"
     );
+    // An operator of one room sees neither the service's fleet nor its queue.
+    let (status, view) = call(
+        "GET",
+        &base,
+        "/api/ops",
+        &s.token("lobby", Role::Operator, "o"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert!(view.get("fleet").is_none(), "{view}");
+    assert!(view.get("queue").is_none(), "{view}");
 
     let _ = stop_cabin.send(());
     let (admission, _) = tokio::time::timeout(Duration::from_secs(20), cabin1)
