@@ -370,7 +370,8 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     let audit = audit_path.clone();
     let s = common::start_with(move |c| {
         c.audit.path = audit;
-        c.queue.ticket_ttl = Duration::from_secs(5);
+        // Long enough that a loaded runner takes kiosk-b's ticket before it expires.
+        c.queue.ticket_ttl = Duration::from_secs(20);
         c.queue.unanswered_after = Duration::from_millis(300);
         c.queue.max_waiting = 2.try_into().unwrap();
         c.admin.listen = "127.0.0.1:0".into();
@@ -477,11 +478,14 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
         call("POST", &base, "/api/queue", &kc, Some(long)).await.0,
         400
     );
-    let bad = json!({ "subject": "123; DROP" });
-    assert_eq!(
-        call("POST", &base, "/api/queue", &kc, Some(bad)).await.0,
-        400
-    );
+    for bad in ["123; DROP", "Practitioner/1"] {
+        let bad = json!({ "subject": bad });
+        assert_eq!(
+            call("POST", &base, "/api/queue", &kc, Some(bad)).await.0,
+            400,
+            "the export needs a Patient"
+        );
+    }
     // Unknown ticket: 404.
     assert_eq!(
         call(
@@ -496,7 +500,7 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
         404
     );
 
-    // Unanswered past 300 ms: flagged in the ops view and the metric; expired after 5 s (410).
+    // Unanswered past 300 ms: flagged in the ops view and the metric; expired after 20 s (410).
     let ops = s.token("*", Role::Operator, "ops");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -538,7 +542,7 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     let take_b = format!("/api/queue/{}/take", flagged_b["ticket"].as_str().unwrap());
     assert_eq!(call("POST", &base, &take_b, &doctor, None).await.0, 200);
     let path = format!("/api/queue/{}", tb["ticket"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(45);
     while call("GET", &base, &path, &k1, None).await.0 != 410 {
         assert!(Instant::now() < deadline, "the ticket did not expire");
         tokio::time::sleep(Duration::from_millis(100)).await;
