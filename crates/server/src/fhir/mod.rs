@@ -159,12 +159,15 @@ impl Fhir {
             .map_err(|e| FhirError::Client(e.to_string()))?;
         info!(outbox = %settings.outbox.display(), "FHIR export on");
         Ok(Arc::new(Fhir {
-            records: Mutex::new(Records::new(
-                settings.max_rooms,
-                settings.max_measurements_per_room,
-                settings.waveform_excerpt,
-                settings.room_end_grace,
-            )),
+            records: Mutex::new(
+                Records::new(
+                    settings.max_rooms,
+                    settings.max_measurements_per_room,
+                    settings.waveform_excerpt,
+                    settings.room_end_grace,
+                )
+                .with_max_waveform_bytes(settings.max_waveform_bytes_per_room),
+            ),
             settings,
             outbox,
             sender,

@@ -32,14 +32,20 @@ pub struct FhirStats {
     /// Rooms that ended with measurements that could not be written to the outbox (outbox
     /// full, disk error): nothing exported, audited as `fhir_not_exported`.
     pub not_exported: AtomicU64,
-    /// Refusals by limit: `max_rooms`, `max_measurements_per_room`, `max_pending`.
-    pub refused: [AtomicU64; 3],
+    /// Refusals by limit: `max_rooms`, `max_measurements_per_room`, `max_pending`,
+    /// `max_waveform_bytes_per_room`.
+    pub refused: [AtomicU64; 4],
     /// Values left out of Bundles, by [`Skipped::by_reason`] order.
     pub skipped: [AtomicU64; 6],
 }
 
 /// Labels of [`FhirStats::refused`].
-pub const REFUSED: [&str; 3] = ["max_rooms", "max_measurements_per_room", "max_pending"];
+pub const REFUSED: [&str; 4] = [
+    "max_rooms",
+    "max_measurements_per_room",
+    "max_pending",
+    "max_waveform_bytes_per_room",
+];
 
 impl FhirStats {
     /// Counts a refusal of the record table.
@@ -61,7 +67,7 @@ impl FhirStats {
     }
 
     /// Refusals by limit.
-    pub fn refusals(&self) -> [(&'static str, u64); 3] {
+    pub fn refusals(&self) -> [(&'static str, u64); 4] {
         std::array::from_fn(|i| (REFUSED[i], self.refused[i].load(Ordering::Relaxed)))
     }
 }
@@ -200,7 +206,8 @@ mod tests {
             [
                 ("max_rooms", 1),
                 ("max_measurements_per_room", 2),
-                ("max_pending", 1)
+                ("max_pending", 1),
+                ("max_waveform_bytes_per_room", 0)
             ]
         );
     }
