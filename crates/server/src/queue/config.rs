@@ -12,6 +12,10 @@ pub struct QueueConfig {
     /// Tickets waiting at once, over the whole service; more are refused (503,
     /// `cabine_queue_refused_total`).
     pub max_waiting: NonZeroUsize,
+    /// Ticket records kept at once, over the whole service (waiting, or remembered for
+    /// `keep`); more are refused (503, `cabine_queue_refused_total{limit="max_records"}`). A
+    /// kiosk's new ticket replaces its previous record.
+    pub max_records: NonZeroUsize,
     /// A ticket nobody takes within this expires (410 afterwards).
     #[serde(with = "humantime_serde")]
     pub ticket_ttl: Duration,

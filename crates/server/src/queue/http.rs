@@ -177,13 +177,13 @@ async fn enqueue(
             body["error"] = json!("this kiosk already waits with this ticket");
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
-        Err(e @ QueueError::Full { .. }) => {
+        Err(e @ QueueError::Full { limit, .. }) => {
             audit(&st, "queue_refused", &claims, peer, &e.to_string());
-            tracing::warn!(limit = "queue.max_waiting", "queue full: ticket refused");
+            tracing::warn!(limit, "queue full: ticket refused");
             // The shape of every limit's refusal (`crate::limits::Refused`).
             let body = json!({
                 "error": "limit",
-                "limit": "queue.max_waiting",
+                "limit": limit,
                 "message": e.to_string(),
             });
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();

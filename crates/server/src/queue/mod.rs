@@ -58,10 +58,13 @@ pub enum QueueError {
     /// The store did not answer (503).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// `queue.max_waiting` tickets already wait (503).
-    #[error("{max} tickets are waiting (queue.max_waiting = {max}); try again later")]
+    /// `queue.max_waiting` tickets already wait, or `queue.max_records` records are kept
+    /// (503).
+    #[error("the queue is full ({limit} = {max}); try again later")]
     Full {
-        /// The limit.
+        /// The key of the limit.
+        limit: &'static str,
+        /// Its value.
         max: usize,
     },
     /// The kiosk already waits with this ticket (409).
@@ -263,7 +266,12 @@ impl Queue {
         let life = self.cfg.ticket_ttl + self.cfg.keep;
         match self
             .store
-            .create(&record, self.cfg.max_waiting.get(), life)
+            .create(
+                &record,
+                self.cfg.max_waiting.get(),
+                self.cfg.max_records.get(),
+                life,
+            )
             .await?
         {
             Created::New => {
@@ -278,7 +286,15 @@ impl Queue {
             Created::Full => {
                 self.stats.count_refused();
                 Err(QueueError::Full {
+                    limit: "queue.max_waiting",
                     max: self.cfg.max_waiting.get(),
+                })
+            }
+            Created::TooManyRecords => {
+                self.stats.count_refused_records();
+                Err(QueueError::Full {
+                    limit: "queue.max_records",
+                    max: self.cfg.max_records.get(),
                 })
             }
         }
