@@ -140,6 +140,10 @@ fn registry_view(
         .map(|(n, answered)| {
             let mut j = serde_json::to_value(&n).unwrap_or_default();
             j["answered"] = serde_json::Value::Bool(answered);
+            j["stale"] = serde_json::Value::Bool(crate::cluster::placement::is_stale(
+                &n,
+                crate::queue::now_ms(),
+            ));
             j
         })
         .collect();

@@ -641,6 +641,26 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     assert_eq!(status, 200, "{taken2}");
     a.kill9();
 
+    // A stops renewing its record: once it is stale in B's view (two refreshes), B places
+    // no new room there, although A is still in the registry.
+    let ops = common::cluster::token("*", Role::Operator, "ops");
+    let a_listed = |v: &Value, stale: Option<bool>| {
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == "node-a" && stale.is_none_or(|s| n["stale"] == s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call("GET", &b.base, "/api/ops", &ops, None).await;
+        if !a_listed(&v, Some(false)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never became stale: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // B lists the queue A held and takes ticket 1; a second take on C is refused.
     let (status, list) = call("GET", &b.base, "/api/queue", &doctor, None).await;
     assert_eq!(status, 200, "{list}");
@@ -691,8 +711,59 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
         },
     ));
     let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
-    let ops = common::cluster::token("*", Role::Operator, "ops");
+    // Placed on B (the least loaded live node; A, first by id, is stale): the cabin and the
+    // doctor meet there.
     doctor_sees_media_and_vitals(&b.base, &ops, &room, &doctor_room_token).await;
+
+    // The consultation taken on A works again once A has left the registry: cabin 2 dials
+    // its room through C, the room is placed again on a live node, and its doctor meets it
+    // there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call("GET", &c.base, "/api/ops", &ops, None).await;
+        if !a_listed(&v, None) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never left the registry: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let room_of_2 = room2["room"].as_str().unwrap().to_owned();
+    let (stop2, stopped2) = oneshot::channel::<()>();
+    let cabin2 = tokio::spawn(dial::run(
+        cabin(&c.base, room2["token"].as_str().unwrap().to_owned()),
+        async move {
+            let _ = stopped2.await;
+        },
+    ));
+    // Where it went: the node whose rooms list it (B holds room 1, so C by load).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let mut found = None;
+        for base in [&b.base, &c.base] {
+            let v = common::rooms_at(base, &ops).await;
+            if v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["room"] == room_of_2.as_str())
+            {
+                found = Some(base.clone());
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "room 2 was not placed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        holder, c.base,
+        "room 2 re-placed on the least loaded live node"
+    );
+    doctor_sees_media_and_vitals(&holder, &ops, &room_of_2, taken2["token"].as_str().unwrap())
+        .await;
+    let _ = stop2.send(());
     let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cabin2).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
 }
