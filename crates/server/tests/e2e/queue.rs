@@ -2,7 +2,9 @@
 //! `queue::dial_queued`) waits, a doctor lists the queue and takes it over the API, and both
 //! meet in the room the server created, with media and vitals; the refusals (403, 404, 409,
 //! 410, 503), cancel and expiry, the fleet, and — on a Redis cluster — a queue that survives
-//! `kill -9` of the node that held it.
+//! `kill -9` of the node that held it. The `cabine-kiosk` binary itself (`dial --queue`)
+//! prints its position, is taken over the API and meets its doctor; Ctrl-C while it waits
+//! cancels its ticket. Priority orders a specialty's queue.
 
 use std::time::{Duration, Instant};
 
@@ -766,4 +768,210 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin2).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
+}
+
+/// The `cabine-kiosk` binary next to this test binary (`target/<profile>/cabine-kiosk`).
+fn kiosk_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/cabine-kiosk
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("cabine-kiosk"))
+        .expect("target/<profile>");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p cabine-kiosk` (`cargo test --workspace` \
+         builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `cabine-kiosk dial --queue`: its stdout lines as they come.
+struct QueuedKiosk {
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl QueuedKiosk {
+    fn start(base: &str, token: &str, extra: &[&str]) -> QueuedKiosk {
+        let mut child = std::process::Command::new(kiosk_bin())
+            .args(["dial", "--server", base, "--token", token, "--queue"])
+            .args(["--loopback", "--no-subscribe", "--device-camera", "off"])
+            .args(["--stethoscope", "off", "--fps", "10", "--video-kbps", "200"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cabine-kiosk starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        QueuedKiosk { child, lines }
+    }
+
+    /// The next line that starts with `prefix` (within 30 s).
+    async fn line(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.starts_with(prefix) => return l,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("cabine-kiosk ended before printing {prefix:?}"),
+                Err(_) => panic!("cabine-kiosk did not print {prefix:?} within 30 s"),
+            }
+        }
+    }
+
+    /// SIGINT (Ctrl-C), then waits for the process to end.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "cabine-kiosk did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for QueuedKiosk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cabine_kiosk_binary_queues_is_taken_and_ctrl_c_cancels() {
+    let s = common::start().await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-binary");
+    let ops = s.token("*", Role::Operator, "ops");
+
+    // The binary prints its position; the doctor takes it over the API; it joins the room
+    // and the doctor has its media and vitals.
+    let kiosk_token = s.token("lobby", Role::Kiosk, "kiosk-binary-1");
+    let mut cabin = QueuedKiosk::start(&base, &kiosk_token, &["--reason", "toux"]);
+    let line = cabin.line("ticket ").await;
+    let (ticket, rest) = line
+        .strip_prefix("ticket ")
+        .and_then(|l| l.split_once(": "))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(rest.starts_with("position 1,"), "{line}");
+    let (status, taken) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{ticket}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    let room = taken["room"].as_str().unwrap().to_owned();
+    doctor_sees_media_and_vitals(&base, &ops, &room, taken["token"].as_str().unwrap()).await;
+    // Ctrl-C ends the consultation; the cabin reports the room it was taken into.
+    assert!(cabin.interrupt().success());
+    let joined = cabin.line("taken: room ").await;
+    assert_eq!(joined, format!("taken: room {room}"));
+
+    // Ctrl-C while waiting cancels the ticket: 410 afterwards.
+    let waiting_token = s.token("lobby", Role::Kiosk, "kiosk-binary-2");
+    let mut waiting = QueuedKiosk::start(&base, &waiting_token, &[]);
+    let line = waiting.line("ticket ").await;
+    let ticket = line
+        .strip_prefix("ticket ")
+        .and_then(|l| l.split_once(':'))
+        .map(|(t, _)| t.to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(waiting.interrupt().success());
+    assert_eq!(waiting.line("cancelled").await, "cancelled");
+    let path = format!("/api/queue/{ticket}");
+    let (status, body) = call("GET", &base, &path, &waiting_token, None).await;
+    assert_eq!(status, 410, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_goes_first_within_its_specialty_then_arrival_order() {
+    let s = common::start().await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-order");
+    let mut tickets = Vec::new();
+    for (kiosk, body) in [
+        ("kiosk-o1", json!({})),
+        ("kiosk-o2", json!({"priority": true})),
+        ("kiosk-o3", json!({"specialty": "cardiology"})),
+        ("kiosk-o4", json!({})),
+        ("kiosk-o5", json!({"priority": true})),
+    ] {
+        // Arrival times a millisecond apart at least: the order is by arrival, not by id.
+        let before = std::time::SystemTime::now();
+        while std::time::SystemTime::now()
+            .duration_since(before)
+            .unwrap_or_default()
+            < Duration::from_millis(2)
+        {
+            tokio::task::yield_now().await;
+        }
+        let token = s.token("lobby", Role::Kiosk, kiosk);
+        let (status, t) = call("POST", &base, "/api/queue", &token, Some(body)).await;
+        assert_eq!(status, 201, "{t}");
+        tickets.push((t["ticket"].as_str().unwrap().to_owned(), token));
+    }
+    let id = |i: usize| tickets[i].0.clone();
+    let (status, list) = call("GET", &base, "/api/queue?specialty=general", &doctor, None).await;
+    assert_eq!(status, 200, "{list}");
+    let order: Vec<(String, u64)> = list["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["ticket"].as_str().unwrap().to_owned(),
+                t["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![(id(1), 1), (id(4), 2), (id(0), 3), (id(3), 4)],
+        "priority first (in arrival order), then the others in arrival order"
+    );
+    // Each kiosk sees its own position; cardiology is a queue of its own.
+    for (i, want) in [(1, 1), (4, 2), (0, 3), (3, 4), (2, 1)] {
+        let (ticket, token) = &tickets[i];
+        let (status, v) = call("GET", &base, &format!("/api/queue/{ticket}"), token, None).await;
+        assert_eq!((status, v["position"].as_u64()), (200, Some(want)), "{v}");
+    }
+    // Taking the first moves everyone up.
+    let (status, _) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{}/take", id(1)),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (ticket, token) = &tickets[0];
+    let (_, v) = call("GET", &base, &format!("/api/queue/{ticket}"), token, None).await;
+    assert_eq!(v["position"], 2, "{v}");
 }
