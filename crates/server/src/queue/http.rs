@@ -296,16 +296,26 @@ async fn take(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(ticket): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let claims = taker_claims(&st, &headers, peer, "take a patient from the queue")?;
+    // The room is placed first (on this node unless the cluster chooses another): the
+    // consultation exists before either side joins, and a cluster with no room for it
+    // leaves the ticket waiting (503) rather than taken into a room nobody can open.
+    let room = super::Queue::new_room().map_err(ApiError::from)?;
+    if !super::ticket::is_ticket_id(&ticket) {
+        return Err(refusal(&st, &claims, peer, QueueError::Unknown));
+    }
+    let here = axum::http::Uri::from_static("/");
+    if let Some(refused) = crate::http::whip::route(&st, &room, &here).await {
+        if refused.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(refused);
+        }
+    }
     let taken = st
         .queue
-        .take(&ticket, &claims.sub)
+        .take(&ticket, &claims.sub, room)
         .await
         .map_err(|e| refusal(&st, &claims, peer, e))?;
-    // The room is placed now (on this node unless the cluster chooses another): the
-    // consultation exists before either side joins.
-    let _ = st.cluster().route(&taken.room).await;
     hand_subject_to_fhir(&st, &taken).await;
     let (room, token) = room_token(&st, &taken.ticket, Role::Doctor, claims.sub.as_str())?;
     st.audit(
@@ -331,7 +341,8 @@ async fn take(
         "room": room.as_str(),
         "token": token,
         "url": page_url(&st, "consult", room.as_str(), &token),
-    })))
+    }))
+    .into_response())
 }
 
 /// Leaves the platform's subject reference (from the ticket) in the queue's store, by room:

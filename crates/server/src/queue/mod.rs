@@ -377,16 +377,19 @@ impl Queue {
     }
 
     /// `doctor` takes ticket `id`: a new room is named for it.
-    pub async fn take(&self, id: &str, doctor: &Identity) -> Result<Taken, QueueError> {
+    pub async fn take(
+        &self,
+        id: &str,
+        doctor: &Identity,
+        room: RoomId,
+    ) -> Result<Taken, QueueError> {
         if !ticket::is_ticket_id(id) {
             return Err(QueueError::Unknown);
         }
-        let room_name = format!("q-{}", crate::http::random_token(20).to_ascii_lowercase());
-        let room = RoomId::parse(&room_name).map_err(|e| QueueError::Internal(e.to_string()))?;
         let leave = Leave {
             state: TicketState::Taken,
             at_ms: now_ms(),
-            room: room_name,
+            room: room.as_str().to_owned(),
             doctor: doctor.as_str().to_owned(),
         };
         match self.store.transition(id, &leave, self.cfg.keep).await? {
@@ -411,6 +414,12 @@ impl Queue {
             Transition::NotWaiting(t) => Err(not_waiting(&t)),
             Transition::Unknown => Err(QueueError::Unknown),
         }
+    }
+
+    /// A new room for a take (`q-` and 20 random characters).
+    pub fn new_room() -> Result<RoomId, QueueError> {
+        let name = format!("q-{}", crate::http::random_token(20).to_ascii_lowercase());
+        RoomId::parse(&name).map_err(|e| QueueError::Internal(e.to_string()))
     }
 
     /// Expires the tickets older than `queue.ticket_ttl` and flags those older than
