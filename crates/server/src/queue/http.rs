@@ -82,14 +82,17 @@ pub(crate) fn status_json(
         Status::Waiting(w) => Ok(waiting_json(w)),
         Status::Taken(t) => {
             let (room, token) = room_token(st, t, Role::Kiosk, &t.kiosk)?;
-            st.audit(
-                "queue_admit",
-                &room,
-                &identity(&t.kiosk)?,
-                Some(Role::Kiosk),
-                Some(peer),
-                &format!("ticket {}: room token for the kiosk", t.id),
-            );
+            // A kiosk polls: its admission is audited once, not at every read.
+            if st.queue.first_admission(&t.id) {
+                st.audit(
+                    "queue_admit",
+                    &room,
+                    &identity(&t.kiosk)?,
+                    Some(Role::Kiosk),
+                    Some(peer),
+                    &format!("ticket {}: room token for the kiosk", t.id),
+                );
+            }
             Ok(json!({
                 "ticket": t.id,
                 "state": "taken",

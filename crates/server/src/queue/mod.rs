@@ -139,6 +139,9 @@ pub struct Queue {
     changed: tokio::sync::watch::Sender<u64>,
     /// The last read of the waiting tickets and handling times ([`VIEW_CACHE`]).
     cache: std::sync::Mutex<Option<Cached>>,
+    /// Taken tickets whose kiosk this node already admitted (audited once), at most
+    /// `queue.max_records`.
+    admitted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A read of the queue reused for [`VIEW_CACHE`].
@@ -164,7 +167,21 @@ impl Queue {
             stats: Arc::default(),
             changed: tokio::sync::watch::channel(0).0,
             cache: std::sync::Mutex::new(None),
+            admitted: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether this is this node's first admission of the kiosk of taken ticket `id` (each
+    /// status read hands the kiosk its room token; only the first is audited).
+    pub fn first_admission(&self, id: &str) -> bool {
+        let mut seen = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(id) {
+            return false;
+        }
+        if seen.len() >= self.cfg.max_records.get() {
+            seen.clear();
+        }
+        seen.insert(id.to_owned())
     }
 
     /// The waiting tickets and the recent handling times, read at most [`VIEW_CACHE`] ago.
@@ -525,4 +542,26 @@ pub fn now_ms() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kiosks_admission_is_audited_once_per_ticket() {
+        let mut cfg = crate::config::Config::defaults().queue;
+        cfg.max_records = std::num::NonZeroUsize::new(2).unwrap();
+        let q = Queue::new(
+            &cfg,
+            Arc::new(crate::cluster::MemoryQueueStore::new()),
+            b"secret",
+        );
+        assert!(q.first_admission("a"));
+        assert!(!q.first_admission("a"), "a second read is not audited");
+        assert!(q.first_admission("b"));
+        // Bounded: beyond max_records the set starts again.
+        assert!(q.first_admission("c"));
+        assert!(!q.first_admission("c"));
+    }
 }
