@@ -736,6 +736,7 @@ async fn a_taken_tickets_subject_is_the_subject_of_its_rooms_export() {
     })
     .await;
     check_content(&sink.accepted()[0], "Patient/789");
+    validate_r4(&sink.received()[0].body, "ticket");
     assert_eq!(
         fhir.stats()
             .no_subject
