@@ -975,3 +975,45 @@ async fn priority_goes_first_within_its_specialty_then_arrival_order() {
     let (_, v) = call("GET", &base, &format!("/api/queue/{ticket}"), token, None).await;
     assert_eq!(v["position"], 2, "{v}");
 }
+
+/// A cluster with no room left: the take is refused (503) before the ticket moves, and the
+/// patient keeps waiting at its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_the_cluster_cannot_place_leaves_the_ticket_waiting() {
+    let redis = Redis::start().await;
+    let node = Node::start_with(
+        "node-full",
+        &redis.url(),
+        &[("CABINE_CLUSTER__MAX_ROOMS", "1".into())],
+    )
+    .await;
+    let tokens = cabine_proto::jwt::Tokens::new(common::cluster::SECRET.as_bytes());
+    let doctor = queue_doctor(&tokens, "dr-full");
+    let mut tickets = Vec::new();
+    for kiosk in ["kiosk-f1", "kiosk-f2"] {
+        let token = common::cluster::token("lobby", Role::Kiosk, kiosk);
+        let (status, t) = call("POST", &node.base, "/api/queue", &token, None).await;
+        assert_eq!(status, 201, "{t}");
+        tickets.push((t["ticket"].as_str().unwrap().to_owned(), token));
+    }
+    // The first take fills the node's only room.
+    let take = |id: &str| format!("/api/queue/{id}/take");
+    let (status, first) = call("POST", &node.base, &take(&tickets[0].0), &doctor, None).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, refused) = call("POST", &node.base, &take(&tickets[1].0), &doctor, None).await;
+    assert_eq!(status, 503, "{refused}");
+    let (ticket, token) = &tickets[1];
+    let (status, v) = call(
+        "GET",
+        &node.base,
+        &format!("/api/queue/{ticket}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["state"].as_str(), v["position"].as_u64()),
+        (200, Some("waiting"), Some(1)),
+        "{v}"
+    );
+}
