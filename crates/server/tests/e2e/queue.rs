@@ -1017,3 +1017,54 @@ async fn a_take_the_cluster_cannot_place_leaves_the_ticket_waiting() {
         "{v}"
     );
 }
+
+/// Ticket records are bounded: a kiosk's new ticket replaces its previous record, and the
+/// service keeps at most `queue.max_records` (503 naming the key, counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_records_are_bounded_per_kiosk_and_over_the_service() {
+    let s = common::start_with(|c| {
+        c.queue.max_records = 2.try_into().unwrap();
+        c.queue.max_waiting = 2.try_into().unwrap();
+        c.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let base = s.base.clone();
+    let k1 = s.token("lobby", Role::Kiosk, "kiosk-r1");
+    // An enqueue/cancel loop keeps one record for the kiosk.
+    let mut previous: Option<String> = None;
+    for _ in 0..5 {
+        let (status, t) = call("POST", &base, "/api/queue", &k1, None).await;
+        assert_eq!(status, 201, "{t}");
+        let ticket = t["ticket"].as_str().unwrap().to_owned();
+        if let Some(p) = &previous {
+            let path = format!("/api/queue/{p}");
+            assert_eq!(
+                call("GET", &base, &path, &k1, None).await.0,
+                404,
+                "replaced"
+            );
+        }
+        let path = format!("/api/queue/{ticket}");
+        assert_eq!(call("DELETE", &base, &path, &k1, None).await.0, 204);
+        previous = Some(ticket);
+    }
+    let k2 = s.token("lobby", Role::Kiosk, "kiosk-r2");
+    assert_eq!(call("POST", &base, "/api/queue", &k2, None).await.0, 201);
+    let k3 = s.token("lobby", Role::Kiosk, "kiosk-r3");
+    let (status, full) = call("POST", &base, "/api/queue", &k3, None).await;
+    assert_eq!(
+        (status, full["limit"].as_str()),
+        (503, Some("queue.max_records")),
+        "{full}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", s.server.admin_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cabine_queue_refused_total{limit=\"max_records\"} 1"),
+        "{metrics}"
+    );
+}
