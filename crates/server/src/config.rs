@@ -275,6 +275,9 @@ impl Config {
         self.fhir
             .load(&self.audit.path)
             .map_err(|e| ConfigError::Unusable(e.to_string()))?;
+        self.queue
+            .check(self.auth.max_ttl)
+            .map_err(ConfigError::Unusable)?;
         let inv = &self.invites;
         if inv.ttl.is_zero() || inv.token_ttl.is_zero() || inv.ttl > inv.max_ttl {
             return Err(ConfigError::Unusable(format!(

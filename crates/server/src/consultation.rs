@@ -49,6 +49,9 @@ pub enum ShareError {
 #[derive(Debug, Default)]
 pub struct Consultations {
     rooms: Mutex<HashMap<RoomId, Consultation>>,
+    /// Invitees whose redeemed invite a doctor revoked, until their token would expire: kept
+    /// apart from the rooms so that a room that empties does not let them back in.
+    denied: Mutex<HashMap<(RoomId, Identity), std::time::Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,27 @@ impl Consultations {
                 .get_mut(room)
                 .is_some_and(|c| c.allowed.remove(identity))
         }
+    }
+
+    /// Denies `identity` (an invitee whose redeemed invite was revoked) access to `room`
+    /// until `until` (when its token expires anyway); its device commands stop too.
+    pub fn deny(&self, room: &RoomId, identity: &Identity, until: std::time::Instant) {
+        self.allow_commands(room, identity, false);
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((room.clone(), identity.clone()), until);
+    }
+
+    /// Whether `identity` was denied access to `room` (and still is at `now`).
+    pub fn is_denied(&self, room: &RoomId, identity: &Identity, now: std::time::Instant) -> bool {
+        let denied = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        if denied.is_empty() {
+            return false;
+        }
+        denied
+            .get(&(room.clone(), identity.clone()))
+            .is_some_and(|until| *until > now)
     }
 
     /// Whether `identity` may operate the devices of `room` now.
@@ -150,6 +174,11 @@ impl Consultations {
 
     /// Forgets the rooms not in `live`; returns how many.
     pub fn forget_ended(&self, live: &HashMap<RoomId, u32>) -> usize {
+        let now = std::time::Instant::now();
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
         let mut rooms = self.lock();
         let before = rooms.len();
         rooms.retain(|room, _| live.contains_key(room));

@@ -568,6 +568,7 @@ fn start_fhir(
     };
     let f = fhir::Fhir::start(settings, state.audit_log().clone())?;
     state.set_fhir(Arc::clone(&f));
+    f.set_room_subjects(Arc::clone(state.queue().store()));
     match telemetry {
         Some(t) => t.set_fhir(Arc::clone(&f)),
         None => {

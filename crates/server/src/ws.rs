@@ -242,6 +242,44 @@ impl Hub {
         }
     }
 
+    /// Takes `identity`'s signalling sessions in `room` out of the hub (no resumption) and
+    /// closes their sockets at once; tells the room it left. Returns how many; their media
+    /// sessions are the caller's to end.
+    pub(crate) fn expel(&self, room: &RoomId, identity: &Identity, reason: &str) -> usize {
+        let gone: Vec<Member> = {
+            let mut inner = self.lock();
+            let tokens: Vec<String> = inner
+                .members
+                .iter()
+                .filter(|(_, m)| &m.room == room && &m.identity == identity)
+                .map(|(t, _)| t.clone())
+                .collect();
+            tokens
+                .iter()
+                .filter_map(|t| inner.members.remove(t))
+                .collect()
+        };
+        for m in &gone {
+            if let Some(tx) = &m.tx {
+                tx.ctl.kill.send_if_modified(|k| {
+                    if k.is_some() {
+                        return false;
+                    }
+                    *k = Some((POLICY, reason.to_owned()));
+                    true
+                });
+            }
+        }
+        if let Some(m) = gone.first() {
+            self.broadcast(
+                room,
+                "",
+                &ServerMsg::ParticipantLeft(participant(&m.identity, m.role)),
+            );
+        }
+        gone.len()
+    }
+
     /// Sends `msg` to every signalling participant of `room`.
     pub(crate) fn broadcast_room(&self, room: &RoomId, msg: &ServerMsg) {
         self.broadcast(room, "", msg);
@@ -327,6 +365,7 @@ pub async fn handler(
             }
             ApiError::from(e)
         })?;
+    crate::http::guard::not_denied(&st, &room, &claims, peer)?;
     // Browsers do not follow redirects on a WebSocket handshake: the owner's URL comes as a
     // message, then the socket closes.
     match st.cluster.route(&room).await {

@@ -22,6 +22,7 @@ fn record(id: &str) -> NodeRecord {
         egress_pps: 0,
         cpu_percent: 0.0,
         draining: false,
+        renewed_ms: 0,
     }
 }
 

@@ -44,19 +44,22 @@ async fn suite(store: Arc<dyn QueueStore>) {
     let life = Duration::from_secs(60);
     let keep = Duration::from_secs(60);
     let t1 = ticket("t1", "kiosk-1", 1_000);
-    assert_eq!(store.create(&t1, 2, life).await.unwrap(), Created::New);
+    assert_eq!(store.create(&t1, 2, 100, life).await.unwrap(), Created::New);
     // One waiting ticket per kiosk: the second is answered with the first.
     let again = ticket("t1b", "kiosk-1", 1_500);
     assert_eq!(
-        store.create(&again, 2, life).await.unwrap(),
+        store.create(&again, 2, 100, life).await.unwrap(),
         Created::Exists(Box::new(t1.clone()))
     );
     assert_eq!(store.get("t1b").await.unwrap(), None);
     let t2 = ticket("t2", "kiosk-2", 2_000);
-    assert_eq!(store.create(&t2, 2, life).await.unwrap(), Created::New);
+    assert_eq!(store.create(&t2, 2, 100, life).await.unwrap(), Created::New);
     // Full at max_waiting.
     let t3 = ticket("t3", "kiosk-3", 3_000);
-    assert_eq!(store.create(&t3, 2, life).await.unwrap(), Created::Full);
+    assert_eq!(
+        store.create(&t3, 2, 100, life).await.unwrap(),
+        Created::Full
+    );
     let mut ids: Vec<String> = store
         .waiting()
         .await
@@ -99,11 +102,13 @@ async fn suite(store: Arc<dyn QueueStore>) {
     // The kiosk whose ticket was taken may queue again; a slot freed up.
     assert_eq!(
         store
-            .create(&ticket("t4", "kiosk-1", 4_000), 2, life)
+            .create(&ticket("t4", "kiosk-1", 4_000), 2, 100, life)
             .await
             .unwrap(),
         Created::New
     );
+    // The kiosk's previous (taken) ticket is replaced by the new one.
+    assert_eq!(store.get("t1").await.unwrap(), None);
     let cancel = Leave {
         state: TicketState::Cancelled,
         at_ms: 5_000,
@@ -141,6 +146,25 @@ async fn suite(store: Arc<dyn QueueStore>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // At most max_records records (t4, cancelled, is one).
+    assert_eq!(
+        store
+            .create(&ticket("t5", "kiosk-5", 6_000), 2, 1, life)
+            .await
+            .unwrap(),
+        Created::TooManyRecords
+    );
+    assert_eq!(store.get("t5").await.unwrap(), None);
+    // Queuing again replaces the kiosk's cancelled ticket: records do not pile up.
+    assert_eq!(
+        store
+            .create(&ticket("t6", "kiosk-1", 6_000), 2, 1, life)
+            .await
+            .unwrap(),
+        Created::New
+    );
+    assert_eq!(store.get("t4").await.unwrap(), None);
+
     // Handling times: newest first, a window.
     for ms in [10, 20, 30] {
         store.push_handling(ms, 2).await.unwrap();
@@ -175,6 +199,23 @@ async fn suite(store: Arc<dyn QueueStore>) {
         assert!(Instant::now() < deadline, "the presence record was kept");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A room's subject: found by room, forgotten after its time.
+    assert_eq!(store.room_subject("q-room").await.unwrap(), None);
+    store
+        .set_room_subject("q-room", "Patient/7", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.room_subject("q-room").await.unwrap().as_deref(),
+        Some("Patient/7")
+    );
+    assert_eq!(store.room_subject("q-other").await.unwrap(), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.room_subject("q-room").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the room's subject was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -195,7 +236,10 @@ async fn redis_queue_store_keeps_the_semantics() {
     // Concurrent takes of one ticket: exactly one wins.
     let t = ticket("race", "kiosk-9", 1);
     assert_eq!(
-        store.create(&t, 10, Duration::from_secs(60)).await.unwrap(),
+        store
+            .create(&t, 10, 100, Duration::from_secs(60))
+            .await
+            .unwrap(),
         Created::New
     );
     let takes = (0..8).map(|i| {

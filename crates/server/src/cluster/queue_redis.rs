@@ -22,18 +22,25 @@ use super::store::StoreError;
 
 const PREFIX: &str = "cabine:q:";
 
-/// Create: the kiosk's live waiting ticket if any, else refuse when full, else queue.
+/// Create: the kiosk's live waiting ticket if any; else its previous ticket (taken,
+/// cancelled, expired) is deleted, and the new one refused when `max_waiting` wait or
+/// `max_records` records are kept (KEYS[4]: every record by its latest expiry), else queued.
 const CREATE: &str = r"
 local cur = redis.call('GET', KEYS[2])
 if cur then
   local st = redis.call('HGET', 'cabine:q:t:' .. cur, 'state')
   if st == 'waiting' then return {'exists', cur} end
+  redis.call('DEL', 'cabine:q:t:' .. cur)
+  redis.call('ZREM', KEYS[4], cur)
 end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return {'full'} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then return {'records'} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
 return {'new'}
 ";
 
@@ -45,8 +52,7 @@ if st ~= 'waiting' then return 'not_waiting' end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ended_ms', ARGV[3], 'room', ARGV[4], 'doctor', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
-local kk = 'cabine:q:k:' .. (redis.call('HGET', KEYS[1], 'kiosk_key') or '')
-if redis.call('GET', kk) == ARGV[1] then redis.call('DEL', kk) end
+redis.call('ZADD', KEYS[3], 'XX', tonumber(ARGV[3]) + tonumber(ARGV[6]), ARGV[1])
 return 'done'
 ";
 
@@ -103,8 +109,16 @@ fn waiting_key() -> String {
     format!("{PREFIX}waiting")
 }
 
+fn records_key() -> String {
+    format!("{PREFIX}records")
+}
+
 fn fleet_key(key: &str) -> String {
     format!("{PREFIX}fleet:{key}")
+}
+
+fn room_subject_key(room: &str) -> String {
+    format!("{PREFIX}rs:{room}")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -147,6 +161,7 @@ impl QueueStore for RedisQueueStore {
         &self,
         ticket: &TicketRecord,
         max_waiting: usize,
+        max_records: usize,
         life: Duration,
     ) -> BoxFuture<'_, Result<Created, StoreError>> {
         let ticket = ticket.clone();
@@ -156,10 +171,12 @@ impl QueueStore for RedisQueueStore {
             inv.key(ticket_key(&ticket.id))
                 .key(format!("{PREFIX}k:{}", ticket.kiosk_key))
                 .key(waiting_key())
+                .key(records_key())
                 .arg(&ticket.id)
                 .arg(max_waiting)
                 .arg(millis(life))
-                .arg(ticket.created_ms);
+                .arg(ticket.created_ms)
+                .arg(max_records);
             for (k, v) in ticket.to_fields() {
                 inv.arg(k).arg(v);
             }
@@ -167,6 +184,7 @@ impl QueueStore for RedisQueueStore {
             match answer.first().map(String::as_str) {
                 Some("new") => Ok(Created::New),
                 Some("full") => Ok(Created::Full),
+                Some("records") => Ok(Created::TooManyRecords),
                 Some("exists") => {
                     let id = answer.get(1).cloned().unwrap_or_default();
                     match self.record(&id).await? {
@@ -228,6 +246,7 @@ impl QueueStore for RedisQueueStore {
                 self.transition
                     .key(ticket_key(&id))
                     .key(waiting_key())
+                    .key(records_key())
                     .arg(&id)
                     .arg(leave.state.as_str())
                     .arg(leave.at_ms)
@@ -335,6 +354,33 @@ impl QueueStore for RedisQueueStore {
                 let _ = bounded(c.srem::<_, _, ()>(format!("{PREFIX}fleet"), &gone)).await;
             }
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (key, subject) = (room_subject_key(room), subject.to_owned());
+        async move {
+            let mut c = self.conn.clone();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(&subject).arg("PX").arg(millis(ttl));
+            let _: () = bounded(cmd.query_async(&mut c)).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = room_subject_key(room);
+        async move {
+            let mut c = self.conn.clone();
+            let v: Option<String> = bounded(c.get(&key)).await?;
+            Ok(v)
         }
         .boxed()
     }

@@ -149,6 +149,8 @@ pub enum Created {
     Exists(Box<TicketRecord>),
     /// `queue.max_waiting` tickets already wait.
     Full,
+    /// `queue.max_records` ticket records are kept.
+    TooManyRecords,
 }
 
 /// The outcome of [`QueueStore::transition`].
@@ -183,6 +185,7 @@ pub trait QueueStore: Send + Sync + 'static {
         &self,
         ticket: &TicketRecord,
         max_waiting: usize,
+        max_records: usize,
         life: Duration,
     ) -> BoxFuture<'_, Result<Created, StoreError>>;
 
@@ -221,6 +224,18 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Every kiosk's presence record.
     fn kiosks(&self) -> BoxFuture<'_, Result<Vec<HashMap<String, String>>, StoreError>>;
+
+    /// Remembers for `ttl` the patient reference a take handed to `room`, so that the node
+    /// holding the room finds it for the FHIR export whichever node took the ticket.
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The patient reference handed to `room`, if any (and not forgotten yet).
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
 }
 
 /// Names kiosks in the store by a keyed hash of their identity (keyed from the deployment's
@@ -255,6 +270,9 @@ impl KioskKeyer {
     }
 }
 
+/// How often the in-memory store drops expired entries (each read checks its own entry).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// An in-memory [`QueueStore`] (one node; the tests of the semantics). Expiry follows tokio's
 /// clock.
 #[derive(Debug, Default)]
@@ -267,8 +285,14 @@ struct Inner {
     tickets: HashMap<String, (TicketRecord, Instant)>,
     /// Kiosk key → its waiting ticket.
     by_kiosk: HashMap<String, String>,
+    /// Kiosk key → its latest ticket, whatever its state (replaced by the next one).
+    latest: HashMap<String, String>,
+    /// When expired entries were last dropped.
+    pruned: Option<Instant>,
     handling: VecDeque<u64>,
     kiosks: HashMap<String, (HashMap<String, String>, Instant)>,
+    /// Room → (subject, forgotten at).
+    room_subjects: HashMap<String, (String, Instant)>,
 }
 
 impl MemoryQueueStore {
@@ -285,8 +309,16 @@ impl MemoryQueueStore {
 }
 
 impl Inner {
+    /// Drops what expired, at most every [`PRUNE_EVERY`]: reads check their entry's expiry.
     fn prune(&mut self) {
         let now = Instant::now();
+        if self
+            .pruned
+            .is_some_and(|t| now.duration_since(t) < PRUNE_EVERY)
+        {
+            return;
+        }
+        self.pruned = Some(now);
         self.tickets.retain(|_, (_, exp)| *exp > now);
         let tickets = &self.tickets;
         self.by_kiosk.retain(|_, id| {
@@ -294,7 +326,9 @@ impl Inner {
                 .get(id)
                 .is_some_and(|(t, _)| t.state == TicketState::Waiting)
         });
+        self.latest.retain(|_, id| tickets.contains_key(id));
         self.kiosks.retain(|_, (_, exp)| *exp > now);
+        self.room_subjects.retain(|_, (_, exp)| *exp > now);
     }
 }
 
@@ -303,32 +337,55 @@ impl QueueStore for MemoryQueueStore {
         &self,
         ticket: &TicketRecord,
         max_waiting: usize,
+        max_records: usize,
         life: Duration,
     ) -> BoxFuture<'_, Result<Created, StoreError>> {
         let mut inner = self.lock();
         inner.prune();
+        let now = Instant::now();
         let r = if let Some(existing) = inner
             .by_kiosk
             .get(&ticket.kiosk_key)
             .and_then(|id| inner.tickets.get(id))
+            .filter(|(t, exp)| *exp > now && t.state == TicketState::Waiting)
         {
             Created::Exists(Box::new(existing.0.clone()))
-        } else if inner
-            .tickets
-            .values()
-            .filter(|(t, _)| t.state == TicketState::Waiting)
-            .count()
-            >= max_waiting
-        {
-            Created::Full
         } else {
-            inner
+            // The kiosk's previous ticket (taken, cancelled or expired) is replaced.
+            if let Some(old) = inner.latest.remove(&ticket.kiosk_key) {
+                inner.tickets.remove(&old);
+            }
+            let waiting = inner
                 .by_kiosk
-                .insert(ticket.kiosk_key.clone(), ticket.id.clone());
-            inner
-                .tickets
-                .insert(ticket.id.clone(), (ticket.clone(), Instant::now() + life));
-            Created::New
+                .values()
+                .filter(|id| {
+                    inner
+                        .tickets
+                        .get(*id)
+                        .is_some_and(|(t, exp)| *exp > now && t.state == TicketState::Waiting)
+                })
+                .count();
+            if inner.tickets.len() >= max_records {
+                // At the bound: what expired does not count.
+                inner.pruned = None;
+                inner.prune();
+            }
+            if waiting >= max_waiting {
+                Created::Full
+            } else if inner.tickets.len() >= max_records {
+                Created::TooManyRecords
+            } else {
+                inner
+                    .by_kiosk
+                    .insert(ticket.kiosk_key.clone(), ticket.id.clone());
+                inner
+                    .latest
+                    .insert(ticket.kiosk_key.clone(), ticket.id.clone());
+                inner
+                    .tickets
+                    .insert(ticket.id.clone(), (ticket.clone(), now + life));
+                Created::New
+            }
         };
         async { Ok(r) }.boxed()
     }
@@ -336,17 +393,24 @@ impl QueueStore for MemoryQueueStore {
     fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<TicketRecord>, StoreError>> {
         let mut inner = self.lock();
         inner.prune();
-        let t = inner.tickets.get(id).map(|(t, _)| t.clone());
+        let now = Instant::now();
+        let t = inner
+            .tickets
+            .get(id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(t, _)| t.clone());
         async { Ok(t) }.boxed()
     }
 
     fn waiting(&self) -> BoxFuture<'_, Result<Vec<TicketRecord>, StoreError>> {
         let mut inner = self.lock();
         inner.prune();
+        let now = Instant::now();
         let w = inner
-            .tickets
+            .by_kiosk
             .values()
-            .filter(|(t, _)| t.state == TicketState::Waiting)
+            .filter_map(|id| inner.tickets.get(id))
+            .filter(|(t, exp)| *exp > now && t.state == TicketState::Waiting)
             .map(|(t, _)| t.clone())
             .collect();
         async { Ok(w) }.boxed()
@@ -360,7 +424,8 @@ impl QueueStore for MemoryQueueStore {
     ) -> BoxFuture<'_, Result<Transition, StoreError>> {
         let mut inner = self.lock();
         inner.prune();
-        let r = match inner.tickets.get_mut(id) {
+        let now = Instant::now();
+        let r = match inner.tickets.get_mut(id).filter(|(_, exp)| *exp > now) {
             None => Transition::Unknown,
             Some((t, _)) if t.state != TicketState::Waiting => {
                 Transition::NotWaiting(Box::new(t.clone()))
@@ -370,7 +435,7 @@ impl QueueStore for MemoryQueueStore {
                 t.ended_ms = leave.at_ms;
                 t.room = leave.room.clone();
                 t.doctor = leave.doctor.clone();
-                *exp = Instant::now() + keep;
+                *exp = now + keep;
                 let t = t.clone();
                 inner.by_kiosk.remove(&t.kiosk_key);
                 Transition::Done(Box::new(t))
@@ -424,8 +489,40 @@ impl QueueStore for MemoryQueueStore {
     fn kiosks(&self) -> BoxFuture<'_, Result<Vec<HashMap<String, String>>, StoreError>> {
         let mut inner = self.lock();
         inner.prune();
-        let k = inner.kiosks.values().map(|(f, _)| f.clone()).collect();
+        let now = Instant::now();
+        let k = inner
+            .kiosks
+            .values()
+            .filter(|(_, exp)| *exp > now)
+            .map(|(f, _)| f.clone())
+            .collect();
         async { Ok(k) }.boxed()
+    }
+
+    fn set_room_subject(
+        &self,
+        room: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut inner = self.lock();
+        inner.prune();
+        inner
+            .room_subjects
+            .insert(room.to_owned(), (subject.to_owned(), Instant::now() + ttl));
+        async { Ok(()) }.boxed()
+    }
+
+    fn room_subject(&self, room: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let mut inner = self.lock();
+        inner.prune();
+        let now = Instant::now();
+        let s = inner
+            .room_subjects
+            .get(room)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(s, _)| s.clone());
+        async { Ok(s) }.boxed()
     }
 }
 

@@ -28,6 +28,10 @@ pub struct NodeRecord {
     pub cpu_percent: f64,
     /// Whether it is draining (takes no new rooms).
     pub draining: bool,
+    /// When the node wrote this record, ms since the Unix epoch on its clock (0: a node that
+    /// does not say; never counted as stale).
+    #[serde(default)]
+    pub renewed_ms: u64,
 }
 
 /// The registry as read from the store.
@@ -74,6 +78,7 @@ mod tests {
             egress_pps: 0,
             cpu_percent: 0.0,
             draining: false,
+            renewed_ms: 0,
         }
     }
 

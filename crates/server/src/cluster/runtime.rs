@@ -488,7 +488,7 @@ impl Cluster {
     fn candidate(&self) -> Option<String> {
         let nodes = self.nodes();
         let view = lock(&self.view);
-        choose(&nodes, &self.region, &view.recent).map(|n| n.id.clone())
+        choose(&nodes, &self.region, &view.recent, unix_ms()).map(|n| n.id.clone())
     }
 
     fn set_view(&self, list: super::NodeList) {
@@ -600,6 +600,7 @@ impl Cluster {
                 0.0
             },
             draining: load.draining,
+            renewed_ms: unix_ms(),
         }
     }
 }
@@ -607,6 +608,13 @@ impl Cluster {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map or field update: a poisoned lock is consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Now, ms since the Unix epoch (the records' renewal times).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

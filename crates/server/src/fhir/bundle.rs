@@ -253,7 +253,10 @@ impl Builder<'_> {
                 self.skipped.unit += 1;
                 continue;
             }
-            let mut obs = observation(r.time_us, note, "vital-signs", "Vital Signs");
+            let Some(mut obs) = observation(r.time_us, note, "vital-signs", "Vital Signs") else {
+                self.skipped.value += 1;
+                continue;
+            };
             obs.insert("code".into(), concept(sign, v.mdc_code));
             obs.insert("valueQuantity".into(), quantity(v.value, sign.unit));
             self.push(&r.source, obs);
@@ -264,7 +267,10 @@ impl Builder<'_> {
                 self.skipped.incomplete += pressures.len() as u64;
                 return;
             }
-            let mut obs = observation(r.time_us, note, "vital-signs", "Vital Signs");
+            let Some(mut obs) = observation(r.time_us, note, "vital-signs", "Vital Signs") else {
+                self.skipped.value += pressures.len() as u64;
+                return;
+            };
             obs.insert(
                 "code".into(),
                 concept(&codes::BP_PANEL, codes::MDC_BP_PANEL),
@@ -317,7 +323,16 @@ impl Builder<'_> {
         }
         let period_ms = 1000.0 / w.sample_rate_hz;
         let start_us = first.time_us;
-        let end_us = start_us + (frames as f64 / w.sample_rate_hz * 1e6) as u64;
+        // A declared rate can be tiny: the span is computed in f64 and range-checked, never
+        // overflowing nor past what RFC 3339 can write.
+        let span_us = frames as f64 / w.sample_rate_hz * 1e6;
+        let end_us = (span_us.is_finite() && span_us < MAX_TIME_US as f64)
+            .then(|| start_us.checked_add(span_us as u64))
+            .flatten();
+        let (Some(start), Some(end)) = (rfc3339_us(start_us), end_us.and_then(rfc3339_us)) else {
+            self.skipped.value += 1;
+            return;
+        };
         let mut obs = serde_json::Map::new();
         obs.insert("status".into(), json!("final"));
         obs.insert("category".into(), category("procedure", "Procedure"));
@@ -330,7 +345,7 @@ impl Builder<'_> {
         );
         obs.insert(
             "effectivePeriod".into(),
-            json!({ "start": rfc3339_us(start_us), "end": rfc3339_us(end_us) }),
+            json!({ "start": start, "end": end }),
         );
         let components: Vec<Value> = lead_codes
             .iter()
@@ -369,7 +384,7 @@ fn latest_run(chunks: &[Chunk]) -> &[Chunk] {
     let mut start = chunks.len() - 1;
     while start > 0 {
         let (prev, cur) = (&chunks[start - 1], &chunks[start]);
-        if !same(prev) || prev.chunk.seq + 1 != cur.chunk.seq {
+        if !same(prev) || prev.chunk.seq.checked_add(1) != Some(cur.chunk.seq) {
             break;
         }
         start -= 1;
@@ -378,20 +393,22 @@ fn latest_run(chunks: &[Chunk]) -> &[Chunk] {
 }
 
 /// An Observation's common fields (status, category, effective time, note).
+/// `None` when `time_us` cannot be written as an RFC 3339 date (past year 9999).
 fn observation(
     time_us: u64,
     note: Option<&str>,
     category_code: &str,
     category_display: &str,
-) -> serde_json::Map<String, Value> {
+) -> Option<serde_json::Map<String, Value>> {
+    let effective = rfc3339_us(time_us)?;
     let mut obs = serde_json::Map::new();
     obs.insert("status".into(), json!("final"));
     obs.insert("category".into(), category(category_code, category_display));
-    obs.insert("effectiveDateTime".into(), json!(rfc3339_us(time_us)));
+    obs.insert("effectiveDateTime".into(), json!(effective));
     if let Some(n) = note {
         obs.insert("note".into(), json!([{ "text": n }]));
     }
-    obs
+    Some(obs)
 }
 
 fn category(code: &str, display: &str) -> Value {
@@ -458,12 +475,22 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
+/// The last microsecond RFC 3339 can write (9999-12-31T23:59:59.999999Z).
+const MAX_TIME_US: u64 = 253_402_300_799_999_999;
+
+/// `t` as RFC 3339; a time past year 9999 (which no clock of ours reaches) is written as the
+/// last one RFC 3339 can hold, never a panic.
 fn rfc3339(t: SystemTime) -> String {
+    let us = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros().min(u128::from(MAX_TIME_US)) as u64);
+    let t = UNIX_EPOCH + Duration::from_micros(us);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn rfc3339_us(us: u64) -> String {
-    rfc3339(UNIX_EPOCH + Duration::from_micros(us))
+/// `us` (since the Unix epoch) as RFC 3339, or `None` past year 9999.
+fn rfc3339_us(us: u64) -> Option<String> {
+    (us <= MAX_TIME_US).then(|| rfc3339(UNIX_EPOCH + Duration::from_micros(us)))
 }
 
 #[cfg(test)]
@@ -687,6 +714,87 @@ mod tests {
         let b = built(&data);
         assert_eq!(b.observations, 0);
         assert_eq!(b.skipped.waveform, 1);
+    }
+
+    #[test]
+    fn extreme_times_rates_and_sequence_numbers_are_skipped_not_panicking() {
+        let key = ("kiosk-1".to_owned(), 3);
+        let decl = ChannelDecl {
+            channel_id: 3,
+            kind: ChannelKind::Waveform as i32,
+            device_kind: DeviceKind::Ecg as i32,
+            unit: "mV".into(),
+            leads: vec!["I".into()],
+            ..Default::default()
+        };
+        let times = [
+            0,
+            1,
+            T,
+            MAX_TIME_US,
+            MAX_TIME_US + 1,
+            u64::MAX / 2,
+            u64::MAX,
+        ];
+        let rates = [f64::MIN_POSITIVE, 1e-300, 1e-9, 0.5, 500.0, f64::MAX];
+        let seqs = [0, 1, u64::MAX - 1, u64::MAX];
+        for &time_us in &times {
+            // A reading at any time: exported when writable, else skipped.
+            let mut r = kept(
+                vec![value("8867-4", 0, 60.0, "/min")],
+                MeasurementStatus::Valid,
+            );
+            r.time_us = time_us;
+            let mut bp = kept(
+                vec![
+                    value("8480-6", 0, 120.0, "mm[Hg]"),
+                    value("8462-4", 0, 80.0, "mm[Hg]"),
+                ],
+                MeasurementStatus::Valid,
+            );
+            bp.time_us = time_us;
+            let data = Taken {
+                readings: vec![r, bp],
+                ..Taken::default()
+            };
+            let b = built(&data);
+            assert_eq!(
+                b.observations == 2,
+                time_us <= MAX_TIME_US,
+                "time {time_us}"
+            );
+            for &rate in &rates {
+                for &seq in &seqs {
+                    let chunk = |seq: u64| Chunk {
+                        time_us,
+                        chunk: WaveformChunk {
+                            channel_id: 3,
+                            seq,
+                            sample_rate_hz: rate,
+                            leads: 1,
+                            scale: 1.0,
+                            samples: vec![1, 2, 3],
+                            ..Default::default()
+                        },
+                    };
+                    let mut data = Taken::default();
+                    data.channels.insert(key.clone(), decl.clone());
+                    data.waveforms
+                        .insert(key.clone(), vec![chunk(seq), chunk(seq.wrapping_add(1))]);
+                    let b = built(&data);
+                    assert!(b.observations + b.skipped.total() as usize >= 1);
+                    if let Some(o) = resources(&b.bundle, "Observation").first() {
+                        let end = o["effectivePeriod"]["end"].as_str().unwrap();
+                        assert!(end.len() >= 20 && !end.starts_with('+'), "{end}");
+                    }
+                }
+            }
+        }
+        // A year-9999-plus timestamp for the Bundle itself is capped, not a panic.
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(400_000_000_000)),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

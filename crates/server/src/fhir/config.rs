@@ -37,6 +37,9 @@ pub struct FhirConfig {
     /// The most recent span of each ECG channel kept for the export.
     #[serde(with = "humantime_serde")]
     pub waveform_excerpt: Duration,
+    /// Bytes of ECG samples kept per room, all channels together; the oldest chunks make
+    /// room, a chunk that cannot fit is refused (counted).
+    pub max_waveform_bytes_per_room: usize,
     /// Bundles waiting in the outbox at most; a new export beyond is refused (503, counted).
     pub max_pending: usize,
 }
@@ -64,6 +67,8 @@ pub struct FhirSettings {
     pub max_rooms: usize,
     /// See [`FhirConfig::waveform_excerpt`].
     pub waveform_excerpt: Duration,
+    /// See [`FhirConfig::max_waveform_bytes_per_room`].
+    pub max_waveform_bytes_per_room: usize,
     /// See [`FhirConfig::max_pending`].
     pub max_pending: usize,
 }
@@ -192,6 +197,10 @@ impl FhirConfig {
             ("max_measurements_per_room", self.max_measurements_per_room),
             ("max_rooms", self.max_rooms),
             ("max_pending", self.max_pending),
+            (
+                "max_waveform_bytes_per_room",
+                self.max_waveform_bytes_per_room,
+            ),
         ] {
             if n == 0 {
                 return Err(bound(key, "0".into(), "must be at least 1"));
@@ -208,6 +217,7 @@ impl FhirConfig {
             max_measurements_per_room: self.max_measurements_per_room,
             max_rooms: self.max_rooms,
             waveform_excerpt: self.waveform_excerpt,
+            max_waveform_bytes_per_room: self.max_waveform_bytes_per_room,
             max_pending: self.max_pending,
         }))
     }
@@ -264,6 +274,7 @@ mod tests {
             max_measurements_per_room: 10,
             max_rooms: 10,
             waveform_excerpt: Duration::from_secs(10),
+            max_waveform_bytes_per_room: 1 << 20,
             max_pending: 10,
         }
     }

@@ -57,6 +57,9 @@ pub struct Fhir {
     sender: sender::Sender,
     stats: Arc<FhirStats>,
     audit: crate::audit::Audit,
+    /// Where the queue leaves the subject of each room it created (shared by the cluster):
+    /// consulted when the room has no subject of its own.
+    room_subjects: std::sync::OnceLock<Arc<dyn crate::cluster::QueueStore>>,
 }
 
 /// Why the export did not start.
@@ -156,17 +159,21 @@ impl Fhir {
             .map_err(|e| FhirError::Client(e.to_string()))?;
         info!(outbox = %settings.outbox.display(), "FHIR export on");
         Ok(Arc::new(Fhir {
-            records: Mutex::new(Records::new(
-                settings.max_rooms,
-                settings.max_measurements_per_room,
-                settings.waveform_excerpt,
-                settings.room_end_grace,
-            )),
+            records: Mutex::new(
+                Records::new(
+                    settings.max_rooms,
+                    settings.max_measurements_per_room,
+                    settings.waveform_excerpt,
+                    settings.room_end_grace,
+                )
+                .with_max_waveform_bytes(settings.max_waveform_bytes_per_room),
+            ),
             settings,
             outbox,
             sender,
             stats,
             audit,
+            room_subjects: std::sync::OnceLock::new(),
         }))
     }
 
@@ -205,11 +212,13 @@ impl Fhir {
         room: &RoomId,
         subject: Option<Subject>,
     ) -> Result<Exported, ExportError> {
-        let subject = {
-            let records = self.records();
-            subject
-                .or_else(|| records.subject(room).cloned())
-                .ok_or(ExportError::NoSubject)?
+        let kept = self.records().subject(room).cloned();
+        let subject = match subject.or(kept) {
+            Some(s) => s,
+            None => self
+                .platform_subject(room)
+                .await
+                .ok_or(ExportError::NoSubject)?,
         };
         self.check_outbox_capacity()?;
         let data = self.records().take(room);
@@ -224,6 +233,12 @@ impl Fhir {
             }
             other => other,
         }
+    }
+
+    /// Where to find the subjects the walk-in queue hands to the rooms it creates (the
+    /// queue's store: in a cluster, the node that took the ticket need not hold the room).
+    pub fn set_room_subjects(&self, store: Arc<dyn crate::cluster::QueueStore>) {
+        let _ = self.room_subjects.set(store);
     }
 
     /// Checks, every fraction of `fhir.room_end_grace`, which rooms ended: `live` gets the
@@ -249,7 +264,13 @@ impl Fhir {
                 let now_live = live(&rooms);
                 let ended = f.records().tick(Instant::now(), |r| now_live.contains(r));
                 for e in ended {
-                    f.finish(e).await;
+                    // Each export in a task of its own: should one fail in a way nobody
+                    // foresaw, the watch goes on for the other rooms.
+                    let one = Arc::clone(&f);
+                    let room = e.room.clone();
+                    if let Err(err) = tokio::spawn(async move { one.finish(e).await }).await {
+                        f.not_exported(&room, &format!("internal: {err}"));
+                    }
                 }
             }
         });
@@ -288,7 +309,11 @@ impl Fhir {
             return;
         }
         let measurements = e.data.readings.len();
-        let Some(subject) = e.subject else {
+        let subject = match e.subject {
+            Some(s) => Some(s),
+            None => self.platform_subject(&e.room).await,
+        };
+        let Some(subject) = subject else {
             self.stats.no_subject.fetch_add(1, Ordering::Relaxed);
             info!(%room, measurements, "room ended without a subject: its measurements are dropped, not exported");
             self.audit.record(
@@ -306,6 +331,10 @@ impl Fhir {
         };
         if let Err(err) = self.check_outbox_capacity() {
             warn!(%room, error = %err, "room ended: its FHIR export is refused");
+            self.not_exported(
+                &e.room,
+                &format!("outbox_full: {measurements} measurements dropped: {err}"),
+            );
             return;
         }
         match self.write(&subject, &e.data, Trigger::RoomEnd).await {
@@ -324,7 +353,31 @@ impl Fhir {
                 info!(%room, error = %err, "room ended: nothing to export")
             }
             Err(err) => {
-                warn!(%room, error = %err, "room ended: its FHIR export could not be written")
+                warn!(%room, error = %err, "room ended: its FHIR export could not be written");
+                self.not_exported(
+                    &e.room,
+                    &format!("write_error: {measurements} measurements dropped: {err}"),
+                );
+            }
+        }
+    }
+
+    /// A room ended but its measurements could not be written to the outbox: counted
+    /// (`cabine_fhir_not_exported_total`) and audited with the reason.
+    fn not_exported(&self, room: &RoomId, reason: &str) {
+        self.stats.not_exported.fetch_add(1, Ordering::Relaxed);
+        self.audit
+            .record("fhir_not_exported", room.as_str(), "-", None, None, reason);
+    }
+
+    /// The subject the queue's store holds for `room` (a taken ticket's), if any.
+    async fn platform_subject(&self, room: &RoomId) -> Option<Subject> {
+        let store = self.room_subjects.get()?;
+        match store.room_subject(room.as_str()).await {
+            Ok(found) => found.and_then(|s| Subject::parse(&s).ok()),
+            Err(err) => {
+                warn!(room = %Redacted(room), error = %err, "the queue's store did not say the room's subject");
+                None
             }
         }
     }

@@ -19,6 +19,16 @@ use super::subject::Subject;
 /// A room that was given a subject but never became live is forgotten after this long.
 pub const UNUSED_SUBJECT_TTL: Duration = Duration::from_secs(3600);
 
+/// A capture time further in the past than this, on the server's clock, is not believed: the
+/// reception time is used instead.
+pub const MAX_CAPTURE_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A capture time further in the future than this, on the server's clock, is not believed.
+pub const MAX_CAPTURE_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
+/// `fhir.max_waveform_bytes_per_room` unless set: 4 MiB (12 leads at 1 kHz for 20 s).
+pub const DEFAULT_MAX_WAVEFORM_BYTES: usize = 4 << 20;
+
 /// A (kiosk identity, channel id) pair.
 pub type ChannelKey = (String, u32);
 
@@ -79,6 +89,8 @@ pub enum Refusal {
     Rooms,
     /// The room already keeps `fhir.max_measurements_per_room` measurements.
     Measurements,
+    /// An ECG chunk does not fit in `fhir.max_waveform_bytes_per_room`.
+    WaveformBytes,
 }
 
 impl Refusal {
@@ -87,6 +99,7 @@ impl Refusal {
         match self {
             Refusal::Rooms => "max_rooms",
             Refusal::Measurements => "max_measurements_per_room",
+            Refusal::WaveformBytes => "max_waveform_bytes_per_room",
         }
     }
 }
@@ -109,6 +122,7 @@ pub struct Records {
     max_rooms: usize,
     max_measurements: usize,
     excerpt_us: u64,
+    max_waveform_bytes: usize,
     grace: Duration,
 }
 
@@ -118,6 +132,8 @@ struct RoomRecord {
     data: Taken,
     /// Excerpts being kept (moved into `data.waveforms` when taken).
     excerpts: BTreeMap<ChannelKey, VecDeque<Chunk>>,
+    /// Bytes of samples in `excerpts`.
+    excerpt_bytes: usize,
     created: Instant,
     seen_live: bool,
     idle_since: Option<Instant>,
@@ -129,6 +145,7 @@ impl RoomRecord {
             subject: None,
             data: Taken::default(),
             excerpts: BTreeMap::new(),
+            excerpt_bytes: 0,
             created: now,
             seen_live: false,
             idle_since: None,
@@ -141,6 +158,7 @@ impl RoomRecord {
             readings: std::mem::take(&mut self.data.readings),
             waveforms: BTreeMap::new(),
         };
+        self.excerpt_bytes = 0;
         for (key, chunks) in &mut self.excerpts {
             if !chunks.is_empty() {
                 data.waveforms
@@ -164,8 +182,15 @@ impl Records {
             max_rooms,
             max_measurements,
             excerpt_us: excerpt.as_micros() as u64,
+            max_waveform_bytes: DEFAULT_MAX_WAVEFORM_BYTES,
             grace,
         }
+    }
+
+    /// Bounds the ECG samples kept per room to `bytes` (all channels together).
+    pub fn with_max_waveform_bytes(mut self, bytes: usize) -> Self {
+        self.max_waveform_bytes = bytes;
+        self
     }
 
     /// Keeps what an export needs of a delivered telemetry frame: declarations, measurements,
@@ -189,16 +214,13 @@ impl Records {
         }
         let max_measurements = self.max_measurements;
         let excerpt_us = self.excerpt_us;
+        let max_bytes = self.max_waveform_bytes;
         let r = self.entry(room, now)?;
         // A frame from a connected kiosk: the room is live now.
         r.seen_live = true;
         r.idle_since = None;
         let key = (d.source.clone(), d.channel_id);
-        let time_us = if d.aligned_time_us != 0 {
-            d.aligned_time_us
-        } else {
-            d.server_time_us
-        };
+        let time_us = capture_time(d);
         match &d.frame {
             Some(delivered::Frame::Channel(decl)) => {
                 r.data.channels.insert(key, decl.clone());
@@ -222,20 +244,36 @@ impl Records {
                 if !is_ecg {
                     return Ok(());
                 }
+                let size = chunk_bytes(w);
+                if size > max_bytes {
+                    return Err(Refusal::WaveformBytes);
+                }
                 let chunks = r.excerpts.entry(key).or_default();
                 chunks.push_back(Chunk {
                     time_us,
                     chunk: w.clone(),
                 });
+                r.excerpt_bytes += size;
                 // The most recent `excerpt` of signal; the chunk count is bounded too (at
-                // least 1 ms per chunk), whatever times a kiosk claims.
+                // least 1 ms per chunk), whatever times a kiosk claims; and the room's bytes:
+                // this channel's oldest chunks make room for the new one.
                 let max_chunks = (excerpt_us / 1000).max(1) as usize;
                 while chunks.len() > max_chunks
+                    || r.excerpt_bytes > max_bytes && chunks.len() > 1
                     || chunks
                         .front()
                         .is_some_and(|f| time_us.saturating_sub(f.time_us) > excerpt_us)
                 {
-                    chunks.pop_front();
+                    if let Some(old) = chunks.pop_front() {
+                        r.excerpt_bytes -= chunk_bytes(&old.chunk);
+                    }
+                }
+                if r.excerpt_bytes > max_bytes {
+                    // Other channels of the room hold the bytes: this chunk is refused.
+                    if let Some(new) = chunks.pop_back() {
+                        r.excerpt_bytes -= chunk_bytes(&new.chunk);
+                    }
+                    return Err(Refusal::WaveformBytes);
                 }
             }
             _ => {}
@@ -272,6 +310,7 @@ impl Records {
     /// permitting.
     pub fn put_back(&mut self, room: &RoomId, data: Taken, now: Instant) {
         let max = self.max_measurements;
+        let max_bytes = self.max_waveform_bytes;
         let Ok(r) = self.entry(room, now) else {
             return;
         };
@@ -282,6 +321,11 @@ impl Records {
         for (key, chunks) in data.waveforms {
             let kept = r.excerpts.entry(key).or_default();
             for c in chunks.into_iter().rev() {
+                let size = chunk_bytes(&c.chunk);
+                if r.excerpt_bytes + size > max_bytes {
+                    break;
+                }
+                r.excerpt_bytes += size;
                 kept.push_front(c);
             }
         }
@@ -348,6 +392,30 @@ impl Records {
             .rooms
             .entry(room.clone())
             .or_insert_with(|| RoomRecord::new(now)))
+    }
+}
+
+/// What a kept chunk weighs: its samples (4 bytes each) and its fixed part.
+fn chunk_bytes(w: &WaveformChunk) -> usize {
+    std::mem::size_of::<Chunk>() + w.samples.len() * std::mem::size_of::<i32>()
+}
+
+/// The capture time of a delivered frame on the server's clock: the aligned time a kiosk
+/// claims when it lies within [`MAX_CAPTURE_AGE`] before and [`MAX_CAPTURE_AHEAD`] after the
+/// reception time, else the reception time (a kiosk cannot date a measurement in year 30 000).
+pub fn capture_time(d: &Delivered) -> u64 {
+    let claimed = d.aligned_time_us;
+    let received = d.server_time_us;
+    if received == 0 {
+        // No reception time (frames made in tests): the claim, range-checked by the export.
+        return claimed;
+    }
+    let low = received.saturating_sub(MAX_CAPTURE_AGE.as_micros() as u64);
+    let high = received.saturating_add(MAX_CAPTURE_AHEAD.as_micros() as u64);
+    if claimed != 0 && (low..=high).contains(&claimed) {
+        claimed
+    } else {
+        received
     }
 }
 
@@ -455,5 +523,75 @@ mod tests {
         r.set_subject(&a, Subject::parse("Patient/9").unwrap(), t0)
             .unwrap();
         assert_eq!(r.tick(t0 + UNUSED_SUBJECT_TTL, |_| false).len(), 1);
+    }
+
+    #[test]
+    fn claimed_capture_times_outside_the_window_fall_back_to_the_reception_time() {
+        let now_us = 1_795_000_000_000_000u64;
+        let at = |claimed: u64| {
+            capture_time(&Delivered {
+                aligned_time_us: claimed,
+                server_time_us: now_us,
+                ..Default::default()
+            })
+        };
+        assert_eq!(at(now_us - 5_000_000), now_us - 5_000_000);
+        assert_eq!(at(now_us + 3_600_000_000), now_us + 3_600_000_000);
+        for wild in [0, 1, u64::MAX, u64::MAX / 2, now_us * 100, now_us / 2] {
+            assert_eq!(at(wild), now_us, "claimed {wild}");
+        }
+    }
+
+    #[test]
+    fn ecg_bytes_are_bounded_per_room() {
+        let now = Instant::now();
+        let per = chunk_bytes(&WaveformChunk {
+            samples: vec![0; 100],
+            ..Default::default()
+        });
+        let mut r = Records::new(4, 10, Duration::from_secs(60), Duration::from_secs(5))
+            .with_max_waveform_bytes(3 * per);
+        let a = room("a");
+        let big = |channel_id: u32, seq: u64, n: usize| {
+            delivered::Frame::Waveform(WaveformChunk {
+                channel_id,
+                seq,
+                samples: vec![1; n],
+                ..Default::default()
+            })
+        };
+        r.on_delivered(&a, &frame(3, 0, ecg_decl()), now).unwrap();
+        let mut decl4 = ecg_decl();
+        if let delivered::Frame::Channel(c) = &mut decl4 {
+            c.channel_id = 4;
+        }
+        r.on_delivered(&a, &frame(4, 0, decl4), now).unwrap();
+        // A chunk bigger than the bound: refused.
+        assert_eq!(
+            r.on_delivered(&a, &frame(3, 1, big(3, 1, 10_000)), now),
+            Err(Refusal::WaveformBytes)
+        );
+        // One channel: its oldest chunks make room, the latest three stay.
+        for seq in 1..=10u64 {
+            r.on_delivered(&a, &frame(3, seq, big(3, seq, 100)), now)
+                .unwrap();
+        }
+        assert_eq!(r.held().chunks, 3);
+        // Another channel cannot push out the first: refused.
+        assert_eq!(
+            r.on_delivered(&a, &frame(4, 11, big(4, 1, 100)), now),
+            Err(Refusal::WaveformBytes)
+        );
+        assert_eq!(r.held().chunks, 3);
+        let taken = r.take(&a);
+        let seqs: Vec<u64> = taken.waveforms[&("kiosk-1".to_owned(), 3)]
+            .iter()
+            .map(|c| c.chunk.seq)
+            .collect();
+        assert_eq!(seqs, vec![8, 9, 10]);
+        // Taken: the bytes are free again.
+        r.on_delivered(&a, &frame(4, 12, big(4, 2, 100)), now)
+            .unwrap();
+        assert_eq!(r.held().chunks, 1);
     }
 }

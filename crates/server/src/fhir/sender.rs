@@ -266,6 +266,7 @@ mod tests {
             max_measurements_per_room: 10,
             max_rooms: 10,
             waveform_excerpt: Duration::from_secs(1),
+            max_waveform_bytes_per_room: 1 << 20,
             max_pending: 10,
         }
     }

@@ -29,14 +29,23 @@ pub struct FhirStats {
     pub room_end: AtomicU64,
     /// Rooms that ended with measurements but without a subject: nothing exported.
     pub no_subject: AtomicU64,
-    /// Refusals by limit: `max_rooms`, `max_measurements_per_room`, `max_pending`.
-    pub refused: [AtomicU64; 3],
+    /// Rooms that ended with measurements that could not be written to the outbox (outbox
+    /// full, disk error): nothing exported, audited as `fhir_not_exported`.
+    pub not_exported: AtomicU64,
+    /// Refusals by limit: `max_rooms`, `max_measurements_per_room`, `max_pending`,
+    /// `max_waveform_bytes_per_room`.
+    pub refused: [AtomicU64; 4],
     /// Values left out of Bundles, by [`Skipped::by_reason`] order.
     pub skipped: [AtomicU64; 6],
 }
 
 /// Labels of [`FhirStats::refused`].
-pub const REFUSED: [&str; 3] = ["max_rooms", "max_measurements_per_room", "max_pending"];
+pub const REFUSED: [&str; 4] = [
+    "max_rooms",
+    "max_measurements_per_room",
+    "max_pending",
+    "max_waveform_bytes_per_room",
+];
 
 impl FhirStats {
     /// Counts a refusal of the record table.
@@ -58,7 +67,7 @@ impl FhirStats {
     }
 
     /// Refusals by limit.
-    pub fn refusals(&self) -> [(&'static str, u64); 3] {
+    pub fn refusals(&self) -> [(&'static str, u64); 4] {
         std::array::from_fn(|i| (REFUSED[i], self.refused[i].load(Ordering::Relaxed)))
     }
 }
@@ -66,7 +75,7 @@ impl FhirStats {
 /// Registers the export's instruments on `meter`, reading `fhir` live.
 pub fn register(meter: &Meter, fhir: Weak<super::Fhir>) {
     type Read = fn(&FhirStats) -> u64;
-    let counters: [(&'static str, &'static str, Read); 4] = [
+    let counters: [(&'static str, &'static str, Read); 5] = [
         (
             "cabine.fhir.exported",
             "FHIR Bundles delivered (the endpoint answered 2xx)",
@@ -86,6 +95,11 @@ pub fn register(meter: &Meter, fhir: Weak<super::Fhir>) {
             "cabine.fhir.no_subject",
             "Rooms that ended with measurements but no subject: nothing exported",
             |s| s.no_subject.load(Ordering::Relaxed),
+        ),
+        (
+            "cabine.fhir.not_exported",
+            "Rooms that ended with measurements the outbox could not take (full, disk error)",
+            |s| s.not_exported.load(Ordering::Relaxed),
         ),
     ];
     for (name, desc, read) in counters {
@@ -192,7 +206,8 @@ mod tests {
             [
                 ("max_rooms", 1),
                 ("max_measurements_per_room", 2),
-                ("max_pending", 1)
+                ("max_pending", 1),
+                ("max_waveform_bytes_per_room", 0)
             ]
         );
     }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use cabine_proto::{Claims, Grant, Role, RoomId};
 
 use super::ApiError;
@@ -70,7 +70,8 @@ pub(crate) fn authorize(
         st.count_refusal(e.reason());
         st.audit_refusal(room.as_str(), "-", None, peer, e);
     })?;
-    st.tokens
+    let claims = st
+        .tokens
         .authorize(token, room, grant, action)
         .map_err(|e| {
             st.count_refusal(e.reason());
@@ -78,8 +79,39 @@ pub(crate) fn authorize(
                 Ok(c) => st.audit_refusal(room.as_str(), c.sub.as_str(), Some(c.role), peer, &e),
                 Err(_) => st.audit_refusal(room.as_str(), "-", None, peer, &e),
             }
-            e.into()
-        })
+            ApiError::from(e)
+        })?;
+    not_denied(st, room, &claims, peer)?;
+    Ok(claims)
+}
+
+/// Refuses (403, audited) an invitee whose redeemed invite a doctor of `room` revoked.
+pub(crate) fn not_denied(
+    st: &AppState,
+    room: &RoomId,
+    claims: &Claims,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    if claims.role != Role::Assistant
+        || !st
+            .consultations
+            .is_denied(room, &claims.sub, std::time::Instant::now())
+    {
+        return Ok(());
+    }
+    st.count_refusal("invite_revoked");
+    st.audit(
+        "refused",
+        room,
+        &claims.sub,
+        Some(claims.role),
+        Some(peer),
+        "the invite of this invitee was revoked",
+    );
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "a doctor of this room revoked your invite",
+    ))
 }
 
 /// The valid token of a request on a WHIP/WHEP session URL (PATCH, DELETE), checked before the

@@ -6,8 +6,8 @@
 //!   of the room, or grants beyond the doctor's; 429 at `limits.invites_per_room` live ones.
 //! - `GET /api/rooms/{room}/invites` (doctor) → `{"invites":[{"id","kind","grants",
 //!   "expires_at","state"}]}` (`pending`, `redeemed`, `revoked`, `expired`).
-//! - `DELETE /api/rooms/{room}/invites/{id}` (doctor) → 204; 404 unknown; 409 redeemed
-//!   already; 410 expired or revoked before.
+//! - `DELETE /api/rooms/{room}/invites/{id}` (doctor) → 204 (a redeemed invite: its invitee
+//!   is denied the room and its sessions closed); 404 unknown; 410 expired or revoked before.
 //! - `POST /api/rooms/{room}/invites/redeem` `{"code"}` (no token) → `200 {"token","room",
 //!   "identity","role","grants","expires_at","url"}` once; 404 unknown code; 409 used; 410
 //!   expired or revoked. In a cluster it is served by the room's node (307 there, like WHIP),
@@ -198,10 +198,15 @@ async fn revoke(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((room, id)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
     let doctor = doctor(&st, &headers, &room, peer, "revoke invites")?;
+    // The room's node holds the invitee's sessions and its deny list: revoke there.
+    if let Some(elsewhere) = super::whip::route(&st, &room, &uri).await {
+        return Ok(elsewhere);
+    }
     let outcome = if id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         st.invites
             .store
@@ -224,10 +229,35 @@ async fn revoke(
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         Revocation::Unknown => (StatusCode::NOT_FOUND, "no such invite in this room"),
-        Revocation::Used => (
-            StatusCode::CONFLICT,
-            "the invite was redeemed already: nothing left to revoke",
-        ),
+        Revocation::Used => {
+            let kind = st
+                .invites
+                .store
+                .list(&st.cluster.key(&room))
+                .await
+                .map_err(|e| store_down(&st, &e))?
+                .into_iter()
+                .find(|i| i.id == id)
+                .map(|i| i.kind);
+            let Some(kind) = kind else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no such invite in this room",
+                ));
+            };
+            let closed = deny_invitee(&st, &room, &kind, &id).await?;
+            st.audit(
+                "invite_revoked",
+                &room,
+                &doctor.sub,
+                Some(doctor.role),
+                Some(peer),
+                &format!(
+                    "redeemed invite {id} revoked: its invitee is denied the room, {closed}                      sessions closed"
+                ),
+            );
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         Revocation::Expired => (
             StatusCode::GONE,
             "the invite expired or was revoked already",
@@ -338,6 +368,44 @@ async fn redeem(
         "url": format!("/consult/{room}#token={token}"),
     });
     Ok(Json(body).into_response())
+}
+
+/// Denies the invitee of a redeemed invite (`<kind>-<id>`) the room until its token would
+/// expire, and closes its signalling and media sessions; returns how many were closed.
+async fn deny_invitee(
+    st: &AppState,
+    room: &RoomId,
+    kind: &str,
+    id: &str,
+) -> Result<usize, ApiError> {
+    let identity = Identity::parse(&format!("{kind}-{}", id.to_lowercase()))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let until = std::time::Instant::now() + st.invites.cfg.token_ttl;
+    st.consultations.deny(room, &identity, until);
+    let reason = "a doctor of the room revoked this invite";
+    let mut closed = st.ws.expel(room, &identity, reason);
+    let sessions: Vec<_> = st
+        .sessions_lock()
+        .iter()
+        .filter(|(_, e)| &e.room == room && e.identity == identity)
+        .map(|(id, _)| *id)
+        .collect();
+    for session in sessions {
+        let _ = st.sfu.leave(room.clone(), session).await;
+        if st.sessions_lock().remove(&session).is_some() {
+            closed += 1;
+            st.end_spans(session);
+            st.audit(
+                "leave",
+                room,
+                &identity,
+                Some(Role::Assistant),
+                None,
+                reason,
+            );
+        }
+    }
+    Ok(closed)
 }
 
 /// The claims of a doctor's token for `room` (403, audited, for any other role or a token

@@ -140,6 +140,10 @@ fn registry_view(
         .map(|(n, answered)| {
             let mut j = serde_json::to_value(&n).unwrap_or_default();
             j["answered"] = serde_json::Value::Bool(answered);
+            j["stale"] = serde_json::Value::Bool(crate::cluster::placement::is_stale(
+                &n,
+                crate::queue::now_ms(),
+            ));
             j
         })
         .collect();
@@ -300,10 +304,13 @@ pub(crate) async fn ops_once(
             x["node"] = id.clone();
         }
     }
-    // The fleet and the queue are the service's (in the store when clustered), pseudonymous.
-    v["fleet"] =
-        serde_json::to_value(st.queue.fleet(false).await.unwrap_or_default()).unwrap_or_default();
-    v["queue"] = crate::queue::http::ops_queue(&st).await;
+    // The fleet and the queue are the service's (in the store when clustered), pseudonymous:
+    // only an operator of every room sees them, not one of a single room.
+    if claims.room == "*" {
+        v["fleet"] = serde_json::to_value(st.queue.fleet(false).await.unwrap_or_default())
+            .unwrap_or_default();
+        v["queue"] = crate::queue::http::ops_queue(&st).await;
+    }
     if !st.cluster.clustered() || q.scope.as_deref() == Some("node") {
         return Ok(Json(v));
     }

@@ -82,14 +82,17 @@ pub(crate) fn status_json(
         Status::Waiting(w) => Ok(waiting_json(w)),
         Status::Taken(t) => {
             let (room, token) = room_token(st, t, Role::Kiosk, &t.kiosk)?;
-            st.audit(
-                "queue_admit",
-                &room,
-                &identity(&t.kiosk)?,
-                Some(Role::Kiosk),
-                Some(peer),
-                &format!("ticket {}: room token for the kiosk", t.id),
-            );
+            // A kiosk polls: its admission is audited once, not at every read.
+            if st.queue.first_admission(&t.id) {
+                st.audit(
+                    "queue_admit",
+                    &room,
+                    &identity(&t.kiosk)?,
+                    Some(Role::Kiosk),
+                    Some(peer),
+                    &format!("ticket {}: room token for the kiosk", t.id),
+                );
+            }
             Ok(json!({
                 "ticket": t.id,
                 "state": "taken",
@@ -177,13 +180,13 @@ async fn enqueue(
             body["error"] = json!("this kiosk already waits with this ticket");
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
-        Err(e @ QueueError::Full { .. }) => {
+        Err(e @ QueueError::Full { limit, .. }) => {
             audit(&st, "queue_refused", &claims, peer, &e.to_string());
-            tracing::warn!(limit = "queue.max_waiting", "queue full: ticket refused");
+            tracing::warn!(limit, "queue full: ticket refused");
             // The shape of every limit's refusal (`crate::limits::Refused`).
             let body = json!({
                 "error": "limit",
-                "limit": "queue.max_waiting",
+                "limit": limit,
                 "message": e.to_string(),
             });
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
@@ -296,17 +299,27 @@ async fn take(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(ticket): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let claims = taker_claims(&st, &headers, peer, "take a patient from the queue")?;
+    // The room is placed first (on this node unless the cluster chooses another): the
+    // consultation exists before either side joins, and a cluster with no room for it
+    // leaves the ticket waiting (503) rather than taken into a room nobody can open.
+    let room = super::Queue::new_room().map_err(ApiError::from)?;
+    if !super::ticket::is_ticket_id(&ticket) {
+        return Err(refusal(&st, &claims, peer, QueueError::Unknown));
+    }
+    let here = axum::http::Uri::from_static("/");
+    if let Some(refused) = crate::http::whip::route(&st, &room, &here).await {
+        if refused.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(refused);
+        }
+    }
     let taken = st
         .queue
-        .take(&ticket, &claims.sub)
+        .take(&ticket, &claims.sub, room)
         .await
         .map_err(|e| refusal(&st, &claims, peer, e))?;
-    // The room is placed now (on this node unless the cluster chooses another): the
-    // consultation exists before either side joins.
-    let placed = st.cluster().route(&taken.room).await;
-    hand_subject_to_fhir(&st, &taken, &placed);
+    hand_subject_to_fhir(&st, &taken).await;
     let (room, token) = room_token(&st, &taken.ticket, Role::Doctor, claims.sub.as_str())?;
     st.audit(
         "queue_take",
@@ -331,29 +344,26 @@ async fn take(
         "room": room.as_str(),
         "token": token,
         "url": page_url(&st, "consult", room.as_str(), &token),
-    })))
+    }))
+    .into_response())
 }
 
-/// Gives the platform's subject reference (from the ticket) to the FHIR export of the room, on
-/// the node that holds it. A room placed on another node is exported there without this
-/// subject (the doctor can still export with an explicit subject): said in the log, counted.
-fn hand_subject_to_fhir(st: &AppState, taken: &super::Taken, placed: &crate::cluster::Route) {
-    let (Some(fhir), Some(subject)) = (
-        st.fhir(),
-        Some(taken.ticket.subject.as_str()).filter(|s| !s.is_empty()),
-    ) else {
-        return;
-    };
-    if !matches!(placed, crate::cluster::Route::Local) {
-        tracing::warn!(
-            room = %Redacted(taken.room.as_str()),
-            "queue take: the room is placed on another node; its FHIR export there has no \
-             subject from the ticket"
-        );
+/// Leaves the platform's subject reference (from the ticket) in the queue's store, by room:
+/// the FHIR export of the room finds it there on whichever node holds the room (in a cluster,
+/// the store is shared). Kept as long as the room's tokens plus `queue.keep`.
+async fn hand_subject_to_fhir(st: &AppState, taken: &super::Taken) {
+    if taken.ticket.subject.is_empty() {
         return;
     }
-    if let Err(e) = fhir.set_subject(&taken.room, subject) {
-        tracing::warn!(room = %Redacted(taken.room.as_str()), error = %e, "queue take: the ticket's subject was not kept for the FHIR export");
+    let cfg = st.queue.config();
+    let ttl = cfg.room_token_ttl.saturating_add(cfg.keep);
+    if let Err(e) = st
+        .queue
+        .store()
+        .set_room_subject(taken.room.as_str(), &taken.ticket.subject, ttl)
+        .await
+    {
+        tracing::warn!(room = %Redacted(taken.room.as_str()), error = %e, "queue take: the ticket's subject was not stored for the FHIR export");
     }
 }
 

@@ -58,10 +58,13 @@ pub enum QueueError {
     /// The store did not answer (503).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// `queue.max_waiting` tickets already wait (503).
-    #[error("{max} tickets are waiting (queue.max_waiting = {max}); try again later")]
+    /// `queue.max_waiting` tickets already wait, or `queue.max_records` records are kept
+    /// (503).
+    #[error("the queue is full ({limit} = {max}); try again later")]
     Full {
-        /// The limit.
+        /// The key of the limit.
+        limit: &'static str,
+        /// Its value.
         max: usize,
     },
     /// The kiosk already waits with this ticket (409).
@@ -136,6 +139,9 @@ pub struct Queue {
     changed: tokio::sync::watch::Sender<u64>,
     /// The last read of the waiting tickets and handling times ([`VIEW_CACHE`]).
     cache: std::sync::Mutex<Option<Cached>>,
+    /// Taken tickets whose kiosk this node already admitted (audited once), at most
+    /// `queue.max_records`.
+    admitted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A read of the queue reused for [`VIEW_CACHE`].
@@ -161,7 +167,21 @@ impl Queue {
             stats: Arc::default(),
             changed: tokio::sync::watch::channel(0).0,
             cache: std::sync::Mutex::new(None),
+            admitted: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether this is this node's first admission of the kiosk of taken ticket `id` (each
+    /// status read hands the kiosk its room token; only the first is audited).
+    pub fn first_admission(&self, id: &str) -> bool {
+        let mut seen = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(id) {
+            return false;
+        }
+        if seen.len() >= self.cfg.max_records.get() {
+            seen.clear();
+        }
+        seen.insert(id.to_owned())
     }
 
     /// The waiting tickets and the recent handling times, read at most [`VIEW_CACHE`] ago.
@@ -263,7 +283,12 @@ impl Queue {
         let life = self.cfg.ticket_ttl + self.cfg.keep;
         match self
             .store
-            .create(&record, self.cfg.max_waiting.get(), life)
+            .create(
+                &record,
+                self.cfg.max_waiting.get(),
+                self.cfg.max_records.get(),
+                life,
+            )
             .await?
         {
             Created::New => {
@@ -278,7 +303,15 @@ impl Queue {
             Created::Full => {
                 self.stats.count_refused();
                 Err(QueueError::Full {
+                    limit: "queue.max_waiting",
                     max: self.cfg.max_waiting.get(),
+                })
+            }
+            Created::TooManyRecords => {
+                self.stats.count_refused_records();
+                Err(QueueError::Full {
+                    limit: "queue.max_records",
+                    max: self.cfg.max_records.get(),
                 })
             }
         }
@@ -361,16 +394,19 @@ impl Queue {
     }
 
     /// `doctor` takes ticket `id`: a new room is named for it.
-    pub async fn take(&self, id: &str, doctor: &Identity) -> Result<Taken, QueueError> {
+    pub async fn take(
+        &self,
+        id: &str,
+        doctor: &Identity,
+        room: RoomId,
+    ) -> Result<Taken, QueueError> {
         if !ticket::is_ticket_id(id) {
             return Err(QueueError::Unknown);
         }
-        let room_name = format!("q-{}", crate::http::random_token(20).to_ascii_lowercase());
-        let room = RoomId::parse(&room_name).map_err(|e| QueueError::Internal(e.to_string()))?;
         let leave = Leave {
             state: TicketState::Taken,
             at_ms: now_ms(),
-            room: room_name,
+            room: room.as_str().to_owned(),
             doctor: doctor.as_str().to_owned(),
         };
         match self.store.transition(id, &leave, self.cfg.keep).await? {
@@ -395,6 +431,12 @@ impl Queue {
             Transition::NotWaiting(t) => Err(not_waiting(&t)),
             Transition::Unknown => Err(QueueError::Unknown),
         }
+    }
+
+    /// A new room for a take (`q-` and 20 random characters).
+    pub fn new_room() -> Result<RoomId, QueueError> {
+        let name = format!("q-{}", crate::http::random_token(20).to_ascii_lowercase());
+        RoomId::parse(&name).map_err(|e| QueueError::Internal(e.to_string()))
     }
 
     /// Expires the tickets older than `queue.ticket_ttl` and flags those older than
@@ -500,4 +542,26 @@ pub fn now_ms() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kiosks_admission_is_audited_once_per_ticket() {
+        let mut cfg = crate::config::Config::defaults().queue;
+        cfg.max_records = std::num::NonZeroUsize::new(2).unwrap();
+        let q = Queue::new(
+            &cfg,
+            Arc::new(crate::cluster::MemoryQueueStore::new()),
+            b"secret",
+        );
+        assert!(q.first_admission("a"));
+        assert!(!q.first_admission("a"), "a second read is not audited");
+        assert!(q.first_admission("b"));
+        // Bounded: beyond max_records the set starts again.
+        assert!(q.first_admission("c"));
+        assert!(!q.first_admission("c"));
+    }
 }

@@ -23,6 +23,7 @@ pub struct QueueStats {
     cancelled: AtomicU64,
     expired: AtomicU64,
     refused: AtomicU64,
+    refused_records: AtomicU64,
     unanswered: AtomicU64,
     waiting: AtomicU64,
     /// Waits until taken, per bucket of [`WAIT_BOUNDS_S`] (the last: above).
@@ -45,6 +46,10 @@ impl QueueStats {
 
     pub(crate) fn count_refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_refused_records(&self) {
+        self.refused_records.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_unanswered(&self) {
@@ -83,6 +88,11 @@ impl QueueStats {
     /// Tickets refused by `queue.max_waiting`.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Tickets refused by `queue.max_records`.
+    pub fn refused_records(&self) -> u64 {
+        self.refused_records.load(Ordering::Relaxed)
     }
 
     /// Tickets flagged as unanswered.
@@ -129,7 +139,7 @@ impl QueueCollector {
                 )?,
                 d(
                     "cabine_queue_refused_total",
-                    "Queue tickets refused by a limit (queue.max_waiting)",
+                    "Queue tickets refused by a limit (queue.max_waiting, queue.max_records)",
                     &["limit"],
                 )?,
                 d(
@@ -212,7 +222,10 @@ impl Collector for QueueCollector {
             family(
                 &self.descs[2],
                 MetricType::COUNTER,
-                vec![counter(s.refused(), vec![label("limit", "max_waiting")])],
+                vec![
+                    counter(s.refused(), vec![label("limit", "max_waiting")]),
+                    counter(s.refused_records(), vec![label("limit", "max_records")]),
+                ],
             ),
             family(
                 &self.descs[3],

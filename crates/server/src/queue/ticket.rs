@@ -63,10 +63,11 @@ pub enum TicketError {
     /// The specialty is not a short lower-case name.
     #[error("specialty must be 1 to {MAX_SPECIALTY} characters among a-z, 0-9, '-' and '_'")]
     Specialty,
-    /// The subject is not a FHIR relative reference.
+    /// The subject is not a reference to a Patient (the FHIR export needs one).
     #[error(
-        "subject must be a FHIR reference Type/id (e.g. Patient/123: a resource type, '/', \
-         an id of 1 to 64 characters among A-Z a-z 0-9 '-' '.')"
+        "subject must be a reference to a Patient of at most {MAX_SUBJECT} characters: \
+         `Patient/<id>` or `https://<fhir base>/Patient/<id>`, where <id> is 1 to 64 of \
+         A-Z a-z 0-9 '-' '.'"
     )]
     Subject,
     /// The site label is too long.
@@ -105,7 +106,7 @@ impl TicketRequest {
         let subject = match self.subject.map(|s| s.trim().to_owned()) {
             None => String::new(),
             Some(s) if s.is_empty() => String::new(),
-            Some(s) if is_fhir_reference(&s) => s,
+            Some(s) if s.len() <= MAX_SUBJECT && crate::fhir::Subject::parse(&s).is_ok() => s,
             Some(_) => return Err(TicketError::Subject),
         };
         let site = self.site.unwrap_or_default().trim().to_owned();
@@ -123,26 +124,6 @@ impl TicketRequest {
             site,
         })
     }
-}
-
-/// Whether `s` is a FHIR relative reference `Type/id`: a resource type (an upper-case letter
-/// then letters) and an id (FHIR `id`: 1–64 of `A-Za-z0-9-.`).
-pub fn is_fhir_reference(s: &str) -> bool {
-    if s.len() > MAX_SUBJECT {
-        return false;
-    }
-    let Some((ty, id)) = s.split_once('/') else {
-        return false;
-    };
-    let mut t = ty.chars();
-    let type_ok = t.next().is_some_and(|c| c.is_ascii_uppercase())
-        && t.all(|c| c.is_ascii_alphabetic())
-        && ty.len() <= 64;
-    let id_ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    type_ok && id_ok
 }
 
 /// Whether `s` can be a ticket id (anything else is answered 404 without asking the store).
@@ -243,6 +224,8 @@ mod tests {
             "Patient/a b",
             "/1",
             "Patient/1/2",
+            "Practitioner/1",
+            "Group/7",
         ] {
             let r = TicketRequest {
                 subject: Some(bad.into()),

@@ -14,6 +14,10 @@
 //!   refused.
 //! - `a_bad_fhir_section_stops_the_start_naming_its_key`: plain HTTP to a remote endpoint, a
 //!   zero retry delay.
+//! - `a_taken_tickets_subject_is_the_subject_of_its_rooms_export`: the walk-in ticket's subject
+//!   reaches the room's export through the queue's store (as on another node of a cluster).
+//! - `a_room_ending_with_the_outbox_full_is_audited_and_counted`: `fhir_not_exported`, with
+//!   the reason, and `cabine_fhir_not_exported_total`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -672,6 +676,81 @@ async fn a_room_exports_at_its_end_to_the_platforms_subject() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_tickets_subject_is_the_subject_of_its_rooms_export() {
+    let sink = Sink::start(0).await;
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-ticket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = common::start_with(|c| {
+        c.auth.secret = SECRET.into();
+        c.audit.path = dir.join("audit").join("audit.jsonl");
+        c.fhir.endpoint = sink.url.clone();
+        c.fhir.room_end_grace = Duration::from_millis(500);
+        c.fhir.retry_min = Duration::from_millis(100);
+    })
+    .await;
+    let fhir = Arc::clone(s.server.fhir().expect("the export is on"));
+    let http = reqwest::Client::new();
+    let kiosk = token("lobby", Role::Kiosk, "kiosk-walk-in");
+    let r = http
+        .post(format!("{}/api/queue", s.base))
+        .bearer_auth(&kiosk)
+        .json(&serde_json::json!({ "subject": "Patient/789" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let ticket: Value = r.json().await.unwrap();
+    let doctor = Tokens::new(SECRET.as_bytes())
+        .mint(
+            "*",
+            Role::Doctor,
+            Identity::parse("dr-queue").unwrap(),
+            Duration::from_secs(600),
+            Some(vec![cabine_proto::Grant::Take]),
+        )
+        .unwrap();
+    let r = http
+        .post(format!(
+            "{}/api/queue/{}/take",
+            s.base,
+            ticket["ticket"].as_str().unwrap()
+        ))
+        .bearer_auth(&doctor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let taken: Value = r.json().await.unwrap();
+    let room = taken["room"].as_str().unwrap().to_owned();
+
+    // Nothing set on the export's side: the subject is found through the queue's store, as
+    // on a node of a cluster that did not take the ticket.
+    assert!(fhir.held().rooms == 0);
+    let mut k = Kiosk::connect(&s.base, &token(&room, Role::Kiosk, "kiosk-walk-in"), &room).await;
+    let sent = k.run(Duration::from_millis(3500));
+    until("the measurements are kept", || {
+        let h = fhir.held();
+        async move { h.measurements == sent as u64 }
+    })
+    .await;
+    k.client.close().await;
+    until("the room's end exports to the ticket's subject", || async {
+        sink.accepted().len() == 1
+    })
+    .await;
+    check_content(&sink.accepted()[0], "Patient/789");
+    validate_r4(&sink.received()[0].body, "ticket");
+    assert_eq!(
+        fhir.stats()
+            .no_subject
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_fhir_section_stops_the_start_naming_its_key() {
     let dir = std::env::temp_dir().join(format!("cabine-fhir-bad-{}", std::process::id()));
@@ -726,5 +805,73 @@ fn a_bad_fhir_section_stops_the_start_naming_its_key() {
         let _ = std::fs::remove_file(&log);
         let _ = std::fs::remove_file(log.with_extension("err"));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A room that ends while the outbox is full: its measurements are not exported, and that is
+/// audited (`fhir_not_exported`, with the reason) and counted, not only logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_ending_with_the_outbox_full_is_audited_and_counted() {
+    // The endpoint never accepts: the first Bundle stays in the outbox.
+    let sink = Sink::start(usize::MAX).await;
+    let dir = std::env::temp_dir().join(format!("cabine-fhir-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit").join("audit.jsonl");
+    let s = common::start_with(|c| {
+        c.auth.secret = SECRET.into();
+        c.audit.path = audit.clone();
+        c.fhir.endpoint = sink.url.clone();
+        c.fhir.room_end_grace = Duration::from_millis(500);
+        c.fhir.retry_min = Duration::from_secs(30);
+        c.fhir.max_pending = 1;
+    })
+    .await;
+    let fhir = Arc::clone(s.server.fhir().expect("the export is on"));
+    let pending = || {
+        fhir.stats()
+            .pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let not_exported = || {
+        fhir.stats()
+            .not_exported
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for (i, room) in ["consult-full-1", "consult-full-2"].into_iter().enumerate() {
+        fhir.set_subject(&RoomId::parse(room).unwrap(), "Patient/5")
+            .unwrap();
+        let mut k = Kiosk::connect(&s.base, &token(room, Role::Kiosk, "kiosk-full"), room).await;
+        let sent = k.run(Duration::from_millis(1500));
+        until("the measurements are kept", || {
+            let h = fhir.held();
+            async move { h.measurements == sent as u64 }
+        })
+        .await;
+        k.client.close().await;
+        if i == 0 {
+            until("the first room's Bundle waits in the outbox", || async {
+                pending() == 1
+            })
+            .await;
+        }
+    }
+    until(
+        "the second room's end is counted as not exported",
+        || async { not_exported() == 1 },
+    )
+    .await;
+    assert_eq!(pending(), 1);
+    s.server.shutdown(Duration::from_millis(100)).await;
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        lines.lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+            v["event"] == "fhir_not_exported"
+                && v.to_string().contains("outbox_full")
+                && v.to_string().contains("measurements dropped")
+        }),
+        "{lines}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

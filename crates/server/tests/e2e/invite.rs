@@ -66,7 +66,7 @@ async fn an_invite_link_admits_one_specialist_once_before_it_expires() {
     assert_eq!(claims.sub.as_str(), invitee);
     assert_eq!(claims.grants, Some(vec![Grant::Publish, Grant::Subscribe]));
     // The token works: the specialist subscribes to the room.
-    let (status, _, body) = post_sdp(
+    let (status, whep_headers, body) = post_sdp(
         &format!("{}/whep/{ROOM}", s.base),
         got["token"].as_str(),
         "application/sdp",
@@ -74,6 +74,7 @@ async fn an_invite_link_admits_one_specialist_once_before_it_expires() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    let whep_session = whep_headers["location"].to_str().unwrap().to_owned();
     // Never twice.
     let (status, body) = redeem(&s, &code).await;
     assert_eq!(status, 409, "{body}");
@@ -120,7 +121,37 @@ async fn an_invite_link_admits_one_specialist_once_before_it_expires() {
     let (status, body) = redeem(&s, &code_of(&revoked)).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(revoke(&s, &doctor, revoked_id).await, 410);
-    assert_eq!(revoke(&s, &doctor, inv["id"].as_str().unwrap()).await, 409);
+    // A redeemed invite is revoked too: its invitee is denied the room (a new session or
+    // signalling refused) and its session is closed.
+    assert_eq!(revoke(&s, &doctor, inv["id"].as_str().unwrap()).await, 204);
+    let (status, _, body) = post_sdp(
+        &format!("{}/whep/{ROOM}", s.base),
+        got["token"].as_str(),
+        "application/sdp",
+        sdp_offer("recvonly"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let url = format!(
+        "{}/ws/{ROOM}?token={}",
+        s.base.replace("http://", "ws://"),
+        got["token"].as_str().unwrap()
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("signalling of a revoked invitee: {:?}", other.map(|_| ())),
+    }
+    let gone = reqwest::Client::new()
+        .delete(format!("{}{whep_session}", s.base))
+        .bearer_auth(&doctor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gone.status().as_u16(),
+        404,
+        "the invitee's session is closed"
+    );
     assert_eq!(revoke(&s, &doctor, "abcdefabcdef").await, 404);
     let states: Vec<(String, String)> = list(&s, &doctor).await["invites"]
         .as_array()

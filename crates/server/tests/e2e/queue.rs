@@ -2,7 +2,9 @@
 //! `queue::dial_queued`) waits, a doctor lists the queue and takes it over the API, and both
 //! meet in the room the server created, with media and vitals; the refusals (403, 404, 409,
 //! 410, 503), cancel and expiry, the fleet, and — on a Redis cluster — a queue that survives
-//! `kill -9` of the node that held it.
+//! `kill -9` of the node that held it. The `cabine-kiosk` binary itself (`dial --queue`)
+//! prints its position, is taken over the API and meets its doctor; Ctrl-C while it waits
+//! cancels its ticket. Priority orders a specialty's queue.
 
 use std::time::{Duration, Instant};
 
@@ -340,6 +342,18 @@ async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals
         !view.to_string().contains("kiosk-pharmacie"),
         "identities in /api/ops"
     );
+    // An operator of one room sees neither the service's fleet nor its queue.
+    let (status, view) = call(
+        "GET",
+        &base,
+        "/api/ops",
+        &s.token("lobby", Role::Operator, "o"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert!(view.get("fleet").is_none(), "{view}");
+    assert!(view.get("queue").is_none(), "{view}");
 
     let _ = stop_cabin.send(());
     let (admission, _) = tokio::time::timeout(Duration::from_secs(20), cabin1)
@@ -358,7 +372,8 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     let audit = audit_path.clone();
     let s = common::start_with(move |c| {
         c.audit.path = audit;
-        c.queue.ticket_ttl = Duration::from_secs(5);
+        // Long enough that a loaded runner takes kiosk-b's ticket before it expires.
+        c.queue.ticket_ttl = Duration::from_secs(20);
         c.queue.unanswered_after = Duration::from_millis(300);
         c.queue.max_waiting = 2.try_into().unwrap();
         c.admin.listen = "127.0.0.1:0".into();
@@ -465,11 +480,14 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
         call("POST", &base, "/api/queue", &kc, Some(long)).await.0,
         400
     );
-    let bad = json!({ "subject": "123; DROP" });
-    assert_eq!(
-        call("POST", &base, "/api/queue", &kc, Some(bad)).await.0,
-        400
-    );
+    for bad in ["123; DROP", "Practitioner/1"] {
+        let bad = json!({ "subject": bad });
+        assert_eq!(
+            call("POST", &base, "/api/queue", &kc, Some(bad)).await.0,
+            400,
+            "the export needs a Patient"
+        );
+    }
     // Unknown ticket: 404.
     assert_eq!(
         call(
@@ -484,7 +502,7 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
         404
     );
 
-    // Unanswered past 300 ms: flagged in the ops view and the metric; expired after 5 s (410).
+    // Unanswered past 300 ms: flagged in the ops view and the metric; expired after 20 s (410).
     let ops = s.token("*", Role::Operator, "ops");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -526,7 +544,7 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     let take_b = format!("/api/queue/{}/take", flagged_b["ticket"].as_str().unwrap());
     assert_eq!(call("POST", &base, &take_b, &doctor, None).await.0, 200);
     let path = format!("/api/queue/{}", tb["ticket"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(45);
     while call("GET", &base, &path, &k1, None).await.0 != 410 {
         assert!(Instant::now() < deadline, "the ticket did not expire");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -625,6 +643,26 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     assert_eq!(status, 200, "{taken2}");
     a.kill9();
 
+    // A stops renewing its record: once it is stale in B's view (two refreshes), B places
+    // no new room there, although A is still in the registry.
+    let ops = common::cluster::token("*", Role::Operator, "ops");
+    let a_listed = |v: &Value, stale: Option<bool>| {
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == "node-a" && stale.is_none_or(|s| n["stale"] == s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call("GET", &b.base, "/api/ops", &ops, None).await;
+        if !a_listed(&v, Some(false)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never became stale: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // B lists the queue A held and takes ticket 1; a second take on C is refused.
     let (status, list) = call("GET", &b.base, "/api/queue", &doctor, None).await;
     assert_eq!(status, 200, "{list}");
@@ -675,8 +713,358 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
         },
     ));
     let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
-    let ops = common::cluster::token("*", Role::Operator, "ops");
+    // Placed on B (the least loaded live node; A, first by id, is stale): the cabin and the
+    // doctor meet there.
     doctor_sees_media_and_vitals(&b.base, &ops, &room, &doctor_room_token).await;
+
+    // The consultation taken on A works again once A has left the registry: cabin 2 dials
+    // its room through C, the room is placed again on a live node, and its doctor meets it
+    // there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call("GET", &c.base, "/api/ops", &ops, None).await;
+        if !a_listed(&v, None) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never left the registry: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let room_of_2 = room2["room"].as_str().unwrap().to_owned();
+    let (stop2, stopped2) = oneshot::channel::<()>();
+    let cabin2 = tokio::spawn(dial::run(
+        cabin(&c.base, room2["token"].as_str().unwrap().to_owned()),
+        async move {
+            let _ = stopped2.await;
+        },
+    ));
+    // Where it went: the node whose rooms list it (B holds room 1, so C by load).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let mut found = None;
+        for base in [&b.base, &c.base] {
+            let v = common::rooms_at(base, &ops).await;
+            if v["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["room"] == room_of_2.as_str())
+            {
+                found = Some(base.clone());
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "room 2 was not placed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        holder, c.base,
+        "room 2 re-placed on the least loaded live node"
+    );
+    doctor_sees_media_and_vitals(&holder, &ops, &room_of_2, taken2["token"].as_str().unwrap())
+        .await;
+    let _ = stop2.send(());
     let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cabin2).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
+}
+
+/// The `cabine-kiosk` binary next to this test binary (`target/<profile>/cabine-kiosk`).
+fn kiosk_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/cabine-kiosk
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("cabine-kiosk"))
+        .expect("target/<profile>");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p cabine-kiosk` (`cargo test --workspace` \
+         builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `cabine-kiosk dial --queue`: its stdout lines as they come.
+struct QueuedKiosk {
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl QueuedKiosk {
+    fn start(base: &str, token: &str, extra: &[&str]) -> QueuedKiosk {
+        let mut child = std::process::Command::new(kiosk_bin())
+            .args(["dial", "--server", base, "--token", token, "--queue"])
+            .args(["--loopback", "--no-subscribe", "--device-camera", "off"])
+            .args(["--stethoscope", "off", "--fps", "10", "--video-kbps", "200"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cabine-kiosk starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        QueuedKiosk { child, lines }
+    }
+
+    /// The next line that starts with `prefix` (within 30 s).
+    async fn line(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.starts_with(prefix) => return l,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("cabine-kiosk ended before printing {prefix:?}"),
+                Err(_) => panic!("cabine-kiosk did not print {prefix:?} within 30 s"),
+            }
+        }
+    }
+
+    /// SIGINT (Ctrl-C), then waits for the process to end.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "cabine-kiosk did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for QueuedKiosk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cabine_kiosk_binary_queues_is_taken_and_ctrl_c_cancels() {
+    let s = common::start().await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-binary");
+    let ops = s.token("*", Role::Operator, "ops");
+
+    // The binary prints its position; the doctor takes it over the API; it joins the room
+    // and the doctor has its media and vitals.
+    let kiosk_token = s.token("lobby", Role::Kiosk, "kiosk-binary-1");
+    let mut cabin = QueuedKiosk::start(&base, &kiosk_token, &["--reason", "toux"]);
+    let line = cabin.line("ticket ").await;
+    let (ticket, rest) = line
+        .strip_prefix("ticket ")
+        .and_then(|l| l.split_once(": "))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(rest.starts_with("position 1,"), "{line}");
+    let (status, taken) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{ticket}/take"),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{taken}");
+    let room = taken["room"].as_str().unwrap().to_owned();
+    doctor_sees_media_and_vitals(&base, &ops, &room, taken["token"].as_str().unwrap()).await;
+    // Ctrl-C ends the consultation; the cabin reports the room it was taken into.
+    assert!(cabin.interrupt().success());
+    let joined = cabin.line("taken: room ").await;
+    assert_eq!(joined, format!("taken: room {room}"));
+
+    // Ctrl-C while waiting cancels the ticket: 410 afterwards.
+    let waiting_token = s.token("lobby", Role::Kiosk, "kiosk-binary-2");
+    let mut waiting = QueuedKiosk::start(&base, &waiting_token, &[]);
+    let line = waiting.line("ticket ").await;
+    let ticket = line
+        .strip_prefix("ticket ")
+        .and_then(|l| l.split_once(':'))
+        .map(|(t, _)| t.to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(waiting.interrupt().success());
+    assert_eq!(waiting.line("cancelled").await, "cancelled");
+    let path = format!("/api/queue/{ticket}");
+    let (status, body) = call("GET", &base, &path, &waiting_token, None).await;
+    assert_eq!(status, 410, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_goes_first_within_its_specialty_then_arrival_order() {
+    let s = common::start().await;
+    let base = s.base.clone();
+    let doctor = queue_doctor(&s.tokens, "dr-order");
+    let mut tickets = Vec::new();
+    for (kiosk, body) in [
+        ("kiosk-o1", json!({})),
+        ("kiosk-o2", json!({"priority": true})),
+        ("kiosk-o3", json!({"specialty": "cardiology"})),
+        ("kiosk-o4", json!({})),
+        ("kiosk-o5", json!({"priority": true})),
+    ] {
+        // Arrival times a millisecond apart at least: the order is by arrival, not by id.
+        let before = std::time::SystemTime::now();
+        while std::time::SystemTime::now()
+            .duration_since(before)
+            .unwrap_or_default()
+            < Duration::from_millis(2)
+        {
+            tokio::task::yield_now().await;
+        }
+        let token = s.token("lobby", Role::Kiosk, kiosk);
+        let (status, t) = call("POST", &base, "/api/queue", &token, Some(body)).await;
+        assert_eq!(status, 201, "{t}");
+        tickets.push((t["ticket"].as_str().unwrap().to_owned(), token));
+    }
+    let id = |i: usize| tickets[i].0.clone();
+    let (status, list) = call("GET", &base, "/api/queue?specialty=general", &doctor, None).await;
+    assert_eq!(status, 200, "{list}");
+    let order: Vec<(String, u64)> = list["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["ticket"].as_str().unwrap().to_owned(),
+                t["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![(id(1), 1), (id(4), 2), (id(0), 3), (id(3), 4)],
+        "priority first (in arrival order), then the others in arrival order"
+    );
+    // Each kiosk sees its own position; cardiology is a queue of its own.
+    for (i, want) in [(1, 1), (4, 2), (0, 3), (3, 4), (2, 1)] {
+        let (ticket, token) = &tickets[i];
+        let (status, v) = call("GET", &base, &format!("/api/queue/{ticket}"), token, None).await;
+        assert_eq!((status, v["position"].as_u64()), (200, Some(want)), "{v}");
+    }
+    // Taking the first moves everyone up.
+    let (status, _) = call(
+        "POST",
+        &base,
+        &format!("/api/queue/{}/take", id(1)),
+        &doctor,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (ticket, token) = &tickets[0];
+    let (_, v) = call("GET", &base, &format!("/api/queue/{ticket}"), token, None).await;
+    assert_eq!(v["position"], 2, "{v}");
+}
+
+/// A cluster with no room left: the take is refused (503) before the ticket moves, and the
+/// patient keeps waiting at its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_the_cluster_cannot_place_leaves_the_ticket_waiting() {
+    let redis = Redis::start().await;
+    let node = Node::start_with(
+        "node-full",
+        &redis.url(),
+        &[("CABINE_CLUSTER__MAX_ROOMS", "1".into())],
+    )
+    .await;
+    let tokens = cabine_proto::jwt::Tokens::new(common::cluster::SECRET.as_bytes());
+    let doctor = queue_doctor(&tokens, "dr-full");
+    let mut tickets = Vec::new();
+    for kiosk in ["kiosk-f1", "kiosk-f2"] {
+        let token = common::cluster::token("lobby", Role::Kiosk, kiosk);
+        let (status, t) = call("POST", &node.base, "/api/queue", &token, None).await;
+        assert_eq!(status, 201, "{t}");
+        tickets.push((t["ticket"].as_str().unwrap().to_owned(), token));
+    }
+    // The first take fills the node's only room.
+    let take = |id: &str| format!("/api/queue/{id}/take");
+    let (status, first) = call("POST", &node.base, &take(&tickets[0].0), &doctor, None).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, refused) = call("POST", &node.base, &take(&tickets[1].0), &doctor, None).await;
+    assert_eq!(status, 503, "{refused}");
+    let (ticket, token) = &tickets[1];
+    let (status, v) = call(
+        "GET",
+        &node.base,
+        &format!("/api/queue/{ticket}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["state"].as_str(), v["position"].as_u64()),
+        (200, Some("waiting"), Some(1)),
+        "{v}"
+    );
+}
+
+/// Ticket records are bounded: a kiosk's new ticket replaces its previous record, and the
+/// service keeps at most `queue.max_records` (503 naming the key, counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_records_are_bounded_per_kiosk_and_over_the_service() {
+    let s = common::start_with(|c| {
+        c.queue.max_records = 2.try_into().unwrap();
+        c.queue.max_waiting = 2.try_into().unwrap();
+        c.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let base = s.base.clone();
+    let k1 = s.token("lobby", Role::Kiosk, "kiosk-r1");
+    // An enqueue/cancel loop keeps one record for the kiosk.
+    let mut previous: Option<String> = None;
+    for _ in 0..5 {
+        let (status, t) = call("POST", &base, "/api/queue", &k1, None).await;
+        assert_eq!(status, 201, "{t}");
+        let ticket = t["ticket"].as_str().unwrap().to_owned();
+        if let Some(p) = &previous {
+            let path = format!("/api/queue/{p}");
+            assert_eq!(
+                call("GET", &base, &path, &k1, None).await.0,
+                404,
+                "replaced"
+            );
+        }
+        let path = format!("/api/queue/{ticket}");
+        assert_eq!(call("DELETE", &base, &path, &k1, None).await.0, 204);
+        previous = Some(ticket);
+    }
+    let k2 = s.token("lobby", Role::Kiosk, "kiosk-r2");
+    assert_eq!(call("POST", &base, "/api/queue", &k2, None).await.0, 201);
+    let k3 = s.token("lobby", Role::Kiosk, "kiosk-r3");
+    let (status, full) = call("POST", &base, "/api/queue", &k3, None).await;
+    assert_eq!(
+        (status, full["limit"].as_str()),
+        (503, Some("queue.max_records")),
+        "{full}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", s.server.admin_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cabine_queue_refused_total{limit=\"max_records\"} 1"),
+        "{metrics}"
+    );
 }
