@@ -3,7 +3,7 @@
 // a device camera (otoscope, dermatoscope) that can be switched on mid-consultation, and a
 // stethoscope input captured with every processing off; shows the doctor.
 
-import { Session, fragmentParams, forgetFragment, roomFromPath, quality } from "/app/session.js";
+import { Session, fragmentParams, forgetFragment, roomFromPath, quality, simulcast } from "/app/session.js";
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
@@ -49,7 +49,7 @@ async function start() {
   });
   await listDevices();
   $("room-preview").srcObject = cam;
-  await session.addTrack(cam.getVideoTracks()[0], "room-camera");
+  await session.addTrack(cam.getVideoTracks()[0], "room-camera", undefined, simulcast(3));
   await session.addTrack(cam.getAudioTracks()[0], "microphone");
   if (params.get("stethoscope") === "1" || $("steth").value) {
     const deviceId = $("steth").value;
@@ -68,7 +68,7 @@ async function switchDevice() {
   $("device-preview").srcObject = deviceStream;
   $("device-toggle").disabled = true;
   // A new m-line on the publish connection: the server renegotiates the doctor's side.
-  await session.addTrack(deviceStream.getVideoTracks()[0], "device-camera");
+  await session.addTrack(deviceStream.getVideoTracks()[0], "device-camera", undefined, simulcast(2));
 }
 $("device-toggle").onclick = () => switchDevice().catch((e) => banner(e.message, "bad"));
 $("leave").onclick = () => { session.leave(); forgetFragment(); banner("Left"); };

@@ -30,6 +30,7 @@ mod ops_browser;
 mod otlp;
 mod privacy;
 mod privilege;
+mod quality_browser;
 mod queue;
 mod queue_browser;
 mod relay;
