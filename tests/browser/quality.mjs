@@ -192,7 +192,11 @@ async function main() {
     if (noRed.red_in_answer || /red/i.test(noRed.codec)) throw new Error(`the page that refused RED got it: ${JSON.stringify(noRed)}`);
     if (!(red.loss >= 0.02 && noRed.loss >= 0.02)) throw new Error("the downlinks lost less than 2 %: the relay's loss did not apply");
     if (!(noRed.concealment >= 0.5 * noRed.loss)) throw new Error(`without RED the loss was not concealed as expected: ${JSON.stringify(noRed)}`);
-    if (!(red.recovered >= 0.6)) throw new Error(`RED recovered less than 60 % of the loss: ${JSON.stringify(red)}`);
+    // Concealment also counts jitter-buffer underruns of a starved machine, which hit both
+    // pages alike: RED must conceal under half of what the control does, and recover at least
+    // half of its own loss (96-97 % measured on an idle machine).
+    if (!(red.concealment <= 0.5 * noRed.concealment)) throw new Error(`RED concealed ${red.concealment}, the page without ${noRed.concealment}`);
+    if (!(red.recovered >= 0.5)) throw new Error(`RED recovered less than half of the loss: ${JSON.stringify(red)}`);
     result.stage = "done";
     finish(true, `stethoscope under ${(red.loss * 100).toFixed(1)} % loss: ${(red.concealment * 100).toFixed(2)} % concealed with RED `
       + `(${(red.recovered * 100).toFixed(0)} % of the loss recovered), ${(noRed.concealment * 100).toFixed(2)} % without`);
