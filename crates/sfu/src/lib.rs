@@ -42,6 +42,7 @@ pub mod demux;
 pub mod forwarder;
 pub mod framing;
 pub mod pause;
+pub mod red;
 pub mod room;
 pub mod sdp;
 pub mod shell;

@@ -2,7 +2,7 @@
 // The token stays in the URL fragment (never sent in a request line or a Referer; the server
 // logs routes, not URLs). Everything the page shows is exposed on `window.cabine` for tests.
 
-import { Session, fragmentParams, forgetFragment, roomFromPath, quality, rates } from "/app/session.js";
+import { Session, fragmentParams, forgetFragment, roomFromPath, quality, rates, simulcast } from "/app/session.js";
 
 const $ = (id) => document.getElementById(id);
 const room = roomFromPath();
@@ -256,7 +256,8 @@ async function startLocal() {
   }
   $("self").srcObject = local;
   for (const t of local.getTracks()) {
-    await session.addTrack(t, t.kind === "video" ? "doctor-camera" : "doctor-microphone");
+    if (t.kind === "video") await session.addTrack(t, "doctor-camera", undefined, simulcast(3));
+    else await session.addTrack(t, "doctor-microphone");
   }
 }
 $("mute").onclick = () => {

@@ -358,8 +358,9 @@ export class Session extends EventTarget {
   // Adds a local track to publish with a label; publishes (again) when connected. The msid
   // stream is `stream`, or else this participant's identity as the server's welcome gives it
   // (resolved when the offer is made: tracks added before the welcome get it too).
-  async addTrack(track, label, stream) {
-    this.sends.push({ track, label, stream });
+  // `encodings`: the sender's encodings, e.g. `simulcast(3)` for a camera.
+  async addTrack(track, label, stream, encodings) {
+    this.sends.push({ track, label, stream, encodings });
     if (this.state === "live") await this.publishNow();
   }
 
@@ -378,7 +379,9 @@ export class Session extends EventTarget {
     const have = new Set(pc.getTransceivers().map((t) => t.sender.track));
     for (const s of this.sends) {
       if (have.has(s.track)) continue;
-      const tr = pc.addTransceiver(s.track, { direction: "sendonly", streams: [new MediaStream([s.track])] });
+      const init = { direction: "sendonly", streams: [new MediaStream([s.track])] };
+      if (s.encodings) init.sendEncodings = s.encodings;
+      const tr = pc.addTransceiver(s.track, init);
       s.transceiver = tr;
     }
     const offer = await pc.createOffer({ iceRestart });
@@ -423,6 +426,18 @@ async function reportRelayProtocol(session, { pc: which, state }) {
     }
     return;
   }
+}
+
+// Simulcast encodings for a camera, lowest layer first: `layers` (2 or 3) of a quarter, half
+// and full resolution (rids q, h, f; RFC 8853). The SFU forwards each subscriber the best
+// layer its link carries, so a poor link gets a smaller picture rather than none.
+export function simulcast(layers) {
+  const all = [
+    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  ];
+  return all.slice(all.length - Math.max(2, Math.min(3, layers)));
 }
 
 // Connection quality from getStats: round-trip time, loss and receive bitrate of a connection

@@ -9,10 +9,10 @@ use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
 
 use super::{Layer, Output, Progress, Room, Stage, DATA_IN_LIMIT};
-use crate::codec;
 use crate::forwarder::InPacket;
 use crate::simulcast::{BitrateMeter, MAX_LAYERS};
 use crate::stats::{IngressStats, Jitter};
+use crate::{codec, red};
 
 impl Room {
     pub(super) fn on_rtp(&mut self, i: usize, now: Instant, pkt: RtpPacket) {
@@ -26,8 +26,10 @@ impl Room {
             return;
         };
         let pt = *pkt.header.payload_type;
-        let (codec, clock) = match &self.tracks[ti].codec {
-            Some((p, c, clock, _)) if *p == pt => (*c, *clock),
+        let (codec, clock, red) = match &self.tracks[ti].codec {
+            Some((p, c, clock, params)) if *p == pt => {
+                (*c, *clock, params.red().is_some_and(|r| *r == pt))
+            }
             _ => {
                 let Some(params) = self.sessions_codec_params(i, pt) else {
                     self.dropped.unmapped_payload_type += 1;
@@ -36,7 +38,7 @@ impl Room {
                 let spec = params.spec();
                 let (c, clock) = (spec.codec, spec.clock_rate.get());
                 self.tracks[ti].codec = Some((pt, c, clock, params));
-                (c, clock)
+                (c, clock, params.red().is_some_and(|r| *r == pt))
             }
         };
         let track = &mut self.tracks[ti];
@@ -79,6 +81,8 @@ impl Room {
         let rid = track.layers.get(usize::from(layer)).and_then(|l| l.rid);
         let mut keyframe_wanted = false;
         let mut forwarded = false;
+        // RED reduced to its primary block, made once for the subscribers without RED.
+        let mut primary: Option<Option<Arc<[u8]>>> = None;
         for (j, sub) in self.sessions.iter_mut().enumerate() {
             if j == i {
                 continue;
@@ -91,18 +95,39 @@ impl Room {
                 let slot = usize::from(pt & 0x7f);
                 if out.pt_map[slot] == 0 {
                     // First packet with this payload type: find the subscriber's equivalent.
+                    // RED goes out as the subscriber's RED payload type when it negotiated
+                    // RED, else as its primary codec with the redundancy stripped.
                     out.pt_map[slot] = track
                         .codec
                         .as_ref()
                         .and_then(|(_, _, _, params)| sub.rtc.codec_config().match_params(*params))
-                        .map(|p| *p.pt())
-                        .unwrap_or(255);
+                        .map(|p| match (red, p.red()) {
+                            (true, Some(r)) => *r,
+                            (true, None) => *p.pt() | PT_STRIP_RED,
+                            (false, _) => *p.pt(),
+                        })
+                        .unwrap_or(PT_NONE);
                 }
                 let out_pt = out.pt_map[slot];
-                if out_pt == 255 {
+                if out_pt == PT_NONE {
                     self.dropped.unmapped_payload_type += 1;
                     continue;
                 }
+                let payload = if out_pt & PT_STRIP_RED != 0 {
+                    let stripped = primary.get_or_insert_with(|| {
+                        red::primary_block(&pkt.payload).map(Arc::<[u8]>::from)
+                    });
+                    match stripped {
+                        Some(p) => Arc::clone(p),
+                        None => {
+                            self.dropped.unmapped_payload_type += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    Arc::clone(&pkt.payload)
+                };
+                let out_pt = out_pt & !PT_STRIP_RED;
                 let before = out.forwarder.current_layer();
                 match out.forwarder.forward(&input) {
                     Ok(o) => {
@@ -117,7 +142,7 @@ impl Room {
                             SeqNo::from(o.seq),
                             o.ts,
                             arrival,
-                            Arc::clone(&pkt.payload),
+                            payload,
                         )
                         .marker(pkt.header.marker)
                         .ext_vals(forwarded_extensions(ext))
@@ -187,6 +212,7 @@ impl Room {
         }
     }
 
+    /// The codec of payload type `pt` on session `i`: its own, or the one it protects with RED.
     pub(super) fn sessions_codec_params(
         &self,
         i: usize,
@@ -195,7 +221,7 @@ impl Room {
         self.sessions[i]
             .rtc
             .codec_config()
-            .find(|p| *p.pt() == pt)
+            .find(|p| *p.pt() == pt || p.red().is_some_and(|r| *r == pt))
             .cloned()
     }
 
@@ -274,6 +300,13 @@ impl Room {
 
 /// The header extensions a forwarded packet keeps from the publisher's (audio level, voice
 /// activity, video orientation): plain values copied, nothing cloned or allocated.
+/// A subscriber's payload-type slot that maps to nothing it negotiated (see `Out::pt_map`).
+const PT_NONE: u8 = 255;
+
+/// Set on a mapped payload type (which is below 128): the packet is RED and the subscriber did
+/// not negotiate RED, so it gets the primary block under that payload type.
+const PT_STRIP_RED: u8 = 0x80;
+
 fn forwarded_extensions(from: &ExtensionValues) -> ExtensionValues {
     ExtensionValues {
         audio_level: from.audio_level,

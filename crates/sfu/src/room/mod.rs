@@ -323,6 +323,9 @@ impl Room {
             .set_ice_lite(false)
             .set_rtp_mode(true)
             .enable_h265(false)
+            // Opus with RFC 2198 RED where the client offers or accepts it (browsers do): a
+            // subscriber with RED recovers a lost audio packet from the next one.
+            .enable_opus(true, true)
             .set_local_ice_credentials(str0m::IceCreds {
                 ufrag: req.ice_ufrag.clone(),
                 pass: req.ice_pwd.clone(),
@@ -565,7 +568,8 @@ struct Out {
     kind: MediaKind,
     track: Option<u64>,
     forwarder: Forwarder,
-    /// Publisher payload type → subscriber payload type (0 = unknown yet, 255 = none).
+    /// Publisher payload type → subscriber payload type (0 = unknown yet, 255 = none; the
+    /// 0x80 bit: RED stripped to its primary block, see `forward.rs`).
     pt_map: [u8; 128],
     stats: EgressStats,
     /// Whether the subscriber's link carries this video now.

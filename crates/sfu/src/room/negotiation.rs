@@ -86,6 +86,9 @@ impl Room {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .enable_h265(false)
+            // Opus with RFC 2198 RED where the client offers or accepts it (browsers do): a
+            // subscriber with RED recovers a lost audio packet from the next one.
+            .enable_opus(true, true)
             .set_local_ice_credentials(str0m::IceCreds {
                 ufrag: req.ice_ufrag.clone(),
                 pass: req.ice_pwd.clone(),
