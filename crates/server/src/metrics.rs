@@ -503,7 +503,7 @@ impl Metrics {
         gauge!(
             "cabine.sfu.sessions.transport",
             "{session}",
-            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp; for a relay, how the client reaches it as the client reports it: relay/udp, relay/tcp, relay/tls)",
+            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp; for a relay, how the client reaches it as the client reports it: relay/udp, relay/tcp, relay/tls, or relay/unknown without a report)",
             |s, o| {
                 for (transport, v) in &s.transports {
                     o.observe(*v, &[KeyValue::new("transport", *transport)]);

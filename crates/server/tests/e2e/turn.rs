@@ -160,7 +160,10 @@ async fn a_credential_past_its_expiry_allocates_nothing_new() {
     let past = c.expires + Duration::from_secs(1);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while SystemTime::now() < past {
-        assert!(std::time::Instant::now() < deadline, "the clock did not pass {past:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock did not pass {past:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -461,7 +461,7 @@ pub fn turn_credential(reply: &IceServersReply) -> (String, String) {
 /// payloads arrive intact; `/api/rooms` (read with the operator token `ops`) reports both
 /// sessions as `relay/<protocol>`: coturn relays to Cabine over UDP whatever the client used to
 /// reach it, so the protocol is the clients' own report (`Cabine-Relay-Protocol`, sent when all
-/// their TURN URLs use one transport), `udp` without one; the error names the step that failed.
+/// their TURN URLs use one transport), `unknown` without one; the error names the step that failed.
 pub async fn relay_only_media(
     base: &str,
     room: &str,
