@@ -154,7 +154,6 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     // While the pages are open: the server reports the room's sessions over tcp.
     let ops = s.token("*", Role::Operator, "ops-1");
     let mut rooms = serde_json::Value::Null;
-    let mut tcp_sessions = 0;
     let mut seen_tcp_sessions = 0;
     let mut ops_view = serde_json::Value::Null;
     let mut gauge = (0.0, String::new());
@@ -167,7 +166,7 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
             .await
         {
             rooms = r.json().await.unwrap_or_default();
-            tcp_sessions = rooms["rooms"]
+            let tcp_sessions = rooms["rooms"]
                 .as_array()
                 .into_iter()
                 .flatten()

@@ -175,7 +175,6 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     // coturn's UDP), so /api/rooms says relay/tls for both sessions.
     let ops = s.token("*", Role::Operator, "ops-1");
     let mut rooms = serde_json::Value::Null;
-    let mut relay_tls = 0;
     let mut seen_relay_tls = 0;
     let mut gauge = (0.0, String::new());
     let deadline = Instant::now() + DRIVER_TIMEOUT;
@@ -187,7 +186,7 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
             .await
         {
             rooms = r.json().await.unwrap_or_default();
-            relay_tls = rooms["rooms"]
+            let relay_tls = rooms["rooms"]
                 .as_array()
                 .into_iter()
                 .flatten()
