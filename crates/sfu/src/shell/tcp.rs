@@ -111,9 +111,9 @@ pub struct TcpCounters {
     pub frames_in: AtomicU64,
     /// Frames sent.
     pub frames_out: AtomicU64,
-    /// TCP transmits with no connection to their destination (str0m's checks towards an
-    /// active candidate's discard port 9, a connection closed meanwhile), or dropped because
-    /// the listener's queue was full.
+    /// TCP transmits with no connection of their session to their destination (str0m's
+    /// checks towards an active candidate's discard port 9, a connection closed meanwhile,
+    /// one bound to another session), or dropped because the listener's queue was full.
     pub unsent: AtomicU64,
 }
 
@@ -180,9 +180,9 @@ pub(super) struct Frames {
 /// queue for their TCP transmits, the counters.
 pub(super) struct TcpShared {
     routes: Mutex<Routes>,
-    transmits: mpsc::Sender<Vec<Transmit>>,
+    transmits: mpsc::Sender<Vec<(Key, Transmit)>>,
     /// Emptied transmit batches, back from the TCP thread for reuse.
-    emptied: crossbeam_channel::Receiver<Vec<Transmit>>,
+    emptied: crossbeam_channel::Receiver<Vec<(Key, Transmit)>>,
     pub(super) counters: Arc<TcpCounters>,
     stop: Notify,
 }
@@ -191,7 +191,7 @@ pub(super) struct TcpShared {
 /// message per flush.
 pub(super) struct TcpOutlet {
     shared: Arc<TcpShared>,
-    pending: Vec<Transmit>,
+    pending: Vec<(Key, Transmit)>,
 }
 
 /// Transmit batches queued for the TCP thread before workers drop (and count) more.
@@ -288,9 +288,9 @@ impl TcpOutlet {
         }
     }
 
-    /// Queues a TCP transmit until [`flush`](Self::flush).
-    pub(super) fn push(&mut self, t: Transmit) {
-        self.pending.push(t);
+    /// Queues `key`'s TCP transmit until [`flush`](Self::flush).
+    pub(super) fn push(&mut self, key: Key, t: Transmit) {
+        self.pending.push((key, t));
     }
 
     /// Hands the queued transmits to the TCP thread in one message; never blocks (a full queue
@@ -369,6 +369,8 @@ struct Conn {
     ready: Notify,
     /// Its session sent on it (so str0m authenticated a request from it).
     proven: Cell<bool>,
+    /// The session its first frame named.
+    bound: Cell<Option<Key>>,
     /// It counts in [`Node::unproven`] (until proven or closed).
     counted: Cell<bool>,
     /// Bytes of the write in progress (they count against the send buffer).
@@ -412,6 +414,7 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
             out: RefCell::new(BytesMut::with_capacity(4096)),
             ready: Notify::new(),
             proven: Cell::new(false),
+            bound: Cell::new(None),
             counted: Cell::new(true),
             writing: Cell::new(0),
             closed: Cell::new(false),
@@ -429,8 +432,8 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
 /// Sends the workers' TCP transmits to their connections.
 async fn dispatch(
     node: Rc<Node>,
-    mut rx: mpsc::Receiver<Vec<Transmit>>,
-    emptied: Sender<Vec<Transmit>>,
+    mut rx: mpsc::Receiver<Vec<(Key, Transmit)>>,
+    emptied: Sender<Vec<(Key, Transmit)>>,
 ) {
     let c = Arc::clone(&node.shared.counters);
     while let Some(mut batch) = rx.recv().await {
@@ -442,10 +445,12 @@ async fn dispatch(
 
 /// Frames each transmit into its connection's buffer (emptying `batch`); a connection whose
 /// buffer would overflow is closed.
-fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<Transmit>) {
-    for t in batch.drain(..) {
+fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<(Key, Transmit)>) {
+    for (key, t) in batch.drain(..) {
         let conn = node.conns.borrow().get(&t.destination).cloned();
-        let Some(conn) = conn else {
+        // Only on a connection bound to the sending session: another session's connection
+        // from the same address does not carry it.
+        let Some(conn) = conn.filter(|c| c.bound.get() == Some(key)) else {
             c.unsent.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -544,7 +549,10 @@ async fn read(node: Rc<Node>, conn: Rc<Conn>, mut rd: OwnedReadHalf) {
                 None => {
                     let first = framing::frames(&framed).next().unwrap_or_default();
                     match route(&node, first) {
-                        Some(key) => *bound.insert(key),
+                        Some(key) => {
+                            conn.bound.set(Some(key));
+                            *bound.insert(key)
+                        }
                         None => {
                             c.unrouted.fetch_add(1, Ordering::Relaxed);
                             close(&node, &conn);
