@@ -7,7 +7,11 @@
 //!
 //! The bridge listens on the address this machine uses towards the server, so the stack's own
 //! host candidates reach it; its pair ranks below every direct UDP pair, so it carries media
-//! only when direct UDP does not get through. It ends when the [`Bridge`] is dropped.
+//! only when direct UDP does not get through. That address is reachable from the LAN, so the
+//! bridge takes datagrams only from this address (the stack's host candidate on it) and,
+//! from the first one on, only from that one source: nobody else on the network can inject
+//! into the session's TCP connection or take its return traffic. It ends when the [`Bridge`]
+//! is dropped.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -114,11 +118,18 @@ async fn run(udp: UdpSocket, server: SocketAddr) {
     let udp = Arc::new(udp);
     let peer: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
     let mut buf = vec![0u8; MAX_FRAME];
-    let (n, from) = match udp.recv_from(&mut buf).await {
-        Ok(r) => r,
-        Err(_) => return,
+    let Ok(local_ip) = udp.local_addr().map(|a| a.ip()) else {
+        return;
     };
-    *peer.lock().await = Some(from);
+    // The first datagram from this machine's own address pins its source.
+    let (n, pinned) = loop {
+        match udp.recv_from(&mut buf).await {
+            Ok((n, from)) if from.ip() == local_ip => break (n, from),
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    };
+    *peer.lock().await = Some(pinned);
     let stream = match TcpStream::connect(server).await {
         Ok(s) => s,
         Err(e) => {
@@ -153,10 +164,9 @@ async fn run(udp: UdpSocket, server: SocketAddr) {
         let n = match pending.take() {
             Some(n) => n,
             None => match udp.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    *peer.lock().await = Some(from);
-                    n
-                }
+                Ok((n, from)) if from == pinned => n,
+                // Not the stack's source: dropped.
+                Ok(_) => continue,
                 Err(_) => break,
             },
         };
@@ -179,6 +189,7 @@ async fn run(udp: UdpSocket, server: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const ANSWER: &str = "v=0\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
@@ -243,5 +254,49 @@ mod tests {
         .unwrap();
         assert_eq!(&back[..n], b"abc");
         assert_eq!(from, bridge);
+    }
+
+    #[tokio::test]
+    async fn only_the_first_source_on_this_address_is_carried() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let bridge = udp.local_addr().unwrap();
+        let task = tokio::spawn(run(udp, server_addr));
+        let stack = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Another host on the network (another address), and another local process.
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let local_other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        stranger.send_to(b"stranger-1", bridge).await.unwrap();
+        stack.send_to(b"stack-1", bridge).await.unwrap();
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), server.accept())
+            .await
+            .expect("the bridge connects")
+            .unwrap();
+        assert_eq!(next_frame(&mut conn).await, b"stack-1");
+        stranger.send_to(b"stranger-2", bridge).await.unwrap();
+        local_other.send_to(b"other-1", bridge).await.unwrap();
+        stack.send_to(b"stack-2", bridge).await.unwrap();
+        // In order on one socket: had either been carried, it would come first.
+        assert_eq!(next_frame(&mut conn).await, b"stack-2");
+        // The server's frames go back to the pinned source only.
+        conn.write_all(&[0, 4, b'b', b'a', b'c', b'k'])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), stack.recv_from(&mut buf))
+            .await
+            .expect("the answer comes back")
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&b"back"[..], bridge));
+        task.abort();
+    }
+
+    async fn next_frame(conn: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut frame).await.unwrap();
+        frame
     }
 }

@@ -47,8 +47,10 @@ pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
 }
 
 /// How this client reaches its TURN relays, when every TURN URL it was given says the same:
-/// `tls` (`turns:`), `tcp` (`turn:…?transport=tcp`) or `udp`. The server sees only the relay's
-/// UDP and shows this for the session while its selected pair is relayed.
+/// `tls` (`turns:`, whatever its `transport`: TLS over TCP, or DTLS with `transport=udp`),
+/// `tcp` (`turn:…?transport=tcp`) or `udp`. The server sees only the relay's UDP and shows
+/// this for the session while its selected pair is relayed; with mixed URLs nothing is
+/// reported and the server shows `relay/unknown`.
 pub(crate) fn relay_protocol(servers: &[crate::IceServer]) -> Option<&'static str> {
     let mut found = None;
     for url in servers.iter().flat_map(|s| &s.urls) {
@@ -381,6 +383,29 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_relay_protocol_is_reported_when_every_turn_url_agrees() {
+        let turn = |urls: &[&str]| {
+            vec![crate::IceServer {
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+                ..crate::IceServer::default()
+            }]
+        };
+        let p = |urls: &[&str]| super::relay_protocol(&turn(urls));
+        assert_eq!(p(&["turns:t:443?transport=tcp"]), Some("tls"));
+        // turns: over UDP is DTLS: a secured relay, not plain udp.
+        assert_eq!(p(&["turns:t:443?transport=udp"]), Some("tls"));
+        assert_eq!(p(&["turn:t:3478?transport=tcp"]), Some("tcp"));
+        assert_eq!(p(&["turn:t:3478?transport=udp"]), Some("udp"));
+        assert_eq!(p(&["turn:t:3478"]), Some("udp"));
+        assert_eq!(
+            p(&["turns:t:443?transport=tcp", "turn:t:3478?transport=udp"]),
+            None,
+            "mixed transports: no report (the server shows relay/unknown)"
+        );
+        assert_eq!(p(&["stun:t:3478"]), None);
+    }
+
     use super::*;
 
     fn location(v: &str) -> HeaderMap {

@@ -133,6 +133,13 @@ pub struct MediaConfig {
     /// An ICE-TCP connection whose session has not answered on it within this is closed.
     #[serde(with = "humantime_serde")]
     pub tcp_handshake_timeout: Duration,
+    /// An ICE-TCP connection whose first frame (its STUN request) has not arrived within this
+    /// is closed (`cabine_tcp_closed_total{reason="unproven"}`).
+    #[serde(with = "humantime_serde")]
+    pub tcp_first_frame_timeout: Duration,
+    /// Most ICE-TCP connections not yet proven from one source IP; more are closed on accept
+    /// (`cabine_tcp_closed_total{reason="refused_source"}`).
+    pub tcp_max_unproven_per_ip: usize,
 }
 
 impl MediaConfig {
@@ -142,6 +149,8 @@ impl MediaConfig {
             max_connections: self.tcp_max_connections,
             send_buffer: self.tcp_send_buffer,
             handshake_timeout: self.tcp_handshake_timeout,
+            first_frame_timeout: self.tcp_first_frame_timeout,
+            max_unproven_per_ip: self.tcp_max_unproven_per_ip,
             ..cabine_sfu::TcpConfig::default()
         })
     }
@@ -311,6 +320,13 @@ impl Config {
             return Err(ConfigError::Unusable(
                 "media.tcp_handshake_timeout is 0; give a duration such as \"10s\"".into(),
             ));
+        }
+        if m.tcp && (m.tcp_first_frame_timeout.is_zero() || m.tcp_max_unproven_per_ip == 0) {
+            return Err(ConfigError::Unusable(format!(
+                "media.tcp_first_frame_timeout = {:?} and media.tcp_max_unproven_per_ip = {} \
+                 must be above 0 (or set media.tcp = false)",
+                m.tcp_first_frame_timeout, m.tcp_max_unproven_per_ip
+            )));
         }
         let l = &self.limits;
         for (key, d) in [

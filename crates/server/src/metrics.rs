@@ -503,7 +503,7 @@ impl Metrics {
         gauge!(
             "cabine.sfu.sessions.transport",
             "{session}",
-            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp; for a relay, how the client reaches it as the client reports it: relay/udp, relay/tcp, relay/tls)",
+            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp; for a relay, how the client reaches it as the client reports it: relay/udp, relay/tcp, relay/tls, or relay/unknown without a report)",
             |s, o| {
                 for (transport, v) in &s.transports {
                     o.observe(*v, &[KeyValue::new("transport", *transport)]);
@@ -523,11 +523,12 @@ impl Metrics {
         counter!(
             "cabine.tcp.closed",
             "{connection}",
-            "ICE-TCP connections closed by the server, by reason (refused: media.tcp_max_connections reached; malformed: a frame of length 0 or too long; stalled: the client stopped reading and media.tcp_send_buffer filled; unrouted: the first frame named no session; unproven: no session answered on it within media.tcp_handshake_timeout; idle: nothing received for 30 s)",
+            "ICE-TCP connections closed by the server, by reason (refused: media.tcp_max_connections reached; refused_source: media.tcp_max_unproven_per_ip unproven connections from its source IP; malformed: a frame of length 0 or too long; stalled: the client stopped reading and media.tcp_send_buffer filled; unrouted: the first frame named no session; unproven: no first frame within media.tcp_first_frame_timeout or no session answered on it within media.tcp_handshake_timeout; idle: nothing received for 30 s)",
             |s, o| {
                 if let Some(t) = s.tcp {
                     for (reason, v) in [
                         ("refused", t.refused),
+                        ("refused_source", t.refused_source),
                         ("malformed", t.malformed),
                         ("stalled", t.stalled),
                         ("unrouted", t.unrouted),

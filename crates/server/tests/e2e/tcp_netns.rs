@@ -44,6 +44,8 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
         assert!(c.media.tcp, "ICE-TCP is on by default");
         // Two cores for chromium and a debug-build server: be patient with ICE.
         c.media.disconnect_grace = Duration::from_secs(30);
+        // /metrics, to read the sessions' transport gauge.
+        c.admin.listen = "127.0.0.1:0".into();
     })
     .await;
     let host = ns.host_ip.to_string();
@@ -79,6 +81,19 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     let why =
         udp_only.expect_err("a UDP-only client connected although UDP to the server is dropped");
     eprintln!("tcp_netns: UDP-only publisher from the namespace: {why}");
+    // Signalling got through (the POST answered 201: the client waits for the connection only
+    // after applying the answer), and it is ICE that failed: the connect timeout, or the
+    // peer connection failing.
+    assert!(
+        matches!(
+            &why,
+            cabine_kiosk::Error::Timeout {
+                what: "the peer connection to be connected",
+                ..
+            } | cabine_kiosk::Error::ConnectionFailed { .. }
+        ),
+        "the UDP-only publisher failed for another reason than ICE: {why:?}"
+    );
 
     // cabine-kiosk with `ice_tcp` (`cabine-kiosk dial --ice-tcp`): through its local bridge to
     // the server's passive TCP candidate, it publishes and subscribes from inside.
@@ -139,8 +154,9 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     // While the pages are open: the server reports the room's sessions over tcp.
     let ops = s.token("*", Role::Operator, "ops-1");
     let mut rooms = serde_json::Value::Null;
-    let mut tcp_sessions = 0;
+    let mut seen_tcp_sessions = 0;
     let mut ops_view = serde_json::Value::Null;
+    let mut gauge = (0.0, String::new());
     let deadline = Instant::now() + DRIVER_TIMEOUT;
     while Instant::now() < deadline && !driver.is_finished() {
         if let Ok(r) = reqwest::Client::new()
@@ -150,7 +166,7 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
             .await
         {
             rooms = r.json().await.unwrap_or_default();
-            tcp_sessions = rooms["rooms"]
+            let tcp_sessions = rooms["rooms"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -158,7 +174,14 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
                 .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
                 .filter(|s| s["transport"]["protocol"] == "tcp")
                 .count();
+            seen_tcp_sessions = seen_tcp_sessions.max(tcp_sessions);
             if tcp_sessions >= 2 {
+                // The transport gauge too (it may lag the rooms' snapshot by a refresh).
+                gauge = netns::sessions_by_transport(&s, "/tcp").await;
+                if gauge.0 < 2.0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 // The operators' view says it too (pseudonymous: transport labels only).
                 if let Ok(r) = reqwest::Client::new()
                     .get(format!("{}/api/ops", s.base))
@@ -185,8 +208,13 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
         out.stderr,
     );
     assert!(
-        tcp_sessions >= 2,
+        seen_tcp_sessions >= 2,
         "/api/rooms did not report the kiosk's and the doctor's sessions over tcp: {rooms:#}"
+    );
+    assert!(
+        gauge.0 >= 2.0,
+        "cabine_sfu_sessions_transport did not count the sessions over tcp:\n{}",
+        gauge.1
     );
     let ops_tcp = ops_view["rooms"]
         .as_array()

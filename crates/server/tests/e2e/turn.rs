@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::common::coturn::{
     allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
-    TURN_SECRET,
+    TlsAllocation, TURN_SECRET,
 };
 use cabine_kiosk::{parse_ice_links, ClientOptions, Publisher, TrackSpec};
 use cabine_proto::signal::{self, ClientMsg, ServerMsg};
@@ -125,6 +125,66 @@ async fn forged_tampered_and_expired_credentials_are_refused_by_coturn() {
         .await
         .unwrap_or_else(|e| panic!("genuine credential refused: {e}\n{}", coturn.log()));
     s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A credential past its expiry allocates nothing on coturn: one that expires 5 s from now
+/// allocates and refreshes, and once its expiry has passed coturn refuses (401) a new Allocate
+/// over UDP and over TLS. An allocation made before the expiry is another matter: coturn still
+/// grants its Refresh (it checks the expiry when a client authenticates anew, not on the
+/// requests of an allocation it holds). README's TURN section states that limit and what bounds
+/// it (user-quota, the peer policy); the last assertion fails if coturn changes, so the README
+/// is corrected with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_past_its_expiry_allocates_nothing_new() {
+    let coturn = Coturn::start(TURN_SECRET);
+    let cfg = TurnConfig {
+        urls: coturn.urls(),
+        secret: TURN_SECRET.into(),
+        secret_file: PathBuf::new(),
+        ttl: Duration::from_secs(60),
+    };
+    let turn = cfg.load().unwrap().unwrap();
+    // Minted 55 s ago with a 60 s lifetime: about 5 s left.
+    let c = turn.mint(SystemTime::now() - Duration::from_secs(55));
+    let (user, pass) = (c.username.as_str(), c.password.as_str());
+    assert!(c.expires > SystemTime::now());
+
+    let mut held = TlsAllocation::open(&coturn, user, pass)
+        .await
+        .unwrap_or_else(|e| panic!("allocation before expiry: {e}\n{}", coturn.log()));
+    held.refresh(user, pass, Duration::from_secs(600))
+        .await
+        .unwrap_or_else(|e| panic!("refresh before expiry: {e}\n{}", coturn.log()));
+
+    // coturn reads the expiry in whole seconds: wait until a second past it.
+    let past = c.expires + Duration::from_secs(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while SystemTime::now() < past {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock did not pass {past:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let udp = allocate_udp(coturn.addr(), user, pass).await;
+    assert!(
+        udp.as_ref().is_err_and(|e| e.contains("401")),
+        "a new allocation over UDP after expiry: {udp:?}\n{}",
+        coturn.log()
+    );
+    let tls = allocate_tls(&coturn, user, pass).await;
+    assert!(
+        tls.as_ref().is_err_and(|e| e.contains("401")),
+        "a new allocation over TLS after expiry: {tls:?}\n{}",
+        coturn.log()
+    );
+    let refreshed = held.refresh(user, pass, Duration::from_secs(600)).await;
+    assert!(
+        refreshed.is_ok(),
+        "coturn now refuses the Refresh of an allocation whose credential expired \
+         ({refreshed:?}): README's TURN section says it grants it, correct it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,11 +458,28 @@ fn deploy_coturn_shares_the_secret_and_ports_with_cabine() {
     assert_eq!(key("listening-port"), ["3478"]);
     assert!(conf.lines().any(|l| l.trim() == "use-auth-secret"));
     assert!(key("static-auth-secret").is_empty(), "no secret in git");
+    // Not an open relay: every peer denied but Cabine's media address (compose passes it),
+    // no TCP relays, allocations per credential bounded.
     assert!(
+        key("denied-peer-ip").contains(&"0.0.0.0-255.255.255.255".to_owned()),
+        "every IPv4 peer denied: {:?}",
         key("denied-peer-ip")
+    );
+    assert!(
+        key("denied-peer-ip").iter().any(|r| r.starts_with("::-")),
+        "every IPv6 peer denied: {:?}",
+        key("denied-peer-ip")
+    );
+    assert!(
+        command
             .iter()
-            .any(|r| r.starts_with("10.0.0.0")),
-        "private ranges refused"
+            .any(|a| a.starts_with("--allowed-peer-ip=${CABINE_MEDIA__ADVERTISE")),
+        "{command:?}"
+    );
+    assert!(conf.lines().any(|l| l.trim() == "no-tcp-relay"));
+    assert!(
+        !key("user-quota").is_empty(),
+        "allocations per credential bounded"
     );
 
     // Cabine's URLs, as its loader reads them, point at those ports.

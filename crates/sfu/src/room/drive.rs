@@ -207,7 +207,10 @@ impl Room {
                     return;
                 }
                 // Moved into a queue whose capacity is kept: no allocation per packet.
-                Ok(RtcOutput::Transmit(t)) => self.transmits.push_back(t),
+                Ok(RtcOutput::Transmit(t)) => {
+                    let id = self.sessions[i].id;
+                    self.transmits.push_back((id, t));
+                }
                 Ok(RtcOutput::Event(e)) => self.on_event(i, now, e),
                 Err(_) => {
                     s.rtc.disconnect();

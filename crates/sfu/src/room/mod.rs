@@ -225,7 +225,8 @@ pub struct Room {
     arrival: Option<Instant>,
     /// Datagrams to send, drained by [`Room::poll_output`] (the capacity stays: no allocation
     /// per packet).
-    transmits: VecDeque<Transmit>,
+    /// Datagrams to send, with the session that sends each.
+    transmits: VecDeque<(SessionId, Transmit)>,
     /// Offers, progress, data and ended sessions, in order, drained after the datagrams.
     outputs: VecDeque<Output>,
     forwarding_delay: DelayHistogram,

@@ -13,8 +13,16 @@ use super::{DataIn, Offer, Removed, Room, SessionId};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Output {
-    /// A datagram to send.
+    /// A datagram to send over UDP.
     Transmit(Transmit),
+    /// A frame to send on an ICE-TCP connection: only on the connection bound to `session`
+    /// (another session's connection from the same address must not carry it).
+    TransmitTcp {
+        /// The session that sends it.
+        session: SessionId,
+        /// The frame and its connection's addresses.
+        transmit: Transmit,
+    },
     /// A new SDP offer to a subscriber the server negotiates with (tracks appeared or went
     /// away, or an ICE restart); its answer goes to [`Room::accept_answer`].
     Offer(Offer),
@@ -54,7 +62,13 @@ impl Room {
     /// The next thing the shell must do: datagrams first, then offers, progress, data and ended
     /// sessions in the order they happened, then [`Output::Timeout`] once nothing is left.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.transmits.pop_front() {
+        if let Some((session, t)) = self.transmits.pop_front() {
+            if t.proto != str0m::net::Protocol::Udp {
+                return Output::TransmitTcp {
+                    session,
+                    transmit: t,
+                };
+            }
             return Output::Transmit(t);
         }
         if let Some(o) = self.outputs.pop_front() {

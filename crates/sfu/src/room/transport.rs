@@ -40,6 +40,9 @@ pub enum TransportProtocol {
     /// For a relay candidate only: TURN over TLS between the client and its relay, as the
     /// client reported it.
     Tls,
+    /// For a relay candidate only: the client has not reported how it reaches its relay (the
+    /// relay's UDP towards the SFU says nothing about it).
+    Unknown,
 }
 
 impl TransportProtocol {
@@ -107,10 +110,14 @@ impl Transport {
             (Prflx, Tcp) => "prflx/tcp",
             (Relay, Tcp) => "relay/tcp",
             (Relay, Tls) => "relay/tls",
+            (Relay, Unknown) => "relay/unknown",
             // A report only applies to relay candidates.
             (Host, Tls) => "host/tls",
             (Srflx, Tls) => "srflx/tls",
             (Prflx, Tls) => "prflx/tls",
+            (Host, Unknown) => "host/unknown",
+            (Srflx, Unknown) => "srflx/unknown",
+            (Prflx, Unknown) => "prflx/unknown",
         }
     }
 }
@@ -167,6 +174,8 @@ impl Path {
             .map_or(CandidateType::Prflx, |(_, _, kind)| *kind);
         let protocol = match (candidate, self.relay_reported) {
             (CandidateType::Relay, Some(reported)) => reported,
+            // Not `udp`: that is coturn's leg to the SFU, not the client's to coturn.
+            (CandidateType::Relay, None) => TransportProtocol::Unknown,
             _ => protocol,
         };
         let t = Some(Transport {
@@ -265,7 +274,8 @@ mod tests {
     fn a_signalled_address_gives_its_candidate_type() {
         let mut p = path();
         assert!(p.select(Protocol::Udp, "198.51.100.7:49200".parse().unwrap()));
-        assert_eq!(p.selected.map(|t| t.label()), Some("relay/udp"));
+        // Without the client's report, how it reaches the relay is unknown (not udp).
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/unknown"));
         // The client says it reaches its relay over TLS: shown while the pair is relayed.
         p.report_relay(TransportProtocol::Tls, true).unwrap();
         assert_eq!(p.selected.map(|t| t.label()), Some("relay/tls"));

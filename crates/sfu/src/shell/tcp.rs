@@ -9,19 +9,23 @@
 //!   frame goes to its worker (one message per read, as a UDP read is). Anything else first
 //!   closes it (`unrouted`).
 //! - A connection becomes *proven* when its session sends on it, which str0m does only after it
-//!   authenticated a request that came over it. One not proven within
-//!   [`TcpConfig::handshake_timeout`] is closed (`unproven`); one that received nothing for
-//!   [`TcpConfig::idle_timeout`] too (`idle`).
+//!   authenticated a request that came over it. One whose first frame has not arrived within
+//!   [`TcpConfig::first_frame_timeout`], or not proven within
+//!   [`TcpConfig::handshake_timeout`], is closed (`unproven`); one that received nothing for
+//!   [`TcpConfig::idle_timeout`] too (`idle`). One source IP holds at most
+//!   [`TcpConfig::max_unproven_per_ip`] unproven connections; more are closed on accept
+//!   (`refused_source`), so silent connections from one host cannot take the listener's slots.
 //! - Workers never block on a connection: their TCP transmits leave in one message per flush;
-//!   each connection holds at most [`TcpConfig::send_buffer`] bytes not yet written (plus the
-//!   write in progress), and a peer that stops reading so that this fills is closed (`stalled`).
+//!   each connection holds at most [`TcpConfig::send_buffer`] bytes not yet written, the write
+//!   in progress included, and a peer that stops reading so that this fills is closed
+//!   (`stalled`).
 //! - A frame of length 0 or longer than [`MAX_DATAGRAM`] closes its connection (`malformed`).
 //! - At most [`TcpConfig::max_connections`] connections; more are closed on accept (`refused`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,11 +54,20 @@ use crate::udp::MAX_DATAGRAM;
 pub struct TcpConfig {
     /// Most open ICE-TCP connections (`media.tcp_max_connections`).
     pub max_connections: usize,
-    /// Bytes queued per connection that the peer has not taken yet before it is closed
-    /// (`media.tcp_send_buffer`).
+    /// Bytes per connection that the peer has not taken yet (queued plus the write in
+    /// progress) before it is closed (`media.tcp_send_buffer`). Memory bound: a connection's
+    /// two buffers (one filled while the other is written) hold at most this in all, with a
+    /// capacity of at most twice this once grown; the listener at most
+    /// `max_connections × 2 × send_buffer`.
     pub send_buffer: usize,
     /// A connection whose session has not answered on it by then is closed.
     pub handshake_timeout: Duration,
+    /// A connection whose first frame (the STUN request that binds it to a session) has not
+    /// arrived by then is closed (`media.tcp_first_frame_timeout`): a client sends it at once.
+    pub first_frame_timeout: Duration,
+    /// Most connections not yet proven from one source IP address; more are closed on accept
+    /// (`media.tcp_max_unproven_per_ip`, counted in `refused_source`).
+    pub max_unproven_per_ip: usize,
     /// A connection that received nothing for this long is closed (ICE consent checks arrive
     /// every few seconds on a live one).
     pub idle_timeout: Duration,
@@ -66,6 +79,8 @@ impl Default for TcpConfig {
             max_connections: 1024,
             send_buffer: 256 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            first_frame_timeout: Duration::from_secs(2),
+            max_unproven_per_ip: 16,
             idle_timeout: Duration::from_secs(30),
         }
     }
@@ -80,6 +95,8 @@ pub struct TcpCounters {
     pub accepted: AtomicU64,
     /// Connections closed on accept: `max_connections` reached.
     pub refused: AtomicU64,
+    /// Connections closed on accept: their source IP holds `max_unproven_per_ip` unproven ones.
+    pub refused_source: AtomicU64,
     /// Connections closed for a frame of length 0 or over the limit.
     pub malformed: AtomicU64,
     /// Connections closed because the peer stopped reading (send buffer full).
@@ -94,9 +111,9 @@ pub struct TcpCounters {
     pub frames_in: AtomicU64,
     /// Frames sent.
     pub frames_out: AtomicU64,
-    /// TCP transmits with no connection to their destination (str0m's checks towards an
-    /// active candidate's discard port 9, a connection closed meanwhile), or dropped because
-    /// the listener's queue was full.
+    /// TCP transmits with no connection of their session to their destination (str0m's
+    /// checks towards an active candidate's discard port 9, a connection closed meanwhile,
+    /// one bound to another session), or dropped because the listener's queue was full.
     pub unsent: AtomicU64,
 }
 
@@ -109,6 +126,8 @@ pub struct TcpStats {
     pub accepted: u64,
     /// Connections refused at the cap.
     pub refused: u64,
+    /// Connections refused at the per-source cap on unproven ones.
+    pub refused_source: u64,
     /// Connections closed for a malformed frame.
     pub malformed: u64,
     /// Connections closed because the peer stopped reading.
@@ -135,6 +154,7 @@ impl TcpCounters {
             connections: r(&self.connections),
             accepted: r(&self.accepted),
             refused: r(&self.refused),
+            refused_source: r(&self.refused_source),
             malformed: r(&self.malformed),
             stalled: r(&self.stalled),
             unrouted: r(&self.unrouted),
@@ -160,9 +180,9 @@ pub(super) struct Frames {
 /// queue for their TCP transmits, the counters.
 pub(super) struct TcpShared {
     routes: Mutex<Routes>,
-    transmits: mpsc::Sender<Vec<Transmit>>,
+    transmits: mpsc::Sender<Vec<(Key, Transmit)>>,
     /// Emptied transmit batches, back from the TCP thread for reuse.
-    emptied: crossbeam_channel::Receiver<Vec<Transmit>>,
+    emptied: crossbeam_channel::Receiver<Vec<(Key, Transmit)>>,
     pub(super) counters: Arc<TcpCounters>,
     stop: Notify,
 }
@@ -171,7 +191,7 @@ pub(super) struct TcpShared {
 /// message per flush.
 pub(super) struct TcpOutlet {
     shared: Arc<TcpShared>,
-    pending: Vec<Transmit>,
+    pending: Vec<(Key, Transmit)>,
 }
 
 /// Transmit batches queued for the TCP thread before workers drop (and count) more.
@@ -219,6 +239,7 @@ pub(super) fn start(
                 workers,
                 shell,
                 conns: RefCell::new(HashMap::new()),
+                unproven: RefCell::new(HashMap::new()),
             });
             tokio::task::spawn_local(dispatch(Rc::clone(&node), rx, emptied_tx));
             tokio::select! {
@@ -267,9 +288,9 @@ impl TcpOutlet {
         }
     }
 
-    /// Queues a TCP transmit until [`flush`](Self::flush).
-    pub(super) fn push(&mut self, t: Transmit) {
-        self.pending.push(t);
+    /// Queues `key`'s TCP transmit until [`flush`](Self::flush).
+    pub(super) fn push(&mut self, key: Key, t: Transmit) {
+        self.pending.push((key, t));
     }
 
     /// Hands the queued transmits to the TCP thread in one message; never blocks (a full queue
@@ -320,6 +341,24 @@ struct Node {
     shell: Arc<ShellCounters>,
     /// Open connections by peer address.
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+    /// Open connections not yet proven, by source IP (entries at 0 are removed).
+    unproven: RefCell<HashMap<IpAddr, usize>>,
+}
+
+impl Node {
+    /// `conn` is proven, or closed while unproven: it no longer counts against its source.
+    fn settle(&self, conn: &Conn) {
+        if conn.counted.replace(false) {
+            let mut unproven = self.unproven.borrow_mut();
+            let ip = conn.peer.ip();
+            if let Some(n) = unproven.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    unproven.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 /// One connection's shared state.
@@ -330,6 +369,12 @@ struct Conn {
     ready: Notify,
     /// Its session sent on it (so str0m authenticated a request from it).
     proven: Cell<bool>,
+    /// The session its first frame named.
+    bound: Cell<Option<Key>>,
+    /// It counts in [`Node::unproven`] (until proven or closed).
+    counted: Cell<bool>,
+    /// Bytes of the write in progress (they count against the send buffer).
+    writing: Cell<usize>,
     closed: Cell<bool>,
     tasks: RefCell<Vec<AbortHandle>>,
 }
@@ -353,6 +398,13 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
             drop(stream);
             continue;
         }
+        let from_source = node.unproven.borrow().get(&peer.ip()).copied().unwrap_or(0);
+        if from_source >= node.cfg.max_unproven_per_ip {
+            c.refused_source.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
+        *node.unproven.borrow_mut().entry(peer.ip()).or_insert(0) += 1;
         c.accepted.fetch_add(1, Ordering::Relaxed);
         c.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
@@ -362,6 +414,9 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
             out: RefCell::new(BytesMut::with_capacity(4096)),
             ready: Notify::new(),
             proven: Cell::new(false),
+            bound: Cell::new(None),
+            counted: Cell::new(true),
+            writing: Cell::new(0),
             closed: Cell::new(false),
             tasks: RefCell::new(Vec::new()),
         });
@@ -377,8 +432,8 @@ async fn accept(node: Rc<Node>, listener: TcpListener) {
 /// Sends the workers' TCP transmits to their connections.
 async fn dispatch(
     node: Rc<Node>,
-    mut rx: mpsc::Receiver<Vec<Transmit>>,
-    emptied: Sender<Vec<Transmit>>,
+    mut rx: mpsc::Receiver<Vec<(Key, Transmit)>>,
+    emptied: Sender<Vec<(Key, Transmit)>>,
 ) {
     let c = Arc::clone(&node.shared.counters);
     while let Some(mut batch) = rx.recv().await {
@@ -390,16 +445,18 @@ async fn dispatch(
 
 /// Frames each transmit into its connection's buffer (emptying `batch`); a connection whose
 /// buffer would overflow is closed.
-fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<Transmit>) {
-    for t in batch.drain(..) {
+fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<(Key, Transmit)>) {
+    for (key, t) in batch.drain(..) {
         let conn = node.conns.borrow().get(&t.destination).cloned();
-        let Some(conn) = conn else {
+        // Only on a connection bound to the sending session: another session's connection
+        // from the same address does not carry it.
+        let Some(conn) = conn.filter(|c| c.bound.get() == Some(key)) else {
             c.unsent.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let overflow = {
             let mut out = conn.out.borrow_mut();
-            if out.len() + 2 + t.contents.len() > node.cfg.send_buffer {
+            if conn.writing.get() + out.len() + 2 + t.contents.len() > node.cfg.send_buffer {
                 true
             } else {
                 if encode(&t.contents, &mut out).is_err() {
@@ -415,7 +472,9 @@ fn dispatch_batch(node: &Node, c: &TcpCounters, batch: &mut Vec<Transmit>) {
             continue;
         }
         c.frames_out.fetch_add(1, Ordering::Relaxed);
-        conn.proven.set(true);
+        if !conn.proven.replace(true) {
+            node.settle(&conn);
+        }
         conn.ready.notify_one();
     }
 }
@@ -430,10 +489,12 @@ async fn write(node: Rc<Node>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
             continue;
         }
         std::mem::swap(&mut *conn.out.borrow_mut(), &mut writing);
+        conn.writing.set(writing.len());
         if wr.write_all(&writing).await.is_err() {
             close(&node, &conn);
             return;
         }
+        conn.writing.set(0);
         let c = &node.shell;
         c.bytes_out
             .fetch_add(writing.len() as u64, Ordering::Relaxed);
@@ -452,6 +513,8 @@ async fn read(node: Rc<Node>, conn: Rc<Conn>, mut rd: OwnedReadHalf) {
     loop {
         let deadline = if conn.proven.get() {
             last + node.cfg.idle_timeout
+        } else if bound.is_none() {
+            opened + node.cfg.first_frame_timeout.min(node.cfg.handshake_timeout)
         } else {
             opened + node.cfg.handshake_timeout
         };
@@ -486,7 +549,10 @@ async fn read(node: Rc<Node>, conn: Rc<Conn>, mut rd: OwnedReadHalf) {
                 None => {
                     let first = framing::frames(&framed).next().unwrap_or_default();
                     match route(&node, first) {
-                        Some(key) => *bound.insert(key),
+                        Some(key) => {
+                            conn.bound.set(Some(key));
+                            *bound.insert(key)
+                        }
                         None => {
                             c.unrouted.fetch_add(1, Ordering::Relaxed);
                             close(&node, &conn);
@@ -529,6 +595,7 @@ fn close(node: &Node, conn: &Rc<Conn>) {
     if conn.closed.replace(true) {
         return;
     }
+    node.settle(conn);
     {
         let mut conns = node.conns.borrow_mut();
         if conns.get(&conn.peer).is_some_and(|c| Rc::ptr_eq(c, conn)) {

@@ -541,9 +541,9 @@ impl Outlet {
         let mut drained = Drained::default();
         loop {
             match room.poll_output() {
-                Output::Transmit(t) if t.proto != Protocol::Udp => {
+                Output::TransmitTcp { session, transmit } => {
                     if let Some(tcp) = &mut self.tcp {
-                        tcp.push(t);
+                        tcp.push((self.index, session), transmit);
                     }
                 }
                 Output::Transmit(t) => {

@@ -4,6 +4,7 @@
 //! A missing prerequisite fails the test with what to run: browser tests never skip.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -86,8 +87,9 @@ impl Output {
     }
 }
 
-/// Runs `node <script>` in `dir` with `envs`, killed after `timeout` (the script has its own,
-/// shorter, timeouts per stage), collecting its output. Blocking: call from
+/// Runs `node <script>` in `dir` with `envs`, killed after `timeout` with everything it
+/// started (its own process group: chromium too, which would otherwise hold the output pipes
+/// open; the script has its own, shorter, timeouts per stage), collecting its output. Blocking: call from
 /// `spawn_blocking` in async tests.
 pub fn run_driver(dir: &Path, script: &str, envs: &[(&str, String)], timeout: Duration) -> Output {
     run_driver_with(&[], dir, script, envs, timeout)
@@ -114,7 +116,9 @@ pub fn run_driver_with(
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // A group of its own, so a timeout ends chromium and its helpers with the driver.
+        .process_group(0);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -138,6 +142,11 @@ pub fn run_driver_with(
         }
         if start.elapsed() > timeout {
             timed_out = true;
+            // The group's id is the driver's pid (`process_group(0)`).
+            if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill has no memory preconditions; a negative pid names the group.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
             let _ = child.kill();
             break child.wait().expect("wait for node");
         }

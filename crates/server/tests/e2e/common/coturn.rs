@@ -23,8 +23,10 @@ use webrtc::stun::fingerprint::FINGERPRINT;
 use webrtc::stun::integrity::MessageIntegrity;
 use webrtc::stun::message::{
     Getter, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_ALLOCATE,
+    METHOD_REFRESH,
 };
 use webrtc::stun::textattrs::{Nonce, Realm, TextAttribute};
+use webrtc::turn::proto::lifetime::Lifetime;
 use webrtc::turn::proto::relayaddr::RelayedAddress;
 use webrtc::turn::proto::reqtrans::RequestedTransport;
 use webrtc::turn::proto::PROTO_UDP;
@@ -89,6 +91,10 @@ impl Coturn {
             "--no-dtls",
             // The SFU is on 127.0.0.1 too; production coturns keep loopback peers refused.
             "--allow-loopback-peers",
+            // The shipped peer policy denies every peer but Cabine's media address (compose
+            // passes it as --allowed-peer-ip): here the SFU's, 127.0.0.1 or `ip`.
+            "--allowed-peer-ip=127.0.0.1",
+            &format!("--allowed-peer-ip={ip}"),
             &format!("--cert={}", dir.join("cert.pem").display()),
             &format!("--pkey={}", dir.join("key.pem").display()),
             &format!("--pidfile={}", dir.join("turnserver.pid").display()),
@@ -99,6 +105,7 @@ impl Coturn {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(shipped_policy())
         .collect();
         let log = std::fs::File::create(dir.join("turn.log")).unwrap();
         // Line-buffered, so the log can be read while coturn runs.
@@ -165,6 +172,39 @@ impl Drop for Coturn {
     }
 }
 
+/// The peer policy and quotas of `deploy/turn/turnserver.conf` as command-line options, so
+/// the tests run coturn under the policy that ships (deny every peer but the allowed ones, no
+/// TCP relays, quotas).
+pub fn shipped_policy() -> Vec<String> {
+    const KEYS: [&str; 6] = [
+        "denied-peer-ip",
+        "no-multicast-peers",
+        "no-tcp-relay",
+        "user-quota",
+        "total-quota",
+        "max-bps",
+    ];
+    let conf =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/turn/turnserver.conf");
+    let conf = std::fs::read_to_string(&conf).unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+    let policy: Vec<String> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or_default();
+            !l.starts_with('#') && KEYS.contains(&key)
+        })
+        .map(|l| format!("--{l}"))
+        .collect();
+    for key in KEYS {
+        assert!(
+            policy.iter().any(|p| p[2..].split('=').next() == Some(key)),
+            "deploy/turn/turnserver.conf has no {key}"
+        );
+    }
+    policy
+}
+
 /// A port free on 127.0.0.1 for TCP (and UDP when `udp`).
 pub fn free_port(udp: bool) -> u16 {
     loop {
@@ -219,6 +259,85 @@ pub async fn allocate_tls(
     username: &str,
     password: &str,
 ) -> Result<SocketAddr, String> {
+    let mut tls = connect_tls(c).await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        allocate_on_stream(&mut tls, username, password),
+    )
+    .await
+    .map_err(|_| "no answer in 10 s".to_string())?
+    .map(|a| a.relayed)
+}
+
+/// A TURN allocation over TLS kept open, to refresh it later ([`TlsAllocation::refresh`]).
+pub struct TlsAllocation {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    /// The relayed address.
+    pub relayed: SocketAddr,
+    nonce: Nonce,
+    realm: Realm,
+}
+
+impl TlsAllocation {
+    /// Allocates over TLS with `username`/`password`.
+    pub async fn open(c: &Coturn, username: &str, password: &str) -> Result<Self, String> {
+        let mut tls = connect_tls(c).await?;
+        let a = tokio::time::timeout(
+            Duration::from_secs(10),
+            allocate_on_stream(&mut tls, username, password),
+        )
+        .await
+        .map_err(|_| "no answer in 10 s".to_string())??;
+        Ok(TlsAllocation {
+            tls,
+            relayed: a.relayed,
+            nonce: a.nonce,
+            realm: a.realm,
+        })
+    }
+
+    /// A Refresh request (RFC 8656 §7) asking for `lifetime`, signed with `username`/
+    /// `password`: the lifetime granted, or the error response.
+    pub async fn refresh(
+        &mut self,
+        username: &str,
+        password: &str,
+        lifetime: Duration,
+    ) -> Result<Duration, String> {
+        let mut m = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_REFRESH, CLASS_REQUEST)),
+            Box::new(Lifetime(lifetime)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.into())),
+            Box::new(self.realm.clone()),
+            Box::new(self.nonce.clone()),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.into(),
+                self.realm.text.clone(),
+                password.into(),
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        m.build(&setters).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), exchange(&mut self.tls, &m))
+            .await
+            .map_err(|_| "no answer in 10 s".to_string())??;
+        if res.typ.class == CLASS_ERROR_RESPONSE {
+            let mut code = ErrorCodeAttribute::default();
+            let _ = code.get_from(&res);
+            return Err(format!("{} (error {code})", res.typ));
+        }
+        let mut granted = Lifetime::default();
+        granted.get_from(&res).map_err(|e| e.to_string())?;
+        Ok(granted.0)
+    }
+}
+
+/// A TLS connection to coturn's TLS port, its certificate trusted.
+async fn connect_tls(
+    c: &Coturn,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(c.cert_der.clone().into()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -232,23 +351,25 @@ pub async fn allocate_tls(
         .await
         .map_err(|e| format!("TCP to coturn's TLS port: {e}"))?;
     let name = rustls::pki_types::ServerName::IpAddress(IpAddr::V4(c.ip).into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with coturn: {e}"))?;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        allocate_on_stream(&mut tls, username, password),
-    )
-    .await
-    .map_err(|_| "no answer in 10 s".to_string())?
+        .map_err(|e| format!("TLS handshake with coturn: {e}"))
+}
+
+/// What an allocation on a stream gave: the relayed address, and the nonce and realm later
+/// requests on it are signed with.
+struct StreamAllocation {
+    relayed: SocketAddr,
+    nonce: Nonce,
+    realm: Realm,
 }
 
 async fn allocate_on_stream<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     username: &str,
     password: &str,
-) -> Result<SocketAddr, String> {
+) -> Result<StreamAllocation, String> {
     let mut first = Message::new();
     let setters: Vec<Box<dyn Setter>> = vec![
         Box::new(TransactionId::new()),
@@ -271,10 +392,10 @@ async fn allocate_on_stream<S: AsyncRead + AsyncWrite + Unpin>(
         }),
         Box::new(TextAttribute::new(ATTR_USERNAME, username.into())),
         Box::new(realm.clone()),
-        Box::new(nonce),
+        Box::new(nonce.clone()),
         Box::new(MessageIntegrity::new_long_term_integrity(
             username.into(),
-            realm.text,
+            realm.text.clone(),
             password.into(),
         )),
         Box::new(FINGERPRINT),
@@ -288,7 +409,11 @@ async fn allocate_on_stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut relayed = RelayedAddress::default();
     relayed.get_from(&res).map_err(|e| e.to_string())?;
-    Ok(SocketAddr::new(relayed.ip, relayed.port))
+    Ok(StreamAllocation {
+        relayed: SocketAddr::new(relayed.ip, relayed.port),
+        nonce,
+        realm,
+    })
 }
 
 /// Writes a STUN message and reads the answer (the 20-byte header says the body length).
@@ -336,7 +461,7 @@ pub fn turn_credential(reply: &IceServersReply) -> (String, String) {
 /// payloads arrive intact; `/api/rooms` (read with the operator token `ops`) reports both
 /// sessions as `relay/<protocol>`: coturn relays to Cabine over UDP whatever the client used to
 /// reach it, so the protocol is the clients' own report (`Cabine-Relay-Protocol`, sent when all
-/// their TURN URLs use one transport), `udp` without one; the error names the step that failed.
+/// their TURN URLs use one transport), `unknown` without one; the error names the step that failed.
 pub async fn relay_only_media(
     base: &str,
     room: &str,

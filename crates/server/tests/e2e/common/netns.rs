@@ -1,21 +1,32 @@
 //! A network namespace for the reach tests (TURN, ICE-TCP): a veth pair to the host, iptables
-//! rules inside, threads that join it. Needs root; [`can_run`] says when a test must skip.
+//! rules inside, threads that join it. Needs root; [`can_run`] says when a test must skip, and
+//! with `CABINE_REQUIRE_ROOT_TESTS` set (scripts/test sets it when run as root, as CI is) a
+//! test that cannot run fails instead.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use rand::Rng;
 
-/// Whether this process can create namespaces (root, with `ip` and `iptables`): prints that
-/// `test` was skipped and why when not root; a missing tool fails with what to install.
+/// Whether this process can create namespaces (root, with `ip` and `iptables`): when not
+/// root, prints that `test` was skipped and why on the real stderr (the test harness does not
+/// capture it, so the skip shows in every run), or fails when `CABINE_REQUIRE_ROOT_TESTS` is
+/// set; a missing tool fails with what to install.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "{test}: SKIPPED: creating a network namespace and its iptables rules needs root \
-             (CI runs the tests as root)"
+        let why = format!(
+            "{test}: creating a network namespace and its iptables rules needs root (CI runs \
+             the tests as root)"
         );
+        assert!(
+            std::env::var_os("CABINE_REQUIRE_ROOT_TESTS").is_none(),
+            "{why}, and CABINE_REQUIRE_ROOT_TESTS is set: this test must run"
+        );
+        // Written to the process's stderr, not through the captured `eprintln!`.
+        let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
         return false;
     }
     for tool in ["/usr/sbin/iptables", "/usr/sbin/ip"] {
@@ -27,6 +38,33 @@ pub fn can_run(test: &str) -> bool {
     true
 }
 
+/// The sessions `cabine_sfu_sessions_transport` counts under transport labels ending in
+/// `suffix` (`"/tcp"`, `"relay/tls"`), read from the admin listener's `/metrics` after a
+/// refresh.
+pub async fn sessions_by_transport(s: &super::TestServer, suffix: &str) -> (f64, String) {
+    s.server.refresh_metrics().await;
+    let admin = s.server.admin_addr().expect("admin listener");
+    let text = match reqwest::get(format!("http://{admin}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return (0.0, String::new()),
+    };
+    let n = text
+        .lines()
+        .filter(|l| l.starts_with("cabine_sfu_sessions_transport"))
+        .filter_map(|l| {
+            let label = l.split("transport=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            label.ends_with(suffix).then_some(value)
+        })
+        .sum();
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("cabine_sfu_sessions_transport"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (n, lines)
+}
+
 /// A network namespace joined to the host by a veth pair (`host_ip` on the host's end,
 /// `ns_ip` inside, a /30), deleted on drop.
 pub struct Netns {
@@ -36,6 +74,8 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Each step that fails panics after the struct exists, so unwinding drops it and
+    /// [`Drop`] deletes what was made (the namespace, the host's end of the pair).
     pub fn create() -> Netns {
         let mut rng = rand::rng();
         let tag: u32 = rng.random();

@@ -540,6 +540,47 @@ fn connections_over_the_cap_are_refused_and_counted() {
 }
 
 #[test]
+fn silent_connections_end_at_the_first_frame_deadline_and_are_capped_per_source() {
+    // The handshake timeout alone would hold silent connections for a minute.
+    let sfu = start_tcp_sfu(|t| {
+        t.handshake_timeout = Duration::from_secs(60);
+        t.first_frame_timeout = Duration::from_millis(500);
+        t.max_unproven_per_ip = 3;
+    });
+    let mut silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(media_addr(&sfu)).expect("connects"))
+        .collect();
+    assert!(
+        wait_for(|| tcp_stats(&sfu).connections == 3),
+        "{:?}",
+        tcp_stats(&sfu)
+    );
+    // A fourth from the same address: refused at once, counted apart from the global cap.
+    let mut fourth = TcpStream::connect(media_addr(&sfu)).expect("the kernel accepts");
+    assert!(closed_by_server(&mut fourth), "the fourth is closed");
+    assert_eq!(tcp_stats(&sfu).refused_source, 1, "{:?}", tcp_stats(&sfu));
+    assert_eq!(tcp_stats(&sfu).refused, 0, "{:?}", tcp_stats(&sfu));
+    // The silent ones end at the first-frame deadline, long before the handshake timeout.
+    for s in &mut silent {
+        assert!(closed_by_server(s), "a silent connection is closed");
+    }
+    assert!(
+        wait_for(|| tcp_stats(&sfu).unproven == 3 && tcp_stats(&sfu).connections == 0),
+        "{:?}",
+        tcp_stats(&sfu)
+    );
+    // Their slots are free again: a new connection from the same address is taken.
+    let _again = TcpStream::connect(media_addr(&sfu)).expect("connects");
+    assert!(
+        wait_for(|| tcp_stats(&sfu).connections == 1),
+        "{:?}",
+        tcp_stats(&sfu)
+    );
+    assert_eq!(tcp_stats(&sfu).refused_source, 1);
+    sfu.shutdown();
+}
+
+#[test]
 fn without_ice_tcp_no_tcp_candidate_is_offered_and_nothing_listens() {
     let sfu = super::start_sfu(1);
     assert!(sfu.tcp_stats().is_none());
@@ -554,14 +595,19 @@ fn without_ice_tcp_no_tcp_candidate_is_offered_and_nothing_listens() {
 
 #[test]
 fn a_media_port_whose_tcp_side_is_taken_is_a_clear_start_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = taken.local_addr().unwrap().port();
-    let bind = format!("127.0.0.1:{port}");
-    let Ok(udp) = std::net::UdpSocket::bind(&bind) else {
-        // The UDP side is taken too (rare): nothing to check here.
-        return;
-    };
-    drop(udp);
+    // A port whose TCP side is taken here and whose UDP side is free (another try when the
+    // UDP side is taken too).
+    let (_taken, port, bind) = (0..100)
+        .find_map(|_| {
+            let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = taken.local_addr().unwrap().port();
+            let bind = format!("127.0.0.1:{port}");
+            // The UDP probe socket is dropped when the closure returns.
+            std::net::UdpSocket::bind(&bind)
+                .ok()
+                .map(|_udp| (taken, port, bind))
+        })
+        .expect("a loopback port with a free UDP side in 100 tries");
     match start_tcp_sfu_result(&bind) {
         Err(SfuError::BindTcp { addr, .. }) => assert_eq!(addr.port(), port),
         Err(e) => panic!("another error: {e}"),
