@@ -3,12 +3,14 @@
 // the server's WebSocket `welcome` (TURN URLs and a credential minted per session) and must
 // exchange media through the relay; each connection's selected candidate pair must be a
 // relay candidate allocated over the protocol in RELAY_PROTOCOL (e.g. "tls": TURN over TLS).
+// With HOLD_FILE, the pages then stay open until that file exists (the test reads the server's
+// view meanwhile) or a step's timeout.
 //
-// Env: CABINE_URL, ROOM, DOCTOR_TOKEN, KIOSK_TOKEN, RELAY_PROTOCOL. Optional: CHROMIUM,
+// Env: CABINE_URL, ROOM, DOCTOR_TOKEN, KIOSK_TOKEN, RELAY_PROTOCOL. Optional: HOLD_FILE, CHROMIUM,
 // STEP_TIMEOUT_MS, CHROMIUM_ARGS (extra flags, space-separated).
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
-import { rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { driver, env, inbound, launchChromium, selectedPair } from "./harness.mjs";
 
 const { result, finish, until } = driver("turn_relay", ["DOCTOR_TOKEN", "KIOSK_TOKEN"]);
@@ -51,6 +53,13 @@ async function main() {
     // A string expression: playwright evaluates it as is (the pages' CSP forbids eval).
     await until(doctor, "doctor_subscribe_pair", `(${selectedPair})("sub")`, isRelay, step);
     await until(kiosk, "kiosk_publish_pair", `(${selectedPair})("pub")`, isRelay, step);
+
+    const hold = process.env.HOLD_FILE;
+    if (hold) {
+      result.stage = "hold";
+      const deadline = Date.now() + step;
+      while (!existsSync(hold) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    }
 
     result.stage = "done";
     finish(true, `kiosk page and doctor's page exchanged media through TURN over ${relayProtocol}`);

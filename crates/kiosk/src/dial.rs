@@ -433,6 +433,8 @@ pub async fn run(
                         commands: cmd_tx,
                         backoff: config.backoff,
                         stats: Arc::clone(&stats),
+                        relay_only: config.client.relay_only,
+                        accept_invalid_certs: config.client.accept_invalid_certs,
                     },
                     stop_rx.clone(),
                 ));

@@ -46,6 +46,44 @@ pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
         .map_err(Error::HttpClient)
 }
 
+/// How this client reaches its TURN relays, when every TURN URL it was given says the same:
+/// `tls` (`turns:`), `tcp` (`turn:…?transport=tcp`) or `udp`. The server sees only the relay's
+/// UDP and shows this for the session while its selected pair is relayed.
+pub(crate) fn relay_protocol(servers: &[crate::IceServer]) -> Option<&'static str> {
+    let mut found = None;
+    for url in servers.iter().flat_map(|s| &s.urls) {
+        let p = if url.starts_with("turns:") {
+            "tls"
+        } else if url.starts_with("turn:") {
+            if url.contains("transport=tcp") {
+                "tcp"
+            } else {
+                "udp"
+            }
+        } else {
+            continue;
+        };
+        match found {
+            None => found = Some(p),
+            Some(f) if f == p => {}
+            Some(_) => return None,
+        }
+    }
+    found
+}
+
+/// The `Cabine-Relay-Protocol` header of a WHIP/WHEP `POST`, when known.
+fn relay_header(relay: Option<&'static str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(p) = relay {
+        headers.insert(
+            "cabine-relay-protocol",
+            reqwest::header::HeaderValue::from_static(p),
+        );
+    }
+    headers
+}
+
 fn auth_headers(token: &str) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     if !token.is_empty() {
@@ -114,6 +152,7 @@ pub(crate) async fn post_offer(
     endpoint: &Url,
     token: &str,
     offer: String,
+    relay: Option<&'static str>,
 ) -> Result<(Resource, String)> {
     let mut endpoint = endpoint.clone();
     let mut hops = 0;
@@ -124,6 +163,7 @@ pub(crate) async fn post_offer(
             .headers(auth_headers(token)?)
             .header(CONTENT_TYPE, SDP_MIME)
             .header(ACCEPT, SDP_MIME)
+            .headers(relay_header(relay))
             .body(offer.clone())
             .send()
             .await
@@ -250,7 +290,9 @@ impl Session {
             let client = http_client(opts)?;
             let offer = engine::gather_offer(&pc, opts.gather_timeout).await?;
             let offer = engine::strip_simulcast_ssrcs(&offer);
-            let (resource, answer) = post_offer(&client, &endpoint, token, offer.clone()).await?;
+            let relay = relay_protocol(&opts.ice_servers);
+            let (resource, answer) =
+                post_offer(&client, &endpoint, token, offer.clone(), relay).await?;
             let (applied, bridge) = if opts.ice_tcp {
                 crate::ice_tcp::bridge_answer(&answer).await?
             } else {

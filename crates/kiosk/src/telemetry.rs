@@ -17,7 +17,8 @@ use base64::Engine;
 use cabine_proto::telemetry as wire;
 use cabine_proto::RoomId;
 use cabine_sidecar::client::{
-    resolve, Client, ClientConfig, ClientError, ConnectionState, KioskClock,
+    resolve, Client, ClientConfig, ClientError, ConnectionState, KioskClock, Rediscover,
+    StreamTransport, Target,
 };
 use cabine_sidecar::tls::ServerVerification;
 use rustls::pki_types::CertificateDer;
@@ -81,6 +82,9 @@ pub struct TelemetryStats {
     pub commands: u64,
     /// Measurements the client had to resend after a reconnection.
     pub resent: u64,
+    /// Times `GET /api/telemetry` was asked again after a failed reconnection and gave a new
+    /// target (a restarted server's new certificate, another node).
+    pub rediscovered: u64,
     /// Device camera stills uploaded.
     pub stills: u64,
 }
@@ -101,6 +105,11 @@ pub(crate) struct Link {
     pub commands: mpsc::Sender<DeviceCommand>,
     pub backoff: Backoff,
     pub stats: Arc<Mutex<crate::dial::DialStats>>,
+    /// The kiosk's UDP is known to be blocked (`--relay-only`): telemetry over the stream
+    /// transport (TCP/TLS) only.
+    pub relay_only: bool,
+    /// Trust any certificate on the HTTPS API (`--insecure`), the stream transport's too.
+    pub accept_invalid_certs: bool,
 }
 
 /// Why discovery failed.
@@ -114,12 +123,26 @@ pub enum DiscoveryError {
     Unavailable(String),
 }
 
-/// Asks the server where telemetry is: the QUIC URL and the certificate to pin.
+/// What `GET /api/telemetry` said.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Discovered {
+    /// `quic://host:port`.
+    pub url: String,
+    /// The certificate to pin.
+    pub verification: ServerVerification,
+    /// The stream transport (`ws://…/api/telemetry/ws`, `wss://` behind HTTPS), resolved
+    /// against the URL that answered; `None` from a server without it.
+    pub stream_url: Option<String>,
+}
+
+/// Asks the server where telemetry is: the QUIC URL, the certificate to pin, and the stream
+/// transport for networks that drop UDP.
 pub async fn discover(
     http: &reqwest::Client,
     server: &str,
     token: &str,
-) -> Result<(String, ServerVerification), DiscoveryError> {
+) -> Result<Discovered, DiscoveryError> {
     use DiscoveryError::{Refused, Unavailable};
     let mut url = format!("{}/api/telemetry", server.trim_end_matches('/'));
     let mut hops = 0;
@@ -161,7 +184,77 @@ pub async fn discover(
         .as_str()
         .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
         .ok_or_else(|| Unavailable(format!("GET {url}: no certificate in the answer")))?;
-    Ok((quic, ServerVerification::Pinned(CertificateDer::from(der))))
+    let stream_url = v["stream_url"].as_str().and_then(|s| stream_url(&url, s));
+    Ok(Discovered {
+        url: quic,
+        verification: ServerVerification::Pinned(CertificateDer::from(der)),
+        stream_url,
+    })
+}
+
+/// `reference` (as `/api/telemetry` gives it) resolved against the `http(s)` URL that answered,
+/// as a `ws(s)` URL.
+fn stream_url(answered: &str, reference: &str) -> Option<String> {
+    let mut u = reqwest::Url::parse(answered).ok()?.join(reference).ok()?;
+    let scheme = match u.scheme() {
+        "https" | "wss" => "wss",
+        "http" | "ws" => "ws",
+        _ => return None,
+    };
+    u.set_scheme(scheme).ok()?;
+    Some(u.to_string())
+}
+
+/// The stream transport at `url`.
+fn stream_transport(url: &str, relay_only: bool, accept_invalid_certs: bool) -> StreamTransport {
+    let mut t = StreamTransport::new(url, api_trust(accept_invalid_certs));
+    t.only = relay_only;
+    t
+}
+
+/// Asking `GET /api/telemetry` again after a failed reconnection (a restarted server has a new
+/// self-signed certificate; a room moved to another node, another address), unless the kiosk
+/// was given a fixed address and trust.
+fn rediscovery(link: &Link) -> Option<Rediscover> {
+    if link.config.url.is_some() && link.config.verification.is_some() {
+        return None;
+    }
+    let (http, server, token) = (link.http.clone(), link.server.clone(), link.token.clone());
+    let (fixed_url, fixed_trust) = (link.config.url.clone(), link.config.verification.clone());
+    let (relay_only, insecure) = (link.relay_only, link.accept_invalid_certs);
+    Some(Rediscover::new(move || {
+        let (http, server, token) = (http.clone(), server.clone(), token.clone());
+        let (fixed_url, fixed_trust) = (fixed_url.clone(), fixed_trust.clone());
+        Box::pin(async move {
+            let d = discover(&http, &server, &token).await.ok()?;
+            let url = fixed_url.unwrap_or(d.url);
+            let (addr, host) = resolve(&url).await.ok()?;
+            let stream = d
+                .stream_url
+                .map(|s| stream_transport(&s, relay_only, insecure));
+            Some(Target::new(
+                addr,
+                host,
+                fixed_trust.unwrap_or(d.verification),
+                stream,
+            ))
+        })
+    }))
+}
+
+/// Where a server without a `stream_url` in its discovery answer (or a kiosk given the QUIC
+/// address) is expected to serve the stream transport.
+const TELEMETRY_STREAM_PATH: &str = "/api/telemetry/ws";
+
+/// How the stream transport checks the HTTPS API's certificate: as the kiosk's HTTP client does
+/// (the web PKI, or anything with `--insecure`).
+fn api_trust(accept_invalid_certs: bool) -> ServerVerification {
+    if accept_invalid_certs {
+        return ServerVerification::InsecureAcceptAny;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    ServerVerification::Roots(Arc::new(roots))
 }
 
 /// The declaration of a simulated device channel.
@@ -316,12 +409,23 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// the sidecar session, which reconnects by itself.
 pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
     let mut failures = 0;
-    let (url, verification) = loop {
+    let server_api = format!("{}/api/telemetry", link.server.trim_end_matches('/'));
+    let (url, verification, stream) = loop {
         let found = match (&link.config.url, &link.config.verification) {
-            (Some(u), Some(v)) => Ok((u.clone(), v.clone())),
+            (Some(u), Some(v)) => Ok((
+                u.clone(),
+                v.clone(),
+                stream_url(&server_api, TELEMETRY_STREAM_PATH),
+            )),
             (u, v) => discover(&link.http, &link.server, &link.token)
                 .await
-                .map(|(du, dv)| (u.clone().unwrap_or(du), v.clone().unwrap_or(dv))),
+                .map(|d| {
+                    (
+                        u.clone().unwrap_or(d.url),
+                        v.clone().unwrap_or(d.verification),
+                        d.stream_url,
+                    )
+                }),
         };
         match found {
             Ok(f) => break f,
@@ -357,6 +461,10 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 cfg.clock = clock.clone();
             }
             cfg.software = concat!("cabine-kiosk/", env!("CARGO_PKG_VERSION")).into();
+            cfg.stream = stream
+                .as_ref()
+                .map(|s| stream_transport(s, link.relay_only, link.accept_invalid_certs));
+            cfg.rediscover = rediscovery(&link);
             Client::start(cfg)
         };
         match attempt.await {
@@ -445,6 +553,7 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 let cs = client.stats();
                 s.sessions = cs.sessions;
                 s.resent = cs.measurements_resent;
+                s.rediscovered = cs.rediscovered;
                 s.connected = matches!(state, ConnectionState::Connected { .. });
                 match &state {
                     ConnectionState::Connected { .. } => tracing::info!(sessions = cs.sessions, "telemetry: connected"),

@@ -88,6 +88,16 @@ pub enum ClientMsg {
         /// Allowed from now on, or no longer.
         allow: bool,
     },
+    /// How the client reaches its TURN relay on connection `pc` (its selected local
+    /// candidate's `relayProtocol` in WebRTC statistics): `udp`, `tcp` or `tls`. The server
+    /// sees only the relay's UDP; it accepts the report only while that connection's selected
+    /// pair is relayed, and shows it in `/api/rooms`, the ops view and the transport metric.
+    RelayProtocol {
+        /// Which connection.
+        pc: Pc,
+        /// `udp`, `tcp` or `tls`.
+        protocol: String,
+    },
 }
 
 /// A message from the server.

@@ -373,12 +373,14 @@ impl Server {
         self.state.draining.store(true, Ordering::Relaxed);
         self.state.cluster.set_draining(true);
         info!(drain = ?drain, "draining: new sessions are refused");
+        // Kiosks' telemetry goes first: a node on its way out acknowledges no measurement it
+        // may not get to subscribers; kiosks keep them and resend them to the next node.
+        if let Some(t) = &self.telemetry {
+            t.shutdown().await;
+        }
         let deadline = Instant::now() + drain;
         while Instant::now() < deadline && self.state.session_count() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some(t) = &self.telemetry {
-            t.shutdown().await;
         }
         let left = self.state.close_all().await;
         if left > 0 {

@@ -63,6 +63,8 @@ type ChannelCounters = HashMap<(String, String, u32), (String, u64, u64, u64)>;
 struct TelemetrySummary {
     enabled: bool,
     kiosks: u64,
+    /// Kiosk connections accepted over the stream transport (WebSocket), in total.
+    stream_connections: u64,
     /// Frames delivered to subscribers, by frame type.
     frames: Vec<(&'static str, u64)>,
     /// (gaps, late, duplicates) by channel kind, never decreasing.
@@ -82,6 +84,7 @@ impl TelemetrySummary {
         let stats = t.sidecar_stats();
         self.enabled = true;
         self.kiosks = stats.kiosks_connected as u64;
+        self.stream_connections = stats.stream_connections;
         self.frames = t.frames_by_kind();
         self.refusals = stats.refusals.into_iter().collect();
         self.commands_sent = stats.commands_sent;
@@ -385,6 +388,16 @@ impl Metrics {
             }
         );
         counter!(
+            "cabine.telemetry.stream_connections",
+            "{connection}",
+            "Kiosk telemetry connections over the WebSocket (TCP/TLS) transport instead of QUIC",
+            |s, o| {
+                if s.telemetry.enabled {
+                    o.observe(s.telemetry.stream_connections, &[]);
+                }
+            }
+        );
+        counter!(
             "cabine.telemetry.frames",
             "{frame}",
             "Telemetry frames delivered to subscribers, by frame type",
@@ -490,7 +503,7 @@ impl Metrics {
         gauge!(
             "cabine.sfu.sessions.transport",
             "{session}",
-            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp); a relay's own transport (UDP, TCP, TLS to coturn) is not visible to the SFU",
+            "Media sessions by the transport of their selected ICE candidate pair: the client's candidate type and the protocol (host/srflx/prflx/relay, udp/tcp; for a relay, how the client reaches it as the client reports it: relay/udp, relay/tcp, relay/tls)",
             |s, o| {
                 for (transport, v) in &s.transports {
                     o.observe(*v, &[KeyValue::new("transport", *transport)]);

@@ -6,16 +6,20 @@
 //!   and blobs on the reliable channel, waveform chunks on the lossy one. Each live frame is
 //!   written once per subscriber.
 //! - Subscribers write requests on their own data channel (label `commands`), as JSON:
-//!   `{"type":"sync"}` asks for the room's current channels and latest readings (a page that
-//!   opens mid-consultation shows vitals at once) and `{"type":"command", "request_id":1,
+//!   `{"type":"sync"}` asks for the room's current channels, latest readings (a page that
+//!   opens mid-consultation shows vitals at once) and recent measurements (`recent`, at most
+//!   [`RECENT_PER_ROOM`], in arrival order: a subscriber that reconnects after a server
+//!   restart gets the measurements a kiosk resent meanwhile, and drops the ones it has by their
+//!   key (source, epoch, channel_id, seq)) and `{"type":"command", "request_id":1,
 //!   "channel_id":5, "name":"start_measurement"}` sends a device command (only with the
 //!   `commands` grant). Answers go to the asking subscriber only, as
 //!   `{"sync":{"channels":[…],"latest":[…]}}`, `{"command_sent":{"request_id":1,"command_id":7}}`
 //!   or `{"command_refused":{"request_id":1,"reason":"…"}}`; the kiosk's result then arrives to
 //!   every subscriber as a `command_result` frame.
-//! - The server keeps no telemetry beyond the latest reading per channel of connected kiosks,
-//!   forgotten when a room's kiosks are gone, unless the FHIR export is on ([`crate::fhir`]):
-//!   then each room's measurements are kept, bounded, until exported or the room ends.
+//! - The server keeps no telemetry beyond the latest reading per channel and the recent
+//!   measurements of the room's kiosks, forgotten when a room's kiosks are gone, unless the FHIR
+//!   export is on ([`crate::fhir`]): then each room's measurements are kept, bounded, until
+//!   exported or the room ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -29,7 +33,9 @@ use bytes::Bytes;
 use cabine_proto::telemetry::{delivered, to_json, Delivered};
 use cabine_proto::{Claims, Identity, RoomId};
 use cabine_sfu::{SessionId, Sfu};
-use cabine_sidecar::{CommandRequest, Sidecar, SidecarConfig, TlsSource, TokenError};
+use cabine_sidecar::{
+    CommandRequest, Sidecar, SidecarConfig, StreamConn, StreamEvent, TlsSource, TokenError,
+};
 use serde::{Deserialize, Serialize};
 
 use cabine_proto::jwt::{AuthError, Tokens};
@@ -73,7 +79,14 @@ pub struct Discovery {
     pub certificate: String,
     /// Whether the certificate is self-signed (so it must be pinned rather than validated).
     pub self_signed: bool,
+    /// The same protocol over a WebSocket on this HTTP listener (TCP, TLS when the API is
+    /// HTTPS), for kiosks whose network drops UDP: a URL reference relative to the URL this
+    /// answer came from (`ws`/`wss` for its `http`/`https`), [`STREAM_PATH`].
+    pub stream_url: String,
 }
+
+/// Where the telemetry stream transport is served on the HTTP listener.
+pub const STREAM_PATH: &str = "/api/telemetry/ws";
 
 /// A request a subscriber writes on its `commands` data channel.
 #[derive(Debug, Deserialize)]
@@ -106,6 +119,7 @@ enum Answer<'a> {
     Sync {
         channels: Vec<serde_json::Value>,
         latest: Vec<serde_json::Value>,
+        recent: Vec<serde_json::Value>,
     },
     CommandSent {
         request_id: u64,
@@ -160,6 +174,8 @@ fn kind_index(d: &Delivered) -> usize {
 
 /// Most channels whose latest reading is kept per room.
 const LATEST_PER_ROOM: usize = 64;
+/// Most recent measurements kept per room for `sync` (a few minutes of a cabin's devices).
+pub const RECENT_PER_ROOM: usize = 512;
 /// Largest request accepted from a subscriber.
 const MAX_REQUEST: usize = 4096;
 
@@ -169,6 +185,8 @@ type Latest = HashMap<RoomId, HashMap<(String, u32, &'static str), String>>;
 #[derive(Default)]
 struct Cache {
     latest: Mutex<Latest>,
+    /// The room's last measurements (JSON), oldest first.
+    recent: Mutex<HashMap<RoomId, std::collections::VecDeque<String>>>,
     frames: AtomicU64,
     by_kind: [AtomicU64; FRAME_KINDS.len()],
     requests: AtomicU64,
@@ -181,6 +199,10 @@ struct Cache {
 impl Cache {
     fn lock(&self) -> MutexGuard<'_, Latest> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, HashMap<RoomId, std::collections::VecDeque<String>>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -280,6 +302,7 @@ impl Telemetry {
             certificate: base64::engine::general_purpose::STANDARD
                 .encode(sidecar.certificate().as_ref()),
             self_signed,
+            stream_url: STREAM_PATH.to_owned(),
         };
         tracing::info!(quic = %bound, url = %discovery.url, self_signed, "telemetry sidecar started");
         let t = Arc::new(Telemetry {
@@ -397,7 +420,25 @@ impl Telemetry {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.answer(room, session, &Answer::Sync { channels, latest });
+                let recent = self
+                    .cache
+                    .recent()
+                    .get(room)
+                    .map(|q| {
+                        q.iter()
+                            .filter_map(|j| serde_json::from_str(j).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.answer(
+                    room,
+                    session,
+                    &Answer::Sync {
+                        channels,
+                        latest,
+                        recent,
+                    },
+                );
                 Ok(None)
             }
             Request::Command {
@@ -450,6 +491,12 @@ impl Telemetry {
         }
     }
 
+    /// A kiosk connection over the stream transport, counted against the sidecar's connection
+    /// limit (a refusal is counted as `server_busy` in the telemetry refusals).
+    pub fn open_stream(&self) -> Result<StreamConn, cabine_sidecar::stream::Busy> {
+        self.sidecar.open_stream()
+    }
+
     /// Closes every kiosk connection.
     pub async fn shutdown(&self) {
         if tokio::time::timeout(Duration::from_secs(2), self.sidecar.shutdown())
@@ -461,10 +508,99 @@ impl Telemetry {
     }
 }
 
+/// `GET /api/telemetry/ws`: the telemetry protocol over a WebSocket (see
+/// [`cabine_sidecar::stream`]). The token is checked in the kiosk's first frame, its hello,
+/// exactly as on QUIC; the socket counts against the sidecar's connection limit (503 beyond).
+pub async fn stream_handler(
+    axum::extract::State(st): axum::extract::State<Arc<crate::state::AppState>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let Some(t) = st.telemetry.get() else {
+        return crate::http::ApiError::new(
+            StatusCode::NOT_FOUND,
+            "telemetry is disabled on this server (telemetry.listen is empty)",
+        )
+        .into_response();
+    };
+    let conn = match t.open_stream() {
+        Ok(c) => c,
+        Err(e) => {
+            return crate::http::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                .into_response()
+        }
+    };
+    ws.max_message_size(cabine_sidecar::stream::MAX_MESSAGE_LEN)
+        .max_frame_size(cabine_sidecar::stream::MAX_MESSAGE_LEN)
+        .on_upgrade(move |socket| pump(socket, conn))
+}
+
+/// A stream-transport kiosk silent this long is closed, like the QUIC connection's idle timeout
+/// (a live kiosk answers the clock pings every 2 s).
+const STREAM_IDLE: Duration = Duration::from_secs(15);
+
+/// Moves messages between the WebSocket and the sidecar until either side ends, or the kiosk
+/// has been silent for [`STREAM_IDLE`].
+async fn pump(mut socket: axum::extract::ws::WebSocket, mut conn: StreamConn) {
+    use axum::extract::ws::{CloseFrame, Message};
+    let mut idle = Box::pin(tokio::time::sleep(STREAM_IDLE));
+    loop {
+        tokio::select! {
+            () = &mut idle => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "idle".into(),
+                    })))
+                    .await;
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + STREAM_IDLE);
+                    conn.handle_message(&b);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // Text is not part of the protocol: a malformed frame, like garbage on QUIC.
+                Some(Ok(Message::Text(_))) => conn.handle_message(&[0xff]),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+            ev = conn.next_event() => match ev {
+                Some(StreamEvent::Send(bytes)) => {
+                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(StreamEvent::Close { code, reason }) => {
+                    let code = cabine_sidecar::client::stream::CLOSE_CODE_BASE
+                        .saturating_add(u16::try_from(code.code()).unwrap_or(1));
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    return;
+                }
+                _ => return,
+            },
+        }
+    }
+}
+
 /// Keeps the latest measurement and status of each channel, for late subscribers.
 fn remember(cache: &Cache, room: &RoomId, d: &Delivered, json: &str) {
     let kind = match &d.frame {
-        Some(delivered::Frame::Measurement(_)) => "measurement",
+        Some(delivered::Frame::Measurement(_)) => {
+            let mut recent = cache.recent();
+            let q = recent.entry(room.clone()).or_default();
+            if q.len() >= RECENT_PER_ROOM {
+                q.pop_front();
+            }
+            q.push_back(json.to_owned());
+            "measurement"
+        }
         Some(delivered::Frame::Status(_)) => "status",
         Some(delivered::Frame::Left(_)) => {
             let mut all = cache.lock();
@@ -492,10 +628,14 @@ async fn sweep(t: std::sync::Weak<Telemetry>) {
     loop {
         tick.tick().await;
         let Some(t) = t.upgrade() else { return };
-        let rooms: Vec<RoomId> = t.cache.lock().keys().cloned().collect();
+        let mut rooms: Vec<RoomId> = t.cache.lock().keys().cloned().collect();
+        rooms.extend(t.cache.recent().keys().cloned());
+        rooms.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        rooms.dedup();
         for room in rooms {
             if t.sidecar.channels(&room).is_empty() {
                 t.cache.lock().remove(&room);
+                t.cache.recent().remove(&room);
             }
         }
     }

@@ -896,6 +896,9 @@ impl Conn {
                 }
             }
             ClientMsg::Ping => self.reply(&ServerMsg::Pong),
+            ClientMsg::RelayProtocol { pc, protocol } => {
+                self.relay_protocol(token, pc, &protocol).await
+            }
             ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
                 self.reply(&error("bad_message", "already joined"))
             }
@@ -963,6 +966,34 @@ impl Conn {
                 allowed: allow,
             },
         );
+    }
+
+    /// The page reports how it reaches its TURN relay on one of its own connections; accepted
+    /// only while the server sees that session's selected pair as relayed.
+    async fn relay_protocol(&self, token: &str, pc: Pc, protocol: &str) {
+        let Some(protocol) = cabine_sfu::room::TransportProtocol::parse_relay(protocol) else {
+            return self.reply(&error(
+                "bad_message",
+                "relay protocol must be udp, tcp or tls",
+            ));
+        };
+        let session = self.hub().lock().members.get(token).and_then(|m| match pc {
+            Pc::Publish => m.publish,
+            Pc::Subscribe => m.subscribe,
+        });
+        let Some(session) = session else {
+            return self.reply(&error("no_session", "no such connection of yours"));
+        };
+        match self
+            .st
+            .sfu
+            .report_relay_protocol(self.room.clone(), session, protocol, true)
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.reply(&error("not_relayed", &e.to_string())),
+            Err(e) => self.reply(&error("no_session", &e.to_string())),
+        }
     }
 
     async fn publish(&self, token: &str, sdp: String) {

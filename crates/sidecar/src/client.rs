@@ -43,6 +43,8 @@
 //! while disconnected they are dropped and counted.
 
 pub mod outbox;
+pub mod stream;
+pub mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::tls::{self, ServerVerification};
 use outbox::Outbox;
+pub use stream::StreamTransport;
+pub use target::{Rediscover, Target};
 
 /// Frames waiting for the control stream (status, command results, declarations).
 const CONTROL_QUEUE: usize = 256;
@@ -137,6 +141,14 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Software name sent in the hello.
     pub software: String,
+    /// The same protocol over TCP/TLS (the server's WebSocket), used when QUIC does not
+    /// handshake within [`StreamTransport::quic_timeout`] (UDP dropped on the way) or always
+    /// with [`StreamTransport::only`]; `None`: QUIC only.
+    pub stream: Option<StreamTransport>,
+    /// Asked after a failed reconnection (typically `GET /api/telemetry` again): a restarted
+    /// server has a new certificate, a room moved to another node has another address. `None`:
+    /// keep dialling the configured target.
+    pub rediscover: Option<Rediscover>,
 }
 
 impl ClientConfig {
@@ -160,6 +172,8 @@ impl ClientConfig {
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             software: concat!("cabine-sidecar-client/", env!("CARGO_PKG_VERSION")).into(),
+            stream: None,
+            rediscover: None,
         }
     }
 }
@@ -286,6 +300,26 @@ pub struct ClientStats {
     pub pings_answered: u64,
     /// Streams the server stopped (with the last code).
     pub streams_stopped: u64,
+    /// Times a rediscovery gave a new target (new certificate or address).
+    pub rediscovered: u64,
+}
+
+/// The transport of the established session.
+#[derive(Clone)]
+enum Link {
+    /// QUIC: measurements and blobs on their own streams, waveforms as datagrams.
+    Quic(quinn::Connection),
+    /// The stream transport: every frame is one message on the session's writer queue.
+    Stream(stream::StreamLink),
+}
+
+impl Link {
+    fn close(&self, reason: &'static [u8]) {
+        match self {
+            Link::Quic(c) => c.close(VarInt::from_u32(0), reason),
+            Link::Stream(s) => s.close(),
+        }
+    }
 }
 
 /// A telemetry session with the sidecar that survives connection drops.
@@ -307,6 +341,8 @@ struct Shared {
     closing: AtomicBool,
     close: Notify,
     instance_id: u64,
+    /// Where to dial now: the configured target, then what rediscovery says.
+    target: Mutex<Target>,
 }
 
 struct ClientState {
@@ -314,7 +350,7 @@ struct ClientState {
     channels: BTreeMap<u32, ChannelDecl>,
     control: VecDeque<ClientFrame>,
     wave_seq: HashMap<u32, u64>,
-    conn: Option<quinn::Connection>,
+    conn: Option<Link>,
     ready: HashSet<u32>,
     clock: Option<ClockEstimate>,
     stats: ClientStats,
@@ -342,6 +378,12 @@ impl Client {
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(e.to_string()))?;
         endpoint.set_default_client_config(quinn_config);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let target = Target::new(
+            config.server,
+            config.server_name.clone(),
+            config.verification.clone(),
+            config.stream.clone(),
+        );
         let shared = Arc::new(Shared {
             state: Mutex::new(ClientState {
                 outbox: Outbox::new(config.max_unacked),
@@ -362,6 +404,7 @@ impl Client {
             closing: AtomicBool::new(false),
             close: Notify::new(),
             instance_id: rand::random(),
+            target: Mutex::new(target),
         });
         let task = tokio::spawn(supervise(shared.clone(), endpoint));
         Ok(Client {
@@ -467,7 +510,20 @@ impl Client {
             max: MAX_DATAGRAM_LEN,
         })?;
         let conn = match (&st.conn, st.ready.contains(&chunk.channel_id)) {
-            (Some(c), true) => c.clone(),
+            (Some(Link::Quic(c)), true) => c.clone(),
+            (Some(Link::Stream(s)), true) => {
+                // Over TCP the chunk is a frame like any other; a full queue drops it (late
+                // samples are worth less than the ones behind them).
+                let framed =
+                    encode_frame(&frame).map_err(|e| ClientError::Config(e.to_string()))?;
+                return if s.try_send(framed) {
+                    st.stats.waveforms_sent += 1;
+                    Ok(chunk.seq)
+                } else {
+                    st.stats.waveforms_dropped += 1;
+                    Err(ClientError::NotConnected)
+                };
+            }
             _ => {
                 st.stats.waveforms_dropped += 1;
                 return Err(ClientError::NotConnected);
@@ -530,6 +586,13 @@ impl Client {
             (conn, id)
         };
         let lost = |e: &dyn std::fmt::Display| ClientError::ConnectionLost(e.to_string());
+        let conn = match conn {
+            Link::Quic(c) => c,
+            Link::Stream(s) => {
+                return stream::upload_blob(&s, channel_id, blob_id, mime, capture_time_us, data)
+                    .await
+            }
+        };
         let mut send = conn.open_uni().await.map_err(|e| lost(&e))?;
         let chunks: Vec<&[u8]> = if data.is_empty() {
             vec![&[]]
@@ -604,7 +667,7 @@ impl Client {
         };
         if let Some(c) = conn {
             self.shared.status.send_replace(ConnectionState::Connecting);
-            c.close(VarInt::from_u32(0), b"connection dropped by the kiosk");
+            c.close(b"connection dropped by the kiosk");
             self.shared.changed();
         }
     }
@@ -615,7 +678,7 @@ impl Client {
         self.shared.close.notify_one();
         let conn = self.shared.lock().conn.clone();
         if let Some(c) = conn {
-            c.close(VarInt::from_u32(0), b"bye");
+            c.close(b"bye");
         }
         let _ = (&mut self.task).await;
     }
@@ -663,7 +726,7 @@ impl Drop for Client {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.close.notify_one();
         if let Some(c) = self.shared.lock().conn.take() {
-            c.close(VarInt::from_u32(0), b"bye");
+            c.close(b"bye");
         }
         self.task.abort();
     }
@@ -703,6 +766,32 @@ impl Shared {
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
+
+    fn target(&self) -> Target {
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks where to dial again; true when the answer is a new target (now current).
+    async fn rediscover(&self) -> bool {
+        let Some(r) = &self.config.rediscover else {
+            return false;
+        };
+        let Ok(Some(found)) = tokio::time::timeout(Duration::from_secs(10), r.ask()).await else {
+            return false;
+        };
+        let mut current = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if current.same_as(&found) {
+            return false;
+        }
+        tracing::info!(server = %found.server, "telemetry: the server's answer changed, dialling the new target");
+        *current = found;
+        drop(current);
+        self.lock().stats.rediscovered += 1;
+        true
+    }
 }
 
 fn body(b: client_frame::Body) -> ClientFrame {
@@ -732,15 +821,48 @@ enum SessionEnd {
     Fatal(ErrorCode, String),
     /// Lost; reconnect. `established` tells whether the session got past the hello.
     Lost { established: bool },
+    /// The QUIC handshake did not complete in time (UDP dropped on the way?): worth trying the
+    /// stream transport.
+    NoHandshake,
 }
 
 async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let mut delay = shared.config.reconnect_min;
+    let mut prefer_stream = false;
+    // Whether the last attempt already followed a fresh answer (no second ask at once).
+    let mut fresh = false;
     loop {
         if shared.closing.load(Ordering::SeqCst) {
             break;
         }
-        let end = session(&shared, &endpoint).await;
+        let target = shared.target();
+        let end = match &target.stream {
+            Some(t) if t.only || prefer_stream => stream::session(&shared, t).await,
+            Some(t) => match session(&shared, &endpoint, &target, Some(t.quic_timeout)).await {
+                SessionEnd::NoHandshake => {
+                    // A new certificate or address (a restarted or other node) explains a
+                    // handshake that fails: ask first, and dial QUIC again at once if it moved.
+                    if !fresh && shared.rediscover().await {
+                        fresh = true;
+                        continue;
+                    }
+                    tracing::info!(
+                        timeout = ?t.quic_timeout,
+                        "telemetry: no QUIC handshake, using the stream transport"
+                    );
+                    prefer_stream = true;
+                    stream::session(&shared, t).await
+                }
+                end => end,
+            },
+            None => session(&shared, &endpoint, &target, None).await,
+        };
+        fresh = false;
+        if matches!(end, SessionEnd::Lost { .. }) {
+            // The stream transport failed or its session ended: QUIC first again next time
+            // (the network that dropped UDP may have changed, the server too).
+            prefer_stream = false;
+        }
         {
             let mut st = shared.lock();
             st.conn = None;
@@ -756,13 +878,18 @@ async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 shared.changed();
                 return;
             }
-            SessionEnd::Lost { established } => {
+            SessionEnd::NoHandshake | SessionEnd::Lost { .. } => {
+                let established = matches!(end, SessionEnd::Lost { established: true });
                 if shared.closing.load(Ordering::SeqCst) {
                     break;
                 }
                 shared.status.send_replace(ConnectionState::Connecting);
                 if established {
                     delay = shared.config.reconnect_min;
+                } else if shared.rediscover().await {
+                    // A failed reconnection and a new answer: dial it at once.
+                    fresh = true;
+                    continue;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -781,27 +908,56 @@ fn fatal_code(e: &quinn::ConnectionError) -> Option<(ErrorCode, String)> {
     if let quinn::ConnectionError::ApplicationClosed(a) = e {
         let code = ErrorCode::from_code(a.error_code.into_inner())?;
         let reason = String::from_utf8_lossy(&a.reason).into_owned();
-        if matches!(
-            code,
-            ErrorCode::BadToken
-                | ErrorCode::WrongRoom
-                | ErrorCode::WrongRole
-                | ErrorCode::UnsupportedVersion
-        ) {
+        if is_fatal(code) {
             return Some((code, reason));
         }
     }
     None
 }
 
-async fn session(shared: &Arc<Shared>, endpoint: &quinn::Endpoint) -> SessionEnd {
+/// A refusal that reconnecting will not cure.
+fn is_fatal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadToken
+            | ErrorCode::WrongRoom
+            | ErrorCode::WrongRole
+            | ErrorCode::UnsupportedVersion
+    )
+}
+
+/// One QUIC session; with `handshake_timeout`, a handshake that does not complete in time (or
+/// fails for a reason other than a refusal) ends it as [`SessionEnd::NoHandshake`].
+async fn session(
+    shared: &Arc<Shared>,
+    endpoint: &quinn::Endpoint,
+    target: &Target,
+    handshake_timeout: Option<Duration>,
+) -> SessionEnd {
     let config = &shared.config;
     let lost = SessionEnd::Lost { established: false };
-    let Ok(connecting) = endpoint.connect(config.server, &config.server_name) else {
+    let unreachable = || match handshake_timeout {
+        Some(_) => SessionEnd::NoHandshake,
+        None => SessionEnd::Lost { established: false },
+    };
+    let Ok(quinn_config) =
+        quinn_client_config(&target.verification, config.keep_alive, config.idle_timeout)
+    else {
         return lost;
     };
+    let Ok(connecting) = endpoint.connect_with(quinn_config, target.server, &target.server_name)
+    else {
+        return lost;
+    };
+    let bound = async {
+        match handshake_timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
     let conn = tokio::select! {
-        c = connecting => match c { Ok(c) => c, Err(_) => return lost },
+        c = connecting => match c { Ok(c) => c, Err(_) => return unreachable() },
+        () = bound => return unreachable(),
         () = shared.close.notified() => return SessionEnd::Closed,
     };
     let Ok((mut send, recv)) = conn.open_bi().await else {
@@ -833,9 +989,21 @@ async fn session(shared: &Arc<Shared>, endpoint: &quinn::Endpoint) -> SessionEnd
             return ended(&conn, false).await;
         }
     };
+    established(shared, Link::Quic(conn.clone()), session_id);
+    let end = run(shared, &conn, &mut send, &mut frames_rx).await;
+    reader.abort();
+    match end {
+        Some(end) => end,
+        None => ended(&conn, true).await,
+    }
+}
+
+/// The session is up on `link`: resend what is unacknowledged after the channels are declared
+/// again.
+fn established(shared: &Arc<Shared>, link: Link, session_id: String) {
     {
         let mut st = shared.lock();
-        st.conn = Some(conn.clone());
+        st.conn = Some(link);
         st.ready.clear();
         st.outbox.reconnected();
         st.stats.sessions += 1;
@@ -849,12 +1017,6 @@ async fn session(shared: &Arc<Shared>, endpoint: &quinn::Endpoint) -> SessionEnd
         .status
         .send_replace(ConnectionState::Connected { session_id });
     shared.changed();
-    let end = run(shared, &conn, &mut send, &mut frames_rx).await;
-    reader.abort();
-    match end {
-        Some(end) => end,
-        None => ended(&conn, true).await,
-    }
 }
 
 async fn ended(conn: &quinn::Connection, established: bool) -> SessionEnd {
@@ -933,8 +1095,10 @@ async fn run(
         }
         tokio::select! {
             f = frames.recv() => {
-                let f = f?;
-                on_frame(shared, control, f).await?;
+                if let Some(reply) = on_frame(shared, f?) {
+                    let bytes = encode_frame(&reply).ok()?;
+                    control.write_all(&bytes).await.ok()?;
+                }
             }
             () = shared.wake.notified() => {}
             () = shared.close.notified() => {
@@ -946,21 +1110,17 @@ async fn run(
     }
 }
 
-async fn on_frame(
-    shared: &Arc<Shared>,
-    control: &mut quinn::SendStream,
-    frame: ServerFrame,
-) -> Option<()> {
+/// Applies a server frame; returns the frame to write back on the control stream, if any (the
+/// pong of a ping, written at once for a good clock sample).
+fn on_frame(shared: &Arc<Shared>, frame: ServerFrame) -> Option<ClientFrame> {
     match frame.body {
         Some(server_frame::Body::Ping(p)) => {
-            let pong = body(client_frame::Body::Pong(Pong {
+            shared.lock().stats.pings_answered += 1;
+            return Some(body(client_frame::Body::Pong(Pong {
                 id: p.id,
                 server_time_us: p.server_time_us,
                 kiosk_time_us: shared.config.clock.now_us(),
-            }));
-            let bytes = encode_frame(&pong).ok()?;
-            control.write_all(&bytes).await.ok()?;
-            shared.lock().stats.pings_answered += 1;
+            })));
         }
         Some(server_frame::Body::Ack(a)) => {
             {
@@ -983,5 +1143,5 @@ async fn on_frame(
         }
         Some(server_frame::Body::Hello(_)) | None => {}
     }
-    Some(())
+    None
 }

@@ -312,6 +312,12 @@ impl Core {
         );
     }
 
+    /// The shell refuses the connection for a reason the core cannot see (a stream transport's
+    /// message that is not exactly one frame): closes it with `refusal`, counted.
+    pub fn handle_refusal(&mut self, now: Instant, conn: ConnId, refusal: Refusal) {
+        self.close(now, conn, refusal);
+    }
+
     /// A second bidirectional stream (the protocol has one): counted; the shell resets it.
     pub fn refuse_stream(&mut self, code: ErrorCode) {
         self.count(code);
@@ -650,6 +656,7 @@ impl Core {
             commands_refused: self.counters.commands_refused,
             frames_delivered: self.counters.frames_delivered,
             stray_pongs: self.counters.stray_pongs,
+            stream_connections: 0,
             outbound_dropped: 0,
             channels,
         }
@@ -1215,6 +1222,7 @@ impl Core {
             Wave::Deliver { gap } => {
                 state.counters.gaps += gap;
                 let (channel, t) = (w.channel_id, w.first_sample_time_us);
+                let before = self.outputs.len();
                 self.deliver(
                     now,
                     conn,
@@ -1224,7 +1232,14 @@ impl Core {
                     data.len(),
                     false,
                     delivered::Frame::Waveform(w),
-                )
+                )?;
+                // The chunk's delivery is the output just queued: mark the gap before it.
+                if self.outputs.len() > before {
+                    if let Some(Output::Deliver { delivered, .. }) = self.outputs.back_mut() {
+                        delivered.gap = gap;
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -1272,6 +1287,10 @@ impl Core {
         if let Some(state) = state_of(&mut self.kiosks, &key, channel) {
             state.counters.delivered(bytes, aligned, server_time_us);
         }
+        let epoch = self
+            .kiosks
+            .get(&key)
+            .map_or(String::new(), |k| format!("{:016x}", k.instance_id));
         self.counters.frames_delivered += 1;
         self.outputs.push_back(Output::Deliver {
             room: key.room.clone(),
@@ -1282,6 +1301,8 @@ impl Core {
                 aligned_time_us,
                 clock_error_us,
                 server_time_us,
+                epoch,
+                gap: 0,
                 frame: Some(frame),
             },
             reliable,

@@ -7,6 +7,8 @@
 //!
 //! - [`core`]: the sans-IO protocol state machine ([`core::Core`]).
 //! - [`Sidecar`] ([`server`]): the thin quinn shell that owns the socket, tasks and timers.
+//! - [`stream`]: the second shell, the same frames over one message stream (the server's
+//!   WebSocket on its HTTP port) for kiosks whose network drops UDP.
 //! - [`client`]: the kiosk side (used by `cabine-kiosk`): connect, declare channels, send
 //!   measurements (kept until acknowledged, resent after a reconnection), waveforms (datagrams),
 //!   status, blobs; receive commands; answer clock pings.
@@ -31,6 +33,7 @@ pub mod seq;
 pub mod server;
 pub mod sink;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 
 pub use auth::{StaticTokens, TokenError, TokenVerifier};
@@ -39,3 +42,4 @@ pub use error::{CommandError, Refusal, SidecarError};
 pub use server::{Sidecar, SidecarConfig, TlsSource};
 pub use sink::{ChannelSink, SinkItem, TelemetrySink};
 pub use stats::{ChannelStats, SidecarStats};
+pub use stream::{StreamConn, StreamEvent};

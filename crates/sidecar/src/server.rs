@@ -97,31 +97,43 @@ impl SidecarConfig {
 /// dropped or on [`shutdown`](Self::shutdown).
 #[derive(Clone)]
 pub struct Sidecar {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     state: Mutex<State>,
     sink: Arc<dyn TelemetrySink>,
     timer: Arc<Notify>,
     endpoint: quinn::Endpoint,
     cert: CertificateDer<'static>,
-    next_conn: AtomicU64,
-    next_stream: AtomicU64,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) next_stream: AtomicU64,
     outbound_dropped: AtomicU64,
-    outbound_queue: usize,
-    max_connections: usize,
+    pub(crate) stream_connections: AtomicU64,
+    /// Set by [`Sidecar::shutdown`]: stream transports are refused from then on.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
+    pub(crate) outbound_queue: usize,
+    pub(crate) max_connections: usize,
 }
 
-struct State {
+pub(crate) struct State {
     core: Core,
-    handles: HashMap<ConnId, Handle>,
+    pub(crate) handles: HashMap<ConnId, Handle>,
     armed: Option<Instant>,
 }
 
-struct Handle {
-    connection: quinn::Connection,
-    tx: mpsc::Sender<ServerFrame>,
+/// What the shell holds of one kiosk connection, whatever its transport.
+pub(crate) struct Handle {
+    pub(crate) closer: Closer,
+    pub(crate) tx: mpsc::Sender<ServerFrame>,
+}
+
+/// How to close a connection: QUIC directly, a stream transport through its task.
+pub(crate) enum Closer {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+    /// A stream transport ([`crate::stream::StreamConn`]): its task sends the close.
+    Stream(tokio::sync::oneshot::Sender<(ErrorCode, String)>),
 }
 
 impl Sidecar {
@@ -176,6 +188,8 @@ impl Sidecar {
             next_conn: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             outbound_dropped: AtomicU64::new(0),
+            stream_connections: AtomicU64::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
             outbound_queue: config.outbound_queue.max(1),
             max_connections: config.max_connections,
         });
@@ -222,11 +236,30 @@ impl Sidecar {
     pub fn stats(&self) -> SidecarStats {
         let mut stats = self.inner.lock().core.stats();
         stats.outbound_dropped = self.inner.outbound_dropped.load(Ordering::Relaxed);
+        stats.stream_connections = self.inner.stream_connections.load(Ordering::Relaxed);
         stats
     }
 
     /// Closes every connection (`SERVER_BUSY`, "shutting down") and waits for them to finish.
     pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let streams: Vec<ConnId> = self
+            .inner
+            .lock()
+            .handles
+            .iter()
+            .filter(|(_, h)| matches!(h.closer, Closer::Stream(_)))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in streams {
+            self.inner.drive(|core, now| {
+                core.handle_refusal(
+                    now,
+                    conn,
+                    crate::error::Refusal::new(ErrorCode::ServerBusy, "shutting down"),
+                )
+            });
+        }
         self.inner.endpoint.close(
             VarInt::from_u64(ErrorCode::ServerBusy.code()).unwrap_or(VarInt::from_u32(0)),
             b"shutting down",
@@ -245,14 +278,14 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the core usable (every input is applied whole
         // or not at all as far as the shell is concerned): keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies one input, then drains every output and re-arms the timer.
-    fn drive<R>(&self, input: impl FnOnce(&mut Core, Instant) -> R) -> R {
+    pub(crate) fn drive<R>(&self, input: impl FnOnce(&mut Core, Instant) -> R) -> R {
         let mut state = self.lock();
         let now = Instant::now();
         let r = input(&mut state.core, now);
@@ -276,14 +309,23 @@ impl Inner {
                     delivered,
                     reliable,
                 } => self.sink.deliver(&room, delivered, reliable),
-                Output::Close { conn, code, reason } => {
-                    if let Some(h) = handles.remove(&conn) {
-                        h.connection.close(
-                            VarInt::from_u64(code.code()).unwrap_or(VarInt::from_u32(1)),
-                            reason.as_bytes(),
-                        );
+                Output::Close { conn, code, reason } => match handles.remove(&conn) {
+                    Some(Handle {
+                        closer: Closer::Quic(connection),
+                        ..
+                    }) => connection.close(
+                        VarInt::from_u64(code.code()).unwrap_or(VarInt::from_u32(1)),
+                        reason.as_bytes(),
+                    ),
+                    Some(Handle {
+                        closer: Closer::Stream(close),
+                        ..
+                    }) => {
+                        // The stream's task may be gone already: nothing left to close then.
+                        let _ = close.send((code, reason));
                     }
-                }
+                    None => {}
+                },
             }
         }
         let next = core.poll_timeout();
@@ -361,7 +403,7 @@ async fn connection(inner: Weak<Inner>, incoming: quinn::Incoming) {
     strong.lock().handles.insert(
         conn,
         Handle {
-            connection: connection.clone(),
+            closer: Closer::Quic(connection.clone()),
             tx,
         },
     );

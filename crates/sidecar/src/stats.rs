@@ -29,6 +29,8 @@ pub struct SidecarStats {
     pub outbound_dropped: u64,
     /// Pongs that matched no outstanding ping.
     pub stray_pongs: u64,
+    /// Connections accepted over the stream transport (WebSocket) rather than QUIC, in total.
+    pub stream_connections: u64,
     /// Per-channel statistics.
     pub channels: Vec<ChannelStats>,
 }

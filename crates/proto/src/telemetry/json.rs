@@ -146,6 +146,8 @@ mod tests {
             aligned_time_us: 20,
             clock_error_us: 3,
             server_time_us: 25,
+            epoch: "00000000000000ab".into(),
+            gap: 0,
             frame: Some(delivered::Frame::Measurement(Measurement {
                 channel_id: 1,
                 seq: 4,

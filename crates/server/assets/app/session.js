@@ -140,6 +140,7 @@ export class Session extends EventTarget {
     this.closed = false;
     this.reconnects = 0;
     this.state = "connecting";
+    this.addEventListener("media", (e) => reportRelayProtocol(this, e.detail));
   }
 
   emit(type, detail) {
@@ -399,6 +400,28 @@ export class Session extends EventTarget {
     this.resetMedia();
     if (this.ws) this.ws.close();
     this.setState("left");
+  }
+}
+
+// Tells the server how this page reaches its TURN relay (it sees only the relay's UDP): the
+// selected local candidate's relayProtocol, once a connection is up and relayed.
+async function reportRelayProtocol(session, { pc: which, state }) {
+  if (state !== "connected" && state !== "completed") return;
+  for (let i = 0; i < 10; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    const pc = which === "publish" ? session.pub : session.sub;
+    if (!pc) return;
+    const stats = await pc.getStats();
+    let local = null;
+    stats.forEach((r) => {
+      const pair = r.type === "transport" && r.selectedCandidatePairId && stats.get(r.selectedCandidatePairId);
+      if (pair) local = stats.get(pair.localCandidateId) || null;
+    });
+    if (!local) continue;
+    if (local.candidateType === "relay" && local.relayProtocol) {
+      session.send({ type: "relay_protocol", pc: which, protocol: local.relayProtocol });
+    }
+    return;
   }
 }
 

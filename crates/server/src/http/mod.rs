@@ -45,6 +45,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/api/rooms", get(ops::rooms))
         .route("/api/drain", post(ops::drain))
         .route("/api/telemetry", get(telemetry_discovery))
+        .route(
+            crate::telemetry::STREAM_PATH,
+            get(crate::telemetry::stream_handler),
+        )
         .route("/api/ice-servers", get(crate::turn::ice_servers_route))
         .route("/api/ops", get(ops::ops_once))
         .route("/api/ops/stream", get(ops::ops_stream))

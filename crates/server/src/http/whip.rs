@@ -97,6 +97,31 @@ pub(crate) async fn whip(
     create_session(&st, req, body, SessionKind::Publish, None).await
 }
 
+/// The header in which a WHIP/WHEP client that knows how it reaches its TURN relay (its relay
+/// candidates were all allocated over one transport) says so: `udp`, `tcp` or `tls`. The SFU
+/// sees only the relay's UDP; the report is shown for the session while its selected pair is
+/// relayed, never otherwise.
+pub const RELAY_PROTOCOL_HEADER: &str = "cabine-relay-protocol";
+
+/// The [`RELAY_PROTOCOL_HEADER`], if present (400 when it is not one of the three).
+fn relay_protocol_header(
+    headers: &HeaderMap,
+) -> Result<Option<cabine_sfu::room::TransportProtocol>, ApiError> {
+    let Some(v) = headers.get(RELAY_PROTOCOL_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| cabine_sfu::room::TransportProtocol::parse_relay(v.trim()))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{RELAY_PROTOCOL_HEADER} must be udp, tcp or tls"),
+            )
+        })
+}
+
 /// What [`create_session`] needs of the request.
 struct Request<'a> {
     peer: SocketAddr,
@@ -228,6 +253,7 @@ async fn create_session(
             sdp::receive_only(offer)
         }
     };
+    let relay_reported = relay_protocol_header(headers)?;
     let session = SessionId(rand::rng().random());
     let ice_ufrag = random_token(8);
     let ice_pwd = random_token(24);
@@ -288,6 +314,14 @@ async fn create_session(
             data_requests: None,
         },
     );
+    if let Some(protocol) = relay_reported {
+        // Kept for the session, shown only while its selected pair is relayed: the session was
+        // just created, so the only failure is a worker gone, which the next request reports.
+        let _ = st
+            .sfu
+            .report_relay_protocol(room.clone(), session, protocol, false)
+            .await;
+    }
     st.joins.fetch_add(1, Ordering::Relaxed);
     st.start_spans(session, action, claims.role, &room);
     st.audit(

@@ -33,6 +33,7 @@ mod privilege;
 mod queue;
 mod queue_browser;
 mod relay;
+mod restart;
 mod tcp_netns;
 mod telemetry;
 mod tokens;

@@ -39,6 +39,8 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     let s = common::start_with(|c| {
         c.http.listen = SocketAddr::new(ns.host_ip.into(), 0);
         c.media.bind = SocketAddr::new(ns.host_ip.into(), 0);
+        // Telemetry's QUIC on the same address, so the namespace's UDP drop applies to it.
+        c.telemetry.listen = SocketAddr::new(ns.host_ip.into(), 0).to_string();
         assert!(c.media.tcp, "ICE-TCP is on by default");
         // Two cores for chromium and a debug-build server: be patient with ICE.
         c.media.disconnect_grace = Duration::from_secs(30);
@@ -99,6 +101,12 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     let rooms =
         media.unwrap_or_else(|e| panic!("cabine-kiosk over ICE-TCP from the namespace: {e}"));
     eprintln!("tcp_netns: cabine-kiosk sessions over ICE-TCP: {rooms}");
+
+    // `cabine-kiosk dial --ice-tcp` from inside: media over ICE-TCP, and the vitals, whose
+    // QUIC cannot handshake, over the telemetry WebSocket on the HTTP port; a doctor outside
+    // receives its measurements on the data channel.
+    let vitals = vitals_from_the_namespace(&s, &ns).await;
+    eprintln!("tcp_netns: cabine-kiosk dial's vitals over the stream transport: {vitals}");
 
     // Chromium inside, ICE-TCP.
     let hold = std::env::temp_dir().join(format!("cabine-ice-tcp-hold-{}", std::process::id()));
@@ -197,6 +205,122 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
         "the ICE-TCP listener's counters: {tcp}"
     );
     s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// Runs `cabine-kiosk dial` (its library, as the command runs it, with `--ice-tcp`) inside `ns`
+/// and waits until its telemetry is connected over the stream transport (QUIC's UDP is
+/// dropped) and a doctor subscribing from outside has received measurements of two device
+/// channels from it with decoded media; returns what was seen.
+async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> String {
+    use cabine_kiosk::devices::DevicesConfig;
+    use cabine_kiosk::dial::{self, DialConfig};
+    use cabine_kiosk::Subscriber;
+
+    let room = format!("{ROOM}-dial");
+    let mut cfg = DialConfig::new(s.base.clone(), s.token(&room, Role::Kiosk, "kiosk-dial"));
+    cfg.client = ClientOptions {
+        ice_tcp: true,
+        gather_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    cfg.subscribe = false;
+    cfg.media.room_fps = 5;
+    cfg.media.room_kbps = 150;
+    cfg.media.device_fps = 5;
+    cfg.media.device_kbps = 100;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(250);
+    devices.thermometer_interval = Duration::from_millis(500);
+    cfg.devices = Some(devices);
+    let telemetry = s.server.telemetry().expect("telemetry enabled");
+    let doctor_token = s.token(&room, Role::Doctor, "dr-dial");
+    let whep = format!("{}/whep/{room}", s.base);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let kiosk = scope.spawn(|| {
+                ns.run_in(|| {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(dial::run(cfg, async move {
+                        let _ = stopped.await;
+                    }))
+                })
+            });
+            let seen = handle.block_on(async {
+                // The kiosk's telemetry session is up, over the WebSocket.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let st = telemetry.sidecar_stats();
+                    if st.kiosks_connected >= 1 && st.stream_connections >= 1 {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!(
+                            "the kiosk's telemetry did not connect over the stream transport: \
+                             {} kiosks, {} stream connections, refusals {:?}",
+                            st.kiosks_connected, st.stream_connections, st.refusals
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // A doctor (outside, where UDP works) receives the vitals and the media.
+                let doctor = Subscriber::connect(
+                    &whep,
+                    &doctor_token,
+                    ClientOptions {
+                        data_channel: true,
+                        recv_video: 2,
+                        recv_audio: 2,
+                        ..ClientOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("doctor: {e}"))?;
+                let tracks = doctor
+                    .tracks(1, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| format!("the kiosk's tracks: {e}"))?;
+                tracks[0]
+                    .read_rtp_timeout(Duration::from_secs(20))
+                    .await
+                    .map_err(|e| format!("media on {}: {e}", tracks[0].id()))?;
+                let mut channels = std::collections::BTreeMap::<u64, u64>::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while channels.len() < 2 || channels.values().any(|n| *n < 2) {
+                    if Instant::now() > deadline {
+                        return Err(format!("measurements per channel: {channels:?}"));
+                    }
+                    let Ok(m) = doctor.next_data(Duration::from_millis(500)).await else {
+                        continue;
+                    };
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&m.data).map_err(|e| e.to_string())?;
+                    if v["source"] == "kiosk-dial" && v["frame"].get("measurement").is_some() {
+                        *channels
+                            .entry(v["channel_id"].as_u64().unwrap_or(0))
+                            .or_default() += 1;
+                    }
+                }
+                Ok(format!(
+                    "measurements per channel {channels:?}, {} stream connection(s)",
+                    telemetry.sidecar_stats().stream_connections
+                ))
+            });
+            let _ = stop.send(());
+            let stats = kiosk.join().expect("kiosk thread");
+            match (seen, stats) {
+                (Ok(seen), Ok(stats)) => format!("{seen}; kiosk: {:?}", stats.telemetry),
+                (Err(e), _) => panic!("cabine-kiosk dial's vitals from the namespace: {e}"),
+                (_, Err(e)) => panic!("cabine-kiosk dial in the namespace: {e}"),
+            }
+        })
+    })
 }
 
 /// A kiosk publishes a microphone over WHIP on `base` in `room` and a doctor subscribes over

@@ -571,3 +571,134 @@ async fn bad_telemetry_requests_are_refused_precisely() {
     let _ = doctor.close().await;
     s.server.shutdown(Duration::from_millis(200)).await;
 }
+
+/// The stream transport on loopback: `/api/telemetry` advertises it; a kiosk client that uses
+/// only it (as with UDP blocked) connects over the WebSocket, its measurements are acknowledged
+/// and reach the sidecar, a bad token is refused for good (close code 4000 + `bad_token`), and
+/// a message that is not one frame closes the socket with `malformed_frame`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_over_the_websocket_when_quic_is_not_an_option() {
+    use cabine_proto::telemetry::{ChannelDecl, ChannelKind, DeviceKind, ErrorCode, Measurement};
+    use cabine_sidecar::client::{Client, ClientConfig, ClientError, StreamTransport};
+    use cabine_sidecar::tls::ServerVerification;
+    use futures_util::{SinkExt, StreamExt};
+
+    let s = common::start().await;
+    let room = "consult-ws-telemetry";
+    let token = s.token(room, Role::Kiosk, "kiosk-ws");
+    let found: Value = reqwest::Client::new()
+        .get(format!("{}/api/telemetry", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["stream_url"], "/api/telemetry/ws", "{found}");
+    let ws_url = format!("{}/api/telemetry/ws", s.base.replacen("http", "ws", 1));
+    let telemetry = s.server.telemetry().expect("telemetry enabled");
+
+    let config = |token: &str| {
+        // A QUIC address nobody answers on: only the stream transport may work.
+        let mut c = ClientConfig::new(
+            "127.0.0.1:9".parse().unwrap(),
+            token,
+            cabine_proto::RoomId::parse(room).unwrap(),
+            ServerVerification::InsecureAcceptAny,
+        );
+        let mut t = StreamTransport::new(&ws_url, ServerVerification::InsecureAcceptAny);
+        t.only = true;
+        c.stream = Some(t);
+        c
+    };
+    let client = Client::connect(config(&token))
+        .await
+        .expect("connects over the WebSocket");
+    client
+        .declare(ChannelDecl {
+            channel_id: 1,
+            kind: ChannelKind::Measurement as i32,
+            device_kind: DeviceKind::PulseOximeter as i32,
+            loinc: "59408-5".into(),
+            mdc_code: 150456,
+            unit: "%".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    for i in 0..5 {
+        client
+            .send_measurement(Measurement {
+                channel_id: 1,
+                capture_time_us: client.clock().now_us(),
+                values: vec![cabine_proto::telemetry::Value {
+                    loinc: "59408-5".into(),
+                    mdc_code: 150456,
+                    value: 95.0 + f64::from(i),
+                    unit: "%".into(),
+                }],
+                status: 1,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    client
+        .flush(Duration::from_secs(10))
+        .await
+        .expect("every measurement acknowledged over the WebSocket");
+    let st = telemetry.sidecar_stats();
+    assert_eq!(st.stream_connections, 1);
+    assert_eq!(st.kiosks_connected, 1);
+    let frames: u64 = st
+        .channels
+        .iter()
+        .filter(|c| c.kind == "measurement")
+        .map(|c| c.frames)
+        .sum();
+    assert_eq!(frames, 5, "{st:?}");
+    client.close().await;
+
+    // A forged token: refused for good, as on QUIC.
+    let forged = Client::connect(config("not-a-token")).await.err();
+    assert!(
+        matches!(
+            forged,
+            Some(ClientError::Refused {
+                code: ErrorCode::BadToken,
+                ..
+            })
+        ),
+        "{forged:?}"
+    );
+
+    // Two frames in one message: closed with malformed_frame.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect("WebSocket");
+    let frame = cabine_proto::telemetry::encode_frame(&cabine_proto::telemetry::ClientFrame {
+        body: Some(cabine_proto::telemetry::client_frame::Body::Pong(
+            Default::default(),
+        )),
+    })
+    .unwrap();
+    let mut two = frame.clone();
+    two.extend_from_slice(&frame);
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(two.into()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let next = tokio::time::timeout_at(deadline.into(), ws.next())
+            .await
+            .expect("closed within 10 s");
+        match next {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                break u16::from(f.code)
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4000 + ErrorCode::MalformedFrame as u16);
+    s.server.shutdown(Duration::from_millis(100)).await;
+}

@@ -16,7 +16,7 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::common::coturn::{
@@ -98,8 +98,20 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
         s.token(kiosk_room, Role::Doctor, "dr-1"),
         s.token("*", Role::Operator, "ops-1"),
     );
+    // The kiosk is configured with the turns: URL (`--turn`) and Cabine's credential for it:
+    // knowing it relays over TLS, it says so in its WHIP/WHEP POSTs.
+    let reply: IceServersReply = ice_servers(&s.base, Some(&kiosk))
+        .await
+        .json()
+        .await
+        .expect("ICE servers");
+    let (user, credential) = turn_credential(&reply);
+    let turns = coturn.urls()[1].clone();
+    assert!(turns.starts_with("turns:"), "{turns}");
     let opts = ClientOptions {
         relay_only: true,
+        ice_servers: vec![cabine_kiosk::IceServer::turn(turns, user, credential)],
+        endpoint_ice_servers: false,
         // coturn's certificate is the test's own.
         accept_invalid_certs: true,
         ..ClientOptions::default()
@@ -111,7 +123,11 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
                 .build()
                 .unwrap();
             rt.block_on(relay_only_media(
-                &base, kiosk_room, &kiosk, &doctor, &ops, opts,
+                &base,
+                kiosk_room,
+                (&kiosk, &doctor, &ops),
+                opts,
+                "tls",
             ))
         })
     });
@@ -123,12 +139,15 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     });
 
     // Chromium inside the namespace, relay only.
+    let hold = std::env::temp_dir().join(format!("cabine-turn-hold-{}", std::process::id()));
+    let _ = std::fs::remove_file(&hold);
     let envs = [
         ("CABINE_URL", s.base.clone()),
         ("ROOM", ROOM.to_owned()),
         ("KIOSK_TOKEN", token.clone()),
         ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
         ("RELAY_PROTOCOL", "tls".to_owned()),
+        ("HOLD_FILE", hold.display().to_string()),
         (
             "CHROMIUM_ARGS",
             format!(
@@ -141,7 +160,7 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     ];
     let name = ns.name.clone();
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let driver = tokio::task::spawn_blocking(move || {
         run_driver_with(
             &["ip", "netns", "exec", &name],
             &d,
@@ -149,9 +168,40 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
             &envs,
             DRIVER_TIMEOUT,
         )
-    })
-    .await
-    .expect("driver thread");
+    });
+    // While the pages are open: the pages reported their relay protocol (the server sees only
+    // coturn's UDP), so /api/rooms says relay/tls for both sessions.
+    let ops = s.token("*", Role::Operator, "ops-1");
+    let mut rooms = serde_json::Value::Null;
+    let mut relay_tls = 0;
+    let deadline = Instant::now() + DRIVER_TIMEOUT;
+    while Instant::now() < deadline && !driver.is_finished() {
+        if let Ok(r) = reqwest::Client::new()
+            .get(format!("{}/api/rooms", s.base))
+            .bearer_auth(&ops)
+            .send()
+            .await
+        {
+            rooms = r.json().await.unwrap_or_default();
+            relay_tls = rooms["rooms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["room"] == ROOM)
+                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+                .filter(|s| {
+                    s["transport"]["candidate"] == "relay" && s["transport"]["protocol"] == "tls"
+                })
+                .count();
+            if relay_tls >= 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&hold, b"seen").expect("hold file");
+    let out = driver.await.expect("driver thread");
+    let _ = std::fs::remove_file(&hold);
     assert!(
         out.ok(),
         "chromium through coturn over TLS failed (exit {}{}):\n{}\n{}\ncoturn:\n{}",
@@ -166,6 +216,10 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
             .take(40)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    assert!(
+        relay_tls >= 2,
+        "/api/rooms did not report the pages' sessions as relay/tls: {rooms:#}"
     );
     s.server.shutdown(Duration::from_millis(100)).await;
 }

@@ -41,7 +41,9 @@ pub use self::output::{Output, Progress, Stage};
 pub use self::snapshot::{
     DropCounters, PublishedSnapshot, ReceivedSnapshot, RoomSnapshot, SessionSnapshot,
 };
-pub use self::transport::{CandidateType, Transport, TransportProtocol, MAX_REMOTE_CANDIDATES};
+pub use self::transport::{
+    CandidateType, RelayReportError, Transport, TransportProtocol, MAX_REMOTE_CANDIDATES,
+};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

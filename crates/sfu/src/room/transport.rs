@@ -10,7 +10,10 @@
 //! or a candidate trickled to the server, which ignores trickled candidates). What the SFU
 //! cannot see: how a relayed client reaches its TURN server (UDP, TCP or TLS). coturn relays
 //! to the SFU over UDP, and a relay candidate's SDP line does not say which transport the client
-//! used to allocate it; only the client's own statistics (`relayProtocol`) tell.
+//! used to allocate it; only the client's own statistics (`relayProtocol`) tell. So a client
+//! may report it ([`Room::report_relay_protocol`]): the report is kept for the session and
+//! shown only while the selected pair's remote candidate is a relay one (a client cannot make a
+//! direct path look relayed).
 
 use std::net::SocketAddr;
 
@@ -31,8 +34,37 @@ pub const MAX_REMOTE_CANDIDATES: usize = 32;
 pub enum TransportProtocol {
     /// UDP (also what a TURN relay uses towards the SFU, whatever the client used).
     Udp,
-    /// ICE-TCP (RFC 6544) on the media port.
+    /// ICE-TCP (RFC 6544) on the media port; for a relay candidate, TURN over TCP as the
+    /// client reported it.
     Tcp,
+    /// For a relay candidate only: TURN over TLS between the client and its relay, as the
+    /// client reported it.
+    Tls,
+}
+
+impl TransportProtocol {
+    /// Parses a client's report of its relay protocol (`udp`, `tcp`, `tls`, as in WebRTC
+    /// statistics' `relayProtocol`).
+    pub fn parse_relay(s: &str) -> Option<TransportProtocol> {
+        match s {
+            "udp" => Some(TransportProtocol::Udp),
+            "tcp" => Some(TransportProtocol::Tcp),
+            "tls" => Some(TransportProtocol::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// Why a relay-protocol report was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayReportError {
+    /// The session does not exist (in this room).
+    #[error("no such session")]
+    UnknownSession,
+    /// The session's selected pair does not use a relay candidate (or none is selected yet).
+    #[error("the session's selected candidate is not a relay one")]
+    NotRelayed,
 }
 
 /// The type of the client's candidate in the selected pair (RFC 8445 §5.1.1).
@@ -74,6 +106,11 @@ impl Transport {
             (Srflx, Tcp) => "srflx/tcp",
             (Prflx, Tcp) => "prflx/tcp",
             (Relay, Tcp) => "relay/tcp",
+            (Relay, Tls) => "relay/tls",
+            // A report only applies to relay candidates.
+            (Host, Tls) => "host/tls",
+            (Srflx, Tls) => "srflx/tls",
+            (Prflx, Tls) => "prflx/tls",
         }
     }
 }
@@ -84,6 +121,8 @@ impl Transport {
 pub(super) struct Path {
     remote: Vec<(SocketAddr, Protocol, CandidateType)>,
     pub(super) selected: Option<Transport>,
+    /// How the client says it reaches its relay.
+    relay_reported: Option<TransportProtocol>,
 }
 
 impl Path {
@@ -126,6 +165,10 @@ impl Path {
                 *addr == remote && (*proto == Protocol::Udp) == (protocol == TransportProtocol::Udp)
             })
             .map_or(CandidateType::Prflx, |(_, _, kind)| *kind);
+        let protocol = match (candidate, self.relay_reported) {
+            (CandidateType::Relay, Some(reported)) => reported,
+            _ => protocol,
+        };
         let t = Some(Transport {
             protocol,
             candidate,
@@ -136,7 +179,48 @@ impl Path {
     }
 }
 
+impl Path {
+    /// The client reports how it reaches its relay. With `require_relayed`, refused when a
+    /// pair is selected and its remote candidate is not a relay (a pair not reported by the
+    /// engine yet keeps the report pending); without, kept for whenever it is (a report made
+    /// before the connection, a WHIP header). Either way it is shown only on a relayed pair.
+    pub(super) fn report_relay(
+        &mut self,
+        protocol: TransportProtocol,
+        require_relayed: bool,
+    ) -> Result<(), RelayReportError> {
+        let relayed = self
+            .selected
+            .is_some_and(|t| t.candidate == CandidateType::Relay);
+        if require_relayed && self.selected.is_some() && !relayed {
+            return Err(RelayReportError::NotRelayed);
+        }
+        self.relay_reported = Some(protocol);
+        if let Some(t) = self.selected.as_mut().filter(|_| relayed) {
+            t.protocol = protocol;
+        }
+        Ok(())
+    }
+}
+
 impl Room {
+    /// A client's report of how it reaches its TURN relay (its selected local candidate's
+    /// `relayProtocol`), for `session` of this room; see [`Path::report_relay`] for
+    /// `require_relayed`.
+    pub fn report_relay_protocol(
+        &mut self,
+        session: super::SessionId,
+        protocol: TransportProtocol,
+        require_relayed: bool,
+    ) -> Result<(), RelayReportError> {
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == session)
+            .ok_or(RelayReportError::UnknownSession)?;
+        s.path.report_relay(protocol, require_relayed)
+    }
+
     /// Adds the server's candidates to a new session's engine: UDP host on the media address
     /// and, with [`RoomConfig::tcp_candidate`](super::RoomConfig::tcp_candidate), passive TCP
     /// host on the same address (its type preference, 90 against UDP's 126, puts it below).
@@ -182,6 +266,16 @@ mod tests {
         let mut p = path();
         assert!(p.select(Protocol::Udp, "198.51.100.7:49200".parse().unwrap()));
         assert_eq!(p.selected.map(|t| t.label()), Some("relay/udp"));
+        // The client says it reaches its relay over TLS: shown while the pair is relayed.
+        p.report_relay(TransportProtocol::Tls, true).unwrap();
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/tls"));
+        // The pair moves to a direct candidate: the report is not shown, and a new one refused.
+        p.select(Protocol::Udp, "203.0.113.5:40000".parse().unwrap());
+        assert_eq!(p.selected.map(|t| t.label()), Some("srflx/udp"));
+        assert_eq!(
+            p.report_relay(TransportProtocol::Tls, true),
+            Err(RelayReportError::NotRelayed)
+        );
         p.select(Protocol::Udp, "203.0.113.5:40000".parse().unwrap());
         assert_eq!(p.selected.map(|t| t.label()), Some("srflx/udp"));
         p.select(Protocol::Udp, "192.168.1.10:50000".parse().unwrap());

@@ -380,6 +380,13 @@ enum Msg {
         local: str0m::IceCreds,
         reply: oneshot::Sender<bool>,
     },
+    RelayProtocol {
+        room: RoomId,
+        session: SessionId,
+        protocol: crate::room::TransportProtocol,
+        require_relayed: bool,
+        reply: oneshot::Sender<Result<(), crate::room::RelayReportError>>,
+    },
     /// Test-only faults (`fault-injection` feature).
     #[cfg(feature = "fault-injection")]
     Fault {
@@ -726,6 +733,29 @@ impl Sfu {
         } else {
             Err(SfuError::UnknownSession(session))
         }
+    }
+
+    /// A client's report of how it reaches its TURN relay (see
+    /// [`Room::report_relay_protocol`](crate::room::Room::report_relay_protocol)).
+    pub async fn report_relay_protocol(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        protocol: crate::room::TransportProtocol,
+        require_relayed: bool,
+    ) -> Result<Result<(), crate::room::RelayReportError>, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            self.worker_for(&room),
+            Msg::RelayProtocol {
+                room,
+                session,
+                protocol,
+                require_relayed,
+                reply,
+            },
+        )?;
+        rx.await.map_err(|_| SfuError::Stopped)
     }
 
     /// Sends a telemetry message to the subscribers of `room` (see

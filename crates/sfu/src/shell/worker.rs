@@ -359,6 +359,23 @@ impl Worker {
                     });
                 }
             }
+            Msg::RelayProtocol {
+                room,
+                session,
+                protocol,
+                require_relayed,
+                reply,
+            } => {
+                let found = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, None, |r, _| {
+                            r.report_relay_protocol(session, protocol, require_relayed)
+                        })
+                    })
+                    .unwrap_or(Err(crate::room::RelayReportError::UnknownSession));
+                let _ = reply.send(found);
+            }
             Msg::IceRestart {
                 room,
                 session,

@@ -1,15 +1,27 @@
 //! The kiosk's measurement outbox (sans-IO): every measurement is kept until the server
 //! acknowledges it, and resent in order after a reconnection. Memory is bounded: beyond
 //! `max_unacked` the oldest unacknowledged measurement is dropped and counted.
+//!
+//! The last [`RETAINED`] acknowledged measurements of each channel are kept too: a server's
+//! acknowledgement means it handed them on, not that every subscriber got them, and a node that
+//! stops right after (a restart, a death) may have lost some on their way. When a new
+//! connection's resume ack says the server has less than the kiosk was told (a new process or
+//! another node, which knows nothing of this kiosk), the retained ones above it are sent again;
+//! subscribers drop those they already have by their key (kiosk, epoch, channel, seq).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use cabine_proto::telemetry::Measurement;
 
+/// Acknowledged measurements kept per channel for a server that forgot them.
+pub const RETAINED: usize = 64;
+
 #[derive(Debug, Default)]
 struct ChannelBox {
     next_seq: u64,
     unacked: VecDeque<Measurement>,
+    /// The last acknowledged ones, oldest first, at most [`RETAINED`].
+    retained: VecDeque<Measurement>,
     /// Highest seq written on the current connection.
     sent_upto: u64,
     /// Highest seq ever written (to count resends).
@@ -73,7 +85,30 @@ impl Outbox {
         let Some(ch) = self.channels.get_mut(&channel) else {
             return;
         };
+        if up_to < ch.acked {
+            // A server that knows less than we were told: a new one. What it lacks of the
+            // retained measurements goes back in front of the unacknowledged ones.
+            let mut back: Vec<Measurement> = Vec::new();
+            while ch.retained.back().is_some_and(|m| m.seq > up_to) {
+                back.extend(ch.retained.pop_back());
+            }
+            for m in back {
+                ch.unacked.push_front(m);
+                self.total += 1;
+            }
+            ch.acked = up_to;
+            ch.sent_upto = up_to;
+            return;
+        }
         let before = ch.unacked.len();
+        while ch.unacked.front().is_some_and(|m| m.seq <= up_to) {
+            if let Some(m) = ch.unacked.pop_front() {
+                if ch.retained.len() >= RETAINED {
+                    ch.retained.pop_front();
+                }
+                ch.retained.push_back(m);
+            }
+        }
         ch.unacked.retain(|m| m.seq > up_to);
         let n = before - ch.unacked.len();
         self.total -= n;
@@ -166,6 +201,31 @@ mod tests {
         assert_eq!(again, vec![5]);
         assert_eq!(o.counters().resent, 1);
         assert_eq!(o.counters().sent, 5);
+    }
+
+    #[test]
+    fn a_server_that_forgot_gets_the_retained_ones_again() {
+        let mut o = Outbox::new(100);
+        for _ in 0..5 {
+            o.push(m(1));
+        }
+        while o.next_to_send(|_| true).is_some() {}
+        o.ack(1, 5);
+        assert_eq!(o.unacked(), 0);
+        o.push(m(1));
+        o.reconnected();
+        // A restarted server has nothing of this kiosk: its resume ack is 0.
+        o.ack(1, 0);
+        let again: Vec<u64> = std::iter::from_fn(|| o.next_to_send(|_| true))
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(again, vec![1, 2, 3, 4, 5, 6]);
+        o.ack(1, 6);
+        assert_eq!(o.unacked(), 0);
+        // The same server again (resume ack at what it had): nothing more.
+        o.reconnected();
+        o.ack(1, 6);
+        assert!(o.next_to_send(|_| true).is_none());
     }
 
     #[test]

@@ -334,15 +334,15 @@ pub fn turn_credential(reply: &IceServersReply) -> (String, String) {
 /// A relay-only kiosk publishes a microphone over WHIP on `base` in `room`, a relay-only
 /// doctor subscribes over WHEP (both with the endpoint's ICE servers only), and 50 consecutive
 /// payloads arrive intact; `/api/rooms` (read with the operator token `ops`) reports both
-/// sessions as `relay/udp` (coturn relays to Cabine over UDP whatever the client used to reach
-/// it); the error names the step that failed.
+/// sessions as `relay/<protocol>`: coturn relays to Cabine over UDP whatever the client used to
+/// reach it, so the protocol is the clients' own report (`Cabine-Relay-Protocol`, sent when all
+/// their TURN URLs use one transport), `udp` without one; the error names the step that failed.
 pub async fn relay_only_media(
     base: &str,
     room: &str,
-    kiosk: &str,
-    doctor: &str,
-    ops: &str,
+    (kiosk, doctor, ops): (&str, &str, &str),
     opts: ClientOptions,
+    protocol: &str,
 ) -> Result<(), String> {
     super::mic_pair::microphone_to_doctor(
         base,
@@ -359,7 +359,7 @@ pub async fn relay_only_media(
                 ))
             }
         },
-        |t| t["protocol"] == "udp" && t["candidate"] == "relay",
+        |t| t["protocol"] == protocol && t["candidate"] == "relay",
     )
     .await
     .map(|_| ())
