@@ -333,6 +333,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (pub_tx, pub_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<DialError>(2);
+    // Where the room moved (a `Move` on the telemetry control stream): media follows.
+    let (moved_tx, moved_rx) = watch::channel::<Option<String>>(None);
 
     // Media: build every source first, so a bad file or setting fails before dialling.
     let sources = build_sources(&config)?;
@@ -399,13 +401,19 @@ pub async fn run(
     });
     tasks.spawn(publish_loop(
         Arc::clone(&ctx),
-        whip,
+        (whip, room.clone()),
         specs,
         pub_tx,
+        moved_rx.clone(),
         stop_rx.clone(),
     ));
     if config.subscribe {
-        tasks.spawn(subscribe_loop(Arc::clone(&ctx), whep, stop_rx.clone()));
+        tasks.spawn(subscribe_loop(
+            Arc::clone(&ctx),
+            (whep, room.clone()),
+            moved_rx.clone(),
+            stop_rx.clone(),
+        ));
     }
     if let Some(mut devices) = config.devices.take() {
         devices.seed = config.seed;
@@ -435,6 +443,7 @@ pub async fn run(
                         stats: Arc::clone(&stats),
                         relay_only: config.client.relay_only,
                         accept_invalid_certs: config.client.accept_invalid_certs,
+                        moved: moved_tx.clone(),
                     },
                     stop_rx.clone(),
                 ));
@@ -723,6 +732,24 @@ fn is_fatal(e: &Error) -> bool {
 enum Ended {
     Stop,
     Lost(String),
+    /// The room moved to the node at this base URL (the server drains).
+    Moved(String),
+}
+
+/// How long the old session of a moved room is kept once the new one is up: the time for the
+/// new node's subscribers to get the new publication and a keyframe.
+const MOVE_OVERLAP: Duration = Duration::from_millis(1500);
+
+/// The next base URL the room moves to.
+async fn next_move(moved: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if moved.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(url) = moved.borrow_and_update().clone() {
+            return url;
+        }
+    }
 }
 
 /// Watches a connected session until it fails for good or `stop`.
@@ -774,24 +801,32 @@ async fn watch_connection(
 /// Publishes, and publishes again whenever the connection is lost.
 async fn publish_loop(
     ctx: Arc<Ctx>,
-    whip: String,
+    (mut whip, room): (String, String),
     specs: Vec<TrackSpec>,
     current: watch::Sender<Option<Arc<Publisher>>>,
+    mut moved: watch::Receiver<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    // A publisher already connected on the node the room moved to (make-before-break).
+    let mut ready: Option<Arc<Publisher>> = None;
     loop {
-        let connect = Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
-        let result = tokio::select! {
-            r = connect => r,
-            _ = stopped(&mut stop) => return,
+        let result = match ready.take() {
+            Some(p) => Ok(p),
+            None => {
+                let connect =
+                    Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
+                tokio::select! {
+                    r = connect => r.map(Arc::new),
+                    _ = stopped(&mut stop) => return,
+                }
+            }
         };
         match result {
             Ok(publisher) => {
                 failures = 0;
                 ctx.update(|s| s.publish_sessions += 1);
                 tracing::info!(tracks = specs.len(), "publishing");
-                let publisher = Arc::new(publisher);
                 current.send_replace(Some(Arc::clone(&publisher)));
                 let feedback = || {
                     publisher
@@ -804,20 +839,41 @@ async fn publish_loop(
                         })
                         .sum::<u64>()
                 };
-                let ended = watch_connection(
-                    || publisher.connection_state(),
-                    feedback,
-                    ctx.grace,
-                    &mut stop,
-                )
-                .await;
-                current.send_replace(None);
+                let ended = tokio::select! {
+                    e = watch_connection(
+                        || publisher.connection_state(),
+                        feedback,
+                        ctx.grace,
+                        &mut stop,
+                    ) => e,
+                    url = next_move(&mut moved) => Ended::Moved(url),
+                };
+                if let Ended::Moved(url) = &ended {
+                    // Publish on the new node first; the pumps switch to it (with a keyframe)
+                    // before the old session ends.
+                    if let Ok(next) = endpoint(url, "whip", &room) {
+                        whip = next;
+                    }
+                    let connect =
+                        Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
+                    match connect.await {
+                        Ok(p) => ready = Some(Arc::new(p)),
+                        Err(e) => tracing::warn!(error = %e, "publishing on the new node failed"),
+                    }
+                }
+                // The pumps switch to the new publisher (with a keyframe) before the old one
+                // ends, and its subscribers get the new publication first.
+                current.send_replace(ready.clone());
+                if ready.is_some() {
+                    tokio::time::sleep(MOVE_OVERLAP).await;
+                }
                 close_publisher(publisher).await;
                 match ended {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
                         tracing::warn!(reason = %why, "publishing connection lost; reconnecting")
                     }
+                    Ended::Moved(url) => tracing::info!(%url, "publishing moved to the new node"),
                 }
             }
             Err(e) if is_fatal(&e) => {
@@ -865,7 +921,12 @@ async fn close_publisher(mut publisher: Arc<Publisher>) {
 }
 
 /// Subscribes to the room, and again whenever the connection is lost.
-async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<bool>) {
+async fn subscribe_loop(
+    ctx: Arc<Ctx>,
+    (mut whep, room): (String, String),
+    mut moved: watch::Receiver<Option<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
     let opts = ClientOptions {
         recv_video: 2,
@@ -885,9 +946,10 @@ async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<b
                 tracing::info!("subscribed to the room");
                 let subscriber = Arc::new(subscriber);
                 let accept = tokio::spawn(accept_tracks(Arc::clone(&subscriber), Arc::clone(&ctx)));
-                let ended =
-                    watch_connection(|| subscriber.connection_state(), || 0, ctx.grace, &mut stop)
-                        .await;
+                let ended = tokio::select! {
+                    e = watch_connection(|| subscriber.connection_state(), || 0, ctx.grace, &mut stop) => e,
+                    url = next_move(&mut moved) => Ended::Moved(url),
+                };
                 accept.abort();
                 let _ = accept.await;
                 match Arc::try_unwrap(subscriber) {
@@ -902,6 +964,12 @@ async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<b
                     Ended::Stop => return,
                     Ended::Lost(why) => {
                         tracing::warn!(reason = %why, "subscribing connection lost; reconnecting")
+                    }
+                    Ended::Moved(url) => {
+                        tracing::info!(%url, "subscribing on the node the room moved to");
+                        if let Ok(next) = endpoint(&url, "whep", &room) {
+                            whep = next;
+                        }
                     }
                 }
             }

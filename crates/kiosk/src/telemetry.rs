@@ -110,6 +110,9 @@ pub(crate) struct Link {
     pub relay_only: bool,
     /// Trust any certificate on the HTTPS API (`--insecure`), the stream transport's too.
     pub accept_invalid_certs: bool,
+    /// Where the room moved (a `Move` from the server): the media loops follow it, and
+    /// rediscovery asks there rather than at `server`.
+    pub moved: watch::Sender<Option<String>>,
 }
 
 /// Why discovery failed.
@@ -219,11 +222,13 @@ fn rediscovery(link: &Link) -> Option<Rediscover> {
     if link.config.url.is_some() && link.config.verification.is_some() {
         return None;
     }
-    let (http, server, token) = (link.http.clone(), link.server.clone(), link.token.clone());
+    let (http, entry, token) = (link.http.clone(), link.server.clone(), link.token.clone());
     let (fixed_url, fixed_trust) = (link.config.url.clone(), link.config.verification.clone());
     let (relay_only, insecure) = (link.relay_only, link.accept_invalid_certs);
+    let moved = link.moved.subscribe();
     Some(Rediscover::new(move || {
-        let (http, server, token) = (http.clone(), server.clone(), token.clone());
+        let server = moved.borrow().clone().unwrap_or_else(|| entry.clone());
+        let (http, server, token) = (http.clone(), server, token.clone());
         let (fixed_url, fixed_trust) = (fixed_url.clone(), fixed_trust.clone());
         Box::pin(async move {
             let d = discover(&http, &server, &token).await.ok()?;
@@ -496,8 +501,20 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
     let mut stills_tasks = JoinSet::new();
     tracing::info!(%url, channels = link.channels.len(), "telemetry: dialling the sidecar");
     let mut status = client.state_changes();
+    let mut moves = client.moves();
     loop {
         tokio::select! {
+            changed = moves.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let to = moves.borrow_and_update().clone();
+                if let Some(url) = to {
+                    tracing::info!(%url, "telemetry: the room moves; following it (media and telemetry)");
+                    link.moved.send_replace(Some(url));
+                    client.redial_elsewhere();
+                }
+            }
             o = link.outputs.recv() => {
                 let Some(o) = o else { break };
                 let r = send(&client, o);

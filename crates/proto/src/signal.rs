@@ -167,6 +167,14 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+    /// The room moves to another node (this one drains): open a session at `url` (the new
+    /// node's base URL), publish and subscribe there, then leave this one (make-before-break).
+    Move {
+        /// The new node's public base URL.
+        url: String,
+        /// Why (`drain`).
+        reason: String,
+    },
     /// A doctor allowed (or stopped allowing) an assistant to operate the devices; sent to
     /// every participant of the room.
     CommandsAllowed {

@@ -31,6 +31,10 @@ function fragmentKey() {
   return "cabine:fragment:" + location.pathname;
 }
 
+// How long a page moving to another node keeps its old session at most, waiting for the new
+// one to carry the same publishers.
+const MOVE_WAIT_MS = 10000;
+
 // Redirects between cluster nodes a page follows in a row before it gives up.
 const MAX_REDIRECTS = 3;
 
@@ -156,7 +160,8 @@ export class Session extends EventTarget {
   }
 
   connect(resume) {
-    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, location.href);
+    // `base`: the node the room moved to (a `move`), else this page's own origin.
+    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, this.base || location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("token", this.token);
     const ws = new WebSocket(url);
@@ -232,6 +237,9 @@ export class Session extends EventTarget {
           await this.publishNow();
         }
         break;
+      case "move":
+        await this.move(m.url, m.reason);
+        break;
       case "redirect": {
         // Another node holds the room (a cluster): open this same page there, with the same
         // fragment (the token), so that its signalling is same-origin again. Never from https
@@ -270,6 +278,54 @@ export class Session extends EventTarget {
         this.emit(m.type, m);
         break;
     }
+  }
+
+  // The room moves to the node at `url` (its node drains): a new signalling session there,
+  // publishing the same tracks and subscribing again, while the old one goes on; the old one is
+  // closed once the new one carries every publisher the old one did (or after MOVE_WAIT_MS).
+  // The identity is the token's, so the other participants see the same identity throughout.
+  async move(url, reason) {
+    if (this.moving) return;
+    let target;
+    try { target = new URL(url); } catch (_) { return; }
+    if (location.protocol === "https:" && target.protocol !== "https:") {
+      this.emit("error", { code: "move_refused", message: `refused a move from https to ${target.origin} (the token would travel in clear)` });
+      return;
+    }
+    const old = { ws: this.ws, sub: this.sub, pub: this.pub, tracks: this.tracks };
+    this.moving = old;
+    this.emit("moving", { url: target.origin, reason });
+    // What the old node still says about its sessions no longer matters.
+    if (old.ws) { old.ws.onmessage = null; old.ws.onclose = null; }
+    this.base = target.origin;
+    this.ws = null; this.sub = null; this.pub = null;
+    this.tracks = new Map();
+    this.answered = 0;
+    this.resumeToken = null;
+    this.telemetry = { reliable: null, lossy: null, commands: null };
+    for (const s of this.sends) s.transceiver = null;
+    this.connect(false);
+    const started = Date.now();
+    const wanted = () => new Set([...old.tracks.values()].map((t) => `${t.from}/${t.label}`));
+    const have = () => new Set([...this.tracks.values()].map((t) => `${t.from}/${t.label}`));
+    await new Promise((resolve) => {
+      const check = () => {
+        const h = have();
+        const done = [...wanted()].every((k) => h.has(k)) && (this.sub || !this.subscribe);
+        if ((done && this.state === "live") || Date.now() - started > MOVE_WAIT_MS) resolve();
+        else setTimeout(check, 100);
+      };
+      check();
+    });
+    // A moment for the new tracks' first frames, then the old session goes.
+    await new Promise((r) => setTimeout(r, 500));
+    try { if (old.ws && old.ws.readyState === WebSocket.OPEN) old.ws.send(JSON.stringify({ v: V, type: "leave" })); } catch (_) { /* gone */ }
+    if (old.sub) old.sub.close();
+    if (old.pub) old.pub.close();
+    if (old.ws) old.ws.close();
+    for (const [mid, t] of old.tracks) if (!this.tracks.has(mid)) this.emit("track_removed", t);
+    this.moving = null;
+    this.emit("moved", { url: target.origin, reason });
   }
 
   resetMedia() {

@@ -19,6 +19,7 @@ mod consult_browser;
 mod continuity_browser;
 mod cors_browser;
 mod deploy;
+mod failover;
 mod fhir;
 mod hardening;
 mod http_errors;
