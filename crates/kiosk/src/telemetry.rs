@@ -594,6 +594,13 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
     stills_tasks.shutdown().await;
     // Give queued measurements a moment to be acknowledged, then close.
     let _ = client.flush(Duration::from_secs(2)).await;
+    {
+        let cs = client.stats();
+        let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.telemetry.sessions = cs.sessions;
+        st.telemetry.resent = cs.measurements_resent;
+        st.telemetry.rediscovered = cs.rediscovered;
+    }
     if let Ok(client) = Arc::try_unwrap(client) {
         client.close().await;
     }

@@ -355,6 +355,11 @@ fn waveforms_are_ordered_late_chunks_dropped_gaps_counted() {
     let d = h.delivered();
     assert_eq!(seqs(&d), vec![1, 2, 5, 6, 9]);
     assert!(d.iter().all(|(_, reliable)| !reliable));
+    // Each chunk says how many are missing just before it (the page's gap marker), and every
+    // frame names the kiosk's epoch (its instance id).
+    let gaps: Vec<u64> = d.iter().map(|(d, _)| d.gap).collect();
+    assert_eq!(gaps, vec![0, 0, 2, 0, 2]);
+    assert!(d.iter().all(|(d, _)| d.epoch == format!("{:016x}", 7)));
     let st = h.core.stats();
     let ch = st.channels.iter().find(|c| c.channel_id == 2).unwrap();
     assert_eq!((ch.gaps, ch.late), (4, 2));

@@ -173,6 +173,11 @@ async fn telemetry_resumes_after_a_restart_without_losing_or_repeating_a_measure
         stats.telemetry
     );
     assert!(
+        stats.telemetry.resent >= 1,
+        "the kiosk sent the new node what the old one had: {:?}",
+        stats.telemetry
+    );
+    assert!(
         stats.telemetry.rediscovered >= 1,
         "the kiosk asked /api/telemetry again and took the new certificate: {:?}",
         stats.telemetry
