@@ -197,8 +197,12 @@ pub struct DialConfig {
     pub stats_every: Duration,
     /// Reconnection delays.
     pub backoff: Backoff,
-    /// A connection `disconnected` this long is given up and replaced.
+    /// A connection `disconnected` this long is given up and replaced (and one whose RTCP
+    /// feedback stopped for this long plus 1 s: a dead node is noticed within ~3 s).
     pub disconnected_grace: Duration,
+    /// Other nodes of the cluster (base URLs), asked in turn for the room when the node in
+    /// use stops answering (it died): each redirects to wherever the room is placed now.
+    pub fallback_servers: Vec<String>,
 }
 
 impl DialConfig {
@@ -222,7 +226,8 @@ impl DialConfig {
             device_summary_every: Duration::from_secs(5),
             stats_every: Duration::from_secs(10),
             backoff: Backoff::default(),
-            disconnected_grace: Duration::from_secs(5),
+            disconnected_grace: Duration::from_secs(2),
+            fallback_servers: Vec::new(),
         }
     }
 }
@@ -399,9 +404,10 @@ pub async fn run(
         stats: Arc::clone(&stats),
         fatal: fatal_tx,
     });
+    let nodes = Nodes::new(&config.server, &config.fallback_servers);
     tasks.spawn(publish_loop(
         Arc::clone(&ctx),
-        (whip, room.clone()),
+        (whip, room.clone(), nodes.clone()),
         specs,
         pub_tx,
         moved_rx.clone(),
@@ -410,7 +416,7 @@ pub async fn run(
     if config.subscribe {
         tasks.spawn(subscribe_loop(
             Arc::clone(&ctx),
-            (whep, room.clone()),
+            (whep, room.clone(), nodes.clone()),
             moved_rx.clone(),
             stop_rx.clone(),
         ));
@@ -444,6 +450,7 @@ pub async fn run(
                         relay_only: config.client.relay_only,
                         accept_invalid_certs: config.client.accept_invalid_certs,
                         moved: moved_tx.clone(),
+                        fallbacks: config.fallback_servers.clone(),
                     },
                     stop_rx.clone(),
                 ));
@@ -736,6 +743,46 @@ enum Ended {
     Moved(String),
 }
 
+/// The nodes a loop may ask for its room: the one in use first, then the others in turn.
+#[derive(Debug, Clone)]
+struct Nodes {
+    list: Vec<String>,
+    at: usize,
+}
+
+impl Nodes {
+    fn new(server: &str, fallbacks: &[String]) -> Nodes {
+        let mut list = vec![server.to_owned()];
+        for f in fallbacks {
+            if !list.contains(f) {
+                list.push(f.clone());
+            }
+        }
+        Nodes { list, at: 0 }
+    }
+
+    /// The room moved to `url` (a drain): the node in use from now on.
+    fn moved_to(&mut self, url: &str) {
+        match self.list.iter().position(|u| u == url) {
+            Some(i) => self.at = i,
+            None => {
+                self.list.push(url.to_owned());
+                self.at = self.list.len() - 1;
+            }
+        }
+    }
+
+    /// The next node's `kind` endpoint for `room` (the node in use stopped answering); `None`
+    /// with a single node (it is asked again).
+    fn next(&mut self, room: &str, kind: &str) -> Option<String> {
+        if self.list.len() < 2 {
+            return None;
+        }
+        self.at = (self.at + 1) % self.list.len();
+        endpoint(&self.list[self.at], kind, room).ok()
+    }
+}
+
 /// How long the old session of a moved room is kept once the new one is up: the time for the
 /// new node's subscribers to get the new publication and a keyframe.
 const MOVE_OVERLAP: Duration = Duration::from_millis(1500);
@@ -801,7 +848,7 @@ async fn watch_connection(
 /// Publishes, and publishes again whenever the connection is lost.
 async fn publish_loop(
     ctx: Arc<Ctx>,
-    (mut whip, room): (String, String),
+    (mut whip, room, mut nodes): (String, String, Nodes),
     specs: Vec<TrackSpec>,
     current: watch::Sender<Option<Arc<Publisher>>>,
     mut moved: watch::Receiver<Option<String>>,
@@ -871,9 +918,15 @@ async fn publish_loop(
                 match ended {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "publishing connection lost; reconnecting")
+                        tracing::warn!(reason = %why, "publishing connection lost; reconnecting");
+                        if let Some(next) = nodes.next(&room, "whip") {
+                            whip = next;
+                        }
                     }
-                    Ended::Moved(url) => tracing::info!(%url, "publishing moved to the new node"),
+                    Ended::Moved(url) => {
+                        nodes.moved_to(&url);
+                        tracing::info!(%url, "publishing moved to the new node")
+                    }
                 }
             }
             Err(e) if is_fatal(&e) => {
@@ -890,6 +943,9 @@ async fn publish_loop(
                 let delay = ctx.backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?delay, "publishing failed");
+                if let Some(next) = nodes.next(&room, "whip") {
+                    whip = next;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => return,
@@ -923,7 +979,7 @@ async fn close_publisher(mut publisher: Arc<Publisher>) {
 /// Subscribes to the room, and again whenever the connection is lost.
 async fn subscribe_loop(
     ctx: Arc<Ctx>,
-    (mut whep, room): (String, String),
+    (mut whep, room, mut nodes): (String, String, Nodes),
     mut moved: watch::Receiver<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -963,9 +1019,13 @@ async fn subscribe_loop(
                 match ended {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "subscribing connection lost; reconnecting")
+                        tracing::warn!(reason = %why, "subscribing connection lost; reconnecting");
+                        if let Some(next) = nodes.next(&room, "whep") {
+                            whep = next;
+                        }
                     }
                     Ended::Moved(url) => {
+                        nodes.moved_to(&url);
                         tracing::info!(%url, "subscribing on the node the room moved to");
                         if let Ok(next) = endpoint(&url, "whep", &room) {
                             whep = next;
@@ -987,6 +1047,9 @@ async fn subscribe_loop(
                 let delay = ctx.backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?delay, "subscribing failed");
+                if let Some(next) = nodes.next(&room, "whep") {
+                    whep = next;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => return,

@@ -123,6 +123,10 @@ pub enum ServerMsg {
         /// this session); absent when the server has none.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// The cluster's nodes (public base URLs, this one first): where to ask for the room
+        /// when this node stops answering. Absent outside a cluster.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<String>,
     },
     /// The server's offer on the subscribe connection; answer with `answer`.
     Offer {

@@ -290,7 +290,7 @@ async fn a_killed_node_leaves_the_registry_and_its_rooms_are_placed_again() {
     let (status, served) = publish(&a.base, room, "kiosk-1").await;
     assert_eq!((status, served.as_str()), (201, b.base.as_str()));
 
-    // B's record always expires within NODE_TTL (6 s) of its last write: so a dead node leaves
+    // B's record always expires within NODE_TTL (3 s) of its last write: so a dead node leaves
     // the registry within the TTL, whenever it dies.
     let record = "cabine:node:node-b";
     let ttl_ms = cabine_server::cluster::NODE_TTL.as_millis() as i64;
