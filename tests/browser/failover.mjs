@@ -5,8 +5,13 @@
 // room camera tile (requestVideoFrameCallback), from 1 s before the drain to 4 s after the
 // move, and the vitals that arrived after the drain.
 //
-// Env: CABINE_URL (node A), NEW_URL (node B), ROOM, DOCTOR_TOKEN, OPERATOR_TOKEN. Optional:
-// CHROMIUM, STEP_TIMEOUT_MS (default 30000).
+// MODE=kill: node A is killed instead (SIGKILL of KILL_PID): the page notices (heartbeat),
+// asks B, and its video and vitals come back; measured: when the first frame and the first
+// vitals update came after the kill, and the oximeter's measurement sequence as shown
+// (complete, none twice).
+//
+// Env: CABINE_URL (node A), NEW_URL (node B), ROOM, DOCTOR_TOKEN, OPERATOR_TOKEN; KILL_PID with
+// MODE=kill. Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { rmSync } from "node:fs";
@@ -56,6 +61,8 @@ async function main() {
     });
     await sleep(1000);
 
+    if (process.env.MODE === "kill") return await killed(page, step);
+
     result.stage = "drain";
     const drainAt = await page.evaluate(() => performance.now());
     const r = await fetch(`${base}/api/drain`, { method: "POST", headers: { authorization: `Bearer ${operator}` } });
@@ -97,6 +104,64 @@ async function main() {
     if (context) await context.close().catch(() => {});
     if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
   }
+}
+
+// Node A killed: when video and vitals come back, and the oximeter sequence shown.
+async function killed(page, step) {
+  result.stage = "kill";
+  const killAt = await page.evaluate(() => (window.__killAt = performance.now()));
+  process.kill(Number(env("KILL_PID")), "SIGKILL");
+  log("node A killed");
+  result.stage = "back";
+  await until(page, "moved", () => ({ base: window.cabine.session.base || "", moving: !!window.cabine.session.moving }),
+    (s) => s.base === new URL(env("NEW_URL")).origin && !s.moving, step * 2);
+  // Video and vitals back: a frame, and a vitals update, 2 s after the kill at the latest
+  // (what was in flight at the kill arrives within ~100 ms).
+  const probe = () => {
+    const t0 = window.__killAt;
+    const after = (xs) => xs.filter((t) => t > t0 + 1000);
+    const f = after(window.__frames), v = after(window.__vitals);
+    return { video: f.length ? Math.round(f[0] - t0) : null, vitals: v.length ? Math.round(v[0] - t0) : null, frames: f.length };
+  };
+  await until(page, "back", probe, (b) => b.video !== null && b.vitals !== null && b.frames > 10, step * 2);
+  const back = await page.evaluate(probe);
+  // Back means after the gap: the first frame and vitals update after the largest gap since
+  // the kill.
+  const m = await page.evaluate((t0) => {
+    const firstAfterGap = (xs) => {
+      const s = xs.filter((t) => t > t0 - 1);
+      let best = 0, at = null, prev = t0;
+      for (const t of s) { if (t - prev > best) { best = t - prev; at = t; } prev = t; }
+      return at === null ? null : Math.round(at - t0);
+    };
+    const st = window.cabine.state;
+    let oxKey = null;
+    for (const [k, c] of st.channels) if (c.device_kind === "pulse_oximeter") oxKey = k;
+    const [source, channel] = oxKey ? oxKey.split("/") : ["", ""];
+    const seqs = st.measured
+      .map((x) => x.split("/"))
+      .filter((p) => p[0] === source && p[2] === channel)
+      .map((p) => `${p[1]}/${p[3]}`);
+    const dup = seqs.length - new Set(seqs).size;
+    const nums = seqs.map((x) => Number(x.split("/")[1])).sort((a, b) => a - b);
+    const missing = [];
+    for (let i = 1; i < nums.length; i++) for (let n = nums[i - 1] + 1; n < nums[i]; n++) missing.push(n);
+    return {
+      video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals),
+      oximeter_shown: nums.length, oximeter_first: nums[0], oximeter_last: nums[nums.length - 1],
+      oximeter_missing: missing, oximeter_duplicates: dup, epochs: [...new Set(seqs.map((x) => x.split("/")[0]))].length,
+      duplicates_dropped: st.duplicatesDropped,
+      channels: [...st.channels].map(([k, c]) => `${k}:${c.device_kind}`), measured_tail: st.measured.slice(-3),
+    };
+  }, killAt);
+  Object.assign(result.checks, m, { first_after_kill: back });
+  log(`measured ${JSON.stringify(m)}`);
+  if (m.oximeter_shown < 10) throw new Error(`only ${m.oximeter_shown} oximeter measurements shown`);
+  if (m.oximeter_duplicates) throw new Error(`${m.oximeter_duplicates} oximeter measurements shown twice`);
+  if (m.oximeter_missing.length) throw new Error(`oximeter measurements missing: ${m.oximeter_missing.join(",")}`);
+  result.stage = "done";
+  finish(true, "video and vitals back on B after A's death; the oximeter sequence complete, none twice");
+  return 0;
 }
 
 process.exit(await main().catch((e) => { finish(false, String(e)); return 1; }));

@@ -188,6 +188,13 @@ export class Session extends EventTarget {
       }
       this.setState("reconnecting", "signalling connection lost");
       this.emit("signalling", { up: false });
+      // In a cluster, a node that refuses the reconnection too is taken for dead: the room is
+      // looked for on the others.
+      if (this.reconnects >= 1 && this.nodes && this.nodes.length > 1) {
+        this.reconnects++;
+        this.nodeLost();
+        return;
+      }
       const delay = Math.min(4000, 250 * 2 ** Math.min(this.reconnects, 4));
       this.reconnects++;
       setTimeout(() => { if (!this.closed) this.connect(true); }, delay);
