@@ -135,13 +135,17 @@ async function killed(page, step) {
       return at === null ? null : Math.round(at - t0);
     };
     const st = window.cabine.state;
-    let oxKey = null;
-    for (const [k, c] of st.channels) if (c.device_kind === "pulse_oximeter") oxKey = k;
-    const [source, channel] = oxKey ? oxKey.split("/") : ["", ""];
-    const seqs = st.measured
-      .map((x) => x.split("/"))
-      .filter((p) => p[0] === source && p[2] === channel)
-      .map((p) => `${p[1]}/${p[3]}`);
+    // The oximeter's measurement channel (its other channel carries the pleth waveform).
+    let seqs = [];
+    for (const [k, c] of st.channels) {
+      if (c.device_kind !== "pulse_oximeter") continue;
+      const [source, channel] = k.split("/");
+      const these = st.measured
+        .map((x) => x.split("/"))
+        .filter((p) => p[0] === source && p[2] === channel)
+        .map((p) => `${p[1]}/${p[3]}`);
+      if (these.length > seqs.length) seqs = these;
+    }
     const dup = seqs.length - new Set(seqs).size;
     const nums = seqs.map((x) => Number(x.split("/")[1])).sort((a, b) => a - b);
     const missing = [];
