@@ -62,6 +62,7 @@ async function main() {
     await sleep(1000);
 
     if (process.env.MODE === "kill") return await killed(page, step);
+    if (process.env.MODE === "restart") return await restarted(page, base, step);
 
     result.stage = "drain";
     const drainAt = await page.evaluate(() => performance.now());
@@ -106,6 +107,79 @@ async function main() {
   }
 }
 
+// A single node stopped (SIGTERM of RESTART_PID) and started again by the test on the same
+// ports: when video and vitals come back after the node answers /healthz again, without a
+// reload of the page; the oximeter's sequence as shown.
+async function restarted(page, base, step) {
+  result.stage = "terminate";
+  process.kill(Number(env("RESTART_PID")), "SIGTERM");
+  log("SIGTERM sent");
+  const healthy = async () => {
+    try { return (await fetch(`${base}/healthz`)).status === 200; } catch (_) { return false; }
+  };
+  let deadline = Date.now() + step * 2;
+  while (await healthy()) {
+    if (Date.now() > deadline) throw new Error("the node never went down");
+    await sleep(50);
+  }
+  log("node down");
+  deadline = Date.now() + step * 2;
+  while (!(await healthy())) {
+    if (Date.now() > deadline) throw new Error("the node never came back");
+    await sleep(50);
+  }
+  await page.evaluate(() => (window.__healthyAt = performance.now()));
+  log("node answers /healthz again");
+  result.stage = "back";
+  const probe = () => {
+    const t0 = window.__healthyAt;
+    const f = window.__frames.filter((t) => t > t0), v = window.__vitals.filter((t) => t > t0);
+    return { video: f.length ? Math.round(f[0] - t0) : null, vitals: v.length ? Math.round(v[0] - t0) : null, frames: f.length };
+  };
+  const back = await until(page, "back", probe, (b) => b.video !== null && b.vitals !== null && b.frames > 10, step * 2);
+  result.checks.video_back_ms = back.video;
+  result.checks.vitals_back_ms = back.vitals;
+  const seq = await page.evaluate(oximeterSequence);
+  Object.assign(result.checks, seq);
+  log(`measured ${JSON.stringify({ back, seq })}`);
+  checkSequence(seq);
+  const reloaded = await page.evaluate(() => performance.now() < window.__healthyAt);
+  if (reloaded) throw new Error("the page was reloaded");
+  result.stage = "done";
+  finish(true, "video and vitals back after the restart, no reload; the oximeter sequence complete, none twice");
+  return 0;
+}
+
+// Run in the page: the oximeter's measurement sequence as shown.
+function oximeterSequence() {
+  const st = window.cabine.state;
+  let seqs = [];
+  for (const [k, c] of st.channels) {
+    if (c.device_kind !== "pulse_oximeter") continue;
+    const [source, channel] = k.split("/");
+    const these = st.measured
+      .map((x) => x.split("/"))
+      .filter((p) => p[0] === source && p[2] === channel)
+      .map((p) => `${p[1]}/${p[3]}`);
+    if (these.length > seqs.length) seqs = these;
+  }
+  const dup = seqs.length - new Set(seqs).size;
+  const nums = seqs.map((x) => Number(x.split("/")[1])).sort((a, b) => a - b);
+  const missing = [];
+  for (let i = 1; i < nums.length; i++) for (let n = nums[i - 1] + 1; n < nums[i]; n++) missing.push(n);
+  return {
+    oximeter_shown: nums.length, oximeter_first: nums[0], oximeter_last: nums[nums.length - 1],
+    oximeter_missing: missing, oximeter_duplicates: dup,
+    epochs: new Set(seqs.map((x) => x.split("/")[0])).size, duplicates_dropped: st.duplicatesDropped,
+  };
+}
+
+function checkSequence(m) {
+  if (m.oximeter_shown < 10) throw new Error(`only ${m.oximeter_shown} oximeter measurements shown`);
+  if (m.oximeter_duplicates) throw new Error(`${m.oximeter_duplicates} oximeter measurements shown twice`);
+  if (m.oximeter_missing.length) throw new Error(`oximeter measurements missing: ${m.oximeter_missing.join(",")}`);
+}
+
 // Node A killed: when video and vitals come back, and the oximeter sequence shown.
 async function killed(page, step) {
   result.stage = "kill";
@@ -134,35 +208,12 @@ async function killed(page, step) {
       for (const t of s) { if (t - prev > best) { best = t - prev; at = t; } prev = t; }
       return at === null ? null : Math.round(at - t0);
     };
-    const st = window.cabine.state;
-    // The oximeter's measurement channel (its other channel carries the pleth waveform).
-    let seqs = [];
-    for (const [k, c] of st.channels) {
-      if (c.device_kind !== "pulse_oximeter") continue;
-      const [source, channel] = k.split("/");
-      const these = st.measured
-        .map((x) => x.split("/"))
-        .filter((p) => p[0] === source && p[2] === channel)
-        .map((p) => `${p[1]}/${p[3]}`);
-      if (these.length > seqs.length) seqs = these;
-    }
-    const dup = seqs.length - new Set(seqs).size;
-    const nums = seqs.map((x) => Number(x.split("/")[1])).sort((a, b) => a - b);
-    const missing = [];
-    for (let i = 1; i < nums.length; i++) for (let n = nums[i - 1] + 1; n < nums[i]; n++) missing.push(n);
-    return {
-      video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals),
-      oximeter_shown: nums.length, oximeter_first: nums[0], oximeter_last: nums[nums.length - 1],
-      oximeter_missing: missing, oximeter_duplicates: dup, epochs: [...new Set(seqs.map((x) => x.split("/")[0]))].length,
-      duplicates_dropped: st.duplicatesDropped,
-      channels: [...st.channels].map(([k, c]) => `${k}:${c.device_kind}`), measured_tail: st.measured.slice(-3),
-    };
+    return { video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals) };
   }, killAt);
+  Object.assign(m, await page.evaluate(oximeterSequence));
   Object.assign(result.checks, m, { first_after_kill: back });
   log(`measured ${JSON.stringify(m)}`);
-  if (m.oximeter_shown < 10) throw new Error(`only ${m.oximeter_shown} oximeter measurements shown`);
-  if (m.oximeter_duplicates) throw new Error(`${m.oximeter_duplicates} oximeter measurements shown twice`);
-  if (m.oximeter_missing.length) throw new Error(`oximeter measurements missing: ${m.oximeter_missing.join(",")}`);
+  checkSequence(m);
   result.stage = "done";
   finish(true, "video and vitals back on B after A's death; the oximeter sequence complete, none twice");
   return 0;

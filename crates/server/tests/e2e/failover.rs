@@ -18,7 +18,7 @@ use cabine_kiosk::ClientOptions;
 use cabine_proto::Role;
 
 use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
-use crate::common::cluster::{token, until, Node, Redis};
+use crate::common::cluster::{free_port, token, until, Node, Redis};
 
 /// The largest gap between video frames the page may show through a drain. The design target
 /// is 1 s p95 on an idle machine (benches/continuity.sh); CI runs a debug server, the kiosk's
@@ -212,4 +212,144 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     drop(a);
     let _ = stop_kiosk.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+}
+
+/// What the page may take to show the kiosk's video and vitals again after a restarted node
+/// answers `/healthz`: the design target is 5 s (the kiosk's and the page's reconnection
+/// backoffs, a new join, ICE and DTLS). CI margin as for a death.
+const RESTART_BOUND_MS: u64 = 5000;
+const RESTART_MARGIN_MS: u64 = 5000;
+
+/// A single node (no cluster) stopped with SIGTERM and started again on the same ports: the
+/// kiosk (not restarted) and the page (not reloaded) get media and telemetry back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_single_node_gets_media_and_telemetry_back_without_a_reload() {
+    let dir = crate::common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+    let ports = (free_port(), free_udp_port(), free_udp_port());
+    let base = format!("http://127.0.0.1:{}", ports.0);
+    let room = "consult-restarted";
+    let mut node = Single::start(ports).await;
+
+    let mut kiosk = DialConfig::new(base.clone(), token(room, Role::Kiosk, "kiosk-1"));
+    kiosk.client = ClientOptions::loopback();
+    kiosk.media.room_camera = Input::Synthetic;
+    kiosk.media.device_camera = Input::Off;
+    let mut devices = DevicesConfig::new(1, 72.0);
+    devices.oximeter_interval = Duration::from_millis(500);
+    kiosk.devices = Some(devices);
+    let (stop_kiosk, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cabin = tokio::spawn(dial::run(kiosk, async move {
+        let _ = stopped.await;
+    }));
+
+    let envs = [
+        ("MODE", "restart".to_owned()),
+        ("RESTART_PID", node.child.id().to_string()),
+        ("CABINE_URL", base.clone()),
+        ("NEW_URL", base.clone()),
+        ("ROOM", room.to_owned()),
+        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
+        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
+    ];
+    let d = dir.clone();
+    let driver = tokio::task::spawn_blocking(move || {
+        run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
+    });
+    // The driver sends SIGTERM; the node drains and exits; it is started again at once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = Single::start(ports).await;
+    let out = driver.await.unwrap();
+    let v = driver_result(
+        &out,
+        "the page did not get media and vitals back after the restart",
+    );
+    let c = &v["checks"];
+    let video = c["video_back_ms"].as_u64().expect("video_back_ms");
+    let vitals = c["vitals_back_ms"].as_u64().expect("vitals_back_ms");
+    println!(
+        "restart: video back {video} ms, vitals {vitals} ms after /healthz answered (bound \
+         {RESTART_BOUND_MS} ms + {RESTART_MARGIN_MS} ms CI margin); oximeter {} shown ({}..{}), \
+         missing {}, shown twice {}",
+        c["oximeter_shown"],
+        c["oximeter_first"],
+        c["oximeter_last"],
+        c["oximeter_missing"],
+        c["oximeter_duplicates"]
+    );
+    assert!(
+        video <= RESTART_BOUND_MS + RESTART_MARGIN_MS,
+        "video back after {video} ms"
+    );
+    assert!(
+        vitals <= RESTART_BOUND_MS + RESTART_MARGIN_MS,
+        "vitals back after {vitals} ms"
+    );
+    drop(node);
+    let _ = stop_kiosk.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+}
+
+/// A `cabine serve` alone (no cluster) on given ports (HTTP, media UDP, telemetry UDP), so
+/// that it can be started again on the same ones; killed on drop.
+struct Single {
+    child: std::process::Child,
+}
+
+impl Single {
+    async fn start((http, media, telemetry): (u16, u16, u16)) -> Single {
+        let base = format!("http://127.0.0.1:{http}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cabine"))
+            .arg("serve")
+            .env("CABINE_AUTH__SECRET", crate::common::cluster::SECRET)
+            .env("CABINE_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("CABINE_HTTP__PUBLIC_URL", &base)
+            .env("CABINE_HTTP__DRAIN_TIMEOUT", "1s")
+            .env("CABINE_MEDIA__BIND", format!("127.0.0.1:{media}"))
+            .env("CABINE_MEDIA__WORKERS", "1")
+            .env("CABINE_TELEMETRY__LISTEN", format!("127.0.0.1:{telemetry}"))
+            .env("CABINE_ADMIN__LISTEN", "")
+            .env("CABINE_LOG__FILTER", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cabine serve");
+        let mut node = Single { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if let Some(exit) = node.child.try_wait().unwrap() {
+                panic!("cabine serve exited before serving: {exit:?}");
+            }
+            assert!(Instant::now() < deadline, "cabine serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
