@@ -51,6 +51,27 @@ async function main() {
       window.__frames = [];
       const onFrame = (now) => { window.__frames.push(now); v.requestVideoFrameCallback(onFrame); };
       v.requestVideoFrameCallback(onFrame);
+      // RTP arrival: every 50 ms, whether any subscribe connection (the current one, and the
+      // old one while the page moves) received video packets since the last look.
+      window.__rtp = [];
+      const seen = new Map();
+      let busy = false;
+      setInterval(async () => {
+        if (busy) return;
+        busy = true;
+        try {
+          const s = window.cabine.session;
+          const pcs = [s.sub, s.moving && s.moving.sub].filter(Boolean);
+          let grew = false;
+          for (const pc of pcs) {
+            let n = 0;
+            (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") n += r.packetsReceived || 0; });
+            if (n > (seen.get(pc) || 0)) grew = true;
+            seen.set(pc, n);
+          }
+          if (grew) window.__rtp.push(performance.now());
+        } finally { busy = false; }
+      }, 50);
       window.__vitals = [];
       let last = "";
       setInterval(() => {
@@ -82,7 +103,12 @@ async function main() {
       for (let i = 1; i < f.length; i++) gap = Math.max(gap, f[i] - f[i - 1]);
       const now = performance.now();
       if (f.length) gap = Math.max(gap, now - f[f.length - 1]);
+      const r = window.__rtp.filter((t) => t >= t0 - 1000);
+      let rtpGap = 0;
+      for (let i = 1; i < r.length; i++) rtpGap = Math.max(rtpGap, r[i] - r[i - 1]);
+      if (r.length) rtpGap = Math.max(rtpGap, now - r[r.length - 1]);
       return {
+        rtp_gap_ms: Math.round(rtpGap),
         max_gap_ms: Math.round(gap),
         frames_after_drain: f.filter((t) => t > t0).length,
         vitals_after_drain: window.__vitals.filter((t) => t > t0).length,
@@ -134,11 +160,13 @@ async function restarted(page, base, step) {
   const probe = () => {
     const t0 = window.__healthyAt;
     const f = window.__frames.filter((t) => t > t0), v = window.__vitals.filter((t) => t > t0);
-    return { video: f.length ? Math.round(f[0] - t0) : null, vitals: v.length ? Math.round(v[0] - t0) : null, frames: f.length };
+    const r = window.__rtp.filter((t) => t > t0);
+    return { video: f.length ? Math.round(f[0] - t0) : null, vitals: v.length ? Math.round(v[0] - t0) : null, rtp: r.length ? Math.round(r[0] - t0) : null, frames: f.length };
   };
   const back = await until(page, "back", probe, (b) => b.video !== null && b.vitals !== null && b.frames > 10, step * 2);
   result.checks.video_back_ms = back.video;
   result.checks.vitals_back_ms = back.vitals;
+  result.checks.rtp_back_ms = back.rtp;
   const seq = await page.evaluate(oximeterSequence);
   Object.assign(result.checks, seq);
   log(`measured ${JSON.stringify({ back, seq })}`);
@@ -208,7 +236,7 @@ async function killed(page, step) {
       for (const t of s) { if (t - prev > best) { best = t - prev; at = t; } prev = t; }
       return at === null ? null : Math.round(at - t0);
     };
-    return { video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals) };
+    return { video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals), rtp_back_ms: firstAfterGap(window.__rtp) };
   }, killAt);
   Object.assign(m, await page.evaluate(oximeterSequence));
   Object.assign(result.checks, m, { first_after_kill: back });

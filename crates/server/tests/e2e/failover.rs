@@ -117,6 +117,11 @@ async fn a_drained_nodes_room_moves_with_its_page_and_kiosk() {
          {CI_MARGIN_MS} ms CI margin); frames after the drain {}, vitals updates {}",
         v["checks"]["frames_after_drain"], v["checks"]["vitals_after_drain"]
     );
+    // For benches/continuity.sh.
+    println!(
+        "BENCH drain rtp_gap_ms={} frame_gap_ms={gap}",
+        v["checks"]["rtp_gap_ms"]
+    );
     assert!(
         gap <= GAP_BOUND_MS + CI_MARGIN_MS,
         "the page showed no frame for {gap} ms through the drain"
@@ -188,6 +193,13 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
         c["oximeter_missing"],
         c["oximeter_duplicates"],
         c["duplicates_dropped"]
+    );
+    println!(
+        "BENCH kill media_back_ms={} frame_back_ms={video} telemetry_back_ms={vitals} \
+         missing={} duplicates={}",
+        c["rtp_back_ms"],
+        c["oximeter_missing"].as_array().map_or(0, Vec::len),
+        c["oximeter_duplicates"]
     );
     assert!(
         video <= BACK_BOUND_MS + BACK_MARGIN_MS,
@@ -283,6 +295,13 @@ async fn a_restarted_single_node_gets_media_and_telemetry_back_without_a_reload(
         c["oximeter_first"],
         c["oximeter_last"],
         c["oximeter_missing"],
+        c["oximeter_duplicates"]
+    );
+    println!(
+        "BENCH restart media_back_ms={} frame_back_ms={video} telemetry_back_ms={vitals} \
+         missing={} duplicates={}",
+        c["rtp_back_ms"],
+        c["oximeter_missing"].as_array().map_or(0, Vec::len),
         c["oximeter_duplicates"]
     );
     assert!(
