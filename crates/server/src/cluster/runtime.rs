@@ -778,6 +778,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_draining_node_hands_its_room_to_another_which_serves_it_and_is_not_sent_back() {
+        let store = Arc::new(MemoryStore::new());
+        let (a, b) = (node("a", &store, 10), node("b", &store, 10));
+        a.refresh(live(&[("moving", 2)])).await;
+        b.refresh(Load::default()).await;
+        assert_eq!(a.route(&room("moving")).await, Route::Local);
+        // Not draining yet: placement may pick A itself, which is no hand-over.
+        let mut draining = live(&[("moving", 2)]);
+        draining.draining = true;
+        a.refresh(draining.clone()).await;
+        assert_eq!(
+            a.hand_over(&room("moving")).await.as_deref(),
+            Some("http://b.example:8080")
+        );
+        let key = a.key(&room("moving"));
+        assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
+        // The moved clients land on B, which serves the room; A sends latecomers there, and its
+        // refreshes (its old sessions still live) do not take the room back.
+        assert_eq!(b.route(&room("moving")).await, Route::Local);
+        a.refresh(draining.clone()).await;
+        a.refresh(draining).await;
+        assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
+        assert_eq!(
+            a.route(&room("moving")).await,
+            Route::Redirect("http://b.example:8080".into())
+        );
+        // A room it does not hold is not A's to hand over.
+        assert_eq!(a.hand_over(&room("elsewhere")).await, None);
+    }
+
+    #[tokio::test]
     async fn a_join_to_a_room_held_elsewhere_is_redirected_when_no_node_takes_new_rooms() {
         let store = Arc::new(MemoryStore::new());
         let (a, b) = (node("a", &store, 10), node("b", &store, 10));
