@@ -197,8 +197,12 @@ pub struct DialConfig {
     pub stats_every: Duration,
     /// Reconnection delays.
     pub backoff: Backoff,
-    /// A connection `disconnected` this long is given up and replaced.
+    /// A connection `disconnected` this long is given up and replaced (and one whose RTCP
+    /// feedback stopped for this long plus 1 s: a dead node is noticed within ~3 s).
     pub disconnected_grace: Duration,
+    /// Other nodes of the cluster (base URLs), asked in turn for the room when the node in
+    /// use stops answering (it died): each redirects to wherever the room is placed now.
+    pub fallback_servers: Vec<String>,
 }
 
 impl DialConfig {
@@ -222,7 +226,8 @@ impl DialConfig {
             device_summary_every: Duration::from_secs(5),
             stats_every: Duration::from_secs(10),
             backoff: Backoff::default(),
-            disconnected_grace: Duration::from_secs(5),
+            disconnected_grace: Duration::from_secs(2),
+            fallback_servers: Vec::new(),
         }
     }
 }
@@ -333,6 +338,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (pub_tx, pub_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<DialError>(2);
+    // Where the room moved (a `Move` on the telemetry control stream): media follows.
+    let (moved_tx, moved_rx) = watch::channel::<Option<String>>(None);
 
     // Media: build every source first, so a bad file or setting fails before dialling.
     let sources = build_sources(&config)?;
@@ -397,15 +404,22 @@ pub async fn run(
         stats: Arc::clone(&stats),
         fatal: fatal_tx,
     });
+    let nodes = Nodes::new(&config.server, &config.fallback_servers);
     tasks.spawn(publish_loop(
         Arc::clone(&ctx),
-        whip,
+        (whip, room.clone(), nodes.clone()),
         specs,
         pub_tx,
+        moved_rx.clone(),
         stop_rx.clone(),
     ));
     if config.subscribe {
-        tasks.spawn(subscribe_loop(Arc::clone(&ctx), whep, stop_rx.clone()));
+        tasks.spawn(subscribe_loop(
+            Arc::clone(&ctx),
+            (whep, room.clone(), nodes.clone()),
+            moved_rx.clone(),
+            stop_rx.clone(),
+        ));
     }
     if let Some(mut devices) = config.devices.take() {
         devices.seed = config.seed;
@@ -435,6 +449,8 @@ pub async fn run(
                         stats: Arc::clone(&stats),
                         relay_only: config.client.relay_only,
                         accept_invalid_certs: config.client.accept_invalid_certs,
+                        moved: moved_tx.clone(),
+                        fallbacks: config.fallback_servers.clone(),
                     },
                     stop_rx.clone(),
                 ));
@@ -723,6 +739,64 @@ fn is_fatal(e: &Error) -> bool {
 enum Ended {
     Stop,
     Lost(String),
+    /// The room moved to the node at this base URL (the server drains).
+    Moved(String),
+}
+
+/// The nodes a loop may ask for its room: the one in use first, then the others in turn.
+#[derive(Debug, Clone)]
+struct Nodes {
+    list: Vec<String>,
+    at: usize,
+}
+
+impl Nodes {
+    fn new(server: &str, fallbacks: &[String]) -> Nodes {
+        let mut list = vec![server.to_owned()];
+        for f in fallbacks {
+            if !list.contains(f) {
+                list.push(f.clone());
+            }
+        }
+        Nodes { list, at: 0 }
+    }
+
+    /// The room moved to `url` (a drain): the node in use from now on.
+    fn moved_to(&mut self, url: &str) {
+        match self.list.iter().position(|u| u == url) {
+            Some(i) => self.at = i,
+            None => {
+                self.list.push(url.to_owned());
+                self.at = self.list.len() - 1;
+            }
+        }
+    }
+
+    /// The next node's `kind` endpoint for `room` (the node in use stopped answering); `None`
+    /// with a single node (it is asked again).
+    fn next(&mut self, room: &str, kind: &str) -> Option<String> {
+        if self.list.len() < 2 {
+            return None;
+        }
+        self.at = (self.at + 1) % self.list.len();
+        endpoint(&self.list[self.at], kind, room).ok()
+    }
+}
+
+/// How long the old session of a moved room is kept once the new one is up: the time for the
+/// new node's subscribers to get the new publication and a keyframe.
+const MOVE_OVERLAP: Duration = Duration::from_millis(1500);
+
+/// The next base URL the room moves to.
+async fn next_move(moved: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if moved.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(url) = moved.borrow_and_update().clone() {
+            return url;
+        }
+    }
 }
 
 /// Watches a connected session until it fails for good or `stop`.
@@ -774,24 +848,32 @@ async fn watch_connection(
 /// Publishes, and publishes again whenever the connection is lost.
 async fn publish_loop(
     ctx: Arc<Ctx>,
-    whip: String,
+    (mut whip, room, mut nodes): (String, String, Nodes),
     specs: Vec<TrackSpec>,
     current: watch::Sender<Option<Arc<Publisher>>>,
+    mut moved: watch::Receiver<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    // A publisher already connected on the node the room moved to (make-before-break).
+    let mut ready: Option<Arc<Publisher>> = None;
     loop {
-        let connect = Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
-        let result = tokio::select! {
-            r = connect => r,
-            _ = stopped(&mut stop) => return,
+        let result = match ready.take() {
+            Some(p) => Ok(p),
+            None => {
+                let connect =
+                    Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
+                tokio::select! {
+                    r = connect => r.map(Arc::new),
+                    _ = stopped(&mut stop) => return,
+                }
+            }
         };
         match result {
             Ok(publisher) => {
                 failures = 0;
                 ctx.update(|s| s.publish_sessions += 1);
                 tracing::info!(tracks = specs.len(), "publishing");
-                let publisher = Arc::new(publisher);
                 current.send_replace(Some(Arc::clone(&publisher)));
                 let feedback = || {
                     publisher
@@ -804,19 +886,46 @@ async fn publish_loop(
                         })
                         .sum::<u64>()
                 };
-                let ended = watch_connection(
-                    || publisher.connection_state(),
-                    feedback,
-                    ctx.grace,
-                    &mut stop,
-                )
-                .await;
-                current.send_replace(None);
+                let ended = tokio::select! {
+                    e = watch_connection(
+                        || publisher.connection_state(),
+                        feedback,
+                        ctx.grace,
+                        &mut stop,
+                    ) => e,
+                    url = next_move(&mut moved) => Ended::Moved(url),
+                };
+                if let Ended::Moved(url) = &ended {
+                    // Publish on the new node first; the pumps switch to it (with a keyframe)
+                    // before the old session ends.
+                    if let Ok(next) = endpoint(url, "whip", &room) {
+                        whip = next;
+                    }
+                    let connect =
+                        Publisher::connect(&whip, &ctx.token, specs.clone(), ctx.client.clone());
+                    match connect.await {
+                        Ok(p) => ready = Some(Arc::new(p)),
+                        Err(e) => tracing::warn!(error = %e, "publishing on the new node failed"),
+                    }
+                }
+                // The pumps switch to the new publisher (with a keyframe) before the old one
+                // ends, and its subscribers get the new publication first.
+                current.send_replace(ready.clone());
+                if ready.is_some() {
+                    tokio::time::sleep(MOVE_OVERLAP).await;
+                }
                 close_publisher(publisher).await;
                 match ended {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "publishing connection lost; reconnecting")
+                        tracing::warn!(reason = %why, "publishing connection lost; reconnecting");
+                        if let Some(next) = nodes.next(&room, "whip") {
+                            whip = next;
+                        }
+                    }
+                    Ended::Moved(url) => {
+                        nodes.moved_to(&url);
+                        tracing::info!(%url, "publishing moved to the new node")
                     }
                 }
             }
@@ -834,6 +943,9 @@ async fn publish_loop(
                 let delay = ctx.backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?delay, "publishing failed");
+                if let Some(next) = nodes.next(&room, "whip") {
+                    whip = next;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => return,
@@ -865,7 +977,12 @@ async fn close_publisher(mut publisher: Arc<Publisher>) {
 }
 
 /// Subscribes to the room, and again whenever the connection is lost.
-async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<bool>) {
+async fn subscribe_loop(
+    ctx: Arc<Ctx>,
+    (mut whep, room, mut nodes): (String, String, Nodes),
+    mut moved: watch::Receiver<Option<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
     let opts = ClientOptions {
         recv_video: 2,
@@ -885,9 +1002,10 @@ async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<b
                 tracing::info!("subscribed to the room");
                 let subscriber = Arc::new(subscriber);
                 let accept = tokio::spawn(accept_tracks(Arc::clone(&subscriber), Arc::clone(&ctx)));
-                let ended =
-                    watch_connection(|| subscriber.connection_state(), || 0, ctx.grace, &mut stop)
-                        .await;
+                let ended = tokio::select! {
+                    e = watch_connection(|| subscriber.connection_state(), || 0, ctx.grace, &mut stop) => e,
+                    url = next_move(&mut moved) => Ended::Moved(url),
+                };
                 accept.abort();
                 let _ = accept.await;
                 match Arc::try_unwrap(subscriber) {
@@ -901,7 +1019,17 @@ async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<b
                 match ended {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "subscribing connection lost; reconnecting")
+                        tracing::warn!(reason = %why, "subscribing connection lost; reconnecting");
+                        if let Some(next) = nodes.next(&room, "whep") {
+                            whep = next;
+                        }
+                    }
+                    Ended::Moved(url) => {
+                        nodes.moved_to(&url);
+                        tracing::info!(%url, "subscribing on the node the room moved to");
+                        if let Ok(next) = endpoint(&url, "whep", &room) {
+                            whep = next;
+                        }
                     }
                 }
             }
@@ -919,6 +1047,9 @@ async fn subscribe_loop(ctx: Arc<Ctx>, whep: String, mut stop: watch::Receiver<b
                 let delay = ctx.backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?delay, "subscribing failed");
+                if let Some(next) = nodes.next(&room, "whep") {
+                    whep = next;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => return,

@@ -110,6 +110,11 @@ pub(crate) struct Link {
     pub relay_only: bool,
     /// Trust any certificate on the HTTPS API (`--insecure`), the stream transport's too.
     pub accept_invalid_certs: bool,
+    /// Where the room moved (a `Move` from the server): the media loops follow it, and
+    /// rediscovery asks there rather than at `server`.
+    pub moved: watch::Sender<Option<String>>,
+    /// Other nodes of the cluster, asked in turn when the node in use does not answer.
+    pub fallbacks: Vec<String>,
 }
 
 /// Why discovery failed.
@@ -219,14 +224,32 @@ fn rediscovery(link: &Link) -> Option<Rediscover> {
     if link.config.url.is_some() && link.config.verification.is_some() {
         return None;
     }
-    let (http, server, token) = (link.http.clone(), link.server.clone(), link.token.clone());
+    let (http, entry, token) = (link.http.clone(), link.server.clone(), link.token.clone());
     let (fixed_url, fixed_trust) = (link.config.url.clone(), link.config.verification.clone());
     let (relay_only, insecure) = (link.relay_only, link.accept_invalid_certs);
+    let moved = link.moved.subscribe();
+    let fallbacks = link.fallbacks.clone();
     Some(Rediscover::new(move || {
-        let (http, server, token) = (http.clone(), server.clone(), token.clone());
+        let first = moved.borrow().clone().unwrap_or_else(|| entry.clone());
+        let mut servers = vec![first];
+        for f in &fallbacks {
+            if !servers.contains(f) {
+                servers.push(f.clone());
+            }
+        }
+        let (http, token) = (http.clone(), token.clone());
         let (fixed_url, fixed_trust) = (fixed_url.clone(), fixed_trust.clone());
         Box::pin(async move {
-            let d = discover(&http, &server, &token).await.ok()?;
+            // The node in use first, then the cluster's others (it may have died): the first
+            // that answers says where the room's telemetry is now.
+            let mut found = None;
+            for server in &servers {
+                if let Ok(d) = discover(&http, server, &token).await {
+                    found = Some(d);
+                    break;
+                }
+            }
+            let d = found?;
             let url = fixed_url.unwrap_or(d.url);
             let (addr, host) = resolve(&url).await.ok()?;
             let stream = d
@@ -241,6 +264,11 @@ fn rediscovery(link: &Link) -> Option<Rediscover> {
         })
     }))
 }
+
+/// QUIC keep-alive of the kiosk's telemetry: one packet a second each way at least.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Three seconds without a packet from the server: the connection is lost (a dead node).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a server without a `stream_url` in its discovery answer (or a kiosk given the QUIC
 /// address) is expected to serve the stream transport.
@@ -461,6 +489,9 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 cfg.clock = clock.clone();
             }
             cfg.software = concat!("cabine-kiosk/", env!("CARGO_PKG_VERSION")).into();
+            // A node that died is noticed within ~3 s (then rediscovery asks the others).
+            cfg.keep_alive = KEEP_ALIVE;
+            cfg.idle_timeout = IDLE_TIMEOUT;
             cfg.stream = stream
                 .as_ref()
                 .map(|s| stream_transport(s, link.relay_only, link.accept_invalid_certs));
@@ -496,8 +527,20 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
     let mut stills_tasks = JoinSet::new();
     tracing::info!(%url, channels = link.channels.len(), "telemetry: dialling the sidecar");
     let mut status = client.state_changes();
+    let mut moves = client.moves();
     loop {
         tokio::select! {
+            changed = moves.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let to = moves.borrow_and_update().clone();
+                if let Some(url) = to {
+                    tracing::info!(%url, "telemetry: the room moves; following it (media and telemetry)");
+                    link.moved.send_replace(Some(url));
+                    client.redial_elsewhere();
+                }
+            }
             o = link.outputs.recv() => {
                 let Some(o) = o else { break };
                 let r = send(&client, o);

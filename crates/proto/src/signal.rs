@@ -123,6 +123,10 @@ pub enum ServerMsg {
         /// this session); absent when the server has none.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// The cluster's nodes (public base URLs, this one first): where to ask for the room
+        /// when this node stops answering. Absent outside a cluster.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<String>,
     },
     /// The server's offer on the subscribe connection; answer with `answer`.
     Offer {
@@ -167,6 +171,14 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+    /// The room moves to another node (this one drains): open a session at `url` (the new
+    /// node's base URL), publish and subscribe there, then leave this one (make-before-break).
+    Move {
+        /// The new node's public base URL.
+        url: String,
+        /// Why (`drain`).
+        reason: String,
+    },
     /// A doctor allowed (or stopped allowing) an assistant to operate the devices; sent to
     /// every participant of the room.
     CommandsAllowed {

@@ -43,6 +43,7 @@ pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod consultation;
+pub mod drain;
 pub mod events;
 pub mod fhir;
 pub mod http;
@@ -367,20 +368,37 @@ impl Server {
         self.sfu.local_addr()
     }
 
+    /// Completes when an operator asked this node to drain (`POST /api/drain`): the caller
+    /// then runs [`Server::shutdown`], as on SIGTERM.
+    pub async fn drain_requested(&self) {
+        self.state.drain_requested.notified().await;
+    }
+
     /// Graceful shutdown: refuse new sessions (readyz turns 503), let sessions end for up to
     /// `drain`, then close the remaining ones and stop.
     pub async fn shutdown(self, drain: Duration) {
         self.state.draining.store(true, Ordering::Relaxed);
         self.state.cluster.set_draining(true);
         info!(drain = ?drain, "draining: new sessions are refused");
-        // Kiosks' telemetry goes first: a node on its way out acknowledges no measurement it
-        // may not get to subscribers; kiosks keep them and resend them to the next node.
-        if let Some(t) = &self.telemetry {
-            t.shutdown().await;
-        }
         let deadline = Instant::now() + drain;
+        // In a cluster the rooms move to other nodes; their kiosks follow a `Move` on their
+        // telemetry, which therefore stays up until the room's sessions have left.
+        let moved = drain::move_rooms(&self.state).await;
+        // Otherwise kiosks' telemetry goes first: a node on its way out acknowledges no
+        // measurement it may not get to subscribers; kiosks keep them and resend them to the
+        // next node.
+        if moved == 0 {
+            if let Some(t) = &self.telemetry {
+                t.shutdown().await;
+            }
+        }
         while Instant::now() < deadline && self.state.session_count() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if moved > 0 {
+            if let Some(t) = &self.telemetry {
+                t.shutdown().await;
+            }
         }
         let left = self.state.close_all().await;
         if left > 0 {

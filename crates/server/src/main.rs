@@ -186,7 +186,10 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        tokio::select! {
+            () = wait_for_signal() => {}
+            () = server.drain_requested() => tracing::info!("drain requested by an operator"),
+        }
         server.shutdown(drain).await;
         if let Some(o) = &otel {
             o.flush();

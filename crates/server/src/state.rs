@@ -29,6 +29,8 @@ pub struct AppState {
     pub(crate) sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     /// Set during shutdown: new sessions are refused and readiness fails.
     pub draining: AtomicBool,
+    /// Notified by `POST /api/drain`: the process drains (moves its rooms) and exits.
+    pub drain_requested: tokio::sync::Notify,
     pub(crate) public_url: String,
     /// How long a dropped WebSocket signalling session waits to be resumed.
     pub ws_resume_grace: std::time::Duration,
@@ -153,6 +155,7 @@ impl AppState {
             sfu,
             sessions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            drain_requested: tokio::sync::Notify::new(),
             public_url: cfg.http.public_url.trim_end_matches('/').to_owned(),
             ws_resume_grace: cfg.http.ws_resume_grace,
             refused: Mutex::new(HashMap::new()),

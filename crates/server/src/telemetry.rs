@@ -336,6 +336,12 @@ impl Telemetry {
         !self.sidecar.channels(room).is_empty()
     }
 
+    /// Tells the kiosks of `room` it moves to the node at `url` (a `Move` on their control
+    /// stream); how many were told.
+    pub fn move_room(&self, room: &RoomId, url: &str, reason: &str) -> usize {
+        self.sidecar.move_room(room, url, reason)
+    }
+
     /// What kiosks need to dial.
     pub fn discovery(&self) -> &Discovery {
         &self.discovery

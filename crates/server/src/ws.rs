@@ -415,6 +415,24 @@ fn ws_base(base: &str) -> String {
     }
 }
 
+/// The cluster's node URLs for a welcome, this node first (none outside a cluster).
+fn cluster_nodes(st: &AppState) -> Vec<String> {
+    let cluster = st.cluster();
+    if !cluster.clustered() {
+        return Vec::new();
+    }
+    let me = cluster.public_url().to_owned();
+    let mut out = vec![me.clone()];
+    out.extend(
+        cluster
+            .nodes()
+            .into_iter()
+            .map(|n| n.url)
+            .filter(|u| !u.is_empty() && *u != me),
+    );
+    out
+}
+
 /// Tells the page where its room is served (`{"type":"redirect","url":…}`; it reconnects
 /// there with its token), then closes.
 async fn redirect_socket(mut socket: WebSocket, url: String) {
@@ -692,6 +710,7 @@ impl Conn {
             ice_servers: self
                 .st
                 .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
+            nodes: cluster_nodes(&self.st),
         });
         self.hub()
             .broadcast(&self.room, &token, &ServerMsg::ParticipantJoined(me));
@@ -778,6 +797,7 @@ impl Conn {
             ice_servers: self
                 .st
                 .ice_servers(std::time::SystemTime::now(), Some(&self.claims)),
+            nodes: cluster_nodes(&self.st),
         });
         for text in backlog {
             if self.tx.send_wait(text).await.is_err() {

@@ -343,6 +343,10 @@ struct Shared {
     instance_id: u64,
     /// Where to dial now: the configured target, then what rediscovery says.
     target: Mutex<Target>,
+    /// The base URL of the node the server last said the room moves to (a `Move`).
+    moves: watch::Sender<Option<String>>,
+    /// Set by [`Client::redial_elsewhere`]: the next reconnection asks where to dial first.
+    retarget: AtomicBool,
 }
 
 struct ClientState {
@@ -405,6 +409,8 @@ impl Client {
             close: Notify::new(),
             instance_id: rand::random(),
             target: Mutex::new(target),
+            moves: watch::Sender::new(None),
+            retarget: AtomicBool::new(false),
         });
         let task = tokio::spawn(supervise(shared.clone(), endpoint));
         Ok(Client {
@@ -657,6 +663,20 @@ impl Client {
         stats
     }
 
+    /// The node the server said the room moves to (a `Move` on the control stream: the
+    /// server drains): its base URL, `None` until then.
+    pub fn moves(&self) -> watch::Receiver<Option<String>> {
+        self.shared.moves.subscribe()
+    }
+
+    /// Drops the current connection and dials where rediscovery says at once (after a `Move`,
+    /// once the caller pointed its rediscovery at the new node). Unacknowledged measurements
+    /// are resent there.
+    pub fn redial_elsewhere(&self) {
+        self.shared.retarget.store(true, Ordering::SeqCst);
+        self.drop_connection();
+    }
+
     /// Drops the current connection as if the network had failed (the client reconnects by
     /// itself). For tests and for a kiosk that knows its network changed.
     pub fn drop_connection(&self) {
@@ -884,6 +904,11 @@ async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     break;
                 }
                 shared.status.send_replace(ConnectionState::Connecting);
+                if shared.retarget.swap(false, Ordering::SeqCst) && shared.rediscover().await {
+                    // Told to move: dial the new node at once.
+                    fresh = true;
+                    continue;
+                }
                 if established {
                     delay = shared.config.reconnect_min;
                 } else if shared.rediscover().await {
@@ -1140,6 +1165,10 @@ fn on_frame(shared: &Arc<Shared>, frame: ServerFrame) -> Option<ClientFrame> {
         Some(server_frame::Body::Clock(c)) => {
             shared.lock().clock = Some(c);
             shared.changed();
+        }
+        Some(server_frame::Body::Move(m)) => {
+            tracing::info!(url = %m.url, reason = %m.reason, "telemetry: the server moves this room");
+            shared.moves.send_replace(Some(m.url));
         }
         Some(server_frame::Body::Hello(_)) | None => {}
     }

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use cabine_proto::telemetry::{
     client_frame, delivered, server_frame, Ack, ChannelDecl, ChannelKind, ClientFrame, ClientHello,
-    ClockEstimate, Command, Delivered, ErrorCode, FrameDecoder, FrameError, Ping, ServerFrame,
-    ServerHello, SourceLeft, MAX_DATAGRAM_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    ClockEstimate, Command, Delivered, ErrorCode, FrameDecoder, FrameError, Move, Ping,
+    ServerFrame, ServerHello, SourceLeft, MAX_DATAGRAM_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use cabine_proto::{Claims, Grant, Identity, Redacted, RoomId};
 use prost::Message;
@@ -529,6 +529,27 @@ impl Core {
             }),
         );
         Ok(command_id)
+    }
+
+    /// Tells every connected kiosk of `room` that the room moves to the node at `url` (a
+    /// `Move` on its control stream); returns how many were told.
+    pub fn move_room(&mut self, _now: Instant, room: &RoomId, url: &str, reason: &str) -> usize {
+        let conns: Vec<ConnId> = self
+            .kiosks
+            .iter()
+            .filter(|(key, _)| &key.room == room)
+            .filter_map(|(_, k)| k.conn)
+            .collect();
+        for conn in &conns {
+            self.send(
+                *conn,
+                server_frame::Body::Move(Move {
+                    url: url.to_owned(),
+                    reason: reason.to_owned(),
+                }),
+            );
+        }
+        conns.len()
     }
 
     fn route_command(

@@ -225,6 +225,13 @@ impl Sidecar {
             .drive(|core, now| core.send_command(now, room, sender, request))
     }
 
+    /// Tells the kiosks connected in `room` that it moves to the node at `url` (drain);
+    /// returns how many were told.
+    pub fn move_room(&self, room: &RoomId, url: &str, reason: &str) -> usize {
+        self.inner
+            .drive(|core, now| core.move_room(now, room, url, reason))
+    }
+
     /// The channel declarations of the kiosks connected in `room` (for a subscriber that joins
     /// after they were delivered).
     pub fn channels(&self, room: &RoomId) -> Vec<Delivered> {

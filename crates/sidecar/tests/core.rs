@@ -713,3 +713,21 @@ fn gone_kiosks_are_forgotten_after_the_resume_ttl() {
     assert_eq!(h.core.stats().kiosks_remembered, 0);
     assert_eq!(h.core.poll_timeout(), None);
 }
+
+#[test]
+fn a_room_that_moves_tells_its_kiosks_and_only_them() {
+    let mut h = H::new();
+    let room = RoomId::parse("r1").unwrap();
+    assert_eq!(h.core.move_room(h.now, &room, "http://b:8080", "drain"), 0);
+    h.kiosk(1, "k1", 7);
+    h.take();
+    let other = RoomId::parse("r2").unwrap();
+    assert_eq!(h.core.move_room(h.now, &other, "http://b:8080", "drain"), 0);
+    assert!(h.take().is_empty());
+    assert_eq!(h.core.move_room(h.now, &room, "http://b:8080", "drain"), 1);
+    let out = h.take();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Send { conn: ConnId(1), frame: ServerFrame { body: Some(server_frame::Body::Move(m)) } } if m.url == "http://b:8080" && m.reason == "drain")),
+        "{out:?}"
+    );
+}

@@ -44,6 +44,10 @@ struct DialArgs {
     /// Base URL of the server, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "CABINE_SERVER")]
     server: String,
+    /// Another node of the cluster, asked for the room when the one in use dies; repeat for
+    /// several.
+    #[arg(long = "also-server")]
+    also_server: Vec<String>,
     /// The kiosk's JWT (role kiosk).
     #[arg(long, env = "CABINE_TOKEN", hide_env_values = true)]
     token: String,
@@ -251,6 +255,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
         ice_servers.push(IceServer::turn(url, &args.turn_user, &args.turn_pass));
     }
     let mut config = DialConfig::new(args.server, args.token);
+    config.fallback_servers = args.also_server;
     config.room = args.room;
     config.stream_id = args.stream_id;
     config.client = ClientOptions {

@@ -12,6 +12,8 @@ $("room").textContent = room;
 
 const state = {
   vitals: {}, // tile id -> {value, unit, time, seq}
+  measured: [], // "source/epoch/channel/seq" of the measurements shown, in order (the last 2048)
+  duplicatesDropped: 0, // measurements delivered again (resent, or by both sessions of a move)
   bpReadings: 0,
   ecgDraws: 0,
   plethDraws: 0,
@@ -391,6 +393,21 @@ session.addEventListener("telemetry", (e) => {
   }
 });
 
+// Measurements shown, by (source, epoch, channel): the last MEASURED_KEPT seqs of each; and, for
+// tests and the curious, the keys in order (the last MEASURED_KEPT).
+const MEASURED_KEPT = 2048;
+const measuredSeqs = new Map();
+function firstDelivery(key, seq) {
+  let seen = measuredSeqs.get(key);
+  if (!seen) { seen = new Set(); measuredSeqs.set(key, seen); }
+  if (seen.has(seq)) { state.duplicatesDropped++; return false; }
+  seen.add(seq);
+  if (seen.size > MEASURED_KEPT) seen.delete(seen.values().next().value);
+  state.measured.push(`${key}/${seq}`);
+  if (state.measured.length > MEASURED_KEPT) state.measured.shift();
+  return true;
+}
+
 function onDelivered(d) {
   if (!d.frame) return;
   if (d.server_time_us) serverOffsetMs = d.server_time_us / 1000 - Date.now();
@@ -404,6 +421,9 @@ function onDelivered(d) {
     if (cmds.includes("start_measurement")) $("measure-bp").disabled = false;
   } else if (f.measurement) {
     if (!onStage(d.source)) return;
+    // Once per (source, epoch, channel, seq): a measurement resent to another node, or
+    // delivered by both sessions while the page moves between nodes, is shown once.
+    if (!firstDelivery(`${d.source}/${d.epoch || ""}/${d.channel_id}`, f.measurement.seq)) return;
     const at = new Date((d.aligned_time_us || d.server_time_us) / 1000);
     let sys, dia;
     const device = (state.channels.get(key) || {}).device_kind || "";

@@ -31,6 +31,13 @@ function fragmentKey() {
   return "cabine:fragment:" + location.pathname;
 }
 
+// How long a page moving to another node keeps its old session at most, waiting for the new
+// one to carry the same publishers.
+const MOVE_WAIT_MS = 10000;
+// Signalling heartbeat: a ping every second; three seconds without a word mean the node is gone.
+const HEARTBEAT_MS = 1000;
+const HEARTBEAT_TIMEOUT_MS = 3000;
+
 // Redirects between cluster nodes a page follows in a row before it gives up.
 const MAX_REDIRECTS = 3;
 
@@ -156,24 +163,84 @@ export class Session extends EventTarget {
   }
 
   connect(resume) {
-    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, location.href);
+    // `base`: the node the room moved to (a `move`), else this page's own origin.
+    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, this.base || location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("token", this.token);
     const ws = new WebSocket(url);
     this.ws = ws;
+    this.welcomed = false;
     ws.onopen = () => {
       if (resume && this.resumeToken) this.send({ type: "resume", resume: this.resumeToken });
       else this.send({ type: "join", subscribe: this.subscribe });
+      this.heartbeat(ws);
     };
-    ws.onmessage = (e) => this.onMessage(JSON.parse(e.data)).catch((err) => this.emit("error", { message: String(err) }));
+    ws.onmessage = (e) => {
+      if (this.ws === ws) this.heard = Date.now();
+      this.onMessage(JSON.parse(e.data)).catch((err) => this.emit("error", { message: String(err) }));
+    };
     ws.onclose = () => {
       if (this.ws !== ws || this.closed) return;
+      // Moving (a drain or a lost node) and this node did not take us: the next node.
+      if (this.moving && !this.welcomed) {
+        setTimeout(() => { if (!this.closed && this.ws === ws) this.nextNode(); }, 300);
+        return;
+      }
       this.setState("reconnecting", "signalling connection lost");
       this.emit("signalling", { up: false });
+      // In a cluster, a node that refuses the reconnection too is taken for dead: the room is
+      // looked for on the others.
+      if (this.reconnects >= 1 && this.nodes && this.nodes.length > 1) {
+        this.reconnects++;
+        this.nodeLost();
+        return;
+      }
       const delay = Math.min(4000, 250 * 2 ** Math.min(this.reconnects, 4));
       this.reconnects++;
       setTimeout(() => { if (!this.closed) this.connect(true); }, delay);
     };
+  }
+
+  // A `ping` every HEARTBEAT_MS; a socket that heard nothing for HEARTBEAT_TIMEOUT_MS is
+  // dead (a node killed, a network gone: TCP alone would take minutes to say so). Then the
+  // room is looked for on the cluster's other nodes, from the welcome's list.
+  heartbeat(ws) {
+    this.heard = Date.now();
+    const timer = setInterval(() => {
+      if (this.ws !== ws || this.closed || ws.readyState !== WebSocket.OPEN) { clearInterval(timer); return; }
+      if (Date.now() - this.heard > HEARTBEAT_TIMEOUT_MS) {
+        clearInterval(timer);
+        this.emit("signalling", { up: false });
+        if (this.nodes && this.nodes.length > 1) {
+          ws.onclose = null;
+          try { ws.close(); } catch (_) { /* gone */ }
+          this.nodeLost();
+        } else ws.close();
+        return;
+      }
+      this.send({ type: "ping" });
+    }, HEARTBEAT_MS);
+  }
+
+  // This node stopped answering: move to another node of the cluster (it redirects to wherever
+  // the room is placed now), keeping this session's tracks and tiles until the new one has them.
+  nodeLost() {
+    const here = this.base || location.origin;
+    this.tried = new Set([here]);
+    const next = this.nodes.find((u) => new URL(u).origin !== here);
+    if (next) this.move(next, "node_lost");
+  }
+
+  // While moving: the next node of the list not tried yet (all of them again once each was).
+  nextNode() {
+    const nodes = (this.nodes || []).map((u) => new URL(u).origin);
+    if (!nodes.length) { this.connect(false); return; }
+    this.tried = this.tried || new Set();
+    let next = nodes.find((o) => !this.tried.has(o));
+    if (!next) { this.tried = new Set(); next = nodes[0]; }
+    this.tried.add(next);
+    this.base = next;
+    this.connect(false);
   }
 
   send(msg) {
@@ -186,6 +253,8 @@ export class Session extends EventTarget {
         openedFragment = withHops(openedFragment, 0);
         this.resumeToken = m.resume;
         this.identity = m.identity;
+        this.welcomed = true;
+        if (m.nodes && m.nodes.length) this.nodes = m.nodes;
         this.useIceServers(m.ice_servers || []);
         this.reconnects = 0;
         this.emit("signalling", { up: true, resumed: m.resumed });
@@ -232,7 +301,23 @@ export class Session extends EventTarget {
           await this.publishNow();
         }
         break;
+      case "move":
+        await this.move(m.url, m.reason);
+        break;
       case "redirect": {
+        if (this.moving) {
+          // Moving: follow it in this page (the old session's tiles stay until the new one
+          // has the same tracks).
+          const target = new URL(m.url);
+          target.protocol = target.protocol === "wss:" ? "https:" : "http:";
+          if (location.protocol === "https:" && target.protocol !== "https:") break;
+          const ws = this.ws;
+          if (ws) { ws.onclose = null; ws.close(); }
+          this.base = target.origin;
+          (this.tried = this.tried || new Set()).add(target.origin);
+          this.connect(false);
+          break;
+        }
         // Another node holds the room (a cluster): open this same page there, with the same
         // fragment (the token), so that its signalling is same-origin again. Never from https
         // to http (the token would travel in clear), and at most MAX_REDIRECTS hops in a row
@@ -270,6 +355,54 @@ export class Session extends EventTarget {
         this.emit(m.type, m);
         break;
     }
+  }
+
+  // The room moves to the node at `url` (its node drains): a new signalling session there,
+  // publishing the same tracks and subscribing again, while the old one goes on; the old one is
+  // closed once the new one carries every publisher the old one did (or after MOVE_WAIT_MS).
+  // The identity is the token's, so the other participants see the same identity throughout.
+  async move(url, reason) {
+    if (this.moving) return;
+    let target;
+    try { target = new URL(url); } catch (_) { return; }
+    if (location.protocol === "https:" && target.protocol !== "https:") {
+      this.emit("error", { code: "move_refused", message: `refused a move from https to ${target.origin} (the token would travel in clear)` });
+      return;
+    }
+    const old = { ws: this.ws, sub: this.sub, pub: this.pub, tracks: this.tracks };
+    this.moving = old;
+    this.emit("moving", { url: target.origin, reason });
+    // What the old node still says about its sessions no longer matters.
+    if (old.ws) { old.ws.onmessage = null; old.ws.onclose = null; }
+    this.base = target.origin;
+    this.ws = null; this.sub = null; this.pub = null;
+    this.tracks = new Map();
+    this.answered = 0;
+    this.resumeToken = null;
+    this.telemetry = { reliable: null, lossy: null, commands: null };
+    for (const s of this.sends) s.transceiver = null;
+    this.connect(false);
+    const started = Date.now();
+    const wanted = () => new Set([...old.tracks.values()].map((t) => `${t.from}/${t.label}`));
+    const have = () => new Set([...this.tracks.values()].map((t) => `${t.from}/${t.label}`));
+    await new Promise((resolve) => {
+      const check = () => {
+        const h = have();
+        const done = [...wanted()].every((k) => h.has(k)) && (this.sub || !this.subscribe);
+        if ((done && this.state === "live") || Date.now() - started > (reason === "node_lost" ? 3 : 1) * MOVE_WAIT_MS) resolve();
+        else setTimeout(check, 100);
+      };
+      check();
+    });
+    // A moment for the new tracks' first frames, then the old session goes.
+    await new Promise((r) => setTimeout(r, 500));
+    try { if (old.ws && old.ws.readyState === WebSocket.OPEN) old.ws.send(JSON.stringify({ v: V, type: "leave" })); } catch (_) { /* gone */ }
+    if (old.sub) old.sub.close();
+    if (old.pub) old.pub.close();
+    if (old.ws) old.ws.close();
+    for (const [mid, t] of old.tracks) if (!this.tracks.has(mid)) this.emit("track_removed", t);
+    this.moving = null;
+    this.emit("moved", { url: target.origin, reason });
   }
 
   resetMedia() {

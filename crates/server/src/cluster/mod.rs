@@ -48,9 +48,11 @@ pub use store::{ClusterStore, Renewal, StoreError};
 use std::time::Duration;
 
 /// How often a node writes its record, reads the registry and renews its leases.
-pub const REFRESH: Duration = Duration::from_secs(2);
+pub const REFRESH: Duration = Duration::from_secs(1);
 /// A node record expires this long after its last refresh: a dead node leaves the registry
-/// within it (three refreshes missed).
-pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// within it (three refreshes missed), and its rooms are placed again at their clients' next
+/// request (a lease whose owner is not in the registry is replaced): prompt enough for the
+/// clients that noticed the death (~3 s) to find their room again at once.
+pub const NODE_TTL: Duration = Duration::from_secs(3);
 /// A room lease expires this long after its last renewal (five refreshes missed).
 pub const ROOM_LEASE: Duration = Duration::from_secs(10);

@@ -222,6 +222,56 @@ impl Cluster {
         lock(&self.load).draining = draining;
     }
 
+    /// Hands `room`, held here, over to another node (placement, draining nodes excluded):
+    /// its lease goes to that node in the store at once, so the clients told to move land
+    /// there and are not sent back; this node's requests for it are redirected there from now
+    /// on. Returns the new node's public URL; `None` when not clustered, not held here, or no
+    /// other node can take it.
+    pub async fn hand_over(&self, room: &RoomId) -> Option<String> {
+        if !self.clustered {
+            return None;
+        }
+        let key = self.key(room);
+        if !matches!(
+            lock(&self.owned).get(&key),
+            Some(Owned { lost_to: None, .. })
+        ) {
+            return None;
+        }
+        let target = self.candidate().filter(|t| *t != self.me)?;
+        let owner = match self
+            .store
+            .place(&key, &target, ROOM_LEASE, Some(&self.me))
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "a draining node could not hand a room over");
+                return None;
+            }
+        };
+        if owner == self.me {
+            return None;
+        }
+        let url = self.url_of(&owner)?;
+        *lock(&self.view).recent.entry(owner.clone()).or_default() += 1;
+        if let Some(o) = lock(&self.owned).get_mut(&key) {
+            o.lost_to = Some(owner.clone());
+            o.vacant = false;
+        }
+        self.remember(&key, &owner);
+        info!(room_key = &key.as_str()[..8], to = %owner, "room handed over (drain)");
+        Some(url)
+    }
+
+    /// Writes this node's record now (a drain: others stop placing rooms here at once).
+    pub async fn publish_record(&self) {
+        if self.clustered {
+            let _ = self.store.register(&self.record(), NODE_TTL).await;
+        }
+    }
+
     /// Sets the telemetry address published in the registry.
     pub fn set_telemetry(&self, addr: String) {
         *lock(&self.telemetry) = addr;
@@ -733,6 +783,37 @@ mod tests {
             rooms: rooms.iter().map(|(r, n)| (room(r), *n)).collect(),
             ..Load::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_hands_its_room_to_another_which_serves_it_and_is_not_sent_back() {
+        let store = Arc::new(MemoryStore::new());
+        let (a, b) = (node("a", &store, 10), node("b", &store, 10));
+        a.refresh(live(&[("moving", 2)])).await;
+        b.refresh(Load::default()).await;
+        assert_eq!(a.route(&room("moving")).await, Route::Local);
+        // Not draining yet: placement may pick A itself, which is no hand-over.
+        let mut draining = live(&[("moving", 2)]);
+        draining.draining = true;
+        a.refresh(draining.clone()).await;
+        assert_eq!(
+            a.hand_over(&room("moving")).await.as_deref(),
+            Some("http://b.example:8080")
+        );
+        let key = a.key(&room("moving"));
+        assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
+        // The moved clients land on B, which serves the room; A sends latecomers there, and its
+        // refreshes (its old sessions still live) do not take the room back.
+        assert_eq!(b.route(&room("moving")).await, Route::Local);
+        a.refresh(draining.clone()).await;
+        a.refresh(draining).await;
+        assert_eq!(store.owner(&key).await.unwrap().as_deref(), Some("b"));
+        assert_eq!(
+            a.route(&room("moving")).await,
+            Route::Redirect("http://b.example:8080".into())
+        );
+        // A room it does not hold is not A's to hand over.
+        assert_eq!(a.hand_over(&room("elsewhere")).await, None);
     }
 
     #[tokio::test]

@@ -208,7 +208,8 @@ async fn local_rooms(
 }
 
 /// `POST /api/drain` (an operator token for every room): this node takes no new sessions and
-/// no new rooms (placement skips it, `/readyz` fails) while its consultations go on.
+/// no new rooms (placement skips it, `/readyz` fails), moves its rooms to other nodes, and
+/// exits when empty or at `http.drain_timeout` (as on SIGTERM).
 pub(crate) async fn drain(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -223,6 +224,8 @@ pub(crate) async fn drain(
     }
     st.draining.store(true, Ordering::Relaxed);
     st.cluster.set_draining(true);
+    // The process moves its rooms to other nodes and exits (as on SIGTERM).
+    st.drain_requested.notify_one();
     tracing::info!("draining on an operator's request: new sessions and rooms go elsewhere");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -11,7 +11,9 @@
 //! give it to the WebSocket (`/ws/{room}?token=…`, see `docs/signalling.md`) and the server
 //! logs routes, never URLs.
 
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -98,7 +100,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
                    media-src 'self' blob: mediastream:; frame-ancestors 'none'";
 
 /// The routes of the browser app.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub fn routes() -> Router<Arc<crate::state::AppState>> {
     Router::new()
         .route("/consult/{room}", get(consult))
         .route("/kiosk/{room}", get(kiosk))
@@ -124,12 +126,56 @@ async fn favicon() -> Response {
     r
 }
 
-async fn consult() -> Response {
-    page(include_str!("../../assets/app/consult.html"))
+async fn consult(State(st): State<Arc<crate::state::AppState>>) -> Response {
+    movable_page(&st, include_str!("../../assets/app/consult.html"))
 }
 
-async fn kiosk() -> Response {
-    page(include_str!("../../assets/app/kiosk.html"))
+async fn kiosk(State(st): State<Arc<crate::state::AppState>>) -> Response {
+    movable_page(&st, include_str!("../../assets/app/kiosk.html"))
+}
+
+/// A page whose session may move to another node of the cluster (a drain: the WebSocket's
+/// `move`): its policy also lets it open sockets to the nodes of the registry as read now.
+fn movable_page(st: &crate::state::AppState, body: &'static str) -> Response {
+    let mut r = page(body);
+    if !st.cluster().clustered() {
+        return r;
+    }
+    let mut peers = String::new();
+    for n in st.cluster().nodes() {
+        if let Some((http, ws)) = node_origins(&n.url) {
+            peers.push_str(&format!(" {http} {ws}"));
+        }
+    }
+    if peers.is_empty() {
+        return r;
+    }
+    let csp = CSP.replacen(
+        "connect-src 'self'",
+        &format!("connect-src 'self'{peers}"),
+        1,
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+/// The `http(s)` and `ws(s)` origins of a node's public URL (as the registry gives it);
+/// `None` for anything but a plain `http(s)://host[:port]` (a record is never trusted to
+/// write policy syntax).
+fn node_origins(url: &str) -> Option<(String, String)> {
+    let (scheme, ws, rest) = if let Some(r) = url.strip_prefix("https://") {
+        ("https", "wss", r)
+    } else {
+        ("http", "ws", url.strip_prefix("http://")?)
+    };
+    let host = rest.trim_end_matches('/');
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if host.is_empty() || !host.chars().all(plain) {
+        return None;
+    }
+    Some((format!("{scheme}://{host}"), format!("{ws}://{host}")))
 }
 
 /// The invitee's page (`/invite/{room}#code=…`): exchanges the link's code for a token, once,

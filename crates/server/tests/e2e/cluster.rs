@@ -229,12 +229,14 @@ async fn thirty_rooms_spread_over_the_nodes_and_a_draining_node_gets_none() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    until("A sees C draining", || async {
+    // A drained node with no room exits at once (out of the registry): either way A no longer
+    // sees it as a node that takes rooms.
+    until("A sees C draining or gone", || async {
         a.rooms().await["nodes"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["id"] == "node-c" && n["draining"] == true)
+            .all(|n| n["id"] != "node-c" || n["draining"] == true)
     })
     .await;
 
@@ -288,7 +290,7 @@ async fn a_killed_node_leaves_the_registry_and_its_rooms_are_placed_again() {
     let (status, served) = publish(&a.base, room, "kiosk-1").await;
     assert_eq!((status, served.as_str()), (201, b.base.as_str()));
 
-    // B's record always expires within NODE_TTL (6 s) of its last write: so a dead node leaves
+    // B's record always expires within NODE_TTL (3 s) of its last write: so a dead node leaves
     // the registry within the TTL, whenever it dies.
     let record = "cabine:node:node-b";
     let ttl_ms = cabine_server::cluster::NODE_TTL.as_millis() as i64;

@@ -126,9 +126,13 @@ impl Kiosk {
         let found = cabine_kiosk::telemetry::discover(&http, base, token)
             .await
             .expect("telemetry discovery");
-        let (url, verification) = (found.url, found.verification);
-        let (addr, name) = resolve(&url).await.unwrap();
-        let mut cc = ClientConfig::new(addr, token, RoomId::parse(room).unwrap(), verification);
+        let (addr, name) = resolve(&found.url).await.unwrap();
+        let mut cc = ClientConfig::new(
+            addr,
+            token,
+            RoomId::parse(room).unwrap(),
+            found.verification,
+        );
         cc.server_name = name;
         let client = Client::connect(cc).await.expect("telemetry connects");
         let mut cfg = DevicesConfig::new(7, 75.0);

@@ -20,6 +20,7 @@ mod continuity_browser;
 mod cors_browser;
 mod deploy;
 mod devices_browser;
+mod failover;
 mod fhir;
 mod hardening;
 mod http_errors;

@@ -229,6 +229,11 @@ impl Node {
         node
     }
 
+    /// Its process id (for a driver that kills it at a moment of its choosing).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it with SIGKILL (no goodbye to the registry).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
