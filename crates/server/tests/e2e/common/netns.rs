@@ -1,6 +1,6 @@
 //! A network namespace for the reach tests (TURN, ICE-TCP): a veth pair to the host, iptables
 //! rules inside, threads that join it. Needs root; [`can_run`] says when a test must skip, and
-//! with `CABINE_REQUIRE_ROOT_TESTS` set (scripts/test sets it when run as root, as CI is) a
+//! with `NETNS_TESTS_REQUIRE_ROOT` set (scripts/test sets it when run as root, as CI is) a
 //! test that cannot run fails instead.
 
 use std::io::Write;
@@ -12,7 +12,7 @@ use rand::Rng;
 
 /// Whether this process can create namespaces (root, with `ip` and `iptables`): when not
 /// root, prints that `test` was skipped and why on the real stderr (the test harness does not
-/// capture it, so the skip shows in every run), or fails when `CABINE_REQUIRE_ROOT_TESTS` is
+/// capture it, so the skip shows in every run), or fails when `NETNS_TESTS_REQUIRE_ROOT` is
 /// set; a missing tool fails with what to install.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -22,8 +22,8 @@ pub fn can_run(test: &str) -> bool {
              the tests as root)"
         );
         assert!(
-            std::env::var_os("CABINE_REQUIRE_ROOT_TESTS").is_none(),
-            "{why}, and CABINE_REQUIRE_ROOT_TESTS is set: this test must run"
+            std::env::var_os("NETNS_TESTS_REQUIRE_ROOT").is_none(),
+            "{why}, and NETNS_TESTS_REQUIRE_ROOT is set: this test must run"
         );
         // Written to the process's stderr, not through the captured `eprintln!`.
         let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
