@@ -31,6 +31,8 @@ use crate::send_times::{SendLog, SendTimesBuilder};
 pub(crate) struct NewPeer {
     pub pc: Arc<RTCPeerConnection>,
     pub state: watch::Receiver<RTCPeerConnectionState>,
+    /// The TURN clients its stream bridges carry (to tell how a relay candidate was reached).
+    pub relay_sources: crate::turn_tls::RelaySources,
 }
 
 /// Which side of the SFU a peer connection is for.
@@ -122,10 +124,12 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role<'_>) ->
         .build();
     // The state watch exists before the peer connection: the TURN-over-TLS bridges end with it.
     let (tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let relay_sources = crate::turn_tls::RelaySources::default();
     let ice_servers = crate::turn_tls::bridge_stream_servers(
         &opts.ice_servers,
         opts.accept_invalid_certs,
         &state,
+        &relay_sources,
     )
     .await?;
     let config = RTCConfiguration {
@@ -149,7 +153,11 @@ pub(crate) async fn new_peer_connection(opts: &ClientOptions, role: Role<'_>) ->
         let _ = tx.send(s);
         Box::pin(async {})
     }));
-    Ok(NewPeer { pc, state })
+    Ok(NewPeer {
+        pc,
+        state,
+        relay_sources,
+    })
 }
 
 /// Creates an offer, applies it locally and waits for ICE gathering (non-trickle). Returns the

@@ -49,8 +49,9 @@ pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
 /// How this client reaches its TURN relays, when every TURN URL it was given says the same:
 /// `tls` (`turns:`, whatever its `transport`: TLS over TCP, or DTLS with `transport=udp`),
 /// `tcp` (`turn:…?transport=tcp`) or `udp`. The server sees only the relay's UDP and shows
-/// this for the session while its selected pair is relayed; with mixed URLs nothing is
-/// reported and the server shows `relay/unknown`.
+/// this for the session while its selected pair is relayed. With mixed URLs the POST says
+/// nothing: once connected, [`selected_relay_protocol`] tells and the session's resource is
+/// `PATCH`ed with it.
 pub(crate) fn relay_protocol(servers: &[crate::IceServer]) -> Option<&'static str> {
     let mut found = None;
     for url in servers.iter().flat_map(|s| &s.urls) {
@@ -262,6 +263,90 @@ pub(crate) async fn delete_resource(client: &Client, resource: &Url, token: &str
     .into())
 }
 
+/// How the selected candidate pair's local candidate reaches its TURN relay, when it is a
+/// relay candidate: the pair from the ICE agent's stats, its relay address matched to the
+/// gathered `offer`'s candidate line, whose `rport` (the TURN client's UDP port) names the
+/// stream bridge that carried it (`tls`/`tcp`), else `udp`.
+pub(crate) async fn selected_relay_protocol(
+    pc: &RTCPeerConnection,
+    offer: &str,
+    sources: &crate::turn_tls::RelaySources,
+) -> Option<&'static str> {
+    use webrtc::ice::candidate::CandidatePairState;
+    use webrtc::ice::candidate::CandidateType;
+    use webrtc::stats::StatsReportType;
+    let stats = pc.get_stats().await;
+    let local_id = stats.reports.values().find_map(|r| match r {
+        StatsReportType::CandidatePair(p)
+            if p.nominated && p.state == CandidatePairState::Succeeded =>
+        {
+            Some(p.local_candidate_id.clone())
+        }
+        _ => None,
+    })?;
+    let (ip, port) = stats.reports.values().find_map(|r| match r {
+        StatsReportType::LocalCandidate(c)
+            if c.id == local_id && c.candidate_type == CandidateType::Relay =>
+        {
+            Some((c.ip.clone(), c.port))
+        }
+        _ => None,
+    })?;
+    let rport = relay_rport(offer, &ip, port)?;
+    let streams = sources.lock().ok()?;
+    Some(streams.get(&rport).copied().unwrap_or("udp"))
+}
+
+/// The `rport` of `offer`'s relay candidate at `ip`:`port`.
+fn relay_rport(offer: &str, ip: &str, port: u16) -> Option<u16> {
+    offer.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // a=candidate:<foundation> <component> <transport> <priority> <ip> <port> typ relay ...
+        let relay = f.len() > 7 && f[6] == "typ" && f[7] == "relay";
+        if !(relay && f[0].starts_with("a=candidate:") && f[4] == ip && f[5] == port.to_string()) {
+            return None;
+        }
+        let i = f.iter().position(|w| *w == "rport")?;
+        f.get(i + 1)?.parse().ok()
+    })
+}
+
+/// `PATCH`es the session's resource with the relay transport its selected pair uses.
+async fn report_relay(
+    client: &Client,
+    resource: &Url,
+    token: &str,
+    protocol: &'static str,
+) -> Result<()> {
+    let url = resource.to_string();
+    let transport = |source| Error::Transport {
+        method: "PATCH",
+        url: url.clone(),
+        source,
+    };
+    let response = client
+        .patch(resource.clone())
+        .headers(auth_headers(token)?)
+        .headers(relay_header(Some(protocol)))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let www_authenticate = header_str(response.headers(), reqwest::header::WWW_AUTHENTICATE);
+    let body = response.bytes().await.map_err(transport)?;
+    Err(HttpError {
+        method: "PATCH",
+        url,
+        status: status.as_u16(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        www_authenticate,
+    }
+    .into())
+}
+
 /// A negotiated WHIP or WHEP session: the peer connection and its HTTP resource.
 pub(crate) struct Session {
     pub pc: Arc<RTCPeerConnection>,
@@ -286,7 +371,11 @@ impl Session {
         peer: engine::NewPeer,
         opts: &ClientOptions,
     ) -> Result<Session> {
-        let engine::NewPeer { pc, mut state } = peer;
+        let engine::NewPeer {
+            pc,
+            mut state,
+            relay_sources,
+        } = peer;
         let result = async {
             let endpoint = parse_endpoint(endpoint)?;
             let client = http_client(opts)?;
@@ -315,6 +404,16 @@ impl Session {
                     tracing::debug!(error = %del, "cleanup DELETE failed");
                 }
                 return Err(e);
+            }
+            // Relayed: the TURN transport actually used (with mixed TURN URLs the POST could
+            // not say), on the session's resource. The server keeps it only while it sees the
+            // session relayed; a failure leaves the transport `unknown`, nothing else.
+            if let Some(used) = selected_relay_protocol(&pc, &offer, &relay_sources).await {
+                if relay != Some(used) {
+                    if let Err(e) = report_relay(&client, &resource.url, token, used).await {
+                        tracing::debug!(error = %e, "reporting the relay transport failed");
+                    }
+                }
             }
             Ok((client, resource, offer, answer, bridge))
         }
@@ -383,6 +482,22 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_relay_candidate_s_rport_is_found_by_its_address() {
+        let offer = "v=0\r\n\
+            a=candidate:1 1 udp 2130706431 10.0.0.2 50000 typ host\r\n\
+            a=candidate:2 1 udp 16777215 192.0.2.7 61000 typ relay raddr 0.0.0.0 rport 40001\r\n\
+            a=candidate:3 1 udp 16777215 192.0.2.7 61002 typ relay raddr 0.0.0.0 rport 40002\r\n";
+        assert_eq!(super::relay_rport(offer, "192.0.2.7", 61002), Some(40002));
+        assert_eq!(super::relay_rport(offer, "192.0.2.7", 61000), Some(40001));
+        assert_eq!(
+            super::relay_rport(offer, "10.0.0.2", 50000),
+            None,
+            "not relay"
+        );
+        assert_eq!(super::relay_rport(offer, "192.0.2.8", 61000), None);
+    }
+
     #[test]
     fn the_relay_protocol_is_reported_when_every_turn_url_agrees() {
         let turn = |urls: &[&str]| {

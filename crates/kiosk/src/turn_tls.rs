@@ -79,12 +79,20 @@ impl StreamTurn {
     }
 }
 
+/// The local UDP ports of the TURN clients a peer connection's stream bridges carried, with
+/// the transport of each (`tls` or `tcp`): a relay candidate's related port is its TURN
+/// client's, so a relay candidate whose related port is here reached its relay over that
+/// stream, any other over UDP.
+pub(crate) type RelaySources = Arc<std::sync::Mutex<HashMap<u16, &'static str>>>;
+
 /// Replaces every stream TURN URL of `servers` by a bridge on 127.0.0.1, started now and ended
-/// when `state` reaches `closed` (or its peer connection is dropped).
+/// when `state` reaches `closed` (or its peer connection is dropped); each bridge records the
+/// TURN clients it carries in `sources`.
 pub(crate) async fn bridge_stream_servers(
     servers: &[IceServer],
     accept_invalid_certs: bool,
     state: &watch::Receiver<RTCPeerConnectionState>,
+    sources: &RelaySources,
 ) -> Result<Vec<IceServer>> {
     let mut out = Vec::with_capacity(servers.len());
     for s in servers {
@@ -92,7 +100,8 @@ pub(crate) async fn bridge_stream_servers(
         for url in &s.urls {
             match StreamTurn::parse(url) {
                 Some(target) => {
-                    let local = start(target, accept_invalid_certs, state.clone()).await?;
+                    let local =
+                        start(target, accept_invalid_certs, state.clone(), sources.clone()).await?;
                     tracing::debug!(%local, "TURN over a stream bridged from UDP");
                     urls.push(format!("turn:{local}?transport=udp"));
                 }
@@ -109,6 +118,7 @@ async fn start(
     target: StreamTurn,
     accept_invalid_certs: bool,
     mut state: watch::Receiver<RTCPeerConnectionState>,
+    sources: RelaySources,
 ) -> Result<SocketAddr> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -126,7 +136,7 @@ async fn start(
         let ended = state.wait_for(|s| *s == RTCPeerConnectionState::Closed);
         tokio::select! {
             _ = ended => {}
-            _ = relay_datagrams(socket, target, tls) => {}
+            _ = relay_datagrams(socket, target, tls, sources) => {}
         }
     });
     Ok(local)
@@ -137,7 +147,9 @@ async fn relay_datagrams(
     socket: Arc<UdpSocket>,
     target: StreamTurn,
     tls: Option<tokio_rustls::TlsConnector>,
+    sources: RelaySources,
 ) {
+    let transport = if target.tls { "tls" } else { "tcp" };
     let mut conns: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -163,6 +175,10 @@ async fn relay_datagrams(
                 rx,
             ));
             conns.insert(from, tx);
+            // Once per TURN client: not on the per-datagram path.
+            if let Ok(mut s) = sources.lock() {
+                s.insert(from.port(), transport);
+            }
         }
         if let Some(tx) = conns.get(&from) {
             // A full queue drops the datagram, like a congested UDP path.

@@ -417,6 +417,22 @@ pub(crate) async fn patch_session(
     let claims = session_claims(&st, &headers, &room, peer)?;
     let (id, entry) = lookup_session(&st, &room, &session)?;
     let actor = session_actor(&st, claims, &room, &entry, peer)?;
+    // The client's report of the TURN transport its selected pair uses (known only once it is
+    // connected): for this session, kept only while the server sees it relayed.
+    if let Some(protocol) = relay_protocol_header(&headers)? {
+        match st
+            .sfu
+            .report_relay_protocol(room.clone(), id, protocol, true)
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+            Err(e) => return Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())),
+        }
+        if body.is_empty() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
     check_content_type(&headers, "application/trickle-ice-sdpfrag")?;
     if let Some(m) = headers.get(header::IF_MATCH) {
         let m = m.to_str().unwrap_or("");

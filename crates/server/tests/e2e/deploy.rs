@@ -955,6 +955,8 @@ fn daemonset() -> Yaml {
     let rs = k8s_resources();
     let mut w = of_kind(&rs, "DaemonSet");
     w.extend(of_kind(&rs, "Deployment"));
+    // The SFU's: coturn's (coturn.yaml) is checked on its own.
+    w.retain(|r| text(at(r, "metadata.name")) == "cabine");
     assert_eq!(w.len(), 1, "one SFU workload");
     w.pop().unwrap()
 }
@@ -1186,6 +1188,7 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
     let svcs: Vec<Yaml> = of_kind(&rs, "Service")
         .into_iter()
         .filter(|s| text(at(s, "metadata.name")) != host)
+        .filter(|s| text(at(s, "metadata.name")) != "cabine-turn")
         .collect();
     assert_eq!(svcs.len(), 1);
     let svc = &svcs[0];
@@ -1198,6 +1201,181 @@ fn kubernetes_runs_one_sfu_per_node_with_probes_and_a_drain() {
         let (port, cproto) = resolve_port(c, opt(p, "targetPort").unwrap_or(at(p, "port")));
         assert_eq!((port, cproto.as_str()), (8080, "TCP"), "Service → HTTP");
     }
+}
+
+#[test]
+fn kubernetes_runs_coturn_with_cabines_turn_secret_ports_and_the_shipped_policy() {
+    let rs = k8s_resources();
+    let named = |kind: &str, name: &str| -> Yaml {
+        of_kind(&rs, kind)
+            .into_iter()
+            .find(|r| text(at(r, "metadata.name")) == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in deploy/k8s"))
+    };
+    let ds = named("DaemonSet", "cabine-coturn");
+    let pod = at(&ds, "spec.template.spec");
+    assert_eq!(
+        at(pod, "hostNetwork").as_bool(),
+        Some(true),
+        "the relay port range is the node's own"
+    );
+    let c = container(pod, "coturn");
+    let args = strings(at(c, "args"));
+    let env_of = |name: &str| -> Yaml {
+        list(at(c, "env"))
+            .iter()
+            .find(|e| text(at(e, "name")) == name)
+            .unwrap_or_else(|| panic!("coturn has no env {name}"))
+            .clone()
+    };
+
+    // The shared secret: the same Secret key as Cabine's CABINE_TURN__SECRET.
+    let secret_arg = args
+        .iter()
+        .find_map(|a| {
+            a.strip_prefix("--static-auth-secret=$(")
+                .and_then(|v| v.strip_suffix(')'))
+        })
+        .unwrap_or_else(|| panic!("coturn's secret is not an env variable: {args:?}"));
+    let coturn_ref = at(&env_of(secret_arg), "valueFrom.secretKeyRef").clone();
+    let cabine = container(at(&daemonset(), "spec.template.spec"), "cabine").clone();
+    let cabine_env = |name: &str| -> Yaml {
+        list(at(&cabine, "env"))
+            .iter()
+            .find(|e| text(at(e, "name")) == name)
+            .unwrap_or_else(|| panic!("cabine has no env {name}"))
+            .clone()
+    };
+    let cabine_ref = at(&cabine_env("CABINE_TURN__SECRET"), "valueFrom.secretKeyRef").clone();
+    assert_eq!(
+        (text(at(&coturn_ref, "name")), text(at(&coturn_ref, "key"))),
+        (text(at(&cabine_ref, "name")), text(at(&cabine_ref, "key"))),
+        "coturn and cabine read the TURN secret from the same Secret key"
+    );
+    assert!(
+        opt(&coturn_ref, "optional").and_then(Yaml::as_bool) != Some(true),
+        "coturn without the secret would accept nothing: not optional"
+    );
+    let secret = named("Secret", &text(at(&coturn_ref, "name")));
+    assert!(
+        opt(&secret, "stringData")
+            .is_some_and(|d| d.get(text(at(&coturn_ref, "key")).as_str()).is_some()),
+        "the Secret holds the TURN secret key"
+    );
+
+    // The shipped policy, verbatim, at the path the arguments name.
+    let conf = read("turn/turnserver.conf");
+    let cm = named("ConfigMap", "cabine-turn");
+    assert_eq!(
+        text(
+            at(&cm, "data")
+                .get("turnserver.conf")
+                .expect("data turnserver.conf")
+        ),
+        conf,
+        "k8s/coturn.yaml's turnserver.conf is deploy/turn/turnserver.conf"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "-c" && w[1] == "/etc/coturn/turnserver.conf"),
+        "{args:?}"
+    );
+    let config_volume = list(at(c, "volumeMounts"))
+        .iter()
+        .find(|m| text(at(m, "mountPath")) == "/etc/coturn")
+        .map(|m| text(at(m, "name")))
+        .expect("/etc/coturn mounted");
+    let sources = list(at(pod, "volumes"))
+        .iter()
+        .find(|v| text(at(v, "name")) == config_volume)
+        .map(|v| list(at(v, "projected.sources")).clone())
+        .expect("/etc/coturn: a projected volume");
+    let paths: BTreeSet<String> = sources
+        .iter()
+        .flat_map(|s| {
+            ["configMap", "secret"]
+                .into_iter()
+                .filter_map(|k| opt(s, &format!("{k}.items")))
+                .flat_map(|items| list(items).iter().map(|i| text(at(i, "path"))))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for f in ["turnserver.conf", "cert.pem", "key.pem"] {
+        assert!(paths.contains(f), "/etc/coturn/{f}: {paths:?}");
+    }
+    let lines: Vec<&str> = conf.lines().map(str::trim).collect();
+    for l in [
+        "use-auth-secret",
+        "no-tcp-relay",
+        "denied-peer-ip=0.0.0.0-255.255.255.255",
+        "tls-listening-port=443",
+        "listening-port=3478",
+        "min-port=49152",
+        "max-port=49999",
+    ] {
+        assert!(lines.contains(&l), "turnserver.conf: {l}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("user-quota=")));
+    assert!(!lines.iter().any(|l| l.starts_with("static-auth-secret")));
+    // Peers: only Cabine's media nodes (from the ConfigMap), on top of the policy's denials.
+    let peers_arg = args
+        .iter()
+        .find_map(|a| {
+            a.strip_prefix("--allowed-peer-ip=$(")
+                .and_then(|v| v.strip_suffix(')'))
+        })
+        .unwrap_or_else(|| panic!("no allowed-peer-ip: {args:?}"));
+    let peers_ref = at(&env_of(peers_arg), "valueFrom.configMapKeyRef").clone();
+    assert_eq!(text(at(&peers_ref, "name")), "cabine-turn");
+    let peers = text(at(&cm, &format!("data.{}", text(at(&peers_ref, "key")))));
+    assert!(
+        !peers.is_empty() && !peers.starts_with("0.0.0.0") && !peers.starts_with("::"),
+        "allowed peers: {peers}"
+    );
+
+    // Ports: 443/tcp (TLS), 3478 udp and tcp, on the container and the Service.
+    let wanted: BTreeSet<(u16, String)> = [(443, "TCP"), (3478, "UDP"), (3478, "TCP")]
+        .into_iter()
+        .map(|(p, t)| (p, t.to_owned()))
+        .collect();
+    let svc = named("Service", "cabine-turn");
+    let mut served = BTreeSet::new();
+    for p in list(at(&svc, "spec.ports")) {
+        let proto = opt(p, "protocol").map(text).unwrap_or_else(|| "TCP".into());
+        let port = at(p, "port").as_u64().unwrap() as u16;
+        let target = resolve_port(c, opt(p, "targetPort").unwrap_or(at(p, "port")));
+        assert_eq!(target, (port, proto.clone()), "Service port {port}/{proto}");
+        served.insert((port, proto));
+    }
+    assert_eq!(served, wanted, "the TURN Service's ports");
+    let labels = at(&ds, "spec.template.metadata.labels")
+        .as_mapping()
+        .unwrap();
+    for (k, v) in at(&svc, "spec.selector").as_mapping().unwrap() {
+        assert_eq!(labels.get(k), Some(v), "TURN Service selector {k:?}");
+    }
+
+    // Cabine's [turn] settings: its URLs point at those ports (443 for turns:, 3478 plain).
+    let urls = text(at(&cabine_env("CABINE_TURN__URLS"), "value"));
+    let urls: toml::Value = format!("v = {urls}").parse::<toml::Table>().unwrap()["v"].clone();
+    let mut kinds = BTreeSet::new();
+    for u in urls.as_array().unwrap() {
+        let u = u.as_str().unwrap();
+        let tls = u.starts_with("turns:");
+        let port = u.rsplit_once(':').unwrap().1.split('?').next().unwrap();
+        assert_eq!(port, if tls { "443" } else { "3478" }, "{u}");
+        kinds.insert(
+            u.split_once('?')
+                .map(|(_, q)| q.to_owned())
+                .unwrap_or_default()
+                + if tls { "+tls" } else { "" },
+        );
+    }
+    assert_eq!(
+        kinds.len(),
+        3,
+        "turns over TLS, turn over udp and tcp: {kinds:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

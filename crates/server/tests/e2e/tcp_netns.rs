@@ -120,7 +120,8 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     // `cabine-kiosk dial --ice-tcp` from inside: media over ICE-TCP, and the vitals, whose
     // QUIC cannot handshake, over the telemetry WebSocket on the HTTP port; a doctor outside
     // receives its measurements on the data channel.
-    let vitals = vitals_from_the_namespace(&s, &ns).await;
+    // It keeps running: the doctor's page in chromium (inside, ICE-TCP) must show its vitals.
+    let (vitals, dial) = vitals_from_the_namespace(&s, &ns).await;
     eprintln!("tcp_netns: cabine-kiosk dial's vitals over the stream transport: {vitals}");
 
     // Chromium inside, ICE-TCP.
@@ -132,6 +133,11 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
         ("KIOSK_TOKEN", s.token(ROOM, Role::Kiosk, "kiosk-1")),
         ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
         ("HOLD_FILE", hold.display().to_string()),
+        ("DIAL_ROOM", format!("{ROOM}-dial")),
+        (
+            "DIAL_DOCTOR_TOKEN",
+            s.token(&format!("{ROOM}-dial"), Role::Doctor, "dr-dial-page"),
+        ),
         (
             "CHROMIUM_ARGS",
             // The pages' origin is plain HTTP on a private address: treated as secure so the
@@ -199,6 +205,9 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     std::fs::write(&hold, b"seen").expect("hold file");
     let out = driver.await.expect("driver thread");
     let _ = std::fs::remove_file(&hold);
+    eprintln!("tcp_netns: chromium driver: {}", out.stdout.trim());
+    let dial_stats = tokio::task::block_in_place(|| dial.stop());
+    eprintln!("tcp_netns: cabine-kiosk dial's telemetry: {dial_stats}");
     assert!(
         out.ok(),
         "chromium over ICE-TCP failed (exit {}{}):\n{}\n{}\nGET /api/rooms: {rooms:#}",
@@ -238,8 +247,9 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
 /// Runs `cabine-kiosk dial` (its library, as the command runs it, with `--ice-tcp`) inside `ns`
 /// and waits until its telemetry is connected over the stream transport (QUIC's UDP is
 /// dropped) and a doctor subscribing from outside has received measurements of two device
-/// channels from it with decoded media; returns what was seen.
-async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> String {
+/// channels from it with decoded media; returns what was seen and the running kiosk (kept up so
+/// the doctor's page in chromium receives its vitals too).
+async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> (String, RunningDial) {
     use cabine_kiosk::devices::DevicesConfig;
     use cabine_kiosk::dial::{self, DialConfig};
     use cabine_kiosk::Subscriber;
@@ -265,90 +275,104 @@ async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> String
     let doctor_token = s.token(&room, Role::Doctor, "dr-dial");
     let whep = format!("{}/whep/{room}", s.base);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let kiosk = scope.spawn(|| {
-                ns.run_in(|| {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(dial::run(cfg, async move {
-                        let _ = stopped.await;
-                    }))
-                })
-            });
-            let seen = handle.block_on(async {
-                // The kiosk's telemetry session is up, over the WebSocket.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let st = telemetry.sidecar_stats();
-                    if st.kiosks_connected >= 1 && st.stream_connections >= 1 {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(format!(
-                            "the kiosk's telemetry did not connect over the stream transport: \
-                             {} kiosks, {} stream connections, refusals {:?}",
-                            st.kiosks_connected, st.stream_connections, st.refusals
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                // A doctor (outside, where UDP works) receives the vitals and the media.
-                let doctor = Subscriber::connect(
-                    &whep,
-                    &doctor_token,
-                    ClientOptions {
-                        data_channel: true,
-                        recv_video: 2,
-                        recv_audio: 2,
-                        ..ClientOptions::default()
-                    },
-                )
-                .await
-                .map_err(|e| format!("doctor: {e}"))?;
-                let tracks = doctor
-                    .tracks(1, Duration::from_secs(30))
-                    .await
-                    .map_err(|e| format!("the kiosk's tracks: {e}"))?;
-                tracks[0]
-                    .read_rtp_timeout(Duration::from_secs(20))
-                    .await
-                    .map_err(|e| format!("media on {}: {e}", tracks[0].id()))?;
-                let mut channels = std::collections::BTreeMap::<u64, u64>::new();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while channels.len() < 2 || channels.values().any(|n| *n < 2) {
-                    if Instant::now() > deadline {
-                        return Err(format!("measurements per channel: {channels:?}"));
-                    }
-                    let Ok(m) = doctor.next_data(Duration::from_millis(500)).await else {
-                        continue;
-                    };
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&m.data).map_err(|e| e.to_string())?;
-                    if v["source"] == "kiosk-dial" && v["frame"].get("measurement").is_some() {
-                        *channels
-                            .entry(v["channel_id"].as_u64().unwrap_or(0))
-                            .or_default() += 1;
-                    }
-                }
-                Ok(format!(
-                    "measurements per channel {channels:?}, {} stream connection(s)",
-                    telemetry.sidecar_stats().stream_connections
-                ))
-            });
-            let _ = stop.send(());
-            let stats = kiosk.join().expect("kiosk thread");
-            match (seen, stats) {
-                (Ok(seen), Ok(stats)) => format!("{seen}; kiosk: {:?}", stats.telemetry),
-                (Err(e), _) => panic!("cabine-kiosk dial's vitals from the namespace: {e}"),
-                (_, Err(e)) => panic!("cabine-kiosk dial in the namespace: {e}"),
+    let kiosk = ns.spawn_in(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(dial::run(cfg, async move {
+            let _ = stopped.await;
+        }))
+        .map(|stats| format!("{:?}", stats.telemetry))
+        .map_err(|e| e.to_string())
+    });
+    let dial = RunningDial { stop, kiosk };
+    let seen = async {
+        // The kiosk's telemetry session is up, over the WebSocket.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = telemetry.sidecar_stats();
+            if st.kiosks_connected >= 1 && st.stream_connections >= 1 {
+                break;
             }
-        })
-    })
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the kiosk's telemetry did not connect over the stream transport: \
+                             {} kiosks, {} stream connections, refusals {:?}",
+                    st.kiosks_connected, st.stream_connections, st.refusals
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A doctor (outside, where UDP works) receives the vitals and the media.
+        let doctor = Subscriber::connect(
+            &whep,
+            &doctor_token,
+            ClientOptions {
+                data_channel: true,
+                recv_video: 2,
+                recv_audio: 2,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("doctor: {e}"))?;
+        let tracks = doctor
+            .tracks(1, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("the kiosk's tracks: {e}"))?;
+        tracks[0]
+            .read_rtp_timeout(Duration::from_secs(20))
+            .await
+            .map_err(|e| format!("media on {}: {e}", tracks[0].id()))?;
+        let mut channels = std::collections::BTreeMap::<u64, u64>::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while channels.len() < 2 || channels.values().any(|n| *n < 2) {
+            if Instant::now() > deadline {
+                return Err(format!("measurements per channel: {channels:?}"));
+            }
+            let Ok(m) = doctor.next_data(Duration::from_millis(500)).await else {
+                continue;
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(&m.data).map_err(|e| e.to_string())?;
+            if v["source"] == "kiosk-dial" && v["frame"].get("measurement").is_some() {
+                *channels
+                    .entry(v["channel_id"].as_u64().unwrap_or(0))
+                    .or_default() += 1;
+            }
+        }
+        Ok::<_, String>(format!(
+            "measurements per channel {channels:?}, {} stream connection(s)",
+            telemetry.sidecar_stats().stream_connections
+        ))
+    }
+    .await;
+    match seen {
+        Ok(seen) => (seen, dial),
+        Err(e) => {
+            let stats = dial.stop();
+            panic!("cabine-kiosk dial's vitals from the namespace: {e} (kiosk: {stats})")
+        }
+    }
+}
+
+/// `cabine-kiosk dial` running in the namespace until stopped.
+struct RunningDial {
+    stop: tokio::sync::oneshot::Sender<()>,
+    kiosk: std::thread::JoinHandle<Result<String, String>>,
+}
+
+impl RunningDial {
+    /// Stops the kiosk; panics if it failed, else returns its telemetry stats.
+    fn stop(self) -> String {
+        let _ = self.stop.send(());
+        self.kiosk
+            .join()
+            .expect("kiosk thread")
+            .unwrap_or_else(|e| panic!("cabine-kiosk dial in the namespace: {e}"))
+    }
 }
 
 /// A kiosk publishes a microphone over WHIP on `base` in `room` and a doctor subscribes over

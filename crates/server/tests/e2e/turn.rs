@@ -566,3 +566,56 @@ async fn turn_credentials_end_with_the_token_and_are_limited_per_identity() {
     assert_eq!(s.server.limit_refusals(Limit::TurnCredentialRate), 2);
     s.server.shutdown(Duration::from_millis(100)).await;
 }
+
+/// A client's relay transport report on its session resource (`PATCH` with
+/// `Cabine-Relay-Protocol`, what `cabine-kiosk` sends once connected): refused with 409 while
+/// the server sees the session's selected pair unrelayed, 400 for a value other than
+/// udp/tcp/tls, and refused for a token of another identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reports_on_a_session_are_refused_unless_relayed_and_its_own() {
+    let s = common::start().await;
+    let room = "room-relay-report";
+    let token = s.token(room, Role::Kiosk, "kiosk-1");
+    let publisher = Publisher::connect(
+        &format!("{}/whip/{room}", s.base),
+        &token,
+        vec![TrackSpec::audio("kiosk-1", "microphone")],
+        ClientOptions::loopback(),
+    )
+    .await
+    .expect("publisher");
+    let url = publisher.resource_url().to_owned();
+    let patch = |token: String, value: &'static str| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .patch(&url)
+                .bearer_auth(token)
+                .header("cabine-relay-protocol", value)
+                .send()
+                .await
+                .expect("PATCH")
+                .status()
+                .as_u16()
+        }
+    };
+    // Host UDP on loopback: once the server has selected the pair, `tls` is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    while std::time::Instant::now() < deadline {
+        status = patch(token.clone(), "tls").await;
+        if status == 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 409, "a report on an unrelayed session is refused");
+    assert_eq!(patch(token.clone(), "quic").await, 400);
+    let other = s.token(room, Role::Kiosk, "kiosk-2");
+    let refused = patch(other, "tls").await;
+    assert!(
+        (401..=404).contains(&refused),
+        "another identity's report: {refused}"
+    );
+    s.server.shutdown(Duration::from_millis(100)).await;
+}

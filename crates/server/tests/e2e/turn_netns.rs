@@ -100,20 +100,27 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
         s.token(kiosk_room, Role::Doctor, "dr-1"),
         s.token("*", Role::Operator, "ops-1"),
     );
-    // The kiosk is configured with the turns: URL (`--turn`) and Cabine's credential for it:
-    // knowing it relays over TLS, it says so in its WHIP/WHEP POSTs.
+    // The kiosk takes the server's whole ICE server list (Link headers: turns: on 443, turn:
+    // over udp and tcp on 3478), so its POSTs cannot say which transport it will use; once
+    // connected it reads its selected pair's relay candidate (whose TURN client only the TLS
+    // bridge carried: here only TCP 443 reaches coturn) and reports `tls` on the session.
     let reply: IceServersReply = ice_servers(&s.base, Some(&kiosk))
         .await
         .json()
         .await
         .expect("ICE servers");
-    let (user, credential) = turn_credential(&reply);
-    let turns = coturn.urls()[1].clone();
-    assert!(turns.starts_with("turns:"), "{turns}");
+    let urls: Vec<String> = reply
+        .ice_servers
+        .iter()
+        .flat_map(|s| s.urls.iter().cloned())
+        .collect();
+    assert!(
+        urls.iter().any(|u| u.starts_with("turns:")) && urls.iter().any(|u| u.starts_with("turn:")),
+        "the server hands out a mixed TURN list: {urls:?}"
+    );
     let opts = ClientOptions {
         relay_only: true,
-        ice_servers: vec![cabine_kiosk::IceServer::turn(turns, user, credential)],
-        endpoint_ice_servers: false,
+        endpoint_ice_servers: true,
         // coturn's certificate is the test's own.
         accept_invalid_certs: true,
         ..ClientOptions::default()

@@ -167,6 +167,22 @@ impl Netns {
                 .expect("namespace thread")
         })
     }
+
+    /// Spawns `f` on a thread that joined the namespace and returns its handle, for work that
+    /// outlives the caller's borrow (a kiosk kept running while another client joins).
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("the namespace's handle");
+            // SAFETY: setns on this thread only, with a valid namespace descriptor.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
 }
 
 impl Drop for Netns {
