@@ -90,17 +90,18 @@ mod tests {
     #[test]
     fn a_node_that_stopped_renewing_its_record_gets_no_new_room() {
         let now = 1_000_000u64;
+        let stale = STALE_AFTER.as_millis() as u64;
         let mut nodes = vec![node("a", 0, 10), node("b", 0, 10)];
-        nodes[0].renewed_ms = now - 4_001;
-        nodes[1].renewed_ms = now - 1_000;
+        nodes[0].renewed_ms = now - stale - 1;
+        nodes[1].renewed_ms = now - stale / 2;
         let none = HashMap::new();
         // a wins ties by id, but its record is stale: b.
         assert_eq!(choose(&nodes, "", &none, now).unwrap().id, "b");
-        nodes[0].renewed_ms = now - 3_000;
+        nodes[0].renewed_ms = now - stale;
         assert_eq!(choose(&nodes, "", &none, now).unwrap().id, "a");
         // Only stale nodes (the store was slow for everyone): still placed.
-        nodes[0].renewed_ms = now - 9_000;
-        nodes[1].renewed_ms = now - 9_000;
+        nodes[0].renewed_ms = now - 3 * stale;
+        nodes[1].renewed_ms = now - 3 * stale;
         assert_eq!(choose(&nodes, "", &none, now).unwrap().id, "a");
     }
 
