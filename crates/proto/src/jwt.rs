@@ -335,9 +335,12 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(
-            t.verify(&bare),
-            Err(AuthError::WrongIssuer { claim: "iss" })
+        // Both claims are missing; which one jsonwebtoken names first is not fixed (its
+        // required claims are a set), so either is right.
+        assert!(
+            matches!(t.verify(&bare), Err(AuthError::WrongIssuer { .. })),
+            "{:?}",
+            t.verify(&bare)
         );
     }
 
