@@ -543,7 +543,8 @@ export class Session extends EventTarget {
 // selected local candidate's relayProtocol, once a connection is up and relayed.
 async function reportRelayProtocol(session, { pc: which, state }) {
   if (state !== "connected" && state !== "completed") return;
-  for (let i = 0; i < 10; i++) {
+  // Up to 20 s: on a loaded machine the selected pair shows in getStats late.
+  for (let i = 0; i < 40; i++) {
     await new Promise((r) => setTimeout(r, 500));
     const pc = which === "publish" ? session.pub : session.sub;
     if (!pc) return;
