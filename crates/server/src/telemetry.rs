@@ -460,9 +460,11 @@ impl Telemetry {
                     name,
                     params,
                 };
-                match self.sidecar.send_command(room, claims, req) {
-                    Ok(command_id) => {
-                        self.cache.commands.fetch_add(1, Ordering::Relaxed);
+                // `command_sent` is queued before the command leaves: the kiosk's result (which
+                // may come back at once) reaches the subscriber after it, never before.
+                let sent = self
+                    .sidecar
+                    .send_command_announced(room, claims, req, |command_id| {
                         self.answer(
                             room,
                             session,
@@ -471,6 +473,10 @@ impl Telemetry {
                                 command_id,
                             },
                         );
+                    });
+                match sent {
+                    Ok(command_id) => {
+                        self.cache.commands.fetch_add(1, Ordering::Relaxed);
                         Ok(Some(command_id))
                     }
                     Err(e) => {

@@ -225,6 +225,26 @@ impl Sidecar {
             .drive(|core, now| core.send_command(now, room, sender, request))
     }
 
+    /// Like [`send_command`](Self::send_command), and calls `announce` with the command id
+    /// before the command leaves for the kiosk: whatever `announce` queues (the asking
+    /// subscriber's `command_sent`) is queued before the kiosk's result can be delivered, which
+    /// needs the same lock.
+    pub fn send_command_announced(
+        &self,
+        room: &RoomId,
+        sender: &Claims,
+        request: CommandRequest,
+        announce: impl FnOnce(u64),
+    ) -> Result<u64, CommandError> {
+        self.inner.drive(|core, now| {
+            let sent = core.send_command(now, room, sender, request);
+            if let Ok(id) = sent {
+                announce(id);
+            }
+            sent
+        })
+    }
+
     /// Tells the kiosks connected in `room` that it moves to the node at `url` (drain);
     /// returns how many were told.
     pub fn move_room(&self, room: &RoomId, url: &str, reason: &str) -> usize {
