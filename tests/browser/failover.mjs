@@ -167,7 +167,7 @@ async function restarted(page, base, step) {
   result.checks.video_back_ms = back.video;
   result.checks.vitals_back_ms = back.vitals;
   result.checks.rtp_back_ms = back.rtp;
-  const seq = await page.evaluate(oximeterSequence);
+  const seq = await settledSequence(page, step * 2);
   Object.assign(result.checks, seq);
   log(`measured ${JSON.stringify({ back, seq })}`);
   checkSequence(seq);
@@ -200,6 +200,17 @@ function oximeterSequence() {
     oximeter_missing: missing, oximeter_duplicates: dup,
     epochs: new Set(seqs.map((x) => x.split("/")[0])).size, duplicates_dropped: st.duplicatesDropped,
   };
+}
+
+// The oximeter's sequence once complete, or as it stands after `ms`: the measurements the kiosk
+// held during the gap are resent on its new session and may arrive after its first new ones.
+async function settledSequence(page, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const m = await page.evaluate(oximeterSequence);
+    if ((m.oximeter_shown >= 10 && !m.oximeter_missing.length) || Date.now() > deadline) return m;
+    await sleep(100);
+  }
 }
 
 function checkSequence(m) {
@@ -238,7 +249,7 @@ async function killed(page, step) {
     };
     return { video_back_ms: firstAfterGap(window.__frames), vitals_back_ms: firstAfterGap(window.__vitals), rtp_back_ms: firstAfterGap(window.__rtp) };
   }, killAt);
-  Object.assign(m, await page.evaluate(oximeterSequence));
+  Object.assign(m, await settledSequence(page, step * 2));
   Object.assign(result.checks, m, { first_after_kill: back });
   log(`measured ${JSON.stringify(m)}`);
   checkSequence(m);

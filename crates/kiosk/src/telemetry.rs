@@ -240,11 +240,17 @@ fn rediscovery(link: &Link) -> Option<Rediscover> {
         let (http, token) = (http.clone(), token.clone());
         let (fixed_url, fixed_trust) = (fixed_url.clone(), fixed_trust.clone());
         Box::pin(async move {
-            // The node in use first, then the cluster's others (it may have died): the first
-            // that answers says where the room's telemetry is now.
+            // The node in use and the cluster's others at once (it may have died, and a dead
+            // host answers nothing until the HTTP timeout): the first that answers says where
+            // the room's telemetry is now (any node knows, or redirects to the one that does).
+            let mut asks = JoinSet::new();
+            for server in servers {
+                let (http, token) = (http.clone(), token.clone());
+                asks.spawn(async move { discover(&http, &server, &token).await });
+            }
             let mut found = None;
-            for server in &servers {
-                if let Ok(d) = discover(&http, server, &token).await {
+            while let Some(answer) = asks.join_next().await {
+                if let Ok(Ok(d)) = answer {
                     found = Some(d);
                     break;
                 }

@@ -911,6 +911,13 @@ async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 }
                 if established {
                     delay = shared.config.reconnect_min;
+                    // The node may have died (kill -9, a lost host): ask where the room lives
+                    // now before dialling the same node again, rather than after a handshake
+                    // to a dead node timed out. An unchanged answer dials the same node.
+                    if shared.rediscover().await {
+                        fresh = true;
+                        continue;
+                    }
                 } else if shared.rediscover().await {
                     // A failed reconnection and a new answer: dial it at once.
                     fresh = true;

@@ -379,6 +379,9 @@ session.addEventListener("telemetry", (e) => {
   try { m = JSON.parse(e.detail.data); } catch { return; }
   if (m.sync) {
     for (const c of m.sync.channels || []) onDelivered(c);
+    // What the kiosk resent to this node before the page got here (after a move or a node's
+    // death), in arrival order; the ones already shown are dropped by their key.
+    for (const r of m.sync.recent || []) onDelivered(r);
     for (const l of m.sync.latest || []) onDelivered(l);
   } else if (m.command_sent) {
     const what = pending.get(m.command_sent.request_id);
