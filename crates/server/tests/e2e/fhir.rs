@@ -261,8 +261,8 @@ fn outbox_files(dir: &Path) -> Vec<PathBuf> {
 /// the Bundle is invalid or the validator is missing.
 fn validate_r4(bundle: &[u8], name: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = // Not CABINE_*: cabine processes read every CABINE_* variable as a config key.
-    std::env::var_os("FHIR_VALIDATOR_PYTHON")
+    // Not CABINE_*: cabine processes read every CABINE_* variable as a config key.
+    let python = std::env::var_os("FHIR_VALIDATOR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/fhir-validator/bin/python"));
     assert!(
