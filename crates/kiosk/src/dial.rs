@@ -31,11 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cabine_client::budget::{Budget, Share, VideoDemand};
+use cabine_client::congestion::{ControllerConfig, RateController};
+use cabine_client::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
-use crate::budget::{Budget, Share, VideoDemand};
-use crate::congestion::{ControllerConfig, RateController};
 use crate::devices::{
     codes, ChannelId, CommandOutcome, DeviceError, DeviceOutput, Devices, DevicesConfig,
     START_MEASUREMENT,
@@ -44,7 +45,6 @@ use crate::sources::{
     AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
     SourceError, VideoSource, Vp8Config,
 };
-use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
 
 /// Track id of the room camera.
 pub const ROOM_CAMERA: &str = "room-camera";
@@ -87,7 +87,7 @@ pub struct MediaConfig {
     pub device_kbps: u32,
     /// Stethoscope Opus bitrate, bit/s (at least 64000).
     pub stethoscope_bps: u32,
-    /// Adapt the video bitrates to the uplink (see [`congestion`](crate::congestion)): the
+    /// Adapt the video bitrates to the uplink (see [`congestion`](cabine_client::congestion)): the
     /// audio tracks keep their bitrates, the device camera gets its share before the room
     /// camera, which is paused when even its minimum does not fit. Off: every encoder runs
     /// at its configured bitrate whatever the link does.
@@ -433,7 +433,7 @@ pub async fn run(
                 let (cmd_tx, cmd_rx) = mpsc::channel(16);
                 outputs = Some(out_tx);
                 commands = Some(cmd_rx);
-                let http = crate::session::http_client(&config.client)
+                let http = cabine_client::http_client(&config.client)
                     .map_err(|e| DialError::InvalidConfig(format!("HTTP client: {e}")))?;
                 tasks.spawn(crate::telemetry::run(
                     crate::telemetry::Link {

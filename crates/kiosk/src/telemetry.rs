@@ -162,9 +162,9 @@ pub async fn discover(
         // (whose QUIC endpoint and certificate these are); followed by hand with the token.
         let next = reqwest::Url::parse(&url)
             .ok()
-            .and_then(|from| crate::session::follow_redirect(&from, r.status(), r.headers()));
+            .and_then(|from| cabine_client::follow_redirect(&from, r.status(), r.headers()));
         match next {
-            Some(next) if hops < crate::session::MAX_REDIRECTS => {
+            Some(next) if hops < cabine_client::MAX_REDIRECTS => {
                 hops += 1;
                 url = next.to_string();
             }
