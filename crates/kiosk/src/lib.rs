@@ -15,9 +15,14 @@
 //!   doctor, then dial the room the server opened.
 //! - [`stills`]: full-resolution JPEG stills of the device camera, on the doctor's command.
 //! - [`telemetry`]: the devices' link to the server's QUIC telemetry sidecar.
+//! - [`backoff`]: the reconnection delays both links use.
+//!
+//! Dependencies go one way: `dial` runs `telemetry`, which uses only [`devices`], [`stills`]
+//! and [`backoff`].
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod devices;
 pub mod dial;
 pub mod queue;
