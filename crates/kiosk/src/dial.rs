@@ -31,20 +31,22 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use cabine_client::budget::{Budget, Share, VideoDemand};
+use cabine_client::congestion::{ControllerConfig, RateController};
+use cabine_client::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
+use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
-use crate::budget::{Budget, Share, VideoDemand};
-use crate::congestion::{ControllerConfig, RateController};
+use crate::backoff::Backoff;
 use crate::devices::{
-    codes, ChannelId, CommandOutcome, DeviceError, DeviceOutput, Devices, DevicesConfig,
+    codes, ChannelId, DeviceCommand, DeviceError, DeviceOutput, Devices, DevicesConfig,
     START_MEASUREMENT,
 };
 use crate::sources::{
     AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
     SourceError, VideoSource, Vp8Config,
 };
-use crate::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
+use crate::telemetry::{self, TelemetryConfig, TelemetryStats};
 
 /// Track id of the room camera.
 pub const ROOM_CAMERA: &str = "room-camera";
@@ -87,7 +89,7 @@ pub struct MediaConfig {
     pub device_kbps: u32,
     /// Stethoscope Opus bitrate, bit/s (at least 64000).
     pub stethoscope_bps: u32,
-    /// Adapt the video bitrates to the uplink (see [`congestion`](crate::congestion)): the
+    /// Adapt the video bitrates to the uplink (see [`congestion`](cabine_client::congestion)): the
     /// audio tracks keep their bitrates, the device camera gets its share before the room
     /// camera, which is paused when even its minimum does not fit. Off: every encoder runs
     /// at its configured bitrate whatever the link does.
@@ -114,46 +116,6 @@ impl Default for MediaConfig {
 /// Device outputs queued for the telemetry link before new ones are dropped (a few seconds of
 /// waveforms).
 const TELEMETRY_QUEUE: usize = 1024;
-
-/// Reconnection delays: `initial`, doubled after each failure up to `max`, with ±20 % jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// First delay.
-    pub initial: Duration,
-    /// Largest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt number `failures` (0 after the first failure).
-    pub fn delay(&self, failures: u32) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << failures.min(16))
-            .min(self.max);
-        base.mul_f64(rand::random_range(0.8..1.2))
-    }
-}
-
-/// A command for a simulated device, from whoever wires telemetry in (the QUIC client).
-#[derive(Debug)]
-pub struct DeviceCommand {
-    /// The device's channel.
-    pub channel: ChannelId,
-    /// The command, e.g. [`START_MEASUREMENT`].
-    pub name: String,
-    /// Where to send the device's answer, if anyone wants it.
-    pub reply: Option<oneshot::Sender<CommandOutcome>>,
-}
 
 /// Everything [`run`] needs.
 #[derive(Debug)]
@@ -186,7 +148,7 @@ pub struct DialConfig {
     /// Send the devices' outputs to the server's telemetry sidecar (QUIC) and take the
     /// doctor's commands from it. Ignored when [`device_outputs`](Self::device_outputs) or
     /// [`device_commands`](Self::device_commands) is set (the caller handles telemetry).
-    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    pub telemetry: Option<TelemetryConfig>,
     /// Every device output, for a telemetry client. Outputs are dropped when it is full.
     pub device_outputs: Option<mpsc::Sender<DeviceOutput>>,
     /// Commands for the devices, from a telemetry client.
@@ -220,7 +182,7 @@ impl DialConfig {
             heart_rate_bpm: 72.0,
             devices: Some(DevicesConfig::new(1, 72.0)),
             bp_every: None,
-            telemetry: Some(crate::telemetry::TelemetryConfig::default()),
+            telemetry: Some(TelemetryConfig::default()),
             device_outputs: None,
             device_commands: None,
             device_summary_every: Duration::from_secs(5),
@@ -294,7 +256,7 @@ pub struct DialStats {
     /// Device outputs produced.
     pub device_outputs: u64,
     /// The telemetry link to the server's sidecar.
-    pub telemetry: crate::telemetry::TelemetryStats,
+    pub telemetry: TelemetryStats,
     /// The uplink rate controller's current target, bit/s on the wire (0 when not adaptive
     /// or not publishing).
     pub uplink_target_bps: u64,
@@ -335,6 +297,8 @@ pub async fn run(
     let whep = endpoint(&config.server, "whep", &room)?;
 
     let stats = Arc::new(Mutex::new(DialStats::default()));
+    // The telemetry link counts on its own; folded into `stats` when the run ends.
+    let telemetry_stats = Arc::new(Mutex::new(TelemetryStats::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (pub_tx, pub_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<DialError>(2);
@@ -427,26 +391,26 @@ pub async fn run(
         let sim = Devices::new(devices, Instant::now())?;
         let mut outputs = config.device_outputs.take();
         let mut commands = config.device_commands.take();
-        if let Some(telemetry) = config.telemetry.take() {
+        if let Some(telemetry_config) = config.telemetry.take() {
             if outputs.is_none() && commands.is_none() {
                 let (out_tx, out_rx) = mpsc::channel(TELEMETRY_QUEUE);
                 let (cmd_tx, cmd_rx) = mpsc::channel(16);
                 outputs = Some(out_tx);
                 commands = Some(cmd_rx);
-                let http = crate::session::http_client(&config.client)
+                let http = cabine_client::http_client(&config.client)
                     .map_err(|e| DialError::InvalidConfig(format!("HTTP client: {e}")))?;
-                tasks.spawn(crate::telemetry::run(
-                    crate::telemetry::Link {
+                tasks.spawn(telemetry::run(
+                    telemetry::Link {
                         server: config.server.clone(),
                         token: config.token.clone(),
                         room: room.clone(),
                         http,
-                        config: telemetry,
+                        config: telemetry_config,
                         channels: sim.channels().to_vec(),
                         outputs: out_rx,
                         commands: cmd_tx,
                         backoff: config.backoff,
-                        stats: Arc::clone(&stats),
+                        stats: Arc::clone(&telemetry_stats),
                         relay_only: config.client.relay_only,
                         accept_invalid_certs: config.client.accept_invalid_certs,
                         moved: moved_tx.clone(),
@@ -497,7 +461,11 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     result?;
-    let stats = stats.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut stats = stats.lock().map(|s| s.clone()).unwrap_or_default();
+    stats.telemetry = telemetry_stats
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
     Ok(stats)
 }
 
@@ -1398,13 +1366,5 @@ mod tests {
             "https://h/base/whep/a%20b"
         );
         assert!(endpoint("ftp://h", "whip", "r").is_err());
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let b = Backoff::default();
-        assert!(b.delay(0) <= Duration::from_millis(1200));
-        assert!(b.delay(3) >= Duration::from_millis(6400));
-        assert!(b.delay(30) <= Duration::from_secs(36));
     }
 }

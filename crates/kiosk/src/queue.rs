@@ -6,7 +6,7 @@
 //! ticket from the `409` answer), then polls `GET /api/queue/{ticket}` every
 //! [`QueueOptions::poll`], reporting each new position, until the ticket is taken (→ the room
 //! and its token) or the `shutdown` future completes (→ `DELETE`, the ticket is cancelled).
-//! [`dial_queued`] does that, then [`dial::run`](crate::dial::run)s the room.
+//! [`dial_queued`] does that, then [`dial::run`]s the room.
 
 use std::future::Future;
 use std::time::Duration;

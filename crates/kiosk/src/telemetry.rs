@@ -25,11 +25,11 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::devices::{
-    ChannelId, ChannelInfo, ChannelKind, CommandOutcome, DeviceKind, DeviceOutput, DeviceState,
-    MeasurementStatus,
+    ChannelId, ChannelInfo, ChannelKind, CommandOutcome, DeviceCommand, DeviceKind, DeviceOutput,
+    DeviceState, MeasurementStatus,
 };
-use crate::dial::{Backoff, DeviceCommand};
 use crate::stills::{self, StillsConfig};
 
 /// Where and how to reach the telemetry sidecar.
@@ -104,7 +104,7 @@ pub(crate) struct Link {
     pub outputs: mpsc::Receiver<DeviceOutput>,
     pub commands: mpsc::Sender<DeviceCommand>,
     pub backoff: Backoff,
-    pub stats: Arc<Mutex<crate::dial::DialStats>>,
+    pub stats: Arc<Mutex<TelemetryStats>>,
     /// The kiosk's UDP is known to be blocked (`--relay-only`): telemetry over the stream
     /// transport (TCP/TLS) only.
     pub relay_only: bool,
@@ -162,9 +162,9 @@ pub async fn discover(
         // (whose QUIC endpoint and certificate these are); followed by hand with the token.
         let next = reqwest::Url::parse(&url)
             .ok()
-            .and_then(|from| crate::session::follow_redirect(&from, r.status(), r.headers()));
+            .and_then(|from| cabine_client::follow_redirect(&from, r.status(), r.headers()));
         match next {
-            Some(next) if hops < crate::session::MAX_REDIRECTS => {
+            Some(next) if hops < cabine_client::MAX_REDIRECTS => {
                 hops += 1;
                 url = next.to_string();
             }
@@ -551,11 +551,11 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 let Some(o) = o else { break };
                 let r = send(&client, o);
                 let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
-                count(&mut st.telemetry, r);
+                count(&mut st, r);
             }
             cmd = client.next_command() => {
                 let Some(cmd) = cmd else { break };
-                link.stats.lock().unwrap_or_else(|p| p.into_inner()).telemetry.commands += 1;
+                link.stats.lock().unwrap_or_else(|p| p.into_inner()).commands += 1;
                 if let (Some(sc), true) = (stills_config, cmd.channel_id == stills::STILLS.0) {
                     if stills_tasks.len() >= MAX_STILLS_IN_FLIGHT {
                         let _ = client.send_command_result(wire::CommandResult {
@@ -598,7 +598,7 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
                 }
                 let state = status.borrow_and_update().clone();
                 let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
-                let s = &mut st.telemetry;
+                let s = &mut *st;
                 let cs = client.stats();
                 s.sessions = cs.sessions;
                 s.resent = cs.measurements_resent;
@@ -629,9 +629,9 @@ pub(crate) async fn run(mut link: Link, mut stop: watch::Receiver<bool>) {
     {
         let cs = client.stats();
         let mut st = link.stats.lock().unwrap_or_else(|p| p.into_inner());
-        st.telemetry.sessions = cs.sessions;
-        st.telemetry.resent = cs.measurements_resent;
-        st.telemetry.rediscovered = cs.rediscovered;
+        st.sessions = cs.sessions;
+        st.resent = cs.measurements_resent;
+        st.rediscovered = cs.rediscovered;
     }
     if let Ok(client) = Arc::try_unwrap(client) {
         client.close().await;
@@ -645,7 +645,7 @@ async fn take_still(
     config: StillsConfig,
     cmd: wire::Command,
     t: f64,
-    stats: Arc<Mutex<crate::dial::DialStats>>,
+    stats: Arc<Mutex<TelemetryStats>>,
 ) {
     let answer = |outcome: wire::CommandOutcome, detail: String| wire::CommandResult {
         command_id: cmd.command_id,
@@ -680,11 +680,7 @@ async fn take_still(
     };
     let r = match result {
         Ok(len) => {
-            stats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .telemetry
-                .stills += 1;
+            stats.lock().unwrap_or_else(|p| p.into_inner()).stills += 1;
             tracing::info!(
                 bytes = len,
                 width = config.width,

@@ -10,7 +10,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use cabine_kiosk::dial::{self, Backoff, DialConfig, DialError, Input};
+use cabine_kiosk::backoff::Backoff;
+use cabine_kiosk::dial::{self, DialConfig, DialError, Input};
 
 /// Answers the n-th POST with `statuses[n]` (the last one repeated).
 #[derive(Clone)]

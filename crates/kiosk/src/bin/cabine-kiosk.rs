@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use cabine_client::{ClientOptions, IceServer};
 use cabine_kiosk::devices::{
     ChannelId, ChannelKind, DeviceOutput, DeviceState, Devices, DevicesConfig, MeasurementStatus,
     START_MEASUREMENT,
 };
 use cabine_kiosk::dial::{self, DialConfig, Input};
-use cabine_kiosk::{ClientOptions, IceServer};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 

@@ -30,12 +30,14 @@
 //! telemetry client maps them to its frames.
 
 pub mod codes;
+mod command;
 mod heart;
 mod noise;
 
 use std::time::{Duration, Instant};
 
 pub use codes::Code;
+pub use command::DeviceCommand;
 pub use heart::{
     ecg_mv, heart_sound_delays, pleth, Beat, Heart, Lead, BREATH_PERIOD_S, PULSE_TRANSIT_S,
 };

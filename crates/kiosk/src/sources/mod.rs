@@ -5,7 +5,7 @@
 //! [`next_frame`](MediaSource::next_frame) call produces the next encoded frame and says how
 //! long it lasts; the caller paces the calls (and asks for keyframes after a PLI). The CLI
 //! runs each source on its own thread and hands the frames to
-//! [`LocalTrack::write_sample`](crate::LocalTrack::write_sample):
+//! [`LocalTrack::write_sample`](cabine_client::LocalTrack::write_sample):
 //!
 //! ```no_run
 //! use std::time::Instant;
@@ -84,7 +84,7 @@ pub enum SourceError {
 }
 
 /// One encoded frame (a VP8 frame or an Opus packet), ready for
-/// [`LocalTrack::write_sample`](crate::LocalTrack::write_sample).
+/// [`LocalTrack::write_sample`](cabine_client::LocalTrack::write_sample).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedFrame {
     /// The codec bitstream.

@@ -10,9 +10,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cabine_client::{ClientOptions, Subscriber};
 use cabine_impair::{Profile, Relay, RelayConfig, RelayStats};
 use cabine_kiosk::dial::{self, DialConfig};
-use cabine_kiosk::{ClientOptions, Subscriber};
 use tokio::sync::oneshot;
 
 use crate::common::{self, wait_until, PATIENCE};

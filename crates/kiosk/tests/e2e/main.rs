@@ -4,7 +4,8 @@
 //! sits between the kiosk and it where a test wants a poor link. Every test waits for what
 //! it checks with a deadline.
 
+// The media plane is the client library's test harness, shared rather than copied.
+#[path = "../../../client/tests/e2e/common.rs"]
 mod common;
 
 mod adaptive;
-mod media_via;

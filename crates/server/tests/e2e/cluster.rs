@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::cluster::{free_port, publish, three_nodes, token, until, Node, Redis, SECRET};
 use crate::common::{payload, PACKETS};
-use cabine_kiosk::{
+use cabine_client::{
     ClientOptions, Codec, MediaKind, Publisher, RemoteTrack, Subscriber, TrackSpec,
 };
 use cabine_proto::Role;

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use cabine_kiosk::{ClientOptions, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
+use cabine_client::{ClientOptions, Codec, Publisher, TrackSpec};
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
 use cabine_kiosk::sources::{MediaSource, Pattern, VideoSource, Vp8Config};
-use cabine_kiosk::{ClientOptions, Codec, Publisher, TrackSpec};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
 use cabine_server::{Config, Server};

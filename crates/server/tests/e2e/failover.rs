@@ -12,9 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use cabine_client::ClientOptions;
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
-use cabine_kiosk::ClientOptions;
 use cabine_proto::Role;
 
 use crate::common::browser::{check_prerequisites, run_driver, SERIAL};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cabine_kiosk::{ClientOptions, Publisher, RemoteTrack, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, Publisher, RemoteTrack, Subscriber, TrackSpec};
 use cabine_proto::{Role, RoomId};
 use cabine_sfu::shell::worker_index;
 use tokio::task::JoinHandle;

@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use crate::common::{payload, receive_all, PACKETS};
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
 const ROOM: &str = "room-secret-name";

@@ -1,4 +1,4 @@
-//! The operators' dashboard in a real browser: a kiosk (the `cabine_kiosk` publisher, real
+//! The operators' dashboard in a real browser: a kiosk (the `cabine_client` publisher, real
 //! WebRTC on 127.0.0.1) publishes a camera and a lossy stethoscope to a doctor; Debian's
 //! chromium, driven by `tests/browser/ops.mjs` (playwright-core, no browser download), opens
 //! `/ops#token=<operator token>` and must show the live room with numbers that move between two
@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
-use cabine_kiosk::webrtc::rtp;
-use cabine_kiosk::{ClientOptions, Codec, Publisher, Subscriber, TrackSpec};
+use cabine_client::webrtc::rtp;
+use cabine_client::{ClientOptions, Codec, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
 const ROOM: &str = "consult-dupont-7";

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, TrackSpec};
+use cabine_client::{ClientOptions, Codec, MediaKind, Publisher, TrackSpec};
 use cabine_proto::Role;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use cabine_client::{ClientOptions, Subscriber};
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
 use cabine_kiosk::queue::{self, QueueOptions, QueueRequest, QueueUpdate};
-use cabine_kiosk::{ClientOptions, Subscriber};
 use cabine_proto::{Grant, Identity, Role};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};

@@ -18,9 +18,9 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
+use cabine_client::ClientOptions;
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig, Input};
-use cabine_kiosk::ClientOptions;
 use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
 use cabine_server::{Config, Server};

@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use crate::common::{payload, receive_all, PACKETS};
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

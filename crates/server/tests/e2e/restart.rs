@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cabine_client::{ClientOptions, Subscriber};
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig};
-use cabine_kiosk::{ClientOptions, Subscriber};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::{Identity, Role};
 use serde_json::Value;

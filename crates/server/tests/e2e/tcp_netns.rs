@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::common::netns::{self, Netns};
-use cabine_kiosk::{ClientOptions, Publisher, TrackSpec};
+use cabine_client::{ClientOptions, Publisher, TrackSpec};
 use cabine_proto::Role;
 
 const ROOM: &str = "room-ice-tcp-netns";
@@ -87,10 +87,10 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     assert!(
         matches!(
             &why,
-            cabine_kiosk::Error::Timeout {
+            cabine_client::Error::Timeout {
                 what: "the peer connection to be connected",
                 ..
-            } | cabine_kiosk::Error::ConnectionFailed { .. }
+            } | cabine_client::Error::ConnectionFailed { .. }
         ),
         "the UDP-only publisher failed for another reason than ICE: {why:?}"
     );
@@ -250,9 +250,9 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
 /// channels from it with decoded media; returns what was seen and the running kiosk (kept up so
 /// the doctor's page in chromium receives its vitals too).
 async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> (String, RunningDial) {
+    use cabine_client::Subscriber;
     use cabine_kiosk::devices::DevicesConfig;
     use cabine_kiosk::dial::{self, DialConfig};
-    use cabine_kiosk::Subscriber;
 
     let room = format!("{ROOM}-dial");
     let mut cfg = DialConfig::new(s.base.clone(), s.token(&room, Role::Kiosk, "kiosk-dial"));

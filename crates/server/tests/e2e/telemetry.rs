@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cabine_client::{ClientOptions, Subscriber};
 use cabine_kiosk::devices::DevicesConfig;
 use cabine_kiosk::dial::{self, DialConfig};
 use cabine_kiosk::telemetry::TelemetryConfig;
-use cabine_kiosk::{ClientOptions, Subscriber};
 use cabine_proto::{Grant, Role};
 use cabine_server::limits::Limit;
 use cabine_sidecar::client::KioskClock;

@@ -19,7 +19,7 @@ use crate::common::coturn::{
     allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
     TlsAllocation, TURN_SECRET,
 };
-use cabine_kiosk::{parse_ice_links, ClientOptions, Publisher, TrackSpec};
+use cabine_client::{parse_ice_links, ClientOptions, Publisher, TrackSpec};
 use cabine_proto::signal::{self, ClientMsg, ServerMsg};
 use cabine_proto::Role;
 use cabine_server::turn::{rest_password, IceServersReply, TurnConfig};
@@ -200,7 +200,7 @@ async fn ice_servers_reach_clients_in_link_headers_welcome_and_api() {
     })
     .await;
     let kiosk = s.token(ROOM, Role::Kiosk, "kiosk-1");
-    let check = |what: &str, servers: &[cabine_kiosk::IceServer], seen: &mut Vec<String>| {
+    let check = |what: &str, servers: &[cabine_client::IceServer], seen: &mut Vec<String>| {
         let urls: Vec<&str> = servers.iter().map(|s| s.urls[0].as_str()).collect();
         assert_eq!(urls, [stun, &turn_urls[0], &turn_urls[1]], "{what}");
         assert!(
@@ -303,11 +303,11 @@ async fn ice_servers_reach_clients_in_link_headers_welcome_and_api() {
     let r = ice_servers(&s.base, Some(&kiosk)).await;
     assert_eq!(r.status(), 200);
     let reply: IceServersReply = r.json().await.unwrap();
-    let as_kiosk = |servers: &[signal::IceServer]| -> Vec<cabine_kiosk::IceServer> {
+    let as_kiosk = |servers: &[signal::IceServer]| -> Vec<cabine_client::IceServer> {
         servers
             .iter()
             .flat_map(|s| {
-                s.urls.iter().map(|u| cabine_kiosk::IceServer {
+                s.urls.iter().map(|u| cabine_client::IceServer {
                     urls: vec![u.clone()],
                     username: s.username.clone().unwrap_or_default(),
                     credential: s.credential.clone().unwrap_or_default(),

@@ -24,7 +24,7 @@ use crate::common::coturn::{
     TURN_SECRET,
 };
 use crate::common::netns::{self, Netns};
-use cabine_kiosk::ClientOptions;
+use cabine_client::ClientOptions;
 use cabine_proto::Role;
 use cabine_server::turn::IceServersReply;
 

@@ -1,5 +1,5 @@
 //! WebSocket signalling end to end on 127.0.0.1: a real WebSocket (tokio-tungstenite) and real
-//! WebRTC (the `webrtc` crate for the doctor, `cabine_kiosk` for the kiosk over WHIP/WHEP).
+//! WebRTC (the `webrtc` crate for the doctor, `cabine_client` for the kiosk over WHIP/WHEP).
 //!
 //! The doctor joins over the WebSocket and receives the kiosk's camera and stethoscope on the
 //! server's first offer, with the telemetry channels; the kiosk switches a device camera on
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_proto::signal::{self, ClientMsg, ServerMsg};
 use cabine_proto::Role;
 use futures_util::{SinkExt, StreamExt};

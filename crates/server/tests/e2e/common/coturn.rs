@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cabine_kiosk::{ClientOptions, Publisher};
+use cabine_client::{ClientOptions, Publisher};
 use cabine_server::turn::IceServersReply;
 use cabine_server::Config;
 use rand::Rng;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cabine_kiosk::{ClientOptions, Publisher, Subscriber, TrackSpec};
+use cabine_client::{ClientOptions, Publisher, Subscriber, TrackSpec};
 
 /// Payloads that must arrive in a row.
 const IN_A_ROW: usize = 50;

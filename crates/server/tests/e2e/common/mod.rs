@@ -11,7 +11,7 @@ pub mod netns;
 
 use std::time::Duration;
 
-use cabine_kiosk::{RemoteTrack, Subscriber};
+use cabine_client::{RemoteTrack, Subscriber};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
 use cabine_server::{Config, Server};

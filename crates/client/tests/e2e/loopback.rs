@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, post};
 use axum::Router;
-use cabine_kiosk::webrtc;
-use cabine_kiosk::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
+use cabine_client::webrtc;
+use cabine_client::{ClientOptions, Codec, MediaKind, Publisher, Subscriber, TrackSpec};
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
@@ -518,7 +518,7 @@ async fn subscriber_gets_labelled_track_and_packets() {
                 expected = expected.wrapping_add(1);
                 assert_eq!(p.header.sequence_number, expected);
             }
-            Err(cabine_kiosk::Error::Timeout { .. }) => timeouts += 1,
+            Err(cabine_client::Error::Timeout { .. }) => timeouts += 1,
             Err(e) => panic!("read failed: {e}"),
         }
     }
@@ -528,7 +528,7 @@ async fn subscriber_gets_labelled_track_and_packets() {
 
     assert!(matches!(
         subscriber.next_track(Duration::from_millis(50)).await,
-        Err(cabine_kiosk::Error::Timeout { .. })
+        Err(cabine_client::Error::Timeout { .. })
     ));
     subscriber.close().await.expect("close");
     assert_eq!(

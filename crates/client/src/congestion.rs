@@ -1,5 +1,5 @@
 //! Congestion control of the kiosk's uplink, sans-IO: the server's RTCP feedback in, a target
-//! sending rate out. Time is an input; the shell ([`dial`](crate::dial)) drains the
+//! sending rate out. Time is an input; the shell (`cabine_kiosk::dial`) drains the
 //! publisher's feedback, feeds it here, and gives the target to [`Budget`](crate::budget::Budget)
 //! to set the encoders.
 //!

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cabine_client::{ClientOptions, MediaKind, Publisher, Subscriber, TrackSpec};
 use cabine_impair::{LinkConfig, Profile, Relay, RelayConfig};
-use cabine_kiosk::{ClientOptions, MediaKind, Publisher, Subscriber, TrackSpec};
 
 use crate::common::{self, wait_until, PATIENCE};
 

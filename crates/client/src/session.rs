@@ -32,12 +32,12 @@ pub(crate) fn parse_endpoint(url: &str) -> Result<Url> {
 }
 
 /// Most redirects followed for one request (a Cabine cluster needs one: to the room's node).
-pub(crate) const MAX_REDIRECTS: usize = 4;
+pub const MAX_REDIRECTS: usize = 4;
 
 /// Builds the HTTP client for one session. Redirects are followed by hand
 /// ([`follow_redirect`]): reqwest drops the `Authorization` header on a redirect to another
 /// host or port, which is exactly where a cluster sends a room's requests.
-pub(crate) fn http_client(opts: &ClientOptions) -> Result<Client> {
+pub fn http_client(opts: &ClientOptions) -> Result<Client> {
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(opts.http_timeout)
@@ -135,7 +135,7 @@ pub(crate) struct Resource {
 /// Where a `307`/`308` answer to `from` points (its `Location` resolved against `from`), if it
 /// is one; only to `http`/`https`, and never from `https` to `http` (the token is sent again
 /// to the target: it must not leave TLS).
-pub(crate) fn follow_redirect(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
+pub fn follow_redirect(from: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
     if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT {
         return None;
     }

@@ -311,9 +311,9 @@ pub async fn whep_offer(opts: &ClientOptions) -> Result<String> {
 /// A WHEP subscribing session.
 ///
 /// ```no_run
-/// # async fn demo() -> cabine_kiosk::Result<()> {
+/// # async fn demo() -> cabine_client::Result<()> {
 /// use std::time::Duration;
-/// use cabine_kiosk::{ClientOptions, Subscriber};
+/// use cabine_client::{ClientOptions, Subscriber};
 /// let subscriber =
 ///     Subscriber::connect("http://127.0.0.1:8080/whep/room-1", "<jwt>", ClientOptions::loopback())
 ///         .await?;

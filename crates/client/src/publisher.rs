@@ -550,8 +550,8 @@ pub async fn whip_offer(tracks: Vec<TrackSpec>, opts: &ClientOptions) -> Result<
 /// A WHIP (RFC 9725) publishing session.
 ///
 /// ```no_run
-/// # async fn demo() -> cabine_kiosk::Result<()> {
-/// use cabine_kiosk::{ClientOptions, Codec, Publisher, TrackSpec};
+/// # async fn demo() -> cabine_client::Result<()> {
+/// use cabine_client::{ClientOptions, Codec, Publisher, TrackSpec};
 /// let publisher = Publisher::connect(
 ///     "http://127.0.0.1:8080/whip/room-1",
 ///     "<jwt>",

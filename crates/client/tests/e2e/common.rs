@@ -1,5 +1,6 @@
-//! A real media plane for the kiosk's tests: `cabine_sfu::Sfu` on 127.0.0.1 with a WHIP and
-//! WHEP endpoint that joins sessions to it (no tokens: the tests are the only clients).
+//! A real media plane for the client's tests (and the kiosk's, which include this file):
+//! `cabine_sfu::Sfu` on 127.0.0.1 with a WHIP and WHEP endpoint that joins sessions to it (no
+//! tokens: the tests are the only clients).
 
 #![allow(dead_code)]
 

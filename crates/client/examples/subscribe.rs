@@ -2,12 +2,12 @@
 //! and bytes each delivered.
 //!
 //! ```sh
-//! cargo run -p cabine-kiosk --example subscribe -- http://127.0.0.1:8080/whep/consult-1 <token> [--seconds N]
+//! cargo run -p cabine-client --example subscribe -- http://127.0.0.1:8080/whep/consult-1 <token> [--seconds N]
 //! ```
 
 use std::time::Duration;
 
-use cabine_kiosk::{ClientOptions, Error, Subscriber};
+use cabine_client::{ClientOptions, Error, Subscriber};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,7 +2,7 @@
 //! RTCP feedback it sent.
 //!
 //! ```sh
-//! cargo run -p cabine-kiosk --example publish -- http://127.0.0.1:8080/whip/consult-1 <token> [--simulcast] [--seconds N]
+//! cargo run -p cabine-client --example publish -- http://127.0.0.1:8080/whip/consult-1 <token> [--simulcast] [--seconds N]
 //! ```
 //!
 //! The "video" is not a decodable VP8 stream: each packet carries a VP8 payload descriptor and a
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cabine_kiosk::{ClientOptions, Codec, Publisher, TrackSpec};
+use cabine_client::{ClientOptions, Codec, Publisher, TrackSpec};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use cabine_kiosk::{
+use cabine_client::{
     whep_offer, whip_offer, ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec,
 };
 
