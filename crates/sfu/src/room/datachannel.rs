@@ -24,7 +24,8 @@ pub struct DataStats {
     pub bytes: u64,
     /// Messages dropped because the subscriber's channel was not open or too far behind.
     pub dropped: u64,
-    /// Reliable messages that waited for room in the send buffer (none were lost).
+    /// Reliable messages that waited for room in the send buffer, or for the channel to open
+    /// (none were lost).
     pub deferred: u64,
     /// Messages received from the subscriber (commands).
     pub received: u64,
@@ -62,8 +63,9 @@ pub struct DataIn {
 impl Room {
     /// Sends a telemetry message to every subscriber with an open `telemetry` channel:
     /// `reliable` picks the ordered, retransmitted channel (measurements, status) or the lossy
-    /// one (waveforms). A subscriber whose channel is closed or too far behind gets nothing and
-    /// the drop is counted. Returns how many subscribers it was written to.
+    /// one (waveforms). Reliable messages for a channel not open yet, or whose send buffer is
+    /// full, wait in a bounded backlog; a subscriber whose channel is closed or too far behind
+    /// gets nothing and the drop is counted. Returns how many subscribers it was written to.
     pub fn send_data(&mut self, now: Instant, data: &[u8], reliable: bool) -> usize {
         let mut written = 0;
         for s in &mut self.sessions {
@@ -109,6 +111,7 @@ impl Room {
         if let Some(t) = &mut self.sessions[i].telemetry {
             if id == t.reliable {
                 t.reliable_open = false;
+                t.reliable_closed = true;
                 t.stats.dropped += t.backlog.len() as u64;
                 t.backlog.clear();
                 t.backlog_bytes = 0;
@@ -148,6 +151,8 @@ pub(super) struct Telemetry {
     pub(super) lossy: ChannelId,
     pub(super) reliable_open: bool,
     pub(super) lossy_open: bool,
+    /// The reliable channel closed: nothing more is held for it.
+    pub(super) reliable_closed: bool,
     pub(super) stats: DataStats,
     /// Reliable messages waiting for room in the SCTP send buffer (a blob's chunks come in a
     /// burst larger than that buffer), sent in order as the subscriber acknowledges.
@@ -182,6 +187,7 @@ impl Telemetry {
             lossy,
             reliable_open: false,
             lossy_open: false,
+            reliable_closed: false,
             stats: DataStats::default(),
             backlog: VecDeque::new(),
             backlog_bytes: 0,
@@ -201,6 +207,16 @@ pub(super) fn write_data(s: &mut Session, data: &[u8], reliable: bool) -> bool {
         (t.lossy, t.lossy_open)
     };
     let Some(mut ch) = open.then(|| s.rtc.channel(id)).flatten() else {
+        // Not open yet (the subscriber's SCTP association is still coming up): reliable
+        // messages wait in the backlog. A page asks for the room's `sync` as soon as its own
+        // channel opens, which may be before this one: what arrives in between would be in
+        // neither.
+        if reliable && !t.reliable_closed && t.backlog_bytes + data.len() <= DATA_BACKLOG_LIMIT {
+            t.backlog.push_back(data.to_vec());
+            t.backlog_bytes += data.len();
+            t.stats.deferred += 1;
+            return true;
+        }
         t.stats.dropped += 1;
         return false;
     };

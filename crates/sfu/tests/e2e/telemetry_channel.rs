@@ -187,3 +187,43 @@ fn a_reliable_burst_larger_than_the_send_buffer_arrives_whole_and_in_order() {
     assert!(stats.deferred > 0, "the burst waited for room: {stats:?}");
     assert_eq!(stats.sent, 40, "{stats:?}");
 }
+
+/// A measurement that reaches the room after a subscriber joined but before its telemetry
+/// channels opened (the page asks for the room's `sync` once its own channel opens, which may
+/// be first) waits for the channel and arrives; a lossy one (a waveform chunk) does not.
+#[test]
+fn reliable_telemetry_sent_before_the_channel_opens_arrives_once_it_does() {
+    let (mut sim, doctor, _) = kiosk_and_doctor();
+    assert_eq!(
+        sim.send_data(b"{\"early\":1}", true),
+        1,
+        "held for the doctor"
+    );
+    assert_eq!(
+        sim.send_data(b"{\"wave\":1}", false),
+        0,
+        "a lossy chunk is not held"
+    );
+    let t0 = sim.now;
+    sim.run_until(t0 + Duration::from_secs(3), |_| None);
+    assert_eq!(sim.send_data(b"{\"live\":2}", true), 1);
+    let t1 = sim.now;
+    sim.run_until(t1 + Duration::from_secs(1), |_| None);
+    let got: Vec<String> = sim.peers[doctor]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ChannelData(d) => Some(String::from_utf8(d.data.clone()).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["{\"early\":1}", "{\"live\":2}"],
+        "in order, none lost"
+    );
+    let snap = sim.room.snapshot(sim.now);
+    let stats = snap.sessions[doctor].telemetry.expect("telemetry stats");
+    assert_eq!(stats.sent, 2, "{stats:?}");
+    assert_eq!(stats.dropped, 1, "the lossy chunk: {stats:?}");
+}
