@@ -410,6 +410,9 @@ export class Session extends EventTarget {
     if (this.pub) this.pub.close();
     this.sub = null;
     this.pub = null;
+    // The channels went with the old connection: the next one opens its own `commands`
+    // channel, and asks for the room's sync again (what the kiosk resent meanwhile).
+    this.telemetry = { reliable: null, lossy: null, commands: null };
     this.answered = 0;
     for (const [mid, t] of this.tracks) this.emit("track_removed", t);
     this.tracks.clear();
@@ -463,7 +466,8 @@ export class Session extends EventTarget {
 
   // Our own channel for telemetry requests and device commands (label `commands`).
   ensureCommands() {
-    if (this.telemetry.commands || !this.sub) return;
+    const had = this.telemetry.commands;
+    if (!this.sub || (had && had.readyState !== "closing" && had.readyState !== "closed")) return;
     const ch = this.sub.createDataChannel("commands");
     this.telemetry.commands = ch;
     ch.onopen = () => this.emit("commands_open", {});
