@@ -5,6 +5,9 @@
 //! cabine-kiosk dial --server http://HOST:8080 --token T --queue [--reason TEXT] [--specialty S]
 //! cabine-kiosk devices --seconds 10
 //! ```
+//!
+//! While dialling, SIGUSR1 tells the kiosk its network changed (a new Wi-Fi, a modem reset):
+//! the telemetry connection is dropped at once and redialled rather than left to time out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,6 +178,26 @@ struct DialArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long)]
     duration: Option<u64>,
+    /// Time between pulse oximeter readings, ms (default: the simulator's, 1 s).
+    #[arg(long)]
+    oximeter_ms: Option<u64>,
+    /// Time between thermometer readings, ms (default: the simulator's, 10 s).
+    #[arg(long)]
+    thermometer_ms: Option<u64>,
+    /// Time between scale readings, ms (default: the simulator's, 30 s).
+    #[arg(long)]
+    scale_ms: Option<u64>,
+    /// Time from a blood pressure command to its result, ms (default: the simulator's, 6 s).
+    #[arg(long)]
+    bp_duration_ms: Option<u64>,
+    /// Stamp telemetry capture times with a clock this far off, ms (negative: behind), to
+    /// simulate a cabin whose clock is wrong.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset_ms: i64,
+    /// On exit, print what the run did as one JSON line on stdout:
+    /// `{"stats":{"publish_sessions":…,"telemetry":{"sessions":…,"resent":…}}}`.
+    #[arg(long)]
+    stats_json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -272,7 +295,14 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.heart_rate_bpm = args.heart_rate;
     if args.no_devices {
         config.devices = None;
+    } else if let Some(devices) = config.devices.as_mut() {
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        devices.oximeter_interval = ms(args.oximeter_ms, devices.oximeter_interval);
+        devices.thermometer_interval = ms(args.thermometer_ms, devices.thermometer_interval);
+        devices.scale_interval = ms(args.scale_ms, devices.scale_interval);
+        devices.bp_duration = ms(args.bp_duration_ms, devices.bp_duration);
     }
+    let network_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     config.telemetry = if args.no_telemetry {
         None
     } else {
@@ -289,10 +319,16 @@ async fn run_dial(args: DialArgs) -> ExitCode {
         // Stills come from the synthetic device camera; a file or no camera has none to give.
         let stills = matches!(input(&args.device_camera), Input::Synthetic)
             .then(cabine_kiosk::stills::StillsConfig::default);
+        let clock = (args.clock_offset_ms != 0).then(|| {
+            cabine_sidecar::client::KioskClock::offset(args.clock_offset_ms.saturating_mul(1000))
+        });
+        tokio::spawn(network_changes(std::sync::Arc::clone(&network_changed)));
         Some(cabine_kiosk::telemetry::TelemetryConfig {
             url: args.telemetry.clone(),
             verification,
             stills,
+            clock,
+            network_changed: Some(network_changed),
             ..Default::default()
         })
     };
@@ -309,6 +345,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.media.adaptive = !args.fixed_bitrate;
 
     let duration = args.duration;
+    let stats_json = args.stats_json;
     let shutdown = async move {
         let limit = async {
             match duration {
@@ -365,6 +402,9 @@ async fn run_dial(args: DialArgs) -> ExitCode {
                 received_packets = stats.received_packets,
                 "done"
             );
+            if stats_json {
+                println!("{}", json!({ "stats": stats_to_json(&stats) }));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -372,6 +412,57 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Notifies `changed` on every SIGUSR1 (the network changed); never returns.
+#[cfg(unix)]
+async fn network_changes(changed: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut s) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while s.recv().await.is_some() {
+        tracing::info!("SIGUSR1: the network changed, redialling the telemetry link");
+        changed.notify_one();
+    }
+}
+
+#[cfg(not(unix))]
+async fn network_changes(_changed: std::sync::Arc<tokio::sync::Notify>) {}
+
+/// `--stats-json`'s object.
+fn stats_to_json(s: &dial::DialStats) -> serde_json::Value {
+    let t = &s.telemetry;
+    json!({
+        "publish_sessions": s.publish_sessions,
+        "subscribe_sessions": s.subscribe_sessions,
+        "tracks": s.tracks.iter().map(|(id, t)| (id.clone(), json!({
+            "frames": t.frames,
+            "bytes": t.bytes,
+            "dropped": t.dropped,
+            "keyframe_requests": t.keyframe_requests,
+            "feedback": t.feedback,
+            "paused_frames": t.paused_frames,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "received_tracks": s.received_tracks,
+        "received_packets": s.received_packets,
+        "device_outputs": s.device_outputs,
+        "uplink_target_bps": s.uplink_target_bps,
+        "uplink_decreases": s.uplink_decreases,
+        "uplink_delay_cuts": s.uplink_delay_cuts,
+        "telemetry": {
+            "connected": t.connected,
+            "sessions": t.sessions,
+            "measurements": t.measurements,
+            "waveforms": t.waveforms,
+            "statuses": t.statuses,
+            "dropped": t.dropped,
+            "commands": t.commands,
+            "resent": t.resent,
+            "rediscovered": t.rediscovered,
+            "stills": t.stills,
+        },
+    })
 }
 
 #[cfg(unix)]
