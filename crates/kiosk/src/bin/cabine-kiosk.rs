@@ -178,6 +178,21 @@ struct DialArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long)]
     duration: Option<u64>,
+    #[command(flatten)]
+    timing: DeviceTiming,
+    /// Stamp telemetry capture times with a clock this far off, ms (negative: behind), to
+    /// simulate a cabin whose clock is wrong.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset_ms: i64,
+    /// On exit, print what the run did as one JSON line on stdout:
+    /// `{"stats":{"publish_sessions":…,"telemetry":{"sessions":…,"resent":…}}}`.
+    #[arg(long)]
+    stats_json: bool,
+}
+
+/// How fast the simulated devices go (faster than real ones for short runs and tests).
+#[derive(Debug, Args)]
+struct DeviceTiming {
     /// Time between pulse oximeter readings, ms (default: the simulator's, 1 s).
     #[arg(long)]
     oximeter_ms: Option<u64>,
@@ -190,14 +205,17 @@ struct DialArgs {
     /// Time from a blood pressure command to its result, ms (default: the simulator's, 6 s).
     #[arg(long)]
     bp_duration_ms: Option<u64>,
-    /// Stamp telemetry capture times with a clock this far off, ms (negative: behind), to
-    /// simulate a cabin whose clock is wrong.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    clock_offset_ms: i64,
-    /// On exit, print what the run did as one JSON line on stdout:
-    /// `{"stats":{"publish_sessions":…,"telemetry":{"sessions":…,"resent":…}}}`.
-    #[arg(long)]
-    stats_json: bool,
+}
+
+impl DeviceTiming {
+    /// Sets the intervals given on the command line.
+    fn apply(&self, devices: &mut DevicesConfig) {
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        devices.oximeter_interval = ms(self.oximeter_ms, devices.oximeter_interval);
+        devices.thermometer_interval = ms(self.thermometer_ms, devices.thermometer_interval);
+        devices.scale_interval = ms(self.scale_ms, devices.scale_interval);
+        devices.bp_duration = ms(self.bp_duration_ms, devices.bp_duration);
+    }
 }
 
 #[derive(Debug, Args)]
@@ -214,15 +232,18 @@ struct DevicesArgs {
     /// ECG leads (1 to 3).
     #[arg(long, default_value_t = 3)]
     ecg_leads: u8,
-    /// Start a blood pressure measurement at this second (negative: never).
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    bp_at: f64,
+    /// Start a blood pressure measurement at this second (negative: never); repeat for
+    /// several.
+    #[arg(long, default_values_t = [2.0], allow_negative_numbers = true)]
+    bp_at: Vec<f64>,
     /// Leave waveform chunks out (measurements and statuses only).
     #[arg(long)]
     no_waveforms: bool,
     /// Pace the output in real time.
     #[arg(long)]
     realtime: bool,
+    #[command(flatten)]
+    timing: DeviceTiming,
 }
 
 fn main() -> ExitCode {
@@ -296,11 +317,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     if args.no_devices {
         config.devices = None;
     } else if let Some(devices) = config.devices.as_mut() {
-        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
-        devices.oximeter_interval = ms(args.oximeter_ms, devices.oximeter_interval);
-        devices.thermometer_interval = ms(args.thermometer_ms, devices.thermometer_interval);
-        devices.scale_interval = ms(args.scale_ms, devices.scale_interval);
-        devices.bp_duration = ms(args.bp_duration_ms, devices.bp_duration);
+        args.timing.apply(devices);
     }
     let network_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     config.telemetry = if args.no_telemetry {
@@ -483,6 +500,7 @@ async fn terminate() {
 fn devices(args: DevicesArgs) -> ExitCode {
     let mut config = DevicesConfig::new(args.seed, args.heart_rate);
     config.ecg_leads = args.ecg_leads;
+    args.timing.apply(&mut config);
     let start = Instant::now();
     let mut sim = match Devices::new(config, start) {
         Ok(d) => d,
@@ -512,12 +530,18 @@ fn devices(args: DevicesArgs) -> ExitCode {
         }
     }
     let end = start + Duration::from_secs_f64(args.seconds.max(0.0));
-    let bp_at = (args.bp_at >= 0.0).then(|| start + Duration::from_secs_f64(args.bp_at));
-    let mut bp_sent = false;
+    // The blood pressure commands still to give, soonest last.
+    let mut bp_at: Vec<Instant> = args
+        .bp_at
+        .iter()
+        .filter(|s| **s >= 0.0)
+        .map(|s| start + Duration::from_secs_f64(*s))
+        .collect();
+    bp_at.sort_by(|a, b| b.cmp(a));
     let mut now = start;
     while now <= end {
-        if !bp_sent && bp_at.is_some_and(|t| now >= t) {
-            bp_sent = true;
+        while bp_at.last().is_some_and(|t| now >= *t) {
+            bp_at.pop();
             let outcome = sim.handle_command(ChannelId::BP_CUFF, START_MEASUREMENT, now);
             let line = json!({
                 "t_ms": ms(now - start),
@@ -539,7 +563,7 @@ fn devices(args: DevicesArgs) -> ExitCode {
             }
         }
         let mut next = sim.poll_timeout();
-        if let Some(t) = bp_at.filter(|_| !bp_sent) {
+        if let Some(&t) = bp_at.last() {
             next = next.min(t);
         }
         if args.realtime {
