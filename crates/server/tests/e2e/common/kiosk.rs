@@ -125,6 +125,8 @@ pub struct KioskExit {
     pub status: ExitStatus,
     /// Its `--stats-json` object (`Null` if it printed none).
     pub stats: serde_json::Value,
+    /// The stdout lines not read with [`KioskProcess::line`] before it was stopped.
+    pub stdout: Vec<String>,
     /// The end of its output.
     pub output: String,
 }
@@ -191,16 +193,19 @@ impl KioskProcess {
         // The reader threads end with the pipes; what they still hold comes in shortly.
         let mut stats = serde_json::Value::Null;
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut stdout = Vec::new();
         while let Ok(Some(line)) = tokio::time::timeout_at(until, self.stdout_lines.recv()).await {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(s) = v.get("stats") {
                     stats = s.clone();
                 }
             }
+            stdout.push(line);
         }
         KioskExit {
             status,
             stats,
+            stdout,
             output: self.output(),
         }
     }
