@@ -184,6 +184,21 @@ struct DialArgs {
     /// simulate a cabin whose clock is wrong.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     clock_offset_ms: i64,
+    /// How long to gather ICE candidates before sending an offer, ms.
+    #[arg(long, default_value_t = 5000)]
+    gather_timeout_ms: u64,
+    /// How long to wait for a media connection (ICE and DTLS) once answered, ms.
+    #[arg(long, default_value_t = 10000)]
+    connect_timeout_ms: u64,
+    /// Offer full-resolution stills of the otoscope on the telemetry link (taken on the
+    /// doctor's `take_snapshot`): "auto" (with the synthetic device camera), "on" (also when
+    /// the device camera is off or published by another process), "off".
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    stills: String,
+    /// Give up a media connection that stays `disconnected` this long, ms, and dial it again
+    /// (default 2000: a dead node is noticed within ~3 s; longer on a loaded machine).
+    #[arg(long, default_value_t = 2000)]
+    disconnected_grace_ms: u64,
     /// On exit, print what the run did as one JSON line on stdout:
     /// `{"stats":{"publish_sessions":…,"telemetry":{"sessions":…,"resent":…}}}`.
     #[arg(long)]
@@ -309,9 +324,12 @@ async fn run_dial(args: DialArgs) -> ExitCode {
         loopback_only: args.loopback,
         accept_invalid_certs: args.insecure,
         media_via: args.media_via,
+        gather_timeout: Duration::from_millis(args.gather_timeout_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         ..ClientOptions::default()
     };
     config.subscribe = !args.no_subscribe;
+    config.disconnected_grace = Duration::from_millis(args.disconnected_grace_ms);
     config.seed = args.seed;
     config.heart_rate_bpm = args.heart_rate;
     if args.no_devices {
@@ -334,8 +352,12 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             None => None,
         };
         // Stills come from the synthetic device camera; a file or no camera has none to give.
-        let stills = matches!(input(&args.device_camera), Input::Synthetic)
-            .then(cabine_kiosk::stills::StillsConfig::default);
+        let stills = match args.stills.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => matches!(input(&args.device_camera), Input::Synthetic),
+        }
+        .then(cabine_kiosk::stills::StillsConfig::default);
         let clock = (args.clock_offset_ms != 0).then(|| {
             cabine_sidecar::client::KioskClock::offset(args.clock_offset_ms.saturating_mul(1000))
         });

@@ -848,18 +848,10 @@ async fn the_pages_invite_an_orthoptist_share_a_still_and_allow_a_pharmacist() {
     let room = "consult-invite-pages";
     let base = s.base.clone();
 
-    // The cabin: a small room camera, its devices (cuff, otoscope stills: they come from the
-    // synthetic device camera, kept small) over QUIC.
+    // The cabin: a small room camera, its devices (cuff, otoscope stills) over QUIC.
     let kiosk = Kiosk::dial(&base, &s.token(room, Role::Kiosk, "kiosk-1"))
-        .args(["--fps", "10", "--video-kbps", "300"])
-        .args([
-            "--device-fps",
-            "5",
-            "--device-kbps",
-            "100",
-            "--stethoscope",
-            "off",
-        ])
+        .args(["--fps", "10", "--video-kbps", "300", "--stills", "on"])
+        .args(["--device-camera", "off", "--stethoscope", "off"])
         .args(["--oximeter-ms", "500", "--bp-duration-ms", "1000"])
         .spawn();
 

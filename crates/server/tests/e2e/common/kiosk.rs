@@ -36,6 +36,7 @@ pub fn kiosk_bin() -> PathBuf {
 pub struct Kiosk {
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    netns: Option<String>,
 }
 
 impl Kiosk {
@@ -54,7 +55,14 @@ impl Kiosk {
                 "RUST_LOG".into(),
                 "info,webrtc=error,webrtc_ice=error".into(),
             )],
+            netns: None,
         }
+    }
+
+    /// Lets ICE use every interface, not only 127.0.0.1 (a kiosk in a network namespace).
+    pub fn any_interface(mut self) -> Kiosk {
+        self.args.retain(|a| a != "--loopback");
+        self
     }
 
     /// Adds arguments (`["--fps", "10"]`).
@@ -79,9 +87,24 @@ impl Kiosk {
         ])
     }
 
+    /// Runs it inside the network namespace `name` (`ip netns exec`, which execs it: the
+    /// same process).
+    pub fn in_netns(mut self, name: &str) -> Kiosk {
+        self.netns = Some(name.to_owned());
+        self
+    }
+
     /// Starts the process.
     pub fn spawn(self) -> KioskProcess {
-        let mut child = Command::new(kiosk_bin())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(kiosk_bin());
+                c
+            }
+            None => Command::new(kiosk_bin()),
+        };
+        let mut child = command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
