@@ -368,7 +368,6 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             stills,
             clock,
             network_changed: Some(network_changed),
-            ..Default::default()
         })
     };
     config.bp_every = (args.bp_every > 0).then(|| Duration::from_secs(args.bp_every));
