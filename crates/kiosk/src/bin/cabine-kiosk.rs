@@ -5,6 +5,9 @@
 //! cabine-kiosk dial --server http://HOST:8080 --token T --queue [--reason TEXT] [--specialty S]
 //! cabine-kiosk devices --seconds 10
 //! ```
+//!
+//! While dialling, SIGUSR1 tells the kiosk its network changed (a new Wi-Fi, a modem reset):
+//! the telemetry connection is dropped at once and redialled rather than left to time out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,6 +178,59 @@ struct DialArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long)]
     duration: Option<u64>,
+    #[command(flatten)]
+    timing: DeviceTiming,
+    /// Stamp telemetry capture times with a clock this far off, ms (negative: behind), to
+    /// simulate a cabin whose clock is wrong.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset_ms: i64,
+    /// How long to gather ICE candidates before sending an offer, ms.
+    #[arg(long, default_value_t = 5000)]
+    gather_timeout_ms: u64,
+    /// How long to wait for a media connection (ICE and DTLS) once answered, ms.
+    #[arg(long, default_value_t = 10000)]
+    connect_timeout_ms: u64,
+    /// Offer full-resolution stills of the otoscope on the telemetry link (taken on the
+    /// doctor's `take_snapshot`): "auto" (with the synthetic device camera), "on" (also when
+    /// the device camera is off or published by another process), "off".
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    stills: String,
+    /// Give up a media connection that stays `disconnected` this long, ms, and dial it again
+    /// (default 2000: a dead node is noticed within ~3 s; longer on a loaded machine).
+    #[arg(long, default_value_t = 2000)]
+    disconnected_grace_ms: u64,
+    /// On exit, print what the run did as one JSON line on stdout:
+    /// `{"stats":{"publish_sessions":…,"telemetry":{"sessions":…,"resent":…}}}`.
+    #[arg(long)]
+    stats_json: bool,
+}
+
+/// How fast the simulated devices go (faster than real ones for short runs and tests).
+#[derive(Debug, Args)]
+struct DeviceTiming {
+    /// Time between pulse oximeter readings, ms (default: the simulator's, 1 s).
+    #[arg(long)]
+    oximeter_ms: Option<u64>,
+    /// Time between thermometer readings, ms (default: the simulator's, 10 s).
+    #[arg(long)]
+    thermometer_ms: Option<u64>,
+    /// Time between scale readings, ms (default: the simulator's, 30 s).
+    #[arg(long)]
+    scale_ms: Option<u64>,
+    /// Time from a blood pressure command to its result, ms (default: the simulator's, 6 s).
+    #[arg(long)]
+    bp_duration_ms: Option<u64>,
+}
+
+impl DeviceTiming {
+    /// Sets the intervals given on the command line.
+    fn apply(&self, devices: &mut DevicesConfig) {
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        devices.oximeter_interval = ms(self.oximeter_ms, devices.oximeter_interval);
+        devices.thermometer_interval = ms(self.thermometer_ms, devices.thermometer_interval);
+        devices.scale_interval = ms(self.scale_ms, devices.scale_interval);
+        devices.bp_duration = ms(self.bp_duration_ms, devices.bp_duration);
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,15 +247,18 @@ struct DevicesArgs {
     /// ECG leads (1 to 3).
     #[arg(long, default_value_t = 3)]
     ecg_leads: u8,
-    /// Start a blood pressure measurement at this second (negative: never).
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    bp_at: f64,
+    /// Start a blood pressure measurement at this second (negative: never); repeat for
+    /// several.
+    #[arg(long, default_values_t = [2.0], allow_negative_numbers = true)]
+    bp_at: Vec<f64>,
     /// Leave waveform chunks out (measurements and statuses only).
     #[arg(long)]
     no_waveforms: bool,
     /// Pace the output in real time.
     #[arg(long)]
     realtime: bool,
+    #[command(flatten)]
+    timing: DeviceTiming,
 }
 
 fn main() -> ExitCode {
@@ -265,14 +324,20 @@ async fn run_dial(args: DialArgs) -> ExitCode {
         loopback_only: args.loopback,
         accept_invalid_certs: args.insecure,
         media_via: args.media_via,
+        gather_timeout: Duration::from_millis(args.gather_timeout_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         ..ClientOptions::default()
     };
     config.subscribe = !args.no_subscribe;
+    config.disconnected_grace = Duration::from_millis(args.disconnected_grace_ms);
     config.seed = args.seed;
     config.heart_rate_bpm = args.heart_rate;
     if args.no_devices {
         config.devices = None;
+    } else if let Some(devices) = config.devices.as_mut() {
+        args.timing.apply(devices);
     }
+    let network_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     config.telemetry = if args.no_telemetry {
         None
     } else {
@@ -287,13 +352,22 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             None => None,
         };
         // Stills come from the synthetic device camera; a file or no camera has none to give.
-        let stills = matches!(input(&args.device_camera), Input::Synthetic)
-            .then(cabine_kiosk::stills::StillsConfig::default);
+        let stills = match args.stills.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => matches!(input(&args.device_camera), Input::Synthetic),
+        }
+        .then(cabine_kiosk::stills::StillsConfig::default);
+        let clock = (args.clock_offset_ms != 0).then(|| {
+            cabine_sidecar::client::KioskClock::offset(args.clock_offset_ms.saturating_mul(1000))
+        });
+        tokio::spawn(network_changes(std::sync::Arc::clone(&network_changed)));
         Some(cabine_kiosk::telemetry::TelemetryConfig {
             url: args.telemetry.clone(),
             verification,
             stills,
-            ..Default::default()
+            clock,
+            network_changed: Some(network_changed),
         })
     };
     config.bp_every = (args.bp_every > 0).then(|| Duration::from_secs(args.bp_every));
@@ -309,6 +383,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.media.adaptive = !args.fixed_bitrate;
 
     let duration = args.duration;
+    let stats_json = args.stats_json;
     let shutdown = async move {
         let limit = async {
             match duration {
@@ -365,6 +440,9 @@ async fn run_dial(args: DialArgs) -> ExitCode {
                 received_packets = stats.received_packets,
                 "done"
             );
+            if stats_json {
+                println!("{}", json!({ "stats": stats_to_json(&stats) }));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -372,6 +450,57 @@ async fn run_dial(args: DialArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Notifies `changed` on every SIGUSR1 (the network changed); never returns.
+#[cfg(unix)]
+async fn network_changes(changed: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut s) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while s.recv().await.is_some() {
+        tracing::info!("SIGUSR1: the network changed, redialling the telemetry link");
+        changed.notify_one();
+    }
+}
+
+#[cfg(not(unix))]
+async fn network_changes(_changed: std::sync::Arc<tokio::sync::Notify>) {}
+
+/// `--stats-json`'s object.
+fn stats_to_json(s: &dial::DialStats) -> serde_json::Value {
+    let t = &s.telemetry;
+    json!({
+        "publish_sessions": s.publish_sessions,
+        "subscribe_sessions": s.subscribe_sessions,
+        "tracks": s.tracks.iter().map(|(id, t)| (id.clone(), json!({
+            "frames": t.frames,
+            "bytes": t.bytes,
+            "dropped": t.dropped,
+            "keyframe_requests": t.keyframe_requests,
+            "feedback": t.feedback,
+            "paused_frames": t.paused_frames,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "received_tracks": s.received_tracks,
+        "received_packets": s.received_packets,
+        "device_outputs": s.device_outputs,
+        "uplink_target_bps": s.uplink_target_bps,
+        "uplink_decreases": s.uplink_decreases,
+        "uplink_delay_cuts": s.uplink_delay_cuts,
+        "telemetry": {
+            "connected": t.connected,
+            "sessions": t.sessions,
+            "measurements": t.measurements,
+            "waveforms": t.waveforms,
+            "statuses": t.statuses,
+            "dropped": t.dropped,
+            "commands": t.commands,
+            "resent": t.resent,
+            "rediscovered": t.rediscovered,
+            "stills": t.stills,
+        },
+    })
 }
 
 #[cfg(unix)]
@@ -392,6 +521,7 @@ async fn terminate() {
 fn devices(args: DevicesArgs) -> ExitCode {
     let mut config = DevicesConfig::new(args.seed, args.heart_rate);
     config.ecg_leads = args.ecg_leads;
+    args.timing.apply(&mut config);
     let start = Instant::now();
     let mut sim = match Devices::new(config, start) {
         Ok(d) => d,
@@ -421,12 +551,18 @@ fn devices(args: DevicesArgs) -> ExitCode {
         }
     }
     let end = start + Duration::from_secs_f64(args.seconds.max(0.0));
-    let bp_at = (args.bp_at >= 0.0).then(|| start + Duration::from_secs_f64(args.bp_at));
-    let mut bp_sent = false;
+    // The blood pressure commands still to give, soonest last.
+    let mut bp_at: Vec<Instant> = args
+        .bp_at
+        .iter()
+        .filter(|s| **s >= 0.0)
+        .map(|s| start + Duration::from_secs_f64(*s))
+        .collect();
+    bp_at.sort_by(|a, b| b.cmp(a));
     let mut now = start;
     while now <= end {
-        if !bp_sent && bp_at.is_some_and(|t| now >= t) {
-            bp_sent = true;
+        while bp_at.last().is_some_and(|t| now >= *t) {
+            bp_at.pop();
             let outcome = sim.handle_command(ChannelId::BP_CUFF, START_MEASUREMENT, now);
             let line = json!({
                 "t_ms": ms(now - start),
@@ -448,7 +584,7 @@ fn devices(args: DevicesArgs) -> ExitCode {
             }
         }
         let mut next = sim.poll_timeout();
-        if let Some(t) = bp_at.filter(|_| !bp_sent) {
+        if let Some(&t) = bp_at.last() {
             next = next.min(t);
         }
         if args.realtime {

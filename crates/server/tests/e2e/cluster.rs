@@ -653,8 +653,7 @@ async fn the_operators_view_shows_every_nodes_rooms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
     use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
-    use cabine_kiosk::devices::DevicesConfig;
-    use cabine_kiosk::dial::{self, DialConfig, Input};
+    use crate::common::kiosk::Kiosk;
 
     let dir = crate::common::browser::dir();
     check_prerequisites(&dir);
@@ -664,17 +663,11 @@ async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
     let room = "consult-cluster-page";
     redis.place(room, &b.id).await;
 
-    let mut kiosk = DialConfig::new(a.base.clone(), token(room, Role::Kiosk, "kiosk-1"));
-    kiosk.client = ClientOptions::loopback();
-    kiosk.media.room_camera = Input::Synthetic;
-    kiosk.media.device_camera = Input::Off;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(500);
-    kiosk.devices = Some(devices);
-    let (stop_kiosk, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cabin = tokio::spawn(dial::run(kiosk, async move {
-        let _ = stopped.await;
-    }));
+    // `cabine-kiosk dial`: the room camera, microphone and stethoscope, the oximeter every
+    // 500 ms.
+    let cabin = Kiosk::dial(&a.base, &token(room, Role::Kiosk, "kiosk-1"))
+        .args(["--device-camera", "off", "--oximeter-ms", "500"])
+        .spawn();
 
     let envs = [
         ("CABINE_URL", a.base.clone()),
@@ -688,14 +681,15 @@ async fn a_cabin_and_a_doctor_page_given_node_a_meet_on_node_b() {
     })
     .await
     .unwrap();
-    let _ = stop_kiosk.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    let cabin = cabin.interrupt().await;
     assert!(
         out.ok(),
-        "the page did not follow its room to node B{}:\n{}\n{}",
+        "the page did not follow its room to node B{}:\n{}\n{}\n--- the cabin ({}) ---\n{}",
         out.killed(),
         out.stdout,
-        out.stderr
+        out.stderr,
+        cabin.status,
+        cabin.output
     );
     // Nothing of the room was opened on A.
     let local_a = rooms_query(&a.base, "?scope=node").await;

@@ -1,7 +1,7 @@
 //! The doctor's page end to end: the real server with its telemetry sidecar, a simulated cabin
-//! (`cabine-kiosk` as a library: microphone and stethoscope over WHIP, the doctor over WHEP,
-//! simulated devices over QUIC, and a synthetic room camera), and Debian's chromium with fake media devices on
-//! `/consult/{room}`, driven by `tests/browser/consult.mjs` (playwright-core).
+//! (`cabine-kiosk dial` processes: microphone and stethoscope over WHIP, the doctor over WHEP,
+//! simulated devices over QUIC, and a synthetic room camera), and Debian's chromium with fake
+//! media devices on `/consult/{room}`, driven by `tests/browser/consult.mjs` (playwright-core).
 //!
 //! Mid-test the cabin switches a device camera on (a second WHIP session with a synthetic VP8
 //! otoscope): the page must show it without a reload. The driver also checks the vitals tiles,
@@ -20,14 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
-use cabine_client::{ClientOptions, Codec, Publisher, TrackSpec};
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig, Input};
-use cabine_kiosk::sources::{MediaSource, Pattern, VideoSource, Vp8Config};
+use crate::common::kiosk::{Kiosk, KioskProcess};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::Role;
 use cabine_server::{Config, Server};
-use tokio::sync::oneshot;
 
 const SECRET: &str = "consult-test-secret-0123456789abcdef0123";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
@@ -54,27 +50,24 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
 
     // The cabin: microphone, stethoscope, devices, the doctor over WHEP; its cameras are
     // published next to it, small (two cores for chromium, the cabin and a debug-build server).
-    let mut kiosk = DialConfig::new(base.clone(), kiosk_token.clone());
-    kiosk.client = ClientOptions::loopback();
-    kiosk.media.room_camera = Input::Off;
-    kiosk.media.device_camera = Input::Off;
-    kiosk.disconnected_grace = Duration::from_secs(20);
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(500);
-    devices.thermometer_interval = Duration::from_secs(1);
-    devices.bp_duration = Duration::from_secs(1);
-    kiosk.devices = Some(devices);
-    let (stop_kiosk, stopped) = oneshot::channel::<()>();
-    let cabin = tokio::spawn(dial::run(kiosk, async move {
-        let _ = stopped.await;
-    }));
-
-    let room_camera = tokio::spawn(camera(
-        format!("{base}/whip/{room}"),
-        kiosk_token.clone(),
-        "room-camera",
-        Pattern::RoomCamera,
-    ));
+    let cabin = Kiosk::dial(&base, &kiosk_token)
+        .args([
+            "--room-camera",
+            "off",
+            "--device-camera",
+            "off",
+            "--stills",
+            "on",
+        ])
+        .args([
+            "--disconnected-grace-ms",
+            "20000",
+            "--bp-duration-ms",
+            "1000",
+        ])
+        .args(["--oximeter-ms", "500", "--thermometer-ms", "1000"])
+        .spawn();
+    let room_camera = camera(&base, &kiosk_token, "--room-camera");
 
     // Mid-consultation: once the doctor receives the cabin and the cabin receives the doctor
     // (the page has negotiated both ways), the otoscope is switched on. Whether that moment
@@ -107,17 +100,11 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    return;
+                    return None;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            camera(
-                format!("{base}/whip/{room}"),
-                token,
-                "device-camera",
-                Pattern::Otoscope,
-            )
-            .await;
+            Some(camera(&base, &token, "--device-camera"))
         })
     };
 
@@ -154,20 +141,25 @@ async fn doctor_page_shows_the_cabin_and_survives_a_signalling_cut() {
     let kiosk_got_doctor = kiosk_got_doctor.await.unwrap_or(false);
     let after = rooms(&base, &ops).await;
     otoscope.abort();
-    room_camera.abort();
-    let _ = stop_kiosk.send(());
-    let cabin = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    drop(otoscope.await);
+    let room_camera = room_camera.interrupt().await;
+    let cabin = cabin.interrupt().await;
     server.shutdown(Duration::from_secs(1)).await;
 
     println!("{}", out.stdout.trim_end());
     assert!(
         out.ok(),
         "the consultation page test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
-         --- the cabin ---\n{cabin:?}\n--- GET /api/rooms at the end ---\n{after:#}",
+         --- the cabin ({}) ---\n{}\n--- its room camera ({}) ---\n{}\n\
+         --- GET /api/rooms at the end ---\n{after:#}",
         out.status,
         out.killed(),
         out.stdout,
-        out.stderr
+        out.stderr,
+        cabin.status,
+        cabin.output,
+        room_camera.status,
+        room_camera.output
     );
     assert!(
         kiosk_got_doctor,
@@ -193,57 +185,21 @@ fn kiosk_receives_doctor(sessions: &[serde_json::Value]) -> bool {
         })
 }
 
-/// Publishes a synthetic VP8 camera (320x240, 10 fps) labelled `label` until aborted,
-/// publishing again when the server ends the session (as a cabin would).
-async fn camera(whip: String, token: String, label: &'static str, pattern: Pattern) {
-    // Encoding runs on its own thread: it must not starve the runtime the cabin's peer
-    // connections run on.
-    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(8);
-    std::thread::spawn(move || {
-        let config = Vp8Config {
-            width: 320,
-            height: 240,
-            ..Vp8Config::new(10, 250)
-        };
-        let mut source = VideoSource::new(pattern, config).expect("synthetic camera");
-        for i in 0..(10 * 240) {
-            let Ok(frame) = source.next_frame(i % 20 == 0) else {
-                return;
-            };
-            if frames_tx.blocking_send(frame).is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let Ok(publisher) = Publisher::connect(
-            &whip,
-            &token,
-            vec![TrackSpec::video("kiosk-1", label, Codec::Vp8)],
-            ClientOptions::loopback(),
-        )
-        .await
-        else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        loop {
-            let Some(frame) = frames_rx.recv().await else {
-                return;
-            };
-            if !frame.data.is_empty() {
-                let _ = publisher.tracks()[0]
-                    .write_sample(&frame.data, frame.duration)
-                    .await;
-            }
-            use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
-            if matches!(publisher.connection_state(), S::Failed | S::Closed) {
-                let _ = publisher.close().await;
-                break;
-            }
-            tokio::time::sleep(frame.duration).await;
-        }
-    }
+/// One of the cabin's cameras, `which` (`--room-camera` or `--device-camera`): a
+/// `cabine-kiosk dial` of its own publishing only that synthetic VP8 camera (10 fps,
+/// 250 kbit/s), dialling again when the server ends the session (as a cabin would); stopped
+/// when dropped.
+fn camera(base: &str, token: &str, which: &str) -> KioskProcess {
+    let other = match which {
+        "--room-camera" => "--device-camera",
+        _ => "--room-camera",
+    };
+    Kiosk::dial(base, token)
+        .args([which, "synthetic", other, "off"])
+        .args(["--microphone", "off", "--stethoscope", "off"])
+        .args(["--no-subscribe", "--no-devices", "--no-telemetry"])
+        .light_media(10, 250)
+        .spawn()
 }
 
 /// The kiosk page and the doctor's page together, over WebSocket signalling only: the kiosk

@@ -1,5 +1,5 @@
 //! Continuity across a node's drain and death (issue 12, items 1 and 2): real Redis, two
-//! `cabine serve` nodes on loopback, an in-process `cabine-kiosk dial` cabin and the doctor's
+//! `cabine serve` nodes on loopback, a `cabine-kiosk dial` cabin (the binary) and the doctor's
 //! page in Chromium (`tests/browser/failover.mjs`). Node A holds the room.
 //!
 //! - Drain: an operator drains A; the page and the kiosk are told to move and open their
@@ -12,13 +12,11 @@
 
 use std::time::{Duration, Instant};
 
-use cabine_client::ClientOptions;
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig, Input};
 use cabine_proto::Role;
 
 use crate::common::browser::{check_prerequisites, run_driver, SERIAL};
 use crate::common::cluster::{free_port, token, until, Node, Redis};
+use crate::common::kiosk::{Kiosk, KioskProcess};
 
 /// The largest gap between video frames the page may show through a drain. The design target
 /// is 1 s p95 on an idle machine (benches/continuity.sh); CI runs a debug server, the kiosk's
@@ -31,15 +29,7 @@ const CI_MARGIN_MS: u64 = 1500;
 
 /// A and B (A with `drain_timeout`), the room placed on A, and a cabin dialling A (B its
 /// fallback) with the oximeter every 500 ms.
-async fn setup(
-    room: &str,
-) -> (
-    Redis,
-    Node,
-    Node,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<dial::DialStats, dial::DialError>>,
-) {
+async fn setup(room: &str) -> (Redis, Node, Node, KioskProcess) {
     let redis = Redis::start().await;
     let a = Node::start_with(
         "node-a",
@@ -56,19 +46,21 @@ async fn setup(
     }
     redis.place(room, &a.id).await;
 
-    let mut kiosk = DialConfig::new(a.base.clone(), token(room, Role::Kiosk, "kiosk-1"));
-    kiosk.client = ClientOptions::loopback();
-    kiosk.media.room_camera = Input::Synthetic;
-    kiosk.media.device_camera = Input::Off;
-    kiosk.fallback_servers = vec![b.base.clone()];
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(500);
-    kiosk.devices = Some(devices);
-    let (stop_kiosk, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cabin = tokio::spawn(dial::run(kiosk, async move {
-        let _ = stopped.await;
-    }));
-    (redis, a, b, stop_kiosk, cabin)
+    let cabin = cabin_command(&a.base, room)
+        .args(["--also-server", &b.base])
+        .spawn();
+    (redis, a, b, cabin)
+}
+
+/// The cabin as `cabine-kiosk dial` runs it: the room camera, the microphone and the
+/// stethoscope, subscribing to the doctor, the oximeter every 500 ms.
+fn cabin_command(base: &str, room: &str) -> Kiosk {
+    Kiosk::dial(base, &token(room, Role::Kiosk, "kiosk-1")).args([
+        "--device-camera",
+        "off",
+        "--oximeter-ms",
+        "500",
+    ])
 }
 
 /// The driver's JSON line.
@@ -95,7 +87,7 @@ async fn a_drained_nodes_room_moves_with_its_page_and_kiosk() {
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     let room = "consult-drain";
-    let (_redis, a, b, stop_kiosk, cabin) = setup(room).await;
+    let (_redis, a, b, cabin) = setup(room).await;
 
     let envs = [
         ("CABINE_URL", a.base.clone()),
@@ -143,8 +135,7 @@ async fn a_drained_nodes_room_moves_with_its_page_and_kiosk() {
         assert!(Instant::now() < deadline, "the drained node did not exit");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop_kiosk.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    cabin.interrupt().await;
 }
 
 /// What the page may take to show the kiosk's video and vitals again after its node's death:
@@ -163,7 +154,7 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     let room = "consult-killed";
-    let (_redis, a, b, stop_kiosk, cabin) = setup(room).await;
+    let (_redis, a, b, cabin) = setup(room).await;
     let envs = [
         ("MODE", "kill".to_owned()),
         ("KILL_PID", a.pid().to_string()),
@@ -222,8 +213,7 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     })
     .await;
     drop(a);
-    let _ = stop_kiosk.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    cabin.interrupt().await;
 }
 
 /// What the page may take to show the kiosk's video and vitals again after a restarted node
@@ -244,17 +234,7 @@ async fn a_restarted_single_node_gets_media_and_telemetry_back_without_a_reload(
     let room = "consult-restarted";
     let mut node = Single::start(ports).await;
 
-    let mut kiosk = DialConfig::new(base.clone(), token(room, Role::Kiosk, "kiosk-1"));
-    kiosk.client = ClientOptions::loopback();
-    kiosk.media.room_camera = Input::Synthetic;
-    kiosk.media.device_camera = Input::Off;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(500);
-    kiosk.devices = Some(devices);
-    let (stop_kiosk, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cabin = tokio::spawn(dial::run(kiosk, async move {
-        let _ = stopped.await;
-    }));
+    let cabin = cabin_command(&base, room).spawn();
 
     let envs = [
         ("MODE", "restart".to_owned()),
@@ -313,8 +293,7 @@ async fn a_restarted_single_node_gets_media_and_telemetry_back_without_a_reload(
         "vitals back after {vitals} ms"
     );
     drop(node);
-    let _ = stop_kiosk.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin).await;
+    cabin.interrupt().await;
 }
 
 /// A `cabine serve` alone (no cluster) on given ports (HTTP, media UDP, telemetry UDP), so

@@ -1,5 +1,5 @@
-//! FHIR export end to end: a kiosk's simulated devices (the kiosk crate's simulators, over the
-//! real QUIC telemetry client) feed a room; its measurements leave as an R4 transaction Bundle
+//! FHIR export end to end: a kiosk's simulated devices (`cabine-kiosk devices`' outputs, over
+//! the real QUIC telemetry client) feed a room; its measurements leave as an R4 transaction Bundle
 //! that a local HTTP sink receives and the FHIR R4 validator installed by `scripts/test`
 //! (`scripts/fhir/install`: fhir.resources, R4 4.0.1 models) checks.
 //!
@@ -19,7 +19,7 @@
 //! - `a_room_ending_with_the_outbox_full_is_audited_and_counted`: `fhir_not_exported`, with
 //!   the reason, and `cabine_fhir_not_exported_total`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,11 +27,11 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use cabine_kiosk::devices::{ChannelId, DeviceOutput, Devices, DevicesConfig, MeasurementStatus};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::telemetry as wire;
 use cabine_proto::{Identity, Role, RoomId};
 use cabine_sidecar::client::{resolve, Client, ClientConfig};
+use cabine_sidecar::tls::ServerVerification;
 use serde_json::Value;
 
 use crate::common;
@@ -110,119 +110,205 @@ impl Sink {
     }
 }
 
-/// A kiosk: the kiosk crate's simulated devices, run on simulated time, sent over the real
-/// telemetry client.
+/// A kiosk: the simulated devices of `cabine-kiosk devices` (simulated time, JSON lines, the
+/// same simulators `cabine-kiosk dial` runs), sent over the real telemetry client.
 struct Kiosk {
     client: Client,
-    devices: Devices,
-    start: Instant,
-    now: Instant,
     base_us: u64,
+    /// Simulated time run so far.
+    elapsed: Duration,
+    /// When blood pressure measurements were started, seconds of simulated time.
+    bp_at: Vec<f64>,
+    /// The last seq sent per channel.
+    last_seq: BTreeMap<u32, u64>,
 }
 
 impl Kiosk {
     async fn connect(base: &str, token: &str, room: &str) -> Kiosk {
-        let http = reqwest::Client::new();
-        let found = cabine_kiosk::telemetry::discover(&http, base, token)
-            .await
-            .expect("telemetry discovery");
-        let (addr, name) = resolve(&found.url).await.unwrap();
-        let mut cc = ClientConfig::new(
-            addr,
-            token,
-            RoomId::parse(room).unwrap(),
-            found.verification,
-        );
+        let (url, verification) = discover(base, token).await;
+        let (addr, name) = resolve(&url).await.unwrap();
+        let mut cc = ClientConfig::new(addr, token, RoomId::parse(room).unwrap(), verification);
         cc.server_name = name;
         let client = Client::connect(cc).await.expect("telemetry connects");
-        let mut cfg = DevicesConfig::new(7, 75.0);
-        cfg.oximeter_interval = Duration::from_millis(500);
-        cfg.thermometer_interval = Duration::from_secs(1);
-        cfg.scale_interval = Duration::from_secs(2);
-        cfg.bp_duration = Duration::from_secs(1);
-        let start = Instant::now();
-        let devices = Devices::new(cfg, start).unwrap();
-        for info in devices.channels() {
-            client
-                .declare(cabine_kiosk::telemetry::declaration(info))
-                .unwrap();
+        let channels: Vec<wire::ChannelDecl> = devices_output(Duration::ZERO, &[])
+            .iter()
+            .filter(|l| l["type"] == "channel")
+            .map(declaration)
+            .collect();
+        assert_eq!(channels.len(), 6, "the simulator's six channels");
+        for decl in &channels {
+            client.declare(decl.clone()).unwrap();
         }
-        for info in devices.channels() {
+        for decl in &channels {
             client
-                .wait_ready(info.id.0, Duration::from_secs(10))
+                .wait_ready(decl.channel_id, Duration::from_secs(10))
                 .await
                 .expect("channel acknowledged");
         }
         let base_us = client.clock().now_us();
         Kiosk {
             client,
-            devices,
-            start,
-            now: start,
             base_us,
+            elapsed: Duration::ZERO,
+            bp_at: Vec::new(),
+            last_seq: BTreeMap::new(),
         }
     }
 
-    /// Runs the devices for `span` of simulated time (a blood pressure measurement started
-    /// first) and sends what they produce; returns the measurements sent.
+    /// Runs the devices for `span` more of simulated time (a blood pressure measurement
+    /// started first) and sends what they produce; returns the measurements sent. (The
+    /// simulator is deterministic: it runs again from the start, and what was sent before is
+    /// left out by its sequence numbers.)
     fn run(&mut self, span: Duration) -> usize {
-        let _ = self
-            .devices
-            .handle_command(ChannelId::BP_CUFF, "start_measurement", self.now);
-        let end = self.now + span;
+        self.bp_at.push(self.elapsed.as_secs_f64());
+        self.elapsed += span;
         let mut sent = 0;
-        while self.now < end {
-            self.now += Duration::from_millis(20);
-            for o in self.devices.poll(self.now) {
-                match o {
-                    DeviceOutput::Measurement(m) => {
-                        let w = wire::Measurement {
-                            channel_id: m.channel.0,
-                            seq: m.seq,
-                            capture_time_us: self.us(m.captured),
-                            values: m
-                                .values
-                                .iter()
-                                .map(|v| wire::Value {
-                                    loinc: v.code.loinc.into(),
-                                    mdc_code: v.code.mdc,
-                                    value: v.value,
-                                    unit: v.code.unit.into(),
-                                })
-                                .collect(),
-                            status: match m.status {
-                                MeasurementStatus::Valid => wire::MeasurementStatus::Valid,
-                                MeasurementStatus::Questionable => {
-                                    wire::MeasurementStatus::Questionable
-                                }
-                            } as i32,
-                        };
-                        self.client.send_measurement(w).unwrap();
-                        sent += 1;
-                    }
-                    DeviceOutput::Waveform(w) => {
-                        let chunk = wire::WaveformChunk {
-                            channel_id: w.channel.0,
-                            seq: w.seq,
-                            first_sample_time_us: self.us(w.first_sample),
-                            sample_rate_hz: w.sample_rate_hz,
-                            leads: w.leads.len() as u32,
-                            scale: w.scale,
-                            offset: w.offset,
-                            samples: w.samples.iter().map(|&s| i32::from(s)).collect(),
-                        };
-                        self.client.send_waveform(chunk).unwrap();
-                    }
-                    DeviceOutput::Status(_) => {}
+        for o in devices_output(self.elapsed, &self.bp_at) {
+            let us = |o: &Value| self.base_us + (o["t_ms"].as_f64().unwrap() * 1000.0) as u64;
+            let channel_id = o["channel"].as_u64().unwrap() as u32;
+            if let Some(seq) = o["seq"].as_u64() {
+                let last = self.last_seq.entry(channel_id).or_default();
+                if seq <= *last {
+                    continue;
                 }
+                *last = seq;
+            }
+            match o["type"].as_str().unwrap() {
+                "measurement" => {
+                    let w = wire::Measurement {
+                        channel_id,
+                        seq: o["seq"].as_u64().unwrap(),
+                        capture_time_us: us(&o),
+                        values: o["values"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| wire::Value {
+                                loinc: v["loinc"].as_str().unwrap().into(),
+                                mdc_code: v["mdc"].as_u64().unwrap() as u32,
+                                value: v["value"].as_f64().unwrap(),
+                                unit: v["unit"].as_str().unwrap().into(),
+                            })
+                            .collect(),
+                        status: match o["status"].as_str().unwrap() {
+                            "valid" => wire::MeasurementStatus::Valid,
+                            _ => wire::MeasurementStatus::Questionable,
+                        } as i32,
+                    };
+                    self.client.send_measurement(w).unwrap();
+                    sent += 1;
+                }
+                "waveform" => {
+                    let chunk = wire::WaveformChunk {
+                        channel_id,
+                        seq: o["seq"].as_u64().unwrap(),
+                        first_sample_time_us: us(&o),
+                        sample_rate_hz: o["sample_rate_hz"].as_f64().unwrap(),
+                        leads: o["leads"].as_array().unwrap().len() as u32,
+                        scale: o["scale"].as_f64().unwrap(),
+                        offset: o["offset"].as_f64().unwrap(),
+                        samples: o["samples"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|s| s.as_i64().unwrap() as i32)
+                            .collect(),
+                    };
+                    self.client.send_waveform(chunk).unwrap();
+                }
+                _ => {} // channels, statuses, the command's outcome
             }
         }
         sent
     }
+}
 
-    fn us(&self, t: Instant) -> u64 {
-        self.base_us + t.duration_since(self.start).as_micros() as u64
+/// `cabine-kiosk devices` for `span` of simulated time: the patient of seed 7 at 75 bpm, the
+/// oximeter every 500 ms, the thermometer every second, the scale every 2 s, blood pressure
+/// readings started at `bp_at` seconds (none if empty) and taking 1 s.
+fn devices_output(span: Duration, bp_at: &[f64]) -> Vec<Value> {
+    let bp_at: Vec<String> = match bp_at {
+        [] => vec!["--bp-at".into(), "-1".into()],
+        at => at
+            .iter()
+            .flat_map(|s| ["--bp-at".into(), s.to_string()])
+            .collect(),
+    };
+    let out = Command::new(common::kiosk::kiosk_bin())
+        .args(["devices", "--seconds", &span.as_secs_f64().to_string()])
+        .args(["--seed", "7", "--heart-rate", "75"])
+        .args(&bp_at)
+        .args(["--oximeter-ms", "500", "--thermometer-ms", "1000"])
+        .args(["--scale-ms", "2000", "--bp-duration-ms", "1000"])
+        .output()
+        .expect("cabine-kiosk devices runs");
+    assert!(
+        out.status.success(),
+        "cabine-kiosk devices: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// A `"type":"channel"` line of `cabine-kiosk devices` as its telemetry declaration.
+fn declaration(c: &Value) -> wire::ChannelDecl {
+    let strings = |key: &str| -> Vec<String> {
+        c[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    wire::ChannelDecl {
+        channel_id: c["channel"].as_u64().unwrap() as u32,
+        kind: match c["kind"].as_str().unwrap() {
+            "measurement" => wire::ChannelKind::Measurement,
+            _ => wire::ChannelKind::Waveform,
+        } as i32,
+        device_kind: match c["device"].as_str().unwrap() {
+            "pulse_oximeter" => wire::DeviceKind::PulseOximeter,
+            "ecg" => wire::DeviceKind::Ecg,
+            "thermometer" => wire::DeviceKind::Thermometer,
+            "bp_cuff" => wire::DeviceKind::BpCuff,
+            "scale" => wire::DeviceKind::Scale,
+            other => panic!("unknown device {other}"),
+        } as i32,
+        loinc: c["loinc"].as_str().unwrap().to_owned(),
+        mdc_code: c["mdc"].as_u64().unwrap() as u32,
+        unit: c["unit"].as_str().unwrap().to_owned(),
+        sample_rate_hz: c["sample_rate_hz"].as_f64().unwrap_or(0.0),
+        leads: strings("leads"),
+        label: c["label"].as_str().unwrap().to_owned(),
+        commands: strings("commands"),
     }
+}
+
+/// `GET /api/telemetry` as a kiosk: the sidecar's QUIC URL and its certificate, pinned.
+async fn discover(base: &str, token: &str) -> (String, ServerVerification) {
+    use base64::Engine;
+    let answer: Value = reqwest::Client::new()
+        .get(format!("{base}/api/telemetry"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /api/telemetry")
+        .error_for_status()
+        .expect("telemetry discovery")
+        .json()
+        .await
+        .unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(answer["certificate"].as_str().expect("a certificate"))
+        .unwrap();
+    (
+        answer["url"].as_str().expect("a QUIC URL").to_owned(),
+        ServerVerification::Pinned(rustls::pki_types::CertificateDer::from(der)),
+    )
 }
 
 fn token(room: &str, role: Role, identity: &str) -> String {

@@ -5,21 +5,18 @@
 //! never act on another participant's session nor take a patient from the queue; a still the doctor shares is seen by the
 //! invitee while the room lives, and forgotten with it.
 
+use crate::common::kiosk::Kiosk;
 use crate::common::{self, post_sdp, sdp_offer, TestServer};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cabine_client::{ClientOptions, Subscriber};
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig};
-use cabine_kiosk::telemetry::TelemetryConfig;
 use cabine_proto::signal::{self, ClientMsg, ServerMsg};
 use cabine_proto::{Grant, Role};
 use cabine_server::limits::Limit;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 const ROOM: &str = "consult-invite";
@@ -314,25 +311,14 @@ async fn assistants_operate_devices_only_while_the_doctor_allows_and_see_shared_
     let base = s.base.clone();
 
     // The cabin, as `cabine-kiosk dial` runs it, with its blood pressure cuff; light media.
-    let mut cfg = DialConfig::new(base.clone(), s.token(room, Role::Kiosk, "kiosk-1"));
-    cfg.client = ClientOptions::loopback();
-    cfg.subscribe = false;
-    cfg.media.room_fps = 5;
-    cfg.media.room_kbps = 150;
-    cfg.media.device_fps = 5;
-    cfg.media.device_kbps = 100;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.bp_duration = Duration::from_secs(1);
-    cfg.devices = Some(devices);
-    cfg.telemetry = Some(TelemetryConfig::default());
-    let (stop_kiosk, stopped) = oneshot::channel::<()>();
-    let kiosk = tokio::spawn(dial::run(cfg, async move {
-        let _ = stopped.await;
-    }));
+    let mut kiosk = Kiosk::dial(&base, &s.token(room, Role::Kiosk, "kiosk-1"))
+        .args(["--no-subscribe", "--bp-duration-ms", "1000"])
+        .light_media(5, 150)
+        .spawn();
     let telemetry = s.server.telemetry().expect("telemetry enabled");
     let deadline = Instant::now() + Duration::from_secs(30);
     while telemetry.sidecar_stats().kiosks_connected == 0 {
-        assert!(!kiosk.is_finished(), "the kiosk stopped: {:?}", kiosk.await);
+        assert!(kiosk.running(), "the kiosk stopped:\n{}", kiosk.output());
         assert!(
             Instant::now() < deadline,
             "the kiosk's telemetry never connected"
@@ -627,8 +613,7 @@ async fn assistants_operate_devices_only_while_the_doctor_allows_and_see_shared_
     }
     let _ = pharmacist.close().await;
     let _ = ortho.close().await;
-    let _ = stop_kiosk.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), kiosk).await;
+    kiosk.stop().await;
     let _ = reqwest::Client::new()
         .delete(&session)
         .bearer_auth(s.token(room, Role::Kiosk, "kiosk-2"))
@@ -864,20 +849,11 @@ async fn the_pages_invite_an_orthoptist_share_a_still_and_allow_a_pharmacist() {
     let base = s.base.clone();
 
     // The cabin: a small room camera, its devices (cuff, otoscope stills) over QUIC.
-    let mut cfg = DialConfig::new(base.clone(), s.token(room, Role::Kiosk, "kiosk-1"));
-    cfg.client = ClientOptions::loopback();
-    cfg.media.room_fps = 10;
-    cfg.media.room_kbps = 300;
-    cfg.media.device_camera = dial::Input::Off;
-    cfg.media.stethoscope = dial::Input::Off;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(500);
-    devices.bp_duration = Duration::from_secs(1);
-    cfg.devices = Some(devices);
-    let (stop_kiosk, stopped) = oneshot::channel::<()>();
-    let kiosk = tokio::spawn(dial::run(cfg, async move {
-        let _ = stopped.await;
-    }));
+    let kiosk = Kiosk::dial(&base, &s.token(room, Role::Kiosk, "kiosk-1"))
+        .args(["--fps", "10", "--video-kbps", "300", "--stills", "on"])
+        .args(["--device-camera", "off", "--stethoscope", "off"])
+        .args(["--oximeter-ms", "500", "--bp-duration-ms", "1000"])
+        .spawn();
 
     let envs = [
         ("CABINE_URL", base.clone()),
@@ -897,17 +873,18 @@ async fn the_pages_invite_an_orthoptist_share_a_still_and_allow_a_pharmacist() {
     })
     .await
     .expect("driver thread");
-    let _ = stop_kiosk.send(());
-    let cabin = tokio::time::timeout(Duration::from_secs(10), kiosk).await;
+    let cabin = kiosk.interrupt().await;
     s.server.shutdown(Duration::from_secs(1)).await;
     println!("{}", out.stdout.trim_end());
     assert!(
         out.ok(),
         "the invite pages test failed ({}{}).\n--- node stdout ---\n{}\n--- node stderr ---\n{}\n\
-         --- the cabin ---\n{cabin:?}",
+         --- the cabin ({}) ---\n{}",
         out.status,
         out.killed(),
         out.stdout,
-        out.stderr
+        out.stderr,
+        cabin.status,
+        cabin.output
     );
 }

@@ -1,6 +1,5 @@
-//! The walk-in queue (issue 15): a cabin (`cabine-kiosk dial --queue`, the kiosk crate's
-//! `queue::dial_queued`) waits, a doctor lists the queue and takes it over the API, and both
-//! meet in the room the server created, with media and vitals; the refusals (403, 404, 409,
+//! The walk-in queue (issue 15): a cabin (the `cabine-kiosk dial --queue` binary) waits, a
+//! doctor lists the queue and takes it over the API, and both meet in the room the server created, with media and vitals; the refusals (403, 404, 409,
 //! 410, 503), cancel and expiry, the fleet, and — on a Redis cluster — a queue that survives
 //! `kill -9` of the node that held it. The `cabine-kiosk` binary itself (`dial --queue`)
 //! prints its position, is taken over the API and meets its doctor; Ctrl-C while it waits
@@ -9,15 +8,12 @@
 use std::time::{Duration, Instant};
 
 use cabine_client::{ClientOptions, Subscriber};
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig, Input};
-use cabine_kiosk::queue::{self, QueueOptions, QueueRequest, QueueUpdate};
 use cabine_proto::{Grant, Identity, Role};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::common;
 use crate::common::cluster::{Node, Redis};
+use crate::common::kiosk::Kiosk;
 
 /// A request to `{base}{path}` with `token` and an optional JSON body: status and JSON body
 /// (`Null` when the body is not JSON).
@@ -59,20 +55,30 @@ fn queue_doctor(tokens: &cabine_proto::jwt::Tokens, id: &str) -> String {
         .unwrap()
 }
 
-/// A light cabin: the room camera and microphone, the oximeter every 250 ms.
-fn cabin(base: &str, token: String) -> DialConfig {
-    let mut cfg = DialConfig::new(base.to_owned(), token);
-    cfg.client = ClientOptions::loopback();
-    cfg.subscribe = false;
-    cfg.media.room_camera = Input::Synthetic;
-    cfg.media.device_camera = Input::Off;
-    cfg.media.stethoscope = Input::Off;
-    cfg.media.room_fps = 10;
-    cfg.media.room_kbps = 200;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(250);
-    cfg.devices = Some(devices);
-    cfg
+/// A light cabin (`cabine-kiosk dial`): the room camera and microphone, the oximeter every
+/// 250 ms.
+fn cabin(base: &str, token: &str) -> Kiosk {
+    Kiosk::dial(base, token)
+        .args([
+            "--no-subscribe",
+            "--device-camera",
+            "off",
+            "--stethoscope",
+            "off",
+        ])
+        .args(["--fps", "10", "--video-kbps", "200", "--oximeter-ms", "250"])
+}
+
+/// A position line of `cabine-kiosk dial --queue`
+/// (`ticket T: position P, estimated wait W s`): the ticket, the position and the wait.
+fn position(line: &str) -> (String, u64, u64) {
+    let parsed = line.strip_prefix("ticket ").and_then(|l| {
+        let (ticket, rest) = l.split_once(": position ")?;
+        let (pos, rest) = rest.split_once(", estimated wait ")?;
+        let wait = rest.strip_suffix(" s")?;
+        Some((ticket.to_owned(), pos.parse().ok()?, wait.parse().ok()?))
+    });
+    parsed.unwrap_or_else(|| panic!("not a position line: {line:?}"))
 }
 
 /// Once the cabin publishes its two tracks in `room` on `base` (seen with the operator token
@@ -140,45 +146,14 @@ async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals
     let base = s.base.clone();
     let doctor = queue_doctor(&s.tokens, "dr-martin");
 
-    // Cabin 1 dials with --queue; its positions are reported.
-    let (updates_tx, mut updates) = mpsc::unbounded_channel::<QueueUpdate>();
-    let (stop_cabin, stopped) = oneshot::channel::<()>();
-    let request = QueueRequest {
-        reason: Some("fièvre et toux depuis trois jours".into()),
-        subject: Some("Patient/123".into()),
-        site: Some("Pharmacie du Centre".into()),
-        ..QueueRequest::default()
-    };
-    let cabin1 = {
-        let cfg = cabin(&base, s.token("lobby", Role::Kiosk, "kiosk-pharmacie-1"));
-        let opts = QueueOptions {
-            poll: Duration::from_millis(200),
-            ..QueueOptions::default()
-        };
-        tokio::spawn(async move {
-            queue::dial_queued(
-                cfg,
-                &request,
-                &opts,
-                |u| {
-                    let _ = updates_tx.send(u.clone());
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        })
-    };
-    let first = tokio::time::timeout(Duration::from_secs(10), updates.recv())
-        .await
-        .expect("cabin 1 reports its position")
-        .unwrap();
-    assert_eq!(first.position, 1, "{first:?}");
-    assert!(
-        first.estimated_wait_s > 0,
-        "a default estimate before any take"
-    );
+    // Cabin 1 dials with --queue; it prints its positions.
+    let mut cabin1 = cabin(&base, &s.token("lobby", Role::Kiosk, "kiosk-pharmacie-1"))
+        .args(["--queue", "--reason", "fièvre et toux depuis trois jours"])
+        .args(["--subject", "Patient/123", "--site", "Pharmacie du Centre"])
+        .spawn();
+    let (_, first_position, first_wait) = position(&cabin1.line("ticket ").await);
+    assert_eq!(first_position, 1);
+    assert!(first_wait > 0, "a default estimate before any take");
 
     // Cabin 2 (plain HTTP) is second; its second POST answers 409 with the same ticket.
     let kiosk2 = s.token("lobby", Role::Kiosk, "kiosk-pharmacie-2");
@@ -355,13 +330,14 @@ async fn a_queued_cabin_is_taken_by_a_doctor_and_they_meet_with_media_and_vitals
     assert!(view.get("fleet").is_none(), "{view}");
     assert!(view.get("queue").is_none(), "{view}");
 
-    let _ = stop_cabin.send(());
-    let (admission, _) = tokio::time::timeout(Duration::from_secs(20), cabin1)
-        .await
-        .expect("the cabin stops")
-        .unwrap()
-        .expect("the cabin was admitted and dialled");
-    assert_eq!(admission.room, room);
+    // Stopped, the cabin reports the room it was admitted to and dialled.
+    let exit = cabin1.interrupt().await;
+    assert!(exit.status.success(), "{}", exit.output);
+    assert!(
+        exit.stdout.contains(&format!("taken: room {room}")),
+        "{}",
+        exit.output
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,32 +360,16 @@ async fn tickets_cancel_expire_are_flagged_and_are_bounded() {
     let k1 = s.token("lobby", Role::Kiosk, "kiosk-a");
 
     // Ctrl-C of a waiting `dial --queue` cancels its ticket.
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (tx, mut rx) = mpsc::unbounded_channel::<QueueUpdate>();
-    let waiting = {
-        let k1 = k1.clone();
-        let base = base.clone();
-        tokio::spawn(async move {
-            queue::wait_for_doctor(
-                &base,
-                &k1,
-                &QueueRequest::default(),
-                &QueueOptions::default(),
-                |u| {
-                    let _ = tx.send(u.clone());
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        })
-    };
-    let u = rx.recv().await.expect("a position");
-    let _ = stop.send(());
-    let r = waiting.await.unwrap();
-    assert!(matches!(r, Err(queue::QueueError::Stopped)), "{r:?}");
-    let path = format!("/api/queue/{}", u.ticket);
+    let mut waiting = cabin(&base, &k1).args(["--queue"]).spawn();
+    let (ticket, _, _) = position(&waiting.line("ticket ").await);
+    let exit = waiting.interrupt().await;
+    assert!(exit.status.success(), "{}", exit.output);
+    assert!(
+        exit.stdout.iter().any(|l| l == "cancelled"),
+        "{}",
+        exit.output
+    );
+    let path = format!("/api/queue/{ticket}");
     assert_eq!(call("GET", &base, &path, &k1, None).await.0, 410);
     assert_eq!(
         call("POST", &base, &format!("{path}/take"), &doctor, None)
@@ -705,13 +665,7 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     // Cabin 1 dials its room through C (redirected to B, where it was placed) and the doctor
     // has its media and vitals there.
     let room = room1["room"].as_str().unwrap().to_owned();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let cabin1 = tokio::spawn(dial::run(
-        cabin(&c.base, room1["token"].as_str().unwrap().to_owned()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let cabin1 = cabin(&c.base, room1["token"].as_str().unwrap()).spawn();
     let doctor_room_token = taken1["token"].as_str().unwrap().to_owned();
     // Placed on B (the least loaded live node; A, first by id, is stale): the cabin and the
     // doctor meet there.
@@ -730,13 +684,7 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let room_of_2 = room2["room"].as_str().unwrap().to_owned();
-    let (stop2, stopped2) = oneshot::channel::<()>();
-    let cabin2 = tokio::spawn(dial::run(
-        cabin(&c.base, room2["token"].as_str().unwrap().to_owned()),
-        async move {
-            let _ = stopped2.await;
-        },
-    ));
+    let cabin2 = cabin(&c.base, room2["token"].as_str().unwrap()).spawn();
     // Where it went: the node whose rooms list it (B holds room 1, so C by load).
     let deadline = Instant::now() + Duration::from_secs(30);
     let holder = loop {
@@ -764,100 +712,8 @@ async fn the_queue_survives_the_death_of_the_node_that_held_it() {
     );
     doctor_sees_media_and_vitals(&holder, &ops, &room_of_2, taken2["token"].as_str().unwrap())
         .await;
-    let _ = stop2.send(());
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin2).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), cabin1).await;
-}
-
-/// The `cabine-kiosk` binary next to this test binary (`target/<profile>/cabine-kiosk`).
-fn kiosk_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/cabine-kiosk
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("cabine-kiosk"))
-        .expect("target/<profile>");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p cabine-kiosk` (`cargo test --workspace` \
-         builds it)",
-        bin.display()
-    );
-    bin
-}
-
-/// A running `cabine-kiosk dial --queue`: its stdout lines as they come.
-struct QueuedKiosk {
-    child: std::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl QueuedKiosk {
-    fn start(base: &str, token: &str, extra: &[&str]) -> QueuedKiosk {
-        let mut child = std::process::Command::new(kiosk_bin())
-            .args(["dial", "--server", base, "--token", token, "--queue"])
-            .args(["--loopback", "--no-subscribe", "--device-camera", "off"])
-            .args(["--stethoscope", "off", "--fps", "10", "--video-kbps", "200"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("cabine-kiosk starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        QueuedKiosk { child, lines }
-    }
-
-    /// The next line that starts with `prefix` (within 30 s).
-    async fn line(&mut self, prefix: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) if l.starts_with(prefix) => return l,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("cabine-kiosk ended before printing {prefix:?}"),
-                Err(_) => panic!("cabine-kiosk did not print {prefix:?} within 30 s"),
-            }
-        }
-    }
-
-    /// SIGINT (Ctrl-C), then waits for the process to end.
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let status = std::process::Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "cabine-kiosk did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for QueuedKiosk {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    cabin2.interrupt().await;
+    cabin1.interrupt().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,8 +726,10 @@ async fn the_cabine_kiosk_binary_queues_is_taken_and_ctrl_c_cancels() {
     // The binary prints its position; the doctor takes it over the API; it joins the room
     // and the doctor has its media and vitals.
     let kiosk_token = s.token("lobby", Role::Kiosk, "kiosk-binary-1");
-    let mut cabin = QueuedKiosk::start(&base, &kiosk_token, &["--reason", "toux"]);
-    let line = cabin.line("ticket ").await;
+    let mut queued = cabin(&base, &kiosk_token)
+        .args(["--queue", "--reason", "toux"])
+        .spawn();
+    let line = queued.line("ticket ").await;
     let (ticket, rest) = line
         .strip_prefix("ticket ")
         .and_then(|l| l.split_once(": "))
@@ -889,21 +747,30 @@ async fn the_cabine_kiosk_binary_queues_is_taken_and_ctrl_c_cancels() {
     let room = taken["room"].as_str().unwrap().to_owned();
     doctor_sees_media_and_vitals(&base, &ops, &room, taken["token"].as_str().unwrap()).await;
     // Ctrl-C ends the consultation; the cabin reports the room it was taken into.
-    assert!(cabin.interrupt().success());
-    let joined = cabin.line("taken: room ").await;
-    assert_eq!(joined, format!("taken: room {room}"));
+    let exit = queued.interrupt().await;
+    assert!(exit.status.success(), "{}", exit.output);
+    assert!(
+        exit.stdout.contains(&format!("taken: room {room}")),
+        "{}",
+        exit.output
+    );
 
     // Ctrl-C while waiting cancels the ticket: 410 afterwards.
     let waiting_token = s.token("lobby", Role::Kiosk, "kiosk-binary-2");
-    let mut waiting = QueuedKiosk::start(&base, &waiting_token, &[]);
+    let mut waiting = cabin(&base, &waiting_token).args(["--queue"]).spawn();
     let line = waiting.line("ticket ").await;
     let ticket = line
         .strip_prefix("ticket ")
         .and_then(|l| l.split_once(':'))
         .map(|(t, _)| t.to_owned())
         .unwrap_or_else(|| panic!("{line}"));
-    assert!(waiting.interrupt().success());
-    assert_eq!(waiting.line("cancelled").await, "cancelled");
+    let exit = waiting.interrupt().await;
+    assert!(exit.status.success(), "{}", exit.output);
+    assert!(
+        exit.stdout.iter().any(|l| l == "cancelled"),
+        "{}",
+        exit.output
+    );
     let path = format!("/api/queue/{ticket}");
     let (status, body) = call("GET", &base, &path, &waiting_token, None).await;
     assert_eq!(status, 410, "{body}");

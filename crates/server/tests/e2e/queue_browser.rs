@@ -18,9 +18,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, mint, run_driver, SERIAL};
-use cabine_client::ClientOptions;
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig, Input};
+use crate::common::kiosk::Kiosk;
 use cabine_proto::jwt::Tokens;
 use cabine_proto::{Grant, Identity, Role};
 use cabine_server::{Config, Server};
@@ -78,21 +76,15 @@ async fn two_kiosk_pages_queue_and_the_doctor_takes_the_first_from_the_queue_pag
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
-            let mut cabin = DialConfig::new(base, mint(&tokens, &room, Role::Kiosk, "kiosk-1"));
-            cabin.client = ClientOptions::loopback();
-            cabin.subscribe = false;
-            cabin.media.room_camera = Input::Off;
-            cabin.media.device_camera = Input::Off;
-            cabin.media.microphone = Input::Off;
-            let mut devices = DevicesConfig::new(1, 72.0);
-            devices.oximeter_interval = Duration::from_millis(500);
-            devices.thermometer_interval = Duration::from_secs(1);
-            cabin.devices = Some(devices);
-            let r = dial::run(cabin, async move {
-                let _ = hub_stopped.await;
-            })
-            .await;
-            Some((room, r.map(|_| ()).map_err(|e| e.to_string())))
+            // `cabine-kiosk dial`: the stethoscope and the devices, the oximeter every 500 ms.
+            let cabin = Kiosk::dial(&base, &mint(&tokens, &room, Role::Kiosk, "kiosk-1"))
+                .args(["--no-subscribe", "--room-camera", "off"])
+                .args(["--device-camera", "off", "--microphone", "off"])
+                .args(["--oximeter-ms", "500", "--thermometer-ms", "1000"])
+                .spawn();
+            let _ = hub_stopped.await;
+            let exit = cabin.interrupt().await;
+            Some((room, exit.status, exit.output))
         })
     };
 

@@ -1,6 +1,6 @@
 //! Telemetry continuity across a restart of a single `cabine serve` (issue 12): the binary is
 //! stopped with SIGTERM and started again on the same ports, with a new self-signed telemetry
-//! certificate. `cabine-kiosk dial` (its library) keeps running: after its failed reconnection
+//! certificate. `cabine-kiosk dial` (the binary) keeps running: after its failed reconnection
 //! it asks `GET /api/telemetry` again, pins the new certificate and resends the measurements
 //! the old node never acknowledged, and those it acknowledged last (retained: a node that
 //! stops may not have handed them on). A doctor-side consumer (WHEP with the telemetry data
@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cabine_client::{ClientOptions, Subscriber};
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig};
 use cabine_proto::jwt::Tokens;
 use cabine_proto::{Identity, Role};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::common::kiosk::Kiosk;
+
 const SECRET: &str = "restart-test-secret-0123456789abcdef";
 const ROOM: &str = "consult-restart";
-/// The oximeter's channel (`cabine_kiosk::devices::ChannelId::OXIMETER`).
+/// The oximeter's channel (the kiosk simulator's `ChannelId::OXIMETER`).
 const OXIMETER: u64 = 1;
 
 /// (kiosk, epoch, channel, seq).
@@ -71,21 +71,11 @@ async fn telemetry_resumes_after_a_restart_without_losing_or_repeating_a_measure
     server.wait_healthy(&base).await;
     let first_cert = discovery_certificate(&base, &token(Role::Kiosk, "kiosk-r")).await;
 
-    // The kiosk, as `cabine-kiosk dial` runs it.
-    let mut cfg = DialConfig::new(base.clone(), token(Role::Kiosk, "kiosk-r"));
-    cfg.client = ClientOptions::loopback();
-    cfg.subscribe = false;
-    cfg.media.room_fps = 5;
-    cfg.media.room_kbps = 150;
-    cfg.media.device_fps = 5;
-    cfg.media.device_kbps = 100;
-    let mut devices = DevicesConfig::new(3, 72.0);
-    devices.oximeter_interval = Duration::from_millis(250);
-    cfg.devices = Some(devices);
-    let (stop_kiosk, kiosk_stopped) = tokio::sync::oneshot::channel::<()>();
-    let kiosk = tokio::spawn(dial::run(cfg, async move {
-        let _ = kiosk_stopped.await;
-    }));
+    // The kiosk: `cabine-kiosk dial`, one process all along.
+    let kiosk = Kiosk::dial(&base, &token(Role::Kiosk, "kiosk-r"))
+        .args(["--no-subscribe", "--oximeter-ms", "250"])
+        .light_media(5, 150)
+        .spawn();
 
     // The doctor-side consumer.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -120,12 +110,8 @@ async fn telemetry_resumes_after_a_restart_without_losing_or_repeating_a_measure
 
     let _ = stop_doctor.send(true);
     doctor.await.expect("consumer task");
-    let _ = stop_kiosk.send(());
-    let stats = tokio::time::timeout(Duration::from_secs(30), kiosk)
-        .await
-        .expect("the kiosk stops")
-        .expect("kiosk task")
-        .expect("the kiosk ran");
+    let stats = kiosk.stop().await;
+    let link = &stats["telemetry"];
     tokio::task::block_in_place(|| server.terminate());
 
     let seen = seen.lock().unwrap();
@@ -162,25 +148,20 @@ async fn telemetry_resumes_after_a_restart_without_losing_or_repeating_a_measure
     );
     eprintln!(
         "restart: oximeter {lo}..={hi} complete, {} frames ({repeated} seen again by key, \
-         dropped), {} subscriptions; kiosk telemetry {:?}",
+         dropped), {} subscriptions; kiosk telemetry {}",
         seen.frames.len(),
         seen.subscriptions,
-        stats.telemetry
+        link
+    );
+    let count = |key: &str| link[key].as_u64().unwrap();
+    assert!(count("sessions") >= 2, "the kiosk reconnected: {link}");
+    assert!(
+        count("resent") >= 1,
+        "the kiosk sent the new node what the old one had: {link}"
     );
     assert!(
-        stats.telemetry.sessions >= 2,
-        "the kiosk reconnected: {:?}",
-        stats.telemetry
-    );
-    assert!(
-        stats.telemetry.resent >= 1,
-        "the kiosk sent the new node what the old one had: {:?}",
-        stats.telemetry
-    );
-    assert!(
-        stats.telemetry.rediscovered >= 1,
-        "the kiosk asked /api/telemetry again and took the new certificate: {:?}",
-        stats.telemetry
+        count("rediscovered") >= 1,
+        "the kiosk asked /api/telemetry again and took the new certificate: {link}"
     );
 }
 

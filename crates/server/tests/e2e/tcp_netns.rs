@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
+use crate::common::kiosk::{Kiosk, KioskProcess};
 use crate::common::netns::{self, Netns};
 use cabine_client::{ClientOptions, Publisher, TrackSpec};
 use cabine_proto::Role;
@@ -206,8 +207,11 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     let out = driver.await.expect("driver thread");
     let _ = std::fs::remove_file(&hold);
     eprintln!("tcp_netns: chromium driver: {}", out.stdout.trim());
-    let dial_stats = tokio::task::block_in_place(|| dial.stop());
-    eprintln!("tcp_netns: cabine-kiosk dial's telemetry: {dial_stats}");
+    let dial_stats = dial.stop().await;
+    eprintln!(
+        "tcp_netns: cabine-kiosk dial's telemetry: {}",
+        dial_stats["telemetry"]
+    );
     assert!(
         out.ok(),
         "chromium over ICE-TCP failed (exit {}{}):\n{}\n{}\nGET /api/rooms: {rooms:#}",
@@ -244,50 +248,26 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     s.server.shutdown(Duration::from_millis(100)).await;
 }
 
-/// Runs `cabine-kiosk dial` (its library, as the command runs it, with `--ice-tcp`) inside `ns`
+/// Runs `cabine-kiosk dial --ice-tcp` (the binary) inside `ns`
 /// and waits until its telemetry is connected over the stream transport (QUIC's UDP is
 /// dropped) and a doctor subscribing from outside has received measurements of two device
 /// channels from it with decoded media; returns what was seen and the running kiosk (kept up so
 /// the doctor's page in chromium receives its vitals too).
-async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> (String, RunningDial) {
+async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> (String, KioskProcess) {
     use cabine_client::Subscriber;
-    use cabine_kiosk::devices::DevicesConfig;
-    use cabine_kiosk::dial::{self, DialConfig};
 
     let room = format!("{ROOM}-dial");
-    let mut cfg = DialConfig::new(s.base.clone(), s.token(&room, Role::Kiosk, "kiosk-dial"));
-    cfg.client = ClientOptions {
-        ice_tcp: true,
-        gather_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
-    cfg.subscribe = false;
-    cfg.media.room_fps = 5;
-    cfg.media.room_kbps = 150;
-    cfg.media.device_fps = 5;
-    cfg.media.device_kbps = 100;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(250);
-    devices.thermometer_interval = Duration::from_millis(500);
-    cfg.devices = Some(devices);
+    let dial = Kiosk::dial(&s.base, &s.token(&room, Role::Kiosk, "kiosk-dial"))
+        .args(["--ice-tcp", "--gather-timeout-ms", "2000"])
+        .args(["--connect-timeout-ms", "20000", "--no-subscribe"])
+        .args(["--oximeter-ms", "250", "--thermometer-ms", "500"])
+        .light_media(5, 150)
+        .any_interface()
+        .in_netns(&ns.name)
+        .spawn();
     let telemetry = s.server.telemetry().expect("telemetry enabled");
     let doctor_token = s.token(&room, Role::Doctor, "dr-dial");
     let whep = format!("{}/whep/{room}", s.base);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let kiosk = ns.spawn_in(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(dial::run(cfg, async move {
-            let _ = stopped.await;
-        }))
-        .map(|stats| format!("{:?}", stats.telemetry))
-        .map_err(|e| e.to_string())
-    });
-    let dial = RunningDial { stop, kiosk };
     let seen = async {
         // The kiosk's telemetry session is up, over the WebSocket.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -352,26 +332,12 @@ async fn vitals_from_the_namespace(s: &common::TestServer, ns: &Netns) -> (Strin
     match seen {
         Ok(seen) => (seen, dial),
         Err(e) => {
-            let stats = dial.stop();
-            panic!("cabine-kiosk dial's vitals from the namespace: {e} (kiosk: {stats})")
+            let exit = dial.interrupt().await;
+            panic!(
+                "cabine-kiosk dial's vitals from the namespace: {e} (kiosk: {}, {}):\n{}",
+                exit.status, exit.stats, exit.output
+            )
         }
-    }
-}
-
-/// `cabine-kiosk dial` running in the namespace until stopped.
-struct RunningDial {
-    stop: tokio::sync::oneshot::Sender<()>,
-    kiosk: std::thread::JoinHandle<Result<String, String>>,
-}
-
-impl RunningDial {
-    /// Stops the kiosk; panics if it failed, else returns its telemetry stats.
-    fn stop(self) -> String {
-        let _ = self.stop.send(());
-        self.kiosk
-            .join()
-            .expect("kiosk thread")
-            .unwrap_or_else(|e| panic!("cabine-kiosk dial in the namespace: {e}"))
     }
 }
 

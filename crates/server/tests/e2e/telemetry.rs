@@ -1,28 +1,23 @@
-//! Device telemetry end to end on 127.0.0.1, real QUIC and real WebRTC: `cabine-kiosk` (the
-//! library behind `cabine-kiosk dial`) dials into a running server with its four tracks and
+//! Device telemetry end to end on 127.0.0.1, real QUIC and real WebRTC: the `cabine-kiosk dial`
+//! binary dials into a running server with its four tracks and
 //! simulated devices; a doctor subscribing over WHEP with a data channel receives the media and
 //! the telemetry, sends a blood-pressure command and gets the reading back; the kiosk's clock is
 //! seven seconds off and its QUIC connection is killed mid-session.
 
 use crate::common;
+use crate::common::kiosk::Kiosk;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cabine_client::{ClientOptions, Subscriber};
-use cabine_kiosk::devices::DevicesConfig;
-use cabine_kiosk::dial::{self, DialConfig};
-use cabine_kiosk::telemetry::TelemetryConfig;
 use cabine_proto::{Grant, Role};
 use cabine_server::limits::Limit;
-use cabine_sidecar::client::KioskClock;
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
 
 /// The kiosk's clock is this far ahead of the server's.
 const KIOSK_CLOCK_OFFSET_US: i64 = 7_000_000;
-/// The blood pressure cuff's channel (see `cabine_kiosk::devices::ChannelId::BP_CUFF`).
+/// The blood pressure cuff's channel (the kiosk simulator's `ChannelId::BP_CUFF`).
 const BP_CUFF: u64 = 5;
 
 /// Everything the doctor received on the data channels.
@@ -135,33 +130,21 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
     let kiosk_token = s.token(room, Role::Kiosk, "kiosk-pharmacie-12");
     let doctor_token = s.token(room, Role::Doctor, "dr-martin");
 
-    // The kiosk, as `cabine-kiosk dial` runs it: four synthetic tracks, the simulated devices
-    // (faster than the defaults so the test is short), telemetry discovered from the server.
-    let network_changed = Arc::new(Notify::new());
-    let mut cfg = DialConfig::new(base.clone(), kiosk_token);
-    cfg.client = ClientOptions::loopback();
-    cfg.subscribe = false;
-    // Light media: the test is about telemetry next to it, on a 2-core CI machine.
-    cfg.media.room_fps = 10;
-    cfg.media.room_kbps = 300;
-    cfg.media.device_fps = 10;
-    cfg.media.device_kbps = 200;
-    let mut devices = DevicesConfig::new(1, 72.0);
-    devices.oximeter_interval = Duration::from_millis(250);
-    devices.thermometer_interval = Duration::from_millis(700);
-    devices.scale_interval = Duration::from_secs(2);
-    devices.bp_duration = Duration::from_secs(1);
-    cfg.devices = Some(devices);
-    cfg.heart_rate_bpm = 80.0;
-    cfg.telemetry = Some(TelemetryConfig {
-        clock: Some(KioskClock::offset(KIOSK_CLOCK_OFFSET_US)),
-        network_changed: Some(Arc::clone(&network_changed)),
-        ..TelemetryConfig::default()
-    });
-    let (stop_kiosk, stopped) = oneshot::channel::<()>();
-    let kiosk = tokio::spawn(dial::run(cfg, async move {
-        let _ = stopped.await;
-    }));
+    // The kiosk, as a cabin runs `cabine-kiosk dial`: four synthetic tracks (light: the test
+    // is about telemetry next to them, on a 2-core CI machine), the simulated devices (faster
+    // than the defaults so the test is short), telemetry discovered from the server, its clock
+    // seven seconds ahead.
+    let kiosk = Kiosk::dial(&base, &kiosk_token)
+        .args(["--no-subscribe", "--heart-rate", "80"])
+        .args(["--fps", "10", "--video-kbps", "300"])
+        .args(["--device-fps", "10", "--device-kbps", "200"])
+        .args(["--oximeter-ms", "250", "--thermometer-ms", "700"])
+        .args(["--scale-ms", "2000", "--bp-duration-ms", "1000"])
+        .args([
+            "--clock-offset-ms",
+            &(KIOSK_CLOCK_OFFSET_US / 1000).to_string(),
+        ])
+        .spawn();
 
     wait_for_tracks(&s, room, 4).await;
     let telemetry = s.server.telemetry().expect("telemetry enabled");
@@ -228,7 +211,7 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
         let elapsed = start.elapsed();
         if phase == 0 && elapsed > Duration::from_secs(3) {
             // The kiosk's network changes: its QUIC connection is killed and redialled.
-            network_changed.notify_one();
+            kiosk.network_changed();
             phase = 1;
         } else if phase == 1 && elapsed > Duration::from_secs(6) {
             doctor
@@ -334,7 +317,7 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
     let (mime, jpeg, _) = got.blobs.values().find(|b| b.2).expect("a whole blob");
     assert_eq!(mime, "image/jpeg");
     assert_eq!(
-        cabine_kiosk::stills::dimensions(jpeg),
+        jpeg_dimensions(jpeg),
         Some((1920, 1080)),
         "{} bytes",
         jpeg.len()
@@ -414,18 +397,11 @@ async fn kiosk_media_and_telemetry_reach_the_doctor_through_a_reconnection() {
         assert!(!text.contains(secret), "{secret} leaked into the metrics");
     }
 
-    let _ = stop_kiosk.send(());
-    let dial_stats = tokio::time::timeout(Duration::from_secs(20), kiosk)
-        .await
-        .expect("the kiosk stops")
-        .unwrap()
-        .expect("the kiosk ran");
-    assert!(
-        dial_stats.telemetry.sessions >= 2,
-        "{:?}",
-        dial_stats.telemetry
-    );
-    assert!(dial_stats.telemetry.commands >= 1);
+    // The kiosk's own account, printed as it stops: two telemetry sessions, the commands.
+    let dial_stats = kiosk.stop().await;
+    let link = &dial_stats["telemetry"];
+    assert!(link["sessions"].as_u64().unwrap() >= 2, "{link}");
+    assert!(link["commands"].as_u64().unwrap() >= 1, "{link}");
     let _ = doctor.close().await;
     s.server.shutdown(Duration::from_millis(200)).await;
 }
@@ -701,4 +677,20 @@ async fn telemetry_over_the_websocket_when_quic_is_not_an_option() {
     };
     assert_eq!(code, 4000 + ErrorCode::MalformedFrame as u16);
     s.server.shutdown(Duration::from_millis(100)).await;
+}
+
+/// Width and height of a baseline JPEG (its SOF0 segment), if it is a whole one.
+fn jpeg_dimensions(jpeg: &[u8]) -> Option<(u16, u16)> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) || !jpeg.ends_with(&[0xFF, 0xD9]) {
+        return None;
+    }
+    let mut at = 2;
+    while at + 9 < jpeg.len() && jpeg[at] == 0xFF {
+        let be = |i: usize| u16::from_be_bytes([jpeg[i], jpeg[i + 1]]);
+        if jpeg[at + 1] == 0xC0 {
+            return Some((be(at + 7), be(at + 5)));
+        }
+        at += 2 + usize::from(be(at + 2));
+    }
+    None
 }

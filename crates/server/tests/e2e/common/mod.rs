@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod coturn;
+pub mod kiosk;
 pub mod mic_pair;
 pub mod netns;
 
