@@ -70,7 +70,7 @@ pub struct Dial {
 #[non_exhaustive]
 pub enum Action {
     /// Make this session attempt, then report its end with [`Reconnect::handle_session_end`].
-    Dial(Dial),
+    Dial(Box<Dial>),
     /// Ask where telemetry is now, then report with [`Reconnect::handle_discovered`].
     Rediscover,
 }
@@ -359,10 +359,10 @@ impl Reconnect {
             ),
         };
         self.phase = Phase::Session { quic_with_fallback };
-        self.pending = Some(Action::Dial(Dial {
+        self.pending = Some(Action::Dial(Box::new(Dial {
             target: self.target.clone(),
             transport,
-        }));
+        })));
     }
 
     fn stop(&mut self, why: Stopped) {
