@@ -112,31 +112,6 @@ pub struct Reconnect {
     rediscovered: u64,
 }
 
-#[derive(Debug, Clone)]
-enum Phase {
-    /// A session attempt is the shell's (dialling, or established).
-    Session { quic_with_fallback: bool },
-    /// Waiting for the rediscovery's answer.
-    Asking(Ask),
-    /// Backing off until then.
-    Waiting(Instant),
-    /// Done.
-    Stopped(Stopped),
-}
-
-/// Why the client asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ask {
-    /// QUIC did not handshake.
-    NoHandshake,
-    /// A retarget, after a session that was (or not) established.
-    Retarget { established: bool },
-    /// An established session was lost.
-    Established,
-    /// An attempt failed.
-    Failed,
-}
-
 impl Reconnect {
     /// The machine for `target`, with backoff from `min` doubling up to `max`; its first
     /// action is to dial.
@@ -186,7 +161,7 @@ impl Reconnect {
     /// The attempt the shell made ended. Returns false when the attempt goes on on the stream
     /// transport (QUIC did not handshake), true when the session is over (the client
     /// reconnects, or stopped).
-    pub fn handle_session_end(&mut self, now: Instant, end: SessionEnd) -> bool {
+    pub fn handle_session_end(&mut self, _now: Instant, end: SessionEnd) -> bool {
         let quic_with_fallback = matches!(
             self.phase,
             Phase::Session {
@@ -221,7 +196,7 @@ impl Reconnect {
                 if std::mem::take(&mut self.retarget) {
                     self.ask(Ask::Retarget { established });
                 } else {
-                    self.after_loss(now, established);
+                    self.after_loss(established);
                 }
             }
         }
@@ -253,7 +228,7 @@ impl Reconnect {
         }
         match why {
             Ask::NoHandshake => self.fall_back(),
-            Ask::Retarget { established } => self.after_loss(now, established),
+            Ask::Retarget { established } => self.after_loss(established),
             Ask::Established | Ask::Failed => self.back_off(now),
         }
     }
@@ -300,7 +275,7 @@ impl Reconnect {
         self.delay
     }
 
-    fn after_loss(&mut self, _now: Instant, established: bool) {
+    fn after_loss(&mut self, established: bool) {
         if established {
             // The node may have died (kill -9, a lost host): ask where the room lives now
             // before dialling the same node again, rather than after a handshake to a dead node
@@ -369,4 +344,29 @@ impl Reconnect {
         self.pending = None;
         self.phase = Phase::Stopped(why);
     }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    /// A session attempt is the shell's (dialling, or established).
+    Session { quic_with_fallback: bool },
+    /// Waiting for the rediscovery's answer.
+    Asking(Ask),
+    /// Backing off until then.
+    Waiting(Instant),
+    /// Done.
+    Stopped(Stopped),
+}
+
+/// Why the client asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// QUIC did not handshake.
+    NoHandshake,
+    /// A retarget, after a session that was (or not) established.
+    Retarget { established: bool },
+    /// An established session was lost.
+    Established,
+    /// An attempt failed.
+    Failed,
 }
