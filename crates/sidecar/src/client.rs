@@ -41,34 +41,34 @@
 //! declares its channels again, and resends the measurements the server has not acknowledged
 //! (the server drops the ones it already has). Waveform chunks and status frames are not kept:
 //! while disconnected they are dropped and counted.
+//!
+//! The protocol and the reconnection decisions are the sans-IO [`core::ClientCore`] (with
+//! [`outbox`] and [`reconnect`]); this module and [`stream`] are its quinn/tokio shell.
 
+pub mod core;
 pub mod outbox;
+pub mod reconnect;
 pub mod stream;
 pub mod target;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cabine_proto::telemetry::{
-    client_frame, encode_datagram, encode_frame, server_frame, BlobChunk, ChannelDecl, ChannelKind,
-    ClientFrame, ClientHello, ClockEstimate, Command, CommandResult, ErrorCode, FrameDecoder,
-    InvalidFrame, Measurement, Pong, ServerFrame, Status, WaveformChunk, MAX_BLOB_CHUNK_LEN,
-    MAX_DATAGRAM_LEN, PROTOCOL_VERSION,
+    client_frame, encode_datagram, encode_frame, server_frame, BlobChunk, ChannelDecl, ClientFrame,
+    ClockEstimate, Command, CommandResult, ErrorCode, FrameDecoder, InvalidFrame, Measurement,
+    ServerFrame, Status, WaveformChunk, MAX_BLOB_CHUNK_LEN, MAX_DATAGRAM_LEN,
 };
 use cabine_proto::RoomId;
 use quinn::VarInt;
 use tokio::sync::{mpsc, watch, Notify};
 
+use self::core::{body, ClientCore, Event, Transmit};
 use crate::tls::{self, ServerVerification};
-use outbox::Outbox;
+use reconnect::{Action, SessionEnd, Transport};
 pub use stream::StreamTransport;
 pub use target::{Rediscover, Target};
-
-/// Frames waiting for the control stream (status, command results, declarations).
-const CONTROL_QUEUE: usize = 256;
 /// Commands waiting for [`Client::next_command`].
 const COMMAND_QUEUE: usize = 64;
 
@@ -338,27 +338,15 @@ struct Shared {
     changes: watch::Sender<u64>,
     status: watch::Sender<ConnectionState>,
     commands: mpsc::Sender<Command>,
-    closing: AtomicBool,
     close: Notify,
-    instance_id: u64,
-    /// Where to dial now: the configured target, then what rediscovery says.
-    target: Mutex<Target>,
     /// The base URL of the node the server last said the room moves to (a `Move`).
     moves: watch::Sender<Option<String>>,
-    /// Set by [`Client::redial_elsewhere`]: the next reconnection asks where to dial first.
-    retarget: AtomicBool,
 }
 
+/// The core and the link of the established session (the senders write on it directly).
 struct ClientState {
-    outbox: Outbox,
-    channels: BTreeMap<u32, ChannelDecl>,
-    control: VecDeque<ClientFrame>,
-    wave_seq: HashMap<u32, u64>,
+    core: ClientCore,
     conn: Option<Link>,
-    ready: HashSet<u32>,
-    clock: Option<ClockEstimate>,
-    stats: ClientStats,
-    next_blob_id: u64,
 }
 
 impl Client {
@@ -382,35 +370,18 @@ impl Client {
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(e.to_string()))?;
         endpoint.set_default_client_config(quinn_config);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let target = Target::new(
-            config.server,
-            config.server_name.clone(),
-            config.verification.clone(),
-            config.stream.clone(),
-        );
         let shared = Arc::new(Shared {
             state: Mutex::new(ClientState {
-                outbox: Outbox::new(config.max_unacked),
-                channels: BTreeMap::new(),
-                control: VecDeque::new(),
-                wave_seq: HashMap::new(),
+                core: ClientCore::new(&config, rand::random()),
                 conn: None,
-                ready: HashSet::new(),
-                clock: None,
-                stats: ClientStats::default(),
-                next_blob_id: 1,
             }),
             config,
             wake: Notify::new(),
             changes: watch::Sender::new(0),
             status: watch::Sender::new(ConnectionState::Connecting),
             commands: commands_tx,
-            closing: AtomicBool::new(false),
             close: Notify::new(),
-            instance_id: rand::random(),
-            target: Mutex::new(target),
             moves: watch::Sender::new(None),
-            retarget: AtomicBool::new(false),
         });
         let task = tokio::spawn(supervise(shared.clone(), endpoint));
         Ok(Client {
@@ -460,14 +431,7 @@ impl Client {
 
     /// Declares (or re-declares) a channel. It is declared again on every reconnection.
     pub fn declare(&self, decl: ChannelDecl) -> Result<(), ClientError> {
-        decl.check()?;
-        let mut st = self.shared.lock();
-        st.channels.insert(decl.channel_id, decl.clone());
-        st.ready.remove(&decl.channel_id);
-        if st.conn.is_some() {
-            push_control(&mut st, body(client_frame::Body::Declare(decl)));
-        }
-        drop(st);
+        self.shared.lock().core.declare(decl)?;
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -475,63 +439,46 @@ impl Client {
     /// Waits until the server acknowledged the declaration of `channel` on the current
     /// connection (measurements and waveforms are only sent then).
     pub async fn wait_ready(&self, channel: u32, timeout: Duration) -> Result<(), ClientError> {
-        self.wait_for(timeout, |st| {
-            st.conn.is_some() && st.ready.contains(&channel)
-        })
-        .await
+        self.wait_for(timeout, |st| st.core.is_ready(channel)).await
     }
 
     /// Queues a measurement: it is kept until acknowledged and resent after reconnections. A
     /// `seq` of 0 gets the channel's next sequence number, which is returned.
     pub fn send_measurement(&self, m: Measurement) -> Result<u64, ClientError> {
-        let mut st = self.shared.lock();
-        check_kind(&st, m.channel_id, ChannelKind::Measurement)?;
-        let mut probe = m.clone();
-        if probe.seq == 0 {
-            probe.seq = 1;
-        }
-        probe.check()?;
-        let seq = st.outbox.push(m);
-        drop(st);
+        let seq = self.shared.lock().core.push_measurement(m)?;
         self.shared.wake.notify_one();
         Ok(seq)
     }
 
     /// Sends a waveform chunk as a datagram now, or drops it (counted) when not connected. A
     /// `seq` of 0 gets the channel's next one.
-    pub fn send_waveform(&self, mut chunk: WaveformChunk) -> Result<u64, ClientError> {
+    pub fn send_waveform(&self, chunk: WaveformChunk) -> Result<u64, ClientError> {
         let mut st = self.shared.lock();
-        check_kind(&st, chunk.channel_id, ChannelKind::Waveform)?;
-        let next = st.wave_seq.entry(chunk.channel_id).or_insert(0);
-        if chunk.seq == 0 {
-            *next += 1;
-            chunk.seq = *next;
-        } else {
-            *next = (*next).max(chunk.seq);
-        }
-        chunk.check()?;
-        let frame = body(client_frame::Body::Waveform(chunk.clone()));
+        let chunk = st.core.prepare_waveform(chunk)?;
+        let seq = chunk.seq;
+        let ready = st.core.is_ready(chunk.channel_id);
+        let frame = body(client_frame::Body::Waveform(chunk));
         let bytes = encode_datagram(&frame).map_err(|_| ClientError::TooLarge {
             len: prost::Message::encoded_len(&frame),
             max: MAX_DATAGRAM_LEN,
         })?;
-        let conn = match (&st.conn, st.ready.contains(&chunk.channel_id)) {
+        let conn = match (&st.conn, ready) {
             (Some(Link::Quic(c)), true) => c.clone(),
             (Some(Link::Stream(s)), true) => {
                 // Over TCP the chunk is a frame like any other; a full queue drops it (late
                 // samples are worth less than the ones behind them).
                 let framed =
                     encode_frame(&frame).map_err(|e| ClientError::Config(e.to_string()))?;
-                return if s.try_send(framed) {
-                    st.stats.waveforms_sent += 1;
-                    Ok(chunk.seq)
+                let sent = s.try_send(framed);
+                st.core.count_waveform(sent);
+                return if sent {
+                    Ok(seq)
                 } else {
-                    st.stats.waveforms_dropped += 1;
                     Err(ClientError::NotConnected)
                 };
             }
             _ => {
-                st.stats.waveforms_dropped += 1;
+                st.core.count_waveform(false);
                 return Err(ClientError::NotConnected);
             }
         };
@@ -544,11 +491,11 @@ impl Client {
         }
         match conn.send_datagram(bytes.into()) {
             Ok(()) => {
-                st.stats.waveforms_sent += 1;
-                Ok(chunk.seq)
+                st.core.count_waveform(true);
+                Ok(seq)
             }
             Err(e) => {
-                st.stats.waveforms_dropped += 1;
+                st.core.count_waveform(false);
                 Err(ClientError::ConnectionLost(e.to_string()))
             }
         }
@@ -582,13 +529,8 @@ impl Client {
     ) -> Result<u64, ClientError> {
         let (conn, blob_id) = {
             let mut st = self.shared.lock();
-            check_kind(&st, channel_id, ChannelKind::Blob)?;
-            let conn = match (&st.conn, st.ready.contains(&channel_id)) {
-                (Some(c), true) => c.clone(),
-                _ => return Err(ClientError::NotConnected),
-            };
-            let id = st.next_blob_id;
-            st.next_blob_id += 1;
+            let id = st.core.start_blob(channel_id)?;
+            let conn = st.conn.clone().ok_or(ClientError::NotConnected)?;
             (conn, id)
         };
         let lost = |e: &dyn std::fmt::Display| ClientError::ConnectionLost(e.to_string());
@@ -642,25 +584,17 @@ impl Client {
 
     /// Waits until every measurement is acknowledged.
     pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
-        self.wait_for(timeout, |st| st.outbox.unacked() == 0).await
+        self.wait_for(timeout, |st| st.core.unacked() == 0).await
     }
 
     /// The server's latest clock estimate for this kiosk (informative).
     pub fn clock_estimate(&self) -> Option<ClockEstimate> {
-        self.shared.lock().clock
+        self.shared.lock().core.clock_estimate()
     }
 
     /// Counters now.
     pub fn stats(&self) -> ClientStats {
-        let st = self.shared.lock();
-        let mut stats = st.stats.clone();
-        let o = st.outbox.counters();
-        stats.measurements_sent = o.sent;
-        stats.measurements_resent = o.resent;
-        stats.measurements_acked = o.acked;
-        stats.measurements_dropped = o.dropped;
-        stats.measurements_unacked = st.outbox.unacked() as u64;
-        stats
+        self.shared.lock().core.stats()
     }
 
     /// The node the server said the room moves to (a `Move` on the control stream: the
@@ -673,7 +607,7 @@ impl Client {
     /// once the caller pointed its rediscovery at the new node). Unacknowledged measurements
     /// are resent there.
     pub fn redial_elsewhere(&self) {
-        self.shared.retarget.store(true, Ordering::SeqCst);
+        self.shared.lock().core.retarget();
         self.drop_connection();
     }
 
@@ -682,7 +616,7 @@ impl Client {
     pub fn drop_connection(&self) {
         let conn = {
             let mut st = self.shared.lock();
-            st.ready.clear();
+            st.core.handle_link_dropped();
             st.conn.take()
         };
         if let Some(c) = conn {
@@ -694,9 +628,12 @@ impl Client {
 
     /// Closes the session (code 0) and stops reconnecting.
     pub async fn close(mut self) {
-        self.shared.closing.store(true, Ordering::SeqCst);
+        let conn = {
+            let mut st = self.shared.lock();
+            st.core.close();
+            st.conn.clone()
+        };
         self.shared.close.notify_one();
-        let conn = self.shared.lock().conn.clone();
         if let Some(c) = conn {
             c.close(b"bye");
         }
@@ -704,13 +641,7 @@ impl Client {
     }
 
     fn send_control(&self, frame: ClientFrame) -> Result<(), ClientError> {
-        let mut st = self.shared.lock();
-        if st.conn.is_none() {
-            st.stats.control_dropped += 1;
-            return Err(ClientError::NotConnected);
-        }
-        push_control(&mut st, frame);
-        drop(st);
+        self.shared.lock().core.send_control(frame)?;
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -743,9 +674,13 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.shared.closing.store(true, Ordering::SeqCst);
+        let conn = {
+            let mut st = self.shared.lock();
+            st.core.close();
+            st.conn.take()
+        };
         self.shared.close.notify_one();
-        if let Some(c) = self.shared.lock().conn.take() {
+        if let Some(c) = conn {
             c.close(b"bye");
         }
         self.task.abort();
@@ -787,153 +722,92 @@ impl Shared {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    fn target(&self) -> Target {
-        self.target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The next write of the session, if any.
+    fn poll_transmit(&self) -> Option<Transmit> {
+        self.lock().core.poll_transmit()
     }
 
-    /// Asks where to dial again; true when the answer is a new target (now current).
-    async fn rediscover(&self) -> bool {
-        let Some(r) = &self.config.rediscover else {
-            return false;
-        };
-        let Ok(Some(found)) = tokio::time::timeout(Duration::from_secs(10), r.ask()).await else {
-            return false;
-        };
-        let mut current = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        if current.same_as(&found) {
-            return false;
+    /// Applies a server frame, then the events it gave.
+    fn handle_frame(&self, frame: ServerFrame) {
+        let now_us = self.config.clock.now_us();
+        self.lock().core.handle_frame(now_us, frame);
+        self.apply_events();
+        self.changed();
+    }
+
+    /// Hands the core's events to the application and the watchers.
+    fn apply_events(&self) {
+        loop {
+            let event = self.lock().core.poll_event();
+            let Some(event) = event else { return };
+            match event {
+                Event::Command(c) => {
+                    if self.commands.try_send(c).is_err() {
+                        self.lock().core.count_command_dropped();
+                    }
+                }
+                Event::Move { url, reason } => {
+                    tracing::info!(url = %url, reason = %reason, "telemetry: the server moves this room");
+                    self.moves.send_replace(Some(url));
+                }
+                Event::State(s) => {
+                    self.status.send_replace(s);
+                    self.changed();
+                }
+            }
         }
-        tracing::info!(server = %found.server, "telemetry: the server's answer changed, dialling the new target");
-        *current = found;
-        drop(current);
-        self.lock().stats.rediscovered += 1;
-        true
+    }
+
+    /// Asks where telemetry is now (at most 10 s); `None` without an answer.
+    async fn rediscover(&self) -> Option<Target> {
+        let r = self.config.rediscover.as_ref()?;
+        tokio::time::timeout(Duration::from_secs(10), r.ask())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
-fn body(b: client_frame::Body) -> ClientFrame {
-    ClientFrame { body: Some(b) }
-}
-
-fn push_control(st: &mut ClientState, frame: ClientFrame) {
-    if st.control.len() >= CONTROL_QUEUE {
-        st.control.pop_front();
-        st.stats.control_dropped += 1;
-    }
-    st.control.push_back(frame);
-}
-
-fn check_kind(st: &ClientState, channel: u32, kind: ChannelKind) -> Result<(), ClientError> {
-    match st.channels.get(&channel) {
-        Some(d) if d.kind == kind as i32 => Ok(()),
-        _ => Err(ClientError::UnknownChannel(channel)),
-    }
-}
-
-/// Why a session ended.
-enum SessionEnd {
-    /// Closed by the user.
-    Closed,
-    /// Refused for good.
-    Fatal(ErrorCode, String),
-    /// Lost; reconnect. `established` tells whether the session got past the hello.
-    Lost { established: bool },
-    /// The QUIC handshake did not complete in time (UDP dropped on the way?): worth trying the
-    /// stream transport.
-    NoHandshake,
-}
-
+/// The shell's drive loop between sessions: does what the core's reconnection state machine
+/// says (dial, ask, wait) until it stops.
 async fn supervise(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let mut delay = shared.config.reconnect_min;
-    let mut prefer_stream = false;
-    // Whether the last attempt already followed a fresh answer (no second ask at once).
-    let mut fresh = false;
     loop {
-        if shared.closing.load(Ordering::SeqCst) {
-            break;
-        }
-        let target = shared.target();
-        let end = match &target.stream {
-            Some(t) if t.only || prefer_stream => stream::session(&shared, t).await,
-            Some(t) => match session(&shared, &endpoint, &target, Some(t.quic_timeout)).await {
-                SessionEnd::NoHandshake => {
-                    // A new certificate or address (a restarted or other node) explains a
-                    // handshake that fails: ask first, and dial QUIC again at once if it moved.
-                    if !fresh && shared.rediscover().await {
-                        fresh = true;
-                        continue;
+        shared.apply_events();
+        let action = shared.lock().core.poll_action();
+        match action {
+            Some(Action::Dial(dial)) => {
+                let end = match &dial.transport {
+                    Transport::Stream(t) => stream::session(&shared, t).await,
+                    Transport::Quic { handshake_timeout } => {
+                        session(&shared, &endpoint, &dial.target, *handshake_timeout).await
                     }
-                    tracing::info!(
-                        timeout = ?t.quic_timeout,
-                        "telemetry: no QUIC handshake, using the stream transport"
-                    );
-                    prefer_stream = true;
-                    stream::session(&shared, t).await
+                };
+                {
+                    let mut st = shared.lock();
+                    st.conn = None;
+                    st.core.handle_session_end(Instant::now(), end);
                 }
-                end => end,
-            },
-            None => session(&shared, &endpoint, &target, None).await,
-        };
-        fresh = false;
-        if matches!(end, SessionEnd::Lost { .. }) {
-            // The stream transport failed or its session ended: QUIC first again next time
-            // (the network that dropped UDP may have changed, the server too).
-            prefer_stream = false;
-        }
-        {
-            let mut st = shared.lock();
-            st.conn = None;
-            st.ready.clear();
-        }
-        shared.changed();
-        match end {
-            SessionEnd::Closed => break,
-            SessionEnd::Fatal(code, reason) => {
-                shared
-                    .status
-                    .send_replace(ConnectionState::Failed { code, reason });
                 shared.changed();
-                return;
             }
-            SessionEnd::NoHandshake | SessionEnd::Lost { .. } => {
-                let established = matches!(end, SessionEnd::Lost { established: true });
-                if shared.closing.load(Ordering::SeqCst) {
-                    break;
-                }
-                shared.status.send_replace(ConnectionState::Connecting);
-                if shared.retarget.swap(false, Ordering::SeqCst) && shared.rediscover().await {
-                    // Told to move: dial the new node at once.
-                    fresh = true;
-                    continue;
-                }
-                if established {
-                    delay = shared.config.reconnect_min;
-                    // The node may have died (kill -9, a lost host): ask where the room lives
-                    // now before dialling the same node again, rather than after a handshake
-                    // to a dead node timed out. An unchanged answer dials the same node.
-                    if shared.rediscover().await {
-                        fresh = true;
-                        continue;
-                    }
-                } else if shared.rediscover().await {
-                    // A failed reconnection and a new answer: dial it at once.
-                    fresh = true;
-                    continue;
-                }
+            Some(Action::Rediscover) => {
+                let found = shared.rediscover().await;
+                shared.lock().core.handle_discovered(Instant::now(), found);
+            }
+            None => {
+                let at = shared.lock().core.poll_timeout();
+                let Some(at) = at else { break };
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shared.close.notified() => break,
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = shared.close.notified() => {}
                 }
-                delay = (delay * 2).min(shared.config.reconnect_max);
+                shared.lock().core.handle_timeout(Instant::now());
             }
         }
     }
-    shared.status.send_replace(ConnectionState::Closed);
-    shared.changed();
-    endpoint.close(VarInt::from_u32(0), b"bye");
+    shared.apply_events();
+    if *shared.status.borrow() == ConnectionState::Closed {
+        endpoint.close(VarInt::from_u32(0), b"bye");
+    }
 }
 
 fn fatal_code(e: &quinn::ConnectionError) -> Option<(ErrorCode, String)> {
@@ -995,14 +869,7 @@ async fn session(
     let Ok((mut send, recv)) = conn.open_bi().await else {
         return lost;
     };
-    let hello = body(client_frame::Body::Hello(ClientHello {
-        version: PROTOCOL_VERSION,
-        token: config.token.clone(),
-        room: config.room.to_string(),
-        kiosk_clock_us: config.clock.now_us(),
-        instance_id: shared.instance_id,
-        software: config.software.clone(),
-    }));
+    let hello = shared.lock().core.hello(config.clock.now_us());
     let Ok(bytes) = encode_frame(&hello) else {
         return SessionEnd::Fatal(ErrorCode::Internal, "hello does not encode".into());
     };
@@ -1030,25 +897,15 @@ async fn session(
     }
 }
 
-/// The session is up on `link`: resend what is unacknowledged after the channels are declared
-/// again.
+/// The session is up on `link`: the core declares the channels again and resends what is
+/// unacknowledged once they are acknowledged.
 fn established(shared: &Arc<Shared>, link: Link, session_id: String) {
     {
         let mut st = shared.lock();
         st.conn = Some(link);
-        st.ready.clear();
-        st.outbox.reconnected();
-        st.stats.sessions += 1;
-        st.control.clear();
-        let decls: Vec<ChannelDecl> = st.channels.values().cloned().collect();
-        for d in decls {
-            push_control(&mut st, body(client_frame::Body::Declare(d)));
-        }
+        st.core.handle_established(Instant::now(), session_id);
     }
-    shared
-        .status
-        .send_replace(ConnectionState::Connected { session_id });
-    shared.changed();
+    shared.apply_events();
 }
 
 async fn ended(conn: &quinn::Connection, established: bool) -> SessionEnd {
@@ -1096,42 +953,34 @@ async fn run(
 ) -> Option<SessionEnd> {
     let mut measurements: Option<quinn::SendStream> = None;
     loop {
-        // Write what is queued: control frames first, then measurements of ready channels.
-        loop {
-            let frame = shared.lock().control.pop_front();
-            let Some(frame) = frame else { break };
-            let bytes = encode_frame(&frame).ok()?;
-            control.write_all(&bytes).await.ok()?;
-        }
-        loop {
-            let next = {
-                let mut st = shared.lock();
-                let ClientState { outbox, ready, .. } = &mut *st;
-                outbox.next_to_send(|c| ready.contains(&c))
-            };
-            let Some(m) = next else { break };
-            let bytes = encode_frame(&body(client_frame::Body::Measurement(m))).ok()?;
-            if measurements.is_none() {
-                measurements = Some(conn.open_uni().await.ok()?);
-            }
-            let stream = measurements.as_mut()?;
-            if let Err(e) = stream.write_all(&bytes).await {
-                if let quinn::WriteError::Stopped(_) = e {
-                    // The server refused something on this stream: use a new one.
-                    shared.lock().stats.streams_stopped += 1;
-                    measurements = None;
-                    continue;
+        // Write what the core has: pongs and control frames first, then measurements of ready
+        // channels.
+        while let Some(t) = shared.poll_transmit() {
+            match t {
+                Transmit::Control(frame) => {
+                    let bytes = encode_frame(&frame).ok()?;
+                    control.write_all(&bytes).await.ok()?;
                 }
-                return None;
+                Transmit::Measurement(m) => {
+                    let bytes = encode_frame(&body(client_frame::Body::Measurement(m))).ok()?;
+                    if measurements.is_none() {
+                        measurements = Some(conn.open_uni().await.ok()?);
+                    }
+                    let stream = measurements.as_mut()?;
+                    if let Err(e) = stream.write_all(&bytes).await {
+                        if let quinn::WriteError::Stopped(_) = e {
+                            // The server refused something on this stream: use a new one.
+                            shared.lock().core.count_stream_stopped();
+                            measurements = None;
+                            continue;
+                        }
+                        return None;
+                    }
+                }
             }
         }
         tokio::select! {
-            f = frames.recv() => {
-                if let Some(reply) = on_frame(shared, f?) {
-                    let bytes = encode_frame(&reply).ok()?;
-                    control.write_all(&bytes).await.ok()?;
-                }
-            }
+            f = frames.recv() => shared.handle_frame(f?),
             () = shared.wake.notified() => {}
             () = shared.close.notified() => {
                 conn.close(VarInt::from_u32(0), b"bye");
@@ -1140,44 +989,4 @@ async fn run(
             _ = conn.closed() => return None,
         }
     }
-}
-
-/// Applies a server frame; returns the frame to write back on the control stream, if any (the
-/// pong of a ping, written at once for a good clock sample).
-fn on_frame(shared: &Arc<Shared>, frame: ServerFrame) -> Option<ClientFrame> {
-    match frame.body {
-        Some(server_frame::Body::Ping(p)) => {
-            shared.lock().stats.pings_answered += 1;
-            return Some(body(client_frame::Body::Pong(Pong {
-                id: p.id,
-                server_time_us: p.server_time_us,
-                kiosk_time_us: shared.config.clock.now_us(),
-            })));
-        }
-        Some(server_frame::Body::Ack(a)) => {
-            {
-                let mut st = shared.lock();
-                st.outbox.ack(a.channel_id, a.up_to_seq);
-                st.ready.insert(a.channel_id);
-            }
-            shared.changed();
-        }
-        Some(server_frame::Body::Command(c)) => {
-            let mut st = shared.lock();
-            st.stats.commands_received += 1;
-            if shared.commands.try_send(c).is_err() {
-                st.stats.commands_dropped += 1;
-            }
-        }
-        Some(server_frame::Body::Clock(c)) => {
-            shared.lock().clock = Some(c);
-            shared.changed();
-        }
-        Some(server_frame::Body::Move(m)) => {
-            tracing::info!(url = %m.url, reason = %m.reason, "telemetry: the server moves this room");
-            shared.moves.send_replace(Some(m.url));
-        }
-        Some(server_frame::Body::Hello(_)) | None => {}
-    }
-    None
 }

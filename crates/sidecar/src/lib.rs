@@ -11,7 +11,9 @@
 //!   WebSocket on its HTTP port) for kiosks whose network drops UDP.
 //! - [`client`]: the kiosk side (used by `cabine-kiosk`): connect, declare channels, send
 //!   measurements (kept until acknowledged, resent after a reconnection), waveforms (datagrams),
-//!   status, blobs; receive commands; answer clock pings.
+//!   status, blobs; receive commands; answer clock pings. Its protocol state and reconnection
+//!   rules are the sans-IO [`client::core::ClientCore`] (with [`client::reconnect`]); `Client`
+//!   is the quinn/tokio shell around it, as [`Sidecar`] is around [`core::Core`].
 //!
 //! The shell's drive loop, per input:
 //!

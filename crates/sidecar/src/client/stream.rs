@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cabine_proto::telemetry::{
-    client_frame, encode_frame, server_frame, BlobChunk, ClientHello, ErrorCode, ServerFrame,
-    MAX_BLOB_CHUNK_LEN, PROTOCOL_VERSION,
+    client_frame, encode_frame, server_frame, BlobChunk, ErrorCode, ServerFrame, MAX_BLOB_CHUNK_LEN,
 };
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -22,7 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{http::Uri, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{body, established, is_fatal, on_frame, ClientError, Link, SessionEnd, Shared};
+use super::core::{body, Transmit};
+use super::{established, is_fatal, ClientError, Link, SessionEnd, Shared};
 use crate::stream::MAX_MESSAGE_LEN;
 use crate::tls::{self, ServerVerification};
 
@@ -179,15 +179,7 @@ pub(super) async fn session(shared: &Arc<Shared>, t: &StreamTransport) -> Sessio
         let _ = sink.send(Message::Close(None)).await;
         closed.send_replace(true);
     });
-    let config = &shared.config;
-    let hello = body(client_frame::Body::Hello(ClientHello {
-        version: PROTOCOL_VERSION,
-        token: config.token.clone(),
-        room: config.room.to_string(),
-        kiosk_clock_us: config.clock.now_us(),
-        instance_id: shared.instance_id,
-        software: config.software.clone(),
-    }));
+    let hello = shared.lock().core.hello(shared.config.clock.now_us());
     let end = async {
         let Ok(bytes) = encode_frame(&hello) else {
             return SessionEnd::Fatal(ErrorCode::Internal, "hello does not encode".into());
@@ -223,24 +215,13 @@ async fn run(shared: &Arc<Shared>, link: &StreamLink, source: &mut Source) -> Se
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
-        loop {
-            let frame = shared.lock().control.pop_front();
-            let Some(frame) = frame else { break };
+        // Pongs and control frames first, then measurements of ready channels.
+        while let Some(t) = shared.poll_transmit() {
+            let frame = match t {
+                Transmit::Control(f) => f,
+                Transmit::Measurement(m) => body(client_frame::Body::Measurement(m)),
+            };
             let Ok(bytes) = encode_frame(&frame) else {
-                continue;
-            };
-            if !link.send(bytes).await {
-                return gone;
-            }
-        }
-        loop {
-            let next = {
-                let mut st = shared.lock();
-                let super::ClientState { outbox, ready, .. } = &mut *st;
-                outbox.next_to_send(|c| ready.contains(&c))
-            };
-            let Some(m) = next else { break };
-            let Ok(bytes) = encode_frame(&body(client_frame::Body::Measurement(m))) else {
                 continue;
             };
             if !link.send(bytes).await {
@@ -252,12 +233,7 @@ async fn run(shared: &Arc<Shared>, link: &StreamLink, source: &mut Source) -> Se
             f = next_frame(source) => match f {
                 Ok(f) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                    if let Some(reply) = on_frame(shared, f) {
-                        let Ok(bytes) = encode_frame(&reply) else { continue };
-                        if !link.send(bytes).await {
-                            return gone;
-                        }
-                    }
+                    shared.handle_frame(f);
                 }
                 Err(end) => return end,
             },
