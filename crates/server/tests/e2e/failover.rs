@@ -157,15 +157,22 @@ const BACK_MARGIN_MS: u64 = 5000;
 
 /// `kill -9` of the room's node: the page shows the kiosk's video and vitals again within the
 /// bound, the oximeter's measurements complete and none shown twice (checked by the driver).
+/// A third node joins after the page loaded: the page's node list names it before the kill
+/// (refreshed over the heartbeat). After the move the doctor shares a still: the upload and
+/// the page's fetch of it go to B (A is dead), which lists it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     let dir = crate::common::browser::dir();
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     let room = "consult-killed";
-    let (_redis, a, b, stop_kiosk, cabin) = setup(room).await;
+    let (redis, a, b, stop_kiosk, cabin) = setup(room).await;
+    // The driver writes this once the page has loaded; a third node joins then.
+    let ready = std::env::temp_dir().join(format!("cabine-failover-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
     let envs = [
         ("MODE", "kill".to_owned()),
+        ("READY_FILE", ready.display().to_string()),
         ("KILL_PID", a.pid().to_string()),
         ("CABINE_URL", a.base.clone()),
         ("NEW_URL", b.base.clone()),
@@ -174,13 +181,26 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
         ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
     ];
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let driver = tokio::task::spawn_blocking(move || {
         run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
-    })
-    .await
-    .unwrap();
+    });
+    // A node that joins after the page loaded: the page learns it over its heartbeat (`nodes`).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() && !driver.is_finished() {
+        assert!(Instant::now() < deadline, "the page never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = Node::start("node-c", &redis).await;
+    let out = driver.await.unwrap();
+    let _ = std::fs::remove_file(&ready);
     let v = driver_result(&out, "the page did not come back after A's death");
     let c = &v["checks"];
+    assert_eq!(
+        c["late_nodes"],
+        serde_json::json!([late.base]),
+        "the page's node list did not name the node that joined after it loaded: {c}"
+    );
+    assert_eq!(c["still_on_new_node"], true, "{c}");
     let video = c["video_back_ms"].as_u64().expect("video_back_ms");
     let vitals = c["vitals_back_ms"].as_u64().expect("vitals_back_ms");
     println!(
