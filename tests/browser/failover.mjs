@@ -10,8 +10,11 @@
 // vitals update came after the kill, and the oximeter's measurement sequence as shown
 // (complete, none twice).
 //
+// MODE=late: a node joins after the page loaded (READY_FILE tells the test when), takes the room
+// when A is killed, and the page reopens there.
+//
 // Env: CABINE_URL (node A), NEW_URL (node B), ROOM, DOCTOR_TOKEN, OPERATOR_TOKEN; KILL_PID with
-// MODE=kill. Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
+// MODE=kill or late; READY_FILE (optional with kill, needed with late). Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { rmSync, writeFileSync } from "node:fs";
@@ -93,6 +96,7 @@ async function main() {
     }), (b) => b.span >= 1000 && b.frames > 5 && b.rtp > 5, step);
 
     if (process.env.MODE === "kill") return await killed(page, step, { next, room, token });
+    if (process.env.MODE === "late") return await lateTakesOver(page, step);
     if (process.env.MODE === "restart") return await restarted(page, base, step);
 
     result.stage = "drain";
@@ -279,6 +283,34 @@ async function killed(page, step, { next, room, token }) {
 // A node joins the cluster after the page loaded: the driver says it is ready (READY_FILE,
 // which the test waits for before starting the node), then waits until the page's node list
 // (refreshed over its heartbeat) names a node it did not know at that moment.
+// MODE=late: a node that joined after the page loaded takes the room when A is killed. The
+// page, whose content-security policy predates that node, skips it while looking for the room,
+// is redirected to it by B, and reopens itself there (the same link): the kiosk's video and
+// vitals show on the page served by the late node.
+async function lateTakesOver(page, step) {
+  await lateNode(page, step);
+  const late = result.checks.late_nodes[0];
+  result.stage = "kill";
+  process.kill(Number(env("KILL_PID")), "SIGKILL");
+  log("node A killed");
+  result.stage = "reopened";
+  const deadline = Date.now() + step * 2;
+  while (new URL(page.url()).origin !== new URL(late).origin) {
+    if (Date.now() > deadline) throw new Error(`the page never opened on the late node ${late}: it is at ${new URL(page.url()).origin}`);
+    await sleep(100);
+  }
+  await page.waitForLoadState();
+  log(`the page reopened on ${late}`);
+  result.stage = "back";
+  await until(page, "video_on_late_node", inbound, (s) => (s["room-camera"]?.frames || 0) > 5, step * 2);
+  await until(page, "vitals_on_late_node", () => window.cabine.state.vitals, (v) => v.spo2 && v.pulse, step * 2);
+  const on = await page.evaluate(() => ({ origin: location.origin, base: window.cabine.session.base || "", state: window.cabine.session.state }));
+  result.checks.page_on = on;
+  result.stage = "done";
+  finish(true, "the late node took the room after A's death; the page reopened there with the kiosk's video and vitals");
+  return 0;
+}
+
 async function lateNode(page, step) {
   result.stage = "late_node";
   const before = await page.evaluate(() => window.cabine.session.nodes || []);
