@@ -13,7 +13,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
+import { driver, env, inbound, launchChromium } from "./harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { result, finish, until } = driver("consult", ["DOCTOR_TOKEN"]);
@@ -43,7 +43,6 @@ async function main() {
 
     result.stage = "video";
     const v1 = await until(page, "room_camera_frames", inbound, (s) => (s["room-camera"]?.frames || 0) > 5, step);
-    await sleep(1000);
     await until(page, "room_camera_frames_increase", inbound,
       (s) => (s["room-camera"]?.frames || 0) > v1["room-camera"].frames + 5, step);
     await until(page, "room_camera_playing", () => {
@@ -151,14 +150,17 @@ async function main() {
 
     result.stage = "screenshot";
     await page.click("#enlarge"); // back to the room camera large
-    await sleep(1500);
+    // Shot once the large tile has presented frames since the click.
+    const shown = await page.evaluate(inbound);
+    await until(page, "enlarged_frames", inbound,
+      (s) => (s["room-camera"]?.frames || 0) > (shown["room-camera"]?.frames || 0) + 15, step);
     mkdirSync(dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot });
     result.screenshot = screenshot;
 
     result.stage = "leave";
     await page.click("#leave");
-    await sleep(500);
+    await until(page, "left", () => window.cabine.session.state, (s) => s === "left", step);
     result.stage = "done";
     finish(true, `all checks passed; resumed ${result.timings_ms.resume_after_cut} ms after the cut`);
     return 0;

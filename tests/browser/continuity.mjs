@@ -27,6 +27,9 @@ const { result, log, finish, until } = driver("continuity", secrets);
 const base = env("CABINE_URL").replace(/\/+$/, "");
 const room = env("ROOM");
 const step = Number(process.env.STEP_TIMEOUT_MS || 30000);
+// Quality-dot updates the page must make while the kiosk is stopped (it updates about every
+// 250 ms once it has a second of statistics): enough to say what the dot showed throughout.
+const QUALITY_SAMPLES = 10;
 const kiosks = [];
 
 // A `cabine-kiosk dial` process: the room camera (small, to spare two cores), the microphone,
@@ -153,13 +156,17 @@ async function pause(page) {
   const set = await until(page, "frozen_shown", frozenEntry, (l) => l.some((n) => n.set >= stopAt), 15000);
   const setAt = set.find((n) => n.set >= stopAt).set;
   result.checks.banner_text = await page.evaluate(() => document.getElementById("banner").textContent);
-  // The rest of the 20 s pause (the scenario's length, not a synchronisation): the quality dot
-  // is watched meanwhile.
-  const dots = new Set();
-  while (Date.now() < stopAt + 20000) {
-    dots.add(await page.evaluate(() => document.getElementById("quality").className));
-    await sleep(500);
-  }
+  // The rest of the 20 s pause (the scenario's length, not a synchronisation): every update of
+  // the quality dot meanwhile is recorded by the page (a mutation observer), and the pause is
+  // over once it has lasted 20 s and the dot was updated at least QUALITY_SAMPLES times.
+  await page.evaluate(() => {
+    const q = document.getElementById("quality");
+    window.__dots = [q.className];
+    new MutationObserver(() => window.__dots.push(q.className)).observe(q, { attributes: true, attributeFilter: ["class"] });
+  });
+  const seen = await until(page, "pause_observed", () => ({ now: Date.now(), dots: window.__dots }),
+    (x) => x.now >= stopAt + 20000 && x.dots.length >= QUALITY_SAMPLES, 40000);
+  const dots = new Set(seen.dots);
   result.checks.quality_while_frozen = [...dots];
   if ([...dots].some((c) => /good/.test(c))) throw new Error(`the quality dot was green while the video was frozen: ${[...dots]}`);
 

@@ -2,22 +2,29 @@
 // the cabin publishing there), it sees the cabin's video and vitals; the test's operator then
 // drains A (`POST /api/drain`): the page is told to move, opens its session on B and closes the
 // one on A. Measured by the page itself: the largest gap between video frames presented on the
-// room camera tile (requestVideoFrameCallback), from 1 s before the drain to 4 s after the
-// move, and the vitals that arrived after the drain.
+// room camera tile (requestVideoFrameCallback), from 1 s before the drain until 30 frames after
+// the move, and the vitals that arrived after the drain.
 //
 // MODE=kill: node A is killed instead (SIGKILL of KILL_PID): the page notices (heartbeat),
 // asks B, and its video and vitals come back; measured: when the first frame and the first
 // vitals update came after the kill, and the oximeter's measurement sequence as shown
 // (complete, none twice).
 //
+// MODE=late: a node joins after the page loaded (READY_FILE tells the test when), takes the room
+// when A is killed, and the page reopens there.
+//
 // Env: CABINE_URL (node A), NEW_URL (node B), ROOM, DOCTOR_TOKEN, OPERATOR_TOKEN; KILL_PID with
-// MODE=kill. Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
+// MODE=kill or late; READY_FILE (optional with kill, needed with late). Optional: CHROMIUM, STEP_TIMEOUT_MS (default 30000).
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
-import { rmSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
 
 const { result, finish, until, log } = driver("failover", ["DOCTOR_TOKEN", "OPERATOR_TOKEN"]);
+
+// Frames the page must present after a move ends (the old session closed) before the gap is
+// measured: about a second of video, time for a freeze after the close to show.
+const AFTER_MOVE_FRAMES = 30;
 
 async function main() {
   const base = env("CABINE_URL").replace(/\/+$/, "");
@@ -80,13 +87,20 @@ async function main() {
         if (key && key !== last) { last = key; window.__vitals.push(performance.now()); }
       }, 50);
     });
-    await sleep(1000);
+    // A baseline: frames presented and video packets seen over at least the second before
+    // what the scenario does next.
+    result.stage = "baseline";
+    await until(page, "baseline", () => ({
+      frames: window.__frames.length, rtp: window.__rtp.length,
+      span: window.__frames.length ? performance.now() - window.__frames[0] : 0,
+    }), (b) => b.span >= 1000 && b.frames > 5 && b.rtp > 5, step);
 
-    if (process.env.MODE === "kill") return await killed(page, step);
+    if (process.env.MODE === "kill") return await killed(page, step, { next, room, token });
+    if (process.env.MODE === "late") return await lateTakesOver(page, step);
     if (process.env.MODE === "restart") return await restarted(page, base, step);
 
     result.stage = "drain";
-    const drainAt = await page.evaluate(() => performance.now());
+    const drainAt = await page.evaluate(() => (window.__drainAt = performance.now()));
     const r = await fetch(`${base}/api/drain`, { method: "POST", headers: { authorization: `Bearer ${operator}` } });
     if (r.status !== 204) throw new Error(`POST /api/drain: ${r.status}`);
     log("node A draining");
@@ -94,7 +108,13 @@ async function main() {
     result.stage = "move";
     await until(page, "moved", () => ({ base: window.cabine.session.base || "", moving: !!window.cabine.session.moving }),
       (s) => s.base === new URL(env("NEW_URL")).origin && !s.moving, step);
-    await sleep(4000);
+    // Observed until the page has presented AFTER_MOVE_FRAMES frames since the move ended (the
+    // old session closed) and the vitals came at least twice since the drain.
+    await page.evaluate(() => (window.__movedAt = performance.now()));
+    await until(page, "after_move", () => ({
+      frames: window.__frames.filter((x) => x > window.__movedAt).length,
+      vitals: window.__vitals.filter((x) => x > window.__drainAt).length,
+    }), (a) => a.frames >= AFTER_MOVE_FRAMES && a.vitals >= 2, step);
 
     result.stage = "measure";
     const m = await page.evaluate((t0) => {
@@ -220,7 +240,8 @@ function checkSequence(m) {
 }
 
 // Node A killed: when video and vitals come back, and the oximeter sequence shown.
-async function killed(page, step) {
+async function killed(page, step, { next, room, token }) {
+  if (process.env.READY_FILE) await lateNode(page, step);
   result.stage = "kill";
   const killAt = await page.evaluate(() => (window.__killAt = performance.now()));
   process.kill(Number(env("KILL_PID")), "SIGKILL");
@@ -253,9 +274,78 @@ async function killed(page, step) {
   Object.assign(result.checks, m, { first_after_kill: back });
   log(`measured ${JSON.stringify(m)}`);
   checkSequence(m);
+  await shareStillAfterMove(page, step, { next, room, token });
   result.stage = "done";
-  finish(true, "video and vitals back on B after A's death; the oximeter sequence complete, none twice");
+  finish(true, "video and vitals back on B after A's death; the oximeter sequence complete, none twice; a still shared and shown through B");
   return 0;
+}
+
+// A node joins the cluster after the page loaded: the driver says it is ready (READY_FILE,
+// which the test waits for before starting the node), then waits until the page's node list
+// (refreshed over its heartbeat) names a node it did not know at that moment.
+// MODE=late: a node that joined after the page loaded takes the room when A is killed. The
+// page, whose content-security policy predates that node, skips it while looking for the room,
+// is redirected to it by B, and reopens itself there (the same link): the kiosk's video and
+// vitals show on the page served by the late node.
+async function lateTakesOver(page, step) {
+  await lateNode(page, step);
+  const late = result.checks.late_nodes[0];
+  result.stage = "kill";
+  process.kill(Number(env("KILL_PID")), "SIGKILL");
+  log("node A killed");
+  result.stage = "reopened";
+  const deadline = Date.now() + step * 2;
+  while (new URL(page.url()).origin !== new URL(late).origin) {
+    if (Date.now() > deadline) throw new Error(`the page never opened on the late node ${late}: it is at ${new URL(page.url()).origin}`);
+    await sleep(100);
+  }
+  await page.waitForLoadState();
+  log(`the page reopened on ${late}`);
+  result.stage = "back";
+  await until(page, "video_on_late_node", inbound, (s) => (s["room-camera"]?.frames || 0) > 5, step * 2);
+  await until(page, "vitals_on_late_node", () => window.cabine.state.vitals, (v) => v.spo2 && v.pulse, step * 2);
+  const on = await page.evaluate(() => ({ origin: location.origin, base: window.cabine.session.base || "", state: window.cabine.session.state }));
+  result.checks.page_on = on;
+  result.stage = "done";
+  finish(true, "the late node took the room after A's death; the page reopened there with the kiosk's video and vitals");
+  return 0;
+}
+
+async function lateNode(page, step) {
+  result.stage = "late_node";
+  const before = await page.evaluate(() => window.cabine.session.nodes || []);
+  writeFileSync(env("READY_FILE"), "ready\n");
+  log(`ready for a late node; the page knows ${before.join(" ")}`);
+  const now = await until(page, "late_node_known", () => window.cabine.session.nodes || [],
+    (n) => n.some((u) => !before.includes(u)), step * 2);
+  result.checks.nodes_before = before;
+  result.checks.late_nodes = now.filter((u) => !before.includes(u));
+}
+
+// After the move, the doctor shares the still it looks at: the upload, the `still_shared` the
+// room gets and the page's fetch of the image go to the node the session is on now (the first
+// node is dead), which lists the still.
+async function shareStillAfterMove(page, step, { next, room, token }) {
+  result.stage = "share_still";
+  await page.evaluate(() => {
+    const c = document.createElement("canvas");
+    c.width = 64; c.height = 48;
+    const g = c.getContext("2d");
+    g.fillStyle = "#3a6"; g.fillRect(0, 0, 64, 48);
+    document.getElementById("still").src = c.toDataURL("image/png");
+  });
+  await until(page, "still_loaded", () => document.getElementById("still").naturalWidth, (w) => w > 0, step);
+  await page.evaluate(() => document.getElementById("share-still").click());
+  const shared = await until(page, "still_shared", () => ({
+    button: document.getElementById("share-still").textContent,
+    shown: window.cabine.assist.sharedStills.filter((s) => s.shown).map((s) => s.id),
+    errors: window.cabine.assist.errors,
+  }), (x) => x.shown.length > 0 || x.errors.length > 0, step);
+  if (!shared.shown.length) throw new Error(`the still was not shared and shown after the move: ${JSON.stringify(shared)}`);
+  const r = await fetch(`${next}/api/rooms/${encodeURIComponent(room)}/stills`, { headers: { authorization: `Bearer ${token}` } });
+  const listed = r.ok ? (await r.json()).stills.map((s) => s.id) : [];
+  result.checks.still_on_new_node = listed.includes(shared.shown[0]);
+  if (!result.checks.still_on_new_node) throw new Error(`the new node does not list the shared still (${r.status}: ${listed})`);
 }
 
 process.exit(await main().catch((e) => { finish(false, String(e)); return 1; }));

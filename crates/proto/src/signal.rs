@@ -171,6 +171,12 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+    /// The cluster's nodes changed since this session was last told (the welcome, or an
+    /// earlier `nodes`): sent before the `pong` of the next `ping`. Replaces the welcome's list.
+    Nodes {
+        /// The nodes' public base URLs, this one first.
+        nodes: Vec<String>,
+    },
     /// The room moves to another node (this one drains): open a session at `url` (the new
     /// node's base URL), publish and subscribe there, then leave this one (make-before-break).
     Move {

@@ -504,6 +504,9 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
         }
     };
     let mut left = false;
+    // The node list this session was told, for `nodes` (its welcome's is not kept: the first
+    // `ping` repeats it, once).
+    let mut told_nodes: Vec<String> = Vec::new();
     loop {
         let text = tokio::select! {
             t = next_text(&mut stream, &mut bucket, &tx) => t,
@@ -514,6 +517,18 @@ async fn run(st: Arc<AppState>, room: RoomId, claims: Claims, peer: SocketAddr, 
             Ok(ClientMsg::Leave) => {
                 left = true;
                 break;
+            }
+            Ok(ClientMsg::Ping) => {
+                // The page's heartbeat carries the cluster's node set: a node that joined
+                // after the welcome is where the page may find its room if this one dies.
+                let nodes = cluster_nodes(&st);
+                if nodes != told_nodes {
+                    conn.reply(&ServerMsg::Nodes {
+                        nodes: nodes.clone(),
+                    });
+                    told_nodes = nodes;
+                }
+                conn.reply(&ServerMsg::Pong);
             }
             Ok(msg) => conn.handle(&token, msg).await,
             Err(e) => conn.reply(&ServerMsg::Error {

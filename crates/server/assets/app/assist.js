@@ -12,6 +12,8 @@ const { session } = window.cabine;
 const room = session.room;
 const token = session.token;
 const role = claimsOf(token).role || "";
+// Relative to the node the session is on now (`session.url`): after a move (a drain, a lost
+// node) the room and its stills live on the new node, not on the one that served this page.
 const api = `/api/rooms/${encodeURIComponent(room)}`;
 const auth = { authorization: `Bearer ${token}` };
 
@@ -61,7 +63,7 @@ session.addEventListener("still_shared", async (e) => {
   const s = { ...e.detail, shown: false };
   assist.sharedStills.push(s);
   try {
-    const r = await fetch(`${api}/stills/${encodeURIComponent(s.id)}`, { headers: auth });
+    const r = await fetch(session.url(`${api}/stills/${encodeURIComponent(s.id)}`), { headers: auth });
     if (!r.ok) throw new Error(`${r.status} ${(await r.text()).trim()}`);
     const url = URL.createObjectURL(await r.blob());
     const img = $("shared-still");
@@ -112,7 +114,7 @@ function doctorPanel() {
   async function mint() {
     const grants = ["publish", "subscribe"];
     if (devices.checked) grants.push("commands");
-    const r = await fetch(`${api}/invites`, {
+    const r = await fetch(session.url(`${api}/invites`), {
       method: "POST",
       headers: { ...auth, "content-type": "application/json" },
       body: JSON.stringify({ kind: kind.value, grants }),
@@ -124,7 +126,7 @@ function doctorPanel() {
       return;
     }
     const body = await r.json();
-    const url = new URL(body.url, location.href).href;
+    const url = session.url(body.url).href;
     assist.links.push({ id: body.id, url });
     link.value = url;
     link.classList.remove("hidden");
@@ -133,7 +135,7 @@ function doctorPanel() {
   }
 
   async function refresh() {
-    const r = await fetch(`${api}/invites`, { headers: auth });
+    const r = await fetch(session.url(`${api}/invites`), { headers: auth });
     if (!r.ok) return;
     assist.invites = (await r.json()).invites;
     list.replaceChildren(...assist.invites.map((i) => {
@@ -146,7 +148,7 @@ function doctorPanel() {
   }
 
   async function revoke(id) {
-    const r = await fetch(`${api}/invites/${encodeURIComponent(id)}`, { method: "DELETE", headers: auth });
+    const r = await fetch(session.url(`${api}/invites/${encodeURIComponent(id)}`), { method: "DELETE", headers: auth });
     if (!r.ok) assist.errors.push(`revoke: ${r.status}`);
     await refresh();
   }
@@ -184,11 +186,18 @@ function doctorPanel() {
     c.height = img.naturalHeight;
     c.getContext("2d").drawImage(img, 0, 0);
     const blob = await new Promise((ok) => c.toBlob(ok, "image/jpeg", 0.92));
-    const r = await fetch(`${api}/stills`, {
-      method: "POST",
-      headers: { ...auth, "content-type": "image/jpeg" },
-      body: blob,
-    });
+    let r;
+    try {
+      r = await fetch(session.url(`${api}/stills`), {
+        method: "POST",
+        headers: { ...auth, "content-type": "image/jpeg" },
+        body: blob,
+      });
+    } catch (err) {
+      share.textContent = "Not shared (no answer from the server)";
+      assist.errors.push(`share: ${err}`);
+      return;
+    }
     share.textContent = r.ok ? "Shared with the room" : `Not shared (${r.status})`;
     if (!r.ok) assist.errors.push(`share: ${r.status} ${(await r.text()).trim()}`);
   }

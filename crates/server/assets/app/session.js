@@ -37,6 +37,8 @@ const MOVE_WAIT_MS = 10000;
 // Signalling heartbeat: a ping every second; three seconds without a word mean the node is gone.
 const HEARTBEAT_MS = 1000;
 const HEARTBEAT_TIMEOUT_MS = 3000;
+// A node the page moves to must open the socket within this, or the next one is tried.
+const CONNECT_TIMEOUT_MS = 3000;
 
 // Redirects between cluster nodes a page follows in a row before it gives up.
 const MAX_REDIRECTS = 3;
@@ -162,14 +164,36 @@ export class Session extends EventTarget {
     this.connect(false);
   }
 
+  // `path` on the node this session is on now: the node the room moved to (a `move`, a lost
+  // node), else this page's own origin. Every request of the page about its room goes there
+  // (the room lives on one node; the others would redirect, or be gone).
+  url(path) {
+    return new URL(path, this.base || location.href);
+  }
+
   connect(resume) {
-    // `base`: the node the room moved to (a `move`), else this page's own origin.
-    const url = new URL(`/ws/${encodeURIComponent(this.room)}`, this.base || location.href);
+    const url = this.url(`/ws/${encodeURIComponent(this.room)}`);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("token", this.token);
     const ws = new WebSocket(url);
+    if (ws.readyState === WebSocket.CLOSED && this.moving) {
+      // Refused before any connection (Chromium: the page's content-security policy; the
+      // socket is born closed and no `close` event follows).
+      this.unreachable(url.origin);
+      return;
+    }
     this.ws = ws;
     this.welcomed = false;
+    if (this.moving) {
+      // Looking for the room: a node that does not answer soon (gone without refusing
+      // connections) is skipped rather than waited for.
+      setTimeout(() => {
+        if (this.ws !== ws || this.closed || ws.readyState !== WebSocket.CONNECTING) return;
+        ws.onclose = null;
+        try { ws.close(); } catch (_) { /* never opened */ }
+        this.unreachable(url.origin);
+      }, CONNECT_TIMEOUT_MS);
+    }
     ws.onopen = () => {
       if (resume && this.resumeToken) this.send({ type: "resume", resume: this.resumeToken });
       else this.send({ type: "join", subscribe: this.subscribe });
@@ -199,6 +223,18 @@ export class Session extends EventTarget {
       this.reconnects++;
       setTimeout(() => { if (!this.closed) this.connect(true); }, delay);
     };
+  }
+
+  // While moving, the node at `origin` (`ws(s):` or `http(s):`) cannot be reached from this
+  // page: it refused or did not answer, or the page's content-security policy refuses it (the
+  // policy names the cluster's nodes as they were when the page loaded: a node that joined
+  // later is refused). A node that holds the room (named by a `move` or a redirect) is then
+  // reached by opening this page there; any other is skipped while the room is looked for.
+  unreachable(origin) {
+    const http = origin.replace(/^ws/, "http");
+    (this.tried = this.tried || new Set()).add(http);
+    if (this.redirectedTo === http) this.reopenAt(http);
+    else setTimeout(() => { if (!this.closed) this.nextNode(); }, 300);
   }
 
   // A `ping` every HEARTBEAT_MS; a socket that heard nothing for HEARTBEAT_TIMEOUT_MS is
@@ -301,6 +337,11 @@ export class Session extends EventTarget {
           await this.publishNow();
         }
         break;
+      case "nodes":
+        // The cluster's node set changed since the welcome (told before a `pong`).
+        if (m.nodes && m.nodes.length) this.nodes = m.nodes;
+        this.emit("nodes", { nodes: this.nodes || [] });
+        break;
       case "move":
         await this.move(m.url, m.reason);
         break;
@@ -314,6 +355,7 @@ export class Session extends EventTarget {
           const ws = this.ws;
           if (ws) { ws.onclose = null; ws.close(); }
           this.base = target.origin;
+          this.redirectedTo = target.origin;
           (this.tried = this.tried || new Set()).add(target.origin);
           this.connect(false);
           break;
@@ -323,22 +365,9 @@ export class Session extends EventTarget {
         // to http (the token would travel in clear), and at most MAX_REDIRECTS hops in a row
         // (counted in the fragment, reset once a node welcomes us): nodes that disagree on
         // the owner for a moment must not bounce the page for ever.
-        this.closed = true;
         const target = new URL(m.url);
         target.protocol = target.protocol === "wss:" ? "https:" : "http:";
-        if (location.protocol === "https:" && target.protocol !== "https:") {
-          this.emit("error", { code: "redirect_refused", fatal: true, message: `refused a redirect from https to ${target.origin} (the token would travel in clear); check http.public_url on the cluster's nodes` });
-          if (this.ws) this.ws.close();
-          break;
-        }
-        const hops = redirectHops() + 1;
-        if (hops > MAX_REDIRECTS) {
-          this.emit("error", { code: "redirect_loop", fatal: true, message: `the cluster redirected this page ${hops - 1} times in a row without serving the room; reload in a few seconds` });
-          if (this.ws) this.ws.close();
-          break;
-        }
-        this.emit("redirect", { url: target.origin });
-        location.replace(target.origin + location.pathname + location.search + withHops(openedFragment, hops));
+        this.reopenAt(target.origin);
         break;
       }
       case "error":
@@ -355,6 +384,28 @@ export class Session extends EventTarget {
         this.emit(m.type, m);
         break;
     }
+  }
+
+  // Another node holds the room (a cluster): open this same page there, with the same fragment
+  // (the token), so that its signalling is same-origin again. Never from https to http (the
+  // token would travel in clear), and at most MAX_REDIRECTS hops in a row (counted in the
+  // fragment, reset once a node welcomes us): nodes that disagree on the owner for a moment
+  // must not bounce the page for ever.
+  reopenAt(origin) {
+    this.closed = true;
+    if (location.protocol === "https:" && !origin.startsWith("https:")) {
+      this.emit("error", { code: "redirect_refused", fatal: true, message: `refused a redirect from https to ${origin} (the token would travel in clear); check http.public_url on the cluster's nodes` });
+      if (this.ws) this.ws.close();
+      return;
+    }
+    const hops = redirectHops() + 1;
+    if (hops > MAX_REDIRECTS) {
+      this.emit("error", { code: "redirect_loop", fatal: true, message: `the cluster redirected this page ${hops - 1} times in a row without serving the room; reload in a few seconds` });
+      if (this.ws) this.ws.close();
+      return;
+    }
+    this.emit("redirect", { url: origin });
+    location.replace(origin + location.pathname + location.search + withHops(openedFragment, hops));
   }
 
   // The room moves to the node at `url` (its node drains): a new signalling session there,
@@ -375,6 +426,8 @@ export class Session extends EventTarget {
     // What the old node still says about its sessions no longer matters.
     if (old.ws) { old.ws.onmessage = null; old.ws.onclose = null; }
     this.base = target.origin;
+    // A `move` names the room's new node; a lost node's successor is only a guess.
+    this.redirectedTo = reason === "node_lost" ? null : target.origin;
     this.ws = null; this.sub = null; this.pub = null;
     this.tracks = new Map();
     this.answered = 0;

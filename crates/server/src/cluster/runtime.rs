@@ -2,7 +2,7 @@
 //! refresh (registry record, registry view, leases), and the degraded mode while the store is
 //! away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +39,21 @@ pub const DEGRADED_AFTER: u32 = 2;
 /// Owners of rooms held elsewhere that this node remembers (each for [`ROOM_LEASE`]), so it
 /// still redirects to them while the store is away; more are not remembered.
 pub const MAX_SEEN: usize = 4096;
+
+/// Node origins remembered for [`Cluster::is_node_origin`] (a cluster has a few nodes; the
+/// bound only stops a registry full of garbage from growing the set).
+pub const MAX_NODE_ORIGINS: usize = 1024;
+
+/// `scheme://host[:port]` of a base URL (a path after it dropped).
+pub fn origin_of(url: &str) -> &str {
+    let Some(at) = url.find("://") else {
+        return url;
+    };
+    match url[at + 3..].find('/') {
+        Some(end) => &url[..at + 3 + end],
+        None => url,
+    }
+}
 
 /// This node's figures for its registry record and its leases.
 #[derive(Debug, Clone, Default)]
@@ -110,6 +125,9 @@ pub struct Cluster {
     /// This node's last figures.
     load: Mutex<Load>,
     stats: ClusterStats,
+    /// The public origins of the nodes seen in the registry since this node started (at most
+    /// [`MAX_NODE_ORIGINS`]): a page served by a node that died since calls this one.
+    origins: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +201,7 @@ impl Cluster {
             seen: Mutex::new(HashMap::new()),
             load: Mutex::new(Load::default()),
             stats: ClusterStats::default(),
+            origins: Mutex::new(HashSet::from([origin_of(public_url).to_owned()])),
         }
     }
 
@@ -275,6 +294,13 @@ impl Cluster {
     /// Sets the telemetry address published in the registry.
     pub fn set_telemetry(&self, addr: String) {
         *lock(&self.telemetry) = addr;
+    }
+
+    /// Whether `origin` (`scheme://host[:port]`, a request's `Origin`) is the public origin of
+    /// a node of this cluster seen in the registry since this node started: its pages may
+    /// call this node's APIs (their session moved here).
+    pub fn is_node_origin(&self, origin: &str) -> bool {
+        self.clustered && lock(&self.origins).contains(origin)
     }
 
     /// The registry as last read (this node's own record current).
@@ -545,6 +571,18 @@ impl Cluster {
         self.stats
             .invalid_records
             .fetch_add(list.invalid, Ordering::Relaxed);
+        {
+            let mut origins = lock(&self.origins);
+            for n in &list.nodes {
+                if origins.len() >= MAX_NODE_ORIGINS {
+                    break;
+                }
+                let o = origin_of(&n.url);
+                if !o.is_empty() && !origins.contains(o) {
+                    origins.insert(o.to_owned());
+                }
+            }
+        }
         let mut v = lock(&self.view);
         v.nodes = list.nodes;
         v.recent.clear();
@@ -670,6 +708,16 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_urls_origin_drops_its_path() {
+        assert_eq!(
+            origin_of("https://a.example:8443"),
+            "https://a.example:8443"
+        );
+        assert_eq!(origin_of("https://a.example/cabine/"), "https://a.example");
+        assert_eq!(origin_of("http://127.0.0.1:9000/"), "http://127.0.0.1:9000");
+    }
 
     fn config(id: &str, max_rooms: usize) -> ClusterConfig {
         ClusterConfig {

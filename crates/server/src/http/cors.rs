@@ -29,7 +29,7 @@ pub async fn layer(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     let origin = req
         .headers()
         .get(header::ORIGIN)
-        .filter(|o| st.cors_origins.iter().any(|a| a == *o))
+        .filter(|o| st.cors_origins.iter().any(|a| a == *o) || cluster_node(&st, o))
         .cloned();
     let preflight = req.method() == Method::OPTIONS
         && req
@@ -66,4 +66,14 @@ pub async fn layer(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         );
     }
     res
+}
+
+/// Whether `origin` is the public origin of a node of the cluster (seen in the registry since
+/// this node started, [`crate::cluster::Cluster::is_node_origin`]): a page served by another
+/// node whose session moved here (a drain, a lost node) calls this node's APIs for its room
+/// (stills, invites) from its first node's origin, which may be dead by then.
+fn cluster_node(st: &AppState, origin: &HeaderValue) -> bool {
+    origin
+        .to_str()
+        .is_ok_and(|o| st.cluster().is_node_origin(o))
 }

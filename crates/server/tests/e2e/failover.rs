@@ -148,15 +148,22 @@ const BACK_MARGIN_MS: u64 = 5000;
 
 /// `kill -9` of the room's node: the page shows the kiosk's video and vitals again within the
 /// bound, the oximeter's measurements complete and none shown twice (checked by the driver).
+/// A third node joins after the page loaded: the page's node list names it before the kill
+/// (refreshed over the heartbeat). After the move the doctor shares a still: the upload and
+/// the page's fetch of it go to B (A is dead), which lists it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     let dir = crate::common::browser::dir();
     check_prerequisites(&dir);
     let _serial = SERIAL.lock().await;
     let room = "consult-killed";
-    let (_redis, a, b, cabin) = setup(room).await;
+    let (redis, a, b, cabin) = setup(room).await;
+    // The driver writes this once the page has loaded; a third node joins then.
+    let ready = std::env::temp_dir().join(format!("cabine-failover-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
     let envs = [
         ("MODE", "kill".to_owned()),
+        ("READY_FILE", ready.display().to_string()),
         ("KILL_PID", a.pid().to_string()),
         ("CABINE_URL", a.base.clone()),
         ("NEW_URL", b.base.clone()),
@@ -165,13 +172,26 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
         ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
     ];
     let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let driver = tokio::task::spawn_blocking(move || {
         run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
-    })
-    .await
-    .unwrap();
+    });
+    // A node that joins after the page loaded: the page learns it over its heartbeat (`nodes`).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() && !driver.is_finished() {
+        assert!(Instant::now() < deadline, "the page never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = Node::start("node-c", &redis).await;
+    let out = driver.await.unwrap();
+    let _ = std::fs::remove_file(&ready);
     let v = driver_result(&out, "the page did not come back after A's death");
     let c = &v["checks"];
+    assert_eq!(
+        c["late_nodes"],
+        serde_json::json!([late.base]),
+        "the page's node list did not name the node that joined after it loaded: {c}"
+    );
+    assert_eq!(c["still_on_new_node"], true, "{c}");
     let video = c["video_back_ms"].as_u64().expect("video_back_ms");
     let vitals = c["vitals_back_ms"].as_u64().expect("vitals_back_ms");
     println!(
@@ -208,6 +228,66 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
         v["rooms"].as_array().into_iter().flatten().any(|r| {
             r["room"] == room
                 && r["node"] == "node-b"
+                && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
+        })
+    })
+    .await;
+    drop(a);
+    cabin.interrupt().await;
+}
+
+/// A node that joined after the page loaded takes the room when the room's node dies: the page
+/// learns the node over its heartbeat, and although its content-security policy (written at
+/// load) refuses a socket there, it reopens itself on that node once B names it as the room's
+/// (the tiles are drawn again). The late node is `node-a2`, which placement prefers to B on a
+/// tie (ids in order), so the room goes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joined_after_the_page_loaded_takes_the_room_and_the_page_follows() {
+    let dir = crate::common::browser::dir();
+    check_prerequisites(&dir);
+    let _serial = SERIAL.lock().await;
+    let room = "consult-late";
+    let (redis, a, b, cabin) = setup(room).await;
+    let ready = std::env::temp_dir().join(format!("cabine-failover-late-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let envs = [
+        ("MODE", "late".to_owned()),
+        ("READY_FILE", ready.display().to_string()),
+        ("KILL_PID", a.pid().to_string()),
+        ("CABINE_URL", a.base.clone()),
+        ("NEW_URL", b.base.clone()),
+        ("ROOM", room.to_owned()),
+        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
+        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
+    ];
+    let d = dir.clone();
+    let driver = tokio::task::spawn_blocking(move || {
+        run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() && !driver.is_finished() {
+        assert!(Instant::now() < deadline, "the page never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = Node::start("node-a2", &redis).await;
+    let out = driver.await.unwrap();
+    let _ = std::fs::remove_file(&ready);
+    let v = driver_result(&out, "the page did not follow the room to the late node");
+    let c = &v["checks"];
+    println!(
+        "late node: the page learned it {} ms into the run and showed the kiosk's video on it \
+         at {} ms, vitals at {} ms",
+        v["timings_ms"]["late_node_known"],
+        v["timings_ms"]["video_on_late_node"],
+        v["timings_ms"]["vitals_on_late_node"]
+    );
+    assert_eq!(c["late_nodes"], serde_json::json!([late.base]), "{c}");
+    assert_eq!(c["page_on"]["origin"], serde_json::json!(late.base), "{c}");
+    until("the late node serves the kiosk's room", || async {
+        let v = late.rooms().await;
+        v["rooms"].as_array().into_iter().flatten().any(|r| {
+            r["room"] == room
+                && r["node"] == "node-a2"
                 && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
         })
     })
