@@ -112,11 +112,11 @@ pub struct LayerOption {
 /// its full rate and the cumulative rates of its temporal layers (empty without temporal
 /// layers). With `temporal_first` every spatial layer offers its reduced frame rates below its
 /// full rate, so a budget between a layer's base rate and its full rate keeps that layer's
-/// picture size; without it, only the lowest spatial layer does (below it, nothing is left
-/// but a pause).
+/// picture size (and a single-layer video gets a lower frame rate before a pause); without
+/// it, whole layers only.
 pub fn options(layers: &[(u8, u64, &[u64])], temporal_first: bool, out: &mut Vec<LayerOption>) {
-    for (rank, (spatial, full, cumulative)) in layers.iter().enumerate() {
-        if cumulative.len() >= 2 && (temporal_first || rank == 0) {
+    for (spatial, full, cumulative) in layers {
+        if cumulative.len() >= 2 && temporal_first {
             for (tid, rate) in cumulative[..cumulative.len() - 1].iter().enumerate() {
                 out.push(LayerOption {
                     spatial: *spatial,
@@ -297,11 +297,7 @@ mod tests {
         );
         out.clear();
         options(&layers, false, &mut out);
-        assert_eq!(
-            out.len(),
-            3,
-            "whole layers, reduced rate only at the bottom"
-        );
+        assert_eq!(out.len(), 2, "whole layers");
         out.clear();
         options(&[(0, 500_000, &[])], true, &mut out);
         assert_eq!(out.len(), 1);
