@@ -8,3 +8,4 @@ mod common;
 
 mod adaptive;
 mod media_via;
+mod temporal;
