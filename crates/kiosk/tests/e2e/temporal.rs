@@ -205,14 +205,9 @@ fn tl0_run(all: &[Packet]) -> Option<(Vec<Vec<u8>>, bool)> {
             _ => false,
         };
         let in_frame = frame.is_some() && continues && last.is_some_and(|l| l.ts == p.ts);
+        // A packet of the frame being assembled, a keyframe, or the next frame of the run.
         let ok = tid == 0
-            && if in_frame {
-                true
-            } else if keyframe {
-                true
-            } else {
-                starts && continues && next_ids && !run.is_empty()
-            };
+            && (in_frame || keyframe || (starts && continues && next_ids && !run.is_empty()));
         if tid > 0 && run.is_empty() {
             upper_seen = true;
         }
