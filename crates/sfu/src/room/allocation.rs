@@ -1,5 +1,6 @@
-//! Layer allocation: the simulcast layer each subscriber receives and which single-layer videos its
-//! link can carry (pausing).
+//! Layer allocation: the simulcast layer and the VP8 temporal layers each subscriber receives, and
+//! which single-layer videos its link can carry (pausing). Temporal layers go first (a lower
+//! frame rate, no keyframe needed) when [`RoomConfig::temporal_first`](super::RoomConfig) is on.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use crate::simulcast::{self};
 use crate::temporal::{self, LayerOption, MAX_TEMPORAL_LAYERS};
 
 impl Room {
-    /// Re-picks the simulcast layer of each video track subscriber `i` receives.
+    /// Re-picks the simulcast and temporal layers of each video track subscriber `i` receives.
     pub(super) fn select_layers(&mut self, i: usize, now: Instant) {
         let Some(bwe) = self.sessions[i].bwe else {
             return;
