@@ -40,6 +40,7 @@ struct Packet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doctor_behind_a_narrow_link_gets_the_base_layer_and_decodes_every_frame() {
+    let _turn = common::cpu_turn().await;
     let server = common::start().await;
     let relay = Relay::start(RelayConfig {
         seed: 7,
