@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use cabine_client::budget::{Budget, Share, VideoDemand};
 use cabine_client::congestion::{ControllerConfig, RateController};
-use cabine_client::{ClientOptions, Codec, Error, Publisher, Subscriber, TrackSpec};
+use cabine_client::{
+    ClientOptions, Codec, Error, LocalTrack, Publisher, Subscriber, TrackSpec, SAMPLE_MTU,
+};
 use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
@@ -44,7 +46,7 @@ use crate::devices::{
 };
 use crate::sources::{
     AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
-    SourceError, VideoSource, Vp8Config,
+    SourceError, TemporalLayer, VideoSource, Vp8Config, Vp8Packetizer,
 };
 use crate::telemetry::{self, TelemetryConfig, TelemetryStats};
 
@@ -89,6 +91,9 @@ pub struct MediaConfig {
     pub device_kbps: u32,
     /// Stethoscope Opus bitrate, bit/s (at least 64000).
     pub stethoscope_bps: u32,
+    /// VP8 temporal layers of the synthetic cameras (1 to 3). With two, the SFU can halve a
+    /// camera's frame rate for a subscriber whose link cannot carry it instead of pausing it.
+    pub temporal_layers: u8,
     /// Adapt the video bitrates to the uplink (see [`congestion`](cabine_client::congestion)): the
     /// audio tracks keep their bitrates, the device camera gets its share before the room
     /// camera, which is paused when even its minimum does not fit. Off: every encoder runs
@@ -108,6 +113,7 @@ impl Default for MediaConfig {
             device_fps: 15,
             device_kbps: 400,
             stethoscope_bps: 96_000,
+            temporal_layers: 2,
             adaptive: true,
         }
     }
@@ -532,6 +538,7 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
             pattern,
             Vp8Config {
                 keyframe_interval: fps.saturating_mul(period_s).max(1),
+                temporal_layers: m.temporal_layers,
                 ..Vp8Config::new(fps, kbps)
             },
         )
@@ -613,6 +620,26 @@ fn spawn_source(
         .map_err(|e| DialError::InvalidConfig(format!("cannot start a media thread: {e}")))
 }
 
+/// Sends a VP8 frame of a temporal layer: its payloads carry the layer in their descriptor
+/// (the track's own payloader would write only a picture id).
+async fn write_layered(
+    track: &LocalTrack,
+    packetizer: &mut Vp8Packetizer,
+    frame: &EncodedFrame,
+    layer: TemporalLayer,
+) -> Result<(), Error> {
+    let clock = f64::from(Codec::Vp8.clock_rate());
+    // Saturating float-to-int conversion is the intent: absurd durations clamp.
+    let mut increment = (frame.duration.as_secs_f64() * clock).round() as u32;
+    let payloads = packetizer.packetize(&frame.data, Some(layer), SAMPLE_MTU);
+    let count = payloads.len();
+    for (i, payload) in payloads.iter().enumerate() {
+        track.write_rtp(payload, i + 1 == count, increment).await?;
+        increment = 0;
+    }
+    Ok(())
+}
+
 /// Writes one track's frames to the current publisher.
 async fn pump(
     track_id: &'static str,
@@ -627,6 +654,9 @@ async fn pump(
     let mut seen_requests = 0;
     let mut last_forced = Instant::now();
     let mut was_paused = false;
+    // Frames with a temporal layer get their VP8 descriptor here (picture id, TID, Y,
+    // TL0PICIDX); the others go through the track's own payloader.
+    let mut packetizer = Vp8Packetizer::new(rand::random(), rand::random());
     loop {
         let frame = tokio::select! {
             f = frames.recv() => match f { Some(f) => f, None => break },
@@ -665,8 +695,15 @@ async fn pump(
             was_paused = false;
             force_keyframe.store(true, Ordering::Relaxed);
         }
-        match track.write_sample(&frame.data, frame.duration).await {
-            Ok(_) => update(&mut |t| {
+        let written = match frame.temporal {
+            Some(layer) => write_layered(track, &mut packetizer, &frame, layer).await,
+            None => track
+                .write_sample(&frame.data, frame.duration)
+                .await
+                .map(|_| ()),
+        };
+        match written {
+            Ok(()) => update(&mut |t| {
                 t.frames += 1;
                 t.bytes += frame.data.len() as u64;
             }),

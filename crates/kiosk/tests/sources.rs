@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cabine_kiosk::sources::{
-    AudioSource, MediaSource, OpusDecoder, VideoSource, Vp8Config, Vp8Decoder, SAMPLE_RATE,
+    AudioSource, MediaSource, OpusDecoder, Pattern, VideoSource, Vp8Config, Vp8Decoder, SAMPLE_RATE,
 };
 
 fn encode_video(mut source: VideoSource, frames: usize, force_at: &[usize]) -> Vec<(bool, usize)> {
@@ -111,6 +111,90 @@ fn video_bitrate_can_change() {
     let (l, h) = (total(&mut low), total(&mut high));
     assert!(h > 2 * l, "1200 kbit/s gave {h} bytes, 150 kbit/s gave {l}");
     assert!(Vp8Config::new(15, 5).bitrate_kbps == 5 && VideoSource::room_camera(15, 5).is_err());
+}
+
+/// A camera with temporal layers: each frame carries its layer in the pattern, a keyframe asked
+/// for mid-period comes at the next period start, the base layer gets about its share of the
+/// bitrate, and a decoder given only the lower layers decodes every frame it gets.
+#[test]
+fn temporal_layers_decode_without_the_upper_ones() {
+    let fps = 30;
+    let config = Vp8Config {
+        temporal_layers: 3,
+        ..Vp8Config::new(fps, 800)
+    };
+    let mut source = VideoSource::new(Pattern::RoomCamera, config).expect("encoder");
+    let frames: Vec<_> = (0..4 * fps as usize)
+        .map(|i| source.next_frame(i == 41).expect("encodes"))
+        .collect();
+    let tids: Vec<u8> = frames
+        .iter()
+        .map(|f| f.temporal.expect("a temporal layer").tid)
+        .collect();
+    assert_eq!(tids[..8], [0, 2, 1, 2, 0, 2, 1, 2]);
+    let keyframes: Vec<usize> = (0..frames.len()).filter(|&i| frames[i].keyframe).collect();
+    // Asked for at frame 41 (mid-period), given at 44, the next period start.
+    assert_eq!(keyframes, [0, 44]);
+    for max_tid in 0..=2u8 {
+        let mut decoder = Vp8Decoder::new().expect("decoder");
+        let mut decoded = 0;
+        for (i, f) in frames.iter().enumerate() {
+            if tids[i] > max_tid {
+                continue;
+            }
+            let picture = decoder
+                .decode(&f.data)
+                .unwrap_or_else(|e| panic!("TID<={max_tid}: frame {i} does not decode: {e}"))
+                .expect("a picture");
+            assert!(
+                (40.0..200.0).contains(&picture.mean_luma),
+                "TID<={max_tid}: frame {i} mean luma {}",
+                picture.mean_luma
+            );
+            decoded += 1;
+        }
+        let expected = frames.len() >> (2 - max_tid);
+        assert_eq!(decoded, expected, "TID<={max_tid}");
+    }
+    // After the first second: TL0 is ~40 % of the bytes, TL0+TL1 ~60 %.
+    let bytes = |max: u8| -> usize {
+        frames[fps as usize..]
+            .iter()
+            .zip(&tids[fps as usize..])
+            .filter(|(_, t)| **t <= max)
+            .map(|(f, _)| f.data.len())
+            .sum()
+    };
+    let (tl0, tl01, all) = (bytes(0), bytes(1), bytes(2));
+    let share = |b: usize| b as f64 / all as f64;
+    println!(
+        "TL0 {:.2}, TL0+TL1 {:.2} of {} kbit/s",
+        share(tl0),
+        share(tl01),
+        all * 8 / 3 / 1000
+    );
+    assert!(
+        (0.25..0.6).contains(&share(tl0)),
+        "TL0 share {}",
+        share(tl0)
+    );
+    assert!(share(tl0) < share(tl01) && share(tl01) < 0.85);
+    assert!(
+        Vp8Config {
+            temporal_layers: 4,
+            ..config
+        }
+        .temporal_layers
+            == 4
+    );
+    assert!(VideoSource::new(
+        Pattern::RoomCamera,
+        Vp8Config {
+            temporal_layers: 4,
+            ..config
+        }
+    )
+    .is_err());
 }
 
 fn decode_all(source: &mut AudioSource, seconds: usize) -> (Vec<Vec<u8>>, Vec<f32>) {

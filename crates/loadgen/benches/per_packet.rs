@@ -44,6 +44,7 @@ fn forwarding_decision(b: Bencher) {
             ts: (seq as u32).wrapping_mul(3_000),
             keyframe: seq == 1_001,
             vp8: Some(((seq & 0x7fff) as u16, None)),
+            temporal: None,
             arrival: t0 + Duration::from_micros(seq),
         };
         black_box(f.forward(black_box(&p)))
@@ -70,6 +71,7 @@ fn rtp_header_rewrite(b: Bencher) {
             ts: (seq as u32).wrapping_mul(3_000),
             keyframe,
             vp8,
+            temporal: None,
             arrival: t0 + Duration::from_micros(seq),
         };
         let out = f.forward(&p);

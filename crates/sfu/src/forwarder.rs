@@ -5,8 +5,16 @@
 //! offsets so that sequence numbers, RTP timestamps and VP8 picture ids continue where they left
 //! off, and it only starts (or switches) at a keyframe. It is pure state: no clock, no I/O, no
 //! allocation.
+//!
+//! With VP8 temporal layers it also forwards only the temporal layers wanted
+//! ([`set_temporal_target`](Forwarder::set_temporal_target), see [`crate::temporal`]): the
+//! packets and frames it drops on purpose are taken out of the numbering (sequence numbers and
+//! picture ids continue without a gap), so the receiver neither asks for them nor waits for
+//! them. Upstream loss still shows as a gap.
 
 use std::time::Instant;
+
+use crate::temporal::{Temporal, TemporalSelector};
 
 /// The layer a packet came from: its index in the publisher's simulcast layers, 0 without
 /// simulcast.
@@ -25,6 +33,8 @@ pub struct InPacket {
     pub keyframe: bool,
     /// VP8 picture id (15-bit space) and TL0PICIDX, when the payload carries them.
     pub vp8: Option<(u16, Option<u8>)>,
+    /// VP8 temporal layer (TID, Y), when the payload carries it.
+    pub temporal: Option<Temporal>,
     /// When the packet arrived.
     pub arrival: Instant,
 }
@@ -49,8 +59,11 @@ pub enum Drop {
     OtherLayer,
     /// The subscriber waits for a keyframe on its target layer before starting or switching.
     AwaitingKeyframe,
-    /// It is older than the point where the current layer was joined (reordered across a switch).
+    /// It is older than the point where the current layer was joined (reordered across a switch),
+    /// or older than the renumbering the forwarder still remembers.
     BeforeSwitch,
+    /// It belongs to a temporal layer above the ones this subscriber receives.
+    OtherTemporalLayer,
 }
 
 /// Rewriting state for one outgoing track.
@@ -60,6 +73,7 @@ pub struct Forwarder {
     target: LayerIndex,
     current: Option<Current>,
     last: Option<Last>,
+    temporal: TemporalSelector,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,11 +81,30 @@ struct Current {
     layer: LayerIndex,
     /// First incoming sequence number forwarded from this layer.
     join_seq: u64,
-    seq_offset: u64,
     ts_offset: u32,
-    pic_offset: u16,
     tl0_offset: u8,
+    /// Highest incoming sequence number and newest picture id seen on this layer.
+    highest_seq: u64,
+    highest_pic: Option<u16>,
+    /// Sequence and picture-id offsets by the incoming sequence number they start at, oldest
+    /// first (a ring of the last [`SHIFTS`]): each run of packets dropped on purpose shifts
+    /// what follows, and a late packet takes the offsets of its place.
+    shifts: [Shift; SHIFTS],
+    /// Index of the newest entry in `shifts`, and how many are valid.
+    newest: usize,
+    valid: usize,
 }
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Shift {
+    from_seq: u64,
+    seq_offset: u64,
+    pic_offset: u16,
+}
+
+/// Renumberings remembered for late packets: about two seconds of a 30 fps stream with every
+/// other frame dropped.
+const SHIFTS: usize = 32;
 
 #[derive(Debug, Clone, Copy)]
 struct Last {
@@ -92,7 +125,24 @@ impl Forwarder {
             target,
             current: None,
             last: None,
+            temporal: TemporalSelector::default(),
         }
+    }
+
+    /// Forward only temporal layers `0..=max_tid` (VP8 TID) from the next frame on; going up
+    /// waits for a layer-sync frame or a keyframe. Streams without temporal layers ignore it.
+    pub fn set_temporal_target(&mut self, max_tid: u8) {
+        self.temporal.set_target(max_tid);
+    }
+
+    /// The highest temporal layer wanted.
+    pub fn temporal_target(&self) -> u8 {
+        self.temporal.target()
+    }
+
+    /// The highest temporal layer forwarded now.
+    pub fn temporal_current(&self) -> u8 {
+        self.temporal.current()
     }
 
     /// The layer being forwarded now, if started.
@@ -129,7 +179,10 @@ impl Forwarder {
                 if p.seq < cur.join_seq {
                     return Err(Drop::BeforeSwitch);
                 }
-                return Ok(self.rewrite(p, false));
+                if !self.pass_temporal(p) {
+                    return Err(Drop::OtherTemporalLayer);
+                }
+                return self.rewrite(p, false).ok_or(Drop::BeforeSwitch);
             }
         }
         if p.layer != self.target {
@@ -139,7 +192,50 @@ impl Forwarder {
             return Err(Drop::AwaitingKeyframe);
         }
         self.join(p);
-        Ok(self.rewrite(p, true))
+        self.temporal.restart(p.vp8.map(|v| v.0));
+        self.rewrite(p, true).ok_or(Drop::BeforeSwitch)
+    }
+
+    /// Whether a packet of the current layer passes the temporal selection; a dropped one is
+    /// taken out of the numbering when it directly follows what was seen.
+    fn pass_temporal(&mut self, p: &InPacket) -> bool {
+        let Some(cur) = self.current.as_mut() else {
+            return true;
+        };
+        let decision = match (p.temporal, p.vp8) {
+            (Some(t), Some((pic, _))) => Some(self.temporal.decide(pic, t, p.keyframe)),
+            _ => None,
+        };
+        let contiguous_seq = p.seq == cur.highest_seq + 1;
+        let pic = p.vp8.map(|v| v.0);
+        let contiguous_pic = decision.is_some_and(|d| d.new_frame)
+            && matches!((cur.highest_pic, pic), (Some(h), Some(n)) if n == h.wrapping_add(1) & PIC_MASK);
+        if p.seq > cur.highest_seq {
+            cur.highest_seq = p.seq;
+        }
+        if decision.is_some_and(|d| d.new_frame) {
+            cur.highest_pic = pic;
+        }
+        if decision.is_none_or(|d| d.forward) {
+            return true;
+        }
+        if contiguous_seq || contiguous_pic {
+            let newest = cur.shifts[cur.newest];
+            let shift = Shift {
+                from_seq: p.seq + 1,
+                seq_offset: newest.seq_offset.wrapping_sub(u64::from(contiguous_seq)),
+                pic_offset: newest.pic_offset.wrapping_sub(u16::from(contiguous_pic)) & PIC_MASK,
+            };
+            if newest.from_seq == p.seq {
+                // The run of dropped packets goes on: one entry for the whole run.
+                cur.shifts[cur.newest] = shift;
+            } else {
+                cur.newest = (cur.newest + 1) % SHIFTS;
+                cur.shifts[cur.newest] = shift;
+                cur.valid = (cur.valid + 1).min(SHIFTS);
+            }
+        }
+        false
     }
 
     fn join(&mut self, p: &InPacket) {
@@ -167,27 +263,38 @@ impl Forwarder {
             Some((pic, tl0)) => (pic, tl0.unwrap_or(0)),
             None => (0, 0),
         };
+        let mut shifts = [Shift::default(); SHIFTS];
+        shifts[0] = Shift {
+            from_seq: p.seq,
+            seq_offset: seq_next.wrapping_sub(p.seq),
+            pic_offset: pic_next.unwrap_or(in_pic).wrapping_sub(in_pic) & PIC_MASK,
+        };
         self.current = Some(Current {
             layer: p.layer,
             join_seq: p.seq,
-            seq_offset: seq_next.wrapping_sub(p.seq),
             ts_offset: ts_next.wrapping_sub(p.ts),
-            pic_offset: pic_next.unwrap_or(in_pic).wrapping_sub(in_pic) & PIC_MASK,
             tl0_offset: tl0_next.unwrap_or(in_tl0).wrapping_sub(in_tl0),
+            highest_seq: p.seq,
+            highest_pic: p.vp8.map(|v| v.0),
+            shifts,
+            newest: 0,
+            valid: 1,
         });
     }
 
-    fn rewrite(&mut self, p: &InPacket, switched: bool) -> OutPacket {
+    /// The rewritten packet, or `None` when it is older than every renumbering remembered.
+    fn rewrite(&mut self, p: &InPacket, switched: bool) -> Option<OutPacket> {
         // `current` is always set by the caller before rewrite.
-        let Some(cur) = self.current else {
-            unreachable!("rewrite without a current layer")
-        };
+        let cur = self.current?;
+        let shift = (0..cur.valid)
+            .map(|back| cur.shifts[(cur.newest + SHIFTS - back) % SHIFTS])
+            .find(|s| s.from_seq <= p.seq)?;
         let out = OutPacket {
-            seq: p.seq.wrapping_add(cur.seq_offset),
+            seq: p.seq.wrapping_add(shift.seq_offset),
             ts: p.ts.wrapping_add(cur.ts_offset),
             vp8: p.vp8.map(|(pic, tl0)| {
                 (
-                    pic.wrapping_add(cur.pic_offset) & PIC_MASK,
+                    pic.wrapping_add(shift.pic_offset) & PIC_MASK,
                     tl0.map(|t| t.wrapping_add(cur.tl0_offset)),
                 )
             }),
@@ -203,7 +310,7 @@ impl Forwarder {
                 at: p.arrival,
             });
         }
-        out
+        Some(out)
     }
 }
 
@@ -219,6 +326,7 @@ mod tests {
             ts,
             keyframe: key,
             vp8: Some(((seq % 30000) as u16, None)),
+            temporal: None,
             arrival: t0 + Duration::from_millis(ms),
         }
     }
@@ -238,6 +346,80 @@ mod tests {
         assert_eq!(b.seq, 102);
         assert_eq!(b.ts, 4000);
         assert!(!f.wants_keyframe());
+    }
+
+    /// Frame `n` of a three-layer stream (pattern 0 2 1 2), two packets per frame.
+    fn layered(t0: Instant, n: u64, second: bool) -> InPacket {
+        let pattern = [(0, false), (2, true), (1, true), (2, false)];
+        let (tid, layer_sync) = pattern[(n % 4) as usize];
+        InPacket {
+            layer: 0,
+            seq: 1000 + 2 * n + u64::from(second),
+            ts: (n as u32) * 3000,
+            keyframe: n == 0 && !second,
+            vp8: Some(((100 + n) as u16, Some((n / 4) as u8))),
+            temporal: Some(Temporal { tid, layer_sync }),
+            arrival: t0 + Duration::from_millis(n * 33),
+        }
+    }
+
+    #[test]
+    fn dropped_temporal_layers_leave_no_gap() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(90_000, 0);
+        let mut out = Vec::new();
+        let mut late = None;
+        for n in 0..40u64 {
+            if n == 10 {
+                f.set_temporal_target(0);
+            }
+            if n == 26 {
+                f.set_temporal_target(2);
+            }
+            for second in [false, true] {
+                let p = layered(t0, n, second);
+                // The second packet of frame 8 (TL0) is late: it arrives after frame 9.
+                if n == 8 && second {
+                    late = Some(p);
+                    continue;
+                }
+                if let Ok(o) = f.forward(&p) {
+                    out.push((n, o));
+                }
+                if n == 13 && second {
+                    let l = late.take().unwrap();
+                    let o = f
+                        .forward(&l)
+                        .expect("a late packet of a forwarded frame goes");
+                    out.push((8, o));
+                }
+            }
+        }
+        out.sort_by_key(|(_, o)| o.seq);
+        let frames: Vec<u64> = out.iter().map(|(n, _)| *n).step_by(2).collect();
+        // All of 0..10; from 10 on TL0 only; from 26 up again: 26 (TL1, Y) at once, but TL2
+        // frame 27 has no Y (it references TL1 frame 26), so TL2 waits for frame 29.
+        let expected: Vec<u64> = (0..10)
+            .chain((10..26).filter(|n| n % 4 == 0))
+            .chain([26])
+            .chain(28..40)
+            .collect();
+        assert_eq!(frames, expected);
+        for w in out.windows(2) {
+            let (a, b) = (w[0].1, w[1].1);
+            assert_eq!(b.seq, a.seq + 1, "no sequence gap: {:?} {:?}", w[0], w[1]);
+            let (pa, ta) = a.vp8.unwrap();
+            let (pb, tb) = b.vp8.unwrap();
+            if w[0].0 == w[1].0 {
+                assert_eq!((pa, ta), (pb, tb));
+            } else {
+                assert_eq!(pb, (pa + 1) & PIC_MASK, "picture ids continue");
+                assert!(tb == ta || tb == ta.map(|t| t + 1), "TL0PICIDX continues");
+            }
+        }
+        assert!(out
+            .iter()
+            .all(|(_, o)| o.switched == (o.seq == out[0].1.seq)));
     }
 
     #[test]

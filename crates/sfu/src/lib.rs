@@ -48,6 +48,7 @@ pub mod sdp;
 pub mod shell;
 pub mod simulcast;
 pub mod stats;
+pub mod temporal;
 pub mod udp;
 
 pub use certificate::DtlsCertificate;

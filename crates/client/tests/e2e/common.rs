@@ -160,6 +160,14 @@ async fn leave(State(e): State<Endpoint>, Path((room, id)): Path<(String, u64)>)
     }
 }
 
+/// A turn for a test that runs a real encoder against a rate-sensitive measurement: such tests
+/// take turns, because one test's libvpx camera made another's delay-based rate controller see
+/// host stalls as queueing on a loaded two-core machine.
+pub async fn cpu_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// Polls `check` every 20 ms until it holds or `PATIENCE` runs out.
 pub async fn wait_until(what: &str, check: impl FnMut() -> bool) {
     wait_until_for(PATIENCE, what, check).await;

@@ -158,6 +158,11 @@ struct DialArgs {
     /// Stethoscope bitrate, kbit/s (at least 64).
     #[arg(long, default_value_t = 96)]
     stethoscope_kbps: u32,
+    /// VP8 temporal layers of the synthetic cameras (1 to 3): with 2 or 3 the server can
+    /// lower a camera's frame rate for a doctor whose link cannot carry all of it, instead of
+    /// pausing it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+    temporal_layers: u8,
     /// Keep every encoder at its configured bitrate (by default the video bitrates follow
     /// the uplink's congestion feedback; audio keeps its bitrate either way).
     #[arg(long)]
@@ -381,6 +386,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.media.device_kbps = args.device_kbps;
     config.media.stethoscope_bps = args.stethoscope_kbps.saturating_mul(1000);
     config.media.adaptive = !args.fixed_bitrate;
+    config.media.temporal_layers = args.temporal_layers;
 
     let duration = args.duration;
     let stats_json = args.stats_json;

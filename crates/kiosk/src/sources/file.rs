@@ -80,6 +80,7 @@ impl IvfSource {
                 data,
                 keyframe,
                 duration: tick * u32::try_from(ticks).unwrap_or(1),
+                temporal: None,
             });
         }
         if !frames[0].keyframe {
@@ -195,6 +196,7 @@ impl MediaSource for OggOpusSource {
             data,
             keyframe: true,
             duration: Duration::from_millis(u64::from(self.encoder.config().frame_ms)),
+            temporal: None,
         })
     }
 }

@@ -35,7 +35,9 @@ mod file;
 mod opus;
 mod pattern;
 mod synth;
+mod temporal;
 mod vp8;
+mod vp8_rtp;
 
 use std::time::Duration;
 
@@ -43,7 +45,9 @@ pub use self::opus::{packet_samples, OpusConfig, OpusDecoder, OpusEncoder, OpusM
 pub use file::{IvfSource, OggOpusSource};
 pub use pattern::{I420Frame, Pattern};
 pub use synth::{HeartSounds, Synth, Tone, Voice, SAMPLE_RATE};
+pub use temporal::{TemporalLayer, TemporalPattern, MAX_TEMPORAL_LAYERS};
 pub use vp8::{DecodedPicture, Vp8Config, Vp8Decoder, Vp8Encoder, Vp8Frame};
+pub use vp8_rtp::{Vp8Descriptor, Vp8Packetizer};
 
 /// What can go wrong in a media source.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,9 @@ pub struct EncodedFrame {
     pub keyframe: bool,
     /// How long it plays: the time until the next frame.
     pub duration: Duration,
+    /// The VP8 temporal layer of the frame, when its encoder runs several (send it with a
+    /// [`Vp8Packetizer`] so the RTP descriptor carries it).
+    pub temporal: Option<TemporalLayer>,
 }
 
 /// A source of encoded frames, synthetic or read from a file.
@@ -170,6 +177,7 @@ impl MediaSource for VideoSource {
                 data: f.data,
                 keyframe: f.keyframe,
                 duration,
+                temporal: f.temporal,
             }),
             // Frame dropping is off, so libvpx always gives a frame; should it not, the
             // caller sends nothing this time and the timestamp still advances next time.
@@ -177,6 +185,7 @@ impl MediaSource for VideoSource {
                 data: Vec::new(),
                 keyframe: false,
                 duration,
+                temporal: None,
             }),
         }
     }
@@ -249,6 +258,7 @@ impl MediaSource for AudioSource {
             data,
             keyframe: true,
             duration: Duration::from_millis(u64::from(self.encoder.config().frame_ms)),
+            temporal: None,
         })
     }
 }

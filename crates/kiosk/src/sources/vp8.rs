@@ -4,6 +4,12 @@
 //! look-ahead (every input frame gives its output at once), error-resilient, realtime speed,
 //! a keyframe at least every [`Vp8Config::keyframe_interval`] frames and whenever asked
 //! (after a PLI/FIR).
+//!
+//! With [`Vp8Config::temporal_layers`] above one, each frame belongs to a temporal layer of a
+//! fixed pattern ([`TemporalPattern`]): libvpx shares the bitrate between the layers and the
+//! frame's reference flags keep the lower layers decodable without the upper ones. Keyframes
+//! then start a pattern period: one asked for mid-period comes at the next period start (at
+//! most three frames later).
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
@@ -13,6 +19,7 @@ use std::ptr;
 use vpx_sys as vpx;
 
 use super::pattern::I420Frame;
+use super::temporal::{TemporalLayer, TemporalPattern, MAX_TEMPORAL_LAYERS};
 use super::SourceError;
 
 /// Settings of a [`Vp8Encoder`].
@@ -28,6 +35,8 @@ pub struct Vp8Config {
     pub bitrate_kbps: u32,
     /// Largest distance between two keyframes, in frames.
     pub keyframe_interval: u32,
+    /// Number of VP8 temporal layers (1 to 3; 1: no temporal scalability).
+    pub temporal_layers: u8,
 }
 
 impl Vp8Config {
@@ -39,6 +48,7 @@ impl Vp8Config {
             fps,
             bitrate_kbps,
             keyframe_interval: fps.saturating_mul(3).max(1),
+            temporal_layers: 1,
         }
     }
 
@@ -72,6 +82,12 @@ impl Vp8Config {
         if self.keyframe_interval == 0 {
             return bad("keyframe interval must be at least one frame".into());
         }
+        if TemporalPattern::new(self.temporal_layers).is_none() {
+            return bad(format!(
+                "{} temporal layers is not within 1..={MAX_TEMPORAL_LAYERS}",
+                self.temporal_layers
+            ));
+        }
         Ok(())
     }
 }
@@ -85,6 +101,8 @@ pub struct Vp8Frame {
     pub keyframe: bool,
     /// The presentation time stamp, in frames since the encoder started.
     pub pts: i64,
+    /// The frame's temporal layer, when the encoder runs more than one.
+    pub temporal: Option<TemporalLayer>,
 }
 
 /// A libvpx VP8 encoder.
@@ -92,6 +110,13 @@ pub struct Vp8Encoder {
     ctx: vpx::vpx_codec_ctx_t,
     cfg: vpx::vpx_codec_enc_cfg_t,
     config: Vp8Config,
+    pattern: TemporalPattern,
+    /// Frames encoded so far (the position in the temporal pattern).
+    encoded: u64,
+    /// Frames since the last keyframe.
+    since_keyframe: u32,
+    /// A keyframe was asked for and waits for the next pattern period.
+    keyframe_pending: bool,
 }
 
 // SAFETY: the libvpx context is only used through `&mut self`, never from two threads at once;
@@ -150,6 +175,22 @@ impl Vp8Encoder {
         cfg.kf_mode = vpx::vpx_kf_mode::VPX_KF_AUTO;
         cfg.kf_min_dist = 0;
         cfg.kf_max_dist = config.keyframe_interval;
+        // `validate` checked the layer count.
+        let pattern = TemporalPattern::new(config.temporal_layers)
+            .ok_or_else(|| SourceError::InvalidConfig("temporal layers".into()))?;
+        if pattern.layers() > 1 {
+            // Keyframes only where this encoder places them (at period starts, always TL0).
+            cfg.kf_mode = vpx::vpx_kf_mode::VPX_KF_DISABLED;
+            cfg.ts_number_layers = c_uint::from(pattern.layers());
+            cfg.ts_periodicity = pattern.periodicity() as c_uint;
+            for i in 0..pattern.periodicity() {
+                cfg.ts_layer_id[i] = c_uint::from(pattern.layer_at(i).tid);
+            }
+            for (i, d) in pattern.rate_decimators().iter().enumerate() {
+                cfg.ts_rate_decimator[i] = *d;
+            }
+            set_layer_bitrates(&mut cfg, pattern, config.bitrate_kbps);
+        }
 
         let mut ctx = MaybeUninit::<vpx::vpx_codec_ctx_t>::zeroed();
         // SAFETY: `ctx` and `cfg` are valid for the call; the ABI version is the one the
@@ -166,7 +207,15 @@ impl Vp8Encoder {
         check(err, "vpx_codec_enc_init_ver", None)?;
         // SAFETY: the init call succeeded, so libvpx initialised the context.
         let ctx = unsafe { ctx.assume_init() };
-        let mut encoder = Vp8Encoder { ctx, cfg, config };
+        let mut encoder = Vp8Encoder {
+            ctx,
+            cfg,
+            config,
+            pattern,
+            encoded: 0,
+            since_keyframe: 0,
+            keyframe_pending: false,
+        };
         // Realtime speed; the same settings libwebrtc uses for VP8 at this size.
         encoder.control(vpx::vp8e_enc_control_id::VP8E_SET_CPUUSED, -6)?;
         encoder.control(vpx::vp8e_enc_control_id::VP8E_SET_NOISE_SENSITIVITY, 0)?;
@@ -191,6 +240,9 @@ impl Vp8Encoder {
         }
         .validate()?;
         self.cfg.rc_target_bitrate = bitrate_kbps;
+        if self.pattern.layers() > 1 {
+            set_layer_bitrates(&mut self.cfg, self.pattern, bitrate_kbps);
+        }
         // SAFETY: `ctx` is an initialised encoder context and `cfg` a valid configuration.
         let err = unsafe { vpx::vpx_codec_enc_config_set(&mut self.ctx, &self.cfg) };
         check(err, "vpx_codec_enc_config_set", Some(&mut self.ctx))?;
@@ -233,11 +285,29 @@ impl Vp8Encoder {
         if wrapped.is_null() {
             return Err(codec_error("vpx_img_wrap", "cannot wrap the frame".into()));
         }
-        let flags = if force_keyframe {
+        let layers = self.pattern.layers();
+        let position = (self.encoded % self.pattern.periodicity() as u64) as usize;
+        let keyframe = if layers > 1 {
+            self.keyframe_pending |=
+                force_keyframe || self.since_keyframe >= self.config.keyframe_interval;
+            self.keyframe_pending && position == 0
+        } else {
+            force_keyframe
+        };
+        let temporal = (layers > 1).then(|| self.pattern.layer_at(position));
+        let flags = if keyframe {
             vpx::VPX_EFLAG_FORCE_KF as vpx::vpx_enc_frame_flags_t
+        } else if layers > 1 {
+            self.pattern.flags_at(position)
         } else {
             0
         };
+        if let Some(t) = temporal {
+            self.control(
+                vpx::vp8e_enc_control_id::VP8E_SET_TEMPORAL_LAYER_ID,
+                c_int::from(t.tid),
+            )?;
+        }
         // SAFETY: `ctx` is initialised; `wrapped` points to the image initialised above.
         let err = unsafe {
             vpx::vpx_codec_encode(
@@ -282,9 +352,17 @@ impl Vp8Encoder {
                         data: data.to_vec(),
                         keyframe,
                         pts,
+                        temporal,
                     })
                 }
             }
+        }
+        self.encoded += 1;
+        if out.as_ref().is_some_and(|f| f.keyframe) {
+            self.since_keyframe = 0;
+            self.keyframe_pending = false;
+        } else {
+            self.since_keyframe = self.since_keyframe.saturating_add(1);
         }
         Ok(out)
     }
@@ -412,6 +490,17 @@ impl Drop for Vp8Decoder {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, destroyed exactly once.
         let _ = unsafe { vpx::vpx_codec_destroy(&mut self.ctx) };
+    }
+}
+
+/// Shares `total_kbps` between the temporal layers of `pattern` (cumulative targets).
+fn set_layer_bitrates(
+    cfg: &mut vpx::vpx_codec_enc_cfg_t,
+    pattern: TemporalPattern,
+    total_kbps: u32,
+) {
+    for (i, pct) in pattern.cumulative_percent().iter().enumerate() {
+        cfg.ts_target_bitrate[i] = (total_kbps * pct / 100).max(1);
     }
 }
 

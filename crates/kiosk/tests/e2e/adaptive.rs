@@ -32,6 +32,7 @@ type Heard = Arc<Mutex<Vec<(u16, usize)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kiosk_settles_under_a_rural_adsl_uplink_and_the_stethoscope_keeps_its_rate() {
+    let _turn = common::cpu_turn().await;
     let server = common::start().await;
     let relay = Relay::start(RelayConfig {
         seed: 14,

@@ -12,7 +12,8 @@ use super::{Layer, Output, Progress, Room, Stage, DATA_IN_LIMIT};
 use crate::forwarder::InPacket;
 use crate::simulcast::{BitrateMeter, MAX_LAYERS};
 use crate::stats::{IngressStats, Jitter};
-use crate::{codec, red};
+use crate::temporal::TemporalMeters;
+use crate::{codec, red, temporal};
 
 impl Room {
     pub(super) fn on_rtp(&mut self, i: usize, now: Instant, pkt: RtpPacket) {
@@ -56,6 +57,7 @@ impl Room {
                 (None, _) => codec::starts_keyframe(codec, &pkt.payload),
             };
         let vp8 = descriptor.and_then(|d| d.picture_id().map(|p| (p, d.tl0_pic_idx())));
+        let temporal = descriptor.and_then(|_| temporal::vp8_temporal(&pkt.payload));
         let arrival = pkt.timestamp;
         {
             let l = &mut track.layers[usize::from(layer)];
@@ -65,6 +67,9 @@ impl Room {
                 l.stats.keyframes += 1;
             }
             l.meter.add(now, pkt.payload.len());
+            if let Some(t) = temporal {
+                l.temporal.add(now, t.tid, pkt.payload.len());
+            }
             l.jitter.update(arrival, pkt.header.timestamp, clock);
         }
         let input = InPacket {
@@ -73,6 +78,7 @@ impl Room {
             ts: pkt.header.timestamp,
             keyframe,
             vp8,
+            temporal,
             arrival,
         };
         let ext = &pkt.header.ext_vals;
@@ -252,6 +258,7 @@ impl Room {
                     rid,
                     meter: BitrateMeter::default(),
                     jitter: Jitter::default(),
+                    temporal: TemporalMeters::default(),
                     stats: IngressStats {
                         rid: rid.map(|r| r.to_string()),
                         ..IngressStats::default()

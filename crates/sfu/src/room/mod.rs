@@ -145,6 +145,10 @@ pub struct RoomConfig {
     /// ([`DtlsCertificate::process`]): generating a key pair per session made joins slow.
     /// `None`: str0m generates one per session.
     pub dtls_certificate: Option<DtlsCertificate>,
+    /// When a subscriber's link cannot carry a video's current layer, drop VP8 temporal layers
+    /// of it (a lower frame rate, same picture size) before switching to a smaller simulcast
+    /// layer or pausing (see [`crate::temporal`]). Off: whole layers only, as before.
+    pub temporal_first: bool,
 }
 
 /// Most packets kept for retransmission per outgoing video stream, whatever
@@ -168,6 +172,7 @@ impl Default for RoomConfig {
             // i.e. ~560 KB of payload for each 1.5 Mbit/s camera.
             rtx_history: Duration::from_millis(1500),
             dtls_certificate: DtlsCertificate::process(),
+            temporal_first: true,
         }
     }
 }
@@ -559,6 +564,8 @@ struct Track {
 struct Layer {
     rid: Option<Rid>,
     meter: BitrateMeter,
+    /// The rate of each VP8 temporal layer, when the stream has them.
+    temporal: crate::temporal::TemporalMeters,
     jitter: Jitter,
     stats: IngressStats,
     last_keyframe_request: Option<Instant>,

@@ -16,3 +16,4 @@ mod rtx_history;
 mod simulcast;
 mod stun_auth;
 mod telemetry_channel;
+mod temporal;

@@ -118,6 +118,9 @@ pub struct Sim {
     /// Peers joined from now on report every RTP packet they receive
     /// (`Event::RawPacket`, see `RtcConfig::enable_raw_packets`).
     pub raw_packets: bool,
+    /// Peers joined from now on (with [`Sim::join`]) run str0m in RTP mode: the test writes
+    /// their RTP packets itself (`direct_api().stream_tx_by_mid(..).write_rtp(..)`).
+    pub rtp_mode: bool,
 }
 
 impl Sim {
@@ -145,6 +148,7 @@ impl Sim {
             ended: Vec::new(),
             arrival_lag: Duration::ZERO,
             raw_packets: false,
+            rtp_mode: false,
         }
     }
 
@@ -160,6 +164,7 @@ impl Sim {
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
         let mut rtc = Rtc::builder()
             .enable_raw_packets(self.raw_packets)
+            .set_rtp_mode(self.rtp_mode)
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
