@@ -19,8 +19,8 @@ use prost::Message;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// A received span: name, parent span id (hex), attributes.
-type SpanSeen = (String, String, Vec<(String, String)>);
+/// A received span: name, parent span id (hex), attributes, its own span id (hex).
+type SpanSeen = (String, String, Vec<(String, String)>, String);
 
 #[derive(Default)]
 struct Received {
@@ -41,7 +41,12 @@ async fn traces(State(r): State<Shared>, body: Bytes) -> &'static str {
                     .iter()
                     .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
                     .collect();
-                r.spans.push((span.name, hex(&span.parent_span_id), attrs));
+                r.spans.push((
+                    span.name,
+                    hex(&span.parent_span_id),
+                    attrs,
+                    hex(&span.span_id),
+                ));
             }
         }
     }
@@ -162,17 +167,26 @@ async fn metrics_and_join_trace_reach_an_otlp_receiver() {
     let r = received.lock().unwrap();
     // The process's other tests export their spans here too: this test's session is the
     // kiosk's.
-    assert!(
-        r.spans.iter().any(
-            |s| s.0 == "session" && s.2.iter().any(|(k, v)| k == "role" && v.contains("kiosk"))
-        ),
-        "no kiosk session span"
-    );
+    let kiosk_sessions: Vec<&str> = r
+        .spans
+        .iter()
+        .filter(|s| s.0 == "session" && s.2.iter().any(|(k, v)| k == "role" && v.contains("kiosk")))
+        .map(|s| s.3.as_str())
+        .collect();
+    assert!(!kiosk_sessions.is_empty(), "no kiosk session span");
+    // Each setup stage of a kiosk's session is a child of that session's span (other tests'
+    // sessions export here too, in any order).
     for stage in ["ice", "dtls", "first_media"] {
-        let span = r.spans.iter().find(|s| s.0 == stage).unwrap();
         assert!(
-            !span.1.is_empty(),
-            "{stage} has a parent (the session span)"
+            r.spans
+                .iter()
+                .any(|s| s.0 == stage && kiosk_sessions.contains(&s.1.as_str())),
+            "no {stage} span under a kiosk's session span: {:?}",
+            r.spans
+                .iter()
+                .filter(|s| s.0 == stage)
+                .map(|s| &s.1)
+                .collect::<Vec<_>>()
         );
     }
     for m in [
