@@ -56,9 +56,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cabine_proto::telemetry::{
-    client_frame, encode_datagram, encode_frame, server_frame, BlobChunk, ChannelDecl, ClientFrame,
+    client_frame, encode_datagram, encode_frame, server_frame, ChannelDecl, ClientFrame,
     ClockEstimate, Command, CommandResult, ErrorCode, FrameDecoder, InvalidFrame, Measurement,
-    ServerFrame, Status, WaveformChunk, MAX_BLOB_CHUNK_LEN, MAX_DATAGRAM_LEN,
+    ServerFrame, Status, WaveformChunk, MAX_DATAGRAM_LEN,
 };
 use cabine_proto::RoomId;
 use quinn::VarInt;
@@ -542,31 +542,7 @@ impl Client {
             }
         };
         let mut send = conn.open_uni().await.map_err(|e| lost(&e))?;
-        let chunks: Vec<&[u8]> = if data.is_empty() {
-            vec![&[]]
-        } else {
-            data.chunks(MAX_BLOB_CHUNK_LEN).collect()
-        };
-        let last_index = chunks.len() - 1;
-        for (i, piece) in chunks.into_iter().enumerate() {
-            let first = i == 0;
-            let chunk = BlobChunk {
-                channel_id,
-                blob_id,
-                seq: i as u32,
-                last: i == last_index,
-                mime: if first {
-                    mime.to_owned()
-                } else {
-                    String::new()
-                },
-                data: piece.to_vec(),
-                capture_time_us: if first { capture_time_us } else { 0 },
-                total_len: if first { data.len() as u64 } else { 0 },
-            };
-            chunk.check()?;
-            let bytes = encode_frame(&body(client_frame::Body::Blob(chunk)))
-                .map_err(|e| ClientError::Config(e.to_string()))?;
+        for bytes in core::blob_frames(channel_id, blob_id, mime, capture_time_us, data)? {
             if let Err(e) = send.write_all(&bytes).await {
                 return Err(match e {
                     quinn::WriteError::Stopped(code) => ClientError::Stopped(code.into_inner()),

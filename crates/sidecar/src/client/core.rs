@@ -427,3 +427,47 @@ impl ClientCore {
 pub(super) fn body(b: client_frame::Body) -> ClientFrame {
     ClientFrame { body: Some(b) }
 }
+
+/// A blob as the encoded frames that carry it, in order: chunks of at most
+/// [`MAX_BLOB_CHUNK_LEN`](cabine_proto::telemetry::MAX_BLOB_CHUNK_LEN) bytes, the first with the
+/// MIME type, capture time and total length, the last marked (an empty blob is one empty chunk).
+/// Both transports (a QUIC stream of its own, or the stream transport's link) write them as is.
+pub(crate) fn blob_frames(
+    channel_id: u32,
+    blob_id: u64,
+    mime: &str,
+    capture_time_us: u64,
+    data: &[u8],
+) -> Result<Vec<Vec<u8>>, ClientError> {
+    use cabine_proto::telemetry::{encode_frame, BlobChunk, MAX_BLOB_CHUNK_LEN};
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(MAX_BLOB_CHUNK_LEN).collect()
+    };
+    let last_index = pieces.len() - 1;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let first = i == 0;
+            let chunk = BlobChunk {
+                channel_id,
+                blob_id,
+                seq: i as u32,
+                last: i == last_index,
+                mime: if first {
+                    mime.to_owned()
+                } else {
+                    String::new()
+                },
+                data: piece.to_vec(),
+                capture_time_us: if first { capture_time_us } else { 0 },
+                total_len: if first { data.len() as u64 } else { 0 },
+            };
+            chunk.check()?;
+            encode_frame(&body(client_frame::Body::Blob(chunk)))
+                .map_err(|e| ClientError::Config(e.to_string()))
+        })
+        .collect()
+}

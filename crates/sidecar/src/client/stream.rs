@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cabine_proto::telemetry::{
-    client_frame, encode_frame, server_frame, BlobChunk, ErrorCode, ServerFrame, MAX_BLOB_CHUNK_LEN,
-};
+use cabine_proto::telemetry::{client_frame, encode_frame, server_frame, ErrorCode, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -108,32 +106,9 @@ pub(super) async fn upload_blob(
     capture_time_us: u64,
     data: &[u8],
 ) -> Result<u64, ClientError> {
-    let pieces: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(MAX_BLOB_CHUNK_LEN).collect()
-    };
-    let last_index = pieces.len() - 1;
+    let frames = super::core::blob_frames(channel_id, blob_id, mime, capture_time_us, data)?;
     let _one_at_a_time = link.blob.lock().await;
-    for (i, piece) in pieces.into_iter().enumerate() {
-        let first = i == 0;
-        let chunk = BlobChunk {
-            channel_id,
-            blob_id,
-            seq: i as u32,
-            last: i == last_index,
-            mime: if first {
-                mime.to_owned()
-            } else {
-                String::new()
-            },
-            data: piece.to_vec(),
-            capture_time_us: if first { capture_time_us } else { 0 },
-            total_len: if first { data.len() as u64 } else { 0 },
-        };
-        chunk.check()?;
-        let bytes = encode_frame(&body(client_frame::Body::Blob(chunk)))
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+    for bytes in frames {
         if !link.send(bytes).await {
             return Err(ClientError::ConnectionLost("stream session ended".into()));
         }
