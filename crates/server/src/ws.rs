@@ -90,6 +90,9 @@ struct SocketCtl {
 /// Close code for a limit (RFC 6455 1008, policy violation).
 const POLICY: u16 = 1008;
 
+/// The longest trickled candidate taken (a browser's are ~100–200 bytes).
+const MAX_CANDIDATE_LEN: usize = 512;
+
 /// A message that could not be queued: the socket is gone or being closed.
 struct Gone;
 
@@ -932,9 +935,7 @@ impl Conn {
                     self.reply(&error("bad_answer", &clean_message(&e.to_string())));
                 }
             }
-            // The server is ICE-lite: it learns the client's addresses from its connectivity
-            // checks, so trickled candidates need no action.
-            ClientMsg::Candidate { .. } => {}
+            ClientMsg::Candidate { pc, candidate } => self.candidate(token, pc, candidate).await,
             ClientMsg::RestartIce => {
                 let session = self
                     .hub()
@@ -1067,6 +1068,27 @@ impl Conn {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.reply(&error("not_relayed", &e.to_string())),
             Err(e) => self.reply(&error("no_session", &e.to_string())),
+        }
+    }
+
+    /// A candidate the page trickled: the server is ICE-lite and learns the page's addresses
+    /// from its connectivity checks, but a relay candidate gathered after the SDP left tells it
+    /// that the path it sees is relayed (the report of `relay_protocol` needs that). A
+    /// candidate for a connection the server does not know (yet, or any more) is ignored.
+    async fn candidate(&self, token: &str, pc: Pc, candidate: String) {
+        if candidate.len() > MAX_CANDIDATE_LEN {
+            return self.reply(&error("bad_message", "candidate too long"));
+        }
+        let session = self.hub().lock().members.get(token).and_then(|m| match pc {
+            Pc::Publish => m.publish,
+            Pc::Subscribe => m.subscribe,
+        });
+        if let Some(session) = session {
+            let _ = self
+                .st
+                .sfu
+                .learn_candidate(self.room.clone(), session, candidate)
+                .await;
         }
     }
 

@@ -496,6 +496,7 @@ export class Session extends EventTarget {
     if (this.sub) return this.sub;
     const pc = new RTCPeerConnection(this.rtcConfig());
     this.sub = pc;
+    pc.onicecandidate = (e) => this.trickle("subscribe", e.candidate);
     pc.ontrack = (e) => {
       const mid = e.transceiver.mid;
       this.emit("track", { mid, track: e.track, info: this.tracks.get(mid), transceiver: e.transceiver });
@@ -534,6 +535,12 @@ export class Session extends EventTarget {
     return true;
   }
 
+  // Candidates gathered after the SDP left (a TURN allocation over TLS is slower than the
+  // offer): the server learns that the path it sees is relayed from them.
+  trickle(which, candidate) {
+    if (candidate && candidate.candidate) this.send({ type: "candidate", pc: which, candidate: candidate.candidate });
+  }
+
   async onOffer(m) {
     if (m.offer_id <= this.answered) return; // Repeated after a resume: already answered.
     const pc = this.ensureSub();
@@ -564,6 +571,7 @@ export class Session extends EventTarget {
     if (!pc) {
       pc = new RTCPeerConnection(this.rtcConfig());
       this.pub = pc;
+      pc.onicecandidate = (e) => this.trickle("publish", e.candidate);
       pc.oniceconnectionstatechange = () => this.emit("media", { pc: "publish", state: pc.iceConnectionState });
     }
     const have = new Set(pc.getTransceivers().map((t) => t.sender.track));

@@ -9,8 +9,8 @@ pub struct SdpFrag {
     pub ufrag: Option<String>,
     /// `a=ice-pwd`, if present.
     pub pwd: Option<String>,
-    /// `a=candidate` lines trickled.
-    pub candidates: usize,
+    /// The `a=candidate` lines trickled, as `candidate:…` values.
+    pub candidates: Vec<String>,
 }
 
 /// Why a fragment was refused (the message names the line).
@@ -60,7 +60,7 @@ impl SdpFrag {
                 if !candidate_ok(c) {
                     return Err(SdpFragError::BadCandidate(i + 1));
                 }
-                frag.candidates += 1;
+                frag.candidates.push(format!("candidate:{c}"));
             }
         }
         if lines == 0 {
@@ -119,6 +119,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.ufrag.as_deref(), Some("EsAw"));
-        assert_eq!(f.candidates, 1);
+        assert_eq!(f.candidates.len(), 1);
+        assert!(
+            f.candidates[0].starts_with("candidate:"),
+            "{:?}",
+            f.candidates
+        );
     }
 }

@@ -459,8 +459,19 @@ pub(crate) async fn patch_session(
             return ice_restart(&st, room, id, entry, &actor, remote, peer).await;
         }
     }
-    // Trickled candidates need no action: the server learns the client's addresses from the
-    // connectivity checks it receives (peer-reflexive candidates).
+    // The server learns the client's addresses from the connectivity checks it receives; a
+    // trickled candidate tells it which kind the selected pair's is (a relay allocated after the
+    // offer left). The room keeps a bounded number per session.
+    for candidate in frag.candidates {
+        if st
+            .sfu
+            .learn_candidate(room.clone(), id, candidate)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -6,8 +6,9 @@
 //! and both addresses, not the remote candidate's type. The type is found by matching the
 //! remote address with the candidates the client signalled in its SDP (offer or answer): a
 //! match gives `host`, `srflx` or `relay`; an address the client never signalled is `prflx`
-//! (learned from its connectivity checks: a NAT mapping, an ICE-TCP connection's source port,
-//! or a candidate trickled to the server, which ignores trickled candidates). What the SFU
+//! (learned from its connectivity checks: a NAT mapping, an ICE-TCP connection's source port).
+//! Candidates a client trickles after its SDP (a TURN allocation is often slower than the offer)
+//! are learned too ([`Room::learn_candidate`]), and the selected pair is classified again. What the SFU
 //! cannot see: how a relayed client reaches its TURN server (UDP, TCP or TLS). coturn relays
 //! to the SFU over UDP, and a relay candidate's SDP line does not say which transport the client
 //! used to allocate it; only the client's own statistics (`relayProtocol`) tell. So a client
@@ -128,6 +129,8 @@ impl Transport {
 pub(super) struct Path {
     remote: Vec<(SocketAddr, Protocol, CandidateType)>,
     pub(super) selected: Option<Transport>,
+    /// The selected pair's protocol and remote address, as str0m last reported them.
+    selected_remote: Option<(Protocol, SocketAddr)>,
     /// How the client says it reaches its relay.
     relay_reported: Option<TransportProtocol>,
 }
@@ -136,30 +139,51 @@ impl Path {
     /// Remembers the `a=candidate` lines of an SDP the client sent (offer or answer).
     pub(super) fn learn_sdp(&mut self, sdp: &str) {
         for line in sdp.lines() {
-            let Some(attr) = line.trim_end().strip_prefix("a=") else {
-                continue;
-            };
-            if !attr.starts_with("candidate:") {
-                continue;
-            }
-            let Ok(c) = Candidate::from_sdp_string(attr) else {
-                continue;
-            };
-            let kind = match c.kind() {
-                CandidateKind::Host => CandidateType::Host,
-                CandidateKind::ServerReflexive => CandidateType::Srflx,
-                CandidateKind::PeerReflexive => CandidateType::Prflx,
-                CandidateKind::Relayed => CandidateType::Relay,
-            };
-            let entry = (c.addr(), c.proto(), kind);
-            if !self.remote.contains(&entry) && self.remote.len() < MAX_REMOTE_CANDIDATES {
-                self.remote.push(entry);
+            if let Some(attr) = line.trim_end().strip_prefix("a=") {
+                self.remember(attr);
             }
         }
     }
 
+    /// Remembers a candidate the client trickled (`candidate:…`, with or without `a=`) and
+    /// classifies the selected pair again: a relay candidate signalled after the pair was
+    /// selected turns a `prflx` pair into a `relay` one. Returns whether the candidate was new.
+    pub(super) fn learn_trickled(&mut self, candidate: &str) -> bool {
+        let attr = candidate.trim();
+        let attr = attr.strip_prefix("a=").unwrap_or(attr);
+        let new = self.remember(attr);
+        if let (true, Some((protocol, remote))) = (new, self.selected_remote) {
+            self.select(protocol, remote);
+        }
+        new
+    }
+
+    /// Adds one `candidate:` attribute value to the remote candidates (bounded); whether it was
+    /// new. Anything else, or an unparsable candidate, is ignored.
+    fn remember(&mut self, attr: &str) -> bool {
+        if !attr.starts_with("candidate:") {
+            return false;
+        }
+        let Ok(c) = Candidate::from_sdp_string(attr) else {
+            return false;
+        };
+        let kind = match c.kind() {
+            CandidateKind::Host => CandidateType::Host,
+            CandidateKind::ServerReflexive => CandidateType::Srflx,
+            CandidateKind::PeerReflexive => CandidateType::Prflx,
+            CandidateKind::Relayed => CandidateType::Relay,
+        };
+        let entry = (c.addr(), c.proto(), kind);
+        if self.remote.contains(&entry) || self.remote.len() >= MAX_REMOTE_CANDIDATES {
+            return false;
+        }
+        self.remote.push(entry);
+        true
+    }
+
     /// Records the selected pair str0m reported; returns whether the transport changed.
     pub(super) fn select(&mut self, protocol: Protocol, remote: SocketAddr) -> bool {
+        self.selected_remote = Some((protocol, remote));
         let protocol = match protocol {
             Protocol::Udp => TransportProtocol::Udp,
             // The shell only speaks plain ICE-TCP.
@@ -228,6 +252,17 @@ impl Room {
             .find(|s| s.id == session)
             .ok_or(RelayReportError::UnknownSession)?;
         s.path.report_relay(protocol, require_relayed)
+    }
+
+    /// A candidate the client trickled on `session` of this room after its SDP (`candidate:…`,
+    /// as a browser's `icecandidate` event gives it): used only to tell the selected pair's candidate type, never
+    /// to reach the client (the server is ICE-lite). Whether the session exists.
+    pub fn learn_candidate(&mut self, session: super::SessionId, candidate: &str) -> bool {
+        let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) else {
+            return false;
+        };
+        s.path.learn_trickled(candidate);
+        true
     }
 
     /// Adds the server's candidates to a new session's engine: UDP host on the media address
@@ -309,6 +344,35 @@ mod tests {
         p.learn_sdp("a=candidate:4 1 tcp 1 192.168.1.10 9 typ host tcptype active\r\n");
         p.select(Protocol::Udp, "192.168.1.10:9".parse().unwrap());
         assert_eq!(p.selected.map(|t| t.label()), Some("prflx/udp"));
+    }
+
+    #[test]
+    fn a_relay_candidate_trickled_after_the_pair_was_selected_makes_it_relayed() {
+        // The offer left before the TURN allocation: only the host candidate in the SDP.
+        let mut p = Path::default();
+        p.learn_sdp("a=candidate:1 1 udp 2122260223 192.168.1.10 50000 typ host\r\n");
+        let relay = "198.51.100.7:49200".parse().unwrap();
+        p.select(Protocol::Udp, relay);
+        assert_eq!(p.selected.map(|t| t.label()), Some("prflx/udp"));
+        // A relay report is refused while the pair reads as peer-reflexive.
+        assert_eq!(
+            p.report_relay(TransportProtocol::Tls, true),
+            Err(RelayReportError::NotRelayed)
+        );
+        // The relay candidate arrives by trickle (as a browser sends it): the pair is relayed.
+        assert!(p.learn_trickled(
+            "candidate:3 1 udp 41885439 198.51.100.7 49200 typ relay raddr 0.0.0.0 rport 0"
+        ));
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/unknown"));
+        p.report_relay(TransportProtocol::Tls, true).unwrap();
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/tls"));
+        // The same candidate again, end-of-candidates and garbage change nothing.
+        assert!(!p.learn_trickled(
+            "a=candidate:3 1 udp 41885439 198.51.100.7 49200 typ relay raddr 0.0.0.0 rport 0"
+        ));
+        assert!(!p.learn_trickled(""));
+        assert!(!p.learn_trickled("candidate:garbage"));
+        assert_eq!(p.selected.map(|t| t.label()), Some("relay/tls"));
     }
 
     #[test]

@@ -387,6 +387,12 @@ enum Msg {
         require_relayed: bool,
         reply: oneshot::Sender<Result<(), crate::room::RelayReportError>>,
     },
+    Candidate {
+        room: RoomId,
+        session: SessionId,
+        candidate: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// Test-only faults (`fault-injection` feature).
     #[cfg(feature = "fault-injection")]
     Fault {
@@ -756,6 +762,32 @@ impl Sfu {
             },
         )?;
         rx.await.map_err(|_| SfuError::Stopped)
+    }
+
+    /// A candidate the client trickled after its SDP (see
+    /// [`Room::learn_candidate`](crate::room::Room::learn_candidate)): it tells which kind of
+    /// candidate the selected pair uses. An unknown session is an error.
+    pub async fn learn_candidate(
+        &self,
+        room: RoomId,
+        session: SessionId,
+        candidate: String,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            self.worker_for(&room),
+            Msg::Candidate {
+                room,
+                session,
+                candidate,
+                reply,
+            },
+        )?;
+        if rx.await.map_err(|_| SfuError::Stopped)? {
+            Ok(())
+        } else {
+            Err(SfuError::UnknownSession(session))
+        }
     }
 
     /// Sends a telemetry message to the subscribers of `room` (see

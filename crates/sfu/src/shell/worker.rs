@@ -376,6 +376,20 @@ impl Worker {
                     .unwrap_or(Err(crate::room::RelayReportError::UnknownSession));
                 let _ = reply.send(found);
             }
+            Msg::Candidate {
+                room,
+                session,
+                candidate,
+                reply,
+            } => {
+                let found = self
+                    .slot(&room)
+                    .and_then(|slot| {
+                        self.in_room(slot, None, |r, _| r.learn_candidate(session, &candidate))
+                    })
+                    .unwrap_or(false);
+                let _ = reply.send(found);
+            }
             Msg::IceRestart {
                 room,
                 session,
