@@ -14,8 +14,9 @@
 use std::sync::Arc;
 
 /// Most bytes of primary-block buffers a [`PrimaryBuffers`] keeps for reuse (an Opus stream's
-/// frames take a few dozen lengths of up to a few hundred bytes). Lengths beyond it are
-/// stripped into a buffer of their own each time.
+/// frames take a few dozen lengths of up to a few hundred bytes). Once it is reached, a primary
+/// block of a length not kept gets a buffer of its own each time (a publisher sending every
+/// length cannot make the SFU hold more).
 pub const PRIMARY_BUFFERS_LIMIT: usize = 32 * 1024;
 
 /// The primary (last) block of a RED payload (RFC 2198 §3): the redundant blocks' 4-byte
