@@ -35,6 +35,8 @@
 //! Rooms are sharded over workers by name, so a room lives on one thread and the packet path
 //! takes no lock.
 
+#[cfg(test)]
+mod alloc_counter;
 pub mod certificate;
 pub mod codec;
 pub mod deadlines;

@@ -13,7 +13,7 @@ use crate::forwarder::InPacket;
 use crate::simulcast::{BitrateMeter, MAX_LAYERS};
 use crate::stats::{IngressStats, Jitter};
 use crate::temporal::TemporalMeters;
-use crate::{codec, red, temporal};
+use crate::{codec, temporal};
 
 impl Room {
     pub(super) fn on_rtp(&mut self, i: usize, now: Instant, pkt: RtpPacket) {
@@ -83,11 +83,15 @@ impl Room {
         };
         let ext = &pkt.header.ext_vals;
 
+        // The track's buffers for stripping RED, out of it while it is borrowed below (a move,
+        // no allocation; put back after the loop).
+        let mut primaries = std::mem::take(&mut self.tracks[ti].primaries);
         let track = &self.tracks[ti];
         let rid = track.layers.get(usize::from(layer)).and_then(|l| l.rid);
         let mut keyframe_wanted = false;
         let mut forwarded = false;
-        // RED reduced to its primary block, made once for the subscribers without RED.
+        // RED reduced to its primary block, made once for the subscribers without RED (in a
+        // reused buffer: no allocation in steady state, see `red::PrimaryBuffers`).
         let mut primary: Option<Option<Arc<[u8]>>> = None;
         for (j, sub) in self.sessions.iter_mut().enumerate() {
             if j == i {
@@ -120,9 +124,7 @@ impl Room {
                     continue;
                 }
                 let payload = if out_pt & PT_STRIP_RED != 0 {
-                    let stripped = primary.get_or_insert_with(|| {
-                        red::primary_block(&pkt.payload).map(Arc::<[u8]>::from)
-                    });
+                    let stripped = primary.get_or_insert_with(|| primaries.strip(&pkt.payload));
                     match stripped {
                         Some(p) => Arc::clone(p),
                         None => {
@@ -197,6 +199,7 @@ impl Room {
                 }
             }
         }
+        self.tracks[ti].primaries = primaries;
         // The time the datagram waited before the room forwarded it (arrival given by the shell).
         if let (true, Some(at)) = (forwarded, self.arrival) {
             let d = now.saturating_duration_since(at);

@@ -415,6 +415,7 @@ impl Room {
                         codec: None,
                         layers: Vec::new(),
                         delay: DelayHistogram::default(),
+                        primaries: Default::default(),
                     });
                 }
                 self.sessions.push(session);
@@ -559,6 +560,9 @@ struct Track {
     codec: Option<(u8, Codec, u32, PayloadParams)>,
     layers: Vec<Layer>,
     delay: DelayHistogram,
+    /// Buffers for this track's RED payloads stripped to their primary block (empty unless
+    /// it sends RED to a subscriber without it).
+    primaries: crate::red::PrimaryBuffers,
 }
 
 struct Layer {

@@ -303,6 +303,7 @@ impl Room {
                 codec: None,
                 layers: Vec::new(),
                 delay: DelayHistogram::default(),
+                primaries: Default::default(),
             });
         }
         self.sessions[i].ssrc_map.clear();

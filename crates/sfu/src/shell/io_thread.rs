@@ -11,6 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use tracing::{debug, error};
 
+use super::telemetry::{Telemetry, DATA_PER_TURN};
 use super::worker::Worker;
 use super::{Batch, Control, Item, Key, Msg, ShellCounters, WorkerTx};
 use crate::demux::{Demux, Unrouted};
@@ -23,6 +24,8 @@ pub(super) struct Io {
     /// Worker 0, run on this thread (`None` once it died).
     pub(super) worker: Option<Worker>,
     pub(super) rx: Receiver<Msg>,
+    /// Worker 0's telemetry.
+    pub(super) data: Receiver<Telemetry>,
     pub(super) socket: Arc<UdpSocket>,
     pub(super) signal: WakeSignal,
     pub(super) demux: Demux<Key>,
@@ -52,6 +55,18 @@ impl Io {
                     w.handle(msg);
                 });
             }
+            // Worker 0's telemetry, bounded like a fed worker's (see `Worker::run`). For a dead
+            // worker 0 it stays queued until the queue refuses more (counted).
+            let mut data_taken = 0;
+            if let Some(worker) = self.worker.as_mut() {
+                let data = &self.data;
+                let taken = catch_unwind(AssertUnwindSafe(|| {
+                    data_taken = worker.take_telemetry(data);
+                }));
+                if taken.is_err() {
+                    self.worker_died();
+                }
+            }
             let mut read = 0;
             loop {
                 // Registrations and learned addresses first: a session is registered before
@@ -78,7 +93,7 @@ impl Io {
                 w.run_due();
                 w.out.flush();
             });
-            if read >= READS_PER_TURN {
+            if read >= READS_PER_TURN || data_taken == DATA_PER_TURN {
                 continue;
             }
             let timeout = self

@@ -19,6 +19,10 @@
 //!   it. Changes are queued before the datagram that depends on them is sent.
 //! - Commands (join, leave, snapshots) come from the HTTP layer and are answered on oneshot
 //!   channels, so async handlers never block a runtime thread.
+//! - Telemetry for the rooms' data channels has a queue of its own per worker
+//!   (`shell/telemetry.rs`, [`TELEMETRY_QUEUE`]): a media burst that fills the datagram queue
+//!   does not crowd out a measurement. The worker takes from both in each turn, a bounded
+//!   number from each.
 //! - Everything a room does runs under its panic guard ([`Room::run_isolated`](crate::room::Room::run_isolated)): a room that
 //!   panics is closed, its sessions reported ended, the panic counted (`room_panics`); the
 //!   worker's other rooms carry on. A thread that dies anyway is counted (`threads_died`) and
@@ -50,10 +54,13 @@ use crate::stats::DelayHistogram;
 
 mod io_thread;
 mod tcp;
+mod telemetry;
 mod worker;
 
 use self::io_thread::Io;
 pub use self::tcp::{TcpConfig, TcpCounters, TcpStats};
+use self::telemetry::Telemetry;
+pub use self::telemetry::TELEMETRY_QUEUE;
 use self::worker::{Outlet, Worker};
 pub use crate::udp::MAX_DATAGRAM;
 use crate::udp::{self, RecvBatch, SendBatch, Waker, BATCH};
@@ -160,8 +167,11 @@ pub struct ShellCounters {
     pub queue_full: AtomicU64,
     /// Send errors on the socket.
     pub send_errors: AtomicU64,
-    /// Telemetry messages for a room dropped because its worker's queue was full.
+    /// Telemetry messages for a room refused because its worker's telemetry queue was full
+    /// (half full for lossy ones), or the worker was gone.
     pub data_dropped: AtomicU64,
+    /// Of those, reliable messages (measurements, status, command results).
+    pub data_dropped_reliable: AtomicU64,
     /// Binding requests routed by ufrag from an address their session has not proven yet.
     pub stun_challenges: AtomicU64,
     /// Sessions removed because they did not connect within `media.connect_timeout`.
@@ -199,8 +209,10 @@ pub struct ShellStats {
     pub queue_full: u64,
     /// Socket send errors.
     pub send_errors: u64,
-    /// Telemetry messages dropped on a full worker queue.
+    /// Telemetry messages refused on a full worker telemetry queue (lossy ones from half full).
     pub data_dropped: u64,
+    /// Of those, reliable messages (measurements, status, command results).
+    pub data_dropped_reliable: u64,
     /// Binding requests from addresses not proven yet (routed for checking, not learned).
     pub stun_challenges: u64,
     /// Sessions removed for not connecting within the connect timeout.
@@ -271,13 +283,15 @@ struct Inner {
 
 type Key = (usize, SessionId);
 
-/// The way into a worker: its queue, and what wakes it. A worker thread waits parked
+/// The way into a worker: its queues (datagrams and commands; telemetry), and what wakes it. A worker thread waits parked
 /// ([`thread::park_timeout`]), not in a blocking receive: crossbeam's spins and yields the CPU
 /// several times before it sleeps, about one `sched_yield` per batch handed off at low load.
 /// Worker 0 runs on the I/O thread, which waits in `poll` and is woken by the [`Waker`].
 #[derive(Clone)]
 struct WorkerTx {
     tx: Sender<Msg>,
+    /// Telemetry, apart from the datagrams (see `shell/telemetry.rs`).
+    data: Sender<Telemetry>,
     wake: Wake,
 }
 
@@ -342,13 +356,6 @@ enum Msg {
     Snapshot {
         reply: oneshot::Sender<(Vec<RoomSnapshot>, DelayHistogram)>,
     },
-    /// A telemetry message for every subscriber of the room, or only for `to`.
-    Data {
-        room: RoomId,
-        to: Option<SessionId>,
-        data: bytes::Bytes,
-        reliable: bool,
-    },
     JoinOffering {
         room: RoomId,
         req: Box<OfferRequest>,
@@ -409,6 +416,16 @@ enum Fault {
     RoomPanic,
     /// The worker thread panics outside any room's guard, and dies.
     KillWorker,
+    /// The worker stops taking anything from its queues until every sender of this channel is
+    /// dropped (see [`Sfu::hold_worker`]).
+    Hold(Receiver<()>),
+}
+
+/// A worker held still by [`Sfu::hold_worker`]; dropping it lets the worker carry on.
+#[cfg(feature = "fault-injection")]
+#[must_use = "the worker carries on as soon as this is dropped"]
+pub struct WorkerHold {
+    _release: Sender<()>,
 }
 
 /// Datagrams handed to a worker in one message: their bytes back to back, and where each ends.
@@ -489,8 +506,9 @@ impl Sfu {
         let mut receivers = Vec::new();
         for _ in 0..n {
             let (tx, rx) = bounded::<Msg>(WORKER_QUEUE);
-            senders.push(tx);
-            receivers.push(rx);
+            let (data_tx, data_rx) = bounded::<Telemetry>(TELEMETRY_QUEUE);
+            senders.push((tx, data_tx));
+            receivers.push((rx, data_rx));
         }
         let tcp = match (cfg.tcp.clone(), tcp_listener) {
             (Some(tcp_cfg), Some(listener)) => {
@@ -536,15 +554,17 @@ impl Sfu {
         };
         let mut threads = Vec::new();
         let mut receivers = receivers.into_iter();
-        let rx0 = receivers.next().ok_or(SfuError::Stopped)?;
+        let (rx0, data0) = receivers.next().ok_or(SfuError::Stopped)?;
         // The other workers first: their senders wake their threads.
         let mut wakes = vec![Wake::Io(waker.clone())];
-        for (i, rx) in receivers.enumerate() {
+        for (i, (rx, data)) in receivers.enumerate() {
             let worker = new_worker(i + 1);
             let pool = pool_tx.clone();
             let handle = thread::Builder::new()
                 .name(format!("cabine-sfu-{}", i + 1))
-                .spawn(watched(&counters, &stop, move || worker.run(rx, pool)))
+                .spawn(watched(&counters, &stop, move || {
+                    worker.run(rx, data, pool)
+                }))
                 .map_err(bind_err)?;
             wakes.push(Wake::Thread(handle.thread().clone()));
             threads.push(handle);
@@ -552,7 +572,7 @@ impl Sfu {
         let workers: Vec<WorkerTx> = senders
             .into_iter()
             .zip(wakes)
-            .map(|(tx, wake)| WorkerTx { tx, wake })
+            .map(|((tx, data), wake)| WorkerTx { tx, data, wake })
             .collect();
         if let Some((_, body)) = tcp {
             let workers = workers.clone();
@@ -566,6 +586,7 @@ impl Sfu {
         let io = Io {
             worker: Some(new_worker(0)),
             rx: rx0,
+            data: data0,
             socket: Arc::clone(&socket),
             signal,
             demux: Demux::default(),
@@ -791,14 +812,17 @@ impl Sfu {
     }
 
     /// Sends a telemetry message to the subscribers of `room` (see
-    /// [`Room::send_data`](crate::room::Room::send_data)). Never blocks: when the room's worker is saturated the message is
-    /// dropped and counted (`data_dropped`).
+    /// [`Room::send_data`](crate::room::Room::send_data)). Never blocks. The message waits in
+    /// the worker's telemetry queue, apart from its datagrams: a media burst does not crowd it
+    /// out. It is refused and counted (`data_dropped`, and `data_dropped_reliable`) only when
+    /// that queue is full ([`TELEMETRY_QUEUE`]; half full for a lossy message) or the worker is
+    /// gone.
     pub fn send_data(&self, room: &RoomId, data: bytes::Bytes, reliable: bool) {
         self.queue_data(room, None, data, reliable);
     }
 
     /// Sends a telemetry message to one subscriber of `room` (see [`Room::send_data_to`](crate::room::Room::send_data_to)).
-    /// Never blocks; dropped and counted like [`send_data`](Self::send_data).
+    /// Never blocks; queued, or refused and counted, like [`send_data`](Self::send_data).
     pub fn send_data_to(
         &self,
         room: &RoomId,
@@ -810,19 +834,14 @@ impl Sfu {
     }
 
     fn queue_data(&self, room: &RoomId, to: Option<SessionId>, data: bytes::Bytes, reliable: bool) {
-        let msg = Msg::Data {
+        let msg = Telemetry {
             room: room.clone(),
             to,
             data,
             reliable,
         };
         let w = self.worker_for(room);
-        if !self.inner.workers[w].try_send(msg) {
-            self.inner
-                .counters
-                .data_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        telemetry::queue(&self.inner.workers[w], msg, &self.inner.counters);
     }
 
     /// Snapshots of every room on every worker.
@@ -863,6 +882,7 @@ impl Sfu {
             queue_full: r(&c.queue_full),
             send_errors: r(&c.send_errors),
             data_dropped: r(&c.data_dropped),
+            data_dropped_reliable: r(&c.data_dropped_reliable),
             stun_challenges: r(&c.stun_challenges),
             connect_timeouts: r(&c.connect_timeouts),
             room_panics: r(&c.room_panics),
@@ -898,6 +918,17 @@ impl Sfu {
     #[cfg(feature = "fault-injection")]
     pub fn kill_worker(&self, room: &RoomId) -> Result<(), SfuError> {
         self.fault(room, Fault::KillWorker)
+    }
+
+    /// Test hook: makes the worker that owns `room` stop taking datagrams, commands and
+    /// telemetry from its queues until the returned [`WorkerHold`] is dropped, as a worker
+    /// busy with a burst would (its queues fill up meanwhile). Worker 0 runs on the I/O thread:
+    /// holding it holds every worker's reads too.
+    #[cfg(feature = "fault-injection")]
+    pub fn hold_worker(&self, room: &RoomId) -> Result<WorkerHold, SfuError> {
+        let (release, held) = bounded(0);
+        self.fault(room, Fault::Hold(held))?;
+        Ok(WorkerHold { _release: release })
     }
 
     #[cfg(feature = "fault-injection")]

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tracing::{error, info, warn};
 
 use super::tcp::TcpOutlet;
+use super::telemetry::{Telemetry, DATA_PER_TURN};
 #[cfg(feature = "fault-injection")]
 use super::Fault;
 use super::{Batch, Control, Msg, SfuEvent, ShellCounters};
@@ -83,10 +84,10 @@ struct Drained {
 }
 
 impl Worker {
-    /// A worker fed by the I/O thread: batches of datagrams and commands on `rx`. Between turns
-    /// it sleeps parked until a sender wakes it ([`WorkerTx`](super::WorkerTx)) or its earliest
-    /// timer is due.
-    pub(super) fn run(mut self, rx: Receiver<Msg>, pool: Sender<Batch>) {
+    /// A worker fed by the I/O thread: batches of datagrams and commands on `rx`, telemetry on
+    /// `data`. Between turns it sleeps parked until a sender of either wakes it
+    /// ([`WorkerTx`](super::WorkerTx)) or its earliest timer is due.
+    pub(super) fn run(mut self, rx: Receiver<Msg>, data: Receiver<Telemetry>, pool: Sender<Batch>) {
         loop {
             // Take what is queued (bounded, so timers are not starved).
             let mut taken = 0;
@@ -102,12 +103,15 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            // Then telemetry, bounded too: a burst of datagrams does not hold it up for more
+            // than a turn, nor a burst of telemetry the datagrams.
+            let data_taken = self.take_telemetry(&data);
             self.run_due();
             self.out.flush();
-            if taken == MSGS_PER_TURN {
+            if taken == MSGS_PER_TURN || data_taken == DATA_PER_TURN {
                 continue;
             }
-            // A wake-up between the empty queue and here is not lost: the thread's token makes
+            // A wake-up between the empty queues and here is not lost: the thread's token makes
             // the park return at once. Without a timer the park is still bounded, so that a
             // handle dropped without `Sfu::shutdown` (the queue disconnected) ends the thread.
             let now = Instant::now();
@@ -116,6 +120,41 @@ impl Worker {
                 Some(d) => thread::park_timeout(d - now),
                 None => thread::park_timeout(IDLE_PARK),
             }
+        }
+    }
+
+    /// Gives up to [`DATA_PER_TURN`] telemetry messages from `data` to their rooms; returns how
+    /// many it took.
+    pub(super) fn take_telemetry(&mut self, data: &Receiver<Telemetry>) -> usize {
+        let mut taken = 0;
+        while taken < DATA_PER_TURN {
+            let Ok(t) = data.try_recv() else {
+                break;
+            };
+            taken += 1;
+            self.telemetry(t);
+        }
+        taken
+    }
+
+    /// Writes one telemetry message on its room's `telemetry` channels.
+    fn telemetry(&mut self, t: Telemetry) {
+        let Telemetry {
+            room,
+            to,
+            data,
+            reliable,
+        } = t;
+        let now = self.now();
+        if let Some(slot) = self.slot(&room) {
+            self.in_room(slot, None, |r, _| match to {
+                None => {
+                    r.send_data(now, &data, reliable);
+                }
+                Some(session) => {
+                    r.send_data_to(now, session, &data, reliable);
+                }
+            });
         }
     }
 
@@ -341,24 +380,6 @@ impl Worker {
                 }
                 let _ = reply.send((rooms, delay));
             }
-            Msg::Data {
-                room,
-                to,
-                data,
-                reliable,
-            } => {
-                let now = self.now();
-                if let Some(slot) = self.slot(&room) {
-                    self.in_room(slot, None, |r, _| match to {
-                        None => {
-                            r.send_data(now, &data, reliable);
-                        }
-                        Some(session) => {
-                            r.send_data_to(now, session, &data, reliable);
-                        }
-                    });
-                }
-            }
             Msg::RelayProtocol {
                 room,
                 session,
@@ -421,6 +442,8 @@ impl Worker {
                     }
                 }
                 Fault::KillWorker => panic!("fault injection: worker killed"),
+                // Returns once the hold is dropped (the channel disconnects).
+                Fault::Hold(held) => while held.recv().is_ok() {},
             },
             Msg::Stop => {
                 self.out.flush();

@@ -11,6 +11,7 @@ mod loopback;
 mod output;
 mod padding;
 mod pause;
+mod red;
 mod renegotiation;
 mod rtx_history;
 mod simulcast;

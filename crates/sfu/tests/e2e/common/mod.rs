@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -121,6 +123,12 @@ pub struct Sim {
     /// Peers joined from now on (with [`Sim::join`]) run str0m in RTP mode: the test writes
     /// their RTP packets itself (`direct_api().stream_tx_by_mid(..).write_rtp(..)`).
     pub rtp_mode: bool,
+    /// Peers joined from now on offer Opus with RFC 2198 RED (str0m then wraps what they send
+    /// in RED and unwraps what they receive).
+    pub red: bool,
+    /// Heap allocations made inside the room's `handle_datagram` and `handle_timeout` calls
+    /// (this thread only; see [`alloc::allocations`]).
+    pub room_allocations: u64,
 }
 
 impl Sim {
@@ -149,6 +157,8 @@ impl Sim {
             arrival_lag: Duration::ZERO,
             raw_packets: false,
             rtp_mode: false,
+            red: false,
+            room_allocations: 0,
         }
     }
 
@@ -162,10 +172,13 @@ impl Sim {
     ) -> Result<(usize, T), cabine_sfu::JoinError> {
         let i = self.peers.len();
         let addr: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder()
             .enable_raw_packets(self.raw_packets)
-            .set_rtp_mode(self.rtp_mode)
-            .build(self.now);
+            .set_rtp_mode(self.rtp_mode);
+        if self.red {
+            config = config.enable_opus(true, true);
+        }
+        let mut rtc = config.build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let built = build(&mut api);
@@ -255,12 +268,17 @@ impl Sim {
             }
             for (session, from, to, data) in to_room {
                 let arrival = now.checked_sub(self.arrival_lag).unwrap_or(now);
-                self.room
-                    .handle_datagram(now, arrival, session, from, to, &data);
+                let room = &mut self.room;
+                let (allocated, ()) = alloc::allocations(|| {
+                    room.handle_datagram(now, arrival, session, from, to, &data)
+                });
+                self.room_allocations += allocated;
                 self.drain();
             }
             if self.room.poll_timeout().is_some_and(|t| t <= now) {
-                self.room.handle_timeout(now);
+                let room = &mut self.room;
+                let (allocated, ()) = alloc::allocations(|| room.handle_timeout(now));
+                self.room_allocations += allocated;
                 self.drain();
             }
         }

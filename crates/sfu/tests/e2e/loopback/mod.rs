@@ -7,6 +7,7 @@
 mod demux_auth;
 mod first_flight;
 mod ice_tcp;
+mod telemetry_flood;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
