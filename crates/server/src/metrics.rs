@@ -565,6 +565,19 @@ impl Metrics {
             }
         );
         counter!(
+            "cabine.sfu.telemetry.refused",
+            "{message}",
+            "Telemetry messages the media plane refused on a full worker telemetry queue, by reliability",
+            |s, o| {
+                let reliable = s.shell.data_dropped_reliable;
+                o.observe(reliable, &[KeyValue::new("reliable", "true")]);
+                o.observe(
+                    s.shell.data_dropped.saturating_sub(reliable),
+                    &[KeyValue::new("reliable", "false")],
+                );
+            }
+        );
+        counter!(
             "cabine.sfu.threads_died",
             "{thread}",
             "Media-plane threads that ended unexpectedly (the node then reports not ready)",
