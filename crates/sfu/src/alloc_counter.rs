@@ -1,5 +1,6 @@
-//! A counting global allocator for the crate's unit tests: what a piece of the per-packet path
-//! allocates, counted on the calling thread only (tests run in parallel).
+//! A counting global allocator for the crate's unit tests and its e2e test binary (which
+//! includes this file): what a piece of the per-packet path allocates, counted on the calling
+//! thread only (tests run in parallel).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
