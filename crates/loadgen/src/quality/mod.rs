@@ -14,11 +14,13 @@
 //! ([`cabine_client::Subscriber`], webrtc-rs with NACK) that records every packet; after the
 //! run the records are analysed: [`audio`] (frames played in time by a fixed jitter buffer),
 //! [`video`] (decodable frames, freezes, resolution, frame rate) and [`latency`] (glass to
-//! glass, from the tap's send times). A warm-up (connection, bandwidth estimation) precedes the
+//! glass, from the tap's send times). Like a browser, the receiver asks for a keyframe when a
+//! video packet is lost beyond NACK's repair ([`pli`]). A warm-up (connection, bandwidth estimation) precedes the
 //! measurement window.
 
 pub mod audio;
 pub mod latency;
+pub mod pli;
 pub mod report;
 pub mod tap;
 pub mod video;
@@ -52,6 +54,9 @@ pub struct Record {
     /// The payload (video: its first [`video::PREFIX`] bytes).
     pub payload: Vec<u8>,
 }
+
+/// A track's records, filled by its reader task.
+type Store = Arc<Mutex<Vec<Record>>>;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -135,8 +140,8 @@ async fn measure(
     let doctor_token = crate::token::mint(target::SECRET, room, Role::Doctor, "doctor-1", ttl)?;
     let mut kiosk = Kiosk::spawn(opts, http, &kiosk_token, room, tap.local_addr())?;
 
-    // Subscribe once the kiosk's four tracks are published (a WHEP session takes the tracks
-    // present when it is made).
+    // Subscribe once the kiosk's four tracks are published: a WHEP session made earlier gets
+    // them bound later, without their labels (`stethoscope`, …), so it is made again.
     let whep = format!("http://{http}/whep/{room}");
     let client = ClientOptions {
         loopback_only: true,
@@ -152,8 +157,8 @@ async fn measure(
         }
         if let Ok(s) = Subscriber::connect(&whep, &doctor_token, client.clone()).await {
             match s.tracks(TRACKS.len(), Duration::from_secs(5)).await {
-                Ok(t) => break (s, t),
-                Err(_) => {
+                Ok(t) if t.iter().all(|t| TRACKS.contains(&t.id().as_str())) => break (s, t),
+                _ => {
                     let _ = s.close().await;
                 }
             }
@@ -164,15 +169,22 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut records: Vec<(String, String, Arc<Mutex<Vec<Record>>>)> = Vec::new();
+    let mut records: Vec<(String, String, Store)> = Vec::new();
     for t in &tracks {
-        let store: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let store: Store = Arc::default();
         let video = t.mime_type().to_ascii_lowercase().starts_with("video/");
         records.push((t.id(), t.mime_type(), Arc::clone(&store)));
         let t = t.clone();
+        // NACK gets its round trips before a loss asks for a keyframe (see `pli`).
+        let give_up = (opts.profile.base_rtt() * 3 + Duration::from_millis(100))
+            .max(Duration::from_millis(200));
+        let mut watch = pli::LossWatch::new(give_up, Duration::from_millis(500));
         tokio::spawn(async move {
             while let Ok(p) = t.read_rtp().await {
                 let at = epoch.elapsed();
+                if video && watch.on_packet(p.header.sequence_number, at) {
+                    let _ = t.request_keyframe().await;
+                }
                 let keep = if video {
                     p.payload.len().min(video::PREFIX)
                 } else {
@@ -209,13 +221,12 @@ async fn measure(
     report.kiosk = kiosk_stats;
     for (id, mime, store) in &records {
         let packets = std::mem::take(&mut *lock(store));
-        let received: Vec<(u32, Duration)>;
-        if mime.to_ascii_lowercase().starts_with("video/") {
+        let received: Vec<(u32, Duration)> = if mime.to_ascii_lowercase().starts_with("video/") {
             let Some((stats, shown)) = video::analyse(&packets, window) else {
                 continue;
             };
             report.cameras.insert(id.clone(), stats);
-            received = shown;
+            shown
         } else {
             // A RED track (RFC 2198) carries one payload type: RED's.
             let red = if mime.eq_ignore_ascii_case("audio/red") {
@@ -229,8 +240,8 @@ async fn measure(
                 continue;
             };
             report.audio.insert(id.clone(), stats);
-            received = played;
-        }
+            played
+        };
         let matched = log.match_ssrc(&received);
         let samples = matched
             .map(|(ssrc, _)| log.latencies(ssrc, &received))

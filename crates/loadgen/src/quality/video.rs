@@ -165,7 +165,13 @@ pub fn analyse(packets: &[Record], window: (Duration, Duration)) -> Option<(Vide
     times.extend(in_window.iter().map(|f| f.1));
     times.push(window.1);
     let gaps: Vec<(Duration, Duration)> = times.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
-    let mut inner: Vec<Duration> = gaps[1..gaps.len() - 1].iter().map(|g| g.1).collect();
+    // Intervals between shown frames (the edges excluded); none with fewer than two frames.
+    let mut inner: Vec<Duration> = gaps
+        .get(1..gaps.len().saturating_sub(1))
+        .unwrap_or_default()
+        .iter()
+        .map(|g| g.1)
+        .collect();
     inner.sort_unstable();
     let median = inner
         .get(inner.len() / 2)
@@ -470,6 +476,21 @@ mod tests {
         assert!((s.freeze_s_per_min - 2.04 * 60.0 / 8.0).abs() < 1e-6);
         let degraded = s.first_degraded_s.expect("degraded");
         assert!((degraded - 2.97).abs() < 1e-6, "{degraded}");
+    }
+
+    #[test]
+    fn a_window_without_a_shown_frame_is_one_freeze() {
+        let mut c = Cam::new();
+        for i in 0..10 {
+            c.frame(i, i == 0, VGA, Some(10));
+        }
+        let (s, shown) = analyse(&c.packets, (ms(3000), ms(5000))).expect("packets");
+        assert!(shown.is_empty());
+        assert_eq!((s.frames, s.freezes), (0, 1));
+        assert_eq!(s.longest_freeze_ms, 2000.0);
+        assert_eq!(s.freeze_s_per_min, 60.0);
+        assert_eq!(s.first_degraded_s, Some(0.0));
+        assert_eq!((s.width, s.height), (None, None));
     }
 
     #[test]
