@@ -421,7 +421,8 @@ fn quality_harness_reports_every_field() {
             .get(id)
             .unwrap_or_else(|| panic!("{id}\n{table}"));
         // Matched to the kiosk's send times: the tap saw the frames the receiver got.
-        assert!(l.percentiles.count > 0, "{id}: no latency\n{table}");
+        assert!(l.matched > 0, "{id}: no latency\n{table}");
+        assert_eq!(l.percentiles.count, l.matched + l.estimated);
         let p = &l.percentiles;
         assert!(
             p.p50 > 0.0 && p.p50 <= p.p95 && p.p95 <= p.p99 && p.p99 <= p.max,

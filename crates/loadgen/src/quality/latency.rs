@@ -5,12 +5,12 @@
 //! impaired link. SRTP leaves RTP headers in the clear, so the tap notes, per SSRC, the first
 //! time each RTP timestamp is seen: the moment the first packet of that frame left the kiosk
 //! process (its capture and encoding are the few milliseconds before; not counted). The SFU
-//! keeps a stream's RTP timestamps when it first forwards it (it renumbers after a switch or a
-//! pause, keeping the media clock's pace), so a received frame with timestamp `ts` is the
-//! kiosk's frame `ts` of the SSRC whose timestamps it matches. The latency of a frame is its
-//! show/play time minus that first send time, both on this process's monotonic clock. Frames
-//! whose timestamp was renumbered (after a switch) find no match and are left out; the report
-//! gives the matched count.
+//! keeps a stream's RTP timestamps when it first forwards it, so a received frame with
+//! timestamp `ts` is the kiosk's frame `ts` of the SSRC whose timestamps it matches. After a
+//! simulcast switch or a pause the SFU renumbers, keeping the media clock's pace;
+//! [`SendLog::follow`] re-locks onto the kiosk's stream then. The latency of a frame is its
+//! show/play time minus that first send time, both on this process's monotonic clock; the
+//! report gives how many frames were matched and how many estimated.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -63,6 +63,129 @@ impl SendLog {
     pub fn ssrcs(&self) -> usize {
         self.by_ssrc.len()
     }
+
+    /// Latency of each received frame of one track (timestamp, shown or played at, in order),
+    /// following the SFU's switches between the kiosk's streams (simulcast layers) and its
+    /// renumberings after a pause.
+    ///
+    /// The receiver's timestamps are the kiosk's on the stream first forwarded (offset 0).
+    /// After a switch the SFU continues the timestamps at the media clock's pace, so the
+    /// send-time line of the last matched frame (`sent + Δts / clock`) still estimates when a
+    /// frame left within the arrival jitter of the switch. The frame is then re-locked onto
+    /// the kiosk frame (any SSRC) sent within `tolerance` of that estimate whose offset the
+    /// next frames confirm. A frame that cannot be re-locked keeps the line's estimate.
+    ///
+    /// Frames a constant rate apart look alike: a switch packet delayed by more than about
+    /// `tolerance` can lock onto a neighbouring frame (an error of one frame interval), and the
+    /// same capture on another layer fits as well as the right one (an error of the few
+    /// milliseconds between the layers' sends).
+    pub fn follow(
+        &self,
+        received: &[(u32, Duration)],
+        clock_rate: u32,
+        tolerance: Duration,
+    ) -> Matched {
+        let clock = f64::from(clock_rate.max(1));
+        let by_time = self.by_time();
+        let mut out = Matched::default();
+        // The current (ssrc, offset) and the last exact match: (extended received ts, sent).
+        let mut lock: Option<(u32, u32)> = None;
+        let mut line: Option<(i64, Duration)> = None;
+        let mut unwrap = super::audio::Unwrap::default();
+        for (i, &(ts, at)) in received.iter().enumerate() {
+            let ext = unwrap.extend(ts);
+            let exact = |ssrc: u32, offset: u32| {
+                self.by_ssrc
+                    .get(&ssrc)
+                    .and_then(|f| f.get(&ts.wrapping_sub(offset)))
+                    .copied()
+            };
+            let mut sent = lock.and_then(|(s, o)| exact(s, o));
+            if sent.is_none() {
+                lock = match line {
+                    None => self
+                        .match_ssrc(&received[i..(i + 8).min(received.len())])
+                        .filter(|(s, _)| exact(*s, 0).is_some())
+                        .map(|(s, _)| (s, 0)),
+                    Some((ref_ts, ref_sent)) => {
+                        let est = estimate(ref_sent, ext - ref_ts, clock);
+                        self.relock(&by_time, &received[i..], est, tolerance)
+                    }
+                };
+                sent = lock.and_then(|(s, o)| exact(s, o));
+            }
+            match (sent, line) {
+                (Some(t), _) => {
+                    line = Some((ext, t));
+                    out.exact.push(at.saturating_sub(t));
+                }
+                (None, Some((ref_ts, ref_sent))) => {
+                    let est = estimate(ref_sent, ext - ref_ts, clock);
+                    out.estimated.push(at.saturating_sub(est));
+                }
+                (None, None) => out.unmatched += 1,
+            }
+        }
+        out
+    }
+
+    /// Every frame noted, by first send time: (sent, ssrc, ts).
+    fn by_time(&self) -> Vec<(Duration, u32, u32)> {
+        let mut v: Vec<(Duration, u32, u32)> = self
+            .by_ssrc
+            .iter()
+            .flat_map(|(ssrc, f)| f.iter().map(move |(ts, at)| (*at, *ssrc, *ts)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The (ssrc, offset) for `ahead[0]`, a frame estimated sent at `est`: among the kiosk
+    /// frames sent within `tolerance` of `est`, the one whose offset matches the most of the
+    /// next frames (at least 2 of 4, or all there are), nearest to `est` on a tie.
+    fn relock(
+        &self,
+        by_time: &[(Duration, u32, u32)],
+        ahead: &[(u32, Duration)],
+        est: Duration,
+        tolerance: Duration,
+    ) -> Option<(u32, u32)> {
+        let (ts, _) = *ahead.first()?;
+        let from = by_time.partition_point(|(t, _, _)| *t + tolerance < est);
+        let next = &ahead[1..ahead.len().min(5)];
+        let needed = next.len().min(2);
+        by_time[from..]
+            .iter()
+            .take_while(|(t, _, _)| *t <= est + tolerance)
+            .map(|&(t, ssrc, k)| {
+                let offset = ts.wrapping_sub(k);
+                let frames = &self.by_ssrc[&ssrc];
+                let confirmed = next
+                    .iter()
+                    .filter(|(r, _)| frames.contains_key(&r.wrapping_sub(offset)))
+                    .count();
+                (confirmed, std::cmp::Reverse(t.abs_diff(est)), ssrc, offset)
+            })
+            .filter(|(confirmed, ..)| *confirmed >= needed)
+            .max()
+            .map(|(_, _, ssrc, offset)| (ssrc, offset))
+    }
+}
+
+/// Latencies of one track's frames.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matched {
+    /// Frames matched to the kiosk frame they came from.
+    pub exact: Vec<Duration>,
+    /// Frames that could not be matched, estimated from the last match's send-time line.
+    pub estimated: Vec<Duration>,
+    /// Frames before any match.
+    pub unmatched: usize,
+}
+
+fn estimate(ref_sent: Duration, ticks: i64, clock: f64) -> Duration {
+    let secs = ref_sent.as_secs_f64() + ticks as f64 / clock;
+    Duration::from_secs_f64(secs.max(0.0))
 }
 
 /// Latency percentiles of one track, ms.
@@ -148,6 +271,78 @@ mod tests {
         assert_eq!(p.max, 109.0);
         assert_eq!(log.match_ssrc(&[(5, ms(1))]), None);
         assert_eq!(Percentiles::of(&[]), Percentiles::default());
+    }
+
+    /// The SFU's renumbering on a switch (forwarder.rs `join`): the new stream continues at
+    /// the last timestamp plus the wall time elapsed.
+    #[test]
+    fn latency_follows_simulcast_switches_and_pauses() {
+        let mut log = SendLog::default();
+        // Three layers of one camera, 25 fps, random bases, sent together (+1 ms per layer).
+        let bases = [(0x10u32, 4_000_000_000u32), (0x20, 77), (0x30, 1_234_567)];
+        for i in 0..300u32 {
+            for (n, (ssrc, base)) in bases.iter().enumerate() {
+                let at = ms(1000 + u64::from(i) * 40 + n as u64);
+                log.note(*ssrc, base.wrapping_add(i * 3600), at);
+            }
+        }
+        // The doctor gets layer 0x10 for frames 0..100, 0x30 for 100..180 (switch at 100),
+        // a pause, then 0x20 from frame 220; each frame shown 70 ms after its layer-0 send.
+        let mut received = Vec::new();
+        let mut last: Option<(u32, Duration)> = None;
+        let mut offset = 0u32;
+        for i in (0..180u32).chain(220..300) {
+            let layer = match i {
+                0..100 => 0,
+                100..180 => 2,
+                _ => 1,
+            };
+            let sent = ms(1000 + u64::from(i) * 40);
+            let arrival = sent + ms(if i == 100 { 20 } else { 5 }); // a late switch packet
+            let ts_in = bases[layer].1.wrapping_add(i * 3600);
+            if i == 100 || i == 220 {
+                let (ts, at) = last.expect("earlier frame");
+                let ticks = ((arrival - at).as_secs_f64() * 90_000.0).round() as u32;
+                offset = ts.wrapping_add(ticks).wrapping_sub(ts_in);
+            }
+            let ts = ts_in.wrapping_add(offset);
+            last = Some((ts, arrival));
+            received.push((ts, sent + ms(70)));
+        }
+        // The late switch packet puts the estimate of frame 100 15 ms late: 13 ms from the
+        // right frame of layer 0x30, 27 ms from the next one.
+        let m = log.follow(&received, 90_000, ms(20));
+        assert_eq!(m.unmatched, 0);
+        assert!(m.estimated.is_empty(), "{:?}", m.estimated);
+        assert_eq!(m.exact.len(), received.len());
+        // Layer 0x30 was sent 2 ms after layer 0 and 0x20 1 ms after: 68 and 69 ms.
+        assert!(m.exact[..100].iter().all(|l| *l == ms(70)));
+        assert!(
+            m.exact[100..180].iter().all(|l| *l == ms(68)),
+            "{:?}",
+            &m.exact[100..110]
+        );
+        // After the pause the three layers' frames of one capture fit equally well (same
+        // timestamps' pace): any of them is within the layers' 2 ms of send spread.
+        assert!(m.exact[180..].iter().all(|l| l.abs_diff(ms(69)) <= ms(1)));
+
+        // With only layer 0x10's first 100 frames in the log (the tap missed the others), the
+        // frames after the switch keep the line's estimate (within the switch packet's 15 ms of
+        // extra delay).
+        let mut only = SendLog::default();
+        for i in 0..100u32 {
+            only.note(
+                0x10,
+                bases[0].1.wrapping_add(i * 3600),
+                ms(1000 + u64::from(i) * 40),
+            );
+        }
+        let m = only.follow(&received, 90_000, ms(20));
+        assert_eq!((m.exact.len(), m.estimated.len()), (100, 160));
+        assert!(
+            m.estimated.iter().all(|l| l.abs_diff(ms(70)) <= ms(16)),
+            "{m:?}"
+        );
     }
 
     #[test]

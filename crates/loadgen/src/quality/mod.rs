@@ -242,14 +242,21 @@ async fn measure(
             report.audio.insert(id.clone(), stats);
             played
         };
-        let matched = log.match_ssrc(&received);
-        let samples = matched
-            .map(|(ssrc, _)| log.latencies(ssrc, &received))
-            .unwrap_or_default();
+        // Half a frame interval: 20 ms at 25 fps, 10 ms for 20 ms audio frames.
+        let (clock, tolerance) = if mime.to_ascii_lowercase().starts_with("video/") {
+            (90_000, Duration::from_millis(20))
+        } else {
+            (48_000, Duration::from_millis(10))
+        };
+        let m = log.follow(&received, clock, tolerance);
+        let mut samples = m.exact.clone();
+        samples.extend_from_slice(&m.estimated);
         report.latency_ms.insert(
             id.clone(),
             TrackLatency {
                 received: received.len(),
+                matched: m.exact.len(),
+                estimated: m.estimated.len(),
                 percentiles: latency::Percentiles::of(&samples),
             },
         );

@@ -57,7 +57,11 @@ pub struct QualityReport {
 pub struct TrackLatency {
     /// Frames shown or played in the window.
     pub received: usize,
-    /// Percentiles over those matched to a sent frame.
+    /// Of those, frames matched to the kiosk frame they came from.
+    pub matched: usize,
+    /// Frames estimated from the last match's send-time line (see `SendLog::follow`).
+    pub estimated: usize,
+    /// Percentiles over the matched and estimated frames.
     #[serde(flatten)]
     pub percentiles: Percentiles,
 }
