@@ -28,6 +28,7 @@ pub mod video;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,11 +170,12 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut records: Vec<(String, String, Store)> = Vec::new();
+    let mut records: Vec<(String, String, Store, Arc<AtomicU64>)> = Vec::new();
     for t in &tracks {
         let store: Store = Arc::default();
+        let plis = Arc::new(AtomicU64::new(0));
         let video = t.mime_type().to_ascii_lowercase().starts_with("video/");
-        records.push((t.id(), t.mime_type(), Arc::clone(&store)));
+        records.push((t.id(), t.mime_type(), Arc::clone(&store), Arc::clone(&plis)));
         let t = t.clone();
         // NACK gets its round trips before a loss asks for a keyframe (see `pli`).
         let give_up = (opts.profile.base_rtt() * 3 + Duration::from_millis(100))
@@ -183,6 +185,7 @@ async fn measure(
             while let Ok(p) = t.read_rtp().await {
                 let at = epoch.elapsed();
                 if video && watch.on_packet(p.header.sequence_number, at) {
+                    plis.fetch_add(1, Ordering::Relaxed);
                     let _ = t.request_keyframe().await;
                 }
                 let keep = if video {
@@ -219,12 +222,13 @@ async fn measure(
         .links
         .insert("doctor".into(), LinkReport::of(&doctor_link.stats()));
     report.kiosk = kiosk_stats;
-    for (id, mime, store) in &records {
+    for (id, mime, store, plis) in &records {
         let packets = std::mem::take(&mut *lock(store));
         let received: Vec<(u32, Duration)> = if mime.to_ascii_lowercase().starts_with("video/") {
-            let Some((stats, shown)) = video::analyse(&packets, window) else {
+            let Some((mut stats, shown)) = video::analyse(&packets, window) else {
                 continue;
             };
+            stats.keyframe_requests = plis.load(Ordering::Relaxed);
             report.cameras.insert(id.clone(), stats);
             shown
         } else {

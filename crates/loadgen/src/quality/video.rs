@@ -51,6 +51,9 @@ pub struct VideoStats {
     pub longest_freeze_ms: f64,
     /// The longest gap between shown frames (or a window edge), ms, freeze or not.
     pub longest_gap_ms: f64,
+    /// Keyframes the receiver asked for over the whole run (set by the harness, see
+    /// [`super::pli`]).
+    pub keyframe_requests: u64,
     /// Seconds into the window when the camera first degraded: a frame shown below the largest
     /// resolution of the run, or the start of a freeze. `None` if it never did.
     pub first_degraded_s: Option<f64>,
