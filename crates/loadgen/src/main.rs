@@ -162,7 +162,7 @@ enum Cmd {
         /// The cabine binary (default: $CABINE_BIN or next to this binary).
         #[arg(long)]
         cabine_bin: Option<PathBuf>,
-        /// The cabine-kiosk binary (default: $CABINE_KIOSK_BIN or next to this binary).
+        /// The cabine-kiosk binary (default: $LOADGEN_KIOSK_BIN or next to this binary).
         #[arg(long)]
         kiosk_bin: Option<PathBuf>,
         /// An extra argument for `cabine-kiosk dial` (repeat: --kiosk-arg=--fps --kiosk-arg=30).

@@ -370,7 +370,7 @@ fn quality_harness_reports_every_field() {
     let kiosk_bin = quality::find_kiosk().unwrap_or_else(|| {
         panic!(
             "no cabine-kiosk binary next to {:?}: run `cargo build -p cabine-kiosk` first (or \
-             `cargo test --workspace`), or set CABINE_KIOSK_BIN",
+             `cargo test --workspace`), or set LOADGEN_KIOSK_BIN",
             std::env::current_exe().ok()
         )
     });

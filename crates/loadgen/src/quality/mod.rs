@@ -105,10 +105,11 @@ pub fn run(opts: &QualityOptions) -> anyhow::Result<QualityReport> {
     Ok(report)
 }
 
-/// Finds the `cabine-kiosk` binary: `$CABINE_KIOSK_BIN`, else next to this executable (or its
-/// parent, for test binaries in `deps/`).
+/// Finds the `cabine-kiosk` binary: `$LOADGEN_KIOSK_BIN`, else next to this executable (or its
+/// parent, for test binaries in `deps/`). Not a `CABINE_*` name: every `CABINE_*` variable is a
+/// config key to the `cabine` child, which refuses unknown ones.
 pub fn find_kiosk() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("CABINE_KIOSK_BIN") {
+    if let Ok(p) = std::env::var("LOADGEN_KIOSK_BIN") {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
