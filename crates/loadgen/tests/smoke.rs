@@ -405,6 +405,10 @@ fn quality_harness_reports_every_field() {
             "{a:?}"
         );
         assert_eq!(a.frame_ms, 20.0, "{id}: 20 ms Opus frames");
+        assert!(
+            a.excess_delay_p99_ms >= a.excess_delay_p95_ms,
+            "{id}: {a:?}"
+        );
     }
     for id in ["device-camera", "room-camera"] {
         let c = report

@@ -44,9 +44,15 @@ pub struct AudioStats {
     pub in_time_pct: f64,
     /// `(late + lost) / expected`, percent: the share of audio the receiver had to conceal.
     pub concealed_pct: f64,
-    /// The playout delay the buffer settles at above the sender's clock: minimum transit plus
-    /// the buffer, ms (with one host, transit is wall-clock delay from the kiosk's send).
+    /// The fastest transit of the run, ms, on the receiver's clock relative to the first
+    /// frame's media time (playout runs `buffer` above it).
     pub min_transit_ms: f64,
+    /// How late frames arrived above the fastest path, 95th percentile, ms (frames that
+    /// arrived, in the window): the buffer an adaptive jitter buffer would need to play 95 %
+    /// of them.
+    pub excess_delay_p95_ms: f64,
+    /// The same, 99th percentile.
+    pub excess_delay_p99_ms: f64,
 }
 
 /// Every frame played in time and when it played, for latency.
@@ -113,11 +119,15 @@ pub fn analyse(
         ..AudioStats::default()
     };
     let mut played = Vec::new();
+    let mut excess: Vec<Duration> = Vec::new();
     let mut ts = first;
     while ts <= last {
         let due = base + secs(ts) + buffer;
         if due >= window.0 && due < window.1 {
             s.expected += 1;
+            if let Some(&(at, _)) = frames.get(&ts) {
+                excess.push(at.saturating_sub(base + secs(ts)));
+            }
             match frames.get(&ts) {
                 Some(&(at, primary)) if at <= due => {
                     s.in_time += 1;
@@ -137,6 +147,9 @@ pub fn analyse(
         s.concealed_pct = 100.0 * (s.late + s.lost) as f64 / s.expected as f64;
     }
     s.min_transit_ms = base.as_secs_f64() * 1000.0;
+    let p = super::latency::Percentiles::of(&excess);
+    s.excess_delay_p95_ms = p.p95;
+    s.excess_delay_p99_ms = p.p99;
     Some((s, played))
 }
 
@@ -259,6 +272,10 @@ mod tests {
         assert!((s.min_transit_ms - 1030.0).abs() < 1.0, "{s:?}");
         // Played 60 ms after the fastest arrival, on the media clock.
         assert_eq!(played[0].1, ms(1030 + 60));
+        // 97 frames on the fastest path, one 40 ms and one 70 ms above it: of 99 arrivals the
+        // p95 (rank 95) is on the fastest path, the p99 (rank 99) the 70 ms one.
+        assert!(s.excess_delay_p95_ms.abs() < 1e-6, "{s:?}");
+        assert!((s.excess_delay_p99_ms - 70.0).abs() < 1e-6, "{s:?}");
         // A longer buffer takes the late frame.
         let (s, _) = analyse(&packets, None, 48_000, ms(80), window).expect("packets");
         assert_eq!((s.in_time, s.late, s.lost), (99, 0, 1));

@@ -180,17 +180,18 @@ impl QualityReport {
             self.command,
         );
         t.push_str(
-            "audio         in time %  by RED  late  lost  concealed %  latency p50/p95/p99 ms\n",
+            "audio         in time %  by RED  late  lost  concealed %  excess delay p95/p99 ms  latency p50/p95/p99 ms\n",
         );
         for (id, a) in &self.audio {
             let l = self.latency_ms.get(id).map(|l| &l.percentiles);
             t.push_str(&format!(
-                "{id:<13} {:>9.2}  {:>6}  {:>4}  {:>4}  {:>11.2}  {}\n",
+                "{id:<13} {:>9.2}  {:>6}  {:>4}  {:>4}  {:>11.2}  {:>23}  {}\n",
                 a.in_time_pct,
                 a.recovered_by_red,
                 a.late,
                 a.lost,
                 a.concealed_pct,
+                format!("{:.0}/{:.0}", a.excess_delay_p95_ms, a.excess_delay_p99_ms),
                 pct(l)
             ));
         }
