@@ -159,6 +159,7 @@ impl SendLog {
             .take_while(|(t, _, _)| *t <= est + tolerance)
             .map(|&(t, ssrc, k)| {
                 let offset = ts.wrapping_sub(k);
+                // `by_time` lists only SSRCs of `by_ssrc`: the index cannot miss.
                 let frames = &self.by_ssrc[&ssrc];
                 let confirmed = next
                     .iter()
