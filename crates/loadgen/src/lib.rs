@@ -18,7 +18,8 @@
 //! the process's one monotonic clock ([`clock`]), so a receiver in the same process computes
 //! one-way latency, RFC 3550 jitter, loss and reordering per stream ([`receiver`]).
 //! [`cluster`] measures a cluster of nodes on a real Redis (join time direct against
-//! redirected, the registry's cost). [`scenario`] sets up consultations against a [`target`] (the server or the relay as a child
+//! redirected, the registry's cost). [`quality`] measures what a doctor sees and hears of a real
+//! `cabine-kiosk` through impaired links (issue 14). [`scenario`] sets up consultations against a [`target`] (the server or the relay as a child
 //! process, measured through `/proc`), and [`report`] writes JSON, a table and an SVG plot.
 
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod janus;
 pub mod media;
 pub mod peer;
+pub mod quality;
 pub mod receiver;
 pub mod relay;
 pub mod report;

@@ -132,6 +132,46 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// The quality benchmark (issue 14): the real `cabine-kiosk dial` publishing its
+    /// stethoscope, microphone, device and room cameras to Cabine, a WHEP receiver on the
+    /// doctor's side, each behind its own copy of an impaired link profile; reports stethoscope
+    /// frames played in time, freezes, delivered resolution and frame rate, audio concealment
+    /// and glass-to-glass latency. Writes quality-<profile>.json and .txt per profile.
+    Quality {
+        /// Link profiles, comma-separated (rural-adsl, 4g-doctor, severe, clean), measured one
+        /// after the other.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "rural-adsl,4g-doctor,severe"
+        )]
+        profile: Vec<String>,
+        /// Target: cabine. (janus is refused with the reason: it has no WHIP endpoint for
+        /// the kiosk to publish to.)
+        #[arg(long, value_delimiter = ',', default_value = "cabine")]
+        target: Vec<TargetArg>,
+        /// Warm-up before the window (connection, bandwidth estimation), seconds.
+        #[arg(long, default_value_t = 15.0)]
+        warmup: f64,
+        /// Measurement window per profile, seconds.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// The receiver's fixed audio jitter buffer, ms.
+        #[arg(long, default_value_t = 80.0)]
+        jitter_buffer_ms: f64,
+        /// The cabine binary (default: $CABINE_BIN or next to this binary).
+        #[arg(long)]
+        cabine_bin: Option<PathBuf>,
+        /// The cabine-kiosk binary (default: $LOADGEN_KIOSK_BIN or next to this binary).
+        #[arg(long)]
+        kiosk_bin: Option<PathBuf>,
+        /// An extra argument for `cabine-kiosk dial` (repeat: --kiosk-arg=--fps --kiosk-arg=30).
+        #[arg(long, allow_hyphen_values = true)]
+        kiosk_arg: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// The bare UDP relay baseline (recvmmsg → sendmmsg, no crypto).
     Relay {
         /// Address to bind.
@@ -164,6 +204,27 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Quality {
+            profile,
+            target: targets,
+            warmup,
+            duration,
+            jitter_buffer_ms,
+            cabine_bin,
+            kiosk_bin,
+            kiosk_arg,
+            out,
+        } => quality(QualityArgs {
+            profiles: profile,
+            targets,
+            warmup,
+            duration,
+            jitter_buffer_ms,
+            cabine_bin,
+            kiosk_bin,
+            kiosk_args: kiosk_arg,
+            out,
+        }),
         Cmd::Cluster {
             nodes,
             consultations,
@@ -277,5 +338,83 @@ fn main() -> ExitCode {
             eprintln!("[loadgen] report in {}", out.display());
             ExitCode::SUCCESS
         }
+    }
+}
+
+struct QualityArgs {
+    profiles: Vec<String>,
+    targets: Vec<TargetArg>,
+    warmup: f64,
+    duration: f64,
+    jitter_buffer_ms: f64,
+    cabine_bin: Option<PathBuf>,
+    kiosk_bin: Option<PathBuf>,
+    kiosk_args: Vec<String>,
+    out: PathBuf,
+}
+
+/// `cabine-loadgen quality`: each profile in turn, against Cabine.
+fn quality(a: QualityArgs) -> ExitCode {
+    use cabine_loadgen::quality::{self, QualityOptions};
+    if a.targets.iter().any(|t| !matches!(t, TargetArg::Cabine)) {
+        eprintln!(
+            "quality: only --target cabine. Janus cannot take part: the publisher is the real \
+             cabine-kiosk, which speaks WHIP, and Janus 1.1.2 (Debian) has no WHIP endpoint \
+             (its VideoRoom takes offers through its own HTTP/WebSocket API); the relay \
+             baseline does no WebRTC."
+        );
+        return ExitCode::FAILURE;
+    }
+    let Some(cabine_bin) = a.cabine_bin.or_else(target::find_cabine) else {
+        eprintln!("cannot find the cabine binary: build it (cargo build --release -p cabine-server) or pass --cabine-bin");
+        return ExitCode::FAILURE;
+    };
+    let Some(kiosk_bin) = a.kiosk_bin.or_else(quality::find_kiosk) else {
+        eprintln!("cannot find the cabine-kiosk binary: build it (cargo build --release -p cabine-kiosk) or pass --kiosk-bin");
+        return ExitCode::FAILURE;
+    };
+    let mut ok = true;
+    for name in &a.profiles {
+        let profile = match cabine_impair::Profile::by_name(name) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("quality: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let opts = QualityOptions {
+            profile,
+            warmup: std::time::Duration::from_secs_f64(a.warmup),
+            duration: std::time::Duration::from_secs_f64(a.duration),
+            jitter_buffer: std::time::Duration::from_secs_f64(a.jitter_buffer_ms / 1000.0),
+            cabine_bin: cabine_bin.clone(),
+            kiosk_bin: kiosk_bin.clone(),
+            kiosk_args: a.kiosk_args.clone(),
+            kiosk_log: Some(a.out.join(format!("quality-{name}-kiosk.log"))),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        if let Err(e) = std::fs::create_dir_all(&a.out) {
+            eprintln!("cannot create {}: {e}", a.out.display());
+            return ExitCode::FAILURE;
+        }
+        match quality::run(&opts) {
+            Ok(report) => {
+                print!("{}", report.table());
+                if let Err(e) = report.write(&a.out) {
+                    eprintln!("cannot write the report to {}: {e:#}", a.out.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("quality {name}: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    eprintln!("[loadgen] reports in {}", a.out.display());
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

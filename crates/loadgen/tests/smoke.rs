@@ -358,3 +358,121 @@ fn harness_measures_cabine_through_coturn() {
     assert_eq!(m.first_media_peers, 2, "{table}");
     assert_eq!(m.by_class.len(), 4, "{table}");
 }
+
+/// The quality benchmark's harness (issue 14), in small: the real `cabine-kiosk dial` and a
+/// WHEP receiver, each behind a `rural-adsl` impairment relay, a short window. It checks that
+/// the report has every field the issue's targets need, filled from media that really flowed
+/// (every track received, both cameras shown, the stethoscope's frames counted, latency matched
+/// to the kiosk's send times through the tap), and never how good the figures are.
+#[test]
+fn quality_harness_reports_every_field() {
+    use cabine_loadgen::quality::{self, QualityOptions, TRACKS};
+    let kiosk_bin = quality::find_kiosk().unwrap_or_else(|| {
+        panic!(
+            "no cabine-kiosk binary next to {:?}: run `cargo build -p cabine-kiosk` first (or \
+             `cargo test --workspace`), or set LOADGEN_KIOSK_BIN",
+            std::env::current_exe().ok()
+        )
+    });
+    let out = std::env::temp_dir().join(format!("cabine-quality-smoke-{}", std::process::id()));
+    let opts = QualityOptions {
+        profile: cabine_impair::Profile::rural_adsl(),
+        warmup: Duration::from_secs(2),
+        duration: Duration::from_secs(3),
+        jitter_buffer: Duration::from_millis(80),
+        cabine_bin: cabine_bin(),
+        kiosk_bin,
+        kiosk_args: Vec::new(),
+        kiosk_log: None,
+        command: "smoke".into(),
+    };
+    // The harness waits (with a deadline) for the kiosk's four labelled tracks before its window.
+    let report = quality::run(&opts).expect("the quality run");
+    report.write(&out).expect("report written");
+    let table = report.table();
+    eprintln!("{table}");
+    assert_eq!(report.profile, "rural-adsl");
+    assert_eq!(report.tracks_received, 4, "{table}");
+    for id in ["stethoscope", "microphone"] {
+        let a = report
+            .audio
+            .get(id)
+            .unwrap_or_else(|| panic!("{id}\n{table}"));
+        assert!(a.expected > 0 && a.in_time > 0, "{id}: {a:?}");
+        assert_eq!(a.expected, a.in_time + a.late + a.lost, "{id}: {a:?}");
+        assert!(
+            (a.in_time_pct + a.concealed_pct - 100.0).abs() < 1e-6,
+            "{a:?}"
+        );
+        assert_eq!(a.frame_ms, 20.0, "{id}: 20 ms Opus frames");
+        assert!(
+            a.excess_delay_p99_ms >= a.excess_delay_p95_ms,
+            "{id}: {a:?}"
+        );
+    }
+    for id in ["device-camera", "room-camera"] {
+        let c = report
+            .cameras
+            .get(id)
+            .unwrap_or_else(|| panic!("{id}\n{table}"));
+        assert!(c.frames > 0 && c.fps > 0.0, "{id}: nothing shown\n{table}");
+        assert!(c.width.is_some() && c.height.is_some(), "{id}: {c:?}");
+        assert!(c.longest_gap_ms > 0.0, "{c:?}");
+    }
+    for id in TRACKS {
+        let l = report
+            .latency_ms
+            .get(id)
+            .unwrap_or_else(|| panic!("{id}\n{table}"));
+        // Matched to the kiosk's send times: the tap saw the frames the receiver got.
+        assert!(l.matched > 0, "{id}: no latency\n{table}");
+        assert_eq!(l.percentiles.count, l.matched + l.estimated);
+        let p = &l.percentiles;
+        assert!(
+            p.p50 > 0.0 && p.p50 <= p.p95 && p.p95 <= p.p99 && p.p99 <= p.max,
+            "{p:?}"
+        );
+    }
+    // The targets this profile sets are evaluated (true or false, not missing).
+    assert!(report.targets.stethoscope_in_time.is_some(), "{table}");
+    assert!(report.targets.device_camera_freeze.is_some(), "{table}");
+    assert!(report.targets.latency_p95.is_none(), "4g-doctor only");
+    // Both impaired links carried the call.
+    for side in ["kiosk", "doctor"] {
+        let l = &report.links[side];
+        assert!(l.uplink[3] > 0 && l.downlink[3] > 0, "{side}: {l:?}");
+    }
+    assert!(report.kiosk["tracks"]["stethoscope"]["frames"].as_u64() > Some(0));
+
+    let json = std::fs::read_to_string(out.join("quality-rural-adsl.json")).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("well-formed JSON");
+    for key in [
+        "date_utc",
+        "machine",
+        "load_average",
+        "audio",
+        "cameras",
+        "latency_ms",
+        "room_camera_degraded_first",
+        "targets",
+        "links",
+        "kiosk",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing from the JSON");
+    }
+    for field in [
+        "freeze_s_per_min",
+        "longest_freeze_ms",
+        "fps",
+        "width",
+        "resolutions",
+    ] {
+        assert!(
+            v["cameras"]["device-camera"].get(field).is_some(),
+            "{field}"
+        );
+    }
+    assert!(v["latency_ms"]["device-camera"]["p95"].as_f64().is_some());
+    assert!(std::fs::read_to_string(out.join("quality-rural-adsl.txt")).is_ok());
+    let _ = std::fs::remove_dir_all(&out);
+}
