@@ -8,7 +8,7 @@
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { rmSync } from "node:fs";
-import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
+import { driver, env, inbound, launchPage, sleep } from "./harness.mjs";
 
 const { result, finish, until, log } = driver("cluster_consult", ["DOCTOR_TOKEN"]);
 
@@ -23,13 +23,9 @@ async function main() {
   let userDataDir;
   try {
     result.stage = "launch";
-    ({ context, dir: userDataDir } = await launchChromium("cabine-cluster-", { width: 1024, height: 700 }));
-    for (const origin of [new URL(base).origin, owner]) {
-      await context.grantPermissions(["camera", "microphone"], { origin }).catch(() => {});
-    }
-    const page = context.pages()[0] || (await context.newPage());
-    page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
-    page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+    let page;
+    ({ context, dir: userDataDir, page } = await launchPage("cabine-cluster-", { width: 1024, height: 700 },
+      [new URL(base).origin, owner], consoleLines));
 
     result.stage = "redirect";
     await page.goto(`${base}/consult/${encodeURIComponent(room)}#token=${encodeURIComponent(token)}`);

@@ -18,7 +18,7 @@
 // Prints one JSON line `{"ok":...}`; exit status 0 when ok.
 
 import { rmSync, writeFileSync } from "node:fs";
-import { driver, env, inbound, launchChromium, sleep } from "./harness.mjs";
+import { driver, env, inbound, launchPage, sleep } from "./harness.mjs";
 
 const { result, finish, until, log } = driver("failover", ["DOCTOR_TOKEN", "OPERATOR_TOKEN"]);
 
@@ -38,13 +38,9 @@ async function main() {
   let userDataDir;
   try {
     result.stage = "launch";
-    ({ context, dir: userDataDir } = await launchChromium("cabine-failover-", { width: 1024, height: 700 }));
-    for (const origin of [new URL(base).origin, next]) {
-      await context.grantPermissions(["camera", "microphone"], { origin }).catch(() => {});
-    }
-    const page = context.pages()[0] || (await context.newPage());
-    page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
-    page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+    let page;
+    ({ context, dir: userDataDir, page } = await launchPage("cabine-failover-", { width: 1024, height: 700 },
+      [new URL(base).origin, next], consoleLines));
     await page.goto(`${base}/consult/${encodeURIComponent(room)}#token=${encodeURIComponent(token)}`);
 
     result.stage = "video";

@@ -2,7 +2,7 @@
 // the tokens redacted, polling a page until a condition holds, the inbound statistics of a
 // page's subscribe connection, and launching Debian's chromium with fake media devices.
 
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -97,6 +97,26 @@ export async function launchChromium(prefix, viewport, extraArgs = []) {
     timeout: 30000,
   });
   return { context, dir };
+}
+
+// `launchChromium(prefix, viewport)` with camera and microphone granted on each of `origins`,
+// and its first page, whose console messages and page errors are pushed to `consoleLines`.
+// The caller closes `context` and removes `dir` (both already done if this throws).
+export async function launchPage(prefix, viewport, origins, consoleLines) {
+  const { context, dir } = await launchChromium(prefix, viewport);
+  try {
+    for (const origin of origins) {
+      await context.grantPermissions(["camera", "microphone"], { origin }).catch(() => {});
+    }
+    const page = context.pages()[0] || (await context.newPage());
+    page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+    return { context, dir, page };
+  } catch (e) {
+    await context.close().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 // Run in a page (interpolated as `(${selectedPair})("sub")`): the selected candidate pair of the

@@ -21,11 +21,11 @@ use std::time::Duration;
 use cabine_proto::Grant;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use super::redis_store::OP_TIMEOUT;
+use super::redis_conn::{self, bounded};
 use super::room_key::RoomKey;
 use super::store::StoreError;
 
@@ -320,14 +320,7 @@ impl RedisInviteStore {
     /// A store on `url`, connected lazily (like [`super::RedisStore::new`]). Must be called
     /// inside a tokio runtime.
     pub fn new(url: &str) -> Result<RedisInviteStore, String> {
-        let client = redis::Client::open(url.trim()).map_err(|e| e.category().to_owned())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| e.category().to_owned())?;
+        let conn = redis_conn::connect(url)?;
         Ok(RedisInviteStore {
             conn,
             create: Script::new(CREATE),
@@ -339,24 +332,6 @@ impl RedisInviteStore {
 
 fn key(room: &RoomKey) -> String {
     format!("cabine:invites:{}", room.as_str())
-}
-
-/// Runs `f` within [`OP_TIMEOUT`], mapping Redis errors.
-async fn bounded<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Err(_) => Err(StoreError::Unreachable("no answer in time".into())),
-        Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-            Err(StoreError::Unreachable(e.category().to_owned()))
-        }
-        Ok(Err(e)) => Err(StoreError::Protocol(format!(
-            "{}: {}",
-            e.category(),
-            e.detail().unwrap_or("")
-        ))),
-        Ok(Ok(v)) => Ok(v),
-    }
 }
 
 fn parse(raw: &str) -> Result<StoredInvite, StoreError> {

@@ -30,6 +30,7 @@ mod queue_conformance;
 pub mod queue_redis;
 pub mod queue_store;
 pub mod record;
+pub mod redis_conn;
 pub mod redis_store;
 pub mod room_key;
 pub mod runtime;

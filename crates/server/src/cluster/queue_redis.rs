@@ -1,6 +1,6 @@
 //! [`RedisQueueStore`]: the [`QueueStore`] on Redis 7 or Valkey, on the same connection
-//! settings as the cluster store ([`super::redis_store`]: lazy, reconnecting, every call
-//! bounded by [`OP_TIMEOUT`]).
+//! settings as the cluster store ([`super::redis_conn`]: lazy, reconnecting, every call
+//! bounded by [`redis_conn::OP_TIMEOUT`]).
 //!
 //! Keys (prefix `cabine:q:`): `t:<id>` (a ticket, a hash, expiring), `waiting` (a sorted set of
 //! waiting ticket ids), `k:<kiosk key>` (a kiosk's waiting ticket id), `handling` (a list of
@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::queue_store::{Created, Leave, QueueStore, TicketRecord, TicketState, Transition};
-use super::redis_store::OP_TIMEOUT;
+use super::redis_conn::{self, bounded, millis};
 use super::store::StoreError;
 
 const PREFIX: &str = "cabine:q:";
@@ -84,14 +84,7 @@ impl RedisQueueStore {
     /// A store on `url`, connected lazily (a malformed URL is an error, an unreachable server
     /// is not: calls fail until it answers). Must be called inside a tokio runtime.
     pub fn new(url: &str) -> Result<RedisQueueStore, String> {
-        let client = redis::Client::open(url.trim()).map_err(|e| e.category().to_owned())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| e.category().to_owned())?;
+        let conn = redis_conn::connect(url)?;
         Ok(RedisQueueStore {
             conn,
             create: Script::new(CREATE),
@@ -119,28 +112,6 @@ fn fleet_key(key: &str) -> String {
 
 fn room_subject_key(room: &str) -> String {
     format!("{PREFIX}rs:{room}")
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
-}
-
-/// Runs `f` within [`OP_TIMEOUT`], mapping Redis errors.
-async fn bounded<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Err(_) => Err(StoreError::Unreachable("no answer in time".into())),
-        Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-            Err(StoreError::Unreachable(e.category().to_owned()))
-        }
-        Ok(Err(e)) => Err(StoreError::Protocol(format!(
-            "{}: {}",
-            e.category(),
-            e.detail().unwrap_or("")
-        ))),
-        Ok(Ok(v)) => Ok(v),
-    }
 }
 
 impl RedisQueueStore {

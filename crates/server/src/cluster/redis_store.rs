@@ -6,22 +6,21 @@
 //! TTL). Every check-and-set is one Lua script, so it is atomic.
 //!
 //! The connection is lazy and reconnects by itself: a node starts (degraded) with its Redis
-//! down, and every call is bounded by [`OP_TIMEOUT`], so a stalled Redis never stalls a
-//! request.
+//! down, and every call is bounded by [`OP_TIMEOUT`](super::redis_conn::OP_TIMEOUT), so a
+//! stalled Redis never stalls a request (both in [`super::redis_conn`], shared with the other
+//! Redis-backed stores).
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::record::{NodeList, NodeRecord};
+use super::redis_conn::{self, bounded, millis};
 use super::room_key::RoomKey;
 use super::store::{ClusterStore, Renewal, StoreError};
-
-/// Longest wait for one store operation.
-pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 
 const PREFIX: &str = "cabine:";
 
@@ -77,14 +76,7 @@ impl RedisStore {
     /// error; an unreachable server is not, calls fail until it answers). Must be called
     /// inside a tokio runtime.
     pub fn new(url: &str) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url.trim()).map_err(|e| e.category().to_owned())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| e.category().to_owned())?;
+        let conn = redis_conn::connect(url)?;
         Ok(RedisStore {
             conn,
             place: Script::new(PLACE),
@@ -100,28 +92,6 @@ fn node_key(id: &str) -> String {
 
 fn room_key(room: &RoomKey) -> String {
     format!("{PREFIX}room:{}", room.as_str())
-}
-
-/// Runs `f` within [`OP_TIMEOUT`], mapping Redis errors.
-async fn bounded<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Err(_) => Err(StoreError::Unreachable("no answer in time".into())),
-        Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-            Err(StoreError::Unreachable(e.category().to_owned()))
-        }
-        Ok(Err(e)) => Err(StoreError::Protocol(format!(
-            "{}: {}",
-            e.category(),
-            e.detail().unwrap_or("")
-        ))),
-        Ok(Ok(v)) => Ok(v),
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
 impl ClusterStore for RedisStore {

@@ -316,7 +316,7 @@ impl Cluster {
     }
 
     /// Where `room`'s requests are served; places a new room. Never waits on the store for a
-    /// room this node holds, nor for long ([`super::redis_store::OP_TIMEOUT`]) otherwise.
+    /// room this node holds, nor for long ([`super::redis_conn::OP_TIMEOUT`]) otherwise.
     pub async fn route(&self, room: &RoomId) -> Route {
         if !self.clustered {
             return Route::Local;

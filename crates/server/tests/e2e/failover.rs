@@ -79,6 +79,68 @@ fn driver_result(out: &crate::common::browser::Output, what: &str) -> serde_json
         .expect("the driver's JSON line")
 }
 
+/// The driver's environment for the doctor's page in `room`: opened on `base`, `new` the node
+/// it must end up on.
+fn page_env(base: &str, new: &str, room: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CABINE_URL", base.to_owned()),
+        ("NEW_URL", new.to_owned()),
+        ("ROOM", room.to_owned()),
+        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
+        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
+    ]
+}
+
+/// Runs `failover.mjs` in `mode` (`kill` or `late`: the driver kills A) for the page of `room`
+/// on A, B its other node; once the page has loaded (the driver writes its ready file) node
+/// `late_id` joins. Returns the driver's output and the late node.
+async fn run_with_late_node(
+    dir: &std::path::Path,
+    mode: &str,
+    room: &str,
+    (redis, a, b): (&Redis, &Node, &Node),
+    late_id: &str,
+) -> (crate::common::browser::Output, Node) {
+    let ready = std::env::temp_dir().join(format!(
+        "cabine-failover-{mode}-ready-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&ready);
+    let mut envs = page_env(&a.base, &b.base, room);
+    envs.extend([
+        ("MODE", mode.to_owned()),
+        ("READY_FILE", ready.display().to_string()),
+        ("KILL_PID", a.pid().to_string()),
+    ]);
+    let d = dir.to_path_buf();
+    let driver = tokio::task::spawn_blocking(move || {
+        run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() && !driver.is_finished() {
+        assert!(Instant::now() < deadline, "the page never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = Node::start(late_id, redis).await;
+    let out = driver.await.unwrap();
+    let _ = std::fs::remove_file(&ready);
+    (out, late)
+}
+
+/// Waits until `node`'s own view lists `room` as held by `node` with a session in it (the
+/// kiosk publishing there).
+async fn until_serving(what: &str, node: &Node, room: &str) {
+    until(what, || async {
+        let v = node.rooms().await;
+        v["rooms"].as_array().into_iter().flatten().any(|r| {
+            r["room"] == room
+                && r["node"] == node.id.as_str()
+                && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
+        })
+    })
+    .await;
+}
+
 /// Drain of the room's node: the page keeps playing and its vitals keep arriving; the kiosk is
 /// on the new node afterwards and the drained node exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,13 +151,7 @@ async fn a_drained_nodes_room_moves_with_its_page_and_kiosk() {
     let room = "consult-drain";
     let (_redis, a, b, cabin) = setup(room).await;
 
-    let envs = [
-        ("CABINE_URL", a.base.clone()),
-        ("NEW_URL", b.base.clone()),
-        ("ROOM", room.to_owned()),
-        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
-        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
-    ];
+    let envs = page_env(&a.base, &b.base, room);
     let d = dir.clone();
     let out = tokio::task::spawn_blocking(move || {
         run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
@@ -120,15 +176,7 @@ async fn a_drained_nodes_room_moves_with_its_page_and_kiosk() {
     );
 
     // The kiosk publishes on B now (B's own view lists its session).
-    until("B serves the kiosk's room", || async {
-        let v = b.rooms().await;
-        v["rooms"].as_array().into_iter().flatten().any(|r| {
-            r["room"] == room
-                && r["node"] == "node-b"
-                && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
-        })
-    })
-    .await;
+    until_serving("B serves the kiosk's room", &b, room).await;
     // A empties and exits.
     let deadline = Instant::now() + Duration::from_secs(40);
     while reqwest::get(format!("{}/healthz", a.base)).await.is_ok() {
@@ -158,32 +206,8 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     let _serial = SERIAL.lock().await;
     let room = "consult-killed";
     let (redis, a, b, cabin) = setup(room).await;
-    // The driver writes this once the page has loaded; a third node joins then.
-    let ready = std::env::temp_dir().join(format!("cabine-failover-ready-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let envs = [
-        ("MODE", "kill".to_owned()),
-        ("READY_FILE", ready.display().to_string()),
-        ("KILL_PID", a.pid().to_string()),
-        ("CABINE_URL", a.base.clone()),
-        ("NEW_URL", b.base.clone()),
-        ("ROOM", room.to_owned()),
-        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
-        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
-    ];
-    let d = dir.clone();
-    let driver = tokio::task::spawn_blocking(move || {
-        run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
-    });
     // A node that joins after the page loaded: the page learns it over its heartbeat (`nodes`).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready.exists() && !driver.is_finished() {
-        assert!(Instant::now() < deadline, "the page never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let late = Node::start("node-c", &redis).await;
-    let out = driver.await.unwrap();
-    let _ = std::fs::remove_file(&ready);
+    let (out, late) = run_with_late_node(&dir, "kill", room, (&redis, &a, &b), "node-c").await;
     let v = driver_result(&out, "the page did not come back after A's death");
     let c = &v["checks"];
     assert_eq!(
@@ -223,15 +247,7 @@ async fn a_killed_nodes_room_comes_back_on_another_with_its_page_and_kiosk() {
     assert_eq!(c["oximeter_missing"], serde_json::json!([]), "{c}");
     assert_eq!(c["oximeter_duplicates"], 0, "{c}");
     // The room lives on B now, with the kiosk.
-    until("B serves the kiosk's room", || async {
-        let v = b.rooms().await;
-        v["rooms"].as_array().into_iter().flatten().any(|r| {
-            r["room"] == room
-                && r["node"] == "node-b"
-                && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
-        })
-    })
-    .await;
+    until_serving("B serves the kiosk's room", &b, room).await;
     drop(a);
     cabin.interrupt().await;
 }
@@ -248,30 +264,7 @@ async fn a_node_that_joined_after_the_page_loaded_takes_the_room_and_the_page_fo
     let _serial = SERIAL.lock().await;
     let room = "consult-late";
     let (redis, a, b, cabin) = setup(room).await;
-    let ready = std::env::temp_dir().join(format!("cabine-failover-late-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let envs = [
-        ("MODE", "late".to_owned()),
-        ("READY_FILE", ready.display().to_string()),
-        ("KILL_PID", a.pid().to_string()),
-        ("CABINE_URL", a.base.clone()),
-        ("NEW_URL", b.base.clone()),
-        ("ROOM", room.to_owned()),
-        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
-        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
-    ];
-    let d = dir.clone();
-    let driver = tokio::task::spawn_blocking(move || {
-        run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready.exists() && !driver.is_finished() {
-        assert!(Instant::now() < deadline, "the page never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let late = Node::start("node-a2", &redis).await;
-    let out = driver.await.unwrap();
-    let _ = std::fs::remove_file(&ready);
+    let (out, late) = run_with_late_node(&dir, "late", room, (&redis, &a, &b), "node-a2").await;
     let v = driver_result(&out, "the page did not follow the room to the late node");
     let c = &v["checks"];
     println!(
@@ -283,15 +276,7 @@ async fn a_node_that_joined_after_the_page_loaded_takes_the_room_and_the_page_fo
     );
     assert_eq!(c["late_nodes"], serde_json::json!([late.base]), "{c}");
     assert_eq!(c["page_on"]["origin"], serde_json::json!(late.base), "{c}");
-    until("the late node serves the kiosk's room", || async {
-        let v = late.rooms().await;
-        v["rooms"].as_array().into_iter().flatten().any(|r| {
-            r["room"] == room
-                && r["node"] == "node-a2"
-                && r["sessions"].as_array().is_some_and(|s| !s.is_empty())
-        })
-    })
-    .await;
+    until_serving("the late node serves the kiosk's room", &late, room).await;
     drop(a);
     cabin.interrupt().await;
 }
@@ -316,15 +301,11 @@ async fn a_restarted_single_node_gets_media_and_telemetry_back_without_a_reload(
 
     let cabin = cabin_command(&base, room).spawn();
 
-    let envs = [
+    let mut envs = page_env(&base, &base, room);
+    envs.extend([
         ("MODE", "restart".to_owned()),
         ("RESTART_PID", node.child.id().to_string()),
-        ("CABINE_URL", base.clone()),
-        ("NEW_URL", base.clone()),
-        ("ROOM", room.to_owned()),
-        ("DOCTOR_TOKEN", token(room, Role::Doctor, "dr-1")),
-        ("OPERATOR_TOKEN", token("*", Role::Operator, "ops")),
-    ];
+    ]);
     let d = dir.clone();
     let driver = tokio::task::spawn_blocking(move || {
         run_driver(&d, "failover.mjs", &envs, Duration::from_secs(240))

@@ -18,7 +18,6 @@ use crate::common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::common::kiosk::{Kiosk, KioskProcess};
 use crate::common::netns::{self, Netns};
 use cabine_client::{ClientOptions, Publisher, TrackSpec};
@@ -29,14 +28,9 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server_reports_tcp() {
-    if !netns::can_run("tcp_netns") {
+    let Some((dir, _serial, ns)) = netns::prepare("tcp_netns").await else {
         return;
-    }
-    let dir = common::browser::dir();
-    check_prerequisites(&dir);
-    let _serial = SERIAL.lock().await;
-
-    let ns = Netns::create();
+    };
     let s = common::start_with(|c| {
         c.http.listen = SocketAddr::new(ns.host_ip.into(), 0);
         c.media.bind = SocketAddr::new(ns.host_ip.into(), 0);
@@ -57,27 +51,19 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     // UDP only: the webrtc crate's publisher cannot connect from inside.
     let whip = format!("{}/whip/{ROOM}-udp", s.base);
     let kiosk = s.token(&format!("{ROOM}-udp"), Role::Kiosk, "kiosk-udp");
-    let udp_only = tokio::task::block_in_place(|| {
-        ns.run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                Publisher::connect(
-                    &whip,
-                    &kiosk,
-                    vec![TrackSpec::audio("kiosk-udp", "microphone")],
-                    ClientOptions {
-                        gather_timeout: Duration::from_secs(2),
-                        connect_timeout: Duration::from_secs(8),
-                        ..ClientOptions::default()
-                    },
-                )
-                .await
-                .map(|_| ())
-            })
-        })
+    let udp_only = ns.block_on(|| async {
+        Publisher::connect(
+            &whip,
+            &kiosk,
+            vec![TrackSpec::audio("kiosk-udp", "microphone")],
+            ClientOptions {
+                gather_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(8),
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .map(|_| ())
     });
     let why =
         udp_only.expect_err("a UDP-only client connected although UDP to the server is dropped");
@@ -105,15 +91,7 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
         s.token(&kiosk_room, Role::Doctor, "dr-1"),
         s.token("*", Role::Operator, "ops-1"),
     );
-    let media = tokio::task::block_in_place(|| {
-        ns.run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(ice_tcp_media(&base, &kiosk_room, &kiosk, &doctor, &ops))
-        })
-    });
+    let media = ns.block_on(|| ice_tcp_media(&base, &kiosk_room, &kiosk, &doctor, &ops));
     let rooms =
         media.unwrap_or_else(|e| panic!("cabine-kiosk over ICE-TCP from the namespace: {e}"));
     eprintln!("tcp_netns: cabine-kiosk sessions over ICE-TCP: {rooms}");
@@ -126,14 +104,11 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
     eprintln!("tcp_netns: cabine-kiosk dial's vitals over the stream transport: {vitals}");
 
     // Chromium inside, ICE-TCP.
-    let hold = std::env::temp_dir().join(format!("cabine-ice-tcp-hold-{}", std::process::id()));
-    let _ = std::fs::remove_file(&hold);
-    let envs = [
+    let envs = vec![
         ("CABINE_URL", s.base.clone()),
         ("ROOM", ROOM.to_owned()),
         ("KIOSK_TOKEN", s.token(ROOM, Role::Kiosk, "kiosk-1")),
         ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
-        ("HOLD_FILE", hold.display().to_string()),
         ("DIAL_ROOM", format!("{ROOM}-dial")),
         (
             "DIAL_DOCTOR_TOKEN",
@@ -146,66 +121,42 @@ async fn with_udp_dropped_kiosk_and_chromium_connect_over_ice_tcp_and_the_server
             format!("--unsafely-treat-insecure-origin-as-secure={}", s.base),
         ),
     ];
-    let name = ns.name.clone();
-    let d = dir.clone();
-    let driver = tokio::task::spawn_blocking(move || {
-        run_driver_with(
-            &["ip", "netns", "exec", &name],
-            &d,
-            "ice_tcp.mjs",
-            &envs,
-            DRIVER_TIMEOUT,
-        )
-    });
-
     // While the pages are open: the server reports the room's sessions over tcp.
     let ops = s.token("*", Role::Operator, "ops-1");
     let mut rooms = serde_json::Value::Null;
     let mut seen_tcp_sessions = 0;
     let mut ops_view = serde_json::Value::Null;
     let mut gauge = (0.0, String::new());
-    let deadline = Instant::now() + DRIVER_TIMEOUT;
-    while Instant::now() < deadline && !driver.is_finished() {
-        if let Ok(r) = reqwest::Client::new()
-            .get(format!("{}/api/rooms", s.base))
-            .bearer_auth(&ops)
-            .send()
-            .await
-        {
-            rooms = r.json().await.unwrap_or_default();
-            let tcp_sessions = rooms["rooms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["room"] == ROOM)
-                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+    let out = ns
+        .drive_pages(&dir, "ice_tcp.mjs", envs, DRIVER_TIMEOUT, async || {
+            let Some(now) = netns::rooms(&s.base, &ops).await else {
+                return false;
+            };
+            rooms = now;
+            let tcp_sessions = netns::room_sessions(&rooms, ROOM)
                 .filter(|s| s["transport"]["protocol"] == "tcp")
                 .count();
             seen_tcp_sessions = seen_tcp_sessions.max(tcp_sessions);
-            if tcp_sessions >= 2 {
-                // The transport gauge too (it may lag the rooms' snapshot by a refresh).
-                gauge = netns::sessions_by_transport(&s, "/tcp").await;
-                if gauge.0 < 2.0 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                // The operators' view says it too (pseudonymous: transport labels only).
-                if let Ok(r) = reqwest::Client::new()
-                    .get(format!("{}/api/ops", s.base))
-                    .bearer_auth(&ops)
-                    .send()
-                    .await
-                {
-                    ops_view = r.json().await.unwrap_or_default();
-                }
-                break;
+            if tcp_sessions < 2 {
+                return false;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    std::fs::write(&hold, b"seen").expect("hold file");
-    let out = driver.await.expect("driver thread");
-    let _ = std::fs::remove_file(&hold);
+            // The transport gauge too (it may lag the rooms' snapshot by a refresh).
+            gauge = netns::sessions_by_transport(&s, "/tcp").await;
+            if gauge.0 < 2.0 {
+                return false;
+            }
+            // The operators' view says it too (pseudonymous: transport labels only).
+            if let Ok(r) = reqwest::Client::new()
+                .get(format!("{}/api/ops", s.base))
+                .bearer_auth(&ops)
+                .send()
+                .await
+            {
+                ops_view = r.json().await.unwrap_or_default();
+            }
+            true
+        })
+        .await;
     eprintln!("tcp_netns: chromium driver: {}", out.stdout.trim());
     let dial_stats = dial.stop().await;
     eprintln!(

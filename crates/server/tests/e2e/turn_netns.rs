@@ -16,14 +16,13 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::browser::{check_prerequisites, run_driver_with, SERIAL};
 use crate::common::coturn::{
     allocate_tls, allocate_udp, ice_servers, relay_only_media, turn_credential, with_turn, Coturn,
     TURN_SECRET,
 };
-use crate::common::netns::{self, Netns};
+use crate::common::netns;
 use cabine_client::ClientOptions;
 use cabine_proto::Role;
 use cabine_server::turn::IceServersReply;
@@ -35,14 +34,9 @@ const PAGE_CONNECTIONS: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
-    if !netns::can_run("turn_netns") {
+    let Some((dir, _serial, ns)) = netns::prepare("turn_netns").await else {
         return;
-    }
-    let dir = common::browser::dir();
-    check_prerequisites(&dir);
-    let _serial = SERIAL.lock().await;
-
-    let ns = Netns::create();
+    };
     let plain = std::net::UdpSocket::bind((ns.host_ip, 0))
         .unwrap()
         .local_addr()
@@ -68,18 +62,10 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
         .await
         .unwrap();
     let (user, pass) = turn_credential(&reply);
-    let (udp, tls) = tokio::task::block_in_place(|| {
-        ns.run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let udp = allocate_udp(coturn.addr(), &user, &pass).await;
-                let tls = allocate_tls(&coturn, &user, &pass).await;
-                (udp, tls)
-            })
-        })
+    let (udp, tls) = ns.block_on(|| async {
+        let udp = allocate_udp(coturn.addr(), &user, &pass).await;
+        let tls = allocate_tls(&coturn, &user, &pass).await;
+        (udp, tls)
     });
     assert!(udp.is_err(), "UDP got out of the namespace: {udp:?}");
     eprintln!(
@@ -127,21 +113,8 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
         accept_invalid_certs: true,
         ..ClientOptions::default()
     };
-    let media = tokio::task::block_in_place(|| {
-        ns.run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(relay_only_media(
-                &base,
-                kiosk_room,
-                (&kiosk, &doctor, &ops),
-                opts,
-                "tls",
-            ))
-        })
-    });
+    let media =
+        ns.block_on(|| relay_only_media(&base, kiosk_room, (&kiosk, &doctor, &ops), opts, "tls"));
     media.unwrap_or_else(|e| {
         panic!(
             "cabine-kiosk relay-only from the namespace: {e}\n{}",
@@ -150,15 +123,12 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     });
 
     // Chromium inside the namespace, relay only.
-    let hold = std::env::temp_dir().join(format!("cabine-turn-hold-{}", std::process::id()));
-    let _ = std::fs::remove_file(&hold);
-    let envs = [
+    let envs = vec![
         ("CABINE_URL", s.base.clone()),
         ("ROOM", ROOM.to_owned()),
         ("KIOSK_TOKEN", token.clone()),
         ("DOCTOR_TOKEN", s.token(ROOM, Role::Doctor, "dr-1")),
         ("RELAY_PROTOCOL", "tls".to_owned()),
-        ("HOLD_FILE", hold.display().to_string()),
         (
             "CHROMIUM_ARGS",
             format!(
@@ -169,17 +139,6 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
             ),
         ),
     ];
-    let name = ns.name.clone();
-    let d = dir.clone();
-    let driver = tokio::task::spawn_blocking(move || {
-        run_driver_with(
-            &["ip", "netns", "exec", &name],
-            &d,
-            "turn_relay.mjs",
-            &envs,
-            DRIVER_TIMEOUT,
-        )
-    });
     // While the pages are open: the pages reported their relay protocol (the server sees only
     // coturn's UDP), so /api/rooms says relay/tls for each page's publish and subscribe
     // connection. The relay candidates mostly reach the server by trickle (a TLS allocation is
@@ -189,39 +148,26 @@ async fn chromium_relays_over_tls_443_when_nothing_else_gets_out() {
     let mut rooms = serde_json::Value::Null;
     let mut seen_relay_tls = 0;
     let mut gauge = (0.0, String::new());
-    let deadline = Instant::now() + DRIVER_TIMEOUT;
-    while Instant::now() < deadline && !driver.is_finished() {
-        if let Ok(r) = reqwest::Client::new()
-            .get(format!("{}/api/rooms", s.base))
-            .bearer_auth(&ops)
-            .send()
-            .await
-        {
-            rooms = r.json().await.unwrap_or_default();
-            let relay_tls = rooms["rooms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["room"] == ROOM)
-                .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
+    let out = ns
+        .drive_pages(&dir, "turn_relay.mjs", envs, DRIVER_TIMEOUT, async || {
+            let Some(now) = netns::rooms(&s.base, &ops).await else {
+                return false;
+            };
+            rooms = now;
+            let relay_tls = netns::room_sessions(&rooms, ROOM)
                 .filter(|s| {
                     s["transport"]["candidate"] == "relay" && s["transport"]["protocol"] == "tls"
                 })
                 .count();
             seen_relay_tls = seen_relay_tls.max(relay_tls);
-            if relay_tls >= PAGE_CONNECTIONS {
-                // The transport gauge too (it may lag the rooms' snapshot by a refresh).
-                gauge = netns::sessions_by_transport(&s, "relay/tls").await;
-                if gauge.0 >= PAGE_CONNECTIONS as f64 {
-                    break;
-                }
+            if relay_tls < PAGE_CONNECTIONS {
+                return false;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    std::fs::write(&hold, b"seen").expect("hold file");
-    let out = driver.await.expect("driver thread");
-    let _ = std::fs::remove_file(&hold);
+            // The transport gauge too (it may lag the rooms' snapshot by a refresh).
+            gauge = netns::sessions_by_transport(&s, "relay/tls").await;
+            gauge.0 >= PAGE_CONNECTIONS as f64
+        })
+        .await;
     assert!(
         out.ok(),
         "chromium through coturn over TLS failed (exit {}{}):\n{}\n{}\ncoturn:\n{}",

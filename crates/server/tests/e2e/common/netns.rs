@@ -3,12 +3,18 @@
 //! with `NETNS_TESTS_REQUIRE_ROOT` set (scripts/test sets it when run as root, as CI is) a
 //! test that cannot run fails instead.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::MutexGuard;
+
+use super::browser::{self, run_driver_with, SERIAL};
 
 /// Whether this process can create namespaces (root, with `ip` and `iptables`): when not
 /// root, prints that `test` was skipped and why on the real stderr (the test harness does not
@@ -36,6 +42,44 @@ pub fn can_run(test: &str) -> bool {
         );
     }
     true
+}
+
+/// What the reach test `test` starts with: `None` when it must skip ([`can_run`]), else the
+/// browser scripts' directory (prerequisites checked, see [`browser::check_prerequisites`]),
+/// the browser lock (hold it for the whole test) and a new namespace.
+pub async fn prepare(test: &str) -> Option<(PathBuf, MutexGuard<'static, ()>, Netns)> {
+    if !can_run(test) {
+        return None;
+    }
+    let dir = browser::dir();
+    browser::check_prerequisites(&dir);
+    let serial = SERIAL.lock().await;
+    Some((dir, serial, Netns::create()))
+}
+
+/// `GET {base}/api/rooms` with the operator token `ops`; `None` when the request fails (a
+/// body that is not JSON reads as `null`).
+pub async fn rooms(base: &str, ops: &str) -> Option<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/rooms"))
+        .bearer_auth(ops)
+        .send()
+        .await
+        .ok()?;
+    Some(r.json().await.unwrap_or_default())
+}
+
+/// The sessions `/api/rooms` (`rooms`) lists for `room`.
+pub fn room_sessions<'a>(
+    rooms: &'a serde_json::Value,
+    room: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    rooms["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |r| r["room"] == room)
+        .flat_map(|r| r["sessions"].as_array().into_iter().flatten())
 }
 
 /// The sessions `cabine_sfu_sessions_transport` counts under transport labels ending in
@@ -166,6 +210,62 @@ impl Netns {
                 .join()
                 .expect("namespace thread")
         })
+    }
+
+    /// Runs the future `f` makes to completion on a current-thread runtime on a thread that
+    /// joined the namespace (its sockets are the namespace's), the caller's worker thread
+    /// blocked meanwhile (`block_in_place`: the caller's runtime must be multi-threaded).
+    pub fn block_on<F: Future>(&self, f: impl FnOnce() -> F + Send) -> F::Output
+    where
+        F::Output: Send,
+    {
+        tokio::task::block_in_place(|| {
+            self.run_in(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(f())
+            })
+        })
+    }
+
+    /// Runs the browser driver `script` (in `dir`) inside the namespace with `envs` and
+    /// `HOLD_FILE`, killed after `timeout`; the driver keeps its pages open until the hold file
+    /// exists. Meanwhile calls `poll` every 200 ms until it returns true, the driver ends or
+    /// `timeout` passes; then writes the hold file (the pages close) and returns the driver's
+    /// output.
+    pub async fn drive_pages(
+        &self,
+        dir: &Path,
+        script: &'static str,
+        mut envs: Vec<(&'static str, String)>,
+        timeout: Duration,
+        mut poll: impl AsyncFnMut() -> bool,
+    ) -> browser::Output {
+        let hold = std::env::temp_dir().join(format!(
+            "cabine-{}-hold-{}",
+            script.trim_end_matches(".mjs"),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&hold);
+        envs.push(("HOLD_FILE", hold.display().to_string()));
+        let name = self.name.clone();
+        let d = dir.to_path_buf();
+        let driver = tokio::task::spawn_blocking(move || {
+            run_driver_with(&["ip", "netns", "exec", &name], &d, script, &envs, timeout)
+        });
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !driver.is_finished() {
+            if poll().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        std::fs::write(&hold, b"seen").expect("hold file");
+        let out = driver.await.expect("driver thread");
+        let _ = std::fs::remove_file(&hold);
+        out
     }
 
     /// Spawns `f` on a thread that joined the namespace and returns its handle, for work that
