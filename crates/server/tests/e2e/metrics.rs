@@ -89,8 +89,14 @@ async fn metrics_follow_a_session_without_leaking_names() {
     assert!(value("cabine_sfu_forwarding_delay_seconds_count", "") >= (2 * PACKETS) as f64);
     assert!(text.contains("cabine_sfu_forwarding_delay_seconds_bucket{le=\"0.001\"}"));
     // Telemetry refused by the media plane's queues: exported, and nothing refused here.
-    assert_eq!(value("cabine_sfu_telemetry_refused_total", "reliable=\"true\""), 0.0);
-    assert_eq!(value("cabine_sfu_telemetry_refused_total", "reliable=\"false\""), 0.0);
+    assert_eq!(
+        value("cabine_sfu_telemetry_refused_total", "reliable=\"true\""),
+        0.0
+    );
+    assert_eq!(
+        value("cabine_sfu_telemetry_refused_total", "reliable=\"false\""),
+        0.0
+    );
 
     // Nothing identifying in any label or value line.
     for needle in [ROOM, KIOSK, DOCTOR, "jeanne", "martin"] {
