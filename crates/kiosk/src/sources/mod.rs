@@ -28,6 +28,10 @@
 //! | `microphone` | [`AudioSource::microphone`] (speech-like voice) | Opus voice mode, 32 kbit/s |
 //! | `stethoscope` | [`AudioSource::stethoscope`] (S1/S2 heart sounds) | Opus music mode, 96 kbit/s |
 //!
+//! A synthetic camera can also be sent as simulcast ([`SimulcastSource`]: one picture drawn
+//! per frame, shrunk in place to a half and a quarter, each size encoded by its own libvpx
+//! encoder), driven with [`MediaSource::next_layers`].
+//!
 //! Recorded media can replace the synthetic sources: [`IvfSource`] plays a VP8 IVF file and
 //! [`OggOpusSource`] an Ogg Opus file (decoded, trimmed and encoded again), both in a loop.
 
