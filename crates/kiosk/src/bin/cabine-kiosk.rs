@@ -495,6 +495,13 @@ fn stats_to_json(s: &dial::DialStats) -> serde_json::Value {
             "keyframe_requests": t.keyframe_requests,
             "feedback": t.feedback,
             "paused_frames": t.paused_frames,
+            "layers": t.layers.iter().map(|l| json!({
+                "rid": l.rid,
+                "frames": l.frames,
+                "bytes": l.bytes,
+                "budget_bps": l.budget_bps,
+                "keyframe_requests": l.keyframe_requests,
+            })).collect::<Vec<_>>(),
         }))).collect::<serde_json::Map<_, _>>(),
         "received_tracks": s.received_tracks,
         "received_packets": s.received_packets,

@@ -50,7 +50,8 @@ pub use self::opus::{packet_samples, OpusConfig, OpusDecoder, OpusEncoder, OpusM
 pub use file::{IvfSource, OggOpusSource};
 pub use pattern::{I420Frame, Pattern};
 pub use simulcast::{
-    spatial_layers, SimulcastSource, SpatialLayer, LAYER_WEIGHTS, SCALE_DOWN, SIMULCAST_RIDS,
+    spatial_layers, SimulcastSource, SpatialLayer, LAYER_WEIGHTS, MIN_LAYER_KBPS, SCALE_DOWN,
+    SIMULCAST_RIDS,
 };
 pub use synth::{HeartSounds, Synth, Tone, Voice, SAMPLE_RATE};
 pub use temporal::{TemporalLayer, TemporalPattern, MAX_TEMPORAL_LAYERS};

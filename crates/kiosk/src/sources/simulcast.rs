@@ -23,6 +23,10 @@ pub const SCALE_DOWN: [u32; MAX_SPATIAL_LAYERS] = [4, 2, 1];
 /// pixels gets less than a quarter of the bits: small pictures need more bits per pixel).
 pub const LAYER_WEIGHTS: [u32; MAX_SPATIAL_LAYERS] = [1, 2, 5];
 
+/// The least a layer's encoder is set to, kbit/s (libvpx's floor in [`Vp8Config`]): a camera
+/// configured below 160 kbit/s gives its smallest layer a little more than its share.
+pub const MIN_LAYER_KBPS: u32 = 20;
+
 /// One layer of a simulcast camera.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpatialLayer {
@@ -104,7 +108,7 @@ impl SimulcastSource {
             let encoder = Vp8Encoder::new(Vp8Config {
                 width,
                 height,
-                bitrate_kbps: layer.bitrate_bps / 1000,
+                bitrate_kbps: (layer.bitrate_bps / 1000).max(MIN_LAYER_KBPS),
                 ..config
             })?;
             layers.push(Encoding {
@@ -164,7 +168,9 @@ impl MediaSource for SimulcastSource {
 
     fn set_layer_bitrate(&mut self, layer: usize, bitrate_bps: u32) -> Result<(), SourceError> {
         match self.layers.get_mut(layer) {
-            Some(e) => e.encoder.set_bitrate(bitrate_bps / 1000),
+            Some(e) => e
+                .encoder
+                .set_bitrate((bitrate_bps / 1000).max(MIN_LAYER_KBPS)),
             None => Err(SourceError::InvalidConfig(format!(
                 "no simulcast layer {layer}"
             ))),
@@ -282,6 +288,10 @@ mod tests {
         }
         assert_eq!(keys, [0, 1, 0]);
         assert!(SimulcastSource::new(Pattern::RoomCamera, Vp8Config::new(30, 600), 4).is_err());
+        // A small camera's smallest layer gets libvpx's floor.
+        let mut small =
+            SimulcastSource::new(Pattern::RoomCamera, Vp8Config::new(10, 100), 3).expect("camera");
+        small.set_bitrate(60_000).expect("floors the layers");
         let odd = Vp8Config {
             width: 644,
             ..Vp8Config::new(30, 600)
