@@ -9,6 +9,9 @@
 //! and keyframes whose VP8 header gives a narrower width; packets keep coming and the camera
 //! is not paused), and back to the full picture when the link recovers. With one layer
 //! (`--simulcast 1`) the SFU hears one rid and has no smaller picture to switch to.
+//!
+//! On the kiosk's side, an uplink too small for the whole camera loses the top layer first:
+//! the SFU stops hearing `f` while `q` and `h` keep flowing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,6 +176,92 @@ async fn a_doctor_on_a_shrinking_link_gets_a_smaller_layer_then_the_full_picture
     doctor.close().await.expect("close");
 }
 
+/// The kiosk's uplink in [`the_top_layer_goes_first_when_the_uplink_shrinks`]: the
+/// stethoscope (~112 kbit/s on the wire) and the room camera's `q` and `h` layers fit, not
+/// `f` on top of them.
+const UPLINK_BPS: u64 = 450_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_layer_goes_first_when_the_uplink_shrinks() {
+    let _turn = common::cpu_turn().await;
+    let server = common::start().await;
+    let relay = Relay::start(RelayConfig {
+        seed: 22,
+        ..RelayConfig::loopback(server.media(), Profile::clean())
+    })
+    .await
+    .expect("relay");
+    let mut config = DialConfig::new(server.base.clone(), "");
+    config.room = Some("room-1".into());
+    config.stream_id = Some("kiosk-1".into());
+    config.client = ClientOptions {
+        media_via: Some(relay.local_addr()),
+        ..ClientOptions::loopback()
+    };
+    config.subscribe = false;
+    config.devices = None;
+    config.telemetry = None;
+    config.stats_every = Duration::from_secs(3600);
+    config.media.device_camera = Input::Off;
+    config.media.microphone = Input::Off;
+    config.media.simulcast = 3;
+    config.media.adaptive = true;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let kiosk = tokio::spawn(dial::run(config, async {
+        let _ = stop_rx.await;
+    }));
+
+    // An open uplink carries the three layers (the controller starts at half the kiosk's
+    // maximum, which leaves f out, and climbs).
+    let mut rates = Vec::new();
+    common::wait_until_for(RAMP, "the three layers on an open uplink", || {
+        rates = publisher_rates(&server);
+        // f sent, not just the first frames the kiosk sends before its first decision.
+        rates.len() == 3
+            && rates.iter().all(|(_, b)| b.is_some())
+            && rates
+                .iter()
+                .any(|(r, b)| r == "f" && b.is_some_and(|b| b > 100_000))
+    })
+    .await;
+    println!("open uplink: layers as the SFU receives them {rates:?}");
+
+    // Shrunk: the SFU hears q and h but no longer f (its meter empties two seconds after
+    // the last packet): the kiosk stopped sending its top layer, not its lower ones.
+    relay
+        .set_profile(Profile {
+            name: "small-uplink",
+            uplink: LinkConfig::limited(UPLINK_BPS, Duration::from_millis(200)),
+            downlink: LinkConfig::default(),
+        })
+        .expect("profile");
+    common::wait_until_for(RAMP, "f to stop while q and h flow", || {
+        rates = publisher_rates(&server);
+        let rate = |rid: &str| rates.iter().find(|(r, _)| r == rid).and_then(|(_, b)| *b);
+        rates.len() == 3 && rate("f").is_none() && rate("q").is_some() && rate("h").is_some()
+    })
+    .await;
+    println!("uplink {UPLINK_BPS} bit/s: layers as the SFU receives them {rates:?}");
+
+    let _ = stop_tx.send(());
+    let stats = kiosk
+        .await
+        .expect("kiosk task")
+        .expect("kiosk ends cleanly");
+    let camera = &stats.tracks["room-camera"];
+    println!(
+        "kiosk: target {} bit/s, room camera {camera:?}",
+        stats.uplink_target_bps
+    );
+    assert!(stats.uplink_decreases >= 1, "never adapted: {stats:?}");
+    let frames: Vec<u64> = camera.layers.iter().map(|l| l.frames).collect();
+    assert!(
+        frames[2] < frames[1] && frames[2] < frames[0],
+        "f sent as often as the lower layers: {camera:?}"
+    );
+    assert_eq!(camera.paused_frames, 0, "the camera was paused: {camera:?}");
+}
+
 /// The doctor's link when it shrinks: the downlink at [`NARROW_BPS`], with a deep queue (1 s)
 /// so that the SFU's estimate falls on the queue's delay before the queue overflows. (After
 /// the overflows of a shallow queue str0m's estimate can stay loss-limited, where it does not
@@ -266,8 +355,25 @@ fn publisher_layers(server: &RealSfu) -> Vec<(String, u64)> {
         .flat_map(|r| &r.sessions)
         .filter(|s| s.kind == SessionKind::Publish)
         .flat_map(|s| &s.published)
+        .filter(|t| t.track.kind == "video")
         .flat_map(|t| &t.layers)
         .map(|l| (l.rid.clone().unwrap_or_default(), l.packets))
+        .collect()
+}
+
+/// The room camera's layers as the SFU measures them: (rid, bitrate; `None` once silent).
+fn publisher_rates(server: &RealSfu) -> Vec<(String, Option<u64>)> {
+    let Ok(rooms) = snapshot(server) else {
+        return Vec::new();
+    };
+    rooms
+        .iter()
+        .flat_map(|r| &r.sessions)
+        .filter(|s| s.kind == SessionKind::Publish)
+        .flat_map(|s| &s.published)
+        .filter(|t| t.track.kind == "video")
+        .flat_map(|t| &t.layers)
+        .map(|l| (l.rid.clone().unwrap_or_default(), l.bitrate_bps))
         .collect()
 }
 
