@@ -2,7 +2,9 @@
 //! stethoscope and the microphone keep their bitrates), then the video tracks in priority
 //! order (the device camera before the room camera), each between its minimum and its
 //! configured bitrate; a video track whose minimum does not fit is paused, the lowest
-//! priority first (the first video track is never paused).
+//! priority first (the first video track is never paused). A simulcast track's share is then
+//! split between its layers by [`split_layers`]: the lower layers first, the top one dropped
+//! first.
 
 /// Wire bytes per encoder byte for video (RTP, header extensions, SRTP tag, RTX and
 /// packetisation): the target is a rate on the wire, encoders are set in payload bits.
@@ -105,6 +107,53 @@ impl Budget {
     }
 }
 
+/// One simulcast layer's range (encoder rates, bit/s), for [`split_layers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDemand {
+    /// Below this the layer is not sent.
+    pub min_bps: u32,
+    /// Its configured bitrate.
+    pub max_bps: u32,
+}
+
+impl LayerDemand {
+    /// The [`VideoDemand`] range of a track sent as these layers (lowest resolution first):
+    /// from the lowest layer's minimum (below it the track is paused) to every layer at its
+    /// configured bitrate.
+    pub fn track_range(layers: &[LayerDemand]) -> (u32, u32) {
+        let min = layers.first().map_or(0, |l| l.min_bps);
+        let max = layers
+            .iter()
+            .fold(0u32, |sum, l| sum.saturating_add(l.max_bps));
+        (min, max)
+    }
+}
+
+/// Splits one simulcast track's share (encoder rate, bit/s) between its layers, lowest
+/// resolution first, as libwebrtc does: each layer gets up to its configured bitrate before
+/// the next one is sent, and the next one is sent only if its minimum fits in what is left.
+/// So when the share shrinks the top layer goes first, and a subscriber that needs only a
+/// lower layer keeps it whole. The lowest layer is always sent (at least at its minimum:
+/// below it the budget pauses the whole track). Returns each layer's bitrate, 0 for a layer
+/// not sent.
+pub fn split_layers(share_bps: u32, layers: &[LayerDemand]) -> Vec<u32> {
+    let mut left = share_bps;
+    let mut out = Vec::with_capacity(layers.len());
+    let mut sending = true;
+    for (i, layer) in layers.iter().enumerate() {
+        if sending && (i == 0 || left >= layer.min_bps) {
+            let bps = left.clamp(layer.min_bps, layer.max_bps.max(layer.min_bps));
+            left = left.saturating_sub(bps);
+            out.push(bps);
+        } else {
+            // A higher layer is not sent when a lower one is not.
+            sending = false;
+            out.push(0);
+        }
+    }
+    out
+}
+
 /// Wire rate of a video encoder rate.
 fn wire(bps: u32) -> u64 {
     (f64::from(bps) * VIDEO_OVERHEAD) as u64
@@ -130,6 +179,37 @@ mod tests {
                 },
             ],
         )
+    }
+
+    #[test]
+    fn simulcast_layers_fill_from_the_bottom_and_the_top_goes_first() {
+        // A 600 kbit/s room camera as q/h/f.
+        let layers = [
+            LayerDemand {
+                min_bps: 30_000,
+                max_bps: 75_000,
+            },
+            LayerDemand {
+                min_bps: 30_000,
+                max_bps: 150_000,
+            },
+            LayerDemand {
+                min_bps: 100_000,
+                max_bps: 375_000,
+            },
+        ];
+        assert_eq!(LayerDemand::track_range(&layers), (30_000, 600_000));
+        assert_eq!(split_layers(600_000, &layers), [75_000, 150_000, 375_000]);
+        assert_eq!(split_layers(900_000, &layers), [75_000, 150_000, 375_000]);
+        // Room for the top layer's minimum: all three.
+        assert_eq!(split_layers(325_000, &layers), [75_000, 150_000, 100_000]);
+        // Not quite: the top layer is dropped, the lower two stay whole.
+        assert_eq!(split_layers(300_000, &layers), [75_000, 150_000, 0]);
+        // Then the middle one; a layer never goes above its configured bitrate.
+        assert_eq!(split_layers(100_000, &layers), [75_000, 0, 0]);
+        // The lowest layer is never dropped.
+        assert_eq!(split_layers(10_000, &layers), [30_000, 0, 0]);
+        assert_eq!(split_layers(0, &[]), Vec::<u32>::new());
     }
 
     #[test]

@@ -27,14 +27,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cabine_client::budget::{Budget, Share, VideoDemand};
+use cabine_client::budget::{split_layers, Budget, LayerDemand, Share, VideoDemand};
 use cabine_client::congestion::{ControllerConfig, RateController};
 use cabine_client::{
-    ClientOptions, Codec, Error, LocalTrack, Publisher, Subscriber, TrackSpec, SAMPLE_MTU,
+    ClientOptions, Codec, Error, LocalLayer, Publisher, Subscriber, TrackSpec, SAMPLE_MTU,
 };
 use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -45,8 +45,9 @@ use crate::devices::{
     START_MEASUREMENT,
 };
 use crate::sources::{
-    AudioSource, EncodedFrame, IvfSource, MediaSource, OggOpusSource, OpusConfig, Pattern,
-    SourceError, TemporalLayer, VideoSource, Vp8Config, Vp8Packetizer,
+    spatial_layers, AudioSource, EncodedFrame, IvfSource, LayerFrames, MediaSource, OggOpusSource,
+    OpusConfig, Pattern, SimulcastSource, SourceError, TemporalLayer, VideoSource, Vp8Config,
+    Vp8Packetizer, MAX_SPATIAL_LAYERS, SIMULCAST_RIDS,
 };
 use crate::telemetry::{self, TelemetryConfig, TelemetryStats};
 
@@ -83,17 +84,24 @@ pub struct MediaConfig {
     pub stethoscope: Input,
     /// Room camera frames per second.
     pub room_fps: u32,
-    /// Room camera bitrate, kbit/s.
+    /// Room camera bitrate, kbit/s (all its simulcast layers together).
     pub room_kbps: u32,
     /// Device camera frames per second.
     pub device_fps: u32,
-    /// Device camera bitrate, kbit/s.
+    /// Device camera bitrate, kbit/s (all its simulcast layers together).
     pub device_kbps: u32,
     /// Stethoscope Opus bitrate, bit/s (at least 64000).
     pub stethoscope_bps: u32,
     /// VP8 temporal layers of the synthetic cameras (1 to 3). With two, the SFU can halve a
     /// camera's frame rate for a subscriber whose link cannot carry it instead of pausing it.
     pub temporal_layers: u8,
+    /// Simulcast layers of the synthetic room camera (1 to 3: rids `f`; `h`, `f`; `q`, `h`,
+    /// `f`, at full, half and quarter resolution, like the pages); the device camera gets at
+    /// most two. Each camera's bitrate is shared between its layers (see
+    /// [`LAYER_WEIGHTS`](crate::sources::LAYER_WEIGHTS)), each layer keeps the temporal
+    /// layers. With more than one, the SFU sends a subscriber whose link cannot carry the
+    /// full picture a smaller one instead of pausing the camera. File inputs are one layer.
+    pub simulcast: u8,
     /// Adapt the video bitrates to the uplink (see [`congestion`](cabine_client::congestion)): the
     /// audio tracks keep their bitrates, the device camera gets its share before the room
     /// camera, which is paused when even its minimum does not fit. Off: every encoder runs
@@ -114,6 +122,7 @@ impl Default for MediaConfig {
             device_kbps: 400,
             stethoscope_bps: 96_000,
             temporal_layers: 2,
+            simulcast: 3,
             adaptive: true,
         }
     }
@@ -244,6 +253,24 @@ pub struct TrackStats {
     pub budget_bps: u32,
     /// Frames not sent because the budget paused the track.
     pub paused_frames: u64,
+    /// The simulcast layers, lowest resolution first (empty for a single-layer track).
+    pub layers: Vec<LayerStats>,
+}
+
+/// Counters of one simulcast layer of a published track.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    /// The layer's rid.
+    pub rid: String,
+    /// Frames sent.
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// The encoder bitrate the uplink budget gives the layer, bit/s (0: not sent, or before
+    /// the first decision).
+    pub budget_bps: u32,
+    /// Keyframe requests (PLI/FIR) received for this layer.
+    pub keyframe_requests: u64,
 }
 
 /// What a [`run`] did.
@@ -321,35 +348,55 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut controls = Vec::new();
     for (track_id, codec, source) in sources {
+        let count = source.spatial_layers().clamp(1, MAX_SPATIAL_LAYERS);
+        let rids = &SIMULCAST_RIDS[MAX_SPATIAL_LAYERS - count..];
         specs.push(match codec {
             Codec::Opus => TrackSpec::audio(stream_id.clone(), track_id),
+            video if count > 1 => TrackSpec::video(stream_id.clone(), track_id, video)
+                .with_simulcast(rids.iter().copied()),
             video => TrackSpec::video(stream_id.clone(), track_id, video),
         });
+        let layer_stats = rids
+            .iter()
+            .filter(|_| count > 1)
+            .map(|rid| LayerStats {
+                rid: (*rid).to_owned(),
+                ..LayerStats::default()
+            })
+            .collect();
         stats
             .lock()
             .map_err(|_| DialError::InvalidConfig("stats lock poisoned".into()))?
             .tracks
-            .insert(track_id.to_owned(), TrackStats::default());
+            .insert(
+                track_id.to_owned(),
+                TrackStats {
+                    layers: layer_stats,
+                    ..TrackStats::default()
+                },
+            );
         // Audio catches up after a stall (every sample matters); a camera drops the frames it
         // missed, like a real one, rather than sending a burst of stale frames that a small
         // uplink's queue cannot take. Its queue to the pump is short for the same reason.
         let catch_up = codec == Codec::Opus;
         let (tx, rx) = mpsc::channel(if catch_up { 8 } else { 2 });
-        let force = Arc::new(AtomicBool::new(true));
-        let control = Arc::new(TrackControl::default());
+        let demands = match (codec, track_id) {
+            (Codec::Opus, _) => Vec::new(),
+            (_, DEVICE_CAMERA) => layer_demands(count, config.media.device_kbps),
+            _ => layer_demands(count, config.media.room_kbps),
+        };
+        let control = Arc::new(TrackControl::new(demands));
         threads.push(spawn_source(
             track_id,
             source,
             catch_up,
             tx,
-            Arc::clone(&force),
             Arc::clone(&control),
         )?);
         tasks.spawn(pump(
             track_id,
             rx,
             pub_rx.clone(),
-            force,
             Arc::clone(&control),
             Arc::clone(&stats),
             stop_rx.clone(),
@@ -514,13 +561,14 @@ type Source = (&'static str, Codec, Box<dyn MediaSource>);
 fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
     let m = &config.media;
     let mut out: Vec<Source> = Vec::new();
-    let video = |input: &Input, synthetic: &dyn Fn() -> Result<VideoSource, SourceError>| {
-        Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
-            Input::Synthetic => Some(Box::new(synthetic()?)),
-            Input::File(p) => Some(Box::new(IvfSource::open(p)?)),
-            Input::Off => None,
-        })
-    };
+    let video =
+        |input: &Input, synthetic: &dyn Fn() -> Result<Box<dyn MediaSource>, SourceError>| {
+            Ok::<Option<Box<dyn MediaSource>>, SourceError>(match input {
+                Input::Synthetic => Some(synthetic()?),
+                Input::File(p) => Some(Box::new(IvfSource::open(p)?)),
+                Input::Off => None,
+            })
+        };
     let audio = |input: &Input,
                  synthetic: &dyn Fn() -> Result<AudioSource, SourceError>,
                  config: OpusConfig| {
@@ -533,23 +581,44 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
     // Periodic keyframes are only a fallback (the server asks with a PLI when a receiver
     // needs one). Each camera has its own period so that their keyframes, several times a
     // frame's size each, do not reach a small uplink's queue together.
-    let camera = |pattern, fps: u32, kbps, period_s: u32| {
-        VideoSource::new(
-            pattern,
-            Vp8Config {
-                keyframe_interval: fps.saturating_mul(period_s).max(1),
-                temporal_layers: m.temporal_layers,
-                ..Vp8Config::new(fps, kbps)
-            },
-        )
+    // A camera of several simulcast layers encodes each with its own libvpx encoder.
+    let camera = |pattern, fps: u32, kbps, period_s: u32, layers: u8| {
+        let config = Vp8Config {
+            keyframe_interval: fps.saturating_mul(period_s).max(1),
+            temporal_layers: m.temporal_layers,
+            ..Vp8Config::new(fps, kbps)
+        };
+        Ok::<Box<dyn MediaSource>, SourceError>(if layers > 1 {
+            Box::new(SimulcastSource::new(pattern, config, usize::from(layers))?)
+        } else {
+            Box::new(VideoSource::new(pattern, config)?)
+        })
     };
+    if !(1..=MAX_SPATIAL_LAYERS).contains(&usize::from(m.simulcast)) {
+        return Err(DialError::InvalidConfig(format!(
+            "{} simulcast layers is not within 1..={MAX_SPATIAL_LAYERS}",
+            m.simulcast
+        )));
+    }
     if let Some(s) = video(&m.room_camera, &|| {
-        camera(Pattern::RoomCamera, m.room_fps, m.room_kbps, 10)
+        camera(
+            Pattern::RoomCamera,
+            m.room_fps,
+            m.room_kbps,
+            10,
+            m.simulcast,
+        )
     })? {
         out.push((ROOM_CAMERA, Codec::Vp8, s));
     }
     if let Some(s) = video(&m.device_camera, &|| {
-        camera(Pattern::Otoscope, m.device_fps, m.device_kbps, 7)
+        camera(
+            Pattern::Otoscope,
+            m.device_fps,
+            m.device_kbps,
+            7,
+            m.simulcast.min(DEVICE_CAMERA_LAYERS),
+        )
     })? {
         out.push((DEVICE_CAMERA, Codec::Vp8, s));
     }
@@ -573,38 +642,46 @@ fn build_sources(config: &DialConfig) -> Result<Vec<Source>, DialError> {
     Ok(out)
 }
 
-/// Runs a source on its own thread, paced by the frames' durations.
+/// Runs a source on its own thread, paced by the frames' durations: each frame time, the
+/// frames of all its layers (one unless simulcast) go to the pump together.
 fn spawn_source(
     track_id: &'static str,
     mut source: Box<dyn MediaSource>,
     catch_up: bool,
-    tx: mpsc::Sender<EncodedFrame>,
-    force_keyframe: Arc<AtomicBool>,
+    tx: mpsc::Sender<LayerFrames>,
     control: Arc<TrackControl>,
 ) -> Result<std::thread::JoinHandle<()>, DialError> {
     std::thread::Builder::new()
         .name(format!("src-{track_id}"))
         .spawn(move || {
             let mut due = Instant::now();
-            let mut bitrate = UNCHANGED;
+            let count = source.spatial_layers().min(MAX_SPATIAL_LAYERS);
+            let mut bitrates = [UNCHANGED; MAX_SPATIAL_LAYERS];
+            let mut frames = LayerFrames::default();
             loop {
-                let wanted = control.bitrate_bps.load(Ordering::Relaxed);
-                if wanted != bitrate && wanted != UNCHANGED {
-                    bitrate = wanted;
-                    if let Err(e) = source.set_bitrate(wanted) {
-                        tracing::warn!(track = track_id, error = %e, "cannot change the bitrate");
+                for (layer, (set, wanted)) in
+                    bitrates.iter_mut().zip(&control.bitrate_bps).enumerate().take(count)
+                {
+                    let wanted = wanted.load(Ordering::Relaxed);
+                    // 0: the layer is not sent for now; its encoder keeps its last rate.
+                    if wanted != *set && wanted != UNCHANGED && wanted != 0 {
+                        *set = wanted;
+                        if let Err(e) = source.set_layer_bitrate(layer, wanted) {
+                            tracing::warn!(track = track_id, layer, error = %e, "cannot change the bitrate");
+                        }
                     }
                 }
-                let force = force_keyframe.swap(false, Ordering::Relaxed);
-                let frame = match source.next_frame(force) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(track = track_id, error = %e, "media source failed; track stops");
-                        return;
-                    }
+                let keyframes = control.keyframes.swap(0, Ordering::Relaxed);
+                if let Err(e) = source.next_layers(keyframes, &mut frames) {
+                    tracing::error!(track = track_id, error = %e, "media source failed; track stops");
+                    return;
+                }
+                let Some(duration) = frames.iter().flatten().map(|f| f.duration).next() else {
+                    tracing::error!(track = track_id, "media source gave no frame; track stops");
+                    return;
                 };
-                due += frame.duration;
-                if tx.blocking_send(frame).is_err() {
+                due += duration;
+                if tx.blocking_send(std::mem::take(&mut frames)).is_err() {
                     return;
                 }
                 let now = Instant::now();
@@ -623,50 +700,53 @@ fn spawn_source(
 /// Sends a VP8 frame of a temporal layer: its payloads carry the layer in their descriptor
 /// (the track's own payloader would write only a picture id).
 async fn write_layered(
-    track: &LocalTrack,
+    layer: &LocalLayer,
     packetizer: &mut Vp8Packetizer,
     frame: &EncodedFrame,
-    layer: TemporalLayer,
+    temporal: TemporalLayer,
 ) -> Result<(), Error> {
     let clock = f64::from(Codec::Vp8.clock_rate());
     // Saturating float-to-int conversion is the intent: absurd durations clamp.
     let mut increment = (frame.duration.as_secs_f64() * clock).round() as u32;
-    let payloads = packetizer.packetize(&frame.data, Some(layer), SAMPLE_MTU);
+    let payloads = packetizer.packetize(&frame.data, Some(temporal), SAMPLE_MTU);
     let count = payloads.len();
     for (i, payload) in payloads.iter().enumerate() {
-        track.write_rtp(payload, i + 1 == count, increment).await?;
+        layer.write_rtp(payload, i + 1 == count, increment).await?;
         increment = 0;
     }
     Ok(())
 }
 
-/// Writes one track's frames to the current publisher.
+/// Writes one track's frames to the current publisher, each simulcast layer's to its own
+/// RTP stream, and turns each layer's PLI/FIR counts into keyframe requests for that layer.
 async fn pump(
     track_id: &'static str,
-    mut frames: mpsc::Receiver<EncodedFrame>,
+    mut frames: mpsc::Receiver<LayerFrames>,
     mut publisher: watch::Receiver<Option<Arc<Publisher>>>,
-    force_keyframe: Arc<AtomicBool>,
     control: Arc<TrackControl>,
     stats: Arc<Mutex<DialStats>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<Arc<Publisher>> = None;
-    let mut seen_requests = 0;
-    let mut last_forced = Instant::now();
-    let mut was_paused = false;
+    let mut seen_requests = [0u64; MAX_SPATIAL_LAYERS];
+    let mut last_forced = [Instant::now(); MAX_SPATIAL_LAYERS];
+    // Layers not sent at the last frame (bit i: layer i).
+    let mut was_paused = 0u8;
     // Frames with a temporal layer get their VP8 descriptor here (picture id, TID, Y,
-    // TL0PICIDX); the others go through the track's own payloader.
-    let mut packetizer = Vp8Packetizer::new(rand::random(), rand::random());
+    // TL0PICIDX), one numbering per RTP stream; the others go through the track's own
+    // payloader.
+    let mut packetizers: [Vp8Packetizer; MAX_SPATIAL_LAYERS] =
+        std::array::from_fn(|_| Vp8Packetizer::new(rand::random(), rand::random()));
     loop {
-        let frame = tokio::select! {
+        let layers = tokio::select! {
             f = frames.recv() => match f { Some(f) => f, None => break },
             _ = stopped(&mut stop) => break,
         };
         if publisher.has_changed().unwrap_or(true) {
             current = publisher.borrow_and_update().clone();
-            seen_requests = 0;
+            seen_requests = [0; MAX_SPATIAL_LAYERS];
             if current.is_some() {
-                force_keyframe.store(true, Ordering::Relaxed);
+                control.keyframes.store(ALL_LAYERS, Ordering::Relaxed);
             }
         }
         let track = current.as_ref().and_then(|p| p.track_by_id(track_id));
@@ -681,48 +761,77 @@ async fn pump(
             update(&mut |t| t.dropped += 1);
             continue;
         };
-        if frame.data.is_empty() {
-            continue;
-        }
-        if control.paused.load(Ordering::Relaxed) {
-            was_paused = true;
-            update(&mut |t| t.paused_frames += 1);
-            continue;
-        }
-        if was_paused {
-            // Resumed: the receiver needs a keyframe to decode again (this frame is sent; the
-            // next one is a keyframe).
-            was_paused = false;
-            force_keyframe.store(true, Ordering::Relaxed);
-        }
-        let written = match frame.temporal {
-            Some(layer) => write_layered(track, &mut packetizer, &frame, layer).await,
-            None => track
-                .write_sample(&frame.data, frame.duration)
-                .await
-                .map(|_| ()),
-        };
-        match written {
-            Ok(()) => update(&mut |t| {
-                t.frames += 1;
-                t.bytes += frame.data.len() as u64;
-            }),
-            Err(e) => tracing::debug!(track = track_id, error = %e, "writing a frame"),
-        }
-        let rtcp = track.rtcp_stats();
-        let feedback = rtcp.receiver_reports + rtcp.twcc_feedbacks;
-        update(&mut |t| t.feedback = feedback);
-        let requests = rtcp.keyframe_requests();
-        if requests > seen_requests {
-            let new = requests - seen_requests;
-            seen_requests = requests;
-            update(&mut |t| t.keyframe_requests += new);
-            // At most one forced keyframe per 300 ms, like browsers.
-            if last_forced.elapsed() > Duration::from_millis(300) {
-                last_forced = Instant::now();
-                force_keyframe.store(true, Ordering::Relaxed);
+        let paused = control.paused.load(Ordering::Relaxed);
+        let (mut sent, mut bytes, mut held) = (false, 0u64, false);
+        for (i, (frame, layer)) in layers.iter().zip(track.layers()).enumerate() {
+            let Some(frame) = frame else { continue };
+            if frame.data.is_empty() {
+                continue;
+            }
+            let bit = 1u8 << i;
+            if paused & bit != 0 {
+                was_paused |= bit;
+                held = true;
+                continue;
+            }
+            if was_paused & bit != 0 {
+                // Resumed: the receiver needs a keyframe to decode this layer again (this
+                // frame is sent; the next one is a keyframe).
+                was_paused &= !bit;
+                control.keyframes.fetch_or(bit, Ordering::Relaxed);
+            }
+            let written = match frame.temporal {
+                Some(t) => write_layered(layer, &mut packetizers[i], frame, t).await,
+                None => layer
+                    .write_sample(&frame.data, frame.duration)
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => {
+                    sent = true;
+                    let len = frame.data.len() as u64;
+                    bytes += len;
+                    update(&mut |t| {
+                        if let Some(l) = t.layers.get_mut(i) {
+                            l.frames += 1;
+                            l.bytes += len;
+                        }
+                    });
+                }
+                Err(e) => tracing::debug!(track = track_id, error = %e, "writing a frame"),
             }
         }
+        if sent {
+            update(&mut |t| {
+                t.frames += 1;
+                t.bytes += bytes;
+            });
+        } else if held {
+            update(&mut |t| t.paused_frames += 1);
+        }
+        let mut feedback = 0;
+        for (i, layer) in track.layers().iter().enumerate().take(MAX_SPATIAL_LAYERS) {
+            let rtcp = layer.rtcp_stats();
+            feedback += rtcp.receiver_reports + rtcp.twcc_feedbacks;
+            let requests = rtcp.keyframe_requests();
+            if requests > seen_requests[i] {
+                let new = requests - seen_requests[i];
+                seen_requests[i] = requests;
+                update(&mut |t| {
+                    t.keyframe_requests += new;
+                    if let Some(l) = t.layers.get_mut(i) {
+                        l.keyframe_requests += new;
+                    }
+                });
+                // At most one forced keyframe per 300 ms and layer, like browsers.
+                if last_forced[i].elapsed() > Duration::from_millis(300) {
+                    last_forced[i] = Instant::now();
+                    control.keyframes.fetch_or(1 << i, Ordering::Relaxed);
+                }
+            }
+        }
+        update(&mut |t| t.feedback = feedback);
     }
 }
 
@@ -1214,45 +1323,80 @@ const VIDEO_MIN_BPS: u32 = 100_000;
 /// How often the rate controller is fed and consulted.
 const ADAPT_EVERY: Duration = Duration::from_millis(100);
 
-/// What the uplink budget tells one track's source thread and pump.
+/// Simulcast layers of the device camera at most (like the pages: its picture is the
+/// doctor's diagnostic view, two sizes are enough).
+const DEVICE_CAMERA_LAYERS: u8 = 2;
+
+/// Smallest bitrate a lower simulcast layer is sent at.
+const LAYER_MIN_BPS: u32 = 30_000;
+
+/// Every layer's bit in a layer mask.
+const ALL_LAYERS: u8 = (1 << MAX_SPATIAL_LAYERS) - 1;
+
+/// What the uplink budget tells one track's source thread and pump, per simulcast layer
+/// (layer 0 alone for a single-layer track).
 #[derive(Debug)]
 struct TrackControl {
-    /// Encoder bitrate to use ([`UNCHANGED`]: as configured).
-    bitrate_bps: AtomicU32,
-    /// Do not send the frames.
-    paused: AtomicBool,
+    /// Encoder bitrate of each layer ([`UNCHANGED`]: as configured; 0: not sent).
+    bitrate_bps: [AtomicU32; MAX_SPATIAL_LAYERS],
+    /// Layers whose frames are not sent (bit i: layer i); all of them: the track is paused.
+    paused: AtomicU8,
+    /// Layers whose next frame must be a keyframe (PLI/FIR, a new session, a resume).
+    keyframes: AtomicU8,
+    /// The video layers' ranges, lowest resolution first (empty for audio).
+    layers: Vec<LayerDemand>,
 }
 
-impl Default for TrackControl {
-    fn default() -> Self {
+impl TrackControl {
+    fn new(layers: Vec<LayerDemand>) -> Self {
         TrackControl {
-            bitrate_bps: AtomicU32::new(UNCHANGED),
-            paused: AtomicBool::new(false),
+            bitrate_bps: std::array::from_fn(|_| AtomicU32::new(UNCHANGED)),
+            paused: AtomicU8::new(0),
+            keyframes: AtomicU8::new(ALL_LAYERS),
+            layers,
         }
     }
 }
 
+/// The ranges of a camera of `kbps` sent as `count` simulcast layers: each layer up to its
+/// share of the camera's bitrate, down to [`VIDEO_MIN_BPS`] for the full picture and less for
+/// the smaller ones (a quarter of the pixels needs about a quarter of the bits).
+fn layer_demands(count: usize, kbps: u32) -> Vec<LayerDemand> {
+    spatial_layers(count, kbps.saturating_mul(1000))
+        .iter()
+        .map(|l| {
+            let floor = VIDEO_MIN_BPS / (l.scale_down * l.scale_down);
+            let floor = if l.scale_down == 1 {
+                floor
+            } else {
+                floor.max(LAYER_MIN_BPS)
+            };
+            LayerDemand {
+                min_bps: floor.min(l.bitrate_bps),
+                max_bps: l.bitrate_bps,
+            }
+        })
+        .collect()
+}
+
 /// The budget of the tracks that are on: audio at its configured bitrates, then the device
-/// camera, then the room camera.
+/// camera, then the room camera (each from its lowest layer's minimum to all its layers).
 fn budget(media: &MediaConfig, controls: &[(&'static str, Arc<TrackControl>)]) -> Budget {
-    let on = |id: &str| controls.iter().any(|(t, _)| *t == id);
+    let on = |id: &str| controls.iter().find(|(t, _)| *t == id).map(|(_, c)| c);
     let mut audio = Vec::new();
-    if on(MICROPHONE) {
+    if on(MICROPHONE).is_some() {
         audio.push(OpusConfig::microphone().bitrate_bps);
     }
-    if on(STETHOSCOPE) {
+    if on(STETHOSCOPE).is_some() {
         audio.push(media.stethoscope_bps);
     }
     let mut videos = Vec::new();
-    for (id, kbps) in [
-        (DEVICE_CAMERA, media.device_kbps),
-        (ROOM_CAMERA, media.room_kbps),
-    ] {
-        if on(id) {
-            let max_bps = kbps.saturating_mul(1000);
+    for id in [DEVICE_CAMERA, ROOM_CAMERA] {
+        if let Some(control) = on(id) {
+            let (min_bps, max_bps) = LayerDemand::track_range(&control.layers);
             videos.push(VideoDemand {
                 track_id: id,
-                min_bps: VIDEO_MIN_BPS.min(max_bps),
+                min_bps,
                 max_bps,
             });
         }
@@ -1316,25 +1460,30 @@ async fn adapt_loop(
             let Some((_, control)) = controls.iter().find(|(t, _)| t == track_id) else {
                 continue;
             };
-            match share {
-                Share::Send(bps) => {
-                    control.bitrate_bps.store(*bps, Ordering::Relaxed);
-                    control.paused.store(false, Ordering::Relaxed);
+            // A simulcast track's share goes to its lower layers first; a layer given
+            // nothing is not sent.
+            let split = match share {
+                Share::Send(bps) => split_layers(*bps, &control.layers),
+                Share::Paused => vec![0; control.layers.len()],
+            };
+            let mut paused = ALL_LAYERS;
+            for (i, (bps, slot)) in split.iter().zip(&control.bitrate_bps).enumerate() {
+                if *bps > 0 {
+                    slot.store(*bps, Ordering::Relaxed);
+                    paused &= !(1 << i);
                 }
-                Share::Paused => control.paused.store(true, Ordering::Relaxed),
+            }
+            control.paused.store(paused, Ordering::Relaxed);
+            if let Ok(mut s) = stats.lock() {
+                if let Some(t) = s.tracks.get_mut(*track_id) {
+                    t.budget_bps = split.iter().sum();
+                    for (l, bps) in t.layers.iter_mut().zip(&split) {
+                        l.budget_bps = *bps;
+                    }
+                }
             }
         }
         tracing::debug!(target_bps = target, ?shares, "uplink budget");
-        if let Ok(mut s) = stats.lock() {
-            for (track_id, share) in &shares {
-                if let Some(t) = s.tracks.get_mut(*track_id) {
-                    t.budget_bps = match share {
-                        Share::Send(bps) => *bps,
-                        Share::Paused => 0,
-                    };
-                }
-            }
-        }
     }
 }
 
@@ -1390,6 +1539,27 @@ mod tests {
         assert_eq!(hint.sub.as_deref(), Some("kiosk-7"));
         assert_eq!(hint.room.as_deref(), Some("consult-1"));
         assert!(token_hint("not a jwt").is_none());
+    }
+
+    #[test]
+    fn simulcast_cameras_ask_the_budget_for_what_one_layer_did() {
+        let one = layer_demands(1, 600);
+        assert_eq!(
+            one,
+            [LayerDemand {
+                min_bps: VIDEO_MIN_BPS,
+                max_bps: 600_000
+            }]
+        );
+        let three = layer_demands(3, 600);
+        assert_eq!(LayerDemand::track_range(&three), (LAYER_MIN_BPS, 600_000));
+        assert_eq!(three[2].min_bps, VIDEO_MIN_BPS);
+        assert!(three.iter().all(|l| l.min_bps <= l.max_bps));
+        // When the uplink shrinks the full picture goes first, the quarter one last.
+        let split = split_layers(250_000, &three);
+        assert_eq!(split[2], 0, "{split:?}");
+        assert!(split[0] > 0 && split[1] > 0, "{split:?}");
+        assert_eq!(split_layers(60_000, &three)[1..], [0, 0]);
     }
 
     #[test]

@@ -191,6 +191,9 @@ async fn the_cabin_publishes_its_four_tracks_and_comes_back_after_a_drop() {
     config.media.room_kbps = 300;
     config.media.device_fps = 10;
     config.media.device_kbps = 200;
+    // The mock answerer is a plain `webrtc` peer, which does not take RID-only simulcast
+    // (the real SFU does: tests/e2e/simulcast.rs): one layer per camera here.
+    config.media.simulcast = 1;
     config.disconnected_grace = Duration::from_secs(2);
     config.backoff = Backoff {
         initial: Duration::from_millis(200),

@@ -146,13 +146,13 @@ struct DialArgs {
     /// Room camera frame rate.
     #[arg(long, default_value_t = 25)]
     fps: u32,
-    /// Room camera bitrate, kbit/s.
+    /// Room camera bitrate, kbit/s (all its simulcast layers together).
     #[arg(long, default_value_t = 600)]
     video_kbps: u32,
     /// Device camera frame rate.
     #[arg(long, default_value_t = 15)]
     device_fps: u32,
-    /// Device camera bitrate, kbit/s.
+    /// Device camera bitrate, kbit/s (all its simulcast layers together).
     #[arg(long, default_value_t = 400)]
     device_kbps: u32,
     /// Stethoscope bitrate, kbit/s (at least 64).
@@ -163,6 +163,13 @@ struct DialArgs {
     /// pausing it.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
     temporal_layers: u8,
+    /// Simulcast layers of the synthetic room camera (1 to 3: rids `q`, `h`, `f` at a
+    /// quarter, half and full resolution, like the pages; the device camera gets at most 2).
+    /// Each camera's bitrate is shared between its layers, each layer keeps the temporal
+    /// layers, and the server sends a doctor whose link cannot carry the full picture a
+    /// smaller one instead of pausing the camera. 1: one layer per camera.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+    simulcast: u8,
     /// Keep every encoder at its configured bitrate (by default the video bitrates follow
     /// the uplink's congestion feedback; audio keeps its bitrate either way).
     #[arg(long)]
@@ -387,6 +394,7 @@ async fn run_dial(args: DialArgs) -> ExitCode {
     config.media.stethoscope_bps = args.stethoscope_kbps.saturating_mul(1000);
     config.media.adaptive = !args.fixed_bitrate;
     config.media.temporal_layers = args.temporal_layers;
+    config.media.simulcast = args.simulcast;
 
     let duration = args.duration;
     let stats_json = args.stats_json;
@@ -487,6 +495,13 @@ fn stats_to_json(s: &dial::DialStats) -> serde_json::Value {
             "keyframe_requests": t.keyframe_requests,
             "feedback": t.feedback,
             "paused_frames": t.paused_frames,
+            "layers": t.layers.iter().map(|l| json!({
+                "rid": l.rid,
+                "frames": l.frames,
+                "bytes": l.bytes,
+                "budget_bps": l.budget_bps,
+                "keyframe_requests": l.keyframe_requests,
+            })).collect::<Vec<_>>(),
         }))).collect::<serde_json::Map<_, _>>(),
         "received_tracks": s.received_tracks,
         "received_packets": s.received_packets,

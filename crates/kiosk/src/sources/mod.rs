@@ -28,12 +28,17 @@
 //! | `microphone` | [`AudioSource::microphone`] (speech-like voice) | Opus voice mode, 32 kbit/s |
 //! | `stethoscope` | [`AudioSource::stethoscope`] (S1/S2 heart sounds) | Opus music mode, 96 kbit/s |
 //!
+//! A synthetic camera can also be sent as simulcast ([`SimulcastSource`]: one picture drawn
+//! per frame, shrunk in place to a half and a quarter, each size encoded by its own libvpx
+//! encoder), driven with [`MediaSource::next_layers`].
+//!
 //! Recorded media can replace the synthetic sources: [`IvfSource`] plays a VP8 IVF file and
 //! [`OggOpusSource`] an Ogg Opus file (decoded, trimmed and encoded again), both in a loop.
 
 mod file;
 mod opus;
 mod pattern;
+mod simulcast;
 mod synth;
 mod temporal;
 mod vp8;
@@ -44,6 +49,10 @@ use std::time::Duration;
 pub use self::opus::{packet_samples, OpusConfig, OpusDecoder, OpusEncoder, OpusMode};
 pub use file::{IvfSource, OggOpusSource};
 pub use pattern::{I420Frame, Pattern};
+pub use simulcast::{
+    spatial_layers, SimulcastSource, SpatialLayer, LAYER_WEIGHTS, MIN_LAYER_KBPS, SCALE_DOWN,
+    SIMULCAST_RIDS,
+};
 pub use synth::{HeartSounds, Synth, Tone, Voice, SAMPLE_RATE};
 pub use temporal::{TemporalLayer, TemporalPattern, MAX_TEMPORAL_LAYERS};
 pub use vp8::{DecodedPicture, Vp8Config, Vp8Decoder, Vp8Encoder, Vp8Frame};
@@ -102,7 +111,19 @@ pub struct EncodedFrame {
     pub temporal: Option<TemporalLayer>,
 }
 
+/// Most spatial (simulcast) layers a source produces.
+pub const MAX_SPATIAL_LAYERS: usize = 3;
+
+/// One frame time of a source: a frame per spatial layer, lowest resolution first (`None`
+/// for a layer the source does not have). A fixed array, so producing it allocates nothing
+/// beyond the frames' data.
+pub type LayerFrames = [Option<EncodedFrame>; MAX_SPATIAL_LAYERS];
+
 /// A source of encoded frames, synthetic or read from a file.
+///
+/// A simulcast source ([`SimulcastSource`]) has several spatial layers and is driven with
+/// [`next_layers`](Self::next_layers); every other source has one, which the default
+/// methods map to [`next_frame`](Self::next_frame).
 pub trait MediaSource: Send {
     /// Produces the next frame. With `force_keyframe` a video source makes it a keyframe
     /// (after a PLI/FIR or a reconnection); audio sources ignore it. File sources cannot
@@ -112,6 +133,28 @@ pub trait MediaSource: Send {
     /// Changes the target bitrate (bit/s), when the source can.
     fn set_bitrate(&mut self, _bitrate_bps: u32) -> Result<(), SourceError> {
         Ok(())
+    }
+
+    /// How many spatial layers [`next_layers`](Self::next_layers) fills (1 to
+    /// [`MAX_SPATIAL_LAYERS`]).
+    fn spatial_layers(&self) -> usize {
+        1
+    }
+
+    /// Produces the next frame of every spatial layer into `out[..spatial_layers()]`, lowest
+    /// resolution first; bit `i` of `keyframes` makes layer `i`'s frame a keyframe.
+    fn next_layers(&mut self, keyframes: u8, out: &mut LayerFrames) -> Result<(), SourceError> {
+        out[0] = Some(self.next_frame(keyframes & 1 != 0)?);
+        Ok(())
+    }
+
+    /// Changes one spatial layer's target bitrate (bit/s), when the source can.
+    fn set_layer_bitrate(&mut self, layer: usize, bitrate_bps: u32) -> Result<(), SourceError> {
+        if layer == 0 {
+            self.set_bitrate(bitrate_bps)
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -84,6 +84,37 @@ impl I420Frame {
         out
     }
 
+    /// Fills this picture with `src` shrunk by an integer factor (each pixel the mean of a
+    /// `factor` x `factor` block, luma and chroma alike): how a simulcast camera makes its
+    /// lower layers from the full picture, in place, without allocating.
+    ///
+    /// Errors with [`SourceError::InvalidConfig`] unless `src` is exactly `factor` times this
+    /// picture's size in both directions.
+    pub fn downscale_from(&mut self, src: &I420Frame) -> Result<(), SourceError> {
+        let factor = src.width / self.width;
+        if factor == 0 || src.width != self.width * factor || src.height != self.height * factor {
+            return Err(SourceError::InvalidConfig(format!(
+                "cannot shrink a {}x{} picture to {}x{} by an integer factor",
+                src.width, src.height, self.width, self.height
+            )));
+        }
+        let (sw, dw, dh) = (
+            src.width as usize,
+            self.width as usize,
+            self.height as usize,
+        );
+        let (src_luma, src_chroma) = src.data.split_at(src.luma_len());
+        let (src_u, src_v) = src_chroma.split_at(src_luma.len() / 4);
+        let luma_len = self.luma_len();
+        let (dst_luma, dst_chroma) = self.data.split_at_mut(luma_len);
+        let (dst_u, dst_v) = dst_chroma.split_at_mut(luma_len / 4);
+        let f = factor as usize;
+        shrink_plane(src_luma, sw, dst_luma, dw, dh, f);
+        shrink_plane(src_u, sw / 2, dst_u, dw / 2, dh / 2, f);
+        shrink_plane(src_v, sw / 2, dst_v, dw / 2, dh / 2, f);
+        Ok(())
+    }
+
     fn luma_len(&self) -> usize {
         self.width as usize * self.height as usize
     }
@@ -361,6 +392,34 @@ fn triangle(x: f64) -> f64 {
     }
 }
 
+/// Box-filters one plane: `dst` (`dst_width` x `dst_height`) from `src` (`src_width` wide),
+/// each output sample the rounded mean of a `factor` x `factor` block.
+fn shrink_plane(
+    src: &[u8],
+    src_width: usize,
+    dst: &mut [u8],
+    dst_width: usize,
+    dst_height: usize,
+    factor: usize,
+) {
+    let area = (factor * factor) as u32;
+    for row in 0..dst_height {
+        let out = &mut dst[row * dst_width..(row + 1) * dst_width];
+        for (col, sample) in out.iter_mut().enumerate() {
+            let mut sum = 0u32;
+            for dy in 0..factor {
+                let start = (row * factor + dy) * src_width + col * factor;
+                sum += src[start..start + factor]
+                    .iter()
+                    .map(|&p| u32::from(p))
+                    .sum::<u32>();
+            }
+            // The mean of u8 samples fits in a u8.
+            *sample = ((sum + area / 2) / area) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +436,36 @@ mod tests {
         assert_ne!(a, c);
         // The otoscope's corners are black.
         assert_eq!(c.luma_at(63, 35), 16);
+    }
+
+    #[test]
+    fn downscaling_averages_blocks() {
+        let mut full = I420Frame::new(64, 36).expect("valid size");
+        Pattern::RoomCamera.render(3, 0.1, &mut full);
+        let mut quarter = I420Frame::new(16, 8).expect("valid size");
+        assert!(quarter.downscale_from(&full).is_err(), "36 is not 4 x 8");
+        let mut wider = I420Frame::new(20, 18).expect("valid size");
+        assert!(
+            wider.downscale_from(&full).is_err(),
+            "not an integer factor"
+        );
+        let mut half = I420Frame::new(32, 18).expect("valid size");
+        half.downscale_from(&full).expect("factor 2");
+        let mean = |x: u32, y: u32| {
+            let sum: u32 = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                .iter()
+                .map(|(dx, dy)| u32::from(full.luma_at(2 * x + dx, 2 * y + dy)))
+                .sum();
+            ((sum + 2) / 4) as u8
+        };
+        for (x, y) in [(0, 0), (5, 7), (31, 17)] {
+            assert_eq!(half.luma_at(x, y), mean(x, y));
+        }
+        // Chroma too: a grey picture stays grey.
+        let grey = I420Frame::new(64, 36).expect("valid size");
+        let mut small = I420Frame::new(32, 18).expect("valid size");
+        small.downscale_from(&grey).expect("factor 2");
+        assert!(small.data()[32 * 18..].iter().all(|&c| c == 128));
     }
 
     #[test]

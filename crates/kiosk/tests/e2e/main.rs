@@ -9,4 +9,5 @@
 mod common;
 
 mod adaptive;
+mod simulcast;
 mod temporal;

@@ -70,6 +70,9 @@ async fn a_doctor_behind_a_narrow_link_gets_the_base_layer_and_decodes_every_fra
     config.media.room_kbps = CAMERA_KBPS;
     config.media.room_fps = 30;
     config.media.temporal_layers = 2;
+    // One spatial layer: with simulcast the SFU would switch this doctor to a smaller
+    // picture (`simulcast.rs`) instead of the full picture's base temporal layer.
+    config.media.simulcast = 1;
     config.media.adaptive = false;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let kiosk = tokio::spawn(dial::run(config, async {

@@ -14,7 +14,10 @@ use crate::temporal::{self, LayerOption, MAX_TEMPORAL_LAYERS};
 
 impl Room {
     /// Re-picks the simulcast and temporal layers of each video track subscriber `i` receives.
-    pub(super) fn select_layers(&mut self, i: usize, now: Instant) {
+    /// With `pausing`, also pauses and resumes its single-layer videos: only on a new estimate,
+    /// whose rises and dips the [`Pauser`](crate::pause::Pauser) reads, not on the periodic
+    /// re-pick with an unchanged one.
+    pub(super) fn select_layers(&mut self, i: usize, now: Instant, pausing: bool) {
         let Some(bwe) = self.sessions[i].bwe else {
             return;
         };
@@ -162,7 +165,11 @@ impl Room {
             if chosen.max_tid != out.forwarder.temporal_target() {
                 out.forwarder.set_temporal_target(chosen.max_tid);
             }
-            let (change, forwarded) = out.pause.update(now, chosen.rate, left, link);
+            let (change, forwarded) = if pausing {
+                out.pause.update(now, chosen.rate, left, link)
+            } else {
+                (Change::None, !out.pause.is_paused())
+            };
             if forwarded {
                 left = left.saturating_sub(chosen.rate);
             }

@@ -245,6 +245,12 @@ impl Room {
                     let s = &mut self.sessions[i];
                     s.path.select(pair.protocol, pair.remote.addr);
                 }
+                // Once a second, layers are chosen again with the last estimate: an estimate
+                // that does not move (str0m reports only changes) would otherwise keep the
+                // choice made before the track's layers were measured (the lowest), and the
+                // desired rate that lets str0m probe for more would never be raised. Pausing
+                // stays with the estimate's own updates.
+                self.select_layers(i, now, false);
             }
             Event::RtpPacket(pkt) => self.on_rtp(i, now, pkt),
             Event::ChannelOpen(id, _) => self.on_channel_open(i, id),
@@ -266,7 +272,7 @@ impl Room {
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.sessions[i].bwe = Some(estimate.as_u64());
-                self.select_layers(i, now);
+                self.select_layers(i, now, true);
             }
             Event::MediaEgressStats(st) => {
                 let max = self.cfg.rtx_history;
