@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use cabine_client::budget::{split_layers, Budget, LayerDemand, Share, VideoDemand};
 use cabine_client::congestion::{ControllerConfig, RateController};
 use cabine_client::{
-    ClientOptions, Codec, Error, LocalLayer, Publisher, Subscriber, TrackSpec, SAMPLE_MTU,
+    ClientOptions, Codec, Error, LocalLayer, LocalTrack, Publisher, Subscriber, TrackSpec,
+    SAMPLE_MTU,
 };
 use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -334,6 +335,8 @@ pub async fn run(
     let telemetry_stats = Arc::new(Mutex::new(TelemetryStats::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (pub_tx, pub_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
+    // The publisher being replaced after a move, fed alongside the new one while they overlap.
+    let (leaving_tx, leaving_rx) = watch::channel::<Option<Arc<Publisher>>>(None);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<DialError>(2);
     // Where the room moved (a `Move` on the telemetry control stream): media follows.
     let (moved_tx, moved_rx) = watch::channel::<Option<String>>(None);
@@ -396,7 +399,7 @@ pub async fn run(
         tasks.spawn(pump(
             track_id,
             rx,
-            pub_rx.clone(),
+            (pub_rx.clone(), leaving_rx.clone()),
             Arc::clone(&control),
             Arc::clone(&stats),
             stop_rx.clone(),
@@ -426,7 +429,7 @@ pub async fn run(
         Arc::clone(&ctx),
         (whip, room.clone(), nodes.clone()),
         specs,
-        pub_tx,
+        (pub_tx, leaving_tx),
         moved_rx.clone(),
         stop_rx.clone(),
     ));
@@ -722,7 +725,7 @@ async fn write_layered(
 async fn pump(
     track_id: &'static str,
     mut frames: mpsc::Receiver<LayerFrames>,
-    mut publisher: watch::Receiver<Option<Arc<Publisher>>>,
+    (mut publisher, leaving): (PublisherRx, PublisherRx),
     control: Arc<TrackControl>,
     stats: Arc<Mutex<DialStats>>,
     mut stop: watch::Receiver<bool>,
@@ -735,15 +738,29 @@ async fn pump(
     // Frames with a temporal layer get their VP8 descriptor here (picture id, TID, Y,
     // TL0PICIDX), one numbering per RTP stream; the others go through the track's own
     // payloader.
-    let mut packetizers: [Vp8Packetizer; MAX_SPATIAL_LAYERS] =
-        std::array::from_fn(|_| Vp8Packetizer::new(rand::random(), rand::random()));
+    let fresh = || -> [Vp8Packetizer; MAX_SPATIAL_LAYERS] {
+        std::array::from_fn(|_| Vp8Packetizer::new(rand::random(), rand::random()))
+    };
+    let mut packetizers = fresh();
+    // The numbering of the publisher being replaced, kept while it overlaps the new one.
+    let mut leaving_packetizers = fresh();
     loop {
         let layers = tokio::select! {
             f = frames.recv() => match f { Some(f) => f, None => break },
             _ = stopped(&mut stop) => break,
         };
         if publisher.has_changed().unwrap_or(true) {
-            current = publisher.borrow_and_update().clone();
+            let next = publisher.borrow_and_update().clone();
+            let replaced = leaving
+                .borrow()
+                .as_ref()
+                .zip(current.as_ref())
+                .is_some_and(|(l, c)| Arc::ptr_eq(l, c));
+            if replaced {
+                // Its streams go on with their own picture ids while it overlaps.
+                leaving_packetizers = std::mem::replace(&mut packetizers, fresh());
+            }
+            current = next;
             seen_requests = [0; MAX_SPATIAL_LAYERS];
             if current.is_some() {
                 control.keyframes.store(ALL_LAYERS, Ordering::Relaxed);
@@ -762,6 +779,14 @@ async fn pump(
             continue;
         };
         let paused = control.paused.load(Ordering::Relaxed);
+        // After a move, the old session gets the same frames until it ends.
+        let old = leaving.borrow().clone();
+        let is_current = |o: &Arc<Publisher>| current.as_ref().is_some_and(|c| Arc::ptr_eq(o, c));
+        if let Some(old) = old.as_ref().filter(|o| !is_current(o)) {
+            if let Some(old_track) = old.track_by_id(track_id) {
+                feed_leaving(old_track, &layers, paused, &mut leaving_packetizers).await;
+            }
+        }
         let (mut sent, mut bytes, mut held) = (false, 0u64, false);
         for (i, (frame, layer)) in layers.iter().zip(track.layers()).enumerate() {
             let Some(frame) = frame else { continue };
@@ -832,6 +857,36 @@ async fn pump(
             }
         }
         update(&mut |t| t.feedback = feedback);
+    }
+}
+
+/// Where the pumps find a publisher (the current one, or the one a move is replacing).
+type PublisherRx = watch::Receiver<Option<Arc<Publisher>>>;
+/// The side that names it.
+type PublisherTx = watch::Sender<Option<Arc<Publisher>>>;
+
+/// Writes a frame's layers to the session a move is replacing (no statistics: they belong to
+/// the current session); a write that fails is the old session ending.
+async fn feed_leaving(
+    track: &LocalTrack,
+    layers: &LayerFrames,
+    paused: u8,
+    packetizers: &mut [Vp8Packetizer; MAX_SPATIAL_LAYERS],
+) {
+    for (i, (frame, layer)) in layers.iter().zip(track.layers()).enumerate() {
+        let Some(frame) = frame.as_ref().filter(|f| !f.data.is_empty()) else {
+            continue;
+        };
+        if paused & (1u8 << i) != 0 {
+            continue;
+        }
+        let _ = match frame.temporal {
+            Some(t) => write_layered(layer, &mut packetizers[i], frame, t).await,
+            None => layer
+                .write_sample(&frame.data, frame.duration)
+                .await
+                .map(|_| ()),
+        };
     }
 }
 
@@ -964,7 +1019,7 @@ async fn publish_loop(
     ctx: Arc<Ctx>,
     (mut whip, room, mut nodes): (String, String, Nodes),
     specs: Vec<TrackSpec>,
-    current: watch::Sender<Option<Arc<Publisher>>>,
+    (current, leaving): (PublisherTx, PublisherTx),
     mut moved: watch::Receiver<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -1022,11 +1077,16 @@ async fn publish_loop(
                         Err(e) => tracing::warn!(error = %e, "publishing on the new node failed"),
                     }
                 }
-                // The pumps switch to the new publisher (with a keyframe) before the old one
-                // ends, and its subscribers get the new publication first.
+                // The pumps switch to the new publisher (with a keyframe) and keep feeding the
+                // old one until it ends: its subscribers, still on the old node, see no gap
+                // while they move.
+                if ready.is_some() {
+                    leaving.send_replace(Some(Arc::clone(&publisher)));
+                }
                 current.send_replace(ready.clone());
                 if ready.is_some() {
                     tokio::time::sleep(MOVE_OVERLAP).await;
+                    leaving.send_replace(None);
                 }
                 close_publisher(publisher).await;
                 match ended {
