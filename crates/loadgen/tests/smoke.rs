@@ -382,10 +382,7 @@ fn quality_harness_reports_every_field() {
         jitter_buffer: Duration::from_millis(80),
         cabine_bin: cabine_bin(),
         kiosk_bin,
-        // One layer per camera: the harness does not yet match a simulcast camera's frames to
-        // the kiosk's sends (BENCHMARKS.md, "Quality on poor links"), and this test checks
-        // that every field, latency included, is filled from real media.
-        kiosk_args: vec!["--simulcast".into(), "1".into()],
+        kiosk_args: Vec::new(),
         kiosk_log: None,
         command: "smoke".into(),
     };

@@ -79,11 +79,15 @@ impl SendLog {
     /// `tolerance` can lock onto a neighbouring frame (an error of one frame interval), and the
     /// same capture on another layer fits as well as the right one (an error of the few
     /// milliseconds between the layers' sends).
+    ///
+    /// Frames shown before `count_from` only carry the lock forward (a warm-up): they are not
+    /// counted.
     pub fn follow(
         &self,
         received: &[(u32, Duration)],
         clock_rate: u32,
         tolerance: Duration,
+        count_from: Duration,
     ) -> Matched {
         let clock = f64::from(clock_rate.max(1));
         let by_time = self.by_time();
@@ -114,16 +118,22 @@ impl SendLog {
                 };
                 sent = lock.and_then(|(s, o)| exact(s, o));
             }
+            let counted = at >= count_from;
             match (sent, line) {
                 (Some(t), _) => {
                     line = Some((ext, t));
-                    out.exact.push(at.saturating_sub(t));
+                    if counted {
+                        out.exact.push(at.saturating_sub(t));
+                    }
                 }
                 (None, Some((ref_ts, ref_sent))) => {
-                    let est = estimate(ref_sent, ext - ref_ts, clock);
-                    out.estimated.push(at.saturating_sub(est));
+                    if counted {
+                        let est = estimate(ref_sent, ext - ref_ts, clock);
+                        out.estimated.push(at.saturating_sub(est));
+                    }
                 }
-                (None, None) => out.unmatched += 1,
+                (None, None) if counted => out.unmatched += 1,
+                (None, None) => {}
             }
         }
         out
@@ -312,7 +322,7 @@ mod tests {
         }
         // The late switch packet puts the estimate of frame 100 15 ms late: 13 ms from the
         // right frame of layer 0x30, 27 ms from the next one.
-        let m = log.follow(&received, 90_000, ms(20));
+        let m = log.follow(&received, 90_000, ms(20), Duration::ZERO);
         assert_eq!(m.unmatched, 0);
         assert!(m.estimated.is_empty(), "{:?}", m.estimated);
         assert_eq!(m.exact.len(), received.len());
@@ -327,6 +337,20 @@ mod tests {
         // timestamps' pace): any of them is within the layers' 2 ms of send spread.
         assert!(m.exact[180..].iter().all(|l| l.abs_diff(ms(69)) <= ms(1)));
 
+        // The window opens after the switch (a warm-up): frames before it carry the lock and
+        // are not counted. Without them nothing in the window can be matched: the timestamps
+        // are renumbered and there is no earlier match to estimate from.
+        let from = ms(1000 + 150 * 40 + 70);
+        let counted = received.iter().filter(|r| r.1 >= from).count();
+        let m = log.follow(&received, 90_000, ms(20), from);
+        assert_eq!(
+            (m.exact.len(), m.estimated.len(), m.unmatched),
+            (counted, 0, 0)
+        );
+        let late: Vec<_> = received.iter().copied().filter(|r| r.1 >= from).collect();
+        let m = log.follow(&late, 90_000, ms(20), from);
+        assert_eq!((m.exact.len(), m.unmatched), (0, counted));
+
         // With only layer 0x10's first 100 frames in the log (the tap missed the others), the
         // frames after the switch keep the line's estimate (within the switch packet's 15 ms of
         // extra delay).
@@ -338,7 +362,7 @@ mod tests {
                 ms(1000 + u64::from(i) * 40),
             );
         }
-        let m = only.follow(&received, 90_000, ms(20));
+        let m = only.follow(&received, 90_000, ms(20), Duration::ZERO);
         assert_eq!((m.exact.len(), m.estimated.len()), (100, 160));
         assert!(
             m.estimated.iter().all(|l| l.abs_diff(ms(70)) <= ms(16)),

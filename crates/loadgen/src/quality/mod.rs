@@ -231,7 +231,10 @@ async fn measure(
             };
             stats.keyframe_requests = plis.load(Ordering::Relaxed);
             report.cameras.insert(id.clone(), stats);
-            shown
+            // For latency, every frame shown since the start: the lock on the kiosk's
+            // timestamps is taken before the SFU's first layer switch (usually in the warm-up)
+            // and followed from there; only the window's frames are counted.
+            video::analyse(&packets, (Duration::ZERO, window.1)).map_or(shown, |(_, all)| all)
         } else {
             // A RED track (RFC 2198) carries one payload type: RED's.
             let red = if mime.eq_ignore_ascii_case("audio/red") {
@@ -253,13 +256,13 @@ async fn measure(
         } else {
             (48_000, Duration::from_millis(10))
         };
-        let m = log.follow(&received, clock, tolerance);
+        let m = log.follow(&received, clock, tolerance, window.0);
         let mut samples = m.exact.clone();
         samples.extend_from_slice(&m.estimated);
         report.latency_ms.insert(
             id.clone(),
             TrackLatency {
-                received: received.len(),
+                received: received.iter().filter(|r| r.1 >= window.0).count(),
                 matched: m.exact.len(),
                 estimated: m.estimated.len(),
                 percentiles: latency::Percentiles::of(&samples),
